@@ -1,0 +1,36 @@
+"""bitnetcnn: convolutional networks with ternary (1.58-bit) weights.
+
+Import layers, conversion and models from here; training (Lightning) lives in ``bitnetcnn.train`` and is imported
+only when used.
+"""
+
+from bitnetcnn.nn import (
+    BitConv2d,
+    BitLinear,
+    TernaryConv2d,
+    TernaryLinear,
+    bitify,
+    convert_to_bit,
+    convert_to_ternary,
+    convert_to_ternary_p2,
+)
+
+from bitnetcnn.models import create_model, get_model_config, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BitConv2d",
+    "BitLinear",
+    "TernaryConv2d",
+    "TernaryLinear",
+    "__version__",
+    "bitify",
+    "convert_to_bit",
+    "convert_to_ternary",
+    "convert_to_ternary_p2",
+    "create_model",
+    "get_model_config",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,48 @@
+"""The activation quantizer: a module because it keeps a running scale for inference."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from bitnetcnn.quant.activation import absmax_scale, fake_quantize_activation, validate_act_bits
+
+
+class ActQuantizer(nn.Module):
+    """Symmetric absmax fake quantization of a layer's input, per tensor.
+
+    Training uses each batch's absmax and tracks its running average in ``running_scale``; evaluation uses that
+    running scale, so a converted model (which copies this module) reproduces the training-time grid exactly and a
+    deployment backend can read a fixed int8 scale from it. Before any training batch the scale is 0 and the
+    quantizer falls back to the batch's absmax.
+    """
+
+    def __init__(self, bits: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        if validate_act_bits(bits) is None:
+            raise ValueError("ActQuantizer needs 8 or 4 bits; leave act_bits=None to keep activations in float")
+        self.bits: int = bits
+        self.momentum = momentum
+        self.register_buffer("running_scale", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_scale = absmax_scale(x, self.bits)
+        if self.training:
+            with torch.no_grad():
+                seen = self.running_scale > 0
+                blended = (1 - self.momentum) * self.running_scale + self.momentum * batch_scale
+                self.running_scale.copy_(torch.where(seen, blended, batch_scale))
+            scale = batch_scale
+        else:
+            scale = torch.where(self.running_scale > 0, self.running_scale, batch_scale)
+        return fake_quantize_activation(x, scale, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+def make_act_quantizer(bits: Optional[int]) -> nn.Module:
+    """An :class:`ActQuantizer`, or ``nn.Identity`` when activation quantization is off."""
+    return nn.Identity() if validate_act_bits(bits) is None else ActQuantizer(bits)

@@ -1,0 +1,128 @@
+"""Whole-model conversions: one generic walk over the module tree, three small replacement rules."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import warnings
+from typing import Callable, Iterable, Optional
+
+from torch import nn
+
+from bitnetcnn.nn.bit import BitConv2d, BitLinear
+from bitnetcnn.nn.ternary import TernaryConv2d, TernaryLinear
+
+Rule = Callable[[str, nn.Module], Optional[nn.Module]]
+
+
+def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tuple[nn.Module, int]:
+    """Apply ``rule(name, module)`` to every submodule; where it returns a module, swap it in.
+
+    Returns the (copied unless ``inplace``) model and the number of replacements. A replaced module's children are
+    not visited.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    root = rule("", model)
+    if root is not None:
+        return root, 1
+    count = 0
+    pending = [("", model)]
+    while pending:
+        prefix, parent = pending.pop()
+        for child_name, child in list(parent.named_children()):
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            new = rule(name, child)
+            if new is None:
+                pending.append((name, child))
+            else:
+                setattr(parent, child_name, new)
+                count += 1
+    return model, count
+
+
+def convert_to_ternary(model: nn.Module, pow2: bool = False, inplace: bool = False) -> nn.Module:
+    """Replace every Bit layer by its packed inference twin; the result computes what the eval-mode model does.
+
+    ``pow2=True`` rounds every scale to a power of two (layers trained with ``pow2`` keep theirs either way).
+    """
+
+    def rule(_: str, module: nn.Module) -> Optional[nn.Module]:
+        if isinstance(module, BitConv2d):
+            return TernaryConv2d.from_bit(module, pow2)
+        if isinstance(module, BitLinear):
+            return TernaryLinear.from_bit(module, pow2)
+        return None
+
+    converted, count = replace_modules(model, rule, inplace)
+    if count == 0:
+        warnings.warn(
+            f"convert_to_ternary: {type(model).__name__} has no BitConv2d or BitLinear layer, so nothing was "
+            "converted. Make the model ternary first with bitnetcnn.bitify(model) or build it with "
+            "bitnetcnn.create_model(...).",
+            UserWarning,
+            stacklevel=2,
+        )
+    return converted.eval() if count else converted
+
+
+def convert_to_ternary_p2(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """:func:`convert_to_ternary` with power-of-two scales (a multiply becomes a shift on integer hardware)."""
+    return convert_to_ternary(model, pow2=True, inplace=inplace)
+
+
+def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Turn a converted model back into a trainable Bit model (latent weights ``codes * scale``), to fine-tune it."""
+
+    def rule(_: str, module: nn.Module) -> Optional[nn.Module]:
+        if isinstance(module, (TernaryConv2d, TernaryLinear)):
+            return module.to_bit()
+        return None
+
+    converted, count = replace_modules(model, rule, inplace)
+    if count == 0:
+        warnings.warn(
+            f"convert_to_bit: {type(model).__name__} has no TernaryConv2d or TernaryLinear layer; nothing changed.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return converted
+
+
+def bitify(
+    model: nn.Module,
+    skip: Iterable[str] = (),
+    scale_op: str = "median",
+    pow2: bool = False,
+    act_bits: Optional[int] = None,
+    inplace: bool = False,
+    **quant,
+) -> nn.Module:
+    """Make any PyTorch model ternary: each ``nn.Conv2d`` / ``nn.Linear`` becomes a Bit layer keeping its weights.
+
+    ``skip`` takes module-name patterns (``fnmatch``: ``"conv1"``, ``"fc"``, ``"features.0.*"``) of layers to keep
+    in full precision, e.g. the stem and the classifier as in TWN/TTQ. Subclasses of ``nn.Conv2d`` with their own
+    forward (timm's ``Conv2dSame``, for one) are left as they are, since a Bit layer would drop that behaviour.
+    """
+    skip = tuple(skip)
+    settings = dict(scale_op=scale_op, pow2=pow2, act_bits=act_bits, **quant)
+    BitConv2d(1, 1, 1, **settings)  # validate the settings once, before touching the model
+
+    def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in skip):
+            return None
+        if type(module) is nn.Conv2d:
+            return BitConv2d.from_float(module, **settings)
+        if type(module) is nn.Linear:
+            return BitLinear.from_float(module, **settings)
+        return None
+
+    converted, count = replace_modules(model, rule, inplace)
+    if count == 0:
+        warnings.warn(
+            f"bitify: {type(model).__name__} has no nn.Conv2d or nn.Linear outside the skipped patterns {skip}; "
+            "nothing changed.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return converted

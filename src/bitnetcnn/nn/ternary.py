@@ -1,0 +1,197 @@
+"""Inference layers: ternary weights stored packed (2 bits each), unpacked once into a cached float weight."""
+
+from __future__ import annotations
+
+import copy
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitnetcnn.nn.bit import BitConv2d, BitLinear, _BitMixin
+from bitnetcnn.quant import dequantize, pack_2bit, pow2_exponent, unpack_2bit
+
+
+class _TernaryMixin:
+    """Packed storage shared by TernaryConv2d and TernaryLinear.
+
+    ``state_dict`` holds ``weight_packed`` (uint8, 4 codes a byte), ``scale`` (float, ``[O]``) or ``scale_exp``
+    (int8 power-of-two exponents, ``[O]``), and ``bias``. ``weight`` is a non-persistent buffer, rebuilt from them
+    at construction and after ``load_state_dict``, so ``forward`` never unpacks.
+    """
+
+    def _init_storage(self, codes: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], pow2: bool,
+                      scale_op: str) -> None:
+        self.weight_shape = tuple(codes.shape)
+        self.pow2 = bool(pow2)
+        self.scale_op = scale_op
+        self.register_buffer("weight_packed", pack_2bit(codes).to(codes.device))
+        scale = scale.detach().reshape(-1).float()
+        if self.pow2:
+            self.register_buffer("scale_exp", pow2_exponent(scale))
+        else:
+            self.register_buffer("scale", scale.clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+        self.register_buffer("weight", torch.empty(0), persistent=False)
+        self.refresh_weight()
+
+    def codes(self) -> torch.Tensor:
+        """The ternary codes, int8 in {-1, 0, 1}, shaped like the float weight."""
+        numel = 1
+        for d in self.weight_shape:
+            numel *= d
+        return unpack_2bit(self.weight_packed, numel).reshape(self.weight_shape)
+
+    def channel_scale(self) -> torch.Tensor:
+        """Per-output-channel scale ``[O]`` as a float tensor (``2 ** scale_exp`` for power-of-two layers)."""
+        if self.pow2:
+            return torch.exp2(self.scale_exp.float())
+        return self.scale
+
+    def refresh_weight(self) -> None:
+        dtype = self.weight.dtype if self.weight.is_floating_point() else torch.float32
+        scale = self.channel_scale().reshape((-1,) + (1,) * (len(self.weight_shape) - 1))
+        self.weight = dequantize(self.codes(), scale.float(), torch.float32).to(dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.refresh_weight()
+
+    def _ternary_repr(self) -> str:
+        return f", scale_op={self.scale_op}" + (", pow2=True" if self.pow2 else "")
+
+
+class TernaryConv2d(_TernaryMixin, nn.Module):
+    """Inference twin of :class:`BitConv2d`: same arguments, same function in eval mode, packed weights."""
+
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        *,
+        pow2: bool = False,
+        scale_op: str = "median",
+        act_quant: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        # The same argument handling as nn.Conv2d, borrowed from a zero-sized instance of it.
+        spec = nn.Conv2d(
+            codes.shape[1] * groups, codes.shape[0], tuple(codes.shape[2:]), stride, padding, dilation, groups,
+            False, padding_mode, device="meta",
+        )
+        self.in_channels = spec.in_channels
+        self.out_channels = spec.out_channels
+        self.kernel_size = spec.kernel_size
+        self.stride = spec.stride
+        self.padding = spec.padding
+        self.dilation = spec.dilation
+        self.groups = spec.groups
+        self.padding_mode = spec.padding_mode
+        self._reversed_padding_repeated_twice: List[int] = list(spec._reversed_padding_repeated_twice)
+        self.act_quant = act_quant if act_quant is not None else nn.Identity()
+        self._init_storage(codes, scale, bias, pow2, scale_op)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act_quant(x)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return s + self._ternary_repr()
+
+    @classmethod
+    def from_bit(cls, layer: BitConv2d, pow2: bool = False) -> "TernaryConv2d":
+        codes, scale = layer.ternary_state(pow2)
+        return cls(
+            codes, scale, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups, layer.padding_mode,
+            pow2=layer.pow2 or pow2, scale_op=layer.scale_op, act_quant=_copy_act_quant(layer),
+        ).to(layer.weight.device)
+
+    def to_bit(self) -> BitConv2d:
+        """A trainable :class:`BitConv2d` whose latent weight is ``codes * scale`` (for fine-tuning)."""
+        layer = BitConv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.bias is not None, self.padding_mode, device=self.weight.device,
+            scale_op=self.scale_op, pow2=self.pow2, act_bits=_act_bits(self.act_quant),
+        )
+        return _fill_bit(layer, self)
+
+
+class TernaryLinear(_TernaryMixin, nn.Module):
+    """Inference twin of :class:`BitLinear`."""
+
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        pow2: bool = False,
+        scale_op: str = "median",
+        act_quant: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = int(codes.shape[0]), int(codes.shape[1])
+        self.act_quant = act_quant if act_quant is not None else nn.Identity()
+        self._init_storage(codes, scale, bias, pow2, scale_op)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.act_quant(x), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}" + (
+            self._ternary_repr()
+        )
+
+    @classmethod
+    def from_bit(cls, layer: BitLinear, pow2: bool = False) -> "TernaryLinear":
+        codes, scale = layer.ternary_state(pow2)
+        return cls(
+            codes, scale, layer.bias, pow2=layer.pow2 or pow2, scale_op=layer.scale_op,
+            act_quant=_copy_act_quant(layer),
+        ).to(layer.weight.device)
+
+    def to_bit(self) -> BitLinear:
+        layer = BitLinear(
+            self.in_features, self.out_features, self.bias is not None, device=self.weight.device,
+            scale_op=self.scale_op, pow2=self.pow2, act_bits=_act_bits(self.act_quant),
+        )
+        return _fill_bit(layer, self)
+
+
+def _copy_act_quant(layer: _BitMixin) -> nn.Module:
+    return copy.deepcopy(layer.act_quant)
+
+
+def _act_bits(act_quant: nn.Module) -> Optional[int]:
+    return getattr(act_quant, "bits", None)
+
+
+@torch.no_grad()
+def _fill_bit(bit: nn.Module, ternary: _TernaryMixin) -> nn.Module:
+    bit.weight.copy_(ternary.weight.float())
+    if ternary.bias is not None:
+        bit.bias.copy_(ternary.bias)
+    if isinstance(ternary.act_quant, nn.Module) and not isinstance(ternary.act_quant, nn.Identity):
+        bit.act_quant.load_state_dict(ternary.act_quant.state_dict())
+    return bit

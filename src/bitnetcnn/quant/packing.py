@@ -1,0 +1,48 @@
+"""Packing ternary codes into bytes: 2 bits per code (4 a byte) or base 3 (5 a byte, 1.6 bits per code).
+
+Both take any number of codes; the caller keeps the count (the weight's shape) to unpack.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
+_SHIFT2 = torch.tensor([0, 2, 4, 6], dtype=torch.int32)
+
+
+def _digits(codes: torch.Tensor, group: int) -> torch.Tensor:
+    """Codes -1/0/1 as digits 0/1/2, flat, padded with zeros to a multiple of ``group``, one row per byte."""
+    flat = codes.reshape(-1).to(torch.int32) + 1
+    if flat.numel() and (flat.min() < 0 or flat.max() > 2):
+        raise ValueError("ternary packing needs codes in {-1, 0, 1}")
+    pad = (-flat.numel()) % group
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return flat.reshape(-1, group)
+
+
+def pack_2bit(codes: torch.Tensor) -> torch.Tensor:
+    """Four codes a byte, lowest bits first: a uint8 tensor of ``ceil(n / 4)`` bytes."""
+    digits = _digits(codes.cpu(), 4)
+    return (digits << _SHIFT2).sum(dim=1).to(torch.uint8)
+
+
+def unpack_2bit(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_2bit`: the first ``numel`` codes as int8."""
+    shift = _SHIFT2.to(packed.device)
+    digits = (packed.to(torch.int32).unsqueeze(1) >> shift) & 3
+    return (digits.reshape(-1)[:numel] - 1).to(torch.int8)
+
+
+def pack_base3(codes: torch.Tensor) -> torch.Tensor:
+    """Five codes a byte as a base-3 number (3**5 = 243 <= 256): a uint8 tensor of ``ceil(n / 5)`` bytes."""
+    digits = _digits(codes.cpu(), 5)
+    return (digits * _POW3).sum(dim=1).to(torch.uint8)
+
+
+def unpack_base3(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_base3`: the first ``numel`` codes as int8."""
+    pow3 = _POW3.to(packed.device)
+    digits = (packed.to(torch.int32).unsqueeze(1) // pow3) % 3
+    return (digits.reshape(-1)[:numel] - 1).to(torch.int8)

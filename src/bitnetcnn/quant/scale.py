@@ -1,0 +1,39 @@
+"""Per-output-channel scales of a weight tensor, and their power-of-two form."""
+
+from __future__ import annotations
+
+import torch
+
+SCALE_OPS = ("median", "mean")
+EPS = 1e-8  # floor of a scale: an all-zero channel gets codes 0 instead of NaN
+
+
+def validate_scale_op(scale_op: str) -> str:
+    if scale_op not in SCALE_OPS:
+        raise ValueError(f"unknown scale_op {scale_op!r}: choose one of {', '.join(map(repr, SCALE_OPS))}")
+    return scale_op
+
+
+def channel_scale(weight: torch.Tensor, scale_op: str = "median", eps: float = EPS) -> torch.Tensor:
+    """``op(|W|)`` over every dim but dim 0 (the output channel), shaped ``[O, 1, ...]`` to broadcast against W.
+
+    'median' is the seed's default: it ignores the long tail of |W| and keeps about half the weights non-zero.
+    """
+    validate_scale_op(scale_op)
+    flat = weight.detach().abs().reshape(weight.shape[0], -1)
+    if scale_op == "median":
+        s = flat.median(dim=1).values
+    else:
+        s = flat.mean(dim=1)
+    s = s.clamp_min(eps)
+    return s.reshape((weight.shape[0],) + (1,) * (weight.dim() - 1))
+
+
+def pow2_exponent(scale: torch.Tensor) -> torch.Tensor:
+    """The integer ``e`` with ``2**e`` nearest to ``scale`` in log space, as int8 (scales live in 2**-128..2**127)."""
+    return torch.round(torch.log2(scale.float())).clamp(-128, 127).to(torch.int8)
+
+
+def pow2_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``2 ** round(log2(scale))`` in the dtype of ``scale``: multiplying by it is a shift on integer hardware."""
+    return torch.exp2(pow2_exponent(scale).to(scale.dtype))

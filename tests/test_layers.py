@@ -1,0 +1,213 @@
+"""Bit layers, their Ternary twins and whole-model conversion."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import bitnetcnn
+from bitnetcnn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear, bitify, convert_to_bit, convert_to_ternary
+from bitnetcnn import convert_to_ternary_p2
+
+
+def assert_same_function(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    tol = 1e-5 * ya.abs().max().clamp_min(1e-12)
+    assert (ya - yb).abs().max() <= tol
+    assert torch.equal(ya.argmax(-1), yb.argmax(-1))
+
+
+def warm_up(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """One training-mode pass so BatchNorm and activation quantizers have statistics, then eval."""
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+conv_cases = st.fixed_dictionaries(
+    {
+        "kernel": st.sampled_from([1, 3, 5, (3, 1)]),
+        "stride": st.sampled_from([1, 2]),
+        "padding": st.sampled_from([0, 1, 2, "same"]),
+        "dilation": st.sampled_from([1, 2]),
+        "depthwise": st.booleans(),
+        "bias": st.booleans(),
+        "padding_mode": st.sampled_from(["zeros", "reflect", "replicate", "circular"]),
+        "scale_op": st.sampled_from(["median", "mean"]),
+        "pow2": st.booleans(),
+        "act_bits": st.sampled_from([None, 8, 4]),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases, seed=st.integers(0, 10_000))
+def test_random_conv_models_match_after_conversion(case, seed):
+    torch.manual_seed(seed)
+    if case["padding"] == "same":
+        case["stride"] = 1
+    c = 6
+    groups = c if case["depthwise"] else 1
+    layer_args = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], bias=case["bias"],
+                      padding_mode=case["padding_mode"], scale_op=case["scale_op"], pow2=case["pow2"],
+                      act_bits=case["act_bits"])
+    model = nn.Sequential(
+        BitConv2d(3, c, 3, padding=1, pow2=case["pow2"]),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        BitConv2d(c, c, case["kernel"], groups=groups, **layer_args),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        BitLinear(c, 10, scale_op=case["scale_op"], pow2=case["pow2"], act_bits=case["act_bits"]),
+    )
+    x = torch.randn(5, 3, 12, 12)
+    warm_up(model, x)
+    assert_same_function(model, convert_to_ternary(model), x)
+    if case["pow2"]:
+        assert_same_function(model, convert_to_ternary_p2(model), x)
+
+
+def test_pow2_conversion_of_a_float_scale_model_matches_a_pow2_bit_model():
+    torch.manual_seed(1)
+    model = nn.Sequential(BitConv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), BitLinear(8 * 6 * 6, 10)).eval()
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, (BitConv2d, BitLinear)):
+            m.pow2 = True
+    p2 = convert_to_ternary_p2(model)
+    assert_same_function(twin, p2, torch.randn(4, 3, 8, 8))
+    assert all(hasattr(m, "scale_exp") for m in p2.modules() if isinstance(m, (TernaryConv2d, TernaryLinear)))
+
+
+def test_ternary_layer_state_dict_is_packed():
+    layer = TernaryConv2d.from_bit(BitConv2d(16, 32, 3))
+    sd = layer.state_dict()
+    assert set(sd) == {"weight_packed", "scale", "bias"}
+    assert sd["weight_packed"].dtype == torch.uint8
+    assert sd["weight_packed"].numel() * 8 <= 2 * 16 * 32 * 9  # at most 2 bits a weight
+    p2 = TernaryLinear.from_bit(BitLinear(10, 3), pow2=True).state_dict()
+    assert set(p2) == {"weight_packed", "scale_exp", "bias"} and p2["scale_exp"].dtype == torch.int8
+
+
+def test_ternary_layer_load_state_dict_rebuilds_cached_weight():
+    a = TernaryLinear.from_bit(BitLinear(10, 3))
+    b = TernaryLinear.from_bit(BitLinear(10, 3))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 10)
+    assert torch.equal(a(x), b(x))
+
+
+def test_forward_does_not_unpack(monkeypatch):
+    layer = TernaryConv2d.from_bit(BitConv2d(4, 4, 3)).eval()
+    import bitnetcnn.nn.ternary as ternary_module
+
+    def boom(*_):
+        raise AssertionError("unpacked during forward")
+
+    monkeypatch.setattr(ternary_module, "unpack_2bit", boom)
+    layer(torch.randn(1, 4, 5, 5))
+
+
+def test_ternary_layers_script_export_deepcopy_and_dtype():
+    model = nn.Sequential(BitConv2d(3, 4, 3, padding=1, act_bits=8), nn.ReLU(), nn.Flatten(), BitLinear(64, 5))
+    x = torch.randn(2, 3, 4, 4)
+    ternary = convert_to_ternary(warm_up(model, x))
+    y = ternary(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(ternary)
+    assert torch.equal(scripted(x), y)
+    exported = torch.export.export(ternary, (x,))
+    assert torch.allclose(exported.module()(x), y)
+    assert torch.equal(copy.deepcopy(ternary)(x), y)
+    as64 = copy.deepcopy(ternary).to(torch.float64)
+    assert as64(x.double()).dtype == torch.float64
+    assert torch.allclose(as64(x.double()).float(), y, atol=1e-5)
+
+
+def test_converted_model_goes_back_to_trainable_bit_model():
+    model = nn.Sequential(BitConv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), BitLinear(8 * 6 * 6, 4))
+    x = torch.randn(8, 3, 8, 8)
+    ternary = convert_to_ternary(model.eval())
+    back = convert_to_bit(ternary)
+    assert isinstance(back[0], BitConv2d) and isinstance(back[3], BitLinear)
+    assert back[0].weight.requires_grad
+    # median scales of codes*scale give the same scale back when at most half the codes are zero
+    assert_same_function(ternary, back.eval(), x)
+    back.train()
+    nn.functional.cross_entropy(back(x), torch.zeros(8, dtype=torch.long)).backward()
+    assert back[0].weight.grad is not None
+
+
+def test_conversion_leaves_the_original_unless_inplace():
+    model = nn.Sequential(BitLinear(4, 4))
+    converted = convert_to_ternary(model)
+    assert isinstance(model[0], BitLinear) and isinstance(converted[0], TernaryLinear)
+    same = convert_to_ternary(model, inplace=True)
+    assert same is model and isinstance(model[0], TernaryLinear)
+
+
+def test_conversion_of_a_model_without_bit_layers_warns():
+    with pytest.warns(UserWarning, match="nothing was converted"):
+        convert_to_ternary(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_bad_layer_settings_are_named():
+    with pytest.raises(ValueError, match="unknown scale_op 'max'"):
+        BitConv2d(1, 1, 1, scale_op="max")
+    with pytest.raises(ValueError, match="unsupported act_bits 3"):
+        BitLinear(1, 1, act_bits=3)
+    with pytest.raises(ValueError, match="unsupported act_bits 16"):
+        bitify(nn.Sequential(nn.Linear(2, 2)), act_bits=16)
+
+
+def test_bitify_keeps_weights_and_respects_skip():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    bit = bitify(model, skip=("conv1", "fc"))
+    assert type(bit.conv1) is nn.Conv2d and type(bit.fc) is nn.Linear
+    assert isinstance(bit.layer1[0].conv1, BitConv2d)
+    assert torch.equal(bit.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
+    assert type(model.layer1[0].conv1) is nn.Conv2d  # original untouched
+
+
+def test_bitify_resnet18_trains_converts_and_shrinks():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = bitify(torchvision.models.resnet18(num_classes=10))
+    n_bit = sum(isinstance(m, (BitConv2d, BitLinear)) for m in model.modules())
+    assert n_bit == 21  # 20 convolutions (downsample included) and the classifier
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8
+    ternary = convert_to_ternary(model.eval())
+    assert torch.equal(model(x).argmax(1), ternary(x).argmax(1))
+
+    def saved_size(m):
+        buf = io.BytesIO()
+        torch.save(m.state_dict(), buf)
+        return buf.tell()
+
+    float_size = saved_size(torchvision.models.resnet18(num_classes=10))
+    assert float_size / saved_size(ternary) >= 10
+
+
+def test_public_api():
+    for name in ("convert_to_ternary", "convert_to_ternary_p2", "bitify", "BitConv2d", "TernaryLinear"):
+        assert hasattr(bitnetcnn, name)

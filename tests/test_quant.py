@@ -1,0 +1,117 @@
+"""Property tests of the quantization math."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitnetcnn.quant import (
+    EPS,
+    channel_scale,
+    fake_quantize_activation,
+    fake_quantize_weight,
+    pack_2bit,
+    pack_base3,
+    pow2_exponent,
+    pow2_scale,
+    ternary_quantize,
+    unpack_2bit,
+    unpack_base3,
+)
+from bitnetcnn.quant.activation import absmax_scale
+
+shapes = st.one_of(
+    st.tuples(st.integers(1, 8), st.integers(1, 16)),
+    st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3)),
+)
+
+
+def weights(shape, seed, zero_channels=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * 10 ** torch.empty(()).uniform_(-4, 2, generator=g)
+    w[:zero_channels] = 0
+    return w
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**31), scale_op=st.sampled_from(["median", "mean"]),
+       pow2=st.booleans(), zeros=st.integers(0, 2))
+def test_codes_and_scales(shape, seed, scale_op, pow2, zeros):
+    w = weights(shape, seed, zero_channels=zeros)
+    codes, scale = ternary_quantize(w, scale_op, pow2)
+    assert codes.dtype == torch.int8 and codes.shape == w.shape
+    assert set(codes.unique().tolist()) <= {-1, 0, 1}
+    assert scale.shape == (w.shape[0],) + (1,) * (w.dim() - 1)
+    assert torch.all(scale > 0) and torch.isfinite(scale).all()
+    assert torch.all(codes[: min(zeros, w.shape[0])] == 0)  # zero channels are safe: codes 0, no NaN
+    if pow2:
+        exps = torch.log2(scale)
+        assert torch.equal(exps, torch.round(exps))
+    # the sign of every non-zero code follows the weight
+    nz = codes != 0
+    assert torch.equal(torch.sign(w)[nz].to(torch.int8), codes[nz])
+
+
+def test_scale_ops_match_definition():
+    w = torch.tensor([[1.0, -2.0, 3.0, -10.0], [0.0, 0.0, 0.0, 0.0]])
+    assert channel_scale(w, "mean").flatten().tolist() == pytest.approx([4.0, EPS])
+    assert channel_scale(w, "median").flatten().tolist() == pytest.approx([2.0, EPS])  # lower median, as torch
+
+
+def test_pow2_scale_is_nearest_power_of_two_in_log_space():
+    s = torch.tensor([0.3, 0.75, 1.0, 5.0])
+    assert pow2_scale(s).tolist() == [0.25, 1.0, 1.0, 4.0]
+    assert pow2_exponent(s).dtype == torch.int8
+
+
+def test_fake_quant_forward_is_ternary_and_gradient_straight_through():
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    q = fake_quantize_weight(w)
+    codes, scale = ternary_quantize(w)
+    assert torch.allclose(q, codes * scale)
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_clipped_ste_zeroes_gradient_outside_clip():
+    w = torch.tensor([[0.1, 0.2, -0.3, 5.0]], requires_grad=True)
+    fake_quantize_weight(w, "median", ste="clipped", clip=1.5).sum().backward()
+    assert w.grad.tolist() == [[1.0, 1.0, 1.0, 0.0]]
+
+
+def test_activation_quant_grid_and_ste():
+    x = torch.linspace(-1, 1, 101, requires_grad=True)
+    for bits in (8, 4):
+        scale = absmax_scale(x, bits)
+        y = fake_quantize_activation(x, scale, bits)
+        levels = torch.round(y.detach() / scale)
+        assert levels.abs().max() <= 2 ** (bits - 1) - 1
+        assert torch.allclose(levels * scale, y.detach())
+        assert len(y.detach().unique()) <= 2 ** bits - 1
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(g, torch.ones_like(x))
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(0, 300), seed=st.integers(0, 2**31))
+def test_packing_round_trips_for_every_length(n, seed):
+    codes = torch.randint(-1, 2, (n,), generator=torch.Generator().manual_seed(seed), dtype=torch.int8)
+    p2, p3 = pack_2bit(codes), pack_base3(codes)
+    assert p2.dtype == p3.dtype == torch.uint8
+    assert p2.numel() == math.ceil(n / 4) and p3.numel() == math.ceil(n / 5)
+    assert torch.equal(unpack_2bit(p2, n), codes)
+    assert torch.equal(unpack_base3(p3, n), codes)
+
+
+def test_packing_rejects_non_ternary():
+    with pytest.raises(ValueError, match="codes in"):
+        pack_2bit(torch.tensor([0, 2]))
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="unknown scale_op 'max'.*'median'"):
+        channel_scale(torch.ones(2, 2), "max")
+    with pytest.raises(ValueError, match="unknown ste"):
+        fake_quantize_weight(torch.ones(2, 2), ste="tanh")
