@@ -1,0 +1,107 @@
+"""Lightning DataModule over in-memory uint8 tensors, with batched augmentation after the device transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bitnetcnn.data.augment import normalize, random_crop, random_hflip
+from bitnetcnn.data.catalog import DatasetSpec, get_dataset_spec
+from bitnetcnn.data.paths import data_root
+from bitnetcnn.data.sources import Split
+
+
+class TensorImages(Dataset):
+    """A split held as tensors; ``__getitems__`` hands the DataLoader a whole batch in one indexing operation."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def __getitem__(self, i: int):
+        return self.split.images[i], self.split.labels[i]
+
+    def __getitems__(self, indices: list[int]):
+        idx = torch.as_tensor(indices)
+        return self.split.images[idx], self.split.labels[idx]
+
+
+def _as_batch(batch):
+    return batch
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train and test splits of a named data set; the test split doubles as validation (as in the seed)."""
+
+    def __init__(
+        self,
+        dataset: str = "mnist_demo",
+        data_dir: str | Path | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        download: bool = False,
+        img_size: int = 64,
+        augment: bool = True,
+        channels_last: bool = False,
+        limit_train: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec: DatasetSpec = get_dataset_spec(dataset, img_size)
+        self.root = data_root(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, 256)
+        self.download = download
+        self.augment = augment
+        self.channels_last = channels_last
+        self.limit_train = limit_train
+        self.train_split: Split | None = None
+        self.test_split: Split | None = None
+        self._mean = torch.tensor(self.spec.mean)
+        self._std = torch.tensor(self.spec.std)
+
+    @property
+    def num_classes(self) -> int:
+        if self.spec.num_classes:
+            return self.spec.num_classes
+        self.setup()
+        return int(self.train_split.labels.max()) + 1
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self.spec.reader(self.root, True, True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_split is None:
+            self.train_split = self.spec.reader(self.root, True, False)
+            if self.limit_train:
+                self.train_split = Split(self.train_split.images[: self.limit_train],
+                                         self.train_split.labels[: self.limit_train])
+            self.test_split = self.spec.reader(self.root, False, False)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorImages(self.train_split), batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          collate_fn=_as_batch)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorImages(self.test_split), batch_size=self.eval_batch_size, collate_fn=_as_batch)
+
+    test_dataloader = val_dataloader
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.transform(images, training), labels
+
+    def transform(self, images: torch.Tensor, training: bool) -> torch.Tensor:
+        """uint8 batch to the model's float input; crop and flip only while training."""
+        if training and self.augment:
+            images = random_crop(images, self.spec.crop_padding)
+            if self.spec.hflip:
+                images = random_hflip(images)
+        x = normalize(images, self._mean.to(images.device), self._std.to(images.device))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -1,0 +1,162 @@
+"""Data readers on small files made here in each data set's real on-disk format, and batched augmentation."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bitnetcnn.data import DatasetNotFoundError, data_root, get_dataset_spec, list_datasets
+from bitnetcnn.data.augment import normalize, random_crop, random_hflip
+from bitnetcnn.data.datamodule import ImageDataModule
+
+rng = np.random.default_rng(0)
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """The IDX format of the MNIST files: magic (0, 0, 0x08 = uint8, ndim), big-endian sizes, then the bytes."""
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_idx_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    imgs = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    labels = np.arange(7) % 10
+    for prefix in ("train", "t10k"):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", imgs)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    split = get_dataset_spec("mnist").reader(tmp_path, True, False)
+    assert split.images.shape == (7, 1, 28, 28)
+    assert torch.equal(split.images[3, 0], torch.from_numpy(imgs[3]))
+    assert split.labels.tolist() == labels.tolist()
+
+
+def _pickle(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def test_cifar10_python_layout(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        batches[name] = data
+        _pickle(folder / name, {"data": data, "labels": [1, 2, 3, 4], "batch_label": name})
+    train = get_dataset_spec("cifar10").reader(tmp_path, True, False)
+    test = get_dataset_spec("cifar10").reader(tmp_path, False, False)
+    assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (4, 3, 32, 32)
+    # CIFAR rows are 1024 red, then green, then blue values, row-major
+    assert torch.equal(test.images[1, 2].flatten(), torch.from_numpy(batches["test_batch"][1, 2048:]))
+
+
+def test_cifar100_npz_and_python_layouts(tmp_path):
+    x = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(5)
+    npz_root = tmp_path / "npz"
+    npz_root.mkdir()
+    np.savez_compressed(npz_root / "cifar100.npz", x_train=x, y_train=y, x_test=x[:2], y_test=y[:2])
+    split = get_dataset_spec("cifar100").reader(npz_root, True, False)
+    assert split.images.shape == (5, 3, 32, 32)
+    assert torch.equal(split.images[4].permute(1, 2, 0), torch.from_numpy(x[4]))
+
+    py_root = tmp_path / "py"
+    (py_root / "cifar-100-python").mkdir(parents=True)
+    flat = x.transpose(0, 3, 1, 2).reshape(5, -1)
+    for name in ("train", "test"):
+        _pickle(py_root / "cifar-100-python" / name, {"data": flat, "fine_labels": list(y), "coarse_labels": [0] * 5})
+    split2 = get_dataset_spec("cifar100").reader(py_root, False, False)
+    assert torch.equal(split2.images, split.images) and split2.labels.tolist() == y.tolist()
+
+
+def test_tiny_imagenet_layout(tmp_path):
+    base = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819"]
+    (base).mkdir()
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    colors = {}
+    for i, w in enumerate(wnids):
+        d = base / "train" / w / "images"
+        d.mkdir(parents=True)
+        for j in range(3):
+            Image.new("RGB", (64, 64), (i * 200, j * 50, 0)).save(d / f"{w}_{j}.JPEG")
+        colors[w] = i
+    (base / "val" / "images").mkdir(parents=True)
+    lines = []
+    for k, w in enumerate([wnids[1], wnids[0]]):
+        Image.new("RGB", (64, 64), (255, 255, 255)).save(base / "val" / "images" / f"val_{k}.JPEG")
+        lines.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    train = get_dataset_spec("tiny_imagenet").reader(tmp_path, True, False)
+    val = get_dataset_spec("tiny_imagenet").reader(tmp_path, False, False)
+    assert train.images.shape == (6, 3, 64, 64) and train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert val.labels.tolist() == [1, 0]
+    assert abs(int(train.images[3, 0, 10, 10]) - 200) <= 3  # JPEG keeps a flat colour nearly exact
+
+
+def test_imagefolder_resizes(tmp_path):
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            Image.new("RGB", (40, 30), (10, 20, 30)).save(d / "a.png")
+    dm = ImageDataModule("imagefolder", tmp_path, batch_size=2, img_size=16)
+    dm.setup()
+    assert dm.train_split.images.shape == (2, 3, 16, 16) and dm.num_classes == 2
+
+
+def test_missing_data_set_says_where_and_how(tmp_path):
+    for name in ("mnist", "cifar10", "cifar100", "tiny_imagenet"):
+        with pytest.raises(DatasetNotFoundError) as err:
+            get_dataset_spec(name).reader(tmp_path, True, False)
+        assert str(tmp_path) in str(err.value) and "--data-dir" in str(err.value)
+
+
+def test_unknown_data_set_lists_names():
+    with pytest.raises(ValueError, match="unknown data set 'cifar1000'.*cifar100"):
+        get_dataset_spec("cifar1000")
+    assert "mnist_demo" in list_datasets()
+
+
+def test_data_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("BITNETCNN_DATA", str(tmp_path / "env"))
+    assert data_root(tmp_path / "explicit") == tmp_path / "explicit"
+    assert data_root() == tmp_path / "env"
+    monkeypatch.delenv("BITNETCNN_DATA")
+    monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "cache"))
+    assert data_root() == tmp_path / "cache" / "data"
+
+
+def test_random_crop_is_a_window_of_the_padded_image():
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop(x, 2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(16):
+        found = any(torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+        assert found
+    assert not all(torch.equal(out[i], x[i]) for i in range(16))
+
+
+def test_flip_and_normalize():
+    x = torch.randint(0, 256, (64, 1, 4, 4), dtype=torch.uint8)
+    out = random_hflip(x)
+    flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(64)]
+    assert 5 < sum(flipped) < 59 and all(f or torch.equal(out[i], x[i]) for i, f in enumerate(flipped))
+    y = normalize(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), torch.tensor([0.5]), torch.tensor([0.25]))
+    assert torch.allclose(y, torch.full_like(y, 2.0))
+
+
+def test_demo_data_ships_with_the_package():
+    dm = ImageDataModule("mnist_demo", batch_size=32)
+    dm.setup()
+    assert dm.train_split.images.shape == (10000, 1, 28, 28) and dm.test_split.images.shape == (2000, 1, 28, 28)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.uint8 and y.shape == (32,)
+    # evaluation batches are never augmented
+    x_eval, _ = next(iter(dm.val_dataloader()))
+    assert torch.equal(dm.transform(x_eval, training=False), dm.transform(x_eval, training=False))
