@@ -1,0 +1,194 @@
+"""The model zoo: every architecture builds, trains, converts; counts match independent references and the seed."""
+
+import io
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from bitnetcnn import BitConv2d, BitLinear, convert_to_ternary, create_model, get_model_config, list_models
+from bitnetcnn.models.convnextv2 import SIZES
+from conftest import real_data_root
+
+MODELS = list_models()
+BIT_LAYERS = (BitConv2d, BitLinear)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def on_meta(build, *args, **kwargs) -> nn.Module:
+    """Build without allocating or initializing weights: enough to count parameters and read shapes."""
+    with torch.device("meta"):
+        return build(*args, **kwargs)
+
+
+def cifar_stem_torchvision(arch: str) -> nn.Module:
+    """torchvision's ResNet for 100 classes with the CIFAR stem (3x3 stride-1 conv1, no max-pool)."""
+    model = getattr(torchvision.models, arch)(num_classes=100)
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def test_registry_has_the_zoo():
+    assert {"bitnet_cnn", "bit_resnet18", "bit_resnet34", "bit_resnet50", "bit_mobilenetv2", "bit_convnextv2"} <= set(
+        MODELS
+    )
+    assert get_model_config("bitnet_cnn").input_size == (1, 28, 28)
+    assert get_model_config("bit_resnet18").input_size == (3, 32, 32)
+
+
+def test_unknown_model_name_lists_close_matches():
+    with pytest.raises(ValueError, match="bit_resnet18"):
+        create_model("bit_resnet_18")
+
+
+# Each model meets each input size and each class count once: (in_chans, side, classes).
+SHAPES = [(1, 28, 10), (3, 32, 100), (3, 64, 200)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("in_chans,side,classes", SHAPES)
+def test_builds_for_each_input_size_and_class_count(name, in_chans, side, classes):
+    # On the meta device: shapes propagate through the whole network without computing anything.
+    model = on_meta(create_model, name, num_classes=classes, in_chans=in_chans, img_size=side)
+    out = model(torch.empty(2, in_chans, side, side, device="meta"))
+    assert out.shape == (2, classes)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_lowers_the_loss_and_conversion_keeps_the_function(name):
+    in_chans = get_model_config(name).input_size[0]
+    model = create_model(name, num_classes=10).train()
+    x, y = torch.randn(4, in_chans, 16, 16), torch.arange(4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        assert nn.functional.cross_entropy(model(x), y) < loss
+        model.eval()
+        expected = model(x)
+        got = convert_to_ternary(model)(x)
+    assert torch.isfinite(expected).all()
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_full_precision_twin_and_float_ends(name):
+    ternary = on_meta(create_model, name)
+    fp = on_meta(create_model, name, quant="fp")
+    ends = on_meta(create_model, name, fp_ends=True)
+    assert not any(isinstance(m, BIT_LAYERS) for m in fp.modules())
+    assert n_params(fp) == n_params(ternary) == n_params(ends)
+    layers = [m for m in ternary.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert all(isinstance(m, BIT_LAYERS) for m in layers), "every conv and linear layer is ternary by default"
+    float_layers = [m for m in ends.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, BIT_LAYERS)]
+    assert len(float_layers) == 2 and isinstance(float_layers[0], nn.Conv2d) and isinstance(float_layers[1], nn.Linear)
+    assert float_layers[0].in_channels == get_model_config(name).input_size[0]
+
+
+@pytest.mark.parametrize("arch,expected_m", [("resnet18", 11.22), ("resnet34", 21.33), ("resnet50", 23.71)])
+def test_resnet_counts_and_shapes_match_torchvision(arch, expected_m):
+    ours = on_meta(create_model, f"bit_{arch}", num_classes=100, quant="fp")
+    reference = on_meta(cifar_stem_torchvision, arch)
+    assert n_params(ours) == n_params(reference)
+    assert round(n_params(ours) / 1e6, 2) == expected_m
+    shapes = lambda m: Counter(tuple(p.shape) for p in m.parameters())  # noqa: E731
+    assert shapes(ours) == shapes(reference)
+
+
+def test_mobilenetv2_count_is_torchvision_plus_the_seed_extras():
+    ours = on_meta(create_model, "bit_mobilenetv2", num_classes=100, quant="fp")
+    reference = on_meta(torchvision.models.mobilenet_v2, num_classes=100)
+    # The seed keeps the first block's 32->32 expansion (conv + BatchNorm) and biases on the stem and head convs.
+    extras = 32 * 32 + 2 * 32 + 32 + 1280
+    assert n_params(ours) == n_params(reference) + extras
+    assert round(n_params(ours) / 1e6, 2) == 2.35
+
+
+@pytest.mark.parametrize("size,expected_m", [("atto", 3.7), ("femto", 5.2), ("pico", 9.1), ("nano", 15.6), ("tiny", 28.6)])
+def test_convnextv2_sizes_match_the_paper_at_imagenet_scale(size, expected_m):
+    model = on_meta(create_model, "bit_convnextv2", num_classes=1000, size=size, img_size=224)
+    assert round(n_params(model) / 1e6, 1) == expected_m
+
+
+def test_convnextv2_last_stage_keeps_2x2_positions_at_32px():
+    model = create_model("bit_convnextv2", size="atto").eval()
+    seen = []
+    model.stages[-1].register_forward_hook(lambda m, i, o: seen.append(o.shape[-2:]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert seen == [(2, 2)]
+    with pytest.raises(ValueError, match="atto"):
+        create_model("bit_convnextv2", size="huge")
+
+
+def test_model_args_rebuild_the_same_architecture():
+    model = on_meta(create_model, "bit_mobilenetv2", num_classes=10, width_mult=1.4, act="silu")
+    again = on_meta(create_model, **model.model_args)
+    assert [(k, v.shape) for k, v in again.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
+
+
+def test_importing_models_imports_neither_lightning_nor_data_code():
+    code = (
+        "import sys, bitnetcnn.models\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'torchmetrics')\n"
+        "       or m.startswith(('bitnetcnn.data', 'bitnetcnn.train'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# The seed's published checkpoints and the registry arguments that rebuild their architectures (docs/models.md).
+SEED_MODELS = {
+    "bit_netcnn_small_mnist_ternary.zip": ("bitnet_cnn", dict(num_classes=10, in_chans=1)),
+    "bit_resnet_18_c100_ternary.zip": ("bit_resnet18", dict(num_classes=100, act="silu")),
+    "bit_mobilenetv2_x140_c100_ternary.zip": (
+        "bit_mobilenetv2",
+        dict(num_classes=100, width_mult=1.4, act="silu", downsample_at="expand"),
+    ),
+}
+
+
+def seed_state_dict(filename: str) -> dict:
+    root = real_data_root() or Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = root / "seed-checkpoints" / filename
+    if not path.exists():
+        pytest.skip(f"seed checkpoint {path} not found")
+    with zipfile.ZipFile(path) as archive:
+        obj = torch.load(io.BytesIO(archive.read(archive.namelist()[0])), weights_only=True)
+    return obj.get("model", obj)
+
+
+@pytest.mark.parametrize("filename", sorted(SEED_MODELS))
+def test_registry_models_have_the_seed_checkpoints_layers(filename):
+    seed = seed_state_dict(filename)
+    name, kwargs = SEED_MODELS[filename]
+    model = on_meta(create_model, name, **kwargs)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # The seed stores each ternary layer as int8 `weight` plus a per-channel `scale`; everything else is float.
+    scales = {k for k in seed if k.endswith(".scale")}
+    assert {k: tuple(v.shape) for k, v in seed.items() if k not in scales} == ours
+    assert Counter(ours.values()) == Counter(tuple(v.shape) for k, v in seed.items() if k not in scales)
+    modules = dict(model.named_modules())
+    for key in scales:
+        layer = modules[key.rsplit(".", 1)[0]]
+        assert isinstance(layer, BIT_LAYERS) and seed[key].numel() == layer.weight.shape[0]
+        assert seed[key[: -len("scale")] + "weight"].dtype == torch.int8
+    assert len(scales) == sum(isinstance(m, BIT_LAYERS) for m in modules.values())
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_every_convnextv2_size_builds_on_32px(size):
+    model = on_meta(create_model, "bit_convnextv2", size=size)
+    assert model.head.out_features == 100
