@@ -31,6 +31,11 @@ class TensorImages(Dataset):
         return self.split.images[idx], self.split.labels[idx]
 
 
+def _first(split: Split, n: int | None) -> Split:
+    """The first ``n`` images of a split (all when ``n`` is None): for quick checks and tests."""
+    return split if not n else Split(split.images[:n], split.labels[:n])
+
+
 def _as_batch(batch):
     return batch
 
@@ -49,6 +54,7 @@ class ImageDataModule(L.LightningDataModule):
         augment: bool = True,
         channels_last: bool = False,
         limit_train: int | None = None,
+        limit_eval: int | None = None,
     ) -> None:
         super().__init__()
         self.spec: DatasetSpec = get_dataset_spec(dataset, img_size)
@@ -59,6 +65,7 @@ class ImageDataModule(L.LightningDataModule):
         self.augment = augment
         self.channels_last = channels_last
         self.limit_train = limit_train
+        self.limit_eval = limit_eval
         self.train_split: Split | None = None
         self.test_split: Split | None = None
         self._mean = torch.tensor(self.spec.mean)
@@ -77,11 +84,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_split is None:
-            self.train_split = self.spec.reader(self.root, True, False)
-            if self.limit_train:
-                self.train_split = Split(self.train_split.images[: self.limit_train],
-                                         self.train_split.labels[: self.limit_train])
-            self.test_split = self.spec.reader(self.root, False, False)
+            self.train_split = _first(self.spec.reader(self.root, True, False), self.limit_train)
+            self.test_split = _first(self.spec.reader(self.root, False, False), self.limit_eval)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TensorImages(self.train_split), batch_size=self.batch_size, shuffle=True, drop_last=True,

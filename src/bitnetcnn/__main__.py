@@ -1,0 +1,5 @@
+import sys
+
+from bitnetcnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,204 @@
+"""The ``bitnetcnn`` command: argument parsing only; the work happens in the floors below."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TRAIN_EXAMPLE = ("bitnetcnn train --model bit_resnet18 --dataset cifar100 --epochs 100 --batch-size 128 --lr 0.1 "
+                 "--optimizer sgd --wd 5e-4 --amp --out runs/r18")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a ternary (or full-precision) model", epilog=f"example: {TRAIN_EXAMPLE}")
+    a = p.add_argument
+    a("--model", default="bitnet_cnn", help="registry name (bitnetcnn.list_models())")
+    a("--dataset", default="mnist_demo", help="mnist_demo (bundled), mnist, fashion_mnist, cifar10, cifar100, "
+      "tiny_imagenet, imagefolder")
+    a("--data-dir", help="data root (default: $BITNETCNN_DATA, else ~/.cache/bitnetcnn/data)")
+    a("--download", action="store_true", help="let torchvision fetch a missing data set where the network allows")
+    a("--out", help="run folder (default: runs/MODEL-DATASET[-N])")
+    a("--resume", action="store_true", help="continue the run in --out from its last.ckpt, with its saved settings")
+    a("--epochs", type=int, default=5)
+    a("--batch-size", type=int, default=128)
+    a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd means Nesterov momentum")
+    a("--lr", type=float, help="peak learning rate (default 2e-3 for adamw, 0.1 for sgd)")
+    a("--wd", type=float, default=5e-4, help="weight decay (never on norms, biases, scales)")
+    a("--momentum", type=float, default=0.9)
+    a("--warmup-epochs", type=float, default=1.0)
+    a("--label-smoothing", type=float, default=0.0)
+    a("--mixup", type=float, default=0.0, help="MixUp alpha on training batches (0: off)")
+    a("--cutmix", type=float, default=0.0, help="CutMix alpha on training batches (0: off)")
+    a("--quant", choices=["ternary", "fp"], default="ternary", help="fp trains the full-precision twin (teacher)")
+    a("--scale-op", choices=["median", "mean"], default="median")
+    a("--pow2", action="store_true", help="train with power-of-two scales")
+    a("--act-bits", type=int, choices=[8, 4], help="quantize activations too (default: float activations)")
+    a("--fp-ends", action="store_true", help="keep the first and last layers in full precision")
+    a("--model-kwargs", type=json.loads, default={}, help='extra model arguments as JSON, e.g. \'{"act": "silu"}\'')
+    a("--num-classes", type=int, help="check that the data set has this many classes")
+    a("--img-size", type=int, default=64, help="image side for --dataset imagefolder")
+    a("--eval-ternary", action=argparse.BooleanOptionalAction, default=True,
+      help="also evaluate the converted ternary model every epoch")
+    a("--kd", action="store_true", help="distill from --teacher")
+    a("--teacher", help="checkpoint of the full-precision teacher (bitnetcnn train --quant fp)")
+    a("--kd-alpha", type=float, default=0.5)
+    a("--kd-temperature", type=float, default=4.0)
+    a("--init", help="start from the weights of this bitnetcnn checkpoint (fine-tuning)")
+    a("--amp", action="store_true", help="bf16 autocast on the CPU, mixed precision on CUDA")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    a("--accelerator", default="auto", help="cpu, gpu, auto")
+    a("--devices", default="auto", help="number of devices (processes) per node")
+    a("--gpus", type=int, help="the seed's flag: N GPUs (-1: all)")
+    a("--num-nodes", type=int, default=1)
+    a("--strategy", default="auto", help="auto, ddp, ddp_spawn, ...")
+    a("--seed", type=int, default=0)
+    a("--limit-train", type=int, help="use only the first N training images (quick checks)")
+    a("--limit-eval", type=int, help="evaluate on only the first N test images (quick checks)")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _cmd_train(args) -> int:
+    from bitnetcnn.train.run import TrainSettings, train
+
+    values = vars(args).copy()
+    gpus = values.pop("gpus")
+    resume = values.pop("resume")
+    if gpus is not None:
+        values["accelerator"], values["devices"] = "gpu", str(gpus)
+    train(TrainSettings.from_dict(values), resume=resume)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from bitnetcnn.train.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.batch_size)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from bitnetcnn.train.evaluate import convert_file
+
+    out = convert_file(args.checkpoint, args.output, pow2=args.pow2)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    return 0
+
+
+def _cmd_summary(args) -> int:
+    from bitnetcnn import create_model, list_models, summary
+
+    if Path(args.model).exists():
+        from bitnetcnn import load_checkpoint
+
+        model = load_checkpoint(args.model)
+    else:
+        model = create_model(args.model, num_classes=args.num_classes, in_chans=args.input_size[0] if args.input_size
+                             else None, quant=args.quant)
+        if args.ternary:
+            from bitnetcnn import convert_to_ternary
+
+            model = convert_to_ternary(model)
+    input_size = tuple(args.input_size) if args.input_size else tuple(model.model_config.input_size)
+    summary(model, input_size)
+    return 0
+
+
+# --- deploy: `export` and `bitnetcnn bench` (issue 6; the work is in bitnetcnn.deploy.commands) ---------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a converted model to ONNX (float, or int8 with ternary weights)",
+                       epilog="example: bitnetcnn export runs/r18/last.ternary.bnc --format onnx --int8 -o r18.onnx")
+    p.add_argument("model", help="checkpoint of a converted model, or a registry name (untrained weights)")
+    p.add_argument("--format", dest="fmt", choices=["onnx"], default="onnx")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--int8", action="store_true", help="int8 graph: u8 activations, the ternary codes as s8 weights")
+    p.add_argument("--calibrate", type=int, metavar="N",
+                   help="calibrate int8 activation ranges on N training images (default: the model's own 8-bit "
+                        "activation scales, else 256)")
+    p.add_argument("--dataset", help="data set for calibration and the check (default: the model's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--check", type=int, default=1000, metavar="N",
+                   help="compare with the PyTorch model on N test images before writing (0: random inputs)")
+    p.add_argument("--min-agreement", type=float, help="top-1 agreement the check needs (default 0.99, int8 0.95)")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _cmd_export(args) -> int:
+    from bitnetcnn.deploy.commands import export_command
+
+    result = export_command(args.model, args.output, fmt=args.fmt, int8=args.int8, calibrate=args.calibrate,
+                            dataset=args.dataset, data_dir=args.data_dir, check=args.check,
+                            min_agreement=args.min_agreement, threads=args.threads)
+    print(result)
+    print(f"wrote {result.path} ({result.bytes:,} bytes)")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency, throughput and size: float32, Bit, converted, deployed (int8)",
+                       epilog="example: bitnetcnn bench bit_resnet18 --batch-sizes 1 128 --json bench.json")
+    p.add_argument("model", help="registry name or checkpoint")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calibrate", type=int, default=256, metavar="N", help="calibration images for the int8 path")
+    p.add_argument("--data-dir")
+    p.add_argument("--budget", type=float, default=20.0, help="seconds of timing per batch size (at least 3 rounds)")
+    p.add_argument("--variants", nargs="+", choices=["fp32_eager", "bit_eval", "ternary", "deploy"])
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON")
+
+
+def _cmd_bench(args) -> int:
+    from bitnetcnn.deploy.commands import bench_command
+
+    bench_command(args.model, args.batch_sizes, threads=args.threads, calibrate=args.calibrate,
+                  data_dir=args.data_dir, budget_s=args.budget, json_path=args.json_path, variants=args.variants)
+    return 0
+# --- end deploy ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bitnetcnn", description="Ternary (1.58-bit) CNNs: train, evaluate, "
+                                     "convert, inspect.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", help="default: the data set recorded in the checkpoint")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=256)
+
+    p = sub.add_parser("convert", help="convert a Bit model (run folder's last.ckpt or a checkpoint) to ternary")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", help="default: next to the input, with .ternary.bnc")
+    p.add_argument("--pow2", action="store_true", help="power-of-two scales")
+
+    p = sub.add_parser("summary", help="per-layer table: bits, memory, MACs, zero weights")
+    p.add_argument("model", help="registry name or checkpoint file")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--quant", choices=["ternary", "fp"], default="ternary")
+    p.add_argument("--ternary", action="store_true", help="show the converted (packed) model")
+    _add_export(sub)
+    _add_bench(sub)
+    return parser
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "convert": _cmd_convert, "summary": _cmd_summary,
+            "export": _cmd_export, "bench": _cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.__dict__.pop("command")
+    try:
+        return COMMANDS[command](args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+        print(f"bitnetcnn {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Callbacks that make a run folder: metrics.csv and its plot, the best ternary model, results.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from bitnetcnn.train.plot import plot_metrics
+
+METRIC_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5"]
+
+
+def _metric(trainer: L.Trainer, name: str) -> float | None:
+    for key in (f"{name}_epoch", name):
+        value = trainer.callback_metrics.get(key)
+        if value is not None:
+            return float(value)
+    return None
+
+
+class RunRecorder(L.Callback):
+    """Writes one metrics.csv row per epoch (and redraws the plot), keeps the best converted ternary model, and
+    writes results.json at the end.
+
+    Rows are written at the end of each training epoch, before the checkpoint of that epoch; each write drops the
+    rows of the epoch being written and later ones (left by a killed run), so the file stays one row per epoch.
+    """
+
+    def __init__(self, out_dir: Path, save_model, command: str, metadata: dict[str, Any]) -> None:
+        self.out = Path(out_dir)
+        self.save_model = save_model  # save_model(model, path, metadata)
+        self.command = command
+        self.metadata = metadata
+        self.best_ternary = -1.0
+        self.best_float = -1.0
+        self.elapsed = 0.0
+        self._t0 = 0.0
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out / "metrics.csv"
+
+    @property
+    def plot_path(self) -> Path:
+        return self.out / "metrics.png"
+
+    @property
+    def model_path(self) -> Path:
+        return self.out / "best_ternary.bnc"
+
+    # Lightning saves this in last.ckpt, so best scores and wall time survive a resume.
+    def state_dict(self) -> dict:
+        return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self._elapsed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_ternary = state["best_ternary"]
+        self.best_float = state["best_float"]
+        self.elapsed = state["elapsed"]
+
+    def _elapsed(self) -> float:
+        return self.elapsed + (time.time() - self._t0 if self._t0 else 0.0)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.time()
+
+    def _write(self, rows: list[dict]) -> None:
+        tmp = self.csv_path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", "step", "lr", "elapsed_s", *METRIC_COLUMNS])
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.csv_path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        values = {k: _metric(trainer, k) for k in METRIC_COLUMNS}
+        if trainer.is_global_zero:
+            row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "elapsed_s": round(self._elapsed(), 1),
+                   **{k: "" if v is None else round(v, 6) for k, v in values.items()}}
+            rows = []
+            if self.csv_path.exists():
+                with open(self.csv_path, newline="") as f:
+                    rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
+            self._write(rows + [row])
+            plot_metrics(self.csv_path, self.plot_path)
+        if values["val_acc"] is not None:
+            self.best_float = max(self.best_float, values["val_acc"])
+        score = values["ternary_acc"] if values["ternary_acc"] is not None else values["val_acc"]
+        if score is not None and score > self.best_ternary:
+            self.best_ternary = score
+            if trainer.is_global_zero:
+                self._save_best(pl_module, values, trainer.current_epoch)
+
+    def _save_best(self, pl_module, values: dict, epoch: int) -> None:
+        model = pl_module.ternary_model() if pl_module.eval_ternary else pl_module.model
+        float_eval = {"top1": values["val_acc"], "top5": values["val_acc5"]}
+        ternary_eval = {"top1": values["ternary_acc"], "top5": values["ternary_acc5"]}
+        shipped = ternary_eval if pl_module.eval_ternary else float_eval
+        meta = dict(self.metadata, epoch=epoch, accuracy=shipped["top1"], float_eval=float_eval,
+                    ternary_eval=ternary_eval if pl_module.eval_ternary else None, command=self.command)
+        self.save_model(model.float().to(memory_format=torch.contiguous_format), self.model_path, meta)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checksum = torch.stack([p.detach().double().sum() for p in pl_module.model.parameters()]).sum()
+        sums = trainer.strategy.all_gather(checksum.to(pl_module.device))
+        self._write_results(trainer, [float(s) for s in torch.atleast_1d(sums.cpu())])
+
+    @rank_zero_only
+    def _write_results(self, trainer: L.Trainer, checksums: list[float]) -> None:
+        size = self.model_path.stat().st_size if self.model_path.exists() else None
+        results = {
+            "float_acc": _metric(trainer, "val_acc"),
+            "ternary_acc": _metric(trainer, "ternary_acc"),
+            "best_float_acc": self.best_float if self.best_float >= 0 else None,
+            "best_ternary_acc": self.best_ternary if self.best_ternary >= 0 else None,
+            "epochs": trainer.current_epoch,
+            "model_file": self.model_path.name if size else None,
+            "model_bytes": size,
+            "wall_time_s": round(self._elapsed(), 1),
+            "world_size": trainer.world_size,
+            "param_checksums": checksums,
+            "command": self.command,
+        }
+        (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

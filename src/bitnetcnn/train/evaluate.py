@@ -1,0 +1,85 @@
+"""Evaluation and conversion of saved models, outside a training run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
+from bitnetcnn.data.augment import normalize
+from bitnetcnn.data.catalog import get_dataset_spec
+from bitnetcnn.data.paths import data_root
+from bitnetcnn.nn import convert_to_ternary
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
+             batch_size: int = 256) -> dict:
+    """Top-1 and top-5 accuracy of ``model`` on uint8 images (N, C, H, W)."""
+    model.eval()
+    mean_t, std_t = torch.tensor(mean), torch.tensor(std)
+    top1 = top5 = 0
+    for i in range(0, len(labels), batch_size):
+        x = normalize(images[i: i + batch_size], mean_t, std_t)
+        y = labels[i: i + batch_size]
+        logits = model(x)
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        top1 += (topk[:, 0] == y).sum().item()
+        top5 += (topk == y[:, None]).any(dim=1).sum().item()
+    n = max(1, len(labels))
+    return {"top1": top1 / n, "top5": top5 / n, "images": len(labels)}
+
+
+def evaluate_checkpoint(path: str, dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                        batch_size: int = 256) -> dict:
+    model = load_checkpoint(path)
+    header = getattr(model, "checkpoint_header", {}) or {}
+    dataset = dataset or header.get("metrics", {}).get("dataset")
+    if not dataset:
+        raise ValueError(f"{path} does not record its data set; pass --dataset")
+    spec = get_dataset_spec(dataset)
+    classes = getattr(model, "model_args", {}).get("num_classes")
+    if classes is not None and classes != spec.num_classes:
+        raise ValueError(f"{path} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
+    split = spec.reader(data_root(data_dir), False, False)
+    return {"checkpoint": str(path), "dataset": dataset,
+            **accuracy(model, split.images, split.labels, spec.mean, spec.std, batch_size)}
+
+
+def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) -> Path:
+    """A run's ``last.ckpt`` (Lightning) or a checkpoint of a Bit model, converted and saved in our format."""
+    src = Path(path)
+    meta = {}
+    if src.suffix == ".ckpt":
+        from bitnetcnn.train.module import BitClassifier
+
+        model = BitClassifier.load_from_checkpoint(src, map_location="cpu").model
+        meta = _run_metadata(src.parent, pow2)
+    else:
+        model = load_checkpoint(src)
+        header = getattr(model, "checkpoint_header", {}) or {}
+        meta = dict(header.get("metadata", {}), **{k: v for k, v in header.get("metrics", {}).items()})
+    ternary = convert_to_ternary(model.eval(), pow2=pow2)
+    out = Path(output) if output else src.with_suffix(".ternary.bnc")
+    save_checkpoint(ternary, out, meta)
+    return out
+
+
+def _run_metadata(run: Path, pow2: bool) -> dict:
+    """What a run folder says about its model: data set, command and (for the same scales) the last accuracies."""
+    meta: dict = {}
+    if (run / "args.json").exists():
+        meta["dataset"] = json.loads((run / "args.json").read_text()).get("dataset")
+    if (run / "results.json").exists():
+        results = json.loads((run / "results.json").read_text())
+        meta["command"] = results.get("command")
+        if not pow2:  # power-of-two scales change the function: its accuracy must be measured again
+            meta["accuracy"] = results.get("ternary_acc")
+            meta["float_eval"] = {"top1": results.get("float_acc")}
+            meta["ternary_eval"] = {"top1": results.get("ternary_acc")}
+    return {k: v for k, v in meta.items() if v is not None}

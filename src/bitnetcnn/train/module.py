@@ -1,0 +1,143 @@
+"""The Lightning module: fake-quantized training of any registry model, evaluation of its ternary twin."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from bitnetcnn.models import create_model
+from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
+from bitnetcnn.train.distill import distillation_loss
+from bitnetcnn.train.schedule import param_groups, warmup_cosine
+
+
+class BitClassifier(L.LightningModule):
+    """Image classification with a registry model.
+
+    Validation measures the Bit model (fake quantization) and, with ``eval_ternary``, the converted ternary model
+    built from the same weights at the start of each validation epoch: the number users ship.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "bitnet_cnn",
+        num_classes: int = 10,
+        in_chans: int = 1,
+        model_kwargs: Optional[dict] = None,
+        optimizer: str = "adamw",
+        lr: float = 2e-3,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        eval_ternary: bool = True,
+        kd_alpha: float = 0.0,
+        kd_temperature: float = 4.0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.teacher: Optional[nn.Module] = None
+        self.eval_ternary = eval_ternary and any(isinstance(m, BIT_LAYERS) for m in self.model.modules())
+        self._ternary: Optional[nn.Module] = None
+        self._mix = _batch_mixer(num_classes, mixup, cutmix)
+        metric = dict(num_classes=num_classes, average="micro")
+        self.val_acc1 = MulticlassAccuracy(top_k=1, **metric)
+        self.val_acc5 = MulticlassAccuracy(top_k=min(5, num_classes), **metric)
+        self.ternary_acc1 = MulticlassAccuracy(top_k=1, **metric)
+        self.ternary_acc5 = MulticlassAccuracy(top_k=min(5, num_classes), **metric)
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """A frozen full-precision teacher for distillation; kept out of the state dict and the optimizer."""
+        teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher  # not a submodule: no checkpointing, no optimizer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # --- training -------------------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        targets = y
+        if self._mix is not None:
+            x, targets = self._mix(x, y)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams.label_smoothing)
+        if self.teacher is not None and self.hparams.kd_alpha > 0:
+            if self.teacher.training or next(self.teacher.parameters()).device != x.device:
+                self.teacher.to(x.device).eval()
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            loss = distillation_loss(logits, teacher_logits, loss, self.hparams.kd_alpha, self.hparams.kd_temperature)
+        hard = targets.argmax(-1) if targets.dim() > 1 else targets
+        acc = (logits.argmax(-1) == hard).float().mean()
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups(self.model, hp.weight_decay)
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=hp.lr)
+        else:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}: use 'sgd' or 'adamw'")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = int(hp.warmup_epochs * per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- validation -----------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        if self.eval_ternary:
+            # kept out of the module tree: not a submodule, so never in a checkpoint or the optimizer
+            self.__dict__["_ternary"] = convert_to_ternary(self.model).eval()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.log("val_loss", F.cross_entropy(logits.float(), y), sync_dist=True)
+        self.val_acc1(logits, y)
+        self.val_acc5(logits, y)
+        self.log("val_acc", self.val_acc1, prog_bar=True)
+        self.log("val_acc5", self.val_acc5)
+        if self._ternary is not None:
+            t_logits = self._ternary(x)
+            self.ternary_acc1(t_logits, y)
+            self.ternary_acc5(t_logits, y)
+            self.log("ternary_acc", self.ternary_acc1, prog_bar=True)
+            self.log("ternary_acc5", self.ternary_acc5)
+
+    test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
+
+    def ternary_model(self) -> nn.Module:
+        """The converted model of the current weights (the last one validated when available)."""
+        return self._ternary if self._ternary is not None else convert_to_ternary(self.model).eval()
+
+
+def _batch_mixer(num_classes: int, mixup: float, cutmix: float):
+    """torchvision's batch MixUp / CutMix (one chosen per batch when both are on), or None."""
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from torchvision.transforms import v2
+
+    choices = []
+    if mixup > 0:
+        choices.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        choices.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)

@@ -1,0 +1,203 @@
+"""One training run, from settings to a run folder: the Trainer, its callbacks, resume, distillation."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
+from bitnetcnn.data.datamodule import ImageDataModule
+from bitnetcnn.models import get_model_config
+from bitnetcnn.nn import BIT_LAYERS
+from bitnetcnn.train.callbacks import RunRecorder
+from bitnetcnn.train.module import BitClassifier
+
+
+@dataclass
+class TrainSettings:
+    """Everything a run depends on; saved as ``args.json`` in the run folder so ``--resume`` repeats it exactly."""
+
+    model: str = "bitnet_cnn"
+    dataset: str = "mnist_demo"
+    data_dir: Optional[str] = None
+    download: bool = False
+    out: Optional[str] = None
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: Optional[float] = None  # default by optimizer: adamw 2e-3, sgd 0.1
+    wd: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    quant: str = "ternary"
+    scale_op: str = "median"
+    pow2: bool = False
+    act_bits: Optional[int] = None
+    fp_ends: bool = False
+    model_kwargs: dict = field(default_factory=dict)
+    num_classes: Optional[int] = None
+    img_size: int = 64  # for imagefolder only
+    eval_ternary: bool = True
+    kd: bool = False
+    teacher: Optional[str] = None
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    init: Optional[str] = None  # start from the weights of a bitnetcnn checkpoint (fine-tuning)
+    amp: bool = False
+    channels_last: Optional[bool] = None  # None: on with --amp for 3-channel inputs
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    seed: int = 0
+    limit_train: Optional[int] = None  # use only the first N training images (quick checks)
+    limit_eval: Optional[int] = None  # evaluate on only the first N test images (quick checks)
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work together (wrong classes, channels, missing teacher ...)."""
+
+
+def _default_out(s: TrainSettings) -> Path:
+    base = Path("runs") / f"{s.model}-{s.dataset}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def _precision(s: TrainSettings, accelerator: str) -> str:
+    if not s.amp:
+        return "32-true"
+    if accelerator == "cpu":
+        return "bf16-mixed"
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _check_teacher(teacher: torch.nn.Module, num_classes: int, path: str) -> torch.nn.Module:
+    classes = teacher.model_args.get("num_classes") if hasattr(teacher, "model_args") else None
+    if classes is not None and classes != num_classes:
+        raise SettingsError(f"teacher {path} predicts {classes} classes but the student has {num_classes}: "
+                            "distill from a teacher trained on the same data set")
+    if any(isinstance(m, BIT_LAYERS) for m in teacher.modules()):
+        print(f"note: teacher {path} is itself a Bit model; a full-precision teacher (--quant fp) usually helps more",
+              file=sys.stderr)
+    return teacher
+
+
+def _check_init(model: torch.nn.Module, path: str) -> None:
+    source = load_checkpoint(path)
+    args = getattr(source, "model_args", {})
+    ours = model.model_args
+    for key in ("name", "num_classes", "in_chans"):
+        if key in args and args[key] != ours[key]:
+            raise SettingsError(f"--init {path} has {key}={args[key]!r} but this run needs {key}={ours[key]!r} "
+                                f"(model {ours['name']} on the chosen data set)")
+    from bitnetcnn.nn import convert_to_bit
+
+    if not any(isinstance(m, BIT_LAYERS) for m in source.modules()) and ours["quant"] == "ternary":
+        source = convert_to_bit(source)
+    missing = model.load_state_dict(source.state_dict(), strict=False)
+    if missing.missing_keys or missing.unexpected_keys:
+        raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing.missing_keys[:5]}, "
+                            f"unexpected {missing.unexpected_keys[:5]}")
+
+
+def build(s: TrainSettings):
+    """The data module, the Lightning module and the run folder for these settings (validated)."""
+    get_model_config(s.model)  # unknown model: error with the valid names, before any data is read
+    data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
+                           limit_train=s.limit_train, limit_eval=s.limit_eval)
+    spec = data.spec
+    num_classes = data.num_classes
+    if s.num_classes is not None and s.num_classes != num_classes:
+        raise SettingsError(f"--num-classes {s.num_classes} but data set {s.dataset!r} has {num_classes} classes")
+    channels_last = s.channels_last if s.channels_last is not None else (s.amp and spec.in_chans == 3)
+    model_kwargs = dict(quant=s.quant, scale_op=s.scale_op, pow2=s.pow2, act_bits=s.act_bits, fp_ends=s.fp_ends,
+                        **s.model_kwargs)
+    lr = s.lr if s.lr is not None else (0.1 if s.optimizer == "sgd" else 2e-3)
+    module = BitClassifier(
+        s.model, num_classes, spec.in_chans, model_kwargs, optimizer=s.optimizer, lr=lr, weight_decay=s.wd,
+        momentum=s.momentum, warmup_epochs=s.warmup_epochs, label_smoothing=s.label_smoothing, mixup=s.mixup,
+        cutmix=s.cutmix, eval_ternary=s.eval_ternary, kd_alpha=s.kd_alpha if s.kd else 0.0,
+        kd_temperature=s.kd_temperature, channels_last=channels_last,
+    )
+    data.channels_last = channels_last
+    if s.kd:
+        if not s.teacher:
+            raise SettingsError("--kd needs --teacher PATH: a checkpoint of the full-precision twin "
+                                "(train it with this command and --quant fp)")
+        module.set_teacher(_check_teacher(load_checkpoint(s.teacher), num_classes, s.teacher))
+    if s.init:
+        _check_init(module.model, s.init)
+    return data, module
+
+
+def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None) -> dict:
+    """Train, validate each epoch (Bit and ternary), keep the best ternary model; returns results.json's content."""
+    if resume:
+        if not s.out:
+            raise SettingsError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
+        saved = Path(s.out) / "args.json"
+        if not saved.exists():
+            raise SettingsError(f"--resume: {saved} not found; is {s.out} a run folder?")
+        s = TrainSettings.from_dict(dict(json.loads(saved.read_text()), out=s.out, progress=s.progress))
+    out = Path(s.out) if s.out else _default_out(s)
+    s.out = str(out)
+    L.seed_everything(s.seed, workers=True, verbose=False)
+    data, module = build(s)
+    last = out / "last.ckpt"
+    if resume and not last.exists():
+        raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
+                            "start it again without --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or shlex.join(["bitnetcnn", *sys.argv[1:]])
+    metadata = {
+        "dataset": s.dataset,
+        "mean": list(data.spec.mean),
+        "std": list(data.spec.std),
+        "input_size": [data.spec.in_chans, data.spec.img_size, data.spec.img_size],
+    }
+    recorder = RunRecorder(out, save_checkpoint, command, metadata)
+    # last.ckpt, overwritten (atomically, by Lightning's fsspec transaction) at the end of every epoch
+    checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
+                                 enable_version_counter=False)
+    devices = s.devices if s.devices == "auto" else int(s.devices)
+    trainer = L.Trainer(
+        max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes, strategy=s.strategy,
+        precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("gpu" if torch.cuda.is_available()
+                                                                                 else "cpu")),
+        callbacks=[recorder, checkpoint], logger=False, num_sanity_val_steps=0, enable_progress_bar=s.progress,
+        enable_model_summary=False, default_root_dir=out,
+    )
+    if trainer.is_global_zero and not resume:
+        (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if trainer.is_global_zero:
+        acc = results.get("best_ternary_acc")
+        print(f"\nrun folder: {out}")
+        if acc is not None:
+            print(f"best ternary test accuracy: {100 * acc:.2f}%")
+        print(f"ternary model: {out / recorder.model_path.name}")
+        print(f"plot: {recorder.plot_path}\nmetrics: {recorder.csv_path}\nresults: {results_path}")
+    return results

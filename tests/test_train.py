@@ -1,0 +1,135 @@
+"""Training runs end to end on the bundled demo data: run folder, repeatability, distillation, errors, resume
+after SIGKILL, two-process DDP on the CPU."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitnetcnn.cli import main
+from bitnetcnn.train.module import BitClassifier
+from bitnetcnn.train.run import SettingsError, TrainSettings, train
+
+QUICK = dict(dataset="mnist_demo", batch_size=32, limit_train=128, limit_eval=128, progress=False)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
+    results = train(TrainSettings(out=str(tmp_path / "a"), epochs=2, **QUICK))
+    run = tmp_path / "a"
+    for name in ("metrics.csv", "metrics.png", "last.ckpt", "best_ternary.bnc", "results.json", "args.json"):
+        assert (run / name).is_file(), name
+    assert (run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = read_metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert results["epochs"] == 2 and 0 <= results["ternary_acc"] <= 1 and results["model_bytes"] > 0
+    assert "bitnetcnn" in results["command"] and results["wall_time_s"] > 0
+    again = train(TrainSettings(out=str(tmp_path / "b"), epochs=2, **QUICK))
+    assert read_metrics(tmp_path / "b")[1]["train_loss"] == rows[1]["train_loss"]  # --seed makes runs repeatable
+    assert again["param_checksums"] == results["param_checksums"]
+
+
+def test_mixup_and_cutmix_touch_training_batches_only():
+    module = BitClassifier("bitnet_cnn", 10, 1, mixup=0.2, cutmix=1.0)
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, mix):
+            super().__init__()
+            self.mix = mix
+
+        def forward(self, x, y):
+            calls.append(1)
+            return self.mix(x, y)
+
+    module._mix = Spy(module._mix)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    module.training_step((x, y), 0)
+    assert calls == [1]
+    module.eval()
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        module.validation_step((x, y), 0)
+    assert calls == [1]
+
+
+def test_distillation_from_a_full_precision_teacher(tmp_path):
+    train(TrainSettings(out=str(tmp_path / "teacher"), epochs=1, quant="fp", **QUICK))
+    teacher = tmp_path / "teacher" / "best_ternary.bnc"  # an fp run saves its (float) model under the same name
+    results = train(TrainSettings(out=str(tmp_path / "student"), epochs=1, kd=True, teacher=str(teacher), **QUICK))
+    assert results["epochs"] == 1
+    with pytest.raises(SettingsError, match="--kd needs --teacher"):
+        train(TrainSettings(out=str(tmp_path / "x"), epochs=1, kd=True, **QUICK))
+
+
+def test_teacher_with_other_classes_is_refused(tmp_path):
+    import bitnetcnn
+
+    teacher = bitnetcnn.create_model("bitnet_cnn", num_classes=7, in_chans=1, quant="fp")
+    bitnetcnn.save_checkpoint(teacher, tmp_path / "t.bnc", {})
+    with pytest.raises(SettingsError, match="teacher .* 7 classes but the student has 10"):
+        train(TrainSettings(out=str(tmp_path / "s"), epochs=1, kd=True, teacher=str(tmp_path / "t.bnc"), **QUICK))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "bit_resnet81"], "unknown model 'bit_resnet81'"),
+        (["--dataset", "cifar1000"], "unknown data set 'cifar1000'"),
+        (["--num-classes", "100"], "--num-classes 100 but data set 'mnist_demo' has 10 classes"),
+        (["--dataset", "cifar10", "--data-dir", "EMPTY"], "not found; looked in"),
+    ],
+)
+def test_wrong_input_gets_a_clear_error(tmp_path, capsys, argv, message):
+    argv = [str(tmp_path) if a == "EMPTY" else a for a in argv]
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bitnetcnn", "train", "--no-progress", *args]
+
+
+def test_resume_after_sigkill_finishes_with_unbroken_metrics(tmp_path):
+    run = tmp_path / "run"
+    args = ["--out", str(run), "--epochs", "3", "--batch-size", "64", "--limit-train", "640", "--limit-eval", "128"]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(1.0)  # now inside epoch 1
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "results.json").exists()
+    done = subprocess.run(_cli("--out", str(run), "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 3
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
+
+
+def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
+    run = tmp_path / "ddp"
+    done = subprocess.run(
+        _cli("--out", str(run), "--epochs", "1", "--batch-size", "32", "--limit-train", "256", "--limit-eval", "64",
+             "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["world_size"] == 2
+    a, b = results["param_checksums"]
+    assert a == b  # both ranks end with the same weights
