@@ -193,9 +193,11 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "convert": _cmd_convert, "su
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.__dict__.pop("command")
+    from bitnetcnn.checkpoint.errors import CheckpointError
+
     try:
         return COMMANDS[command](args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, CheckpointError) as err:  # bad input: one clear line, no traceback
         print(f"bitnetcnn {command}: error: {err}", file=sys.stderr)
         return 2
 
