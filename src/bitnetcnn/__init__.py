@@ -16,6 +16,7 @@ from bitnetcnn.nn import (
 )
 
 from bitnetcnn.models import create_model, get_model_config, list_models, register_model
+from bitnetcnn.summary import summary
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,5 @@ __all__ = [
     "get_model_config",
     "list_models",
     "register_model",
+    "summary",
 ]

@@ -1,0 +1,95 @@
+"""bitnetcnn.summary: per-layer rows whose totals add up, on Bit, converted and full-precision models."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import bitnetcnn
+from bitnetcnn import convert_to_ternary, convert_to_ternary_p2, create_model
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_totals(result, params: int) -> None:
+    assert result.params == sum(r.params for r in result.rows) == params
+    assert result.macs == sum(r.macs for r in result.rows)
+    assert result.fp32_bytes == pytest.approx(sum(r.fp32_bytes for r in result.rows)) == 4 * params
+    assert result.packed_bytes == pytest.approx(sum(r.packed_bytes for r in result.rows))
+
+
+@pytest.fixture(scope="module")
+def bit_model():
+    torch.manual_seed(0)
+    return create_model("bitnet_cnn")
+
+
+def test_bit_model_rows_and_totals(bit_model):
+    result = bitnetcnn.summary(bit_model, print_fn=None)
+    check_totals(result, n_params(bit_model))
+    rows = {r.name: r for r in result.rows}
+    stem, head = rows["stem.conv"], rows["head.3"]
+    assert stem.output_shape == (32, 28, 28) and stem.bits == 2 and stem.ternary_weights == 32 * 9
+    assert stem.macs == 28 * 28 * 32 * 9
+    assert head.output_shape == (10,) and head.macs == 256 * 10
+    # packed: 2 bits a weight, a float32 scale per output channel, float32 bias
+    assert head.packed_bytes == (2560 * 2 + 10 * 32 + 10 * 32) / 8
+    assert rows["stem.norm"].bits is None and rows["stem.norm"].params == 64
+    assert result.ternary_weights == 135_904  # the seed's MNIST checkpoint holds as many int8 ternary weights
+    assert result.fp32_bytes / result.packed_bytes > 9
+    assert 0 < result.zero_share < 1
+
+
+def test_converted_model_matches_its_bit_model(bit_model):
+    bit = bitnetcnn.summary(bit_model, print_fn=None)
+    converted = bitnetcnn.summary(convert_to_ternary(bit_model), print_fn=None)
+    check_totals(converted, n_params(bit_model))
+    assert [(r.name, r.output_shape, r.params, r.macs, r.packed_bytes, r.zero_weights) for r in converted.rows] == [
+        (r.name, r.output_shape, r.params, r.macs, r.packed_bytes, r.zero_weights) for r in bit.rows
+    ]
+    p2 = bitnetcnn.summary(convert_to_ternary_p2(bit_model), print_fn=None)
+    scales = sum(r.output_shape[0] for r in bit.rows if r.bits == 2)
+    assert p2.packed_bytes == pytest.approx(bit.packed_bytes - scales * 3)  # int8 exponents instead of float32
+
+
+def test_full_precision_model_and_a_plain_torch_model():
+    fp = create_model("bit_mobilenetv2", quant="fp")
+    result = bitnetcnn.summary(fp, (3, 32, 32), print_fn=None)
+    check_totals(result, n_params(fp))
+    assert result.ternary_weights == 0 and result.packed_bytes == result.fp32_bytes
+    assert {r.bits for r in result.rows} == {32, None}
+    # 2x2 positions at 32 px, where the 1x1 head convolution maps 320 to 1280 channels
+    assert next(r for r in result.rows if r.name == "head_conv.conv").macs == 2 * 2 * 320 * 1280
+
+    # A plain model with parameters owned by a container and a layer used twice.
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(4))
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(self.fc(x)) * self.gain
+
+    plain = Scaled()
+    result = bitnetcnn.summary(plain, (4,), print_fn=None)
+    check_totals(result, 24)
+    assert {r.name: r.macs for r in result.rows} == {"fc": 32, "Scaled": 0}
+
+
+def test_summary_prints_a_table_and_leaves_the_model_as_it_was(bit_model):
+    lines = []
+    bit_model.train()
+    before = {k: v.clone() for k, v in bit_model.state_dict().items()}
+    result = bitnetcnn.summary(bit_model, print_fn=lines.append)
+    assert bit_model.training
+    assert all(torch.equal(v, bit_model.state_dict()[k]) for k, v in before.items())
+    table = lines[0]
+    assert table == str(result)
+    assert "stage3.conv_pw.conv" in table and "BitConv2d" in table and "140,042" in table
+    assert f"{math.log2(3):.2f}" in table
+    with pytest.raises(ValueError, match="input_size"):
+        bitnetcnn.summary(nn.Linear(2, 2), print_fn=None)
