@@ -17,11 +17,13 @@ from bitnetcnn.nn import (
 
 from bitnetcnn.models import create_model, get_model_config, list_models, register_model
 from bitnetcnn.summary import summary
+from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BitConv2d",
+    "CheckpointError",
     "BitLinear",
     "TernaryConv2d",
     "TernaryLinear",
@@ -33,6 +35,8 @@ __all__ = [
     "create_model",
     "get_model_config",
     "list_models",
+    "load_checkpoint",
     "register_model",
+    "save_checkpoint",
     "summary",
 ]

@@ -1,0 +1,17 @@
+"""Checkpoints: safe (no pickle), compact (entropy-coded ternary weights) and strict (one error type)."""
+
+from bitnetcnn.checkpoint.errors import CheckpointError
+from bitnetcnn.checkpoint.format import (
+    checkpoint_size_report,
+    load_checkpoint,
+    read_checkpoint_header,
+    save_checkpoint,
+)
+
+__all__ = [
+    "CheckpointError",
+    "checkpoint_size_report",
+    "load_checkpoint",
+    "read_checkpoint_header",
+    "save_checkpoint",
+]

@@ -1,0 +1,347 @@
+"""Checkpoints: bit-identical round trips for every registered model and form, strict errors, other file kinds."""
+
+import hashlib
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import bitnetcnn
+from bitnetcnn import CheckpointError, convert_to_ternary, convert_to_ternary_p2, create_model, list_models
+from bitnetcnn.checkpoint import read_checkpoint_header
+from bitnetcnn.checkpoint import ternary_codec
+from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME, pack_2bit_numpy, ternary_layer
+from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
+from bitnetcnn.nn.convert import replace_modules
+from bitnetcnn.quant import pack_2bit
+
+
+def _inputs(model, batch=2):
+    c, h, w = model.model_config.input_size
+    return torch.randn(batch, c, h, w)
+
+
+def _assert_same_outputs(a, b, x):
+    with torch.no_grad():
+        ya, yb = a.eval()(x), b.eval()(x)
+    assert torch.equal(ya, yb)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 3.4K-parameter BitNetCNN, converted, saved once."""
+    torch.manual_seed(0)
+    model = convert_to_ternary(create_model("bitnet_cnn", width=4).eval())
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.bnc"
+    bitnetcnn.save_checkpoint(model, path, {"dataset": "mnist", "accuracy": 0.5, "command": "bitnetcnn train"})
+    return model, path
+
+
+def _random_ternary(name, pow2):
+    """``name`` in converted form with random codes and scales, built without convert_to_ternary's cost.
+
+    (convert_to_ternary itself is exercised on bitnet_cnn below; ternary_layer equals its result, tested below.)
+    """
+    model = create_model(name).eval()
+    rng = np.random.default_rng(0)
+
+    def rule(_, module):
+        if not isinstance(module, (BitConv2d, BitLinear)):
+            return None
+        shape = tuple(module.weight.shape)
+        codes = rng.choice(np.array([-1, 0, 1], np.int8), p=[0.35, 0.3, 0.35], size=shape)
+        scale = torch.rand(shape[0]) * 0.1 + 0.01
+        bias = None if module.bias is None else torch.randn(shape[0])
+        return ternary_layer(module, codes, scale, bias, pow2, module.scale_op)
+
+    model, _ = replace_modules(model, rule, inplace=True)
+    return model
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_round_trip_ternary_and_pow2_every_registered_model(name, tmp_path):
+    for pow2 in (False, True):
+        if name == "bitnet_cnn":
+            model = create_model(name).eval()
+            converted = (convert_to_ternary_p2 if pow2 else convert_to_ternary)(model)
+        else:
+            converted = _random_ternary(name, pow2)
+        path = bitnetcnn.save_checkpoint(converted, tmp_path / f"{name}_{pow2}.bnc")
+        loaded = bitnetcnn.load_checkpoint(path)
+        _assert_same_outputs(converted, loaded, _inputs(converted, batch=1))
+        assert loaded.model_args == converted.model_args
+        assert loaded.state_dict().keys() == converted.state_dict().keys()
+        for key, value in converted.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+        assert [type(m) for m in loaded.modules()] == [type(m) for m in converted.modules()]
+        assert any(getattr(m, "pow2", False) for m in loaded.modules()) == pow2
+
+
+@pytest.mark.parametrize("quant", ["ternary", "fp"])
+def test_round_trip_bit_and_float_models(quant, tmp_path):
+    model = create_model("bitnet_cnn", quant=quant, act_bits=8 if quant == "ternary" else None)
+    model.train()
+    model(torch.randn(4, 1, 28, 28))  # moves BatchNorm and activation-quantizer statistics
+    model.eval()
+    path = bitnetcnn.save_checkpoint(model, tmp_path / "m.bnc")
+    loaded = bitnetcnn.load_checkpoint(path)
+    _assert_same_outputs(model, loaded, torch.randn(3, 1, 28, 28))
+    assert read_checkpoint_header(path)["form"] == ("bit" if quant == "ternary" else "float")
+    assert all(p.requires_grad for p in loaded.parameters())
+    # the trainable Bit model of a loaded checkpoint converts to the same ternary model
+    if quant == "ternary":
+        _assert_same_outputs(convert_to_ternary(model), convert_to_ternary(loaded), torch.randn(2, 1, 28, 28))
+
+
+def test_act_bits_model_round_trips_converted(tmp_path):
+    model = create_model("bitnet_cnn", width=8, act_bits=8).train()
+    model(torch.randn(8, 1, 28, 28))
+    converted = convert_to_ternary(model.eval())
+    loaded = bitnetcnn.load_checkpoint(bitnetcnn.save_checkpoint(converted, tmp_path / "a.bnc"))
+    _assert_same_outputs(converted, loaded, torch.randn(2, 1, 28, 28))
+
+
+def test_header_holds_what_the_issue_asks(tiny):
+    model, path = tiny
+    header = read_checkpoint_header(path)
+    assert header["architecture"]["name"] == "bitnet_cnn"
+    assert bitnetcnn.create_model(**header["architecture"]["args"]).model_args == model.model_args
+    assert header["num_classes"] == 10
+    assert header["input"] == {"size": [1, 28, 28], "mean": [0.1307], "std": [0.3081]}
+    assert header["quantization"]["scale_op"] == "median"
+    assert "stem.conv" in header["quantization"]["ternary_layers"]
+    assert header["metrics"] == {"dataset": "mnist", "accuracy": 0.5, "command": "bitnetcnn train"}
+    assert header["library_version"]
+    with zipfile.ZipFile(path) as z:
+        assert sorted(z.namelist()) == sorted([HEADER_NAME, TENSORS_NAME])
+        assert hashlib.sha256(z.read(TENSORS_NAME)).hexdigest() == header["tensors"]["sha256"]
+    loaded = bitnetcnn.load_checkpoint(path)
+    assert loaded.checkpoint_header["metrics"]["accuracy"] == 0.5
+
+
+def test_saving_is_deterministic(tiny, tmp_path):
+    model, path = tiny
+    again = bitnetcnn.save_checkpoint(model, tmp_path / "again.bnc",
+                                      {"dataset": "mnist", "accuracy": 0.5, "command": "bitnetcnn train"})
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_save_needs_a_registry_model(tmp_path):
+    with pytest.raises(ValueError, match="model_args"):
+        bitnetcnn.save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.bnc")
+
+
+def test_loading_uses_no_pickle(tiny, monkeypatch):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    bitnetcnn.load_checkpoint(tiny[1])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BitConv2d(6, 10, 3, stride=2, padding=1, bias=True),
+        lambda: BitConv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False, padding_mode="reflect"),
+        lambda: BitConv2d(4, 6, (1, 5), act_bits=8),
+        lambda: BitLinear(7, 5),
+        lambda: BitLinear(9, 3, bias=False, pow2=True),
+    ],
+)
+@pytest.mark.parametrize("pow2", [False, True])
+def test_fast_ternary_layer_equals_the_constructor(make, pow2):
+    bit = make().eval()
+    reference = (TernaryConv2d if isinstance(bit, BitConv2d) else TernaryLinear).from_bit(bit, pow2)
+    codes = reference.codes().numpy()
+    fast = ternary_layer(bit, codes, reference.channel_scale(), reference.bias, reference.pow2, reference.scale_op)
+    assert type(fast) is type(reference)
+    assert repr(fast) == repr(reference)
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(fast.state_dict()[key], value)
+        assert fast.state_dict()[key].dtype == value.dtype
+    assert torch.equal(fast.weight, reference.weight)
+    own = {k: v for k, v in vars(reference).items() if not k.startswith("_")}
+    assert {k: v for k, v in vars(fast).items() if not k.startswith("_")} == own
+    x = torch.randn(2, 6, 9, 9) if isinstance(bit, BitConv2d) and bit.in_channels == 6 else None
+    if x is not None:
+        assert torch.equal(fast(x), reference(x))
+
+
+def test_pack_2bit_numpy_matches_quant():
+    codes = torch.randint(-1, 2, (1001,), dtype=torch.int8)
+    assert np.array_equal(pack_2bit_numpy(codes.numpy()), pack_2bit(codes).numpy())
+
+
+def test_codec_round_trips_odd_shapes_and_skewed_statistics():
+    rng = np.random.default_rng(0)
+    layers = [
+        ("a", rng.integers(-1, 2, (5, 3, 3, 3)).astype(np.int8)),
+        ("b", rng.choice([-1, 0, 1], p=[0.05, 0.9, 0.05], size=(7, 11)).astype(np.int8)),
+        ("c", np.zeros((4, 2, 7, 7), np.int8)),
+        ("d", rng.integers(-1, 2, (3, 1, 5, 1)).astype(np.int8)),
+        ("e", rng.integers(-1, 2, (2, 2, 1, 4)).astype(np.int8)),
+        ("f", np.ones((1, 1), np.int8)),
+    ]
+    for streams in (None, 1, 3, 64):
+        arrays, meta = ternary_codec.encode_ternary(layers, streams)
+        decoded = ternary_codec.decode_ternary(arrays, json.loads(json.dumps(meta)))
+        for name, codes in layers:
+            assert decoded[name].dtype == np.int8 and np.array_equal(decoded[name], codes), (name, streams)
+
+
+def test_codec_codes_skewed_weights_below_entropy_of_uniform():
+    rng = np.random.default_rng(1)
+    codes = rng.choice([-1, 0, 1], p=[0.1, 0.8, 0.1], size=(64, 64, 3, 3)).astype(np.int8)
+    arrays, _ = ternary_codec.encode_ternary([("w", codes)])
+    bits = sum(a.nbytes for a in arrays.values()) * 8 / codes.size
+    assert bits < 1.0  # order-0 entropy of (0.1, 0.8, 0.1) is 0.92 bits
+
+
+# ------------------------------------------------------------------------------------------------------- errors
+
+
+def _rezip(path, out, header=None, tensors=None):
+    with zipfile.ZipFile(path) as z:
+        head, data = z.read(HEADER_NAME), z.read(TENSORS_NAME)
+    head = head if header is None else json.dumps(header(json.loads(head))).encode()
+    data = data if tensors is None else tensors(data)
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr(HEADER_NAME, head)
+        z.writestr(TENSORS_NAME, data)
+    return out
+
+
+def _raises(path, *words):
+    with pytest.raises(CheckpointError) as info:
+        bitnetcnn.load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_truncated_file(tiny, tmp_path):
+    data = tiny[1].read_bytes()
+    for cut in (0, 10, len(data) // 2, len(data) - 1):
+        bad = tmp_path / f"cut{cut}.bnc"
+        bad.write_bytes(data[:cut])
+        _raises(bad)
+
+
+def test_corrupted_byte_is_caught_by_the_zip_crc(tiny, tmp_path):
+    data = bytearray(tiny[1].read_bytes())
+    with zipfile.ZipFile(tiny[1]) as z:
+        info = z.getinfo(TENSORS_NAME)
+    data[info.header_offset + 30 + len(TENSORS_NAME) + 40] ^= 0x10
+    bad = tmp_path / "flip.bnc"
+    bad.write_bytes(bytes(data))
+    _raises(bad)
+
+
+def test_tampered_tensors_fail_the_hash(tiny, tmp_path):
+    def change(data):
+        data = bytearray(data)
+        data[-3] ^= 1
+        return bytes(data)
+
+    _raises(_rezip(tiny[1], tmp_path / "t.bnc", tensors=change), "sha256")
+
+
+def test_wrong_architecture(tiny, tmp_path):
+    def other_width(h):
+        h["architecture"]["args"]["width"] = 8
+        return h
+
+    def other_model(h):
+        h["architecture"]["args"] = dict(name="bit_resnet18", num_classes=10, in_chans=1)
+        h["architecture"]["name"] = "bit_resnet18"
+        return h
+
+    def unknown(h):
+        h["architecture"]["args"]["name"] = "no_such_model"
+        return h
+
+    _raises(_rezip(tiny[1], tmp_path / "w.bnc", header=other_width), "wrong architecture")
+    _raises(_rezip(tiny[1], tmp_path / "o.bnc", header=other_model), "wrong architecture")
+    _raises(_rezip(tiny[1], tmp_path / "u.bnc", header=unknown), "no_such_model")
+
+
+def test_bad_headers(tiny, tmp_path):
+    cases = {
+        "json": lambda h: "not json {",
+        "format": lambda h: {**h, "format": "other"},
+        "version": lambda h: {**h, "format_version": 99},
+        "coding": lambda h: {**h, "ternary_coding": None},
+    }
+    for name, change in cases.items():
+        if name == "json":
+            with zipfile.ZipFile(tiny[1]) as z:
+                data = z.read(TENSORS_NAME)
+            bad = tmp_path / "j.bnc"
+            with zipfile.ZipFile(bad, "w") as z:
+                z.writestr(HEADER_NAME, b"not json {")
+                z.writestr(TENSORS_NAME, data)
+        else:
+            bad = _rezip(tiny[1], tmp_path / f"{name}.bnc", header=change)
+        _raises(bad, "header")
+
+
+def test_missing_file_and_not_a_checkpoint(tmp_path):
+    _raises(tmp_path / "absent.bnc", "cannot read")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 100)
+    _raises(junk)
+
+
+def test_plain_state_dict_files(tmp_path):
+    model = create_model("bitnet_cnn", width=4).eval()
+    for form, m in (("bit", model), ("ternary", convert_to_ternary(model)), ("pow2", convert_to_ternary_p2(model))):
+        path = tmp_path / f"{form}.pt"
+        torch.save(m.state_dict(), path)
+        with pytest.raises(CheckpointError, match="model_name"):
+            bitnetcnn.load_checkpoint(path)
+        loaded = bitnetcnn.load_checkpoint(path, model_name="bitnet_cnn", width=4)
+        _assert_same_outputs(m, loaded, torch.randn(2, 1, 28, 28))
+        with pytest.raises(CheckpointError, match="wrong architecture"):
+            bitnetcnn.load_checkpoint(path, model_name="bitnet_cnn", width=8)
+
+
+def test_seed_layout_in_a_plain_zip_is_mapped(tmp_path):
+    """A synthetic checkpoint in the seed's layout (int8 weight + [O,1,1] scale), zipped as the seed publishes."""
+    model = convert_to_ternary(create_model("bitnet_cnn", width=4).eval())
+    state = {}
+    for key, value in model.state_dict().items():
+        layer = key.rsplit(".", 1)[0]
+        module = model.get_submodule(layer)
+        if isinstance(module, (TernaryConv2d, TernaryLinear)):
+            if key.endswith("weight_packed"):
+                state[layer + ".weight"] = module.codes()
+            elif key.endswith(".scale"):
+                state[key] = value.reshape(-1, 1, 1) if isinstance(module, TernaryConv2d) else value
+            else:
+                state[key] = value
+        else:
+            state[key] = value
+    buffer = io.BytesIO()
+    torch.save({"model": state, "acc_tern": 0.25}, buffer)
+    path = tmp_path / "bit_netcnn_small_mnist_ternary.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("bit_netcnn_small_mnist_ternary_val_acc@25.00.pt", buffer.getvalue())
+    loaded = bitnetcnn.load_checkpoint(path, width=4)
+    assert loaded.checkpoint_header["metrics"]["accuracy"] == 0.25
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+    with pytest.raises(CheckpointError, match="wrong architecture"):
+        bitnetcnn.load_checkpoint(path)  # the default width (32) does not fit
