@@ -1,0 +1,136 @@
+"""Does the deployed (int8, onnxruntime) model agree with the converted PyTorch model on real test images?
+
+For each model: top-1 of the converted PyTorch model and of ``bitnetcnn.deploy.compile(model, calibration)`` on the
+test set, their top-1 agreement and the accuracy difference. Pass: agreement >= 99% and |accuracy difference| <= 0.3
+points. Models: the seed's trained ternary checkpoints (bitnet_cnn on MNIST, ResNet-18 and MobileNetV2 x1.4 on
+CIFAR-100), read from $BITNETCNN_DATA/seed-checkpoints (or --checkpoints), or any bitnetcnn checkpoint given with
+--checkpoint NAME=PATH.
+
+    export BITNETCNN_DATA=/path/to/shared/data
+    python benchmarks/deploy_agreement.py                       # all three, full test sets
+    python benchmarks/deploy_agreement.py --models bitnet_cnn --limit 2000 --json agreement.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from bitnetcnn import convert_to_ternary, create_model
+from bitnetcnn.deploy import compile
+from bitnetcnn.deploy.calibration import dataset_images, normalize_images
+from bitnetcnn.nn import TernaryConv2d, TernaryLinear
+
+# name: (seed checkpoint file, data set, create_model arguments of the seed's architecture)
+SEED = {
+    "bitnet_cnn": ("bit_netcnn_small_mnist_ternary.zip", "mnist", dict(num_classes=10, in_chans=1)),
+    "bit_resnet18": ("bit_resnet_18_c100_ternary.zip", "cifar100", dict(num_classes=100, act="silu")),
+    "bit_mobilenetv2": ("bit_mobilenetv2_x140_c100_ternary.zip", "cifar100",
+                        dict(num_classes=100, width_mult=1.4, act="silu", downsample_at="expand")),
+}
+
+
+def load_seed(name: str, path: Path) -> torch.nn.Module:
+    """A seed checkpoint as a converted model: the library's loader if it reads the seed's zips, else a direct map
+    (int8 ``weight`` + ``scale`` per ternary layer, everything else by name)."""
+    _, _, kwargs = SEED[name]
+    try:
+        from bitnetcnn.checkpoint import load_checkpoint
+
+        model = load_checkpoint(path, model_name=name, **kwargs)
+        return convert_to_ternary(model) if not _is_converted(model) else model.eval()
+    except Exception as err:  # noqa: BLE001  (older library: map the layout here)
+        print(f"  (library loader unavailable for {path.name}: {type(err).__name__}; mapping the seed layout directly)")
+    with zipfile.ZipFile(path) as z:
+        blob = torch.load(io.BytesIO(z.read(z.namelist()[0])), weights_only=True, map_location="cpu")
+    state = blob.get("model", blob)
+    model = convert_to_ternary(create_model(name, **kwargs))
+    for layer_name, layer in list(model.named_modules()):
+        if not isinstance(layer, (TernaryConv2d, TernaryLinear)):
+            continue
+        codes = state.pop(f"{layer_name}.weight").to(torch.int8)
+        scale = state.pop(f"{layer_name}.scale").reshape(-1).float()
+        bias = state.pop(f"{layer_name}.bias", None)
+        if isinstance(layer, TernaryConv2d):
+            new = TernaryConv2d(codes, scale, bias, layer.stride, layer.padding, layer.dilation, layer.groups,
+                                layer.padding_mode, act_quant=layer.act_quant)
+        else:
+            new = TernaryLinear(codes, scale, bias, act_quant=layer.act_quant)
+        parent = model.get_submodule(layer_name.rpartition(".")[0]) if "." in layer_name else model
+        setattr(parent, layer_name.rpartition(".")[2], new)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("weight_packed", "scale", "bias"))]
+    if missing or unexpected:
+        raise ValueError(f"{path.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
+
+
+def _is_converted(model) -> bool:
+    return any(isinstance(m, (TernaryConv2d, TernaryLinear)) for m in model.modules())
+
+
+@torch.no_grad()
+def predict(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+
+
+def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None) -> dict:
+    test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir)
+    cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1)
+    x = normalize_images(test_x, spec.mean, spec.std)
+    t0 = time.perf_counter()
+    deployed = compile(model, normalize_images(cal_x, spec.mean, spec.std))
+    t_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = predict(model, x)
+    t_torch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = predict(deployed, x)
+    t_deploy = time.perf_counter() - t0
+    acc_ref = (ref == test_y).float().mean().item() * 100
+    acc_dep = (out == test_y).float().mean().item() * 100
+    agree = (ref == out).float().mean().item() * 100
+    ok = agree >= 99.0 and abs(acc_dep - acc_ref) <= 0.3
+    return dict(model=name, dataset=dataset, test_images=len(x), calibration_images=len(cal_x),
+                acc_converted=round(acc_ref, 2), acc_deployed=round(acc_dep, 2), agreement=round(agree, 2),
+                acc_diff=round(acc_dep - acc_ref, 2), passed=ok, compile_s=round(t_compile, 1),
+                torch_eval_s=round(t_torch, 1), deploy_eval_s=round(t_deploy, 1))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(SEED), choices=list(SEED))
+    p.add_argument("--checkpoints", help="folder of the seed checkpoints (default $BITNETCNN_DATA/seed-checkpoints)")
+    p.add_argument("--limit", type=int, default=0, help="first N test images of a fixed shuffle (0: all)")
+    p.add_argument("--calibrate", type=int, default=512, help="training images for int8 calibration")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    folder = Path(args.checkpoints or Path(args.data_dir or os.environ.get("BITNETCNN_DATA", ".")) / "seed-checkpoints")
+    rows = []
+    for name in args.models:
+        file, dataset, _ = SEED[name]
+        print(f"{name}: {folder / file}", flush=True)
+        model = load_seed(name, folder / file)
+        row = check(name, model, dataset, args.limit, args.calibrate, args.data_dir)
+        rows.append(row)
+        print(f"  {row['test_images']} {dataset} test images: converted {row['acc_converted']:.2f}%, deployed "
+              f"{row['acc_deployed']:.2f}% ({row['acc_diff']:+.2f}), top-1 agreement {row['agreement']:.2f}% -> "
+              f"{'PASS' if row['passed'] else 'FAIL'}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0 if all(r["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Calibration and check inputs: user batches as float32 arrays, and images read from a data set."""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["as_batches", "dataset_for", "dataset_images", "normalize_images"]
+
+Calibration = Union[torch.Tensor, np.ndarray, Iterable]
+
+
+def normalize_images(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` images to the float model input: ``(x / 255 - mean) / std``."""
+    x = images.float().div_(255.0)
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _model_stats(model: Optional[nn.Module]):
+    cfg = getattr(model, "model_config", None)
+    if cfg is None:
+        raise ValueError("uint8 images need the model's mean and std (model.model_config); pass normalized floats")
+    return cfg.mean, cfg.std
+
+
+def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = 64) -> List[np.ndarray]:
+    """Float32 ``(N, C, H, W)`` arrays from a tensor of model inputs or an iterable of batches.
+
+    A batch may be a tensor, an array, or a ``(inputs, labels)`` pair as data loaders yield. uint8 images are
+    normalized with the model's mean and std.
+    """
+    if isinstance(calibration, (torch.Tensor, np.ndarray)):
+        items = [calibration]
+        split = True
+    else:
+        items, split = calibration, False
+    batches = []
+    for item in items:
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        x = torch.as_tensor(item)
+        if x.dtype == torch.uint8:
+            x = normalize_images(x, *_model_stats(model))
+        if x.dim() != 4:
+            raise ValueError(f"calibration inputs must be (N, C, H, W), got shape {tuple(x.shape)}")
+        x = x.detach().to("cpu", torch.float32)
+        chunks = x.split(batch_size) if split else [x]
+        batches += [np.ascontiguousarray(c.numpy()) for c in chunks]
+    if not batches:
+        raise ValueError("calibration is empty: pass some images")
+    return batches
+
+
+def dataset_for(model: nn.Module) -> str:
+    """The data set a model was trained on: from its checkpoint header, else guessed from its input size."""
+    header = getattr(model, "checkpoint_header", None) or {}
+    for key in ("dataset", "data"):
+        value = header.get(key) if isinstance(header, dict) else None
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            return value["name"]
+    args = getattr(model, "model_args", {}) or {}
+    cfg = getattr(model, "model_config", None)
+    channels = int(args.get("in_chans", cfg.input_size[0] if cfg else 3))
+    classes = int(args.get("num_classes", cfg.num_classes if cfg else 100))
+    if channels == 1:
+        return "mnist"
+    return "cifar10" if classes == 10 else "cifar100"
+
+
+def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int = 0):
+    """``(images, labels, spec)``: ``n`` uint8 images and labels of a data set split, a fixed random sample (the
+    whole split for ``n <= 0``), and the data set's spec (its mean and std normalize the images)."""
+    from bitnetcnn.data.catalog import get_dataset_spec
+    from bitnetcnn.data.paths import data_root
+
+    spec = get_dataset_spec(dataset)
+    split = spec.reader(data_root(data_dir), train, False)
+    images, labels = split.images, split.labels
+    if 0 < n < len(images):
+        index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+        images, labels = images[index], labels[index]
+    return images, labels, spec

@@ -1,0 +1,101 @@
+"""What can be deployed: a converted model whose layers all map onto ONNX operators; clear refusals otherwise."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, ActQuantizer
+
+__all__ = ["NotDeployableError", "check_deployable", "input_size_of", "ternary_layers"]
+
+# Leaf modules whose export to ONNX is known (torch.onnx maps them to standard operators).
+_KNOWN_LEAVES = (
+    nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm, nn.GroupNorm, nn.Identity, nn.Dropout,
+    nn.Dropout2d, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish, nn.Softmax,
+    ActQuantizer,
+)
+# Packages whose modules this library exports itself (the architectures in bitnetcnn.models, StochasticDepth).
+_KNOWN_PACKAGES = ("bitnetcnn.", "torchvision.ops.")
+
+
+class NotDeployableError(ValueError):
+    """The model cannot be deployed or exported; the message says why and what to do."""
+
+
+def ternary_layers(model: nn.Module) -> Dict[str, nn.Module]:
+    """The converted layers (``TernaryConv2d``/``TernaryLinear``) by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, TERNARY_LAYERS)}
+
+
+def check_deployable(model: nn.Module, int8: bool = False) -> None:
+    """Raise :class:`NotDeployableError` unless ``model`` is a converted model that the deploy path can map.
+
+    Refused: a model with Bit layers (the training form), one without any ternary layer, a layer of a kind the
+    exporter does not know, and, for ``int8``, activation quantizers other than 8 bits (an int8 tensor cannot hold a
+    4-bit grid's clamping exactly, so the deployed model would not compute what the model does).
+    """
+    if not isinstance(model, nn.Module):
+        raise NotDeployableError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    bit = [name for name, m in model.named_modules() if isinstance(m, BIT_LAYERS)]
+    if bit:
+        raise NotDeployableError(
+            f"{type(model).__name__} is not converted: it has {len(bit)} Bit layer(s) (training form), e.g. "
+            f"{bit[0]!r}. Run model = bitnetcnn.convert_to_ternary(model) first (or `bitnetcnn convert` on a "
+            "checkpoint), then deploy or export the converted model."
+        )
+    if not ternary_layers(model):
+        raise NotDeployableError(
+            f"{type(model).__name__} has no TernaryConv2d/TernaryLinear layer, so it is not a converted ternary "
+            "model. Build it with bitnetcnn.create_model(...) (or bitnetcnn.bitify(model)), train it, and run "
+            "bitnetcnn.convert_to_ternary(model) before deploying."
+        )
+    for name, m in model.named_modules():
+        if isinstance(m, TERNARY_LAYERS) or (len(m._modules) and not _has_own_state(m)):
+            continue  # converted layers, and containers whose children are checked one by one
+        if isinstance(m, _KNOWN_LEAVES) or type(m).__module__.startswith(_KNOWN_PACKAGES):
+            continue
+        raise NotDeployableError(
+            f"layer {name!r} ({type(m).__module__}.{type(m).__qualname__}) cannot be mapped for deployment: the "
+            "exporter knows torch.nn's standard layers, bitnetcnn's ternary layers and architectures. Replace it by "
+            "standard layers, or keep it out of the deployed part of the model."
+        )
+    if int8:
+        for name, m in model.named_modules():
+            if isinstance(m, ActQuantizer) and m.bits != 8:
+                raise NotDeployableError(
+                    f"layer {name!r} quantizes activations to {m.bits} bits; the int8 path maps only 8-bit "
+                    "activation quantizers exactly. Export the float ONNX model instead (without --int8)."
+                )
+
+
+def _has_own_state(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False)) or any(
+        b is not None for b in m._buffers.values()
+    )
+
+
+def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple[int, int, int]:
+    """``(C, H, W)``: the given size, else the registry's default for the model's architecture."""
+    if input_size is not None:
+        size = tuple(int(v) for v in input_size)
+        if len(size) != 3:
+            raise ValueError(f"input_size must be (C, H, W), got {input_size!r}")
+        return size
+    cfg = getattr(model, "model_config", None)
+    if cfg is not None:
+        size = tuple(cfg.input_size)
+        args = getattr(model, "model_args", {}) or {}
+        channels = int(args.get("in_chans", size[0]))
+        side = int(args.get("img_size", size[1]))
+        return channels, side, side
+    raise ValueError(
+        f"{type(model).__name__} does not say its input size (no model_config): pass input_size=(C, H, W)"
+    )
+
+
+def example_input(size: tuple[int, int, int], batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))

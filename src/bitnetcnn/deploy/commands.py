@@ -1,0 +1,82 @@
+"""The work behind ``bitnetcnn export`` and ``bitnetcnn bench`` (the CLI only parses arguments and calls these)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional, Sequence
+
+import torch
+
+__all__ = ["DEFAULT_CALIBRATION", "bench_command", "export_command"]
+
+DEFAULT_CALIBRATION = 256  # training images, when int8 needs calibration and none was asked for
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def export_command(
+    model: str,
+    output: str,
+    *,
+    fmt: str = "onnx",
+    int8: bool = False,
+    calibrate: Optional[int] = None,
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    check: int = 1000,
+    min_agreement: Optional[float] = None,
+    threads: int = 2,
+    log: Callable[[str], None] = _say,
+):
+    """Export ``model`` (checkpoint or registry name) to ``output``; returns the :class:`ExportCheck`."""
+    from bitnetcnn.data.sources import DatasetNotFoundError
+    from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
+    from bitnetcnn.deploy.checks import check_deployable
+    from bitnetcnn.deploy.export import export_onnx
+    from bitnetcnn.deploy.int8 import quantizer_scales
+    from bitnetcnn.deploy.source import load_model
+
+    if fmt != "onnx":
+        raise ValueError(f"unknown format {fmt!r}: only 'onnx' is supported")
+    torch.set_num_threads(threads)
+    source = load_model(model)
+    if source.from_checkpoint:
+        net = source.model  # exported as stored: a Bit checkpoint is refused with the way to convert it
+    else:
+        log(f"note: {model} is a registry name, so its weights are untrained (pass a checkpoint to export a model)")
+        net = source.converted()
+    check_deployable(net, int8=int8)
+    dataset = dataset or dataset_for(net)
+    if int8 and calibrate is None and not quantizer_scales(net):
+        calibrate = DEFAULT_CALIBRATION
+    calibration = check_inputs = None
+    try:
+        if int8 and calibrate:
+            images, _, spec = dataset_images(dataset, calibrate, True, data_dir)
+            calibration = normalize_images(images, spec.mean, spec.std)
+            log(f"calibrating on {len(images)} {dataset} training images")
+        if check > 0:
+            images, _, spec = dataset_images(dataset, check, False, data_dir)
+            check_inputs = normalize_images(images, spec.mean, spec.std)
+    except DatasetNotFoundError as err:
+        if int8 and calibrate:
+            raise ValueError(f"calibration needs the {dataset} training images: {err}") from None
+        log(f"warning: no {dataset} test images ({str(err).splitlines()[0][:120]}...); checking on random inputs")
+    result = export_onnx(net, output, int8=int8, calibration=calibration, check_inputs=check_inputs,
+                         min_agreement=min_agreement, threads=threads)
+    return result
+
+
+def bench_command(model: str, batch_sizes: Sequence[int], *, threads: int = 2, calibrate: int = DEFAULT_CALIBRATION,
+                  data_dir: Optional[str] = None, budget_s: float = 20.0, json_path: Optional[str] = None,
+                  variants: Optional[Sequence[str]] = None, log: Callable[[str], None] = _say) -> dict:
+    from bitnetcnn.deploy.bench import VARIANTS, bench, format_report, write_json
+
+    report = bench(model, batch_sizes, threads=threads, calibrate=calibrate, data_dir=data_dir, budget_s=budget_s,
+                   variants=tuple(variants or VARIANTS), log=log)
+    print(format_report(report))
+    if json_path:
+        log(f"wrote {write_json(report, json_path)}")
+    return report

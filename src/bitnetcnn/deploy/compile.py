@@ -1,0 +1,66 @@
+"""``compile``: a converted model to a fast CPU callable (BN folded, int8 activations, ternary weights as int8)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from bitnetcnn.deploy.calibration import Calibration, as_batches
+from bitnetcnn.deploy.checks import check_deployable, input_size_of
+from bitnetcnn.deploy.fold import fold_batchnorm
+from bitnetcnn.deploy.int8 import quantize_int8, quantizer_scales
+from bitnetcnn.deploy.onnx_graph import to_onnx
+from bitnetcnn.deploy.runtime import DeployedModel
+from bitnetcnn.nn import ActQuantizer
+from bitnetcnn.nn.convert import replace_modules
+
+__all__ = ["compile", "to_onnx_graph", "without_act_quantizers"]
+
+
+def without_act_quantizers(model: nn.Module) -> nn.Module:
+    """A copy with every ``ActQuantizer`` replaced by ``nn.Identity`` (the int8 graph quantizes instead)."""
+    stripped, _ = replace_modules(model, lambda _, m: nn.Identity() if isinstance(m, ActQuantizer) else None)
+    return stripped
+
+
+def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *, int8: bool = True,
+                  input_size: Optional[tuple] = None, method: str = "minmax"):
+    """The deployable ``onnx.ModelProto`` of a converted model and a dict that says how it was made.
+
+    ``int8=False`` gives the float graph (BN folded, activation quantizers kept as the model has them).
+    """
+    check_deployable(model, int8=int8)
+    size = input_size_of(model, input_size)
+    folded = fold_batchnorm(model)
+    info = {"int8": int8, "input_size": list(size), "act_scales": "float"}
+    if not int8:
+        return to_onnx(folded, size), info
+    batches = None if calibration is None else as_batches(calibration, model)
+    has_scales = bool(quantizer_scales(folded))
+    info["act_scales"] = ("model quantizers + calibration" if has_scales else "calibration") if batches else (
+        "model quantizers")
+    if batches is not None:
+        info["calibration_images"] = int(sum(len(b) for b in batches))
+    graph = to_onnx(without_act_quantizers(folded), size)
+    return quantize_int8(graph, folded, batches, method=method), info
+
+
+def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8: bool = True,
+            input_size: Optional[tuple] = None, threads: Optional[int] = None,
+            method: str = "minmax") -> DeployedModel:
+    """A callable that computes what the converted ``model`` computes, fast, on the CPU (onnxruntime).
+
+    BatchNorm is folded into the per-channel scales and biases; convolutions and linear layers run as int8
+    (QLinearConv / QGemm: u8 activations, the ternary codes as s8 weights, int32 accumulation).
+
+    ``calibration``: images the activation ranges are measured on (a tensor of model inputs, uint8 images, or an
+    iterable of batches; a few hundred training images suffice). A model trained with 8-bit activations needs none:
+    its quantizers' scales are used. ``int8=False`` runs the float graph instead. ``threads``: intra-op threads
+    (default ``torch.get_num_threads()``).
+
+    Raises :class:`~bitnetcnn.deploy.NotDeployableError` (a ``ValueError``) for a model that is not converted or
+    has layers the exporter cannot map.
+    """
+    graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
+    return DeployedModel(graph, threads=threads, info=info)

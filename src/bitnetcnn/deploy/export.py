@@ -1,0 +1,160 @@
+"""ONNX export, checked against the PyTorch model before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from bitnetcnn.deploy.calibration import Calibration, as_batches
+from bitnetcnn.deploy.checks import example_input, input_size_of
+from bitnetcnn.deploy.compile import to_onnx_graph
+from bitnetcnn.deploy.onnx_graph import INPUT_NAME
+from bitnetcnn.deploy.runtime import make_session
+
+__all__ = ["ExportCheck", "check_against_model", "export_onnx"]
+
+FLOAT_MIN_AGREEMENT = 0.99  # float graphs: only near-ties (and rounding ties of quantized activations) may differ
+INT8_MIN_AGREEMENT = 0.95  # int8 graphs of trained models agree ~99%; untrained ones have near-tied logits
+FLOAT_MAX_REL_DIFF = 1e-3
+
+
+@dataclass
+class ExportCheck:
+    """What the check before writing measured: top-1 agreement with the PyTorch model, output differences."""
+
+    path: Optional[str]
+    int8: bool
+    images: int
+    real_images: bool
+    agreement: float
+    max_abs_diff: float
+    rel_diff: float
+    batch_sizes: list
+    bytes: int = 0
+    act_scales: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        kind = "int8" if self.int8 else "float"
+        src = "real" if self.real_images else "random"
+        return (f"{kind} ONNX vs PyTorch on {self.images} {src} images: top-1 agreement {self.agreement:.2%}, "
+                f"max |diff| {self.max_abs_diff:.3g} ({self.rel_diff:.2%} of max |logit|), batch sizes "
+                f"{self.batch_sizes} agree")
+
+
+def _run(session, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def check_against_model(graph, model: nn.Module, inputs: torch.Tensor, threads: Optional[int] = None,
+                        batch: int = 128) -> dict:
+    """Run ``graph`` and ``model`` on ``inputs``; return agreement and differences, and check the dynamic batch."""
+    session = make_session(graph, threads)
+    x = np.ascontiguousarray(inputs.detach().float().cpu().numpy())
+    model = model.eval()
+    ref = torch.cat([model(inputs[i:i + batch].float()) for i in range(0, len(inputs), batch)]).numpy()
+    out = _run(session, x, batch)
+    if out.shape != ref.shape:
+        raise ValueError(f"ONNX output shape {out.shape} differs from the model's {ref.shape}")
+    # Dynamic batch: the same images one at a time and in an odd-sized batch give the same outputs.
+    few = min(len(x), 5)
+    singles = np.concatenate([session.run(None, {INPUT_NAME: x[i:i + 1]})[0] for i in range(few)])
+    odd = session.run(None, {INPUT_NAME: x[:few]})[0]
+    tol = 1e-4 * (np.abs(out[:few]).max() + 1e-6)
+    if not (np.allclose(singles, out[:few], atol=tol) and np.allclose(odd, out[:few], atol=tol)):
+        raise ValueError("the ONNX model's outputs depend on the batch size; the dynamic batch axis is broken")
+    diff = float(np.abs(out - ref).max())
+    return {
+        "agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+        "max_abs_diff": diff,
+        "rel_diff": diff / float(np.abs(ref).max() + 1e-12),
+        "batch_sizes": sorted({1, few, min(batch, len(x))}),
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    int8: bool = False,
+    calibration: Optional[Calibration] = None,
+    check_inputs: Optional[torch.Tensor] = None,
+    input_size: Optional[tuple] = None,
+    min_agreement: Optional[float] = None,
+    method: str = "minmax",
+    threads: Optional[int] = None,
+) -> ExportCheck:
+    """Write the ONNX graph of a converted model (float, or int8 with ternary weights; dynamic batch size).
+
+    Before writing, the graph runs in onnxruntime on ``check_inputs`` (real images: model inputs, or uint8 images
+    that are normalized with the model's mean and std) and is compared with the PyTorch model: top-1 agreement must
+    reach ``min_agreement`` (default 0.99 float, 0.95 int8) and float outputs must match to 0.1% of the largest
+    logit; otherwise a ``ValueError`` says what differed and nothing is written. Without ``check_inputs`` the
+    check runs on random inputs, with a warning. ``int8`` takes ``calibration`` as :func:`compile` does.
+    """
+    graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
+    real = check_inputs is not None
+    if real:
+        (inputs,) = [torch.from_numpy(b) for b in as_batches(check_inputs, model, batch_size=1 << 30)]
+    else:
+        warnings.warn("export_onnx: no check_inputs given, so the export is checked on random inputs only; pass "
+                      "real images to check the accuracy of the exported model", UserWarning, stacklevel=2)
+        inputs = example_input(input_size_of(model, input_size), batch=16)
+    result = check_against_model(graph, model, inputs, threads)
+    need = min_agreement if min_agreement is not None else (INT8_MIN_AGREEMENT if int8 else FLOAT_MIN_AGREEMENT)
+    problems = []
+    if result["agreement"] < need:
+        problems.append(f"top-1 agreement {result['agreement']:.2%} < {need:.0%}")
+    if not int8 and result["rel_diff"] > FLOAT_MAX_REL_DIFF and not _has_act_quant(model):
+        problems.append(f"max |diff| {result['max_abs_diff']:.3g} is {result['rel_diff']:.2%} of the largest logit")
+    if problems:
+        raise ValueError(f"the exported {'int8' if int8 else 'float'} ONNX model does not match the PyTorch model on "
+                         f"{len(inputs)} {'real' if real else 'random'} images ({'; '.join(problems)}); nothing was "
+                         "written" + ("" if not int8 else ". Try more calibration images (--calibrate N)"))
+    _add_metadata(graph, model, info)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = graph.SerializeToString()
+    path.write_bytes(data)
+    return ExportCheck(path=str(path), int8=int8, images=len(inputs), real_images=real, bytes=len(data),
+                       act_scales=info.get("act_scales", ""), **result)
+
+
+def _has_act_quant(model: nn.Module) -> bool:
+    from bitnetcnn.nn import ActQuantizer
+
+    return any(isinstance(m, ActQuantizer) for m in model.modules())
+
+
+def _add_metadata(graph, model: nn.Module, info: dict) -> None:
+    """What a user of the file needs: how to prepare inputs (size, mean, std) and what the model is."""
+    import bitnetcnn
+
+    cfg = getattr(model, "model_config", None)
+    meta = {
+        "bitnetcnn.version": bitnetcnn.__version__,
+        "bitnetcnn.input_size": json.dumps(info.get("input_size")),
+        "bitnetcnn.int8": json.dumps(bool(info.get("int8"))),
+        "bitnetcnn.act_scales": str(info.get("act_scales", "")),
+    }
+    if cfg is not None:
+        meta["bitnetcnn.mean"], meta["bitnetcnn.std"] = json.dumps(list(cfg.mean)), json.dumps(list(cfg.std))
+    args = getattr(model, "model_args", None)
+    if args:
+        meta["bitnetcnn.model_args"] = json.dumps(args, default=str)
+    del graph.metadata_props[:]
+    for key, value in meta.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    graph.doc_string = "Exported by bitnetcnn: inputs are (N, C, H, W) float32 images, normalized (x/255 - mean)/std"

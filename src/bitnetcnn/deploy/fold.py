@@ -1,0 +1,107 @@
+"""BatchNorm folding: an eval-mode BatchNorm after a convolution becomes part of that convolution's scale and bias.
+
+For a ternary convolution ``y = conv(x, codes) * s + b`` followed by ``BN(y) = (y - mean) * g / sqrt(var + eps) + beta``
+the fold is exact: ``s' = s * f`` and ``b' = (b - mean) * f + beta`` with ``f = g / sqrt(var + eps)``. Where ``f`` is
+negative the channel's codes change sign and ``s'`` stays positive, so the folded layer is again codes in
+{-1, 0, 1} times a positive per-channel scale, which is what an int8 backend wants. Power-of-two layers lose their
+power-of-two form in the fold (the BN factor is arbitrary), which costs nothing on a float-scale backend.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from bitnetcnn.nn import TernaryConv2d
+
+__all__ = ["fold_batchnorm"]
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in which every BatchNorm2d that directly follows a convolution is folded into it.
+
+    "Directly follows" means the two are consecutive children of an ``nn.Sequential`` (``ConvNormAct`` and any
+    plain ``nn.Sequential(conv, bn, ...)``); the BatchNorm is replaced by ``nn.Identity``. Ternary convolutions fold
+    into their per-channel scale and bias, float ``nn.Conv2d`` into their weight and bias. The input model is not
+    changed; the result is in eval mode.
+    """
+    model = copy.deepcopy(model).eval()
+    for parent in list(model.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = parent._modules[first], parent._modules[second]
+            if not _foldable_bn(bn):
+                continue
+            folded = _fold(conv, bn)
+            if folded is not None:
+                # What the BN said about its output, per channel: mean beta and standard deviation |gamma|. The
+                # int8 pass uses it as a data-free range estimate where no quantizer fixes one.
+                beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros(bn.num_features)
+                gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones(bn.num_features)
+                folded.bn_output_stats = (beta.clone(), gamma.abs().clone())
+                parent._modules[first] = folded
+                parent._modules[second] = nn.Identity()
+    return model
+
+
+def _foldable_bn(module: Optional[nn.Module]) -> bool:
+    return (
+        type(module) is nn.BatchNorm2d
+        and module.track_running_stats
+        and module.running_mean is not None
+        and module.running_var is not None
+    )
+
+
+def _bn_factors(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f`` and ``beta - mean * f`` in float64 (one rounding at the end, not two)."""
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    f = gamma / torch.sqrt(var + bn.eps)
+    return f, beta - mean * f
+
+
+@torch.no_grad()
+def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> Optional[nn.Module]:
+    if isinstance(conv, TernaryConv2d):
+        return _fold_ternary(conv, bn)
+    if type(conv) is nn.Conv2d:
+        return _fold_float(conv, bn)
+    return None
+
+
+def _fold_ternary(conv: TernaryConv2d, bn: nn.BatchNorm2d) -> Optional[TernaryConv2d]:
+    if conv.out_channels != bn.num_features:
+        return None
+    f, shift = _bn_factors(bn)
+    scale = conv.channel_scale().double() * f
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(f)
+    bias = bias * f + shift
+    sign = torch.sign(scale)
+    codes = conv.codes() * sign.to(torch.int8).view(-1, *([1] * (len(conv.weight_shape) - 1)))
+    # A channel that BN multiplies by 0 is the constant beta: codes 0 and any positive scale.
+    scale = torch.where(sign == 0, torch.ones_like(scale), scale.abs())
+    folded = TernaryConv2d(
+        codes, scale.float(), bias.float(), conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode,
+        pow2=False, scale_op=conv.scale_op, act_quant=copy.deepcopy(conv.act_quant),
+    )
+    return folded.to(conv.weight.device)
+
+
+def _fold_float(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Optional[nn.Conv2d]:
+    if conv.out_channels != bn.num_features:
+        return None
+    f, shift = _bn_factors(bn)
+    folded = copy.deepcopy(conv)
+    weight = conv.weight.detach().double() * f.view(-1, 1, 1, 1)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(f)
+    folded.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+    folded.bias = nn.Parameter((bias * f + shift).to(conv.weight.dtype), requires_grad=False)
+    return folded

@@ -1,0 +1,332 @@
+"""The int8 graph: onnxruntime QDQ (u8 activations, s8 weights) with the ternary weights written exactly.
+
+``onnxruntime.quantization.quantize_static`` places the QuantizeLinear/DequantizeLinear pairs, which onnxruntime
+fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module decides every scale it uses:
+
+- **weights**: each ternary layer's per-channel scale is overridden with the (BN-folded) ternary scale / 64, so the
+  int8 weight tensor holds exactly the codes -1, 0, +1 times 64 (checked: the exported float weight must equal
+  ``codes * scale`` bit for bit; see ``CODE_GAIN`` for why 64 and not 1).
+- **activations at a layer's input**: where the layer has an 8-bit ``ActQuantizer``, its ``running_scale`` is the
+  scale (the same grid as the fake-quantized model; zero point 0 after a ReLU, 128 otherwise).
+- **every other activation** (a convolution's output before a residual add or a SiLU, a sigmoid): from calibration
+  batches when given; without them, derived from the model: the sigmoid's output range is [0, 1]; any other
+  tensor takes the largest scale of the quantized layer inputs it flows into (through ReLU, Add, Mul, reshapes),
+  and a convolution output that flows into none (one that is pooled) takes beta +- 6 |gamma| of its folded
+  BatchNorm. A model without 8-bit activation quantizers needs calibration.
+- the classifier's output (logits) stays float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+from torch import nn
+
+from bitnetcnn.deploy.checks import NotDeployableError
+from bitnetcnn.deploy.onnx_graph import INPUT_NAME, weight_nodes
+from bitnetcnn.nn import TERNARY_LAYERS, ActQuantizer
+
+__all__ = ["QUANTIZED_OPS", "quantize_int8", "quantizer_scales"]
+
+# Operators given Q/DQ; onnxruntime's CPU provider has a fused integer kernel for each.
+QUANTIZED_OPS = [
+    "Conv", "Gemm", "MatMul", "Add", "Mul", "Sigmoid", "Relu", "Clip", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze", "Unsqueeze",
+]
+# Operators through which a tensor's range is judged by the quantized tensors it flows into.
+# (Not through pooling: a mean has a narrower range than what it averages.)
+_FLOW_OPS = {"Relu", "Clip", "Add", "Mul", "MaxPool", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze",
+             "Unsqueeze"}
+BN_SIGMAS = 6.0  # data-free range of a convolution's output from its BatchNorm: beta +- 6 |gamma| per channel
+U8_ZERO, U8_MID = 0, 128
+# The int8 weight holds codes * 64 with scale s / 64: the same weight exactly (64 is a power of two), but the int32
+# bias, whose step onnxruntime fixes at input scale * weight scale, gets a 64x finer grid. 64 is the most that
+# keeps u8 * s8 pair sums (255 * 64 * 2 = 32640) inside int16, so AVX2 kernels without VNNI never saturate.
+CODE_GAIN = 64
+
+
+def _int8_types():
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8, QuantType.QInt8
+
+
+def quantizer_scales(model: nn.Module) -> Dict[str, float]:
+    """``{layer name: input scale}`` of the ternary layers with an 8-bit quantizer that has seen data."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, TERNARY_LAYERS) and isinstance(m.act_quant, ActQuantizer) and m.act_quant.bits == 8:
+            scale = float(m.act_quant.running_scale)
+            if scale > 0:
+                out[name] = scale
+    return out
+
+
+def _graph_maps(graph):
+    producer, consumers = {}, {}
+    for node in graph.node:
+        for t in node.output:
+            producer[t] = node
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    return producer, consumers
+
+
+def _zero_constants(graph) -> set:
+    """Names of the scalar constants equal to 0 (a Clip with such a minimum is a ReLU6-like clamp)."""
+    from onnx import numpy_helper
+
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+    return {name for name, v in consts.items() if v.size == 1 and float(v.reshape(-1)[0]) == 0.0}
+
+
+def _is_nonnegative_output(node, zeros: set) -> bool:
+    """A ReLU, or a Clip whose lower bound is 0 (ReLU6): its output's zero point can be 0."""
+    if node is None:
+        return False
+    if node.op_type == "Relu":
+        return True
+    return node.op_type == "Clip" and len(node.input) > 1 and node.input[1] in zeros
+
+
+def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
+    """Per-channel scale/zero-point overrides that make each ternary weight quantize to its exact codes."""
+    from onnx import numpy_helper
+
+    qtype = _int8_types()[1]
+    inits = {i.name: i for i in graph.initializer}
+    nodes = weight_nodes(graph)
+    out = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, TERNARY_LAYERS):
+            continue
+        key = f"{name}.weight"
+        if key not in nodes:
+            raise NotDeployableError(f"layer {name!r} was not found in the exported ONNX graph (no initializer "
+                                     f"{key!r}); it cannot be mapped to an int8 operator")
+        codes = layer.codes().numpy()
+        scale = layer.channel_scale().float().numpy()
+        stored = numpy_helper.to_array(inits[key])
+        expected = (codes.astype(np.float32) * scale.reshape((-1,) + (1,) * (codes.ndim - 1))).astype(np.float32)
+        node = nodes[key]
+        axis = 0
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
+            expected, axis = expected.T, 1
+        elif node.op_type == "MatMul":
+            expected, axis = expected.T, 1
+        if stored.shape != expected.shape or not np.array_equal(stored, expected):
+            raise NotDeployableError(f"layer {name!r}: the exported weight is not codes * scale; cannot map it "
+                                     "exactly to int8 codes")
+        step = scale / CODE_GAIN  # exact: CODE_GAIN is a power of two
+        channels = [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.int8)} for s in step]
+        channels[0].update(axis=axis, quant_type=qtype)
+        out[key] = channels
+    return out
+
+
+def _activation_overrides(graph, model: nn.Module) -> Dict[str, Tuple[float, int]]:
+    """``{tensor: (scale, zero point)}`` at the inputs of layers with 8-bit quantizers."""
+    producer, _ = _graph_maps(graph)
+    zeros = _zero_constants(graph)
+    nodes = weight_nodes(graph)
+    scales: Dict[str, List[float]] = {}
+    for name, scale in quantizer_scales(model).items():
+        node = nodes.get(f"{name}.weight")
+        if node is not None:
+            scales.setdefault(node.input[0], []).append(scale)
+    # One tensor feeding several layers gets one grid: the widest, so that none of them clips. Zero point 128 makes
+    # the u8 grid clamp at +127 steps as the model's symmetric quantizer does (after a ReLU too, where zero point 0
+    # would let values up to 255 steps through that the model clamps).
+    del producer, zeros
+    return {t: (max(s), U8_MID) for t, s in scales.items()}
+
+
+def _bn_ranges(graph, model: nn.Module) -> Dict[str, Tuple[float, float]]:
+    """``{conv output tensor: (lo, hi)}`` from the statistics of the BatchNorm folded into the convolution."""
+    nodes = weight_nodes(graph)
+    out = {}
+    for name, m in model.named_modules():
+        stats = getattr(m, "bn_output_stats", None)
+        node = nodes.get(f"{name}.weight")
+        if stats is None or node is None:
+            continue
+        beta, spread = stats
+        lo = float((beta - BN_SIGMAS * spread).min())
+        hi = float((beta + BN_SIGMAS * spread).max())
+        out[node.output[0]] = (min(lo, 0.0), max(hi, 0.0))
+    return out
+
+
+def _u8_params(lo: float, hi: float) -> Tuple[float, int]:
+    scale = max(hi - lo, 1e-8) / 255.0
+    return scale, int(np.clip(np.round(-lo / scale), 0, 255))
+
+
+def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
+                         bn_ranges: Dict[str, Tuple[float, float]]) -> Dict[str, Tuple[float, int]]:
+    """Scales for the tensors between quantized layer inputs, from the model alone (see the module docstring)."""
+    producer, consumers = _graph_maps(graph)
+    zeros = _zero_constants(graph)
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    tensors = []
+    for node in graph.node:
+        if node.op_type in QUANTIZED_OPS:
+            tensors += [t for t in (*node.input, *node.output) if t and t not in inits and t not in outputs]
+    result = dict(known)
+
+    def downstream(t: str, seen: set) -> List[float]:
+        found = []
+        for node in consumers.get(t, []):
+            if node.op_type not in _FLOW_OPS:
+                continue
+            for out in node.output:
+                if out in seen:
+                    continue
+                seen.add(out)
+                if out in known:
+                    found.append(known[out][0])
+                else:
+                    found += downstream(out, seen)
+        return found
+
+    missing = []
+    for t in dict.fromkeys(tensors):
+        if t in result:
+            continue
+        node = producer.get(t)
+        if node is not None and node.op_type == "Sigmoid":
+            result[t] = (1.0 / 255.0, U8_ZERO)
+            continue
+        found = downstream(t, {t})
+        if found:
+            result[t] = (max(found), U8_ZERO if _is_nonnegative_output(node, zeros) else U8_MID)
+        elif t in bn_ranges:
+            result[t] = _u8_params(*bn_ranges[t])
+        else:
+            missing.append(t)
+    if missing:
+        raise NotDeployableError(
+            f"the model's own activation quantizers do not determine the int8 range of {len(missing)} tensor(s) "
+            f"(e.g. {missing[0]!r}); deploy it with calibration images (calibration=... / --calibrate N)"
+        )
+    return result
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over a list of float32 arrays."""
+
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self._batches = list(batches)
+        self._it = iter(self._batches)
+
+    def get_next(self):
+        x = next(self._it, None)
+        return None if x is None else {INPUT_NAME: x}
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.ndarray]] = None,
+                  method: str = "minmax"):
+    """The QDQ int8 ``onnx.ModelProto`` of ``float_model`` (the export of ``folded`` without its quantizers).
+
+    ``calibration``: float32 input batches for the ranges the model does not fix itself; None derives them from the
+    model's 8-bit activation quantizers (an error when it has none or they leave a range open).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    act_type, weight_type = _int8_types()
+    graph = float_model.graph
+    overrides: Dict[str, list] = _weight_overrides(graph, folded)
+    acts = _activation_overrides(graph, folded)
+    if calibration is None:
+        if not acts:
+            raise NotDeployableError(
+                "the model has no 8-bit activation quantizers with a running scale, so its int8 activation ranges "
+                "must come from calibration: pass calibration=<images or batches> (CLI: --calibrate N)"
+            )
+        acts = _data_free_overrides(graph, acts, _bn_ranges(graph, folded))
+        example = np.zeros([1] + [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]], np.float32)
+        calibration = [example]  # every range is overridden; onnxruntime still wants one batch to run
+    for t, (scale, zp) in acts.items():
+        overrides[t] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(zp, np.uint8), "quant_type": act_type}]
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise ValueError(f"unknown calibration method {method!r}: choose one of {', '.join(methods)}")
+    with tempfile.TemporaryDirectory(prefix="bitnetcnn-int8-") as tmp, _quiet():
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(float_model, src)
+        quantize_static(
+            str(src), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=act_type, weight_type=weight_type, op_types_to_quantize=QUANTIZED_OPS,
+            calibrate_method=methods[method],
+            extra_options={
+                "TensorQuantOverrides": overrides,
+                "QDQDisableWeightAdjustForInt32Bias": True,
+                # A ReLU before a model quantizer's grid (zero point 128) is not implied by the grid: keep it.
+                "QDQKeepRemovableActivations": bool(acts),
+                "OpTypesToExcludeOutputQuantization": ["Gemm"],
+                "ActivationSymmetric": False,
+                "WeightSymmetric": True,
+                "CalibTensorRangeSymmetric": False,
+            },
+        )
+        return _float_before_pooling(onnx.load(str(dst)))
+
+
+_POOLING = {"ReduceMean", "GlobalAveragePool", "AveragePool"}
+
+
+def _float_before_pooling(model):
+    """Drop the Q/DQ pair on a convolution output that only feeds a pooling: the model pools in float and quantizes
+    the mean (at the classifier's input), so requantizing each position first would only add error. That one
+    convolution then runs in float on int8-exact inputs and weights."""
+    graph = model.graph
+    producer, consumers = _graph_maps(graph)
+    drop, rewire = set(), {}
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or getattr(producer.get(q.input[0]), "op_type", None) != "Conv":
+            continue
+        dqs = consumers.get(q.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        users = [u for d in dqs for u in consumers.get(d.output[0], [])]
+        if not users or any(u.op_type not in _POOLING for u in users):
+            continue
+        drop.update(id(n) for n in (q, *dqs))
+        rewire.update({d.output[0]: q.input[0] for d in dqs})
+    if not drop:
+        return model
+    kept = [n for n in graph.node if id(n) not in drop]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rewire:
+                node.input[i] = rewire[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_static logs "consider pre-processing" warnings on the root logger
+    try:
+        yield
+    finally:
+        root.setLevel(level)

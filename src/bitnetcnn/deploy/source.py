@@ -1,0 +1,64 @@
+"""Where the deploy commands get a model: a registry name (untrained weights) or a checkpoint file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, convert_to_bit, convert_to_ternary
+
+__all__ = ["ModelSource", "load_model"]
+
+
+class ModelSource:
+    """A model by name or checkpoint, with the forms the benchmark compares (float twin, Bit, converted)."""
+
+    def __init__(self, model: nn.Module, label: str, from_checkpoint: bool) -> None:
+        self.model = model.eval()
+        self.label = label
+        self.from_checkpoint = from_checkpoint
+
+    @property
+    def args(self) -> dict:
+        return dict(getattr(self.model, "model_args", {}) or {})
+
+    def converted(self) -> nn.Module:
+        if any(isinstance(m, BIT_LAYERS) for m in self.model.modules()):
+            return convert_to_ternary(self.model)
+        return self.model
+
+    def bit(self) -> nn.Module:
+        if any(isinstance(m, TERNARY_LAYERS) for m in self.model.modules()):
+            return convert_to_bit(self.model).eval()
+        return self.model
+
+    def float_twin(self) -> nn.Module:
+        """The same architecture in full precision (``quant='fp'``): the baseline of every ratio."""
+        from bitnetcnn.models import create_model
+
+        args = self.args
+        if "name" not in args:
+            raise ValueError(f"{self.label}: the model does not record how it was built (model_args), so its float "
+                             "twin cannot be made")
+        name = args.pop("name")
+        for key in ("quant", "scale_op", "pow2", "act_bits", "fp_ends"):
+            args.pop(key, None)
+        return create_model(name, quant="fp", **args).eval()
+
+
+def load_model(spec: str, num_classes: Optional[int] = None, in_chans: Optional[int] = None,
+               model_kwargs: Optional[dict] = None) -> ModelSource:
+    """``spec`` is a checkpoint path (anything that exists on disk) or a registry name."""
+    if Path(spec).exists():
+        try:
+            from bitnetcnn.checkpoint import load_checkpoint
+        except ImportError as err:  # the checkpoint module is optional at this floor
+            raise ValueError(f"cannot read checkpoint {spec}: bitnetcnn.checkpoint is unavailable ({err})") from err
+        return ModelSource(load_checkpoint(os.fspath(spec), **(model_kwargs or {})), Path(spec).name, True)
+    from bitnetcnn.models import create_model
+
+    model = create_model(spec, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
+    return ModelSource(model, spec, False)

@@ -1,0 +1,268 @@
+"""The deployment path: BN folding, int8 compile (onnxruntime), ONNX export and its refusals, the CLI commands."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bitnetcnn import convert_to_ternary, create_model
+from conftest import require_real_data
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from bitnetcnn.deploy import NotDeployableError, compile, export_onnx, fold_batchnorm  # noqa: E402
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BatchNorms with non-trivial statistics, negative and zero gammas included (a fold must handle them)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(n, generator=g))
+                m.weight[0] = 0.0
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist_split(train: bool):
+    from bitnetcnn.data import get_dataset_spec
+
+    root = require_real_data("MNIST/raw/t10k-images-idx3-ubyte").parents[2]
+    spec = get_dataset_spec("mnist")
+    return spec, spec.reader(root, train, False)
+
+
+def _mnist(train: bool, n: int):
+    from bitnetcnn.deploy.calibration import normalize_images
+
+    spec, split = _mnist_split(train)
+    idx = torch.randperm(len(split.images), generator=torch.Generator().manual_seed(1))[:n]
+    return normalize_images(split.images[idx], spec.mean, spec.std), split.labels[idx]
+
+
+@pytest.fixture(scope="module")
+def mnist_model():
+    """bitnet_cnn (narrow) with BN statistics and activation scales from real MNIST images, converted."""
+    x, _ = _mnist(True, 256)
+    models = {}
+    for key, kwargs in {"plain": {}, "pow2": {"pow2": True}, "act8": {"act_bits": 8, "act": "relu"}}.items():
+        torch.manual_seed(0)
+        m = create_model("bitnet_cnn", width=16, **kwargs).train()
+        with torch.no_grad():
+            for i in range(0, 256, 128):
+                m(x[i:i + 128])  # BN running statistics and ActQuantizer running scales from real images
+        models[key] = convert_to_ternary(m.eval())
+    return models, x[:256]
+
+
+@pytest.fixture(scope="module")
+def deployed_plain(mnist_model):
+    models, calib = mnist_model
+    return compile(models["plain"], calib)
+
+
+# --- BN folding -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"pow2": True}, {"fp_ends": True}, {"act_bits": 8}])
+def test_fold_batchnorm_is_exact(kwargs):
+    model = _randomize_bn(create_model("bitnet_cnn", width=8, **kwargs)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "act_quant") and hasattr(m.act_quant, "running_scale"):
+                m.act_quant.running_scale.fill_(0.05)
+    converted = convert_to_ternary(model)
+    folded = fold_batchnorm(converted)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in converted.modules()), "fold must not change its input"
+    before, after = dict(converted.named_modules()), dict(folded.named_modules())
+    for name, m in after.items():
+        if hasattr(m, "codes") and name in before and hasattr(before[name], "codes"):
+            assert torch.equal(m.codes().abs() <= before[name].codes().abs(), torch.ones_like(m.codes(), dtype=bool))
+            assert bool((m.channel_scale() > 0).all())
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        ref, out = converted(x), folded(x)
+    if kwargs.get("act_bits"):  # quantized activations: a 1-ulp change may move a rounding, nothing more
+        assert (ref.argmax(1) == out.argmax(1)).all()
+    else:
+        assert torch.allclose(ref, out, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_fold_flips_codes_for_negative_gamma():
+    conv = create_model("bitnet_cnn", width=8).eval()
+    conv = _randomize_bn(conv)
+    converted = convert_to_ternary(conv)
+    bn = converted.stem.norm
+    folded = fold_batchnorm(converted).stem.conv
+    negative = bn.weight < 0
+    assert negative.any()
+    before = converted.stem.conv.codes()
+    assert torch.equal(folded.codes()[negative], -before[negative])
+    assert torch.equal(folded.codes()[~negative & (bn.weight != 0)], before[~negative & (bn.weight != 0)])
+    assert (folded.codes()[bn.weight == 0] == 0).all()
+
+
+# --- compile: agreement with the converted model ------------------------------------------------------------------------
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.argmax(1) == b.argmax(1)).float().mean().item()
+
+
+@pytest.mark.parametrize("key", ["plain", "pow2"])
+def test_compile_agrees_with_converted_model_on_mnist(mnist_model, deployed_plain, key):
+    models, calib = mnist_model
+    model = models[key]
+    deployed = deployed_plain if key == "plain" else compile(model, calib)
+    assert deployed.info["int8"] and deployed.info["act_scales"] == "calibration"
+    x, _ = _mnist(False, 1000)
+    with torch.no_grad():
+        ref = model(x)
+    out = deployed(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert _agreement(ref, out) >= 0.99
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_compile_int8_graph_is_fused_and_weights_are_ternary_codes(mnist_model, deployed_plain):
+    from onnx import numpy_helper
+
+    models, _ = mnist_model
+    deployed = deployed_plain
+    ops = {n.op_type for n in deployed.onnx_model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    inits = {i.name: numpy_helper.to_array(i) for i in deployed.onnx_model.graph.initializer}
+    codes = inits["stage2.conv_dw.conv.weight_quantized"]
+    assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-64, 0, 64}  # codes * CODE_GAIN
+    folded = fold_batchnorm(models["plain"]).stage2.conv_dw.conv
+    assert np.array_equal(codes, folded.codes().numpy() * 64)
+    assert np.array_equal(inits["stage2.conv_dw.conv.weight_scale"] * 64, folded.channel_scale().numpy())
+
+
+def test_act8_model_deploys_without_calibration_and_matches_top1(mnist_model):
+    models, _ = mnist_model
+    model = models["act8"]
+    deployed = compile(model)  # no calibration: the model's own 8-bit scales
+    assert deployed.info["act_scales"] == "model quantizers"
+    x, _ = _mnist(False, 2000)
+    with torch.no_grad():
+        ref = model(x)  # the fake-quantized evaluation
+    out = deployed(x)
+    assert _agreement(ref, out) == 1.0
+
+
+def test_compile_without_calibration_needs_quantizers(mnist_model):
+    models, _ = mnist_model
+    with pytest.raises(NotDeployableError, match="calibration"):
+        compile(models["plain"])
+
+
+# --- refusals ----------------------------------------------------------------------------------------------------------
+
+
+def test_refuses_unconverted_models(tmp_path):
+    bit = create_model("bitnet_cnn", width=8).eval()
+    with pytest.raises(NotDeployableError, match="convert_to_ternary"):
+        export_onnx(bit, tmp_path / "m.onnx")
+    with pytest.raises(NotDeployableError, match="convert_to_ternary"):
+        compile(bit, torch.randn(4, 1, 28, 28))
+    fp = create_model("bitnet_cnn", width=8, quant="fp").eval()
+    with pytest.raises(NotDeployableError, match="no TernaryConv2d"):
+        export_onnx(fp, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+class _Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def test_refuses_layers_it_cannot_map(tmp_path):
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8)).eval()
+    model.head.insert(0, _Odd())
+    with pytest.raises(NotDeployableError, match=r"head\.0.*cannot be mapped"):
+        export_onnx(model, tmp_path / "m.onnx")
+
+
+def test_refuses_4bit_activations_for_int8(tmp_path):
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8, act_bits=4)).eval()
+    with pytest.raises(NotDeployableError, match="4 bits"):
+        export_onnx(model, tmp_path / "m.onnx", int8=True, calibration=torch.randn(8, 1, 28, 28))
+
+
+# --- ONNX export ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_export_onnx_runs_with_dynamic_batch(mnist_model, tmp_path, int8):
+    models, calib = mnist_model
+    model = models["plain"]
+    x, _ = _mnist(False, 300)
+    path = tmp_path / "model.onnx"
+    report = export_onnx(model, path, int8=int8, calibration=calib if int8 else None, check_inputs=x)
+    assert path.exists() and report.real_images and report.agreement >= (0.95 if int8 else 0.99)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(x[:7]).numpy()
+    for batch in (1, 7):
+        (out,) = session.run(None, {"input": x[:batch].numpy()})
+        assert out.shape == (batch, 10)
+        if not int8:
+            np.testing.assert_allclose(out, ref[:batch], rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+        else:
+            assert (out.argmax(1) == ref[:batch].argmax(1)).mean() >= 0.85
+    meta = {p.key: p.value for p in __import__("onnx").load(str(path)).metadata_props}
+    assert meta["bitnetcnn.int8"] == ("true" if int8 else "false")
+
+
+def test_export_refuses_to_write_a_model_that_disagrees(mnist_model, tmp_path):
+    models, _ = mnist_model
+    x, _ = _mnist(False, 100)
+    with pytest.raises(ValueError, match="nothing was written"):
+        export_onnx(models["plain"], tmp_path / "m.onnx", check_inputs=x, min_agreement=1.01)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_bench_writes_json(tmp_path, capsys):
+    import json
+
+    from bitnetcnn.cli import main
+
+    out = tmp_path / "bench.json"
+    # The deploy variant is compile(), tested above; here the command, the timing loop, sizes and the JSON.
+    assert main(["bench", "bitnet_cnn", "--batch-sizes", "1", "4", "--budget", "0", "--variants", "bit_eval",
+                 "ternary", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["batch_size"] for r in report["results"]] == [1, 4]
+    assert set(report["results"][0]["variants"]) == {"fp32_eager", "bit_eval", "ternary"}
+    assert report["results"][0]["variants"]["fp32_eager"]["speedup_vs_fp32"] == 1.0
+    sizes = report["sizes"]
+    assert sizes["ternary"]["disk_bytes"] < sizes["fp32_eager"]["disk_bytes"] / 4
+    assert "vs fp32" in capsys.readouterr().out
+
+
+def test_cli_export_refuses_a_bit_checkpoint_in_one_line(tmp_path, capsys):
+    pytest.importorskip("bitnetcnn.checkpoint")
+    from bitnetcnn.checkpoint import save_checkpoint
+    from bitnetcnn.cli import main
+
+    path = save_checkpoint(create_model("bitnet_cnn", width=8), tmp_path / "bit.bnc")
+    assert main(["export", str(path), "--format", "onnx", "-o", str(tmp_path / "m.onnx"), "--check", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "convert_to_ternary" in err and "Traceback" not in err
