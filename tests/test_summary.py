@@ -83,9 +83,10 @@ def test_full_precision_model_and_a_plain_torch_model():
 def test_summary_prints_a_table_and_leaves_the_model_as_it_was(bit_model):
     lines = []
     bit_model.train()
+    bit_model.stem.norm.eval()  # a frozen BatchNorm inside a training model stays frozen
     before = {k: v.clone() for k, v in bit_model.state_dict().items()}
     result = bitnetcnn.summary(bit_model, print_fn=lines.append)
-    assert bit_model.training
+    assert bit_model.training and bit_model.stage1.conv_pw.norm.training and not bit_model.stem.norm.training
     assert all(torch.equal(v, bit_model.state_dict()[k]) for k, v in before.items())
     table = lines[0]
     assert table == str(result)

@@ -134,7 +134,7 @@ def summary(
         return record
 
     handles = [module.register_forward_hook(hook(name)) for name, module in rows]
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     reference = next(iter(model.parameters()), None)
     if reference is None:
         reference = next(iter(model.buffers()), torch.empty(0))
@@ -146,7 +146,8 @@ def summary(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
     position = {name: i for i, (name, _) in enumerate(rows)}
     rows.sort(key=lambda item: (order.get(item[0], len(order)), position[item[0]]))
@@ -161,7 +162,7 @@ def _row_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     container that owns parameters itself; together they own every parameter exactly once."""
     rows, inside_layer = [], set()
     for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in inside_layer):
+        if any(not prefix or name.startswith(prefix + ".") for prefix in inside_layer):
             continue
         if isinstance(module, LAYER_TYPES):
             inside_layer.add(name)
