@@ -17,9 +17,10 @@ ALLOWED = {
     "summary": {"quant", "nn", "models", "summary"},
     "checkpoint": {"quant", "nn", "models", "checkpoint"},
     "hub": {"quant", "nn", "models", "checkpoint", "hub", "data_paths"},
-    "deploy": {"quant", "nn", "models", "checkpoint", "deploy", "summary"},
-    "data": {"data"},
-    "train": {"quant", "nn", "models", "checkpoint", "data", "train", "summary"},
+    # deploy calibrates on images of a named data set: the Lightning-free readers only
+    "deploy": {"quant", "nn", "models", "checkpoint", "deploy", "summary", "data_sources"},
+    "data": {"data", "data_sources"},
+    "train": {"quant", "nn", "models", "checkpoint", "data", "data_sources", "train", "summary"},
 }
 
 
@@ -29,6 +30,8 @@ def floor_of(module: str) -> str | None:
         return None
     if parts[1:3] == ["data", "paths"]:
         return "data_paths"  # where caches live: a settings module any floor may read
+    if parts[1] == "data" and (len(parts) == 2 or parts[2] in ("sources", "catalog", "augment")):
+        return "data_sources"  # the readers of on-disk layouts, without Lightning
     return parts[1]
 
 
