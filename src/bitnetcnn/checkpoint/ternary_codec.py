@@ -143,27 +143,32 @@ def _choose_streams(total_symbols: int) -> int:
     return n
 
 
-def encode_ternary(layers: Sequence[Tuple[str, np.ndarray]], streams: int | None = None) -> Tuple[Dict[str, np.ndarray], dict]:
-    """Code ``[(name, int8 codes)]``; return the byte arrays to store and the JSON-able description to keep."""
+def encode_ternary(layers: Sequence[Tuple[str, np.ndarray]], streams: int | None = None,
+                   model: str | None = None) -> Tuple[Dict[str, np.ndarray], dict]:
+    """Code ``[(name, int8 codes)]``; return the byte arrays to store and the JSON-able description to keep.
+
+    ``streams`` (rANS streams, default: by size, at most 4096) and ``model`` (force ``"order0"`` or ``"row"``
+    for every layer instead of choosing by cost) are for measurements.
+    """
     lays = [layout(c.shape) for _, c in layers]
     syms = [_symbols(np.asarray(c), lay) for (_, c), lay in zip(layers, lays)]
     # Choose each layer's model by its cost (data + table).
     models = []
     for lay, sym in zip(lays, syms):
         best, best_cost = "order0", None
-        for model in MODELS:
-            if model == "row" and lay.rows == 1:
+        for candidate in MODELS if model is None else (model,):
+            if candidate == "row" and lay.rows == 1:
                 continue
-            n_ctx = lay.contexts(model)
+            n_ctx = lay.contexts(candidate)
             counts = np.zeros((n_ctx, ALPHABET), np.int64)
             for r in range(lay.rows):
-                ctx = _local_context(lay, model, r, sym[:, r - 1] if r else None)
+                ctx = _local_context(lay, candidate, r, sym[:, r - 1] if r else None)
                 counts += np.bincount((ctx * ALPHABET + sym[:, r]).ravel(), minlength=n_ctx * ALPHABET).reshape(
                     n_ctx, ALPHABET
                 )
             cost = _cost_bytes(counts)
             if best_cost is None or cost < best_cost:
-                best, best_cost = model, cost
+                best, best_cost = candidate, cost
         models.append(best)
     offsets = _offsets(lays, models)
     n_ctx_total = offsets[-1]

@@ -1,0 +1,121 @@
+"""torch.hub: hubconf.py entry points, pretrained weights (shipped, downloaded and cached, or missing)."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import bitnetcnn
+from bitnetcnn import BitConv2d, TernaryConv2d, convert_to_ternary, create_model, hub
+from realdata import accuracy, mnist_test
+
+REPO = str(Path(__file__).resolve().parents[1])
+SEED_NAMES = ["bitnet_mnist", "bitnet_resnet18", "bitnet_resnet50", "bitnet_mobilenetv2", "bitnet_convnextv2"]
+
+
+@pytest.fixture(scope="module")
+def mnist_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8).eval())
+    path = tmp_path_factory.mktemp("hub") / "mnist.bnc"
+    bitnetcnn.save_checkpoint(model, path, {"dataset": "mnist", "accuracy": 0.1})
+    return model, path
+
+
+def test_hubconf_lists_the_seed_names_and_every_other_registered_model():
+    hubconf = torch.hub._import_module("hubconf", str(Path(REPO) / "hubconf.py"))  # what torch.hub.load does
+    names = [f for f in dir(hubconf) if callable(getattr(hubconf, f)) and not f.startswith("_")]  # torch.hub.list
+    assert hubconf.dependencies == ["torch", "numpy", "safetensors"]
+    for name in SEED_NAMES:
+        assert name in names
+    covered = {e.model for e in hub.SEED_ENTRIES}
+    for model in bitnetcnn.list_models():
+        assert model in covered or model in names
+    assert "bit_resnet34" in names
+    doc = hubconf.bitnet_resnet18.__doc__
+    assert "pretrained" in doc and "ternary" in doc
+
+
+def test_pretrained_bitnet_mnist_through_torch_hub():
+    """With the shipped file: matches the accuracy in its metadata. Until it is added: the clear error."""
+    shipped = hub.PRETRAINED_DIR / hub.entries()["bitnet_mnist"].pretrained.file
+    if not shipped.exists():
+        with pytest.raises(hub.PretrainedWeightsUnavailable, match="no pretrained weights yet for 'bitnet_mnist'"):
+            torch.hub.load(REPO, "bitnet_mnist", source="local", pretrained=True)
+        return
+    model = torch.hub.load(REPO, "bitnet_mnist", source="local", pretrained=True)
+    assert isinstance(model.stem.conv, TernaryConv2d)
+    header = model.checkpoint_header
+    assert header["metrics"]["command"]
+    x, y = mnist_test()
+    acc = accuracy(model, x, y, header["input"]["mean"], header["input"]["std"])
+    assert abs(acc - header["metrics"]["accuracy"]) <= 0.0005, (acc, header["metrics"])
+
+
+def test_checkpoint_path_gives_the_converted_or_the_trainable_model(mnist_checkpoint):
+    model, path = mnist_checkpoint
+    x = torch.randn(2, 1, 28, 28)
+    converted = torch.hub.load(REPO, "bitnet_mnist", source="local", checkpoint_path=str(path))
+    assert isinstance(converted.stem.conv, TernaryConv2d)
+    trainable = torch.hub.load(REPO, "bitnet_mnist", source="local", checkpoint_path=str(path), ternary=False)
+    assert isinstance(trainable.stem.conv, BitConv2d)
+    assert all(p.requires_grad for p in trainable.parameters())
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+        assert torch.equal(convert_to_ternary(trainable)(x), model(x))
+    assert converted.checkpoint_header["metrics"]["accuracy"] == 0.1
+
+
+def test_new_classes_need_the_trainable_model(mnist_checkpoint):
+    _, path = mnist_checkpoint
+    with pytest.raises(ValueError, match="ternary=False"):
+        hub.load("bitnet_mnist", checkpoint_path=path, num_classes=5)
+    model = hub.load("bitnet_mnist", checkpoint_path=path, num_classes=5, ternary=False)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    assert model.model_args["num_classes"] == 5
+
+
+def test_wrong_model_for_the_entry(mnist_checkpoint):
+    with pytest.raises(ValueError, match="not the bit_resnet18"):
+        hub.load("bitnet_resnet18", checkpoint_path=mnist_checkpoint[1])
+
+
+def test_without_weights():
+    model = torch.hub.load(REPO, "bitnet_mnist", source="local", num_classes=3)
+    assert isinstance(model.stem.conv, TernaryConv2d)
+    assert model(torch.randn(1, 1, 28, 28)).shape == (1, 3)
+    assert isinstance(hub.load("bitnet_mnist", ternary=False).stem.conv, BitConv2d)
+    assert hub.load("bitnet_resnet18", ternary=False).model_args["act"] == "silu"
+    for name in SEED_NAMES[1:]:  # no weights published for these yet
+        with pytest.raises(hub.PretrainedWeightsUnavailable, match="no pretrained weights yet"):
+            hub.load(name, pretrained=True)
+
+
+def _with_url(monkeypatch, url, sha256):
+    entry = hub.HubEntry("bitnet_mnist", "bitnet_cnn", {}, hub.Pretrained(file="remote_mnist.bnc", url=url,
+                                                                          sha256=sha256))
+    monkeypatch.setattr(hub, "SEED_ENTRIES", (entry,) + hub.SEED_ENTRIES[1:])
+
+
+def test_download_verify_and_cache(mnist_checkpoint, tmp_path, monkeypatch):
+    _, path = mnist_checkpoint
+    monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "cache"))
+    good = hashlib.sha256(path.read_bytes()).hexdigest()
+    _with_url(monkeypatch, path.as_uri(), good)
+    model = hub.load("bitnet_mnist", pretrained=True)
+    cached = tmp_path / "cache" / "hub" / "remote_mnist.bnc"
+    assert cached.read_bytes() == path.read_bytes()
+    assert isinstance(model.stem.conv, TernaryConv2d)
+    # offline now: the cached copy is used
+    _with_url(monkeypatch, "http://127.0.0.1:9/remote_mnist.bnc", good)
+    assert hub.pretrained_path("bitnet_mnist") == cached
+    # offline and not cached: a clear error that says where to put the file
+    cached.unlink()
+    with pytest.raises(hub.PretrainedWeightsUnavailable, match="cannot download .* no cached copy"):
+        hub.load("bitnet_mnist", pretrained=True)
+    # a download whose hash differs is not kept
+    _with_url(monkeypatch, path.as_uri(), "0" * 64)
+    with pytest.raises(hub.PretrainedWeightsUnavailable, match="sha256"):
+        hub.pretrained_path("bitnet_mnist")
+    assert not cached.exists()
