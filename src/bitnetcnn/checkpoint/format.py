@@ -462,8 +462,10 @@ def ternary_layer(bit: nn.Module, codes: np.ndarray, scale: torch.Tensor, bias: 
     else:
         layer.register_buffer("scale", scale.clone())
     layer.register_buffer("bias", None if bias is None else bias.detach().clone().float())
-    # int8 * float32 promotes inside one kernel: the same values as dequantize(codes, scale) in one pass
-    weight = torch.mul(torch.from_numpy(codes), scale.reshape((-1,) + (1,) * (codes.ndim - 1)))
+    # float32(code) * float32(scale), rounded once: the same values as dequantize(codes, scale), in one numpy pass
+    # (several times faster than torch's int8 * float32 on CPU)
+    per_channel = scale.numpy().reshape((-1,) + (1,) * (codes.ndim - 1))
+    weight = torch.from_numpy(np.multiply(codes, per_channel, dtype=np.float32))
     layer.register_buffer("weight", weight, persistent=False)
     return layer
 
