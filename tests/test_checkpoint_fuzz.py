@@ -13,19 +13,29 @@ from bitnetcnn import CheckpointError, convert_to_ternary, create_model
 from bitnetcnn.checkpoint.fuzz import FUZZ_MODES, fuzz
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def _tiny(tmp_path_factory, form):
     torch.manual_seed(0)
-    model = convert_to_ternary(create_model("bitnet_cnn", width=4).eval())
-    path = tmp_path_factory.mktemp("fuzz") / "tiny.bnc"
+    model = create_model("bitnet_cnn", width=4).eval()
+    if form != "bit":
+        model = convert_to_ternary(model, pow2=form == "pow2")
+    path = tmp_path_factory.mktemp("fuzz") / f"{form}.bnc"
     bitnetcnn.save_checkpoint(model, path, {"dataset": "mnist"})
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("mode,iterations", [("file", 3000), ("header", 300), ("tensors", 300)])
-def test_only_checkpoint_errors_come_out(checkpoint, mode, iterations):
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _tiny(tmp_path_factory, "ternary")
+
+
+@pytest.mark.parametrize(
+    "form,mode,iterations",
+    [("ternary", "file", 3000), ("ternary", "header", 300), ("ternary", "tensors", 300), ("bit", "header", 300),
+     ("pow2", "tensors", 100)],
+)
+def test_only_checkpoint_errors_come_out(tmp_path_factory, form, mode, iterations):
     start = time.perf_counter()
-    stats = fuzz(checkpoint, mode, iterations, seed=1)
+    stats = fuzz(_tiny(tmp_path_factory, form), mode, iterations, seed=1)
     assert stats["other"] == [], stats["other"][:3]
     assert stats["checkpoint_error"] > 0
     assert stats["checkpoint_error"] + stats["loaded"] == iterations

@@ -338,7 +338,7 @@ def _load_bitnetcnn(path, data: bytes) -> nn.Module:
     model = _build(path, header["architecture"]["args"])
     # Check the architecture against the coded shapes before decoding anything.
     modules = dict(model.named_modules())
-    for spec in (header["ternary_coding"] or {}).get("layers", []):
+    for spec in (header.get("ternary_coding") or {}).get("layers", []):
         name = spec.get("name")
         layer = modules.get(name)
         if not isinstance(layer, (BitConv2d, BitLinear)):
