@@ -63,7 +63,8 @@ SEED_ENTRIES = (
     HubEntry("bitnet_resnet18", "bit_resnet18", {"act": "silu"}, Pretrained(),
              "ResNet-18 for CIFAR-100 with SiLU, the seed's configuration"),
     HubEntry("bitnet_resnet50", "bit_resnet50", {"act": "silu"}, Pretrained(), "ResNet-50 with SiLU"),
-    HubEntry("bitnet_mobilenetv2", "bit_mobilenetv2", {"width_mult": 1.4, "act": "silu"}, Pretrained(),
+    HubEntry("bitnet_mobilenetv2", "bit_mobilenetv2", {"width_mult": 1.4, "act": "silu", "downsample_at": "expand"},
+             Pretrained(),
              "MobileNetV2 x1.4 with SiLU, the seed's configuration"),
     HubEntry("bitnet_convnextv2", "bit_convnextv2", {}, Pretrained(), "ConvNeXt-V2"),
 )

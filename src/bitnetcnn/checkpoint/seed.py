@@ -4,8 +4,8 @@ The seed (qinhy/BitNetCNN) publishes a zip holding one ``torch.save`` file: ``{"
 or a bare state_dict. Each ternary layer has ``<name>.weight`` (int8 in {-1, 0, 1}, the float weight's shape) and
 ``<name>.scale`` (float, ``[O, 1, 1]`` or ``[O]``) and an optional ``<name>.bias``; everything else is an ordinary
 state_dict. The registry's ``bitnet_cnn``, ``bit_resnet18(act='silu')`` and ``bit_mobilenetv2(width_mult=1.4,
-act='silu')`` use the seed's module names, so the mapping is: codes from ``.weight``, ``.scale`` flattened to
-``[O]``, the rest key for key, into the converted (TernaryConv2d/TernaryLinear) model.
+act='silu', downsample_at='expand')`` use the seed's module names, so the mapping is: codes from ``.weight``,
+``.scale`` flattened to ``[O]``, the rest key for key, into the converted (TernaryConv2d/TernaryLinear) model.
 
 These files are read with ``torch.load(..., weights_only=True)``: PyTorch's restricted unpickler, which loads
 tensors and plain containers only. bitnetcnn's own format needs no unpickling at all.
@@ -106,7 +106,8 @@ def infer_seed_architecture(state: Dict[str, torch.Tensor], filename: str = "") 
         stem_out = int(stem.shape[0])
         for w in widths:
             if _mobilenet_stem(w) == stem_out:
-                kwargs["width_mult"] = w
+                # the seed strides the 1x1 expansion of a downsampling block, not its depthwise convolution
+                kwargs.update(width_mult=w, downsample_at="expand")
                 return "bit_mobilenetv2", kwargs
         raise ValueError(f"MobileNetV2 stem of {stem_out} channels matches no width_mult in {widths}")
     raise ValueError("unknown seed architecture")
