@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bitnetcnn import load_checkpoint
 from bitnetcnn.cli import main
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run import SettingsError, TrainSettings, train
@@ -36,6 +37,12 @@ def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert results["epochs"] == 2 and 0 <= results["ternary_acc"] <= 1 and results["model_bytes"] > 0
     assert "bitnetcnn" in results["command"] and results["wall_time_s"] > 0
+    # the saved model evaluates and the Lightning checkpoint converts from the command line
+    assert main(["eval", str(run / "best_ternary.bnc"), "--batch-size", "500"]) == 0
+    assert main(["convert", str(run / "last.ckpt"), "--pow2", "-o", str(tmp_path / "p2.bnc")]) == 0
+    p2 = load_checkpoint(tmp_path / "p2.bnc")
+    assert any(hasattr(m, "scale_exp") for m in p2.modules())
+    assert p2.checkpoint_header["metrics"]["dataset"] == "mnist_demo"
     again = train(TrainSettings(out=str(tmp_path / "b"), epochs=2, **QUICK))
     assert read_metrics(tmp_path / "b")[1]["train_loss"] == rows[1]["train_loss"]  # --seed makes runs repeatable
     assert again["param_checksums"] == results["param_checksums"]
