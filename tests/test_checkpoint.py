@@ -122,6 +122,14 @@ def test_header_holds_what_the_issue_asks(tiny):
     assert loaded.checkpoint_header["metrics"]["accuracy"] == 0.5
 
 
+def test_saved_file_has_ordinary_permissions(tiny):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert tiny[1].stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_saving_is_deterministic(tiny, tmp_path):
     model, path = tiny
     again = bitnetcnn.save_checkpoint(model, tmp_path / "again.bnc",

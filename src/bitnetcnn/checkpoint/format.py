@@ -134,6 +134,9 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Optional[dict] =
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as z:
             z.writestr(_entry(HEADER_NAME), head, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
             z.writestr(_entry(TENSORS_NAME), data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
