@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from bitnetcnn.data import DatasetNotFoundError, data_root, get_dataset_spec, list_datasets
-from bitnetcnn.data.augment import normalize, random_crop, random_hflip
+from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_hflip
 from bitnetcnn.data.datamodule import ImageDataModule
 
 rng = np.random.default_rng(0)
@@ -149,6 +149,35 @@ def test_flip_and_normalize():
     assert 5 < sum(flipped) < 59 and all(f or torch.equal(out[i], x[i]) for i, f in enumerate(flipped))
     y = normalize(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), torch.tensor([0.5]), torch.tensor([0.25]))
     assert torch.allclose(y, torch.full_like(y, 2.0))
+
+
+def test_random_affine_rotates_and_zooms_about_the_centre():
+    x = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 4:24, 13:15] = 255  # a vertical bar through the centre
+    assert torch.equal(random_affine(x, 0, 0), x.float())  # off: unchanged (as float)
+    g = torch.Generator().manual_seed(0)
+    out = random_affine(x, 30, 0.2, generator=g)
+    assert out.shape == x.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 255
+    assert not torch.allclose(out, x.float(), atol=1)  # the bars moved ...
+    centre = out[:, 0, 13:15, 13:15]
+    assert (centre > 100).all()  # ... but about the centre, which stays on the bar
+    # the ink is kept up to the zoom (area scales by at most 1.2^2) and bilinear blur
+    ratio = out.sum((1, 2, 3)) / x.float().sum((1, 2, 3))
+    assert ((ratio > 0.6) & (ratio < 1.5)).all()
+
+
+def test_rotation_and_zoom_settings_reach_training_batches_only():
+    dm = ImageDataModule("mnist_demo", batch_size=16, rotate=20, zoom=0.1, limit_train=64, limit_eval=64)
+    assert (dm.rotate, dm.zoom) == (20, 0.1)
+    assert (ImageDataModule("mnist_demo").rotate, ImageDataModule("mnist_demo").zoom) == (0.0, 0.0)
+    dm.setup()
+    x, _ = next(iter(dm.val_dataloader()))
+    torch.manual_seed(0)
+    a = dm.transform(x, training=True)
+    torch.manual_seed(1)
+    b = dm.transform(x, training=True)
+    assert not torch.allclose(a, b)
+    assert torch.equal(dm.transform(x, training=False), dm.transform(x, training=False))
 
 
 def test_demo_data_ships_with_the_package():

@@ -1,6 +1,8 @@
-"""Augmentation of whole uint8 batches at once: random crop with padding, horizontal flip, normalization."""
+"""Augmentation of whole batches at once: random crop with padding, horizontal flip, rotation and zoom, normalization."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,29 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     flip = torch.rand(images.shape[0], generator=generator, device="cpu").to(images.device) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_affine(images: torch.Tensor, degrees: float, zoom: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each image by up to +-``degrees`` and scale it by 1 +- ``zoom`` about its centre (bilinear, zeros
+    outside), for the whole batch in one ``grid_sample``; returns float images in the input's 0..255 range.
+
+    Digits gain from it what natural images gain from flips: MNIST's remaining errors are mostly slanted or
+    oddly sized strokes that a shift alone does not teach.
+    """
+    x = images.float()
+    if degrees <= 0 and zoom <= 0:
+        return x
+    n = x.shape[0]
+    u = torch.rand(2, n, generator=generator, device="cpu").to(x.device) * 2 - 1  # uniform in [-1, 1]
+    angle = u[0] * math.radians(degrees)
+    inv_scale = 1.0 / (1.0 + u[1] * zoom)  # the grid maps output to input coordinates: the inverse transform
+    cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.clamp_(0, 255)  # rounding can overshoot 255 by a hair
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ class DatasetSpec:
     std: tuple[float, ...]
     crop_padding: int  # random crop with this padding during training (0: none)
     hflip: bool  # random horizontal flips during training (not for digits)
+    rotate: float = 0.0  # random rotation by up to this many degrees during training
+    zoom: float = 0.0  # random scaling by 1 +- zoom during training
 
 
 DATASETS: dict[str, DatasetSpec] = {

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bitnetcnn.data.augment import normalize, random_crop, random_hflip
+from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_hflip
 from bitnetcnn.data.catalog import DatasetSpec, get_dataset_spec
 from bitnetcnn.data.paths import data_root
 from bitnetcnn.data.sources import Split
@@ -55,6 +55,8 @@ class ImageDataModule(L.LightningDataModule):
         channels_last: bool = False,
         limit_train: int | None = None,
         limit_eval: int | None = None,
+        rotate: float | None = None,
+        zoom: float | None = None,
     ) -> None:
         super().__init__()
         self.spec: DatasetSpec = get_dataset_spec(dataset, img_size)
@@ -66,6 +68,8 @@ class ImageDataModule(L.LightningDataModule):
         self.channels_last = channels_last
         self.limit_train = limit_train
         self.limit_eval = limit_eval
+        self.rotate = self.spec.rotate if rotate is None else rotate
+        self.zoom = self.spec.zoom if zoom is None else zoom
         self.train_split: Split | None = None
         self.test_split: Split | None = None
         self._mean = torch.tensor(self.spec.mean)
@@ -102,10 +106,12 @@ class ImageDataModule(L.LightningDataModule):
         return self.transform(images, training), labels
 
     def transform(self, images: torch.Tensor, training: bool) -> torch.Tensor:
-        """uint8 batch to the model's float input; crop and flip only while training."""
+        """uint8 batch to the model's float input; crop, flip, rotate and zoom only while training."""
         if training and self.augment:
             images = random_crop(images, self.spec.crop_padding)
             if self.spec.hflip:
                 images = random_hflip(images)
+            if self.rotate > 0 or self.zoom > 0:
+                images = random_affine(images, self.rotate, self.zoom)
         x = normalize(images, self._mean.to(images.device), self._std.to(images.device))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -40,6 +40,8 @@ class TrainSettings:
     label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
+    rotate: Optional[float] = None  # None: the data set's default (docs/training.md)
+    zoom: Optional[float] = None
     quant: str = "ternary"
     scale_op: str = "median"
     pow2: bool = False
@@ -125,7 +127,7 @@ def build(s: TrainSettings):
     """The data module, the Lightning module and the run folder for these settings (validated)."""
     get_model_config(s.model)  # unknown model: error with the valid names, before any data is read
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
-                           limit_train=s.limit_train, limit_eval=s.limit_eval)
+                           limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom)
     spec = data.spec
     num_classes = data.num_classes
     if s.num_classes is not None and s.num_classes != num_classes:
