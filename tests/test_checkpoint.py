@@ -13,10 +13,9 @@ import bitnetcnn
 from bitnetcnn import CheckpointError, convert_to_ternary, convert_to_ternary_p2, create_model, list_models
 from bitnetcnn.checkpoint import read_checkpoint_header
 from bitnetcnn.checkpoint import ternary_codec
-from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME, pack_2bit_numpy, ternary_layer
+from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME, ternary_layer
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
 from bitnetcnn.nn.convert import replace_modules
-from bitnetcnn.quant import pack_2bit
 
 
 def _inputs(model, batch=2):
@@ -183,11 +182,6 @@ def test_fast_ternary_layer_equals_the_constructor(make, pow2):
     x = torch.randn(2, 6, 9, 9) if isinstance(bit, BitConv2d) and bit.in_channels == 6 else None
     if x is not None:
         assert torch.equal(fast(x), reference(x))
-
-
-def test_pack_2bit_numpy_matches_quant():
-    codes = torch.randint(-1, 2, (1001,), dtype=torch.int8)
-    assert np.array_equal(pack_2bit_numpy(codes.numpy()), pack_2bit(codes).numpy())
 
 
 def test_codec_round_trips_odd_shapes_and_skewed_statistics():

@@ -105,6 +105,14 @@ def test_packing_round_trips_for_every_length(n, seed):
     assert torch.equal(unpack_base3(p3, n), codes)
 
 
+def test_packed_byte_layout_is_stable():
+    # checkpoints store these bytes: digit (code + 1) of code i sits at bits 2i..2i+1, base 3 likewise, lowest first
+    codes = torch.tensor([-1, 0, 1, 1, 1], dtype=torch.int8)
+    assert pack_2bit(codes).tolist() == [0 | 1 << 2 | 2 << 4 | 2 << 6, 2]
+    assert pack_base3(codes).tolist() == [0 + 1 * 3 + 2 * 9 + 2 * 27 + 2 * 81]
+    assert torch.equal(unpack_2bit(pack_2bit(codes), 5), codes)
+
+
 def test_packing_rejects_non_ternary():
     with pytest.raises(ValueError, match="codes in"):
         pack_2bit(torch.tensor([0, 2]))

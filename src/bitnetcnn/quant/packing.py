@@ -8,14 +8,14 @@ from __future__ import annotations
 import torch
 
 _POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
-_SHIFT2 = torch.tensor([0, 2, 4, 6], dtype=torch.int32)
 
 
-def _digits(codes: torch.Tensor, group: int) -> torch.Tensor:
+def _digits(codes: torch.Tensor, group: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
     """Codes -1/0/1 as digits 0/1/2, flat, padded with zeros to a multiple of ``group``, one row per byte."""
-    flat = codes.reshape(-1).to(torch.int32) + 1
-    if flat.numel() and (flat.min() < 0 or flat.max() > 2):
+    flat = codes.reshape(-1)
+    if flat.numel() and (flat.min() < -1 or flat.max() > 1):
         raise ValueError("ternary packing needs codes in {-1, 0, 1}")
+    flat = (flat.to(torch.int8) + 1).to(dtype)
     pad = (-flat.numel()) % group
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
@@ -24,15 +24,15 @@ def _digits(codes: torch.Tensor, group: int) -> torch.Tensor:
 
 def pack_2bit(codes: torch.Tensor) -> torch.Tensor:
     """Four codes a byte, lowest bits first: a uint8 tensor of ``ceil(n / 4)`` bytes."""
-    digits = _digits(codes.cpu(), 4)
-    return (digits << _SHIFT2).sum(dim=1).to(torch.uint8)
+    d = _digits(codes.cpu(), 4, torch.uint8)  # uint8 throughout: a ResNet-50 packs in a fraction of a second
+    return d[:, 0] | (d[:, 1] << 2) | (d[:, 2] << 4) | (d[:, 3] << 6)
 
 
 def unpack_2bit(packed: torch.Tensor, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack_2bit`: the first ``numel`` codes as int8."""
-    shift = _SHIFT2.to(packed.device)
-    digits = (packed.to(torch.int32).unsqueeze(1) >> shift) & 3
-    return (digits.reshape(-1)[:numel] - 1).to(torch.int8)
+    p = packed.to(torch.uint8)
+    digits = torch.stack([p & 3, (p >> 2) & 3, (p >> 4) & 3, p >> 6], dim=1)
+    return digits.reshape(-1)[:numel].view(torch.int8) - 1
 
 
 def pack_base3(codes: torch.Tensor) -> torch.Tensor:
