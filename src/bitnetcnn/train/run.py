@@ -153,6 +153,17 @@ def build(s: TrainSettings):
     return data, module
 
 
+def _leave_process_group() -> None:
+    """After a distributed fit: wait for every rank (rank 0 writes results.json), then leave the process group.
+
+    Left to interpreter exit, gloo's threads can be torn down in the wrong order and abort a finished run
+    ("terminate called without an active exception", exit -6).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None) -> dict:
     """Train, validate each epoch (Bit and ternary), keep the best ternary model; returns results.json's content."""
     if resume:
@@ -193,6 +204,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None)
     if trainer.is_global_zero and not resume:
         (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    _leave_process_group()
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if trainer.is_global_zero:
