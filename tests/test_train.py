@@ -48,6 +48,30 @@ def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     assert again["param_checksums"] == results["param_checksums"]
 
 
+def test_ema_run_saves_the_averaged_model_it_validated(tmp_path):
+    from bitnetcnn.train.run import build
+
+    settings = TrainSettings(out=str(tmp_path / "ema"), epochs=2, ema=0.9, **QUICK)
+    results = train(settings)
+    saved = load_checkpoint(tmp_path / "ema" / "best_ternary.bnc")
+    data, _ = build(settings)
+    data.setup("fit")
+    correct = total = 0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            x, y = data.on_after_batch_transfer(batch, 0)
+            correct += int((saved(x).argmax(-1) == y).sum())
+            total += len(y)
+    assert correct / total == pytest.approx(saved.checkpoint_header["metrics"]["accuracy"], abs=1e-6)
+    assert results["best_ternary_acc"] == pytest.approx(saved.checkpoint_header["metrics"]["accuracy"], abs=1e-6)
+    # last.ckpt holds the average as its weights and the raw weights beside them, so --resume goes on with both
+    ckpt = torch.load(tmp_path / "ema" / "last.ckpt", weights_only=False)
+    raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
+    with pytest.raises(SettingsError, match="--ema 1.5"):
+        train(TrainSettings(out=str(tmp_path / "bad"), epochs=1, ema=1.5, **QUICK))
+
+
 def test_mixup_and_cutmix_touch_training_batches_only():
     module = BitClassifier("bitnet_cnn", 10, 1, mixup=0.2, cutmix=1.0)
     calls = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import time
@@ -101,7 +102,7 @@ class RunRecorder(L.Callback):
                 self._save_best(pl_module, values, trainer.current_epoch)
 
     def _save_best(self, pl_module, values: dict, epoch: int) -> None:
-        model = pl_module.ternary_model() if pl_module.eval_ternary else pl_module.model
+        model = copy.deepcopy(pl_module.validated_model())
         float_eval = {"top1": values["val_acc"], "top5": values["val_acc5"]}
         ternary_eval = {"top1": values["ternary_acc"], "top5": values["ternary_acc5"]}
         shipped = ternary_eval if pl_module.eval_ternary else float_eval

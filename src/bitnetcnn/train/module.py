@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import copy
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,9 @@ class BitClassifier(L.LightningModule):
     """Image classification with a registry model.
 
     Validation measures the Bit model (fake quantization) and, with ``eval_ternary``, the converted ternary model
-    built from the same weights at the start of each validation epoch: the number users ship.
+    built from the same weights at the start of each validation epoch: the number users ship. That model (or, without
+    ``eval_ternary``, a copy of the validated float model) is kept as :meth:`validated_model`, so what a run saves is
+    exactly what it measured, even when a weight-averaging callback swaps the averaged weights in for validation only.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class BitClassifier(L.LightningModule):
         self.teacher: Optional[nn.Module] = None
         self.eval_ternary = eval_ternary and any(isinstance(m, BIT_LAYERS) for m in self.model.modules())
         self._ternary: Optional[nn.Module] = None
+        self._validated: Optional[nn.Module] = None
         self._mix = _batch_mixer(num_classes, mixup, cutmix)
         metric = dict(num_classes=num_classes, average="micro")
         self.val_acc1 = MulticlassAccuracy(top_k=1, **metric)
@@ -102,9 +107,10 @@ class BitClassifier(L.LightningModule):
 
     # --- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        # kept out of the module tree: not submodules, so never in a checkpoint or the optimizer
         if self.eval_ternary:
-            # kept out of the module tree: not a submodule, so never in a checkpoint or the optimizer
             self.__dict__["_ternary"] = convert_to_ternary(self.model).eval()
+        self.__dict__["_validated"] = self._ternary if self.eval_ternary else copy.deepcopy(self.model).eval()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -127,6 +133,12 @@ class BitClassifier(L.LightningModule):
     def ternary_model(self) -> nn.Module:
         """The converted model of the current weights (the last one validated when available)."""
         return self._ternary if self._ternary is not None else convert_to_ternary(self.model).eval()
+
+    def validated_model(self) -> nn.Module:
+        """The model the last validation measured: the ternary twin with ``eval_ternary``, else the float model."""
+        if self._validated is not None:
+            return self._validated
+        return self.ternary_model() if self.eval_ternary else self.model
 
 
 def _batch_mixer(num_classes: int, mixup: float, cutmix: float):

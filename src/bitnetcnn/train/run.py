@@ -11,7 +11,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.data.datamodule import ImageDataModule
@@ -42,6 +42,7 @@ class TrainSettings:
     cutmix: float = 0.0
     rotate: Optional[float] = None  # None: the data set's default (docs/training.md)
     zoom: Optional[float] = None
+    ema: Optional[float] = None  # decay of an exponential moving average of the weights; None: off
     quant: str = "ternary"
     scale_op: str = "median"
     pow2: bool = False
@@ -164,6 +165,15 @@ def _leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def _weight_averaging(s: TrainSettings) -> list:
+    """Lightning's EMA callback: validation, the saved model and the final weights use the averaged weights."""
+    if s.ema is None:
+        return []
+    if not 0.0 < s.ema < 1.0:
+        raise SettingsError(f"--ema {s.ema}: the decay must be between 0 and 1 (e.g. 0.999)")
+    return [EMAWeightAveraging(decay=s.ema)]
+
+
 def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None) -> dict:
     """Train, validate each epoch (Bit and ternary), keep the best ternary model; returns results.json's content."""
     if resume:
@@ -198,7 +208,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None)
         max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes, strategy=s.strategy,
         precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("gpu" if torch.cuda.is_available()
                                                                                  else "cpu")),
-        callbacks=[recorder, checkpoint], logger=False, num_sanity_val_steps=0, enable_progress_bar=s.progress,
+        callbacks=[recorder, checkpoint, *_weight_averaging(s)], logger=False, num_sanity_val_steps=0, enable_progress_bar=s.progress,
         enable_model_summary=False, default_root_dir=out,
     )
     if trainer.is_global_zero and not resume:
