@@ -72,6 +72,18 @@ def test_ema_run_saves_the_averaged_model_it_validated(tmp_path):
         train(TrainSettings(out=str(tmp_path / "bad"), epochs=1, ema=1.5, **QUICK))
 
 
+def test_ramped_ema_forgets_the_first_steps():
+    from bitnetcnn.train.schedule import warmup_ema
+
+    average = warmup_ema(0.999)
+    # a batch-norm variance that starts at 1 and settles at 0.02 after 20 steps, as early in training
+    values = [torch.tensor(1.0 if n < 20 else 0.02) for n in range(300)]
+    ema = values[0].clone()
+    for n, v in enumerate(values[1:], start=1):
+        ema = average(ema, v, torch.tensor(n))
+    assert float(ema) < 0.03  # a plain EMA with decay 0.999 would still be at 0.76
+
+
 def test_mixup_and_cutmix_touch_training_batches_only():
     module = BitClassifier("bitnet_cnn", 10, 1, mixup=0.2, cutmix=1.0)
     calls = []

@@ -11,7 +11,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.data.datamodule import ImageDataModule
@@ -19,6 +19,7 @@ from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
 from bitnetcnn.train.callbacks import RunRecorder
 from bitnetcnn.train.module import BitClassifier
+from bitnetcnn.train.schedule import warmup_ema
 
 
 @dataclass
@@ -166,12 +167,13 @@ def _leave_process_group() -> None:
 
 
 def _weight_averaging(s: TrainSettings) -> list:
-    """Lightning's EMA callback: validation, the saved model and the final weights use the averaged weights."""
+    """Lightning's weight averaging with a ramped EMA: validation, the saved model and the final weights use the
+    averaged weights (and batch-norm statistics)."""
     if s.ema is None:
         return []
     if not 0.0 < s.ema < 1.0:
         raise SettingsError(f"--ema {s.ema}: the decay must be between 0 and 1 (e.g. 0.999)")
-    return [EMAWeightAveraging(decay=s.ema)]
+    return [WeightAveraging(avg_fn=warmup_ema(s.ema))]
 
 
 def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None) -> dict:

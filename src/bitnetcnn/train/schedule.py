@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
+from torch import Tensor, nn
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_factor: float = 0.0) -> float:
@@ -23,3 +23,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_ema(decay: float):
+    """An ``AveragedModel`` average: an EMA whose decay ramps up as ``(1 + n) / (10 + n)`` before reaching ``decay``.
+
+    Without the ramp the average keeps the first steps' batch-norm statistics for thousands of steps (the running
+    variance starts at 1 and falls by 10-50x early on), and the averaged model scores near chance (timm's ModelEmaV3
+    ramps the same way).
+    """
+
+    def average(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return averaged * d + current * (1.0 - d)
+
+    return average
