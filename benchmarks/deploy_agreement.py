@@ -82,12 +82,12 @@ def predict(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
-def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None) -> dict:
+def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None, method: str = "minmax") -> dict:
     test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir)
     cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1)
     x = normalize_images(test_x, spec.mean, spec.std)
     t0 = time.perf_counter()
-    deployed = compile(model, normalize_images(cal_x, spec.mean, spec.std))
+    deployed = compile(model, normalize_images(cal_x, spec.mean, spec.std), method=method)
     t_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref = predict(model, x)
@@ -99,7 +99,7 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
     acc_dep = (out == test_y).float().mean().item() * 100
     agree = (ref == out).float().mean().item() * 100
     ok = agree >= 99.0 and abs(acc_dep - acc_ref) <= 0.3
-    return dict(model=name, dataset=dataset, test_images=len(x), calibration_images=len(cal_x),
+    return dict(model=name, dataset=dataset, test_images=len(x), calibration_images=len(cal_x), method=method,
                 acc_converted=round(acc_ref, 2), acc_deployed=round(acc_dep, 2), agreement=round(agree, 2),
                 acc_diff=round(acc_dep - acc_ref, 2), passed=ok, compile_s=round(t_compile, 1),
                 torch_eval_s=round(t_torch, 1), deploy_eval_s=round(t_deploy, 1))
@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", help="folder of the seed checkpoints (default $BITNETCNN_DATA/seed-checkpoints)")
     p.add_argument("--limit", type=int, default=0, help="first N test images of a fixed shuffle (0: all)")
     p.add_argument("--calibrate", type=int, default=512, help="training images for int8 calibration")
+    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"],
+                   help="onnxruntime calibration method for the activation ranges")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")
     p.add_argument("--json", help="write the results here")
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
         file, dataset, _ = SEED[name]
         print(f"{name}: {folder / file}", flush=True)
         model = load_seed(name, folder / file)
-        row = check(name, model, dataset, args.limit, args.calibrate, args.data_dir)
+        row = check(name, model, dataset, args.limit, args.calibrate, args.data_dir, args.method)
         rows.append(row)
         print(f"  {row['test_images']} {dataset} test images: converted {row['acc_converted']:.2f}%, deployed "
               f"{row['acc_deployed']:.2f}% ({row['acc_diff']:+.2f}), top-1 agreement {row['agreement']:.2f}% -> "
