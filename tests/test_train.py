@@ -162,6 +162,7 @@ def test_resume_after_sigkill_finishes_with_unbroken_metrics(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["epochs"] == 3
     assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
+    assert "--epochs 3" in results["command"] and "--resume" not in results["command"]  # the command that started it
 
 
 def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):

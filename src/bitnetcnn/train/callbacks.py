@@ -56,14 +56,17 @@ class RunRecorder(L.Callback):
     def model_path(self) -> Path:
         return self.out / "best_ternary.bnc"
 
-    # Lightning saves this in last.ckpt, so best scores and wall time survive a resume.
+    # Lightning saves this in last.ckpt, so best scores, wall time and the command that started the run (not
+    # `--resume`) survive a resume.
     def state_dict(self) -> dict:
-        return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self._elapsed()}
+        return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self._elapsed(),
+                "command": self.command}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_ternary = state["best_ternary"]
         self.best_float = state["best_float"]
         self.elapsed = state["elapsed"]
+        self.command = state.get("command", self.command)
 
     def _elapsed(self) -> float:
         return self.elapsed + (time.time() - self._t0 if self._t0 else 0.0)
