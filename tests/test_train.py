@@ -70,6 +70,7 @@ def test_ema_run_saves_the_averaged_model_it_validated(tmp_path):
     assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
     with pytest.raises(SettingsError, match="--ema 1.5"):
         train(TrainSettings(out=str(tmp_path / "bad"), epochs=1, ema=1.5, **QUICK))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_ramped_ema_forgets_the_first_steps():

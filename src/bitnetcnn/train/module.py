@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import copy
+from typing import Optional
 
 import lightning as L
 import torch

@@ -200,6 +200,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None)
     s.out = str(out)
     L.seed_everything(s.seed, workers=True, verbose=False)
     data, module = build(s)
+    averaging = _weight_averaging(s)  # before the run folder is made: a bad --ema leaves nothing behind
     last = out / "last.ckpt"
     if resume and not last.exists():
         raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
@@ -219,10 +220,9 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None)
     devices = s.devices if s.devices == "auto" else int(s.devices)
     trainer = L.Trainer(
         max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes, strategy=s.strategy,
-        precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("gpu" if torch.cuda.is_available()
-                                                                                 else "cpu")),
-        callbacks=[recorder, checkpoint, *_weight_averaging(s)], logger=False, num_sanity_val_steps=0, enable_progress_bar=s.progress,
-        enable_model_summary=False, default_root_dir=out,
+        precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
+        callbacks=[recorder, checkpoint, *averaging], logger=False, num_sanity_val_steps=0,
+        enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
     )
     if trainer.is_global_zero and not resume:
         (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
