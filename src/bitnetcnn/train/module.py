@@ -129,15 +129,12 @@ class BitClassifier(L.LightningModule):
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start
 
-    def ternary_model(self) -> nn.Module:
-        """The converted model of the current weights (the last one validated when available)."""
-        return self._ternary if self._ternary is not None else convert_to_ternary(self.model).eval()
-
     def validated_model(self) -> nn.Module:
-        """The model the last validation measured: the ternary twin with ``eval_ternary``, else the float model."""
+        """The model the last validation measured (before any: the current weights): the ternary twin with
+        ``eval_ternary``, else the float model."""
         if self._validated is not None:
             return self._validated
-        return self.ternary_model() if self.eval_ternary else self.model
+        return convert_to_ternary(self.model).eval() if self.eval_ternary else self.model
 
 
 def _batch_mixer(num_classes: int, mixup: float, cutmix: float):
