@@ -85,6 +85,17 @@ def test_ramped_ema_forgets_the_first_steps():
     assert float(ema) < 0.03  # a plain EMA with decay 0.999 would still be at 0.76
 
 
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_amp_on_a_cpu_without_bf16_arithmetic_warns(monkeypatch, capsys, native_bf16):
+    from bitnetcnn.train import run
+
+    monkeypatch.setattr(run, "_cpu_has_bf16", lambda: native_bf16)
+    assert run._precision(TrainSettings(amp=True), "cpu") == "bf16-mixed"
+    assert ("without native bf16" in capsys.readouterr().err) is not native_bf16
+    assert run._precision(TrainSettings(amp=False), "cpu") == "32-true"
+    assert capsys.readouterr().err == ""
+
+
 def test_mixup_and_cutmix_touch_training_batches_only():
     module = BitClassifier("bitnet_cnn", 10, 1, mixup=0.2, cutmix=1.0)
     calls = []

@@ -92,8 +92,15 @@ def _precision(s: TrainSettings, accelerator: str) -> str:
     if not s.amp:
         return "32-true"
     if accelerator == "cpu":
+        if not _cpu_has_bf16():
+            print("warning: --amp on a CPU without native bf16 arithmetic (AVX-512 BF16 or AMX): bf16 autocast will be "
+                  "several times slower than float32 here; leave --amp out on this machine", file=sys.stderr)
         return "bf16-mixed"
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _cpu_has_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _check_teacher(teacher: torch.nn.Module, num_classes: int, path: str) -> torch.nn.Module:
