@@ -14,20 +14,18 @@ CIFAR-100), read from $BITNETCNN_DATA/seed-checkpoints (or --checkpoints), or an
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import torch
 
-from bitnetcnn import convert_to_ternary, create_model
+from bitnetcnn import convert_to_ternary, load_checkpoint
 from bitnetcnn.deploy import compile
 from bitnetcnn.deploy.calibration import dataset_images, normalize_images
-from bitnetcnn.nn import TernaryConv2d, TernaryLinear
+from bitnetcnn.nn import TERNARY_LAYERS
 
 # name: (seed checkpoint file, data set, create_model arguments of the seed's architecture)
 SEED = {
@@ -39,42 +37,11 @@ SEED = {
 
 
 def load_seed(name: str, path: Path) -> torch.nn.Module:
-    """A seed checkpoint as a converted model: the library's loader if it reads the seed's zips, else a direct map
-    (int8 ``weight`` + ``scale`` per ternary layer, everything else by name)."""
+    """A seed checkpoint as a converted model (the library reads the seed's zips; see docs/checkpoints.md)."""
     _, _, kwargs = SEED[name]
-    try:
-        from bitnetcnn.checkpoint import load_checkpoint
-
-        model = load_checkpoint(path, model_name=name, **kwargs)
-        return convert_to_ternary(model) if not _is_converted(model) else model.eval()
-    except Exception as err:  # noqa: BLE001  (older library: map the layout here)
-        print(f"  (library loader unavailable for {path.name}: {type(err).__name__}; mapping the seed layout directly)")
-    with zipfile.ZipFile(path) as z:
-        blob = torch.load(io.BytesIO(z.read(z.namelist()[0])), weights_only=True, map_location="cpu")
-    state = blob.get("model", blob)
-    model = convert_to_ternary(create_model(name, **kwargs))
-    for layer_name, layer in list(model.named_modules()):
-        if not isinstance(layer, (TernaryConv2d, TernaryLinear)):
-            continue
-        codes = state.pop(f"{layer_name}.weight").to(torch.int8)
-        scale = state.pop(f"{layer_name}.scale").reshape(-1).float()
-        bias = state.pop(f"{layer_name}.bias", None)
-        if isinstance(layer, TernaryConv2d):
-            new = TernaryConv2d(codes, scale, bias, layer.stride, layer.padding, layer.dilation, layer.groups,
-                                layer.padding_mode, act_quant=layer.act_quant)
-        else:
-            new = TernaryLinear(codes, scale, bias, act_quant=layer.act_quant)
-        parent = model.get_submodule(layer_name.rpartition(".")[0]) if "." in layer_name else model
-        setattr(parent, layer_name.rpartition(".")[2], new)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("weight_packed", "scale", "bias"))]
-    if missing or unexpected:
-        raise ValueError(f"{path.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval()
-
-
-def _is_converted(model) -> bool:
-    return any(isinstance(m, (TernaryConv2d, TernaryLinear)) for m in model.modules())
+    model = load_checkpoint(path, model_name=name, **kwargs)
+    is_converted = any(isinstance(m, TERNARY_LAYERS) for m in model.modules())
+    return model.eval() if is_converted else convert_to_ternary(model.eval())
 
 
 @torch.no_grad()
