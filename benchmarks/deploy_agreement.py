@@ -4,11 +4,13 @@ For each model: top-1 of the converted PyTorch model and of ``bitnetcnn.deploy.c
 test set, their top-1 agreement and the accuracy difference. Pass: agreement >= 99% and |accuracy difference| <= 0.3
 points. Models: the seed's trained ternary checkpoints (bitnet_cnn on MNIST, ResNet-18 and MobileNetV2 x1.4 on
 CIFAR-100), read from $BITNETCNN_DATA/seed-checkpoints (or --checkpoints), or any bitnetcnn checkpoint given with
---checkpoint NAME=PATH.
+--checkpoint LABEL=PATH (its data set from its header). ``--calibrate 0`` deploys without calibration, from the
+model's own 8-bit activation quantizers (a model trained with ``--act-bits 8``).
 
     export BITNETCNN_DATA=/path/to/shared/data
     python benchmarks/deploy_agreement.py                       # all three, full test sets
     python benchmarks/deploy_agreement.py --models bitnet_cnn --limit 2000 --json agreement.json
+    python benchmarks/deploy_agreement.py --models --checkpoint r18=runs/r18-a8/best_ternary.bnc --calibrate 0
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from bitnetcnn import convert_to_ternary, load_checkpoint
 from bitnetcnn.deploy import compile
-from bitnetcnn.deploy.calibration import dataset_images, normalize_images
+from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
 from bitnetcnn.nn import TERNARY_LAYERS
 
 # name: (seed checkpoint file, data set, create_model arguments of the seed's architecture)
@@ -39,7 +41,11 @@ SEED = {
 def load_seed(name: str, path: Path) -> torch.nn.Module:
     """A seed checkpoint as a converted model (the library reads the seed's zips; see docs/checkpoints.md)."""
     _, _, kwargs = SEED[name]
-    model = load_checkpoint(path, model_name=name, **kwargs)
+    return convert_if_needed(load_checkpoint(path, model_name=name, **kwargs))
+
+
+def convert_if_needed(model: torch.nn.Module) -> torch.nn.Module:
+    """The converted (ternary inference) form of a Bit or already converted model, in eval mode."""
     is_converted = any(isinstance(m, TERNARY_LAYERS) for m in model.modules())
     return model.eval() if is_converted else convert_to_ternary(model.eval())
 
@@ -51,10 +57,13 @@ def predict(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
 
 def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None, method: str = "minmax") -> dict:
     test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir)
-    cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1)
     x = normalize_images(test_x, spec.mean, spec.std)
+    calibration = None
+    if calibrate > 0:
+        cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1)
+        calibration = normalize_images(cal_x, spec.mean, spec.std)
     t0 = time.perf_counter()
-    deployed = compile(model, normalize_images(cal_x, spec.mean, spec.std), method=method)
+    deployed = compile(model, calibration, method=method)
     t_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref = predict(model, x)
@@ -66,7 +75,8 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
     acc_dep = (out == test_y).float().mean().item() * 100
     agree = (ref == out).float().mean().item() * 100
     ok = agree >= 99.0 and abs(acc_dep - acc_ref) <= 0.3
-    return dict(model=name, dataset=dataset, test_images=len(x), calibration_images=len(cal_x), method=method,
+    return dict(model=name, dataset=dataset, test_images=len(x), calibration_images=max(calibrate, 0),
+                method=method if calibrate > 0 else "model quantizers",
                 acc_converted=round(acc_ref, 2), acc_deployed=round(acc_dep, 2), agreement=round(agree, 2),
                 acc_diff=round(acc_dep - acc_ref, 2), passed=ok, compile_s=round(t_compile, 1),
                 torch_eval_s=round(t_torch, 1), deploy_eval_s=round(t_deploy, 1))
@@ -74,10 +84,14 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(SEED), choices=list(SEED))
+    p.add_argument("--models", nargs="*", default=list(SEED), choices=list(SEED),
+                   help="seed checkpoints to check (none: only the --checkpoint files)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
+                   help="a bitnetcnn checkpoint to check (repeatable)")
     p.add_argument("--checkpoints", help="folder of the seed checkpoints (default $BITNETCNN_DATA/seed-checkpoints)")
     p.add_argument("--limit", type=int, default=0, help="first N test images of a fixed shuffle (0: all)")
-    p.add_argument("--calibrate", type=int, default=512, help="training images for int8 calibration")
+    p.add_argument("--calibrate", type=int, default=512,
+                   help="training images for int8 calibration (0: the model's own 8-bit activation quantizers)")
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"],
                    help="onnxruntime calibration method for the activation ranges")
     p.add_argument("--threads", type=int, default=2)
@@ -86,11 +100,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     folder = Path(args.checkpoints or Path(args.data_dir or os.environ.get("BITNETCNN_DATA", ".")) / "seed-checkpoints")
+    jobs = [(name, folder / SEED[name][0], SEED[name][1]) for name in args.models]
+    for item in args.checkpoint:
+        label, sep, path = item.partition("=")
+        if not sep:
+            p.error(f"--checkpoint {item!r}: expected LABEL=PATH")
+        jobs.append((label, Path(path), None))
     rows = []
-    for name in args.models:
-        file, dataset, _ = SEED[name]
-        print(f"{name}: {folder / file}", flush=True)
-        model = load_seed(name, folder / file)
+    for name, path, dataset in jobs:
+        print(f"{name}: {path}", flush=True)
+        model = load_seed(name, path) if dataset else convert_if_needed(load_checkpoint(path))
+        dataset = dataset or dataset_for(model)
         row = check(name, model, dataset, args.limit, args.calibrate, args.data_dir, args.method)
         rows.append(row)
         print(f"  {row['test_images']} {dataset} test images: converted {row['acc_converted']:.2f}%, deployed "

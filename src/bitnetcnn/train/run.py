@@ -21,6 +21,8 @@ from bitnetcnn.train.callbacks import RunRecorder
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import warmup_ema
 
+ACT_SCALE_KEY = "act_quant.running_scale"
+
 
 @dataclass
 class TrainSettings:
@@ -126,10 +128,17 @@ def _check_init(model: torch.nn.Module, path: str) -> None:
 
     if not any(isinstance(m, BIT_LAYERS) for m in source.modules()) and ours["quant"] == "ternary":
         source = convert_to_bit(source)
-    missing = model.load_state_dict(source.state_dict(), strict=False)
-    if missing.missing_keys or missing.unexpected_keys:
-        raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing.missing_keys[:5]}, "
-                            f"unexpected {missing.unexpected_keys[:5]}")
+    try:
+        result = model.load_state_dict(source.state_dict(), strict=False)
+    except RuntimeError as e:  # tensors of other shapes: another width or depth
+        first = str(e).strip().splitlines()[-1].strip()
+        raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: {first}") from None
+    # Activation quantizers this run adds (--act-bits on a float-activation checkpoint) start unset and take their
+    # scale from the first batches: quantization-aware fine-tuning of a trained model.
+    missing = [k for k in result.missing_keys if not k.endswith(ACT_SCALE_KEY)]
+    if missing or result.unexpected_keys:
+        raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing[:5]}, "
+                            f"unexpected {result.unexpected_keys[:5]}")
 
 
 def _on_cpu(s: TrainSettings) -> bool:
