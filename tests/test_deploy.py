@@ -160,6 +160,25 @@ def test_act8_model_deploys_without_calibration_and_matches_top1(mnist_model):
     assert _agreement(ref, out) == 1.0
 
 
+def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibration():
+    """The model quantizes the pooled mean, not the activation before the pooling: that SiLU (Sigmoid, Mul) and the
+    pooling run in float, and need no range."""
+    torch.manual_seed(0)
+    bit = create_model("bit_mobilenetv2", num_classes=10, width_mult=0.25, act="silu", act_bits=8)
+    bit.train()
+    with torch.no_grad():
+        for _ in range(3):
+            bit(torch.randn(16, 3, 32, 32))  # sets the quantizers' running scales (and the BN statistics)
+    model = convert_to_ternary(bit.eval())
+    deployed = compile(model)
+    graph = deployed.onnx_model.graph
+    producer = {t: n for n in graph.node for t in n.output}
+    pools = [n for n in graph.node if n.op_type in ("GlobalAveragePool", "ReduceMean")]
+    assert pools and all(producer[p.input[0]].op_type == "Mul" for p in pools)  # not a DequantizeLinear
+    x = torch.randn(64, 3, 32, 32)
+    with torch.no_grad():
+        assert _agreement(model(x), deployed(x)) >= 0.95
+
 def test_compile_without_calibration_needs_quantizers(mnist_model):
     models, _ = mnist_model
     with pytest.raises(NotDeployableError, match="calibration"):

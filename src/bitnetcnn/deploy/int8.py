@@ -13,7 +13,8 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
   tensor takes the largest scale of the quantized layer inputs it flows into (through ReLU, Add, Mul, reshapes),
   and a convolution output that flows into none (one that is pooled) takes beta +- 6 |gamma| of its folded
   BatchNorm. A model without 8-bit activation quantizers needs calibration.
-- the classifier's output (logits) stays float.
+- the classifier's output (logits) stays float, and so does an activation that only feeds a pooling (with the
+  pooling), where the model quantizes the pooled mean instead.
 """
 
 from __future__ import annotations
@@ -173,8 +174,10 @@ def _u8_params(lo: float, hi: float) -> Tuple[float, int]:
 
 
 def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
-                         bn_ranges: Dict[str, Tuple[float, float]]) -> Dict[str, Tuple[float, int]]:
-    """Scales for the tensors between quantized layer inputs, from the model alone (see the module docstring)."""
+                         bn_ranges: Dict[str, Tuple[float, float]]) -> Tuple[Dict[str, Tuple[float, int]], List[str]]:
+    """Scales for the tensors between quantized layer inputs, from the model alone (see the module docstring), and
+    the nodes to leave in float: an activation (a SiLU's Mul, say) whose output only feeds a pooling has no range
+    in the model, which pools in float and quantizes the mean; that activation and its pooling run in float."""
     producer, consumers = _graph_maps(graph)
     zeros = _zero_constants(graph)
     inits = {i.name for i in graph.initializer}
@@ -200,7 +203,7 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
                     found += downstream(out, seen)
         return found
 
-    missing = []
+    missing, float_nodes = [], []
     for t in dict.fromkeys(tensors):
         if t in result:
             continue
@@ -213,6 +216,8 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
             result[t] = (max(found), U8_ZERO if _is_nonnegative_output(node, zeros) else U8_MID)
         elif t in bn_ranges:
             result[t] = _u8_params(*bn_ranges[t])
+        elif node is not None and node.name and _only_pooled(t, consumers):
+            float_nodes += [node.name] + [u.name for u in consumers[t]]
         else:
             missing.append(t)
     if missing:
@@ -220,7 +225,12 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
             f"the model's own activation quantizers do not determine the int8 range of {len(missing)} tensor(s) "
             f"(e.g. {missing[0]!r}); deploy it with calibration images (calibration=... / --calibrate N)"
         )
-    return result
+    return result, float_nodes
+
+
+def _only_pooled(tensor: str, consumers) -> bool:
+    users = consumers.get(tensor, [])
+    return bool(users) and all(u.op_type in _POOLING and u.name for u in users)
 
 
 class _Batches:
@@ -252,13 +262,14 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
     graph = float_model.graph
     overrides: Dict[str, list] = _weight_overrides(graph, folded)
     acts = _activation_overrides(graph, folded)
+    float_nodes: List[str] = []
     if calibration is None:
         if not acts:
             raise NotDeployableError(
                 "the model has no 8-bit activation quantizers with a running scale, so its int8 activation ranges "
                 "must come from calibration: pass calibration=<images or batches> (CLI: --calibrate N)"
             )
-        acts = _data_free_overrides(graph, acts, _bn_ranges(graph, folded))
+        acts, float_nodes = _data_free_overrides(graph, acts, _bn_ranges(graph, folded))
         example = np.zeros([1] + [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]], np.float32)
         calibration = [example]  # every range is overridden; onnxruntime still wants one batch to run
     for t, (scale, zp) in acts.items():
@@ -273,7 +284,7 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
         quantize_static(
             str(src), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=act_type, weight_type=weight_type, op_types_to_quantize=QUANTIZED_OPS,
-            calibrate_method=methods[method],
+            calibrate_method=methods[method], nodes_to_exclude=float_nodes,
             extra_options={
                 "TensorQuantOverrides": overrides,
                 "QDQDisableWeightAdjustForInt32Bias": True,
