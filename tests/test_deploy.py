@@ -160,11 +160,12 @@ def test_act8_model_deploys_without_calibration_and_matches_top1(mnist_model):
     assert _agreement(ref, out) == 1.0
 
 
-def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibration():
-    """The model quantizes the pooled mean, not the activation before the pooling: that SiLU (Sigmoid, Mul) and the
-    pooling run in float, and need no range."""
+@pytest.mark.parametrize("name, kwargs", [("bit_mobilenetv2", dict(width_mult=0.25)), ("bit_resnet18", {})])
+def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibration(name, kwargs):
+    """The model quantizes the pooled mean, not what is pooled: the last SiLU (Sigmoid, Mul), the residual add
+    before it in a ResNet, and the pooling run in float, and need no range."""
     torch.manual_seed(0)
-    bit = create_model("bit_mobilenetv2", num_classes=10, width_mult=0.25, act="silu", act_bits=8)
+    bit = create_model(name, num_classes=10, act="silu", act_bits=8, **kwargs)
     bit.train()
     with torch.no_grad():
         for _ in range(3):

@@ -176,9 +176,9 @@ def _u8_params(lo: float, hi: float) -> Tuple[float, int]:
 def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
                          bn_ranges: Dict[str, Tuple[float, float]]) -> Tuple[Dict[str, Tuple[float, int]], List[str]]:
     """Scales for the tensors between quantized layer inputs, from the model alone (see the module docstring), and
-    the nodes to leave in float: an activation (a SiLU's Mul, say) whose output only feeds a pooling has no range
-    in the model, which pools in float and quantizes the mean; that activation and its pooling run in float."""
+    the nodes to leave in float (see ``_pooled_tail``)."""
     producer, consumers = _graph_maps(graph)
+    float_nodes = _pooled_tail(graph, consumers)
     zeros = _zero_constants(graph)
     inits = {i.name for i in graph.initializer}
     outputs = {o.name for o in graph.output}
@@ -203,11 +203,11 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
                     found += downstream(out, seen)
         return found
 
-    missing, float_nodes = [], []
+    missing = []
     for t in dict.fromkeys(tensors):
-        if t in result:
-            continue
         node = producer.get(t)
+        if t in result or (node is not None and node.name in float_nodes):
+            continue
         if node is not None and node.op_type == "Sigmoid":
             result[t] = (1.0 / 255.0, U8_ZERO)
             continue
@@ -216,8 +216,6 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
             result[t] = (max(found), U8_ZERO if _is_nonnegative_output(node, zeros) else U8_MID)
         elif t in bn_ranges:
             result[t] = _u8_params(*bn_ranges[t])
-        elif node is not None and node.name and _only_pooled(t, consumers):
-            float_nodes += [node.name] + [u.name for u in consumers[t]]
         else:
             missing.append(t)
     if missing:
@@ -225,12 +223,28 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
             f"the model's own activation quantizers do not determine the int8 range of {len(missing)} tensor(s) "
             f"(e.g. {missing[0]!r}); deploy it with calibration images (calibration=... / --calibrate N)"
         )
-    return result, float_nodes
+    return result, sorted(float_nodes)
 
 
-def _only_pooled(tensor: str, consumers) -> bool:
-    users = consumers.get(tensor, [])
-    return bool(users) and all(u.op_type in _POOLING and u.name for u in users)
+_ELEMENTWISE = {"Add", "Mul", "Sigmoid", "Relu", "Clip"}
+
+
+def _pooled_tail(graph, consumers) -> set:
+    """Names of the poolings and of the elementwise nodes (an activation, a residual add) whose outputs only flow
+    into them. The model pools in float and quantizes the mean, so these have no range of their own in it: they
+    run in float, on int8-exact inputs."""
+    tail = {n.name for n in graph.node if n.op_type in _POOLING and n.name}
+    grew = True
+    while grew:
+        grew = False
+        for node in graph.node:
+            if node.op_type not in _ELEMENTWISE or not node.name or node.name in tail:
+                continue
+            users = [u for out in node.output for u in consumers.get(out, [])]
+            if users and all(u.name in tail for u in users):
+                tail.add(node.name)
+                grew = True
+    return tail
 
 
 class _Batches:
