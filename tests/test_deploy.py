@@ -180,6 +180,7 @@ def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibra
     with torch.no_grad():
         assert _agreement(model(x), deployed(x)) >= 0.95
 
+
 def test_compile_without_calibration_needs_quantizers(mnist_model):
     models, _ = mnist_model
     with pytest.raises(NotDeployableError, match="calibration"):

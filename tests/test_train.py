@@ -138,12 +138,11 @@ def test_teacher_with_other_classes_is_refused(tmp_path):
         train(TrainSettings(out=str(tmp_path / "s"), epochs=1, kd=True, teacher=str(tmp_path / "t.bnc"), **QUICK))
 
 
-
 def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     """--init loads a checkpoint's weights; with --act-bits 8 on a float-activation checkpoint the new quantizers
-    start unset (quantization-aware fine-tuning). A checkpoint of another architecture is refused."""
+    start unset (quantization-aware fine-tuning). A checkpoint whose tensors have other shapes is refused."""
     import bitnetcnn
-    from bitnetcnn.train.run import build
+    from bitnetcnn.train.run import ACT_SCALE_KEY, build
 
     source = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1)
     with torch.no_grad():
@@ -151,12 +150,13 @@ def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     bitnetcnn.save_checkpoint(source, tmp_path / "src.bnc", {})
     _, module = build(TrainSettings(init=str(tmp_path / "src.bnc"), act_bits=8, **QUICK))
     assert torch.equal(module.model.stem.conv.weight, source.stem.conv.weight)
-    scales = [b for name, b in module.model.named_buffers() if name.endswith("act_quant.running_scale")]
+    scales = [b for name, b in module.model.named_buffers() if name.endswith(ACT_SCALE_KEY)]
     assert scales and all(float(s) == 0.0 for s in scales)
     wide = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, width=16)
     bitnetcnn.save_checkpoint(wide, tmp_path / "w16.bnc", {})
     with pytest.raises(SettingsError, match="does not fit bitnet_cnn"):
         build(TrainSettings(init=str(tmp_path / "w16.bnc"), **QUICK))
+
 
 @pytest.mark.parametrize(
     "argv, message",
