@@ -140,7 +140,7 @@ def test_teacher_with_other_classes_is_refused(tmp_path):
 
 def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     """--init loads a checkpoint's weights; with --act-bits 8 on a float-activation checkpoint the new quantizers
-    start unset (quantization-aware fine-tuning). A checkpoint whose tensors have other shapes is refused."""
+    start unset (quantization-aware fine-tuning). A checkpoint of another width is refused."""
     import bitnetcnn
     from bitnetcnn.train.run import ACT_SCALE_KEY, build
 
@@ -154,8 +154,24 @@ def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     assert scales and all(float(s) == 0.0 for s in scales)
     wide = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, width=16)
     bitnetcnn.save_checkpoint(wide, tmp_path / "w16.bnc", {})
-    with pytest.raises(SettingsError, match="does not fit bitnet_cnn"):
+    with pytest.raises(SettingsError, match="built with width=16 but this run builds width=32"):
         build(TrainSettings(init=str(tmp_path / "w16.bnc"), **QUICK))
+
+
+def test_init_refuses_a_checkpoint_whose_architecture_arguments_differ_with_the_same_shapes(tmp_path):
+    """A ReLU checkpoint has the tensors of the default SiLU model: without the check it would load silently."""
+    import bitnetcnn
+    from bitnetcnn.train.run import build
+
+    relu = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, act="relu")
+    bitnetcnn.save_checkpoint(relu, tmp_path / "relu.bnc", {})
+    with pytest.raises(SettingsError, match="""act='relu' but this run builds act='silu'.*--model-kwargs '{"act": "relu"}'"""):
+        build(TrainSettings(init=str(tmp_path / "relu.bnc"), **QUICK))
+    _, module = build(TrainSettings(init=str(tmp_path / "relu.bnc"), model_kwargs={"act": "relu"}, **QUICK))
+    assert torch.equal(module.model.stem.conv.weight, relu.stem.conv.weight)
+    # arguments a fine-tune may change (quantization, dropout) are not architecture
+    _, module = build(TrainSettings(init=str(tmp_path / "relu.bnc"), model_kwargs={"act": "relu", "drop_rate": 0.3},
+                                    scale_op="mean", **QUICK))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 import sys
@@ -116,6 +117,23 @@ def _check_teacher(teacher: torch.nn.Module, num_classes: int, path: str) -> tor
     return teacher
 
 
+# Model arguments a fine-tune may change; every other one must match the --init checkpoint.
+FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
+
+
+def _check_init_architecture(model: torch.nn.Module, args: dict, path: str) -> None:
+    """Refuse an --init checkpoint built with other architecture arguments that keep the tensor shapes (the
+    activation, where the stride sits): its weights would load without error into a different network."""
+    ours = model.model_args
+    defaults = {name: p.default for name, p in inspect.signature(type(model)).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for key in sorted((set(args) | set(ours)) - FINE_TUNABLE_ARGS - {"name", "num_classes", "in_chans"}):
+        theirs, mine = args.get(key, defaults.get(key)), ours.get(key, defaults.get(key))
+        if theirs != mine:
+            raise SettingsError(f"--init {path} was built with {key}={theirs!r} but this run builds {key}={mine!r}: "
+                                f"pass --model-kwargs '{json.dumps({key: theirs})}' to fine-tune it")
+
+
 def _check_init(model: torch.nn.Module, path: str) -> None:
     source = load_checkpoint(path)
     args = getattr(source, "model_args", {})
@@ -124,6 +142,7 @@ def _check_init(model: torch.nn.Module, path: str) -> None:
         if key in args and args[key] != ours[key]:
             raise SettingsError(f"--init {path} has {key}={args[key]!r} but this run needs {key}={ours[key]!r} "
                                 f"(model {ours['name']} on the chosen data set)")
+    _check_init_architecture(model, args, path)
     from bitnetcnn.nn import convert_to_bit
 
     if not any(isinstance(m, BIT_LAYERS) for m in source.modules()) and ours["quant"] == "ternary":
