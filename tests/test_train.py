@@ -138,6 +138,28 @@ def test_teacher_with_other_classes_is_refused(tmp_path):
         train(TrainSettings(out=str(tmp_path / "s"), epochs=1, kd=True, teacher=str(tmp_path / "t.bnc"), **QUICK))
 
 
+def test_several_teachers_are_distilled_as_the_mean_of_their_logits(tmp_path):
+    import bitnetcnn
+    from bitnetcnn.train.distill import TeacherEnsemble
+    from bitnetcnn.train.run import build
+
+    paths = []
+    for i, classes in enumerate((10, 10, 7)):
+        torch.manual_seed(i)
+        paths.append(str(tmp_path / f"t{i}.bnc"))
+        bitnetcnn.save_checkpoint(bitnetcnn.create_model("bitnet_cnn", num_classes=classes, in_chans=1, quant="fp"),
+                                  paths[-1], {})
+    _, module = build(TrainSettings(kd=True, teacher=paths[:2], **QUICK))
+    assert isinstance(module.teacher, TeacherEnsemble)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        single = [bitnetcnn.load_checkpoint(p).eval()(x) for p in paths[:2]]
+        assert torch.allclose(module.teacher(x), (single[0] + single[1]) / 2, atol=1e-6)
+        assert not torch.allclose(single[0], single[1])
+    with pytest.raises(SettingsError, match="teacher .*t2.bnc predicts 7 classes"):
+        build(TrainSettings(kd=True, teacher=paths, **QUICK))
+
+
 def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     """--init loads a checkpoint's weights; with --act-bits 8 on a float-activation checkpoint the new quantizers
     start unset (quantization-aware fine-tuning). A checkpoint of another width is refused."""

@@ -46,7 +46,8 @@ def _add_train(sub) -> None:
     a("--eval-ternary", action=argparse.BooleanOptionalAction, default=True,
       help="also evaluate the converted ternary model every epoch")
     a("--kd", action="store_true", help="distill from --teacher")
-    a("--teacher", help="checkpoint of the full-precision teacher (bitnetcnn train --quant fp)")
+    a("--teacher", action="append", default=[], help="checkpoint of the full-precision teacher (bitnetcnn train "
+      "--quant fp); repeat it to distill an ensemble (the mean of the teachers' logits)")
     a("--kd-alpha", type=float, default=0.5)
     a("--kd-temperature", type=float, default=4.0)
     a("--init", help="start from the weights of this bitnetcnn checkpoint (fine-tuning)")

@@ -13,8 +13,9 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
   tensor takes the largest scale of the quantized layer inputs it flows into (through ReLU, Add, Mul, reshapes),
   and a convolution output that flows into none (one that is pooled) takes beta +- 6 |gamma| of its folded
   BatchNorm. A model without 8-bit activation quantizers needs calibration.
-- the classifier's output (logits) stays float, and so does an activation that only feeds a pooling (with the
-  pooling), where the model quantizes the pooled mean instead.
+- the classifier's output (logits) stays float, and so does everything that only feeds the global pooling (the
+  last convolution's output, residual add and activation) with the pooling itself, where the model quantizes the
+  pooled mean instead; with or without calibration.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ QUANTIZED_OPS = [
 # (Not through pooling: a mean has a narrower range than what it averages.)
 _FLOW_OPS = {"Relu", "Clip", "Add", "Mul", "MaxPool", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze",
              "Unsqueeze"}
+_POOLING = {"ReduceMean", "GlobalAveragePool", "AveragePool"}
 BN_SIGMAS = 6.0  # data-free range of a convolution's output from its BatchNorm: beta +- 6 |gamma| per channel
 U8_ZERO, U8_MID = 0, 128
 # The int8 weight holds codes * 64 with scale s / 64: the same weight exactly (64 is a power of two), but the int32
@@ -173,12 +175,11 @@ def _u8_params(lo: float, hi: float) -> Tuple[float, int]:
     return scale, int(np.clip(np.round(-lo / scale), 0, 255))
 
 
-def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
-                         bn_ranges: Dict[str, Tuple[float, float]]) -> Tuple[Dict[str, Tuple[float, int]], List[str]]:
-    """Scales for the tensors between quantized layer inputs, from the model alone (see the module docstring), and
-    the nodes to leave in float (see ``_pooled_tail``)."""
+def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], bn_ranges: Dict[str, Tuple[float, float]],
+                         float_nodes: set) -> Dict[str, Tuple[float, int]]:
+    """Scales for the tensors between quantized layer inputs, from the model alone (see the module docstring); the
+    outputs of ``float_nodes`` (see ``_pooled_tail``) need none."""
     producer, consumers = _graph_maps(graph)
-    float_nodes = _pooled_tail(graph, consumers)
     zeros = _zero_constants(graph)
     inits = {i.name for i in graph.initializer}
     outputs = {o.name for o in graph.output}
@@ -223,16 +224,17 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]],
             f"the model's own activation quantizers do not determine the int8 range of {len(missing)} tensor(s) "
             f"(e.g. {missing[0]!r}); deploy it with calibration images (calibration=... / --calibrate N)"
         )
-    return result, sorted(float_nodes)
+    return result
 
 
 _ELEMENTWISE = {"Add", "Mul", "Sigmoid", "Relu", "Clip"}
 
 
-def _pooled_tail(graph, consumers) -> set:
+def _pooled_tail(graph) -> set:
     """Names of the poolings and of the elementwise nodes (an activation, a residual add) whose outputs only flow
-    into them. The model pools in float and quantizes the mean, so these have no range of their own in it: they
-    run in float, on int8-exact inputs."""
+    into them. The model pools in float and quantizes the mean, so these have no range of their own in it, and
+    requantizing each position before the mean would only add error: they run in float, on int8-exact inputs."""
+    _, consumers = _graph_maps(graph)
     tail = {n.name for n in graph.node if n.op_type in _POOLING and n.name}
     grew = True
     while grew:
@@ -276,14 +278,14 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
     graph = float_model.graph
     overrides: Dict[str, list] = _weight_overrides(graph, folded)
     acts = _activation_overrides(graph, folded)
-    float_nodes: List[str] = []
+    float_nodes = _pooled_tail(graph)
     if calibration is None:
         if not acts:
             raise NotDeployableError(
                 "the model has no 8-bit activation quantizers with a running scale, so its int8 activation ranges "
                 "must come from calibration: pass calibration=<images or batches> (CLI: --calibrate N)"
             )
-        acts, float_nodes = _data_free_overrides(graph, acts, _bn_ranges(graph, folded))
+        acts = _data_free_overrides(graph, acts, _bn_ranges(graph, folded), float_nodes)
         example = np.zeros([1] + [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]], np.float32)
         calibration = [example]  # every range is overridden; onnxruntime still wants one batch to run
     for t, (scale, zp) in acts.items():
@@ -298,7 +300,7 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
         quantize_static(
             str(src), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=act_type, weight_type=weight_type, op_types_to_quantize=QUANTIZED_OPS,
-            calibrate_method=methods[method], nodes_to_exclude=float_nodes,
+            calibrate_method=methods[method], nodes_to_exclude=sorted(float_nodes),
             extra_options={
                 "TensorQuantOverrides": overrides,
                 "QDQDisableWeightAdjustForInt32Bias": True,
@@ -310,16 +312,14 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
                 "CalibTensorRangeSymmetric": False,
             },
         )
-        return _float_before_pooling(onnx.load(str(dst)))
+        return _float_convolution_outputs(onnx.load(str(dst)), float_nodes)
 
 
-_POOLING = {"ReduceMean", "GlobalAveragePool", "AveragePool"}
 
-
-def _float_before_pooling(model):
-    """Drop the Q/DQ pair on a convolution output that only feeds a pooling: the model pools in float and quantizes
-    the mean (at the classifier's input), so requantizing each position first would only add error. That one
-    convolution then runs in float on int8-exact inputs and weights."""
+def _float_convolution_outputs(model, float_nodes: set):
+    """Drop the Q/DQ pair on a convolution output that only feeds ``float_nodes`` (the pooled tail, which
+    ``quantize_static`` leaves in float but whose convolution input it still requantizes). That convolution then
+    runs in float on int8-exact inputs and weights."""
     graph = model.graph
     producer, consumers = _graph_maps(graph)
     drop, rewire = set(), {}
@@ -330,7 +330,7 @@ def _float_before_pooling(model):
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
             continue
         users = [u for d in dqs for u in consumers.get(d.output[0], [])]
-        if not users or any(u.op_type not in _POOLING for u in users):
+        if not users or any(u.name not in float_nodes for u in users):
             continue
         drop.update(id(n) for n in (q, *dqs))
         rewire.update({d.output[0]: q.input[0] for d in dqs})

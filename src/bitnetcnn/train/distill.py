@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def distillation_loss(
@@ -36,3 +37,15 @@ def feature_hint_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) 
 
     losses = [F.mse_loss(norm(s), norm(t)) for s, t in zip(student, teacher)]
     return torch.stack(losses).mean()
+
+
+class TeacherEnsemble(nn.Module):
+    """Several frozen teachers as one: the mean of their logits (the normalized geometric mean of their
+    probabilities). Distilling an ensemble gives the student soft targets better than any one teacher's."""
+
+    def __init__(self, teachers: list[nn.Module]) -> None:
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([t(x).float() for t in self.teachers]).mean(0)

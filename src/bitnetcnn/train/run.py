@@ -19,6 +19,7 @@ from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
 from bitnetcnn.train.callbacks import RunRecorder
+from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import warmup_ema
 
@@ -57,7 +58,7 @@ class TrainSettings:
     img_size: int = 64  # for imagefolder only
     eval_ternary: bool = True
     kd: bool = False
-    teacher: Optional[str] = None
+    teacher: list[str] = field(default_factory=list)  # several: distill their ensemble (mean logits)
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     init: Optional[str] = None  # start from the weights of a bitnetcnn checkpoint (fine-tuning)
@@ -76,6 +77,11 @@ class TrainSettings:
     def from_dict(cls, d: dict) -> "TrainSettings":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher, str):  # one path, as runs before ensembles saved it
+            self.teacher = [self.teacher]
+        self.teacher = list(self.teacher or [])
 
 
 class SettingsError(ValueError):
@@ -195,7 +201,8 @@ def build(s: TrainSettings):
         if not s.teacher:
             raise SettingsError("--kd needs --teacher PATH: a checkpoint of the full-precision twin "
                                 "(train it with this command and --quant fp)")
-        module.set_teacher(_check_teacher(load_checkpoint(s.teacher), num_classes, s.teacher))
+        teachers = [_check_teacher(load_checkpoint(path), num_classes, path) for path in s.teacher]
+        module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers))
     if s.init:
         _check_init(module.model, s.init)
     return data, module
