@@ -39,11 +39,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 continue
             folded = _fold(conv, bn)
             if folded is not None:
-                # What the BN said about its output, per channel: mean beta and standard deviation |gamma|. The
-                # int8 pass uses it as a data-free range estimate where no quantizer fixes one.
-                beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros(bn.num_features)
-                gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones(bn.num_features)
-                folded.bn_output_stats = (beta.clone(), gamma.abs().clone())
                 parent._modules[first] = folded
                 parent._modules[second] = nn.Identity()
     return model

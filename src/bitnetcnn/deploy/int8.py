@@ -10,9 +10,8 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
   scale (the same grid as the fake-quantized model; zero point 0 after a ReLU, 128 otherwise).
 - **every other activation** (a convolution's output before a residual add or a SiLU, a sigmoid): from calibration
   batches when given; without them, derived from the model: the sigmoid's output range is [0, 1]; any other
-  tensor takes the largest scale of the quantized layer inputs it flows into (through ReLU, Add, Mul, reshapes),
-  and a convolution output that flows into none (one that is pooled) takes beta +- 6 |gamma| of its folded
-  BatchNorm. A model without 8-bit activation quantizers needs calibration.
+  tensor takes the largest scale of the quantized layer inputs it flows into (through ReLU, Add, Mul, reshapes).
+  A tensor that flows into none needs calibration, and so does a model without 8-bit activation quantizers.
 - the classifier's output (logits) stays float, and so does everything that only feeds the global pooling (the
   last convolution's output, residual add and activation) with the pooling itself, where the model quantizes the
   pooled mean instead; with or without calibration.
@@ -45,7 +44,6 @@ QUANTIZED_OPS = [
 _FLOW_OPS = {"Relu", "Clip", "Add", "Mul", "MaxPool", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze",
              "Unsqueeze"}
 _POOLING = {"ReduceMean", "GlobalAveragePool", "AveragePool"}
-BN_SIGMAS = 6.0  # data-free range of a convolution's output from its BatchNorm: beta +- 6 |gamma| per channel
 U8_ZERO, U8_MID = 0, 128
 # The int8 weight holds codes * 64 with scale s / 64: the same weight exactly (64 is a power of two), but the int32
 # bias, whose step onnxruntime fixes at input scale * weight scale, gets a 64x finer grid. 64 is the most that
@@ -154,29 +152,7 @@ def _activation_overrides(graph, model: nn.Module) -> Dict[str, Tuple[float, int
     return {t: (max(s), U8_MID) for t, s in scales.items()}
 
 
-def _bn_ranges(graph, model: nn.Module) -> Dict[str, Tuple[float, float]]:
-    """``{conv output tensor: (lo, hi)}`` from the statistics of the BatchNorm folded into the convolution."""
-    nodes = weight_nodes(graph)
-    out = {}
-    for name, m in model.named_modules():
-        stats = getattr(m, "bn_output_stats", None)
-        node = nodes.get(f"{name}.weight")
-        if stats is None or node is None:
-            continue
-        beta, spread = stats
-        lo = float((beta - BN_SIGMAS * spread).min())
-        hi = float((beta + BN_SIGMAS * spread).max())
-        out[node.output[0]] = (min(lo, 0.0), max(hi, 0.0))
-    return out
-
-
-def _u8_params(lo: float, hi: float) -> Tuple[float, int]:
-    scale = max(hi - lo, 1e-8) / 255.0
-    return scale, int(np.clip(np.round(-lo / scale), 0, 255))
-
-
-def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], bn_ranges: Dict[str, Tuple[float, float]],
-                         float_nodes: set) -> Dict[str, Tuple[float, int]]:
+def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], float_nodes: set) -> Dict[str, Tuple[float, int]]:
     """Scales for the tensors between quantized layer inputs, from the model alone (see the module docstring); the
     outputs of ``float_nodes`` (see ``_pooled_tail``) need none."""
     producer, consumers = _graph_maps(graph)
@@ -207,16 +183,16 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], bn_ranges: 
     missing = []
     for t in dict.fromkeys(tensors):
         node = producer.get(t)
-        if t in result or (node is not None and node.name in float_nodes):
-            continue
+        users = consumers.get(t, [])
+        if t in result or (node is not None and node.name in float_nodes) or (
+                users and all(u.name in float_nodes for u in users)):
+            continue  # computed or only read in float: no int8 range
         if node is not None and node.op_type == "Sigmoid":
             result[t] = (1.0 / 255.0, U8_ZERO)
             continue
         found = downstream(t, {t})
         if found:
             result[t] = (max(found), U8_ZERO if _is_nonnegative_output(node, zeros) else U8_MID)
-        elif t in bn_ranges:
-            result[t] = _u8_params(*bn_ranges[t])
         else:
             missing.append(t)
     if missing:
@@ -285,7 +261,7 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
                 "the model has no 8-bit activation quantizers with a running scale, so its int8 activation ranges "
                 "must come from calibration: pass calibration=<images or batches> (CLI: --calibrate N)"
             )
-        acts = _data_free_overrides(graph, acts, _bn_ranges(graph, folded), float_nodes)
+        acts = _data_free_overrides(graph, acts, float_nodes)
         example = np.zeros([1] + [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]], np.float32)
         calibration = [example]  # every range is overridden; onnxruntime still wants one batch to run
     for t, (scale, zp) in acts.items():
