@@ -60,6 +60,8 @@ def test_builds_for_each_input_size_and_class_count(name, in_chans, side, classe
     model = on_meta(create_model, name, num_classes=classes, in_chans=in_chans, img_size=side)
     out = model(torch.empty(2, in_chans, side, side, device="meta"))
     assert out.shape == (2, classes)
+    features = model.forward_features(torch.empty(2, in_chans, side, side, device="meta"))
+    assert features.dim() == 4 and model.forward_head(features).shape == (2, classes)
 
 
 @pytest.mark.parametrize("name", MODELS)

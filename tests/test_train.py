@@ -160,6 +160,37 @@ def test_several_teachers_are_distilled_as_the_mean_of_their_logits(tmp_path):
         build(TrainSettings(kd=True, teacher=paths, **QUICK))
 
 
+def test_feature_hints_add_the_distance_between_student_and_teacher_features(tmp_path):
+    """--kd-hints adds a standardized MSE between the feature maps before the pooling; it needs one teacher whose
+    features have the student's shape."""
+    import bitnetcnn
+    from bitnetcnn.train.distill import feature_hint_loss
+    from bitnetcnn.train.run import build
+
+    for name, kwargs in (("twin", {}), ("w16", {"width": 16})):
+        bitnetcnn.save_checkpoint(bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, quant="fp", **kwargs),
+                                  tmp_path / f"{name}.bnc", {})
+    twin, w16 = str(tmp_path / "twin.bnc"), str(tmp_path / "w16.bnc")
+    _, module = build(TrainSettings(kd=True, teacher=[twin], kd_alpha=0.0, kd_hints=2.0, **QUICK))
+    torch.manual_seed(0)
+    batch = (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    torch.manual_seed(1)
+    with_hints = module.training_step(batch, 0)
+    module.hparams.kd_hints = 0.0
+    torch.manual_seed(1)
+    without = module.training_step(batch, 0)
+    with torch.no_grad():  # train mode, as in the steps: BatchNorm normalizes with the batch's statistics
+        hint = feature_hint_loss([module.model.forward_features(batch[0])], [module.teacher.forward_features(batch[0])])
+    assert float(hint) > 0.1
+    assert torch.allclose(with_hints - without, 2.0 * hint, rtol=1e-4)
+    with pytest.raises(SettingsError, match="w16.bnc has features of shape .* hints need a teacher of the student"):
+        build(TrainSettings(kd=True, teacher=[w16], kd_hints=1.0, **QUICK))
+    with pytest.raises(SettingsError, match="needs one teacher, not 2"):
+        build(TrainSettings(kd=True, teacher=[twin, twin], kd_hints=1.0, **QUICK))
+    with pytest.raises(SettingsError, match="--kd-hints needs --kd"):
+        build(TrainSettings(teacher=[twin], kd_hints=1.0, **QUICK))
+
+
 def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     """--init loads a checkpoint's weights; with --act-bits 8 on a float-activation checkpoint the new quantizers
     start unset (quantization-aware fine-tuning). A checkpoint of another width is refused."""

@@ -43,8 +43,15 @@ class BitNetCNN(nn.Module):
             spec.linear(8 * width, num_classes, edge=True),
         )
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The feature map before the global pooling (where distillation's feature hints compare)."""
+        return self.stage3(self.stage2(self.stage1(self.stem(x))))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.head(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.stage3(self.stage2(self.stage1(self.stem(x)))))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(input_size=(1, 28, 28), input_sizes=(28, 32), num_classes=10, mean=MNIST_MEAN, std=MNIST_STD)

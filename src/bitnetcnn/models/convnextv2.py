@@ -100,11 +100,18 @@ class ConvNeXtV2(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The feature map before the global pooling (where distillation's feature hints compare)."""
         x = self.stages[0](self.stem(x))
         for down, stage in zip(self.downsample, self.stages[1:]):
             x = stage(down(x))
+        return x
+
+    def forward_head(self, x: Tensor) -> Tensor:
         return self.head(self.norm(x.mean((2, 3))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model

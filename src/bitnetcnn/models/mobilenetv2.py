@@ -59,8 +59,15 @@ class MobileNetV2(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The feature map before the global pooling (where distillation's feature hints compare)."""
+        return self.head_conv(self.features(self.stem(x)))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.classifier(self.pool(x))
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.pool(self.head_conv(self.features(self.stem(x)))))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model

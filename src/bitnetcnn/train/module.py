@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from bitnetcnn.models import create_model
 from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
-from bitnetcnn.train.distill import distillation_loss
+from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
 from bitnetcnn.train.schedule import param_groups, warmup_cosine
 
 
@@ -43,6 +43,7 @@ class BitClassifier(L.LightningModule):
         eval_ternary: bool = True,
         kd_alpha: float = 0.0,
         kd_temperature: float = 4.0,
+        kd_hints: float = 0.0,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -75,14 +76,21 @@ class BitClassifier(L.LightningModule):
         targets = y
         if self._mix is not None:
             x, targets = self._mix(x, y)
-        logits = self.model(x)
+        hints = self.teacher is not None and self.hparams.kd_hints > 0
+        features = self.model.forward_features(x) if hints else None
+        logits = self.model.forward_head(features) if hints else self.model(x)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams.label_smoothing)
-        if self.teacher is not None and self.hparams.kd_alpha > 0:
+        if self.teacher is not None and (self.hparams.kd_alpha > 0 or hints):
             if self.teacher.training or next(self.teacher.parameters()).device != x.device:
                 self.teacher.to(x.device).eval()
             with torch.no_grad():
-                teacher_logits = self.teacher(x)
-            loss = distillation_loss(logits, teacher_logits, loss, self.hparams.kd_alpha, self.hparams.kd_temperature)
+                teacher_features = self.teacher.forward_features(x) if hints else None
+                teacher_logits = self.teacher.forward_head(teacher_features) if hints else self.teacher(x)
+            if self.hparams.kd_alpha > 0:
+                loss = distillation_loss(logits, teacher_logits, loss, self.hparams.kd_alpha,
+                                         self.hparams.kd_temperature)
+            if hints:
+                loss = loss + self.hparams.kd_hints * feature_hint_loss([features], [teacher_features])
         hard = targets.argmax(-1) if targets.dim() > 1 else targets
         acc = (logits.argmax(-1) == hard).float().mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)

@@ -61,6 +61,7 @@ class TrainSettings:
     teacher: list[str] = field(default_factory=list)  # several: distill their ensemble (mean logits)
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
+    kd_hints: float = 0.0  # weight of the feature hint loss (0: off)
     init: Optional[str] = None  # start from the weights of a bitnetcnn checkpoint (fine-tuning)
     amp: bool = False
     channels_last: Optional[bool] = None  # None: on for CPU runs and with --amp (see _channels_last)
@@ -125,6 +126,20 @@ def _check_teacher(teacher: torch.nn.Module, num_classes: int, path: str) -> tor
 
 # Model arguments a fine-tune may change; every other one must match the --init checkpoint.
 FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
+
+
+@torch.no_grad()
+def _check_hints(student: torch.nn.Module, teachers: list, paths: list, input_shape: tuple) -> None:
+    """Feature hints compare the feature maps before the global pooling: one teacher, of the same shape there."""
+    if len(teachers) != 1:
+        raise SettingsError(f"--kd-hints needs one teacher, not {len(teachers)}: an ensemble has no single feature map")
+    x = torch.zeros(1, *input_shape)
+    mine = tuple(student.eval().forward_features(x).shape)
+    theirs = tuple(teachers[0].eval().forward_features(x).shape)
+    student.train()
+    if mine != theirs:
+        raise SettingsError(f"--kd-hints: teacher {paths[0]} has features of shape {theirs} before its pooling, the "
+                            f"student {mine}; hints need a teacher of the student's architecture and width")
 
 
 def _check_init_architecture(model: torch.nn.Module, args: dict, path: str) -> None:
@@ -194,7 +209,7 @@ def build(s: TrainSettings):
         s.model, num_classes, spec.in_chans, model_kwargs, optimizer=s.optimizer, lr=lr, weight_decay=s.wd,
         momentum=s.momentum, warmup_epochs=s.warmup_epochs, label_smoothing=s.label_smoothing, mixup=s.mixup,
         cutmix=s.cutmix, eval_ternary=s.eval_ternary, kd_alpha=s.kd_alpha if s.kd else 0.0,
-        kd_temperature=s.kd_temperature, channels_last=channels_last,
+        kd_temperature=s.kd_temperature, kd_hints=s.kd_hints if s.kd else 0.0, channels_last=channels_last,
     )
     data.channels_last = channels_last
     if s.kd:
@@ -202,7 +217,11 @@ def build(s: TrainSettings):
             raise SettingsError("--kd needs --teacher PATH: a checkpoint of the full-precision twin "
                                 "(train it with this command and --quant fp)")
         teachers = [_check_teacher(load_checkpoint(path), num_classes, path) for path in s.teacher]
+        if s.kd_hints > 0:
+            _check_hints(module.model, teachers, s.teacher, (spec.in_chans, spec.img_size, spec.img_size))
         module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers))
+    elif s.kd_hints > 0:
+        raise SettingsError("--kd-hints needs --kd and a --teacher")
     if s.init:
         _check_init(module.model, s.init)
     return data, module
