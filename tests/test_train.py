@@ -168,8 +168,8 @@ def test_feature_hints_add_the_distance_between_student_and_teacher_features(tmp
     from bitnetcnn.train.run import build
 
     for name, kwargs in (("twin", {}), ("w16", {"width": 16})):
-        bitnetcnn.save_checkpoint(bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, quant="fp", **kwargs),
-                                  tmp_path / f"{name}.bnc", {})
+        model = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, quant="fp", **kwargs)
+        bitnetcnn.save_checkpoint(model, tmp_path / f"{name}.bnc", {})
     twin, w16 = str(tmp_path / "twin.bnc"), str(tmp_path / "w16.bnc")
     _, module = build(TrainSettings(kd=True, teacher=[twin], kd_alpha=0.0, kd_hints=2.0, **QUICK))
     torch.manual_seed(0)
@@ -218,7 +218,8 @@ def test_init_refuses_a_checkpoint_whose_architecture_arguments_differ_with_the_
 
     relu = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, act="relu")
     bitnetcnn.save_checkpoint(relu, tmp_path / "relu.bnc", {})
-    with pytest.raises(SettingsError, match="""act='relu' but this run builds act='silu'.*--model-kwargs '{"act": "relu"}'"""):
+    fits = """--model-kwargs '{"act": "relu"}'"""
+    with pytest.raises(SettingsError, match=f"act='relu' but this run builds act='silu'.*{fits}"):
         build(TrainSettings(init=str(tmp_path / "relu.bnc"), **QUICK))
     _, module = build(TrainSettings(init=str(tmp_path / "relu.bnc"), model_kwargs={"act": "relu"}, **QUICK))
     assert torch.equal(module.model.stem.conv.weight, relu.stem.conv.weight)

@@ -24,7 +24,7 @@ def _add_train(sub) -> None:
     a("--epochs", type=int, default=5)
     a("--batch-size", type=int, default=128)
     a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd means Nesterov momentum")
-    a("--lr", type=float, help="peak learning rate (default 3e-3 for adamw, 0.1 for sgd)")
+    a("--lr", type=float, help="peak learning rate (default 5e-3 for adamw, 0.1 for sgd)")
     a("--wd", type=float, default=5e-4, help="weight decay (never on norms, biases, scales)")
     a("--momentum", type=float, default=0.9)
     a("--warmup-epochs", type=float, default=0.3)

@@ -265,7 +265,8 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
         example = np.zeros([1] + [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]], np.float32)
         calibration = [example]  # every range is overridden; onnxruntime still wants one batch to run
     for t, (scale, zp) in acts.items():
-        overrides[t] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(zp, np.uint8), "quant_type": act_type}]
+        overrides[t] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(zp, np.uint8),
+                         "quant_type": act_type}]
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
