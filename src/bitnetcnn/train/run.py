@@ -124,10 +124,6 @@ def _check_teacher(teacher: torch.nn.Module, num_classes: int, path: str) -> tor
     return teacher
 
 
-# Model arguments a fine-tune may change; every other one must match the --init checkpoint.
-FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
-
-
 @torch.no_grad()
 def _check_hints(student: torch.nn.Module, teachers: list, paths: list, input_shape: tuple) -> None:
     """Feature hints compare the feature maps before the global pooling: one teacher, of the same shape there."""
@@ -140,6 +136,10 @@ def _check_hints(student: torch.nn.Module, teachers: list, paths: list, input_sh
     if mine != theirs:
         raise SettingsError(f"--kd-hints: teacher {paths[0]} has features of shape {theirs} before its pooling, the "
                             f"student {mine}; hints need a teacher of the student's architecture and width")
+
+
+# Model arguments a fine-tune may change; every other one must match the --init checkpoint.
+FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
 
 
 def _check_init_architecture(model: torch.nn.Module, args: dict, path: str) -> None:
