@@ -160,6 +160,11 @@ def test_several_teachers_are_distilled_as_the_mean_of_their_logits(tmp_path):
         build(TrainSettings(kd=True, teacher=paths, **QUICK))
 
 
+def test_settings_saved_before_ensembles_resume_with_their_one_teacher():
+    assert TrainSettings.from_dict({"kd": True, "teacher": "t.bnc"}).teacher == ["t.bnc"]
+    assert TrainSettings.from_dict({"teacher": None}).teacher == []
+
+
 def test_feature_hints_add_the_distance_between_student_and_teacher_features(tmp_path):
     """--kd-hints adds a standardized MSE between the feature maps before the pooling; it needs one teacher whose
     features have the student's shape."""
