@@ -142,13 +142,19 @@ def _check_hints(student: torch.nn.Module, teachers: list, paths: list, input_sh
 FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
 
 
-def _check_init_architecture(model: torch.nn.Module, args: dict, path: str) -> None:
-    """Refuse an --init checkpoint built with other architecture arguments that keep the tensor shapes (the
-    activation, where the stride sits): its weights would load without error into a different network."""
+def _check_init_args(model: torch.nn.Module, args: dict, path: str) -> None:
+    """Refuse an --init checkpoint built for another model, data set or architecture, including arguments that keep
+    the tensor shapes (the activation, where the stride sits): those weights would load without error into a
+    different network."""
     ours = model.model_args
+    identity = ("name", "num_classes", "in_chans")
+    for key in identity:
+        if key in args and args[key] != ours[key]:
+            raise SettingsError(f"--init {path} has {key}={args[key]!r} but this run needs {key}={ours[key]!r} "
+                                f"(model {ours['name']} on the chosen data set)")
     defaults = {name: p.default for name, p in inspect.signature(type(model)).parameters.items()
                 if p.default is not inspect.Parameter.empty}
-    for key in sorted((set(args) | set(ours)) - FINE_TUNABLE_ARGS - {"name", "num_classes", "in_chans"}):
+    for key in sorted((set(args) | set(ours)) - FINE_TUNABLE_ARGS - set(identity)):
         theirs, mine = args.get(key, defaults.get(key)), ours.get(key, defaults.get(key))
         if theirs != mine:
             raise SettingsError(f"--init {path} was built with {key}={theirs!r} but this run builds {key}={mine!r}: "
@@ -157,13 +163,8 @@ def _check_init_architecture(model: torch.nn.Module, args: dict, path: str) -> N
 
 def _check_init(model: torch.nn.Module, path: str) -> None:
     source = load_checkpoint(path)
-    args = getattr(source, "model_args", {})
+    _check_init_args(model, getattr(source, "model_args", {}), path)
     ours = model.model_args
-    for key in ("name", "num_classes", "in_chans"):
-        if key in args and args[key] != ours[key]:
-            raise SettingsError(f"--init {path} has {key}={args[key]!r} but this run needs {key}={ours[key]!r} "
-                                f"(model {ours['name']} on the chosen data set)")
-    _check_init_architecture(model, args, path)
     from bitnetcnn.nn import convert_to_bit
 
     if not any(isinstance(m, BIT_LAYERS) for m in source.modules()) and ours["quant"] == "ternary":
