@@ -133,6 +133,21 @@ def test_convnextv2_last_stage_keeps_2x2_positions_at_32px():
         create_model("bit_convnextv2", size="huge")
 
 
+def test_bitnet_cnn_depths_add_residual_blocks_and_keep_the_seed_layout_at_one():
+    model = create_model("bitnet_cnn", depths=[1, 2, 3]).eval()
+    assert [len(model.stage2), len(model.stage3)] == [2, 3]  # a strided block, then the residual ones
+    assert not hasattr(model.stage1, "__len__")  # one block: unwrapped, the seed's key names
+    assert [model.stage3[0].use_residual, model.stage3[1].use_residual, model.stage3[2].use_residual] == [
+        False, True, True]
+    extra = n_params(model) - n_params(create_model("bitnet_cnn"))
+    assert extra == n_params(model.stage2[1]) + n_params(model.stage3[1]) + n_params(model.stage3[2])
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert list(model.model_args["depths"]) == [1, 2, 3]  # recorded, so checkpoints rebuild it
+    for bad in ([1, 2], [1, 0, 1], [1, 1.5, 1]):
+        with pytest.raises(ValueError, match="depths"):
+            create_model("bitnet_cnn", depths=bad)
+
+
 def test_model_args_rebuild_the_same_architecture():
     model = on_meta(create_model, "bit_mobilenetv2", num_classes=10, width_mult=1.4, act="silu")
     again = on_meta(create_model, **model.model_args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from bitnetcnn.models.blocks import ConvNormAct, InvertedResidual
@@ -11,7 +13,8 @@ from bitnetcnn.models.registry import MNIST_MEAN, MNIST_STD, register_model
 
 class BitNetCNN(nn.Module):
     """Stem (3x3, stride 1), three inverted residual stages that double the width and halve the resolution, global
-    average pooling and a linear classifier.
+    average pooling and a linear classifier. ``depths`` adds stride-1 residual blocks to a stage (the seed has one
+    block a stage).
 
     It is the seed's NetCNN layer for layer (SiLU, conv biases, stride in the 1x1 expansion, dropout before the
     classifier), with its module names, so the seed's published MNIST checkpoint loads key by key.
@@ -27,15 +30,19 @@ class BitNetCNN(nn.Module):
         drop_rate: float = 0.1,
         act: str = "silu",
         downsample_at: str = "expand",
+        depths: Sequence[int] = (1, 1, 1),
         img_size: int = 28,
     ) -> None:
         super().__init__()
         del img_size  # global pooling takes any size; accepted so every builder has the same interface
-        block = dict(expand_ratio=expand_ratio, act=act, bias=True, downsample_at=downsample_at)
+        depths = tuple(depths)
+        if len(depths) != 3 or any(not isinstance(d, int) or d < 1 for d in depths):
+            raise ValueError(f"depths must be three block counts of at least 1, one per stage; got {depths!r}")
+        block = dict(spec=spec, expand_ratio=expand_ratio, act=act, bias=True, downsample_at=downsample_at)
         self.stem = ConvNormAct(spec, in_chans, width, 3, bias=True, act=act, edge=True)
-        self.stage1 = InvertedResidual(spec, width, 2 * width, stride=2, **block)
-        self.stage2 = InvertedResidual(spec, 2 * width, 4 * width, stride=2, **block)
-        self.stage3 = InvertedResidual(spec, 4 * width, 8 * width, stride=2, **block)
+        self.stage1 = _stage(width, 2 * width, depths[0], block)
+        self.stage2 = _stage(2 * width, 4 * width, depths[1], block)
+        self.stage3 = _stage(4 * width, 8 * width, depths[2], block)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
@@ -52,6 +59,15 @@ class BitNetCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _stage(in_ch: int, out_ch: int, depth: int, block: dict) -> nn.Module:
+    """A strided block, then ``depth - 1`` residual ones; a lone block stays unwrapped, with the seed's key names."""
+    first = InvertedResidual(in_ch=in_ch, out_ch=out_ch, stride=2, **block)
+    if depth == 1:
+        return first
+    rest = (InvertedResidual(in_ch=out_ch, out_ch=out_ch, stride=1, **block) for _ in range(depth - 1))
+    return nn.Sequential(first, *rest)
 
 
 @register_model(input_size=(1, 28, 28), input_sizes=(28, 32), num_classes=10, mean=MNIST_MEAN, std=MNIST_STD)
