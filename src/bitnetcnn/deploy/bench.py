@@ -1,8 +1,9 @@
 """``bitnetcnn bench``: latency, throughput and size of the float model, the Bit model, the converted model and the
 deployment path, measured in one run and compared with PyTorch float32 eager of the same architecture.
 
-Timing on a shared machine: the variants run interleaved (one call of each per round), so a burst of load hits them
-alike, and each reports the median over its rounds (``min_ms`` too).
+Timing on a shared machine: the variants take turns (one timed call of each per round), so a burst of load hits them
+alike, and each reports the median over its rounds (``min_ms`` too). Before its timed call a variant runs untimed
+for a few milliseconds, so that it is not timed against the other runtime's spinning threads.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def _calibration(source, model: nn.Module, n: int, data_dir=None):
         return torch.randn(n, *size, generator=torch.Generator().manual_seed(0)), f"{n} random inputs"
 
 
+SETTLE_S = 0.01
+
+
 def _time(fns: Dict[str, Callable], x: torch.Tensor, budget_s: float, min_rounds: int, max_rounds: int):
     times: Dict[str, list] = {k: [] for k in fns}
     with torch.inference_mode():
@@ -82,6 +86,13 @@ def _time(fns: Dict[str, Callable], x: torch.Tensor, budget_s: float, min_rounds
         rounds = 0
         while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() - start < budget_s):
             for k, fn in fns.items():
+                # Untimed calls for SETTLE_S first: the previous variant's worker threads (OpenMP's after PyTorch,
+                # onnxruntime's after a session) spin on the cores for a while after their last call; timed right
+                # after another runtime, a variant measured up to 1.6x slower than alone.
+                settled = time.perf_counter() + SETTLE_S
+                fn(x)
+                while time.perf_counter() < settled:
+                    fn(x)
                 t0 = time.perf_counter()
                 fn(x)
                 times[k].append(time.perf_counter() - t0)
