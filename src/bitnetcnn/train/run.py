@@ -155,10 +155,15 @@ def _check_init_args(model: torch.nn.Module, args: dict, path: str) -> None:
     defaults = {name: p.default for name, p in inspect.signature(type(model)).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for key in sorted((set(args) | set(ours)) - FINE_TUNABLE_ARGS - set(identity)):
-        theirs, mine = args.get(key, defaults.get(key)), ours.get(key, defaults.get(key))
+        # JSON headers hold sequences as lists, builders take tuples: (1, 2, 2) and [1, 2, 2] are the same argument
+        theirs, mine = (_as_tuple(a.get(key, defaults.get(key))) for a in (args, ours))
         if theirs != mine:
             raise SettingsError(f"--init {path} was built with {key}={theirs!r} but this run builds {key}={mine!r}: "
                                 f"pass --model-kwargs '{json.dumps({key: theirs})}' to fine-tune it")
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _check_init(model: torch.nn.Module, path: str) -> None:
