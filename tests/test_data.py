@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from bitnetcnn.data import DatasetNotFoundError, data_root, get_dataset_spec, list_datasets
-from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_hflip
+from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_elastic, random_hflip
 from bitnetcnn.data.datamodule import ImageDataModule
 
 rng = np.random.default_rng(0)
@@ -166,10 +166,27 @@ def test_random_affine_rotates_and_zooms_about_the_centre():
     assert ((ratio > 0.6) & (ratio < 1.5)).all()
 
 
+def test_random_elastic_bends_strokes_locally_and_keeps_the_ink():
+    x = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 4:24, 12:16] = 255  # a vertical bar
+    assert torch.equal(random_elastic(x, 0), x.float())  # off: unchanged (as float)
+    g = torch.Generator().manual_seed(0)
+    out = random_elastic(x, 34, 4, generator=g)
+    assert out.shape == x.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 255
+    assert all(not torch.allclose(out[i], x[i].float(), atol=1) for i in range(8))  # every image is bent ...
+    assert not torch.allclose(out[0], out[1], atol=1)  # ... each its own way
+    ratio = out.sum((1, 2, 3)) / x.float().sum((1, 2, 3))
+    assert ((ratio > 0.5) & (ratio < 1.5)).all()  # a smooth field stretches and squeezes strokes, never erases them
+    cols = torch.arange(28.0)
+    centre_x = (out.sum((1, 2)) * cols).sum(-1) / out.sum((1, 2, 3))
+    assert ((centre_x - 13.5).abs() < 2).all()  # local wobble: the bar stays where it was
+
+
 def test_rotation_and_zoom_settings_reach_training_batches_only():
-    dm = ImageDataModule("mnist_demo", batch_size=16, rotate=20, zoom=0.1, limit_train=64, limit_eval=64)
-    assert (dm.rotate, dm.zoom) == (20, 0.1)
-    assert (ImageDataModule("mnist_demo").rotate, ImageDataModule("mnist_demo").zoom) == (0.0, 0.0)
+    dm = ImageDataModule("mnist_demo", batch_size=16, rotate=20, zoom=0.1, elastic=10, limit_train=64, limit_eval=64)
+    assert (dm.rotate, dm.zoom, dm.elastic) == (20, 0.1, 10)
+    default = ImageDataModule("mnist_demo")
+    assert (default.rotate, default.zoom, default.elastic) == (0.0, 0.0, 0.0)
     dm.setup()
     x, _ = next(iter(dm.val_dataloader()))
     torch.manual_seed(0)

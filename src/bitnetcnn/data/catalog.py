@@ -27,6 +27,7 @@ class DatasetSpec:
     hflip: bool  # random horizontal flips during training (not for digits)
     rotate: float = 0.0  # random rotation by up to this many degrees during training
     zoom: float = 0.0  # random scaling by 1 +- zoom during training
+    elastic: float = 0.0  # elastic distortion of this strength in pixels during training (0: none)
 
 
 DATASETS: dict[str, DatasetSpec] = {

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_hflip
+from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_elastic, random_hflip
 from bitnetcnn.data.catalog import DatasetSpec, get_dataset_spec
 from bitnetcnn.data.paths import data_root
 from bitnetcnn.data.sources import Split
@@ -57,6 +57,7 @@ class ImageDataModule(L.LightningDataModule):
         limit_eval: int | None = None,
         rotate: float | None = None,
         zoom: float | None = None,
+        elastic: float | None = None,
     ) -> None:
         super().__init__()
         self.spec: DatasetSpec = get_dataset_spec(dataset, img_size)
@@ -70,6 +71,7 @@ class ImageDataModule(L.LightningDataModule):
         self.limit_eval = limit_eval
         self.rotate = self.spec.rotate if rotate is None else rotate
         self.zoom = self.spec.zoom if zoom is None else zoom
+        self.elastic = self.spec.elastic if elastic is None else elastic
         self.train_split: Split | None = None
         self.test_split: Split | None = None
         self._mean = torch.tensor(self.spec.mean)
@@ -106,12 +108,14 @@ class ImageDataModule(L.LightningDataModule):
         return self.transform(images, training), labels
 
     def transform(self, images: torch.Tensor, training: bool) -> torch.Tensor:
-        """uint8 batch to the model's float input; crop, flip, rotate and zoom only while training."""
+        """uint8 batch to the model's float input; crop, flip, rotate, zoom and distort only while training."""
         if training and self.augment:
             images = random_crop(images, self.spec.crop_padding)
             if self.spec.hflip:
                 images = random_hflip(images)
             if self.rotate > 0 or self.zoom > 0:
                 images = random_affine(images, self.rotate, self.zoom)
+            if self.elastic > 0:
+                images = random_elastic(images, self.elastic)
         x = normalize(images, self._mean.to(images.device), self._std.to(images.device))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -47,6 +47,7 @@ class TrainSettings:
     cutmix: float = 0.0
     rotate: Optional[float] = None  # None: the data set's default (docs/training.md)
     zoom: Optional[float] = None
+    elastic: Optional[float] = None  # None: the data set's default (off)
     ema: Optional[float] = None  # decay of an exponential moving average of the weights; None: off
     quant: str = "ternary"
     scale_op: str = "median"
@@ -202,7 +203,8 @@ def build(s: TrainSettings):
     """The data module, the Lightning module and the run folder for these settings (validated)."""
     get_model_config(s.model)  # unknown model: error with the valid names, before any data is read
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
-                           limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom)
+                           limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom,
+                           elastic=s.elastic)
     spec = data.spec
     num_classes = data.num_classes
     if s.num_classes is not None and s.num_classes != num_classes:
