@@ -227,10 +227,10 @@ def test_init_refuses_a_checkpoint_whose_architecture_arguments_differ_with_the_
     with pytest.raises(SettingsError, match=f"act='relu' but this run builds act='silu'.*{fits}"):
         build(TrainSettings(init=str(tmp_path / "relu.bnc"), **QUICK))
     _, module = build(TrainSettings(init=str(tmp_path / "relu.bnc"), model_kwargs={"act": "relu"}, **QUICK))
+    assert torch.equal(module.model.stem.conv.weight, relu.stem.conv.weight)
     # a default checkpoint (depths=(1, 1, 1) from the signature) against --model-kwargs '{"depths": [1, 1, 1]}'
     bitnetcnn.save_checkpoint(bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1), tmp_path / "d.bnc", {})
     build(TrainSettings(init=str(tmp_path / "d.bnc"), model_kwargs={"depths": [1, 1, 1]}, **QUICK))
-    assert torch.equal(module.model.stem.conv.weight, relu.stem.conv.weight)
     # arguments a fine-tune may change (quantization, dropout) are not architecture
     _, module = build(TrainSettings(init=str(tmp_path / "relu.bnc"), model_kwargs={"act": "relu", "drop_rate": 0.3},
                                     scale_op="mean", **QUICK))

@@ -74,13 +74,12 @@ def random_elastic(images: torch.Tensor, alpha: float, sigma: float = 4.0,
     flat = field.reshape(2 * n, 1, h, w)
     flat = F.conv2d(flat, kernel.view(1, 1, 1, -1), padding=(0, radius))
     flat = F.conv2d(flat, kernel.view(1, 1, -1, 1), padding=(radius, 0))
-    shift = flat.view(n, 2, h, w) * alpha  # pixels
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype, device=x.device),
-                            torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij")
-    # grid_sample takes (x, y) in [-1, 1] at pixel centres (align_corners=False)
-    gx = (xs + shift[:, 0] + 0.5) * (2 / w) - 1
-    gy = (ys + shift[:, 1] + 0.5) * (2 / h) - 1
-    out = F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    # the identity grid (random_affine's convention) plus the field, whose pixels become grid units of 2 / size
+    pixel = torch.tensor([2 / w, 2 / h], dtype=x.dtype, device=x.device)  # (x, y), grid_sample's order
+    shift = flat.view(n, 2, h, w).permute(0, 2, 3, 1) * (alpha * pixel)
+    identity = torch.eye(2, 3, dtype=x.dtype, device=x.device).expand(n, 2, 3)
+    grid = F.affine_grid(identity, list(x.shape), align_corners=False) + shift
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.clamp_(0, 255)
 
 
