@@ -48,6 +48,22 @@ def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     assert again["param_checksums"] == results["param_checksums"]
 
 
+def test_a_fine_tune_records_what_it_started_from_in_its_checkpoint(tmp_path):
+    """A multi-stage recipe (train, then fine-tune with --init, twice) can be read back from the last header."""
+    first = train(TrainSettings(out=str(tmp_path / "a"), epochs=1, **QUICK), command="bitnetcnn train STAGE-1")
+    train(TrainSettings(out=str(tmp_path / "b"), epochs=1, init=str(tmp_path / "a" / "best_ternary.bnc"), **QUICK),
+          command="bitnetcnn train STAGE-2")
+    train(TrainSettings(out=str(tmp_path / "c"), epochs=1, init=str(tmp_path / "b" / "best_ternary.bnc"), **QUICK),
+          command="bitnetcnn train STAGE-3")
+    header = load_checkpoint(tmp_path / "c" / "best_ternary.bnc").checkpoint_header
+    assert header["metrics"]["command"] == "bitnetcnn train STAGE-3"
+    stage2 = header["metadata"]["init"]
+    assert stage2["file"] == "best_ternary.bnc" and stage2["command"] == "bitnetcnn train STAGE-2"
+    assert stage2["init"]["command"] == "bitnetcnn train STAGE-1"
+    assert stage2["init"]["accuracy"] == pytest.approx(first["best_ternary_acc"])
+    assert "init" not in stage2["init"]
+
+
 def test_ema_run_saves_the_averaged_model_it_validated(tmp_path):
     from bitnetcnn.train.run import build
 

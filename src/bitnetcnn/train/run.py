@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
-from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
+from bitnetcnn.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
@@ -188,6 +188,17 @@ def _check_init(model: torch.nn.Module, path: str) -> None:
                             f"unexpected {result.unexpected_keys[:5]}")
 
 
+def _init_lineage(path: str) -> dict:
+    """What a fine-tune started from, for its checkpoint's header: the file, its accuracy and the command that made
+    it (and, recursively, what that one started from), so a multi-stage recipe can be rerun from the header alone."""
+    header = read_checkpoint_header(path)
+    meta = header.get("metadata") or {}
+    lineage = {"file": Path(path).name, "accuracy": meta.get("accuracy"), "command": meta.get("command")}
+    if meta.get("init"):
+        lineage["init"] = meta["init"]
+    return lineage
+
+
 def _on_cpu(s: TrainSettings) -> bool:
     return s.accelerator == "cpu" or (s.accelerator == "auto" and not torch.cuda.is_available())
 
@@ -282,6 +293,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None)
         "std": list(data.spec.std),
         "input_size": [data.spec.in_chans, data.spec.img_size, data.spec.img_size],
     }
+    if s.init:
+        metadata["init"] = _init_lineage(s.init)
     recorder = RunRecorder(out, save_checkpoint, command, metadata)
     # last.ckpt, overwritten (atomically, by Lightning's fsspec transaction) at the end of every epoch
     checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
