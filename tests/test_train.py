@@ -4,6 +4,7 @@ after SIGKILL, two-process DDP on the CPU."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,24 @@ def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     again = train(TrainSettings(out=str(tmp_path / "b"), epochs=2, **QUICK))
     assert read_metrics(tmp_path / "b")[1]["train_loss"] == rows[1]["train_loss"]  # --seed makes runs repeatable
     assert again["param_checksums"] == results["param_checksums"]
+
+
+def test_the_command_line_defaults_are_the_settings_defaults():
+    """`bitnetcnn train` and `train(TrainSettings())` train the same demo: the defaults live in two places."""
+    from dataclasses import fields
+
+    from bitnetcnn.cli import build_parser
+    from bitnetcnn.train.run import DEFAULT_LR
+
+    args = vars(build_parser().parse_args(["train"]))
+    settings = TrainSettings()
+    shared = [f.name for f in fields(TrainSettings) if f.name in args]
+    assert len(shared) > 30
+    assert {name: args[name] for name in shared} == {name: getattr(settings, name) for name in shared}
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    lr_help = next(a.help for a in train_parser._actions if a.dest == "lr")
+    stated = {opt: float(lr) for lr, opt in re.findall(r"([0-9.e-]+) for (\w+)", lr_help)}
+    assert stated == DEFAULT_LR, lr_help
 
 
 def test_a_fine_tune_records_what_it_started_from_in_its_checkpoint(tmp_path):

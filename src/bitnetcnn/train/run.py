@@ -26,6 +26,10 @@ from bitnetcnn.train.schedule import warmup_ema
 ACT_SCALE_KEY = "act_quant.running_scale"
 
 
+# Peak learning rate when --lr is not given; AdamW's trains the demo in 4 epochs (README).
+DEFAULT_LR = {"adamw": 1e-2, "sgd": 0.1}
+
+
 @dataclass
 class TrainSettings:
     """Everything a run depends on; saved as ``args.json`` in the run folder so ``--resume`` repeats it exactly."""
@@ -38,7 +42,7 @@ class TrainSettings:
     epochs: int = 4  # the defaults train the demo; see docs/training.md for longer recipes
     batch_size: int = 128
     optimizer: str = "adamw"
-    lr: Optional[float] = None  # default by optimizer: adamw 1e-2 (the demo in 4 epochs; README), sgd 0.1
+    lr: Optional[float] = None  # None: DEFAULT_LR of the optimizer
     wd: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: float = 0.3
@@ -223,7 +227,7 @@ def build(s: TrainSettings):
     channels_last = _channels_last(s)
     model_kwargs = dict(quant=s.quant, scale_op=s.scale_op, pow2=s.pow2, act_bits=s.act_bits, fp_ends=s.fp_ends,
                         **s.model_kwargs)
-    lr = s.lr if s.lr is not None else (0.1 if s.optimizer == "sgd" else 1e-2)
+    lr = s.lr if s.lr is not None else DEFAULT_LR[s.optimizer]
     module = BitClassifier(
         s.model, num_classes, spec.in_chans, model_kwargs, optimizer=s.optimizer, lr=lr, weight_decay=s.wd,
         momentum=s.momentum, warmup_epochs=s.warmup_epochs, label_smoothing=s.label_smoothing, mixup=s.mixup,
