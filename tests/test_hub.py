@@ -1,5 +1,6 @@
 """torch.hub: hubconf.py entry points, pretrained weights (shipped, downloaded and cached, or missing)."""
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 import bitnetcnn
-from bitnetcnn import BitConv2d, TernaryConv2d, convert_to_ternary, create_model, hub
+from bitnetcnn import BitConv2d, PretrainedCfg, TernaryConv2d, convert_to_ternary, create_model, hub
+from bitnetcnn.nn import ActQuantizer
 from realdata import accuracy, mnist_test
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -93,8 +95,8 @@ def test_without_weights():
 
 
 def _with_url(monkeypatch, url, sha256):
-    entry = hub.HubEntry("bitnet_mnist", "bitnet_cnn", {}, hub.Pretrained(file="remote_mnist.bnc", url=url,
-                                                                          sha256=sha256))
+    weights = dataclasses.replace(hub.BITNET_MNIST, file="remote_mnist.bnc", url=url, sha256=sha256)
+    entry = hub.HubEntry("bitnet_mnist", "bitnet_cnn", {}, weights)
     monkeypatch.setattr(hub, "SEED_ENTRIES", (entry,) + hub.SEED_ENTRIES[1:])
 
 
@@ -119,3 +121,66 @@ def test_download_verify_and_cache(mnist_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(hub.PretrainedWeightsUnavailable, match="sha256"):
         hub.pretrained_path("bitnet_mnist")
     assert not cached.exists()
+
+
+def test_hub_load_attaches_the_published_weights_metadata():
+    model = torch.hub.load(REPO, "bitnet_mnist", source="local", pretrained=True)
+    cfg = model.pretrained_cfg
+    assert isinstance(cfg, PretrainedCfg) and cfg == hub.BITNET_MNIST
+    assert (cfg.name, cfg.dataset, cfg.input_size, cfg.mean, cfg.std) == (
+        "bitnet_mnist.mnist", "mnist", (1, 28, 28), (0.1307,), (0.3081,))
+    assert cfg.num_classes == len(cfg.class_names) == 10 and cfg.test_images == 10000
+    assert [s.wall_time_s for s in cfg.training] == [5028.0, 668.0] and cfg.command.startswith("bitnetcnn train")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.top1 = 1.0
+    with pytest.raises(TypeError):
+        cfg.model_kwargs["act_bits"] = 8
+    trainable = torch.hub.load(REPO, "bitnet_mnist", source="local", pretrained=True, ternary=False)
+    assert trainable.pretrained_cfg == hub.BITNET_MNIST
+
+
+def test_checkpoint_path_carries_the_files_own_metadata(mnist_checkpoint):
+    cfg = hub.load("bitnet_mnist", checkpoint_path=mnist_checkpoint[1]).pretrained_cfg
+    assert (cfg.dataset, cfg.top1, cfg.model_kwargs["width"]) == ("mnist", 0.1, 8)
+    new_head = hub.load("bitnet_mnist", checkpoint_path=mnist_checkpoint[1], num_classes=5, ternary=False)
+    assert (new_head.pretrained_cfg.num_classes, new_head.pretrained_cfg.top1) == (5, None)
+
+
+def test_list_pretrained():
+    published = bitnetcnn.list_pretrained()
+    assert published == [hub.BITNET_MNIST]
+    assert [w.hub_entry for w in published] == [e.name for e in hub.entries().values() if e.pretrained]
+    for w in published:
+        assert w.file or w.url
+        assert w.sha256 and w.file_size and w.top1 and w.training and w.licence
+
+
+def test_shipped_weights_match_their_registry_object():
+    """The file's bytes (sha256, size) and what its header says (figures, inputs, architecture, command)."""
+    for w in bitnetcnn.list_pretrained():
+        path = hub.PRETRAINED_DIR / w.file
+        data = path.read_bytes()
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (w.sha256, w.file_size)
+        own = bitnetcnn.load_checkpoint(path).pretrained_cfg  # derived from the file's header alone
+        for field in ("model", "model_kwargs", "dataset", "input_size", "mean", "std", "num_classes", "top1", "top5"):
+            assert getattr(own, field) == getattr(w, field), field
+        assert own.command == w.command
+
+
+def test_keywords_the_weights_cannot_honour_are_refused(mnist_checkpoint):
+    """docs/hub.md once said pretrained=True, act_bits=8 quantizes activations: it silently did not."""
+    with pytest.raises(ValueError, match=r"act_bits=8 .*has act_bits=None.*ternary=False.*--act-bits 8"):
+        torch.hub.load(REPO, "bitnet_mnist", source="local", pretrained=True, act_bits=8)
+    path = mnist_checkpoint[1]
+    with pytest.raises(ValueError, match=r"width=16 .*has width=8"):
+        hub.load("bitnet_mnist", checkpoint_path=path, width=16)
+    with pytest.raises(ValueError, match=r"act='relu' .*was built without act='relu'"):
+        hub.load("bitnet_mnist", checkpoint_path=path, act="relu", ternary=False)
+    with pytest.raises(ValueError, match="pow2=True"):
+        hub.load("bitnet_mnist", checkpoint_path=path, pow2=True)
+    # what the file holds (recorded, or the architecture's default) is accepted
+    model = hub.load("bitnet_mnist", checkpoint_path=path, width=8, act_bits=None, act="silu", in_chans=1)
+    assert isinstance(model.stem.conv, TernaryConv2d)
+    # without weights the keywords build the model, as docs/hub.md shows
+    quantized = torch.hub.load(REPO, "bitnet_mnist", source="local", act_bits=8)
+    assert any(isinstance(m, ActQuantizer) for m in quantized.modules())

@@ -18,12 +18,24 @@ from bitnetcnn.nn import (
 from bitnetcnn.models import create_model, get_model_config, list_models, register_model
 from bitnetcnn.summary import summary
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg
+
+
+def __getattr__(name: str):
+    # hub.py reads the cache settings of bitnetcnn.data.paths: imported on first use, so that importing bitnetcnn
+    # stays free of data code
+    if name == "list_pretrained":
+        from bitnetcnn.hub import list_pretrained
+
+        return list_pretrained
+    raise AttributeError(f"module 'bitnetcnn' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BitConv2d",
     "CheckpointError",
+    "PretrainedCfg",
     "BitLinear",
     "TernaryConv2d",
     "TernaryLinear",
@@ -35,6 +47,7 @@ __all__ = [
     "create_model",
     "get_model_config",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
     "register_model",
     "save_checkpoint",

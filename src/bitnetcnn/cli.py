@@ -110,8 +110,7 @@ def _cmd_summary(args) -> int:
             from bitnetcnn import convert_to_ternary
 
             model = convert_to_ternary(model)
-    input_size = tuple(args.input_size) if args.input_size else tuple(model.model_config.input_size)
-    summary(model, input_size)
+    summary(model, tuple(args.input_size) if args.input_size else None)  # default: the weights' own input size
     return 0
 
 

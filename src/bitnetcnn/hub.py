@@ -10,11 +10,19 @@ of ``create_model``):
   when small, else a URL with its sha256, downloaded once into ``$BITNETCNN_CACHE/hub`` (default
   ``~/.cache/bitnetcnn/hub``) and verified like ``torch.hub.load_state_dict_from_url``.
 - ``checkpoint_path=`` loads any checkpoint file instead (bitnetcnn's format, the seed's zip, a state_dict).
+- Other keyword arguments go to ``create_model`` without weights; with weights they must equal what the file
+  holds (a ``ValueError`` says what to do otherwise): loading cannot change a trained model's architecture.
+
+Each published weight is a frozen :class:`~bitnetcnn.checkpoint.pretrained_cfg.PretrainedCfg` (data set, input
+size, normalization, accuracy, file, sha256, training commands); the loaded model carries it as
+``model.pretrained_cfg``, and :func:`list_pretrained` lists them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,11 +30,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
+import torch
 from torch import nn
 
-from bitnetcnn.checkpoint import load_checkpoint
+from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_header
+from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep, model_pretrained_cfg
 from bitnetcnn.data.paths import cache_root
 from bitnetcnn.models import create_model, list_models
 from bitnetcnn.nn import BitLinear, TernaryConv2d, TernaryLinear, convert_to_bit, convert_to_ternary
@@ -38,13 +48,37 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """No pretrained weights for an entry: none published yet, or a download that failed and no cached copy."""
 
 
-@dataclass(frozen=True)
-class Pretrained:
-    """Where an entry's weights are: ``file`` inside ``bitnetcnn/pretrained/``, else ``url`` (+ ``sha256``)."""
-
-    file: Optional[str] = None
-    url: Optional[str] = None
-    sha256: Optional[str] = None
+# Where the figures come from: the file's own header (metrics, input, architecture) and bitnetcnn/pretrained/
+# README.md (the two commands and their wall times); file_size and sha256 are the shipped file's
+# (tests/test_hub.py checks both, and every field the header also holds).
+_MNIST_CPU = "2-core development CPU, float32"
+BITNET_MNIST = PretrainedCfg(
+    model="bitnet_cnn",
+    model_kwargs={"num_classes": 10, "in_chans": 1, "quant": "ternary", "scale_op": "median", "pow2": False,
+                  "act_bits": None, "fp_ends": False},
+    tag="mnist",
+    hub_entry="bitnet_mnist",
+    dataset="mnist",
+    input_size=(1, 28, 28),
+    mean=(0.1307,),
+    std=(0.3081,),
+    num_classes=10,
+    class_names=tuple("0123456789"),
+    top1=0.9962999820709229,
+    top5=1.0,
+    test_images=10000,
+    file="bitnet_mnist.bnc",
+    file_size=60492,
+    sha256="75eae7fff9ca4faec3f38a93cbc6b1839ead82f945770930bd763ddc4973b280",
+    training=(
+        TrainingStep("bitnetcnn train --dataset mnist --epochs 40 --lr 5e-3 --wd 5e-4 --label-smoothing 0.1 "
+                     "--warmup-epochs 0.3 --rotate 10 --zoom 0.1 --out runs/mnist-stage1", 5028.0, _MNIST_CPU),
+        TrainingStep("bitnetcnn train --dataset mnist --epochs 8 --lr 2e-3 --wd 5e-4 --warmup-epochs 0.1 --rotate 0 "
+                     "--zoom 0 --ema 0.998 --init runs/mnist-stage1/best_ternary.bnc --out runs/mnist-stage2 "
+                     "--no-progress", 668.0, _MNIST_CPU),
+    ),
+    licence="MIT",
+)
 
 
 @dataclass(frozen=True)
@@ -52,21 +86,19 @@ class HubEntry:
     name: str
     model: str  # registry name
     kwargs: Dict[str, object] = field(default_factory=dict)
-    pretrained: Pretrained = Pretrained()
+    pretrained: Optional[PretrainedCfg] = None  # the published weight: file or url, sha256, metadata
     description: str = ""
 
 
-# The seed's entry names, then one per other registered model (below). Publishing weights = adding a Pretrained.
+# The seed's entry names, then one per other registered model (below). Publishing weights = adding a PretrainedCfg.
 SEED_ENTRIES = (
-    HubEntry("bitnet_mnist", "bitnet_cnn", {}, Pretrained(file="bitnet_mnist.bnc"),
-             "BitNetCNN for MNIST (1x28x28, 10 classes)"),
-    HubEntry("bitnet_resnet18", "bit_resnet18", {"act": "silu"}, Pretrained(),
+    HubEntry("bitnet_mnist", "bitnet_cnn", {}, BITNET_MNIST, "BitNetCNN for MNIST (1x28x28, 10 classes)"),
+    HubEntry("bitnet_resnet18", "bit_resnet18", {"act": "silu"}, None,
              "ResNet-18 for CIFAR-100 with SiLU, the seed's configuration"),
-    HubEntry("bitnet_resnet50", "bit_resnet50", {"act": "silu"}, Pretrained(), "ResNet-50 with SiLU"),
+    HubEntry("bitnet_resnet50", "bit_resnet50", {"act": "silu"}, None, "ResNet-50 with SiLU"),
     HubEntry("bitnet_mobilenetv2", "bit_mobilenetv2", {"width_mult": 1.4, "act": "silu", "downsample_at": "expand"},
-             Pretrained(),
-             "MobileNetV2 x1.4 with SiLU, the seed's configuration"),
-    HubEntry("bitnet_convnextv2", "bit_convnextv2", {}, Pretrained(), "ConvNeXt-V2"),
+             None, "MobileNetV2 x1.4 with SiLU, the seed's configuration"),
+    HubEntry("bitnet_convnextv2", "bit_convnextv2", {}, None, "ConvNeXt-V2"),
 )
 
 
@@ -78,6 +110,11 @@ def entries() -> Dict[str, HubEntry]:
         if name not in covered and name not in out:
             out[name] = HubEntry(name, name)
     return out
+
+
+def list_pretrained() -> List[PretrainedCfg]:
+    """The published weights, one :class:`PretrainedCfg` each (what ``pretrained=True`` loads)."""
+    return [e.pretrained for e in entries().values() if e.pretrained is not None]
 
 
 def _sha256(path: Path) -> str:
@@ -96,14 +133,14 @@ def hub_cache_dir() -> Path:
 def pretrained_path(entry: str, progress: bool = True) -> Path:
     """The local file holding ``entry``'s pretrained weights, downloading and verifying it if need be."""
     spec = entries()[entry].pretrained
-    if spec.file:
+    if spec is not None and spec.file:
         path = PRETRAINED_DIR / spec.file
         if path.is_file():
             if spec.sha256 and _sha256(path) != spec.sha256:
                 raise PretrainedWeightsUnavailable(f"{path}: sha256 does not match the published one; reinstall bitnetcnn")
             return path
-    if not spec.url:
-        where = f" (expected at {PRETRAINED_DIR / spec.file})" if spec.file else ""
+    if spec is None or not spec.url:
+        where = f" (expected at {PRETRAINED_DIR / spec.file})" if spec is not None and spec.file else ""
         raise PretrainedWeightsUnavailable(
             f"no pretrained weights yet for {entry!r}{where}. Train a model (see docs/training.md), save it with "
             "bitnetcnn.save_checkpoint, and load it with checkpoint_path=..., or use pretrained=False"
@@ -157,6 +194,63 @@ def _new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
+_CLI_FLAGS = {"act_bits": "--act-bits", "pow2": "--pow2", "scale_op": "--scale-op", "fp_ends": "--fp-ends",
+              "quant": "--quant"}
+
+
+def _changes_the_model(held: dict, key: str, value) -> bool:
+    """Whether ``create_model`` keyword ``key`` (not recorded in the file) builds another model than the saved one:
+    the builders take their defaults from the architecture's class, so build both (on the meta device: no weights)
+    and compare their module trees."""
+    try:
+        with torch.device("meta"):
+            saved = create_model(**held)
+            asked = create_model(**{**held, key: value})
+    except Exception:  # noqa: BLE001  (an argument the architecture does not take)
+        return True
+    shapes = lambda m: [(k, tuple(v.shape)) for k, v in m.state_dict().items()]  # noqa: E731
+    return repr(saved) != repr(asked) or shapes(saved) != shapes(asked)
+
+
+def _same(a, b) -> bool:
+    try:  # the file's values come from JSON: a tuple argument equals the list it was saved as
+        return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _refuse_what_the_file_cannot_honour(path, held: dict, kwargs: dict) -> None:
+    """A saved model has one architecture and quantization: keyword arguments that differ from it are refused, not
+    silently ignored (``act_bits=8`` on a float-activation checkpoint would otherwise give a model without any
+    activation quantizer)."""
+    name = held.get("name")
+    for key, value in kwargs.items():
+        if _same(value, held[key]) if key in held else not _changes_the_model(held, key, value):
+            continue
+        has = f"has {key}={held[key]!r}" if key in held else f"was built without {key}={value!r}"
+        flag = _CLI_FLAGS.get(key)
+        if flag is None:
+            option = f"--model-kwargs '{json.dumps({key: value}, default=str)}'"
+        else:
+            option = flag if value is True else f"without {flag}" if value is False else f"{flag} {value}"
+        raise ValueError(
+            f"{key}={value!r} cannot be honoured: the saved {name} model in {path} {has}, and loading weights does not "
+            f"change a trained model's architecture or quantization. Load it without {key}=, or load with "
+            f"ternary=False and fine-tune it with the new setting (bitnetcnn train --model {name} --init {path} "
+            f"{option} ...), or start from scratch with pretrained=False"
+        )
+
+
+def _bitnetcnn_header(path) -> Optional[dict]:
+    """The header when ``path`` is a readable bitnetcnn checkpoint (not a seed zip or a state_dict), else None."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    try:
+        return read_checkpoint_header(path)
+    except CheckpointError:
+        return None  # another format, or damaged: load_checkpoint reads it or says what is wrong
+
+
 def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bool = True,
          num_classes: Optional[int] = None, progress: bool = True, **kwargs) -> nn.Module:
     """What every entry point does; see the module docstring."""
@@ -169,12 +263,25 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
         model = create_model(spec.model, num_classes=num_classes, **args)
         return convert_to_ternary(model.eval()) if ternary and args.get("quant", "ternary") == "ternary" else model
     path = checkpoint_path if checkpoint_path is not None else pretrained_path(entry, progress)
-    model = load_checkpoint(path, model_name=spec.model, **{**spec.kwargs, **kwargs})
-    built = getattr(model, "model_args", {}).get("name")
-    if built != spec.model:
-        raise ValueError(f"{path} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
+    header = _bitnetcnn_header(path)
+    if header is not None:
+        # The file says what it is: the entry's default kwargs do not apply, the caller's must match it.
+        built = header["architecture"]["name"]
+        if built != spec.model:
+            raise ValueError(f"{path} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
+        _refuse_what_the_file_cannot_honour(path, header["architecture"]["args"], kwargs)
+        model = load_checkpoint(path)
+    else:  # a seed zip or a state_dict: the kwargs say how to build the model the tensors go into
+        model = load_checkpoint(path, model_name=spec.model, **{**spec.kwargs, **kwargs})
+        built = getattr(model, "model_args", {}).get("name")
+        if built != spec.model:
+            raise ValueError(f"{path} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
+        _refuse_what_the_file_cannot_honour(path, model.model_args, kwargs)
     is_ternary = any(isinstance(m, (TernaryConv2d, TernaryLinear)) for m in model.modules())
     header = getattr(model, "checkpoint_header", None)
+    # The published weight's registry object is the complete one (file size, sha256, every training command);
+    # a checkpoint_path file carries what its header says.
+    cfg = spec.pretrained if checkpoint_path is None else model_pretrained_cfg(model)
     if is_ternary and not ternary:
         model = convert_to_bit(model)
     elif not is_ternary and ternary:
@@ -187,8 +294,13 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
                              f"{model.model_args.get('num_classes')}: a new classifier must be trained, so load "
                              "with ternary=False, fine-tune, then convert")
         model = _new_classifier(model, num_classes)
+        if cfg is not None:  # same inputs, new untrained classes: the test-set figures no longer apply
+            cfg = dataclasses.replace(cfg, dataset=None, num_classes=num_classes, class_names=None, top1=None,
+                                      top5=None, test_images=None)
     if header is not None:
         model.checkpoint_header = header
+    if cfg is not None:
+        model.pretrained_cfg = cfg
     return model.eval()
 
 
@@ -197,13 +309,14 @@ def _entrypoint(entry: HubEntry) -> Callable[..., nn.Module]:
            **kwargs) -> nn.Module:
         return load(entry.name, pretrained, checkpoint_path, ternary, num_classes, **kwargs)
 
-    weights = "pretrained weights available" if entry.pretrained.file or entry.pretrained.url else "no weights yet"
+    weights = f"pretrained weights {entry.pretrained.name}" if entry.pretrained is not None else "no weights yet"
     args = ", ".join(f"{k}={v!r}" for k, v in entry.kwargs.items())
     fn.__name__ = fn.__qualname__ = entry.name
     fn.__doc__ = (
         f"{entry.description or entry.model}: ``create_model({entry.model!r}{', ' + args if args else ''})`` "
         f"({weights}).\n\n    pretrained=False, checkpoint_path=None, ternary=True (converted; False: trainable "
-        "Bit model), num_classes=None; other keyword arguments go to create_model."
+        "Bit model), num_classes=None; other keyword arguments go to create_model (with weights: they must match "
+        "the file)."
     )
     return fn
 

@@ -108,11 +108,14 @@ def summary(
     input_size: Optional[Sequence[int]] = None,
     print_fn: Optional[Callable[[str], None]] = print,
 ) -> ModelSummary:
-    """Run one sample of ``input_size`` (``(C, H, W)``; default: the registry's input size of the model) through
-    ``model`` in eval mode and tabulate it layer by layer; print the table unless ``print_fn`` is None.
+    """Run one sample of ``input_size`` (``(C, H, W)``; default: the input size its weights were trained at,
+    ``model.pretrained_cfg``, else the registry's for the architecture) through ``model`` in eval mode and tabulate
+    it layer by layer; print the table unless ``print_fn`` is None.
 
     Works on Bit models, converted (Ternary) models and plain float models. The model is left as it was.
     """
+    if input_size is None:
+        input_size = getattr(getattr(model, "pretrained_cfg", None), "input_size", None)
     if input_size is None:
         config = getattr(model, "model_config", None)
         if config is None:

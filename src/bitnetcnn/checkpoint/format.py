@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint import ternary_codec
+from bitnetcnn.checkpoint import pretrained_cfg, ternary_codec
 from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
@@ -88,7 +88,7 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
     }
     bit_layers = [name for name, m in model.named_modules() if isinstance(m, (BitConv2d, BitLinear))]
     input_size = list(metadata.pop("input_size", None) or cfg.input_size)
-    return {
+    header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": _library_version(),
@@ -112,6 +112,8 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
         },
         "metadata": metadata,
     }
+    header["pretrained_cfg"] = pretrained_cfg.from_header(header).to_dict()  # the weight's own metadata
+    return header
 
 
 def save_checkpoint(model: nn.Module, path: PathLike, metadata: Optional[dict] = None) -> Path:
@@ -354,6 +356,10 @@ def _load_bitnetcnn(path, data: bytes) -> nn.Module:
     codes = _decode(path, header, tensors)
     model = _assemble(path, model, tensors, codes or {}, ternary)
     model.checkpoint_header = header
+    try:
+        model.pretrained_cfg = pretrained_cfg.from_header(header)
+    except ValueError as e:
+        raise _fail(path, str(e)) from None
     return model.eval()
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretrained_cfg
+
 __all__ = ["as_batches", "dataset_for", "dataset_images", "normalize_images"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
@@ -22,10 +24,11 @@ def normalize_images(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def _model_stats(model: Optional[nn.Module]):
-    cfg = getattr(model, "model_config", None)
-    if cfg is None:
-        raise ValueError("uint8 images need the model's mean and std (model.model_config); pass normalized floats")
-    return cfg.mean, cfg.std
+    stats = input_normalization(model) if model is not None else None
+    if stats is None:
+        raise ValueError("uint8 images need the model's mean and std (model.pretrained_cfg or model.model_config); "
+                         "pass normalized floats")
+    return stats
 
 
 def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = 64) -> List[np.ndarray]:
@@ -57,14 +60,11 @@ def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batc
 
 
 def dataset_for(model: nn.Module) -> str:
-    """The data set a model was trained on: from its checkpoint header, else guessed from its input size."""
-    header = getattr(model, "checkpoint_header", None) or {}
-    for key in ("dataset", "data"):
-        value = header.get(key) if isinstance(header, dict) else None
-        if isinstance(value, str):
-            return value
-        if isinstance(value, dict) and isinstance(value.get("name"), str):
-            return value["name"]
+    """The data set a model was trained on: from its weights' metadata (``model.pretrained_cfg``), else guessed
+    from its input size and classes."""
+    cfg = model_pretrained_cfg(model)
+    if cfg is not None and cfg.dataset:
+        return cfg.dataset
     args = getattr(model, "model_args", {}) or {}
     cfg = getattr(model, "model_config", None)
     channels = int(args.get("in_chans", cfg.input_size[0] if cfg else 3))

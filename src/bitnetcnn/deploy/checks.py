@@ -7,6 +7,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, ActQuantizer
 
 __all__ = ["NotDeployableError", "check_deployable", "input_size_of", "ternary_layers"]
@@ -79,12 +80,16 @@ def _has_own_state(m: nn.Module) -> bool:
 
 
 def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple[int, int, int]:
-    """``(C, H, W)``: the given size, else the registry's default for the model's architecture."""
+    """``(C, H, W)``: the given size, else the weights' own (``model.pretrained_cfg``), else the registry's default
+    for the model's architecture."""
     if input_size is not None:
         size = tuple(int(v) for v in input_size)
         if len(size) != 3:
             raise ValueError(f"input_size must be (C, H, W), got {input_size!r}")
         return size
+    weights = model_pretrained_cfg(model)
+    if weights is not None and weights.input_size is not None:
+        return tuple(weights.input_size)
     cfg = getattr(model, "model_config", None)
     if cfg is not None:
         size = tuple(cfg.input_size)

@@ -32,6 +32,7 @@ def export_command(
 ):
     """Export ``model`` (checkpoint or registry name) to ``output``; returns the :class:`ExportCheck`."""
     from bitnetcnn.data.sources import DatasetNotFoundError
+    from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
     from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
     from bitnetcnn.deploy.checks import check_deployable
     from bitnetcnn.deploy.export import export_onnx
@@ -52,14 +53,15 @@ def export_command(
     if int8 and calibrate is None and not quantizer_scales(net):
         calibrate = DEFAULT_CALIBRATION
     calibration = check_inputs = None
+    stats = input_normalization(net)  # the checkpoint's own mean and std (else the registry's), as trained
     try:
         if int8 and calibrate:
             images, _, spec = dataset_images(dataset, calibrate, True, data_dir)
-            calibration = normalize_images(images, spec.mean, spec.std)
+            calibration = normalize_images(images, *(stats or (spec.mean, spec.std)))
             log(f"calibrating on {len(images)} {dataset} training images")
         if check > 0:
             images, _, spec = dataset_images(dataset, check, False, data_dir)
-            check_inputs = normalize_images(images, spec.mean, spec.std)
+            check_inputs = normalize_images(images, *(stats or (spec.mean, spec.std)))
     except DatasetNotFoundError as err:
         if int8 and calibrate:
             raise ValueError(f"calibration needs the {dataset} training images: {err}") from None

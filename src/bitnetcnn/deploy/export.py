@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretrained_cfg
 from bitnetcnn.deploy.calibration import Calibration, as_batches
 from bitnetcnn.deploy.checks import example_input, input_size_of
 from bitnetcnn.deploy.compile import to_onnx_graph
@@ -141,15 +142,20 @@ def _add_metadata(graph, model: nn.Module, info: dict) -> None:
     """What a user of the file needs: how to prepare inputs (size, mean, std) and what the model is."""
     import bitnetcnn
 
-    cfg = getattr(model, "model_config", None)
     meta = {
         "bitnetcnn.version": bitnetcnn.__version__,
         "bitnetcnn.input_size": json.dumps(info.get("input_size")),
         "bitnetcnn.int8": json.dumps(bool(info.get("int8"))),
         "bitnetcnn.act_scales": str(info.get("act_scales", "")),
     }
-    if cfg is not None:
-        meta["bitnetcnn.mean"], meta["bitnetcnn.std"] = json.dumps(list(cfg.mean)), json.dumps(list(cfg.std))
+    stats = input_normalization(model)  # the checkpoint's own (model.pretrained_cfg), else the registry's
+    if stats is not None:
+        meta["bitnetcnn.mean"], meta["bitnetcnn.std"] = json.dumps(list(stats[0])), json.dumps(list(stats[1]))
+    weights = model_pretrained_cfg(model)
+    if weights is not None:
+        if weights.dataset:
+            meta["bitnetcnn.dataset"] = weights.dataset
+        meta["bitnetcnn.pretrained_cfg"] = json.dumps(weights.to_dict(), default=str)
     args = getattr(model, "model_args", None)
     if args:
         meta["bitnetcnn.model_args"] = json.dumps(args, default=str)
@@ -158,3 +164,5 @@ def _add_metadata(graph, model: nn.Module, info: dict) -> None:
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
     graph.doc_string = "Exported by bitnetcnn: inputs are (N, C, H, W) float32 images, normalized (x/255 - mean)/std"
+    if stats is not None:
+        graph.doc_string += f" with mean {list(stats[0])} and std {list(stats[1])}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
+from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.data.augment import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.data.paths import data_root
@@ -37,18 +39,23 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean,
 
 def evaluate_checkpoint(path: str, dataset: Optional[str] = None, data_dir: Optional[str] = None,
                         batch_size: int = 256) -> dict:
+    """Top-1/top-5 on the test split of ``dataset`` (default: the checkpoint's own), with the inputs normalized as
+    the checkpoint says (``model.pretrained_cfg``), else as the data set's defaults."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, not {batch_size!r}")
     model = load_checkpoint(path)
-    header = getattr(model, "checkpoint_header", {}) or {}
-    dataset = dataset or header.get("metrics", {}).get("dataset")
+    cfg = model_pretrained_cfg(model)
+    dataset = dataset or (cfg.dataset if cfg is not None else None)
     if not dataset:
         raise ValueError(f"{path} does not record its data set; pass --dataset")
     spec = get_dataset_spec(dataset)
     classes = getattr(model, "model_args", {}).get("num_classes")
     if classes is not None and classes != spec.num_classes:
         raise ValueError(f"{path} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
+    mean, std = (cfg.mean, cfg.std) if cfg is not None and cfg.mean and cfg.std else (spec.mean, spec.std)
     split = spec.reader(data_root(data_dir), False, False)
-    return {"checkpoint": str(path), "dataset": dataset,
-            **accuracy(model, split.images, split.labels, spec.mean, spec.std, batch_size)}
+    return {"checkpoint": str(path), "dataset": dataset, "mean": list(mean), "std": list(std),
+            **accuracy(model, split.images, split.labels, mean, std, batch_size)}
 
 
 def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) -> Path:
@@ -58,7 +65,15 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
     if src.suffix == ".ckpt":
         from bitnetcnn.train.module import BitClassifier
 
-        model = BitClassifier.load_from_checkpoint(src, map_location="cpu").model
+        try:
+            model = BitClassifier.load_from_checkpoint(src, map_location="cpu").model
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # damaged (torch's unpickler then advises weights_only=False: never), or foreign
+            reason = ("damaged, or not a PyTorch checkpoint" if isinstance(e, pickle.UnpicklingError)
+                      else " ".join(str(e).split())[:160])
+            raise ValueError(f"{src} is not a readable last.ckpt of a `bitnetcnn train` run ({reason}); convert a "
+                             "run's last.ckpt or a bitnetcnn checkpoint (.bnc)") from None
         meta = _run_metadata(src.parent, pow2)
     else:
         model = load_checkpoint(src)

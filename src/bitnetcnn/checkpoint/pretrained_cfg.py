@@ -1,0 +1,222 @@
+"""What a weight says about itself, as one frozen object: ``model.pretrained_cfg``.
+
+In the manner of torchvision's ``Weights`` and timm's ``pretrained_cfg``: what to build, what the inputs must look
+like (size, normalization, classes), how well it does on the test set, which file it is, and how it was made. The
+deploy and eval commands read the input size, normalization and data set from it, so they need not guess them
+from the architecture's registry defaults.
+
+A checkpoint's header stores it under ``pretrained_cfg`` (written by ``save_checkpoint`` from what it knows; files
+written before that section existed get it derived from their other header fields). Published weights declare the
+complete object, file size and sha256 included, in ``bitnetcnn/hub.py``; ``bitnetcnn.list_pretrained()`` lists them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Tuple
+
+from torch import nn
+
+__all__ = ["PretrainedCfg", "TrainingStep", "from_header", "input_normalization", "model_pretrained_cfg"]
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """One command of a recipe, in the order the commands ran, with its wall time and the machine it ran on."""
+
+    command: str
+    wall_time_s: Optional[float] = None
+    hardware: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """One weight and its metadata. ``create_model(model, **model_kwargs)`` builds its architecture."""
+
+    model: str  # registry name
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    tag: Optional[str] = None  # which weight of the entry, e.g. "mnist"
+    hub_entry: Optional[str] = None
+    dataset: Optional[str] = None
+    input_size: Optional[Tuple[int, ...]] = None  # (C, H, W)
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    num_classes: Optional[int] = None
+    class_names: Optional[Tuple[str, ...]] = None
+    top1: Optional[float] = None  # on the test set, as a fraction
+    top5: Optional[float] = None
+    test_images: Optional[int] = None  # how many images top1/top5 were measured on
+    file: Optional[str] = None  # inside bitnetcnn/pretrained/ when shipped
+    url: Optional[str] = None
+    file_size: Optional[int] = None  # bytes
+    sha256: Optional[str] = None
+    training: Tuple[TrainingStep, ...] = ()  # the commands, in order
+    licence: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: sequences become tuples, the kwargs a read-only copy.
+        fix = object.__setattr__
+        fix(self, "model_kwargs", MappingProxyType(dict(self.model_kwargs or {})))
+        for name in ("input_size", "mean", "std", "class_names"):
+            value = getattr(self, name)
+            if value is not None:
+                fix(self, name, tuple(value))
+        fix(self, "training", tuple(s if isinstance(s, TrainingStep) else TrainingStep(**s) if isinstance(s, dict)
+                                    else TrainingStep(str(s)) for s in self.training))
+
+    def __reduce__(self):
+        # the read-only kwargs view cannot be pickled itself: rebuild from plain values (pickle, copy, deepcopy)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["model_kwargs"] = dict(self.model_kwargs)
+        return _rebuild, (type(self), values)
+
+    @property
+    def name(self) -> str:
+        """``<hub entry or model>.<tag>``, as timm names its pretrained weights."""
+        base = self.hub_entry or self.model
+        return f"{base}.{self.tag}" if self.tag else base
+
+    @property
+    def command(self) -> Optional[str]:
+        """The last training command: the one that made these weights."""
+        return self.training[-1].command if self.training else None
+
+    def to_dict(self) -> dict:
+        """JSON-able: lists for tuples, a plain dict for the kwargs (what the checkpoint header stores)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["model_kwargs"] = dict(self.model_kwargs)
+        out["training"] = [asdict(s) for s in self.training]
+        for name in ("input_size", "mean", "std", "class_names"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "PretrainedCfg":
+        """The object a header's ``pretrained_cfg`` section describes; ``ValueError`` says what is malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("bad pretrained_cfg: not an object")
+        unknown = sorted(set(data) - set(_VALID))
+        if unknown:
+            raise ValueError(f"bad pretrained_cfg: unknown fields {unknown}")
+        if not isinstance(data.get("model"), str):
+            raise ValueError("bad pretrained_cfg: model must be a registry name")
+        for name, value in data.items():
+            check, what = _VALID[name]
+            if value is not None and not check(value):
+                raise ValueError(f"bad pretrained_cfg: {name} must be {what}, not {value!r:.80}")
+        return cls(**data)
+
+
+def _rebuild(cls, values: dict) -> "PretrainedCfg":
+    return cls(**values)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_step(s: Any) -> bool:
+    return (isinstance(s, dict) and set(s) <= {"command", "wall_time_s", "hardware"} and isinstance(s.get("command"), str)
+            and (s.get("wall_time_s") is None or _is_number(s["wall_time_s"]))
+            and (s.get("hardware") is None or isinstance(s["hardware"], str)))
+
+
+_TEXT = (lambda v: isinstance(v, str), "a string")
+_COUNT = (lambda v: _is_int(v) and v >= 0, "a count")
+_FRACTION = (lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]")
+# field -> (check of a value that is not None, what it must be)
+_VALID = {
+    "model": _TEXT,
+    "model_kwargs": (lambda v: isinstance(v, dict), "an object"),
+    "tag": _TEXT, "hub_entry": _TEXT, "dataset": _TEXT, "file": _TEXT, "url": _TEXT, "licence": _TEXT,
+    "sha256": (lambda v: isinstance(v, str) and len(v) == 64, "64 hex digits"),
+    "input_size": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(x) and x > 0 for x in v),
+                   "[C, H, W]"),
+    "mean": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_number(x) for x in v), "a list of numbers"),
+    "std": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_number(x) and x > 0 for x in v),
+            "a list of positive numbers"),
+    "num_classes": _COUNT, "test_images": _COUNT, "file_size": _COUNT,
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "top1": _FRACTION, "top5": _FRACTION,
+    "training": (lambda v: isinstance(v, list) and all(_is_step(s) for s in v),
+                 "a list of {command, wall_time_s, hardware}"),
+}
+
+
+def _lineage(meta: dict) -> list:
+    """The commands of a multi-stage recipe, oldest first: the ``init`` chain that ``--init`` records, then ours."""
+    steps, init, seen = [], meta.get("init"), 0
+    while isinstance(init, dict) and seen < 64:
+        if isinstance(init.get("command"), str):
+            steps.insert(0, {"command": init["command"]})
+        init, seen = init.get("init"), seen + 1
+    return steps
+
+
+def from_header(header: dict) -> PretrainedCfg:
+    """The ``pretrained_cfg`` of a checkpoint header: its own section, else derived from the older fields.
+
+    ``save_checkpoint`` calls this on the header it has just built (so the section holds what the file knew when
+    written); metadata keys ``tag``, ``hub_entry``, ``licence``, ``test_images`` and ``training`` (a list of
+    ``{command, wall_time_s, hardware}``, oldest first) fill the fields the other header fields cannot.
+    """
+    arch = header["architecture"]
+    if "pretrained_cfg" in header:
+        cfg = PretrainedCfg.from_dict(header["pretrained_cfg"])
+        if cfg.model != arch["name"]:
+            raise ValueError(f"bad pretrained_cfg: model {cfg.model!r} is not the architecture {arch['name']!r}")
+        return cfg
+    metrics = header.get("metrics") if isinstance(header.get("metrics"), dict) else {}
+    meta = header.get("metadata") if isinstance(header.get("metadata"), dict) else {}
+    inputs = header.get("input") if isinstance(header.get("input"), dict) else {}
+    top1, top5 = metrics.get("accuracy"), None
+    for key in ("ternary_eval", "float_eval"):  # top-5 of the evaluation whose top-1 is the recorded accuracy
+        ev = metrics.get(key)
+        if isinstance(ev, dict) and top1 is not None and ev.get("top1") == top1:
+            top5 = ev.get("top5")
+            break
+    training = meta.get("training")
+    if training is None:
+        training = _lineage(meta) + ([{"command": metrics["command"]}] if isinstance(metrics.get("command"), str)
+                                     else [])
+    data = {
+        "model": arch["name"],
+        "model_kwargs": {k: v for k, v in arch["args"].items() if k != "name"},
+        "tag": meta.get("tag"),
+        "hub_entry": meta.get("hub_entry"),
+        "dataset": metrics.get("dataset"),
+        "input_size": inputs.get("size"),
+        "mean": inputs.get("mean"),
+        "std": inputs.get("std"),
+        "num_classes": header.get("num_classes"),
+        "class_names": header.get("class_names"),
+        "top1": top1,
+        "top5": top5,
+        "test_images": meta.get("test_images"),
+        "training": training,
+        "licence": meta.get("licence"),
+    }
+    # Older files and free-form metadata may hold anything there: keep what fits, leave the rest unknown.
+    return PretrainedCfg.from_dict({k: v for k, v in data.items() if v is None or _VALID[k][0](v)})
+
+
+def model_pretrained_cfg(model: nn.Module) -> Optional[PretrainedCfg]:
+    """``model.pretrained_cfg`` when the model has one (loaded from a checkpoint or through torch.hub)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    return cfg if isinstance(cfg, PretrainedCfg) else None
+
+
+def input_normalization(model: nn.Module) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+    """``(mean, std)`` the model's inputs are normalized with: its weights' own, else the registry's default."""
+    cfg = model_pretrained_cfg(model)
+    if cfg is not None and cfg.mean is not None and cfg.std is not None:
+        return cfg.mean, cfg.std
+    config = getattr(model, "model_config", None)
+    return (tuple(config.mean), tuple(config.std)) if config is not None else None
