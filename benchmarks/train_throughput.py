@@ -1,0 +1,150 @@
+"""How long does a training epoch take here? Times ``bitnetcnn train``'s own pieces (the settings, DataModule,
+BitClassifier and Trainer precision that ``bitnetcnn.train.run.build`` makes) for a few steps on the current
+device, and prints images per second for training and for validation (Bit and ternary model, as every epoch
+validates) and the epoch time they project, with the device's name.
+
+    python benchmarks/train_throughput.py --model bitnet_cnn --dataset mnist_demo --steps 10          # CPU, ~30 s
+    python benchmarks/train_throughput.py --model bit_resnet18 --dataset cifar100 --batch-size 256 --amp \\
+        --accelerator gpu --steps 50 --synthetic
+
+``--synthetic`` feeds random uint8 images of the data set's shape through the same augmentation, so no data is
+needed; the epoch is then projected for the data set's standard split sizes. ``benchmarks/data_loading.py``
+separates the data pipeline's cost from the model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import lightning as L
+import torch
+
+from bitnetcnn.data.sources import Split
+from bitnetcnn.train.run import TrainSettings, _precision, build
+
+# Standard split sizes (train, test), to project an epoch on synthetic data.
+SPLIT_SIZES = {"mnist_demo": (10000, 2000), "mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
+               "cifar10": (50000, 10000), "cifar100": (50000, 10000), "tiny_imagenet": (100000, 10000)}
+
+
+class Timer(L.Callback):
+    """Wall time of the training steps after ``warmup`` and of the validation pass (ternary conversion included),
+    with the device synchronized at each mark so that queued GPU work is counted where it ran."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.train_start = self.train_end = self.val_start = self.val_end = None
+        self.train_images = self.val_images = 0
+
+    @staticmethod
+    def _now(module) -> float:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.train_start = self._now(module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.train_images += len(batch[1])
+            self.train_end = self._now(module)
+
+    def on_validation_epoch_start(self, trainer, module):
+        self.val_start = self._now(module)
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.val_images += len(batch[1])
+
+    def on_validation_epoch_end(self, trainer, module):
+        self.val_end = self._now(module)
+
+
+def device_name(accelerator: str) -> str:
+    if accelerator == "gpu":
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    from bitnetcnn.deploy.bench import _machine
+
+    m = _machine()
+    return f"{m['cpu']} ({m['cores']} cores, {torch.get_num_threads()} threads)"
+
+
+def synthetic(n: int, shape: tuple, num_classes: int, seed: int) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g),
+                 torch.randint(0, num_classes, (n,), generator=g))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="bitnet_cnn")
+    p.add_argument("--dataset", default="mnist_demo")
+    p.add_argument("--data-dir")
+    p.add_argument("--model-kwargs", type=json.loads, default={})
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--eval-ternary", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
+    p.add_argument("--val-batches", type=int, default=8, help="validation batches timed (0: the whole test split)")
+    p.add_argument("--synthetic", action="store_true", help="random images of the data set's shape (no data needed)")
+    p.add_argument("--train-images", type=int, help="images an epoch trains on (default: the split's size)")
+    p.add_argument("--test-images", type=int, help="images an epoch validates on (default: the split's size)")
+    args = p.parse_args()
+
+    accelerator = args.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    settings = TrainSettings.from_dict(dict(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, model_kwargs=args.model_kwargs,
+        batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp, channels_last=args.channels_last,
+        eval_ternary=args.eval_ternary, accelerator=accelerator, devices="1", epochs=1, progress=False))
+    L.seed_everything(0, verbose=False)
+    data, module = build(settings)
+    spec = data.spec
+    shape = (spec.in_chans, spec.img_size, spec.img_size)
+    if args.synthetic:
+        data.train_split = synthetic((args.warmup + args.steps) * args.batch_size, shape, data.num_classes, 0)
+        data.test_split = synthetic(max(1, args.val_batches) * data.eval_batch_size, shape, data.num_classes, 1)
+        train_n, test_n = SPLIT_SIZES.get(args.dataset, (None, None))
+    else:
+        data.setup()
+        train_n, test_n = len(data.train_split.labels), len(data.test_split.labels)
+    train_n, test_n = args.train_images or train_n, args.test_images or test_n
+
+    timer = Timer(args.warmup)
+    trainer = L.Trainer(
+        max_epochs=1, accelerator=accelerator, devices=1, precision=_precision(settings, accelerator),
+        limit_train_batches=args.warmup + args.steps, limit_val_batches=args.val_batches or 1.0,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[timer])
+    trainer.fit(module, datamodule=data)
+
+    step_s = (timer.train_end - timer.train_start) / args.steps
+    train_ips = timer.train_images / (timer.train_end - timer.train_start)
+    val_ips = timer.val_images / (timer.val_end - timer.val_start)
+    print(f"device: {device_name(accelerator)}; torch {torch.__version__}, precision {trainer.precision}")
+    print(f"{args.model} on {args.dataset}{' (synthetic images)' if args.synthetic else ''}, "
+          f"batch {args.batch_size}, {args.optimizer}, channels_last={module.hparams.channels_last}, "
+          f"eval_ternary={module.eval_ternary}")
+    print(f"training:   {train_ips:9.1f} img/s  ({step_s * 1e3:.1f} ms a step, {args.steps} steps after "
+          f"{args.warmup} warm-up)")
+    val_what = "Bit + ternary" if module.eval_ternary else "Bit"
+    print(f"validation: {val_ips:9.1f} img/s  ({val_what} model, {timer.val_images} images, conversion included)")
+    if train_n and test_n:
+        train_s = (train_n // args.batch_size) * step_s
+        val_s = test_n / val_ips
+        print(f"epoch ({train_n} training + {test_n} test images): {train_s + val_s:.1f} s projected "
+              f"= {train_s:.1f} s training + {val_s:.1f} s validation")
+    else:
+        print("epoch: pass --train-images and --test-images to project it")
+
+
+if __name__ == "__main__":
+    main()
