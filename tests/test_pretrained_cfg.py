@@ -71,10 +71,13 @@ def test_older_files_get_it_from_their_other_header_fields(demo_checkpoint, tmp_
 
 
 def test_a_malformed_section_is_a_checkpoint_error(demo_checkpoint, tmp_path):
-    for change in ({"model": 3}, {"top1": "high"}, {"mean": []}, {"nonsense": 1}, {"model": "bit_resnet18"}):
+    for change in ({"model": 3}, {"top1": "high"}, {"mean": []}, {"training": ["cmd"]}, {"model": "bit_resnet18"}):
         bad = _rezip_header(demo_checkpoint[1], tmp_path / "bad.bnc", lambda h: h["pretrained_cfg"].update(change))
         with pytest.raises(bitnetcnn.CheckpointError, match="pretrained_cfg"):
             bitnetcnn.load_checkpoint(bad)
+    # a field from a newer version is left out, not an error
+    newer = _rezip_header(demo_checkpoint[1], tmp_path / "new.bnc", lambda h: h["pretrained_cfg"].update(later=1))
+    assert bitnetcnn.load_checkpoint(newer).pretrained_cfg == bitnetcnn.load_checkpoint(demo_checkpoint[1]).pretrained_cfg
 
 
 def test_eval_without_dataset_uses_the_checkpoints_data_set_and_normalization(demo_checkpoint, capsys):

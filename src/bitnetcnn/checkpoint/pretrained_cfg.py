@@ -95,12 +95,11 @@ class PretrainedCfg:
 
     @classmethod
     def from_dict(cls, data: Any) -> "PretrainedCfg":
-        """The object a header's ``pretrained_cfg`` section describes; ``ValueError`` says what is malformed."""
+        """The object a header's ``pretrained_cfg`` section describes; ``ValueError`` says what is malformed.
+        Fields this version does not know (written by a newer one) are left out."""
         if not isinstance(data, dict):
             raise ValueError("bad pretrained_cfg: not an object")
-        unknown = sorted(set(data) - set(_VALID))
-        if unknown:
-            raise ValueError(f"bad pretrained_cfg: unknown fields {unknown}")
+        data = {k: v for k, v in data.items() if k in _VALID}
         if not isinstance(data.get("model"), str):
             raise ValueError("bad pretrained_cfg: model must be a registry name")
         for name, value in data.items():
@@ -123,7 +122,8 @@ def _is_number(v: Any) -> bool:
 
 
 def _is_step(s: Any) -> bool:
-    return (isinstance(s, dict) and set(s) <= {"command", "wall_time_s", "hardware"} and isinstance(s.get("command"), str)
+    return (isinstance(s, dict) and set(s) <= {"command", "wall_time_s", "hardware"}
+            and isinstance(s.get("command"), str)
             and (s.get("wall_time_s") is None or _is_number(s["wall_time_s"]))
             and (s.get("hardware") is None or isinstance(s["hardware"], str)))
 
