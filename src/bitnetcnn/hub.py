@@ -194,8 +194,10 @@ def _new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-_CLI_FLAGS = {"act_bits": "--act-bits", "pow2": "--pow2", "scale_op": "--scale-op", "fp_ends": "--fp-ends",
-              "quant": "--quant"}
+# Settings a trained model can be fine-tuned into (bitnetcnn train --init), with their flags; others change the
+# architecture (layer shapes, activations, strides): the weights do not carry over.
+_FINE_TUNABLE = {"act_bits": "--act-bits", "pow2": "--pow2", "scale_op": "--scale-op", "fp_ends": "--fp-ends",
+                 "quant": "--quant", "drop_rate": None, "drop_path_rate": None}
 
 
 def _changes_the_model(held: dict, key: str, value) -> bool:
@@ -228,17 +230,19 @@ def _refuse_what_the_file_cannot_honour(path, held: dict, kwargs: dict) -> None:
         if _same(value, held[key]) if key in held else not _changes_the_model(held, key, value):
             continue
         has = f"has {key}={held[key]!r}" if key in held else f"was built without {key}={value!r}"
-        flag = _CLI_FLAGS.get(key)
-        if flag is None:
-            option = f"--model-kwargs '{json.dumps({key: value}, default=str)}'"
-        else:
+        option = f"--model-kwargs '{json.dumps({key: value}, default=str)}'"
+        flag = _FINE_TUNABLE.get(key)
+        if flag is not None:
             option = flag if value is True else f"without {flag}" if value is False else f"{flag} {value}"
-        raise ValueError(
-            f"{key}={value!r} cannot be honoured: the saved {name} model in {path} {has}, and loading weights does not "
-            f"change a trained model's architecture or quantization. Load it without {key}=, or load with "
-            f"ternary=False and fine-tune it with the new setting (bitnetcnn train --model {name} --init {path} "
-            f"{option} ...), or start from scratch with pretrained=False"
-        )
+        if key in _FINE_TUNABLE:
+            todo = (f"Load it without {key}=, or load with ternary=False and fine-tune it with the new setting "
+                    f"(bitnetcnn train --model {name} --init {path} {option} ...)")
+        else:
+            todo = (f"Load it without {key}=; a model with {key}={value!r} is another architecture, which these "
+                    f"weights do not fit: train it from scratch (pretrained=False, or bitnetcnn train --model {name} "
+                    f"{option} ...)")
+        raise ValueError(f"{key}={value!r} cannot be honoured: the saved {name} model in {path} {has}, and loading "
+                         f"weights does not change a trained model's architecture or quantization. {todo}")
 
 
 def _bitnetcnn_header(path) -> Optional[dict]:
