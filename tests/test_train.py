@@ -16,6 +16,7 @@ import torch
 
 from bitnetcnn import load_checkpoint
 from bitnetcnn.cli import main
+from bitnetcnn.train.evaluate import evaluate_checkpoint
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run import SettingsError, TrainSettings, train
 
@@ -228,7 +229,7 @@ def test_feature_hints_add_the_distance_between_student_and_teacher_features(tmp
     with pytest.raises(SettingsError, match="needs one teacher, not 2"):
         build(TrainSettings(kd=True, teacher=[twin, twin], kd_hints=1.0, **QUICK))
     with pytest.raises(SettingsError, match="--kd-hints needs --kd"):
-        build(TrainSettings(teacher=[twin], kd_hints=1.0, **QUICK))
+        TrainSettings(kd_hints=1.0, **QUICK)
 
 
 def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
@@ -271,6 +272,9 @@ def test_init_refuses_a_checkpoint_whose_architecture_arguments_differ_with_the_
                                     scale_op="mean", **QUICK))
 
 
+NO_GPU = not torch.cuda.is_available()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -278,12 +282,139 @@ def test_init_refuses_a_checkpoint_whose_architecture_arguments_differ_with_the_
         (["--dataset", "cifar1000"], "unknown data set 'cifar1000'"),
         (["--num-classes", "100"], "--num-classes 100 but data set 'mnist_demo' has 10 classes"),
         (["--dataset", "cifar10", "--data-dir", "EMPTY"], "not found; looked in"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1, not 0"),
+        (["--epochs", "-1"], "--epochs must be an integer >= 1, not -1"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        (["--lr", "inf"], "--lr must be a finite number, not inf"),
+        (["--lr", "nan"], "--lr must be a finite number, not nan"),
+        (["--lr", "-0.1"], "--lr -0.1 is out of range"),
+        (["--label-smoothing", "1.5"], "--label-smoothing 1.5 is out of range"),
+        (["--ema", "1"], "--ema 1.0 is out of range"),
+        (["--devices", "0"], "--devices 0: give a number of devices"),
+        (["--limit-train", "0"], "--limit-train must be an integer >= 1"),
+        (["--limit-train", "64"], "the training set has 64 images, fewer than one batch of 128"),
+        (["--teacher", "t.bnc"], "--teacher is given without --kd"),
+        (["--model-kwargs", '{"widht": 8}'], "bitnet_cnn has no argument 'widht'; its arguments: act, depths"),
+        (["--model-kwargs", "[1, 2]"], "--model-kwargs must be a JSON object"),
+        (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+        pytest.param(["--gpus", "2"], "this machine has no usable CUDA GPU",
+                     marks=pytest.mark.skipif(not NO_GPU, reason="the machine has a GPU")),
     ],
 )
 def test_wrong_input_gets_a_clear_error(tmp_path, capsys, argv, message):
+    """Exit status 2 and one line on stderr that says what was wrong, before any run folder is made."""
     argv = [str(tmp_path) if a == "EMPTY" else a for a in argv]
-    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *argv]) == 2
-    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) if "invalid int" in message else _no_raise() as exit_:
+        code = main(["train", "--out", str(tmp_path / "run"), "--no-progress", *argv])
+    code = exit_.value.code if exit_ is not None else code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "run" / "args.json").exists()
+
+
+class _no_raise:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _one_line_error(capsys, argv: list[str], message: str, code: int = 2) -> None:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_new_run_never_overwrites_a_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    _one_line_error(capsys, ["train", "--out", str(run), "--epochs", "1", "--limit-train", "256", "--no-progress"],
+                    f"--out {run} already holds a run: continue it with --resume --out {run}, or give a fresh --out")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing replaced
+    _one_line_error(capsys, ["train", "--out", str(run / "args.json"), "--no-progress"], "is a file, not a folder")
+    # a folder a run left before its first epoch ended (args.json only) takes a new run
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "args.json").write_text("{}")
+    train(TrainSettings(out=str(tmp_path / "early"), epochs=1, **QUICK))
+    assert (tmp_path / "early" / "best_ternary.bnc").is_file()
+
+
+def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    resume = ["train", "--resume", "--out", str(run), "--no-progress"]
+    _one_line_error(capsys, [*resume, "--lr", "0.5"], "--lr 0.5 (saved: None) cannot take effect")
+    _one_line_error(capsys, [*resume, "--epochs", "0"], "--epochs must be an integer >= 1")
+    (run / "args.json").write_text(json.dumps(dict(json.loads((run / "args.json").read_text()), epochs=2)))
+    _one_line_error(capsys, [*resume, "--epochs", "1"], "was set for 2 epochs; give more than 2 to extend it")
+    assert main([*resume, "--epochs", "3"]) == 0  # extends the run: epochs 1 and 2 follow epoch 0
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
+    assert json.loads((run / "args.json").read_text())["epochs"] == 3
+
+
+def test_a_damaged_last_checkpoint_or_foreign_ckpt_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    (run / "last.ckpt").write_bytes((run / "last.ckpt").read_bytes()[:5000])
+    _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress"],
+                    f"--resume: {run / 'last.ckpt'} is damaged")
+    _one_line_error(capsys, ["convert", str(run / "last.ckpt")], "is not a readable last.ckpt of a `bitnetcnn train` run")
+    assert "weights_only" not in capsys.readouterr().err
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "pytorch-lightning_version": "2.5"}, tmp_path / "other.ckpt")
+    _one_line_error(capsys, ["convert", str(tmp_path / "other.ckpt")], "is not a readable last.ckpt")
+    _one_line_error(capsys, ["convert", str(run / "best_ternary.bnc"), "-o", str(run / "best_ternary.bnc" / "x.bnc")],
+                    "bitnetcnn convert: error:")
+    with pytest.raises(ValueError, match="batch size must be a positive integer, not -5"):
+        evaluate_checkpoint(str(run / "best_ternary.bnc"), batch_size=-5)
+    with pytest.raises(SystemExit):
+        main(["eval", str(run / "best_ternary.bnc"), "--batch-size", "-5"])
+    err = capsys.readouterr().err
+    assert "--batch-size: -5 is not a positive integer" in err and err.count("\n") == 1
+
+
+def test_a_diverging_run_stops_and_never_saves_a_nan_model(tmp_path, capsys):
+    _one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), "--lr", "1e30", "--epochs", "2",
+                             "--batch-size", "32", "--limit-train", "128", "--limit-eval", "64", "--no-progress"],
+                    "training diverged in epoch 0: the loss is nan", code=1)
+    assert not (tmp_path / "run" / "best_ternary.bnc").exists() and not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_a_killed_and_resumed_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    """Killed after epoch 1 of 3 (its checkpoint written), then resumed: the same metrics and the same weights."""
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=3, **QUICK))
+
+    class Killed(Exception):
+        pass
+
+    def die_at_epoch_2(self):
+        if self.current_epoch == 2:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(BitClassifier, "on_train_epoch_start", die_at_epoch_2)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(tmp_path / "cut"), epochs=3, **QUICK))
+    assert [int(r["epoch"]) for r in read_metrics(tmp_path / "cut")] == [0, 1]
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+
+    def rows(run):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(tmp_path / run)]
+
+    assert rows("cut") == rows("whole")
+    assert resumed["param_checksums"] == whole["param_checksums"]
+
+
+def test_the_main_command_prints_only_what_a_user_needs(tmp_path):
+    done = subprocess.run(_cli("--out", str(tmp_path / "run"), "--epochs", "1", "--limit-train", "256",
+                               "--limit-eval", "64"), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["run folder", "best ternary test accuracy", "ternary model",
+                                                      "plot", "metrics", "results"], done.stdout
 
 
 def _cli(*args: str) -> list[str]:

@@ -11,6 +11,30 @@ TRAIN_EXAMPLE = ("bitnetcnn train --model bit_resnet18 --dataset cifar100 --epoc
                  "--optimizer sgd --wd 5e-4 --amp --out runs/r18")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a count (batch size, threads, images, classes, pixels)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def count(text: str) -> int:
+    """argparse type: a number of items where 0 means none."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type: a time budget; 0 means the least the command allows."""
+    value = float(text)
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds >= 0")
+    return value
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a ternary (or full-precision) model", epilog=f"example: {TRAIN_EXAMPLE}")
     a = p.add_argument
@@ -69,15 +93,34 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
+    from bitnetcnn.train.callbacks import TrainingDiverged
     from bitnetcnn.train.run import TrainSettings, train
 
     values = vars(args).copy()
+    given = values.pop("given")
     gpus = values.pop("gpus")
     resume = values.pop("resume")
     if gpus is not None:
         values["accelerator"], values["devices"] = "gpu", str(gpus)
-    train(TrainSettings.from_dict(values), resume=resume)
+        given |= {"accelerator", "devices"}
+    try:
+        train(TrainSettings.from_dict(values), resume=resume, given=given)
+    except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1
+        print(f"bitnetcnn train: error: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations the command line set itself (not left at their defaults): a resume refuses changed ones."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
 
 
 def _cmd_eval(args) -> int:
@@ -122,15 +165,15 @@ def _add_export(sub) -> None:
     p.add_argument("--format", dest="fmt", choices=["onnx"], default="onnx")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--int8", action="store_true", help="int8 graph: u8 activations, the ternary codes as s8 weights")
-    p.add_argument("--calibrate", type=int, metavar="N",
+    p.add_argument("--calibrate", type=positive_int, metavar="N",
                    help="calibrate int8 activation ranges on N training images (default: the model's own 8-bit "
                         "activation scales, else 256)")
     p.add_argument("--dataset", help="data set for calibration and the check (default: the model's)")
     p.add_argument("--data-dir")
-    p.add_argument("--check", type=int, default=1000, metavar="N",
+    p.add_argument("--check", type=count, default=1000, metavar="N",
                    help="compare with the PyTorch model on N test images before writing (0: random inputs)")
     p.add_argument("--min-agreement", type=float, help="top-1 agreement the check needs (default 0.99, int8 0.95)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
 
 
 def _cmd_export(args) -> int:
@@ -148,11 +191,11 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency, throughput and size: float32, Bit, converted, deployed (int8)",
                        epilog="example: bitnetcnn bench bit_resnet18 --batch-sizes 1 128 --json bench.json")
     p.add_argument("model", help="registry name or checkpoint")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--calibrate", type=int, default=256, metavar="N", help="calibration images for the int8 path")
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 128])
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--calibrate", type=positive_int, default=256, metavar="N", help="calibration images for the int8 path")
     p.add_argument("--data-dir")
-    p.add_argument("--budget", type=float, default=20.0, help="seconds of timing per batch size (at least 3 rounds)")
+    p.add_argument("--budget", type=seconds, default=20.0, help="seconds of timing per batch size (at least 3 rounds)")
     p.add_argument("--variants", nargs="+", choices=["fp32_eager", "bit_eval", "ternary", "deploy"])
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON")
 
@@ -166,8 +209,15 @@ def _cmd_bench(args) -> int:
 # --- end deploy ---------------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse without the usage block on an error: one line, like every other error of this command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitnetcnn", description="Ternary (1.58-bit) CNNs: train, evaluate, "
+    parser = _Parser(prog="bitnetcnn", description="Ternary (1.58-bit) CNNs: train, evaluate, "
                                      "convert, inspect.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -176,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--dataset", help="default: the data set recorded in the checkpoint")
     p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
 
     p = sub.add_parser("convert", help="convert a Bit model (run folder's last.ckpt or a checkpoint) to ternary")
     p.add_argument("checkpoint")
@@ -185,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="per-layer table: bits, memory, MACs, zero weights")
     p.add_argument("model", help="registry name or checkpoint file")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"))
+    p.add_argument("--num-classes", type=positive_int)
     p.add_argument("--quant", choices=["ternary", "fp"], default="ternary")
     p.add_argument("--ternary", action="store_true", help="show the converted (packed) model")
     _add_export(sub)
@@ -199,15 +249,28 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "convert": _cmd_convert, "su
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     command = args.__dict__.pop("command")
+    if command == "train":
+        args.given = _given_flags(parser._subparsers._group_actions[0].choices["train"], argv[1:])
     from bitnetcnn.checkpoint.errors import CheckpointError
 
     try:
         return COMMANDS[command](args)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:  # bad input: one clear line, no traceback
-        print(f"bitnetcnn {command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, CheckpointError) as err:  # bad input: one clear line, no traceback
+        print(f"bitnetcnn {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if type(err).__name__ != "MisconfigurationException":  # Lightning's word for settings it cannot run
+            raise
+        print(f"bitnetcnn {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

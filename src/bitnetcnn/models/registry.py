@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -78,10 +80,42 @@ def create_model(
     ``create_model(**model.model_args)`` builds the same architecture again.
     """
     cfg = get_model_config(name)
-    num_classes = cfg.num_classes if num_classes is None else int(num_classes)
-    in_chans = cfg.input_size[0] if in_chans is None else int(in_chans)
+    num_classes = cfg.num_classes if num_classes is None else _positive_int("num_classes", num_classes)
+    in_chans = cfg.input_size[0] if in_chans is None else _positive_int("in_chans", in_chans)
+    _check_kwargs(cfg, kwargs)
     spec = QuantSpec(quant=quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits, fp_ends=fp_ends)
     model = cfg.builder(num_classes=num_classes, in_chans=in_chans, spec=spec, **kwargs)
     model.model_args = dict(name=name, num_classes=num_classes, in_chans=in_chans, **spec.to_dict(), **kwargs)
     model.model_config = cfg
     return model
+
+
+def _positive_int(what: str, value) -> int:
+    """A count given by a user (CLI, header, hub): an int >= 1, not a float or bool that ``int()`` would bend."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+def _check_kwargs(cfg: ModelConfig, kwargs: dict) -> None:
+    """Unknown builder arguments: one line naming the valid ones (the builder's own TypeError reads like a bug).
+
+    Builders that pass ``**kwargs`` on to their model class are checked against that class (their return type)."""
+    params = dict(inspect.signature(cfg.builder).parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        try:
+            built = typing.get_type_hints(cfg.builder).get("return")
+        except Exception:  # an annotation that does not resolve: leave the check to the builder
+            return
+        if not inspect.isclass(built):
+            return
+        params.update(inspect.signature(built).parameters)
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for n, p in inspect.signature(built).parameters.items()):
+            return
+    named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    unknown = sorted(set(kwargs) - named)
+    if unknown:
+        valid = sorted(n for n, p in params.items() if p.default is not inspect.Parameter.empty
+                       and n not in ("num_classes", "in_chans", "spec"))
+        raise ValueError(f"{cfg.name} has no argument {', '.join(map(repr, unknown))}; its arguments: "
+                         f"{', '.join(valid)} (and num_classes, in_chans, quant, scale_op, pow2, act_bits, fp_ends)")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -24,6 +27,41 @@ def _metric(trainer: L.Trainer, name: str) -> float | None:
         if value is not None:
             return float(value)
     return None
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss or the weights became inf or nan: the run stops before it saves anything of that epoch."""
+
+
+def _stop_if_diverged(trainer: L.Trainer, pl_module: L.LightningModule, train_loss: float | None) -> None:
+    """Raised here, before the epoch's checkpoint callback runs: last.ckpt and the best model stay finite."""
+    finite = train_loss is None or math.isfinite(train_loss)
+    finite = finite and all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+    if not finite:
+        lr = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}" if trainer.optimizers else "?"
+        kept = ("last.ckpt and best_ternary.bnc keep the last finite epoch" if trainer.current_epoch > 0
+                else "nothing was saved")
+        raise TrainingDiverged(f"training diverged in epoch {trainer.current_epoch}: the loss is {train_loss} "
+                               f"(learning rate {lr}); {kept}. Lower --lr (or raise --warmup-epochs) and "
+                               "start a new run")
+
+
+def random_states() -> dict:
+    """Python's, NumPy's and torch's (CPU and every CUDA device) generator states, as plain data a checkpoint holds."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_random_states(states: dict) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class RunRecorder(L.Callback):
@@ -58,15 +96,19 @@ class RunRecorder(L.Callback):
 
     # Lightning saves this in last.ckpt, so best scores, wall time and the command that started the run (not
     # `--resume`) survive a resume.
+    # The random generators too: the next epoch's shuffle and augmentation draw from them, so a resumed run
+    # continues exactly as the uninterrupted one would have.
     def state_dict(self) -> dict:
         return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self._elapsed(),
-                "command": self.command}
+                "command": self.command, "rng": random_states()}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_ternary = state["best_ternary"]
         self.best_float = state["best_float"]
         self.elapsed = state["elapsed"]
         self.command = state.get("command", self.command)
+        if "rng" in state:  # absent in runs saved before it was kept
+            set_random_states(state["rng"])
 
     def _elapsed(self) -> float:
         return self.elapsed + (time.time() - self._t0 if self._t0 else 0.0)
@@ -86,6 +128,7 @@ class RunRecorder(L.Callback):
         if trainer.sanity_checking:
             return
         values = {k: _metric(trainer, k) for k in METRIC_COLUMNS}
+        _stop_if_diverged(trainer, pl_module, values["train_loss"])
         if trainer.is_global_zero:
             row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                    "lr": trainer.optimizers[0].param_groups[0]["lr"], "elapsed_s": round(self._elapsed(), 1),

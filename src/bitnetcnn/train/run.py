@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import logging
+import math
+import os
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +30,30 @@ from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import warmup_ema
 
 ACT_SCALE_KEY = "act_quant.running_scale"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work together (wrong classes, channels, missing teacher ...)."""
+
+
+def at_least(low: int, optional: bool = False, **values) -> None:
+    """Each value an int >= ``low`` (None allowed when ``optional``)."""
+    for name, value in values.items():
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SettingsError(f"--{name.replace('_', '-')} must be an integer >= {low}, not {value!r}")
+
+
+def in_range(value, name: str, low: float, high: float = math.inf, low_open: bool = False,
+             high_open: bool = False) -> None:
+    """A finite number within [low, high] (an open end excludes it): inf and nan never train anything useful."""
+    flag = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SettingsError(f"{flag} must be a finite number, not {value!r}")
+    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        raise SettingsError(f"{flag} {value!r} is out of range: it must lie in {lo}, {hi}")
 
 
 # Peak learning rate when --lr is not given; AdamW's trains the demo in 4 epochs (README).
@@ -88,10 +118,50 @@ class TrainSettings:
         if isinstance(self.teacher, str):  # one path, as runs before ensembles saved it
             self.teacher = [self.teacher]
         self.teacher = list(self.teacher or [])
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse, with one line each, values that would crash later or train something other than asked."""
+        at_least(1, epochs=self.epochs, batch_size=self.batch_size, num_nodes=self.num_nodes, img_size=self.img_size)
+        at_least(1, optional=True, num_classes=self.num_classes, limit_train=self.limit_train,
+                 limit_eval=self.limit_eval)
+        if self.lr is not None:
+            in_range(self.lr, "lr", low=0.0, low_open=True)
+        in_range(self.wd, "wd", low=0.0)
+        in_range(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        in_range(self.warmup_epochs, "warmup_epochs", low=0.0)
+        in_range(self.label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
+        for name in ("mixup", "cutmix", "kd_hints"):
+            in_range(getattr(self, name), name, low=0.0)
+        for name in ("rotate", "elastic"):
+            if getattr(self, name) is not None:
+                in_range(getattr(self, name), name, low=0.0)
+        if self.zoom is not None:
+            in_range(self.zoom, "zoom", low=0.0, high=1.0, high_open=True)
+        if self.ema is not None:
+            in_range(self.ema, "ema", low=0.0, high=1.0, low_open=True, high_open=True)
+        in_range(self.kd_alpha, "kd_alpha", low=0.0, high=1.0)
+        in_range(self.kd_temperature, "kd_temperature", low=0.0, low_open=True)
+        if self.optimizer not in DEFAULT_LR:
+            raise SettingsError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(DEFAULT_LR)}")
+        if self.kd_hints > 0 and not self.kd:
+            raise SettingsError("--kd-hints needs --kd and a --teacher")
+        if self.teacher and not self.kd:
+            raise SettingsError("--teacher is given without --kd, so it would not be used: add --kd to distill "
+                                "from it, or leave --teacher out")
+        if not isinstance(self.model_kwargs, dict):
+            raise SettingsError(f"--model-kwargs must be a JSON object such as '{{\"act\": \"relu\"}}', not "
+                                f"{self.model_kwargs!r}")
+        if self.devices != "auto":
+            try:
+                devices = int(self.devices)
+            except (TypeError, ValueError):
+                devices = 0
+            if devices < 1 and devices != -1:
+                raise SettingsError(f"--devices {self.devices}: give a number of devices (1 or more), -1 for all, "
+                                    "or auto")
 
 
-class SettingsError(ValueError):
-    """Settings that cannot work together (wrong classes, channels, missing teacher ...)."""
 
 
 def _default_out(s: TrainSettings) -> Path:
@@ -214,9 +284,20 @@ def _channels_last(s: TrainSettings) -> bool:
     return s.channels_last if s.channels_last is not None else (s.amp or _on_cpu(s))
 
 
+def _check_accelerator(s: TrainSettings) -> None:
+    """A GPU asked for on a machine without one: say so before anything is built (Lightning's words are cryptic)."""
+    if s.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise SettingsError(f"--accelerator {s.accelerator} (or --gpus) but this machine has no usable CUDA GPU: "
+                            "use --accelerator cpu, or auto")
+    if s.accelerator in ("gpu", "cuda") and s.devices not in ("auto", "-1"):
+        if int(s.devices) > torch.cuda.device_count():
+            raise SettingsError(f"--devices {s.devices} but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
 def build(s: TrainSettings):
     """The data module, the Lightning module and the run folder for these settings (validated)."""
     get_model_config(s.model)  # unknown model: error with the valid names, before any data is read
+    _check_accelerator(s)
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
                            limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom,
                            elastic=s.elastic)
@@ -243,11 +324,32 @@ def build(s: TrainSettings):
         if s.kd_hints > 0:
             _check_hints(module.model, teachers, s.teacher, (spec.in_chans, spec.img_size, spec.img_size))
         module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers))
-    elif s.kd_hints > 0:
-        raise SettingsError("--kd-hints needs --kd and a --teacher")
     if s.init:
         _check_init(module.model, s.init)
     return data, module
+
+
+# Lightning's notices that a user of this command need not act on: hardware lines, tips, "Loading
+# `train_dataloader` to estimate ...", "`Trainer.fit` stopped ...", a folder we made ourselves "exists and is not
+# empty", a deprecation inside Lightning. Its warnings about real problems still show.
+QUIET_WARNINGS = (r"Checkpoint directory .* exists and is not empty", r".*isinstance\(treespec, LeafSpec\)")
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero",
+                                                     "lightning.fabric.utilities.rank_zero")]
+    levels = [log.level for log in loggers]
+    with warnings.catch_warnings():
+        for pattern in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for log in loggers:
+            log.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for log, level in zip(loggers, levels):
+                log.setLevel(level)
 
 
 def _leave_process_group() -> None:
@@ -266,29 +368,108 @@ def _weight_averaging(s: TrainSettings) -> list:
     averaged weights (and batch-norm statistics)."""
     if s.ema is None:
         return []
-    if not 0.0 < s.ema < 1.0:
-        raise SettingsError(f"--ema {s.ema}: the decay must be between 0 and 1 (e.g. 0.999)")
     return [WeightAveraging(avg_fn=warmup_ema(s.ema))]
 
 
-def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None) -> dict:
-    """Train, validate each epoch (Bit and ternary), keep the best ternary model; returns results.json's content."""
+# What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
+RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy"})
+
+
+def _given(s: TrainSettings) -> set[str]:
+    """The settings that differ from the defaults: what a caller of the API asked for."""
+    defaults = TrainSettings()
+    return {f.name for f in fields(s) if getattr(s, f.name) != getattr(defaults, f.name)}
+
+
+def _resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettings:
+    """The saved settings of the run in ``s.out``, with what may change on a resume; anything else given that
+    differs from the saved value is refused, since it could not take effect."""
+    if not s.out:
+        raise SettingsError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
+    saved_path = Path(s.out) / "args.json"
+    if not saved_path.exists():
+        raise SettingsError(f"--resume: {saved_path} not found; is {s.out} a run folder?")
+    try:
+        saved = TrainSettings.from_dict(json.loads(saved_path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise SettingsError(f"--resume: {saved_path} is not a readable settings file ({e})") from None
+    given = _given(s) if given is None else set(given) & {f.name for f in fields(TrainSettings)}
+    changes = {}
+    for name in sorted(given - {"out", "progress"}):
+        mine, theirs = getattr(s, name), getattr(saved, name)
+        if name in RESUME_MAY_CHANGE or mine == theirs:
+            changes[name] = mine
+        elif name == "epochs" and mine > theirs:
+            changes[name] = mine  # extends the run: the schedule stretches over the new length
+        elif name == "epochs":
+            raise SettingsError(f"--resume --epochs {mine}: the run in {s.out} was set for {theirs} epochs; give more "
+                                f"than {theirs} to extend it, or leave --epochs out to finish it")
+        else:
+            flag = "--" + name.replace("_", "-")
+            raise SettingsError(f"--resume continues the run in {s.out} with its saved settings, so {flag} {mine!r} "
+                                f"(saved: {theirs!r}) cannot take effect: leave it out, or start a new run with a "
+                                f"fresh --out (--init {Path(s.out) / 'best_ternary.bnc'} fine-tunes from this one)")
+    return replace(saved, out=s.out, progress=s.progress, **changes)
+
+
+def _check_readable_checkpoint(path: Path) -> None:
+    """A damaged last.ckpt (a full disk, a copy cut short) named as such, before Lightning's unpickling error."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        bad = f"not a readable checkpoint: {e}"
+    if bad:
+        raise SettingsError(f"--resume: {path} is damaged ({bad}), so the run cannot continue from it; start a new "
+                            f"run with a fresh --out (--init {path.parent / 'best_ternary.bnc'} starts from the best "
+                            "model so far)")
+
+
+def _first_process() -> bool:
+    """False in the processes a distributed launcher starts after the first one: they join the run it made."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+# What a run leaves that a new run would replace; a folder with none of them (a run that stopped before its first
+# epoch ended leaves only args.json) may take a new run.
+RUN_RESULTS = ("last.ckpt", "best_ternary.bnc", "metrics.csv", "results.json")
+
+
+def _check_new_run_folder(out: Path) -> None:
+    """A new run never writes into another run's folder: its models, metrics and results would be replaced."""
+    if out.exists() and not out.is_dir():
+        raise SettingsError(f"--out {out} is a file, not a folder: give a folder for the run")
+    if out.is_dir() and any((out / name).exists() for name in RUN_RESULTS):
+        raise SettingsError(f"--out {out} already holds a run: continue it with --resume --out {out}, or give a "
+                            "fresh --out (without --out, a new folder runs/MODEL-DATASET-N is picked)")
+
+
+def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
+          given: Optional[set[str]] = None) -> dict:
+    """Train, validate each epoch (Bit and ternary), keep the best ternary model; returns results.json's content.
+
+    ``resume=True`` continues the run in ``s.out`` with its saved settings; ``given`` names the settings the caller
+    set (the command line's flags; default: those that differ from the defaults), which a resume checks.
+    """
     if resume:
-        if not s.out:
-            raise SettingsError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
-        saved = Path(s.out) / "args.json"
-        if not saved.exists():
-            raise SettingsError(f"--resume: {saved} not found; is {s.out} a run folder?")
-        s = TrainSettings.from_dict(dict(json.loads(saved.read_text()), out=s.out, progress=s.progress))
+        s = _resumed_settings(s, given)
     out = Path(s.out) if s.out else _default_out(s)
     s.out = str(out)
+    if not resume and _first_process():
+        _check_new_run_folder(out)
     L.seed_everything(s.seed, workers=True, verbose=False)
     data, module = build(s)
-    averaging = _weight_averaging(s)  # before the run folder is made: a bad --ema leaves nothing behind
+    data.setup()  # a missing data set is reported before the run folder is made
+    if len(data.train_split.labels) < s.batch_size:  # the last partial batch is dropped: no step at all
+        raise SettingsError(f"the training set has {len(data.train_split.labels)} images, fewer than one batch of "
+                            f"{s.batch_size}: lower --batch-size (or raise --limit-train)")
+    averaging = _weight_averaging(s)
     last = out / "last.ckpt"
     if resume and not last.exists():
         raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
                             "start it again without --resume")
+    if resume:
+        _check_readable_checkpoint(last)
     out.mkdir(parents=True, exist_ok=True)
     command = command or shlex.join(["bitnetcnn", *sys.argv[1:]])
     metadata = {
@@ -304,15 +485,19 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None)
     checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
     devices = s.devices if s.devices == "auto" else int(s.devices)
-    trainer = L.Trainer(
-        max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes, strategy=s.strategy,
-        precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
-        callbacks=[recorder, checkpoint, *averaging], logger=False, num_sanity_val_steps=0,
-        enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
-    )
-    if trainer.is_global_zero and not resume:
-        (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes,
+            strategy=s.strategy,
+            precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
+            callbacks=[recorder, checkpoint, *averaging], logger=False, num_sanity_val_steps=0,
+            enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
+        )
+        if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
+            (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+        if resume and trainer.is_global_zero:
+            print(f"resuming {out} from {last}")
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     _leave_process_group()
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
