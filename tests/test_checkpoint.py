@@ -347,3 +347,74 @@ def test_seed_layout_in_a_plain_zip_is_mapped(tmp_path):
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
     with pytest.raises(CheckpointError, match="wrong architecture"):
         bitnetcnn.load_checkpoint(path)  # the default width (32) does not fit
+
+
+# ------------------------------------------------------------------------------- round trips and one-line errors
+
+
+def test_save_refuses_a_model_its_model_args_do_not_build(tmp_path):
+    model = create_model("bitnet_cnn", width=4).eval()
+    model.head[-1] = BitLinear(model.head[-1].in_features, 5)  # a new head; model_args still say 10 classes
+    for m in (model, convert_to_ternary(model)):
+        with pytest.raises(ValueError) as info:
+            bitnetcnn.save_checkpoint(m, tmp_path / "m.bnc")
+        message = str(info.value)
+        assert "is [10, 32] in create_model(**model_args) but [5, 32] in the model" in message, message
+        assert "num_classes=" in message and "model_args" in message
+    assert not (tmp_path / "m.bnc").exists()
+
+
+def test_save_refuses_a_header_load_would_refuse(tmp_path):
+    model = create_model("bitnet_cnn", width=4).eval()
+    with pytest.raises(ValueError, match="header would be .* bytes, over the"):
+        bitnetcnn.save_checkpoint(model, tmp_path / "m.bnc", {"notes": "x" * (5 << 20)})
+
+
+def test_model_name_and_arguments_must_agree_with_a_bitnetcnn_file(tiny):
+    path = tiny[1]
+    message = _raises_with(path, {"model_name": "bit_resnet18"})
+    assert "holds a bitnet_cnn model, not the bit_resnet18 asked for" in message
+    message = _raises_with(path, {"width": 8})
+    assert "width=8 (the file's model has width=4)" in message
+    message = _raises_with(path, {"act": "silu"})
+    assert "act='silu' (the file's model does not set act)" in message
+    loaded = bitnetcnn.load_checkpoint(path, model_name="bitnet_cnn", width=4, num_classes=10)
+    assert loaded.model_args["width"] == 4
+
+
+def _raises_with(path, kwargs):
+    with pytest.raises(CheckpointError) as info:
+        bitnetcnn.load_checkpoint(path, **kwargs)
+    return str(info.value)
+
+
+def test_truncated_file_says_so_in_one_line(tiny, tmp_path):
+    data = tiny[1].read_bytes()
+    for cut in (0, 10, len(data) // 2, len(data) - 30, len(data) - 1):
+        bad = tmp_path / f"cut{cut}.bnc"
+        bad.write_bytes(data[:cut])
+        message = _raises(bad, "again")
+        assert ("truncated or damaged" if cut else "empty") in message and "seek" not in message, message
+        assert "\n" not in message
+
+
+class NotATensor:
+    pass
+
+
+def test_files_holding_objects_are_not_unpickled_and_no_weights_only_advice(tmp_path):
+    path = tmp_path / "objects.pt"
+    torch.save({"model": NotATensor()}, path)
+    message = _raises(path, "objects other than tensors", "NotATensor", "will not unpickle")
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_lightning_checkpoint_says_how_to_convert_it(tmp_path):
+    model = create_model("bitnet_cnn", width=4)
+    path = tmp_path / "run" / "last.ckpt"
+    path.parent.mkdir()
+    torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}, "epoch": 3,
+                "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"model": "bitnet_cnn"}}, path)
+    message = _raises(path, "this is a Lightning training checkpoint of a run", f"bitnetcnn convert {path}",
+                      "--resume")
+    assert "model_name" not in message

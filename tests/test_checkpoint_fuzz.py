@@ -50,3 +50,43 @@ def test_bytes_can_be_loaded_and_errors_say_so(checkpoint):
     bitnetcnn.load_checkpoint(checkpoint)
     with pytest.raises(CheckpointError, match="<checkpoint>"):
         bitnetcnn.load_checkpoint(checkpoint[:100])
+
+
+# Files made to exhaust the reader (issue 18), at small sizes; `python benchmarks/malicious_checkpoints.py` loads
+# the full-size ones and prints their peak memory and time.
+REFUSALS = {
+    "deflate_bomb": "a decompression bomb",
+    "huge_zip_entry": "declares 4,095.9 MiB from",
+    "huge_header": "zip entry 'bitnetcnn.json' declares 5.0 MiB",
+    "nested_args": "nested too deeply",
+    "huge_depths": "is larger than this file can hold: building it makes more than",
+    "decode_bomb": "coded bytes, over 32 a byte",
+    "huge_safetensors_header": "the safetensors header declares",
+    "many_zip_entries": "the zip lists 20,002 entries",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(REFUSALS))
+def test_malicious_files_are_refused_before_the_work(checkpoint, shape):
+    from bitnetcnn.checkpoint.fuzz import malicious
+
+    data = malicious(shape, checkpoint)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as info:
+        bitnetcnn.load_checkpoint(data)
+    assert time.perf_counter() - start < 5  # safety bound only: ~1-30 ms each (the benchmark has the figures)
+    message = str(info.value)
+    assert REFUSALS[shape] in message and "\n" not in message and len(message) < 400, message
+
+
+def test_the_decode_bomb_is_a_valid_file_below_the_budget(checkpoint):
+    """The decode bomb is refused for its size, not for a defect: the same construction at width 4 loads."""
+    import io
+    import json
+    import zipfile
+
+    from bitnetcnn.checkpoint.fuzz import _decode_bomb
+
+    header = json.loads(zipfile.ZipFile(io.BytesIO(checkpoint)).read("bitnetcnn.json"))
+    small = bitnetcnn.load_checkpoint(_decode_bomb(header, 4))
+    assert all(not m.codes().any() for m in small.modules() if hasattr(m, "codes"))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint import pretrained_cfg, ternary_codec
+from bitnetcnn.checkpoint import limits, pretrained_cfg, ternary_codec
 from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 HEADER_NAME = "bitnetcnn.json"
 TENSORS_NAME = "tensors.safetensors"
 TERNARY_PREFIX = "__ternary__."
-MAX_HEADER_BYTES = 16 << 20
+MAX_HEADER_BYTES = 4 << 20  # a 4 MiB JSON of empty lists parses to ~100 MB of Python objects; real headers: < 100 kB
 MAX_TENSOR_BYTES = 8 << 30
 PathLike = Union[str, os.PathLike]
 
@@ -127,10 +127,14 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Optional[dict] =
     """
     path = Path(path)
     header = build_header(model, metadata)
+    _check_rebuilds(model, header)
     data, coding = _tensor_bytes(model, header["quantization"]["ternary_layers"])
     header["ternary_coding"] = coding
     header["tensors"] = {"file": TENSORS_NAME, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     head = json.dumps(header, indent=1, sort_keys=False).encode()
+    if len(head) > MAX_HEADER_BYTES:
+        raise ValueError(f"the checkpoint header would be {len(head):,} bytes, over the {MAX_HEADER_BYTES:,} that "
+                         "load_checkpoint reads: keep metadata (class_names, ...) smaller")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -146,6 +150,28 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Optional[dict] =
             os.unlink(tmp)
         raise
     return path
+
+
+def _check_rebuilds(model: nn.Module, header: dict) -> None:
+    """Refuse to write a file that load_checkpoint would refuse: the model must be what its model_args build."""
+    ternary = header["quantization"]["ternary_layers"]
+    modules = dict(model.named_modules())
+    coded = {name: tuple(modules[name].weight_shape) for name in ternary}
+    skip = {f"{name}.weight_packed" for name in ternary}
+    plain = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in skip}
+    args = dict(header["architecture"]["args"])
+    try:
+        with torch.device("meta"):
+            rebuilt = create_model(args.pop("name"), **args)
+    except Exception as e:
+        raise ValueError(f"model.model_args do not build a model ({type(e).__name__}: {e}); save a model made by "
+                         "bitnetcnn.create_model") from None
+    problems = _mismatches(rebuilt, plain, coded, "the model", "create_model(**model_args)")
+    if problems:
+        raise ValueError(f"the model no longer matches its model_args {_short(header['architecture']['args'])}, so "
+                         f"the file could not be loaded: {'; '.join(problems)}. If a layer was replaced (e.g. a new "
+                         "head), build the model with create_model(...) arguments that make it (e.g. num_classes=) "
+                         "and load the weights into that, or update model.model_args to match")
 
 
 def _entry(name: str) -> zipfile.ZipInfo:
@@ -199,29 +225,34 @@ def _read_bytes(source) -> Tuple[Optional[str], bytes]:
 
 
 def _open_zip(path, data: bytes) -> zipfile.ZipFile:
+    limits.check_zip_entries(path, data)
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         infos = z.infolist()
     except Exception as e:
-        raise _fail(path, f"not a readable zip file (truncated or corrupted?): {e}") from None
+        raise _fail(path, f"the file is truncated or damaged (not a readable zip: {e}); copy or download it "
+                    "again") from None
     for info in infos:
-        bound = info.compress_size * 1100 + (1 << 16) if info.compress_type != zipfile.ZIP_STORED else info.compress_size
-        if info.file_size > bound or info.file_size > MAX_TENSOR_BYTES:
-            raise _fail(path, f"zip entry {info.filename!r} claims an implausible size ({info.file_size} bytes)")
+        limits.check_inflated_size(path, info, MAX_TENSOR_BYTES)
     return z
 
 
-def _read_entry(path, z: zipfile.ZipFile, name: str, limit: int) -> bytes:
+def _open_entry(path, z: zipfile.ZipFile, name: str, limit: int):
+    """``(info, stream)`` of entry ``name``, its declared size checked first (nothing inflated yet)."""
     try:
         info = z.getinfo(name)
     except KeyError:
         raise _fail(path, f"the zip holds no {name!r}") from None
-    if info.file_size > limit:
-        raise _fail(path, f"{name!r} is too large ({info.file_size} bytes)")
+    limits.check_inflated_size(path, info, limit)
     try:
-        return z.read(info)
-    except Exception as e:  # zlib.error, BadZipFile (CRC), EOFError, NotImplementedError, ...
+        return info, z.open(info)
+    except Exception as e:  # BadZipFile, NotImplementedError (compression), ...
         raise _fail(path, f"cannot read {name!r} from the zip (truncated or corrupted?): {e}") from None
+
+
+def _read_entry(path, z: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    info, stream = _open_entry(path, z, name, limit)
+    return limits.read_exactly(path, stream, info.file_size, repr(name))
 
 
 def is_bitnetcnn_checkpoint(data: bytes) -> bool:
@@ -278,6 +309,26 @@ def _header_of(path, z: zipfile.ZipFile) -> dict:
     return _check_header(path, header)
 
 
+def _check_request(path, header: dict, model_name: Optional[str], model_kwargs: dict) -> None:
+    """A bitnetcnn file fixes its architecture: refuse a ``model_name`` or arguments that it contradicts."""
+    arch = header["architecture"]
+    if model_name is not None and model_name != arch["name"]:
+        raise _fail(path, f"holds a {arch['name']} model, not the {model_name} asked for (model_name=)")
+    differ = []
+    for key, value in model_kwargs.items():
+        try:
+            value = json.loads(json.dumps(value))  # tuples as lists, as the header stores them
+        except (TypeError, ValueError):
+            pass
+        if key not in arch["args"]:
+            differ.append(f"{key}={_short(repr(value))} (the file's model does not set {key})")
+        elif value != arch["args"][key]:
+            differ.append(f"{key}={_short(repr(value))} (the file's model has {key}={_short(repr(arch['args'][key]))})")
+    if differ:
+        raise _fail(path, f"the file's {arch['name']} model cannot be built with {', '.join(differ)}: a bitnetcnn "
+                    "checkpoint fixes its architecture, so drop these arguments")
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu", *,
                     model_name: Optional[str] = None, **model_kwargs) -> nn.Module:
     """Read a checkpoint and return the model rebuilt from the registry, in eval mode.
@@ -289,7 +340,10 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     ``create_model(model_name, **model_kwargs)``. Anything unreadable raises :class:`CheckpointError`.
     """
     name, data = _read_bytes(path)
+    limits.check_zip_entries(name, data)
     if is_bitnetcnn_checkpoint(data):
+        if model_name is not None or model_kwargs:
+            _check_request(name, _header_of(name, _open_zip(name, data)), model_name, model_kwargs)
         model = _load_bitnetcnn(name, data)
     else:
         from bitnetcnn.checkpoint.seed import load_foreign
@@ -300,9 +354,23 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     return model
 
 
-def _stored_tensors(path, z: zipfile.ZipFile, header: dict) -> Dict[str, torch.Tensor]:
+def _tensor_layout(path, z: zipfile.ZipFile, header: dict):
+    """Open tensors.safetensors and read only its own header: ``(stream, bytes read, {name: (dtype, shape,
+    nbytes)}, compressed size)``, its sizes checked against the zip entry and the header before anything else."""
+    declared = header["tensors"]["bytes"]
+    info, stream = _open_entry(path, z, TENSORS_NAME, MAX_TENSOR_BYTES)
+    if info.file_size != declared:
+        raise _fail(path, f"{TENSORS_NAME} is {info.file_size:,} bytes in the zip but {declared:,} in the header: "
+                    "damaged or crafted")
+    prefix, table = limits.safetensors_layout(path, stream, info.file_size, MAX_HEADER_BYTES)
+    return stream, prefix, table, info.compress_size
+
+
+def _stored_tensors(path, z: zipfile.ZipFile, header: dict, opened=None) -> Dict[str, torch.Tensor]:
+    """The tensors, inflated (at most the checked size) and checked against the header's sha256."""
     meta = header["tensors"]
-    blob = _read_entry(path, z, TENSORS_NAME, MAX_TENSOR_BYTES)
+    stream, prefix = (opened or _tensor_layout(path, z, header))[:2]
+    blob = prefix + limits.read_exactly(path, stream, meta["bytes"] - len(prefix), repr(TENSORS_NAME))
     if len(blob) != meta["bytes"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
         raise _fail(path, f"sha256 of {TENSORS_NAME} does not match the header: the tensors were changed or "
                     "corrupted after saving")
@@ -320,8 +388,7 @@ def _decode(path, header: dict, tensors: Dict[str, torch.Tensor]) -> Optional[Di
     if not header["quantization"]["ternary_layers"]:
         return None
     coding = header["ternary_coding"]
-    if [spec.get("name") for spec in coding["layers"]] != list(header["quantization"]["ternary_layers"]):
-        raise _fail(path, "bad header: the coded ternary layers are not the ternary layers")
+    _coded_shapes(path, header)
     try:
         return ternary_codec.decode_ternary(arrays, coding)
     except (ValueError, IndexError, TypeError, OverflowError, MemoryError) as e:
@@ -339,20 +406,10 @@ def read_checkpoint(data: bytes, path=None) -> Tuple[dict, Dict[str, torch.Tenso
 def _load_bitnetcnn(path, data: bytes) -> nn.Module:
     z = _open_zip(path, data)
     header = _header_of(path, z)
-    tensors = _stored_tensors(path, z, header)  # CRC and sha256 first: they are cheap and catch most damage
     ternary = header["quantization"]["ternary_layers"]
-    model = _build(path, header["architecture"]["args"])
-    # Check the architecture against the coded shapes before decoding anything.
-    modules = dict(model.named_modules())
-    for spec in (header.get("ternary_coding") or {}).get("layers", []):
-        name = spec.get("name")
-        layer = modules.get(name)
-        if not isinstance(layer, (BitConv2d, BitLinear)):
-            raise _fail(path, f"wrong architecture: {header['architecture']['name']} has no ternary-capable layer "
-                        f"{name!r}")
-        if list(layer.weight.shape) != spec.get("shape"):
-            raise _fail(path, f"wrong architecture: layer {name!r} is {list(layer.weight.shape)} in "
-                        f"{header['architecture']['name']} but {spec.get('shape')} in the file")
+    opened = _tensor_layout(path, z, header)  # declared sizes only: nothing inflated, built or decoded yet
+    model = _build_for(path, header, *opened[2:])  # budgeted by the file, then checked against its tensors
+    tensors = _stored_tensors(path, z, header, opened)
     codes = _decode(path, header, tensors)
     model = _assemble(path, model, tensors, codes or {}, ternary)
     model.checkpoint_header = header
@@ -363,8 +420,75 @@ def _load_bitnetcnn(path, data: bytes) -> nn.Module:
     return model.eval()
 
 
-def _build(path, args: dict) -> nn.Module:
-    """``create_model(**args)`` without initializing the weights (on the meta device; loading fills them)."""
+def _coded_shapes(path, header: dict) -> Dict[str, Tuple[int, ...]]:
+    """Layer name -> weight shape of the coded ternary layers, as the header declares them."""
+    layers = (header.get("ternary_coding") or {}).get("layers", [])
+    if [spec.get("name") for spec in layers] != list(header["quantization"]["ternary_layers"]):
+        raise _fail(path, "bad header: the coded ternary layers are not the ternary layers")
+    shapes = {}
+    for spec in layers:
+        shape = spec.get("shape")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 1 << 31 for d in shape):
+            raise _fail(path, f"bad header: bad shape for ternary layer {spec['name']!r}")
+        shapes[spec["name"]] = tuple(shape)
+    return shapes
+
+
+def _build_for(path, header: dict, table: Dict[str, tuple], compressed: int) -> nn.Module:
+    """The header's architecture on the meta device, built within what the file can hold (its tensors and
+    coded weights), and refused unless its tensors are exactly the file's: checked before anything is inflated."""
+    coded = _coded_shapes(path, header)
+    plain = {k: v[1] for k, v in table.items() if not k.startswith(TERNARY_PREFIX)}
+    weights = sum(math.prod(s) for s in coded.values())
+    coded_bytes = sum(v[2] for k, v in table.items() if k.startswith(TERNARY_PREFIX))
+    try:  # the coded bytes as stored (compressed): inflated ones could be a run of a repeated value
+        ternary_codec.check_budget(weights, min(coded_bytes, compressed))
+    except ValueError as e:
+        raise _fail(path, f"ternary weights: {e}") from None
+    budget = (2 * (len(plain) + len(coded)) + 64, 2 * (sum(math.prod(s) for s in plain.values()) + weights) + (1 << 20))
+    model = _build(path, header["architecture"]["args"], budget)
+    problems = _mismatches(model, plain, coded)
+    if problems:
+        raise _fail(path, f"wrong architecture: {'; '.join(problems)}")
+    return model
+
+
+def _mismatches(model: nn.Module, plain: Dict[str, tuple], coded: Dict[str, tuple], given: str = "the file",
+                built: Optional[str] = None) -> List[str]:
+    """How the tensors ``plain`` (state_dict name -> shape) and coded ternary layers ``coded`` (name -> weight
+    shape) of ``given`` differ from what ``model`` (built, in Bit form) has: empty when they fill it exactly."""
+    arch = built or model.model_args["name"]
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    problems = []
+    for name, shape in coded.items():
+        layer = modules.get(name)
+        if not isinstance(layer, (BitConv2d, BitLinear)):
+            problems.append(f"{arch} has no ternary-capable layer {name!r}")
+            continue
+        if tuple(layer.weight.shape) != tuple(shape):
+            problems.append(f"layer {name!r} is {list(layer.weight.shape)} in {arch} but {list(shape)} in {given}")
+        del expected[name + ".weight"]
+        for suffix in (".scale", ".scale_exp"):  # one of them, [out_channels]
+            if name + suffix in plain:
+                expected[name + suffix] = (layer.weight.shape[0],)
+    extra = [k for k in plain if k not in expected]
+    missing = [k for k in expected if k not in plain]
+    wrong = [f"{k} is {list(expected[k])} in {arch} but {list(s)} in {given}"
+             for k, s in plain.items() if k in expected and tuple(expected[k]) != tuple(s)]
+    if extra:
+        problems.append(f"{given} has tensors {arch} lacks: {_few(extra)}")
+    if missing:
+        problems.append(f"{given} lacks tensors {arch} has: {_few(missing)}")
+    if wrong:
+        problems.append(_few(wrong, 3))
+    return problems
+
+
+def _build(path, args: dict, budget: Optional[Tuple[int, int]] = None) -> nn.Module:
+    """``create_model(**args)`` without initializing the weights (on the meta device; loading fills them), stopped
+    once it makes more than ``budget`` (tensors, elements)."""
+    limits.check_args(path, args)
     args = dict(args)
     name = args.pop("name", None)
     if not isinstance(name, str):
@@ -374,10 +498,14 @@ def _build(path, args: dict) -> nn.Module:
     except ValueError as e:
         raise _fail(path, f"unknown architecture: {e}") from None
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), limits.construction_budget(*(budget or (1 << 62, 1 << 62))):
             return create_model(name, **args)
+    except limits.BudgetExceeded as e:
+        raise _fail(path, f"wrong architecture: {name} with {_short(args)} is larger than this file can hold: "
+                    f"{e}") from None
     except Exception as e:
-        raise _fail(path, f"cannot build architecture {name!r} with {args}: {type(e).__name__}: {e}") from None
+        raise _fail(path, f"cannot build architecture {name!r} with {_short(args)}: {type(e).__name__}: "
+                    f"{_short(str(e))}") from None
 
 
 def _assemble(path, model: nn.Module, tensors: Dict[str, torch.Tensor], codes: Dict[str, np.ndarray],
@@ -468,6 +596,12 @@ def ternary_layer(bit: nn.Module, codes: np.ndarray, scale: torch.Tensor, bias: 
     weight = torch.from_numpy(np.multiply(codes, per_channel, dtype=np.float32))
     layer.register_buffer("weight", weight, persistent=False)
     return layer
+
+
+def _short(value, n: int = 200) -> str:
+    """``repr`` (or the string) cut to ``n`` characters on one line: error messages stay one line."""
+    text = " ".join((value if isinstance(value, str) else repr(value)).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _few(keys, n: int = 5) -> str:

@@ -14,6 +14,7 @@ tensors and plain containers only. bitnetcnn's own format needs no unpickling at
 from __future__ import annotations
 
 import io
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitnetcnn.checkpoint import limits
 from bitnetcnn.checkpoint.errors import CheckpointError
-from bitnetcnn.checkpoint.format import _assemble, _read_bytes, is_bitnetcnn_checkpoint
+from bitnetcnn.checkpoint.format import MAX_TENSOR_BYTES, _assemble, _read_bytes, _short, is_bitnetcnn_checkpoint
 from bitnetcnn.models import create_model, list_models
 from bitnetcnn.nn import convert_to_ternary
 
@@ -32,12 +34,22 @@ SEED_ACT = "silu"
 _MOBILENET_WIDTHS = (1.4, 1.0, 0.5, 0.75, 1.3, 2.0)
 
 
+LIGHTNING_KEY = b"pytorch-lightning_version"  # a key of every Lightning checkpoint's top-level dict
+
+
 def _torch_load(path, data: bytes) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # PyTorch's advice (rerun with weights_only=False) would run the file's code: never pass it on
+        what = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise CheckpointError(path, f"holds Python objects other than tensors{f' ({what.group(1)})' if what else ''}, "
+                              "and bitnetcnn will not unpickle them (that can run arbitrary code): save a "
+                              "state_dict (torch.save(model.state_dict(), path)) or use bitnetcnn.save_checkpoint"
+                              ) from None
     except Exception as e:
-        raise CheckpointError(path, f"not a readable checkpoint (torch.load with weights_only=True failed: "
-                              f"{type(e).__name__}: {str(e)[:300]})") from None
+        raise CheckpointError(path, f"not a readable checkpoint (torch.load failed: {type(e).__name__}: "
+                              f"{_short(str(e).splitlines()[0] if str(e) else '')})") from None
 
 
 def _unwrap(path, obj: Any) -> Tuple[Dict[str, torch.Tensor], dict]:
@@ -57,21 +69,32 @@ def _unwrap(path, obj: Any) -> Tuple[Dict[str, torch.Tensor], dict]:
 
 def _read_foreign(path, data: bytes) -> Tuple[Dict[str, torch.Tensor], dict]:
     """A seed zip (one torch.save file inside a plain zip) or any torch.save file."""
+    if not data:
+        raise CheckpointError(path, "the file is empty (0 bytes); copy or download it again")
+    if LIGHTNING_KEY in data:
+        run = str(Path(path).parent) if path else "RUN"
+        raise CheckpointError(path, f"this is a Lightning training checkpoint of a run; convert it with `bitnetcnn "
+                              f"convert {path or 'RUN/last.ckpt'}` (or resume training with --resume --out {run})")
+    limits.check_zip_entries(path, data)
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         names = [i for i in z.infolist() if not i.is_dir()]
-    except zipfile.BadZipFile:
-        z, names = None, []
     except Exception as e:
-        raise CheckpointError(path, f"not a readable zip file (truncated or corrupted?): {e}") from None
+        if data[:4] == b"PK\x03\x04":  # a zip's first bytes, but its directory (at the end) is unreadable
+            raise CheckpointError(path, f"the file is truncated or damaged (a zip without a readable directory: "
+                                  f"{_short(str(e), 80)}); copy or download it again") from None
+        if data[:1] != b"\x80":  # a pickle (PyTorch's legacy format) starts with its protocol opcode
+            raise CheckpointError(path, "not a checkpoint: neither bitnetcnn's format, a zip, nor a torch.save "
+                                  "file") from None
+        z, names = None, []
     if z is not None and len(names) == 1 and "/" not in names[0].filename:
         info = names[0]
-        if info.file_size > 8 << 30:
-            raise CheckpointError(path, f"zip entry {info.filename!r} claims an implausible size")
+        limits.check_inflated_size(path, info, MAX_TENSOR_BYTES)
         try:
             inner = z.read(info)
         except Exception as e:
-            raise CheckpointError(path, f"cannot read {info.filename!r} from the zip: {e}") from None
+            raise CheckpointError(path, f"cannot read {info.filename!r} from the zip (truncated or damaged?): "
+                                  f"{_short(str(e), 120)}") from None
         state, extra = _unwrap(path, _torch_load(path, inner))
         extra.setdefault("source_name", info.filename)
         return state, extra

@@ -35,6 +35,10 @@ CHUNK = 3
 PAD_CTX = 0  # global context 0: the round padding, a single symbol of frequency M (costs no bits)
 MODELS = ("order0", "row")
 MAX_STREAMS = 4096
+# Decoding budget: at most this many weights a coded byte (0.25 bits a weight; trained layers code at 0.9-1.6
+# bits, an all-zero layer at ~0), so a crafted file cannot decode a few kilobytes into gigabytes of weights.
+MAX_WEIGHTS_PER_BYTE = 32
+BUDGET_SLACK = 1 << 16
 _ARANGE27 = np.arange(ALPHABET)
 # symbol -> its three codes as the first three bytes of a little-endian uint32 (one 1-D gather decodes a chunk)
 _SYMBOL_CODES = (
@@ -236,6 +240,20 @@ def _rans_encode(start: np.ndarray, freq: np.ndarray, n: int) -> Tuple[np.ndarra
     return words, x.astype(np.uint32)
 
 
+def check_budget(weights: int, coded_bytes: int) -> None:
+    """Refuse to decode more weights than ``coded_bytes`` can plausibly hold (``ValueError``)."""
+    if weights > coded_bytes * MAX_WEIGHTS_PER_BYTE + BUDGET_SLACK:
+        raise ValueError(f"the coded layers declare {weights:,} weights in {coded_bytes:,} coded bytes, over "
+                         f"{MAX_WEIGHTS_PER_BYTE} a byte (real layers: 5-9): not decoded")
+
+
+def _check_streams(symbols: int, n: int) -> None:
+    """Refuse a stream count far below the encoder's (one decoding step a symbol would take minutes)."""
+    if n < MAX_STREAMS and symbols > n * 4096:
+        raise ValueError(f"{symbols:,} symbols in {n} rANS streams (the encoder uses {_choose_streams(symbols)}): "
+                         "not decoded")
+
+
 def _as_dtype(raw: np.ndarray, dtype: str, what: str) -> np.ndarray:
     raw = np.ascontiguousarray(raw, dtype=np.uint8).ravel()
     size = np.dtype(dtype).itemsize
@@ -268,6 +286,8 @@ def decode_ternary(arrays: Dict[str, np.ndarray], meta: dict) -> Dict[str, np.nd
     for key in ("words", "states", "contexts", "freqs"):
         if key not in arrays:
             raise ValueError(f"ternary data lacks {key!r}")
+    check_budget(sum(lay.numel for lay in lays), sum(np.asarray(a).nbytes for a in arrays.values()))
+    _check_streams(sum(lay.kernels * lay.rows * lay.chunks for lay in lays), n)
     words = _as_dtype(arrays["words"], "<u2", "words").astype(np.uint32)
     states = _as_dtype(arrays["states"], "<u4", "states").astype(np.uint32)
     offsets = _offsets(lays, models)
