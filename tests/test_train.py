@@ -16,6 +16,7 @@ import torch
 
 from bitnetcnn import load_checkpoint
 from bitnetcnn.cli import main
+from bitnetcnn.machine import cpu_model
 from bitnetcnn.train.evaluate import evaluate_checkpoint
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run import SettingsError, TrainSettings, train
@@ -75,8 +76,15 @@ def test_a_fine_tune_records_what_it_started_from_in_its_checkpoint(tmp_path):
           command="bitnetcnn train STAGE-2")
     train(TrainSettings(out=str(tmp_path / "c"), epochs=1, init=str(tmp_path / "b" / "best_ternary.bnc"), **QUICK),
           command="bitnetcnn train STAGE-3")
-    header = load_checkpoint(tmp_path / "c" / "best_ternary.bnc").checkpoint_header
+    model = load_checkpoint(tmp_path / "c" / "best_ternary.bnc")
+    header = model.checkpoint_header
     assert header["metrics"]["command"] == "bitnetcnn train STAGE-3"
+    # the recipe, oldest first, each command with its wall time and the machine it ran on
+    steps = model.pretrained_cfg.training
+    assert [step.command for step in steps] == [f"bitnetcnn train STAGE-{i}" for i in (1, 2, 3)]
+    assert all(step.wall_time_s > 0 and cpu_model() in step.hardware and "32-true" in step.hardware
+               for step in steps)
+    assert model.pretrained_cfg.test_images == QUICK["limit_eval"]
     stage2 = header["metadata"]["init"]
     assert stage2["file"] == "best_ternary.bnc" and stage2["command"] == "bitnetcnn train STAGE-2"
     assert stage2["init"]["command"] == "bitnetcnn train STAGE-1"

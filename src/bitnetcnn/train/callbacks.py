@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from bitnetcnn.machine import describe_device
 from bitnetcnn.train.plot import plot_metrics
 
 METRIC_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5"]
@@ -81,6 +82,7 @@ class RunRecorder(L.Callback):
         self.best_float = -1.0
         self.elapsed = 0.0
         self._t0 = 0.0
+        self.hardware: str | None = None
 
     @property
     def csv_path(self) -> Path:
@@ -115,6 +117,8 @@ class RunRecorder(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.time()
+        device = "gpu" if trainer.strategy.root_device.type == "cuda" else "cpu"
+        self.hardware = f"{describe_device(device, trainer.num_devices, trainer.num_nodes)}, {trainer.precision}"
 
     def _write(self, rows: list[dict]) -> None:
         tmp = self.csv_path.with_suffix(".tmp")
@@ -152,8 +156,11 @@ class RunRecorder(L.Callback):
         float_eval = {"top1": values["val_acc"], "top5": values["val_acc5"]}
         ternary_eval = {"top1": values["ternary_acc"], "top5": values["ternary_acc5"]}
         shipped = ternary_eval if pl_module.eval_ternary else float_eval
+        # the recipe so far: earlier stages (from --init), then this run up to this epoch
+        step = {"command": self.command, "wall_time_s": round(self._elapsed(), 1), "hardware": self.hardware}
         meta = dict(self.metadata, epoch=epoch, accuracy=shipped["top1"], float_eval=float_eval,
-                    ternary_eval=ternary_eval if pl_module.eval_ternary else None, command=self.command)
+                    ternary_eval=ternary_eval if pl_module.eval_ternary else None, command=self.command,
+                    training=[*self.metadata.get("training", []), step])
         self.save_model(model.float().to(memory_format=torch.contiguous_format), self.model_path, meta)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

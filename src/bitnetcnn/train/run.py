@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
 from bitnetcnn.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint
+from bitnetcnn.checkpoint.pretrained_cfg import from_header
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
@@ -480,6 +481,9 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     }
     if s.init:
         metadata["init"] = _init_lineage(s.init)
+        # the recipe's earlier commands (with their wall times and hardware); RunRecorder appends this run's
+        metadata["training"] = [asdict(step) for step in from_header(read_checkpoint_header(s.init)).training]
+    metadata["test_images"] = len(data.test_split.labels)
     recorder = RunRecorder(out, save_checkpoint, command, metadata)
     # last.ckpt, overwritten (atomically, by Lightning's fsspec transaction) at the end of every epoch
     checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
