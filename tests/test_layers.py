@@ -211,3 +211,21 @@ def test_bitify_resnet18_trains_converts_and_shrinks():
 def test_public_api():
     for name in ("convert_to_ternary", "convert_to_ternary_p2", "bitify", "BitConv2d", "TernaryLinear"):
         assert hasattr(bitnetcnn, name)
+
+
+def test_drop_path_draws_and_scales_as_torchvision_stochastic_depth():
+    from torchvision.ops import StochasticDepth
+
+    from bitnetcnn.nn.drop_path import DropPath
+
+    x = torch.randn(64, 3, 4, 4)
+    ours, theirs = DropPath(0.3).train(), StochasticDepth(0.3, "row").train()
+    torch.manual_seed(5)
+    a = ours(x)
+    torch.manual_seed(5)
+    b = theirs(x)
+    assert torch.equal(a, b)
+    dropped = (a.flatten(1) == 0).all(1)
+    assert 0 < dropped.sum() < 64  # some samples dropped, not all
+    assert torch.allclose(a[~dropped], x[~dropped] / 0.7)
+    assert torch.equal(ours.eval()(x), x)

@@ -22,7 +22,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg
 
 
 def __getattr__(name: str):
-    # hub.py reads the cache settings of bitnetcnn.data.paths: imported on first use, so that importing bitnetcnn
+    # hub.py reads the cache settings of bitnetcnn.settings: imported on first use, so that importing bitnetcnn
     # stays free of data code
     if name == "list_pretrained":
         from bitnetcnn.hub import list_pretrained

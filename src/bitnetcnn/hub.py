@@ -37,7 +37,7 @@ from torch import nn
 
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep, model_pretrained_cfg
-from bitnetcnn.data.paths import cache_root
+from bitnetcnn.settings import cache_root
 from bitnetcnn.models import create_model, list_models
 from bitnetcnn.nn import BitLinear, TernaryConv2d, TernaryLinear, convert_to_bit, convert_to_ternary
 

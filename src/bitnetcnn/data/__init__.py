@@ -4,7 +4,7 @@
 """
 
 from bitnetcnn.data.catalog import DATASETS, DatasetSpec, get_dataset_spec, list_datasets
-from bitnetcnn.data.paths import cache_root, data_root
+from bitnetcnn.settings import cache_root, data_root
 from bitnetcnn.data.sources import DatasetNotFoundError, Split
 
 __all__ = [

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_elastic, random_hflip
 from bitnetcnn.data.catalog import DatasetSpec, get_dataset_spec
-from bitnetcnn.data.paths import data_root
+from bitnetcnn.settings import data_root
 from bitnetcnn.data.sources import Split
 
 

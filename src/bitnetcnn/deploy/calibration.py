@@ -78,7 +78,7 @@ def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int =
     """``(images, labels, spec)``: ``n`` uint8 images and labels of a data set split, a fixed random sample (the
     whole split for ``n <= 0``), and the data set's spec (its mean and std normalize the images)."""
     from bitnetcnn.data.catalog import get_dataset_spec
-    from bitnetcnn.data.paths import data_root
+    from bitnetcnn.settings import data_root
 
     spec = get_dataset_spec(dataset)
     split = spec.reader(data_root(data_dir), train, False)

@@ -6,9 +6,9 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
 from bitnetcnn.models.layers import QuantSpec
+from bitnetcnn.nn.drop_path import DropPath
 from bitnetcnn.models.registry import register_model
 
 # name: (depths, dims), from the ConvNeXt V2 paper
@@ -55,7 +55,7 @@ class Block(nn.Module):
         self.act = nn.GELU()
         self.grn = GRN(4 * dim)
         self.pwconv2 = spec.linear(4 * dim, dim)
-        self.drop_path = StochasticDepth(drop_path, "row")
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))

@@ -14,7 +14,7 @@ from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.data.augment import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
-from bitnetcnn.data.paths import data_root
+from bitnetcnn.settings import data_root
 from bitnetcnn.nn import convert_to_ternary
 
 
