@@ -19,7 +19,8 @@ from bitnetcnn.cli import main
 from bitnetcnn.machine import cpu_model
 from bitnetcnn.train.evaluate import evaluate_checkpoint
 from bitnetcnn.train.module import BitClassifier
-from bitnetcnn.train.run import SettingsError, TrainSettings, train
+from bitnetcnn.data.datamodule import ImageDataModule
+from bitnetcnn.train.run import SettingsError, TrainSettings, build, train
 
 QUICK = dict(dataset="mnist_demo", batch_size=32, limit_train=128, limit_eval=128, progress=False)
 
@@ -164,10 +165,40 @@ def test_mixup_and_cutmix_touch_training_batches_only():
     assert calls == [1]
 
 
-def test_distillation_from_a_full_precision_teacher(tmp_path):
+def test_distillation_from_a_full_precision_teacher_changes_the_loss_and_gradients_by_kd_alpha(tmp_path):
+    """The student's loss is (1 - a) * cross-entropy + a * T^2 * KL(teacher || student), and so are its gradients."""
+    import torch.nn.functional as F
+
     train(TrainSettings(out=str(tmp_path / "teacher"), epochs=1, quant="fp", **QUICK))
-    teacher = tmp_path / "teacher" / "best_ternary.bnc"  # an fp run saves its (float) model under the same name
-    results = train(TrainSettings(out=str(tmp_path / "student"), epochs=1, kd=True, teacher=str(teacher), **QUICK))
+    teacher = str(tmp_path / "teacher" / "best_ternary.bnc")  # an fp run saves its (float) model under this name
+    data = ImageDataModule("mnist_demo", limit_train=32)
+    data.setup()
+    x = data.transform(data.train_split.images, training=False)
+    y = data.train_split.labels.long()
+    losses, grads = {}, {}
+    for alpha in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)  # the same student weights each time
+        _, module = build(TrainSettings(kd=True, teacher=[teacher], kd_alpha=alpha, kd_temperature=3.0,
+                                        model_kwargs={"drop_rate": 0.0}, **QUICK))  # no dropout: one function
+        module.train()
+        loss = module.training_step((x, y), 0)
+        loss.backward()
+        losses[alpha] = loss.detach()
+        grads[alpha] = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
+        if alpha == 1.0:
+            with torch.no_grad():
+                student, soft = module.model(x), module.teacher(x)
+    hard = F.cross_entropy(student, y)
+    kl = F.kl_div(F.log_softmax(student / 3, -1), F.log_softmax(soft / 3, -1), reduction="batchmean",
+                  log_target=True)
+    assert torch.allclose(losses[0.0], hard, rtol=1e-5)
+    assert torch.allclose(losses[1.0], 9 * kl, rtol=1e-5) and not torch.allclose(losses[1.0], hard, rtol=1e-2)
+    assert torch.allclose(losses[0.5], (hard + 9 * kl) / 2, rtol=1e-5)
+    assert not torch.allclose(grads[1.0], grads[0.0], rtol=1e-2, atol=1e-6)
+    mixed = (grads[0.0] + grads[1.0]) / 2
+    assert (grads[0.5] - mixed).abs().max() <= 1e-3 * mixed.abs().max(), (grads[0.5] - mixed).abs().max()
+    # and a whole run with distillation trains
+    results = train(TrainSettings(out=str(tmp_path / "student"), epochs=1, kd=True, teacher=[teacher], **QUICK))
     assert results["epochs"] == 1
     with pytest.raises(SettingsError, match="--kd needs --teacher"):
         train(TrainSettings(out=str(tmp_path / "x"), epochs=1, kd=True, **QUICK))
