@@ -31,7 +31,7 @@ from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
 from bitnetcnn.nn.convert import replace_modules
-from bitnetcnn.quant import pack_2bit
+from bitnetcnn.quant import TernaryQuant
 
 FORMAT = "bitnetcnn.checkpoint"
 FORMAT_VERSION = 1
@@ -354,23 +354,21 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     return model
 
 
-def _tensor_layout(path, z: zipfile.ZipFile, header: dict):
-    """Open tensors.safetensors and read only its own header: ``(stream, bytes read, {name: (dtype, shape,
-    nbytes)}, compressed size)``, its sizes checked against the zip entry and the header before anything else."""
+def _tensor_layout(path, z: zipfile.ZipFile, header: dict) -> Tuple[Dict[str, tuple], int]:
+    """``({name: (dtype, shape, nbytes)}, compressed size)`` of tensors.safetensors from its first bytes only, its
+    sizes checked against the zip entry and the header before anything else is inflated."""
     declared = header["tensors"]["bytes"]
     info, stream = _open_entry(path, z, TENSORS_NAME, MAX_TENSOR_BYTES)
     if info.file_size != declared:
         raise _fail(path, f"{TENSORS_NAME} is {info.file_size:,} bytes in the zip but {declared:,} in the header: "
                     "damaged or crafted")
-    prefix, table = limits.safetensors_layout(path, stream, info.file_size, MAX_HEADER_BYTES)
-    return stream, prefix, table, info.compress_size
+    return limits.safetensors_layout(path, stream, info.file_size, MAX_HEADER_BYTES)[1], info.compress_size
 
 
-def _stored_tensors(path, z: zipfile.ZipFile, header: dict, opened=None) -> Dict[str, torch.Tensor]:
-    """The tensors, inflated (at most the checked size) and checked against the header's sha256."""
+def _stored_tensors(path, z: zipfile.ZipFile, header: dict) -> Dict[str, torch.Tensor]:
+    """The tensors, inflated (at most the entry's checked size) and checked against the header's sha256."""
     meta = header["tensors"]
-    stream, prefix = (opened or _tensor_layout(path, z, header))[:2]
-    blob = prefix + limits.read_exactly(path, stream, meta["bytes"] - len(prefix), repr(TENSORS_NAME))
+    blob = _read_entry(path, z, TENSORS_NAME, MAX_TENSOR_BYTES)
     if len(blob) != meta["bytes"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
         raise _fail(path, f"sha256 of {TENSORS_NAME} does not match the header: the tensors were changed or "
                     "corrupted after saving")
@@ -399,6 +397,7 @@ def read_checkpoint(data: bytes, path=None) -> Tuple[dict, Dict[str, torch.Tenso
     """Header, stored tensors and decoded ternary codes of a bitnetcnn checkpoint given as bytes (all checked)."""
     z = _open_zip(path, data)
     header = _header_of(path, z)
+    _tensor_layout(path, z, header)
     tensors = _stored_tensors(path, z, header)
     return header, tensors, _decode(path, header, tensors)
 
@@ -407,9 +406,9 @@ def _load_bitnetcnn(path, data: bytes) -> nn.Module:
     z = _open_zip(path, data)
     header = _header_of(path, z)
     ternary = header["quantization"]["ternary_layers"]
-    opened = _tensor_layout(path, z, header)  # declared sizes only: nothing inflated, built or decoded yet
-    model = _build_for(path, header, *opened[2:])  # budgeted by the file, then checked against its tensors
-    tensors = _stored_tensors(path, z, header, opened)
+    layout = _tensor_layout(path, z, header)  # declared sizes only: nothing inflated, built or decoded yet
+    model = _build_for(path, header, *layout)  # budgeted by the file, then checked against its tensors
+    tensors = _stored_tensors(path, z, header)
     codes = _decode(path, header, tensors)
     model = _assemble(path, model, tensors, codes or {}, ternary)
     model.checkpoint_header = header
@@ -544,7 +543,9 @@ def _assemble(path, model: nn.Module, tensors: Dict[str, torch.Tensor], codes: D
         if (bias is None) != (module.bias is None) or (bias is not None and bias.shape != (layer_codes.shape[0],)):
             raise _fail(path, f"wrong architecture: layer {name!r} bias does not match")
         try:
-            return ternary_layer(module, codes[name], scale, bias, spec["pow2"], spec["scale_op"])
+            quant = TernaryQuant(scale_op=spec["scale_op"], pow2=spec["pow2"], act_bits=module.act_bits)
+            layer_cls = TernaryConv2d if isinstance(module, BitConv2d) else TernaryLinear
+            return layer_cls.from_codes(module, codes[name], scale, bias, quant)
         except Exception as e:
             raise _fail(path, f"layer {name!r} cannot be built: {e}") from None
 
@@ -555,47 +556,6 @@ def _assemble(path, model: nn.Module, tensors: Dict[str, torch.Tensor], codes: D
     if leftover:
         raise _fail(path, f"the file does not fill the model: {_few(leftover)}")
     return model
-
-
-def ternary_layer(bit: nn.Module, codes: np.ndarray, scale: torch.Tensor, bias: Optional[torch.Tensor], pow2: bool,
-                  scale_op: str) -> nn.Module:
-    """The TernaryConv2d/TernaryLinear that ``TernaryX(codes, scale, bias, <bit's arguments>, ...)`` builds.
-
-    It fills the same attributes and buffers directly (no unpack round trip), which makes loading
-    a ResNet-18 several times faster; ``tests/test_checkpoint.py`` checks that the result equals the constructor's.
-    ``bit`` is the BitConv2d/BitLinear (possibly on the meta device) whose place the layer takes.
-    """
-    conv = isinstance(bit, BitConv2d)
-    cls = TernaryConv2d if conv else TernaryLinear
-    layer = cls.__new__(cls)
-    nn.Module.__init__(layer)
-    if conv:
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                     "padding_mode"):
-            setattr(layer, attr, getattr(bit, attr))
-        layer._reversed_padding_repeated_twice = list(bit._reversed_padding_repeated_twice)
-    else:
-        layer.out_features, layer.in_features = int(codes.shape[0]), int(codes.shape[1])
-    if tuple(codes.shape) != tuple(bit.weight.shape):
-        raise ValueError(f"codes {tuple(codes.shape)} do not fit the layer's weight {tuple(bit.weight.shape)}")
-    layer.act_quant = bit.act_quant
-    layer.weight_shape = tuple(codes.shape)
-    layer.pow2 = bool(pow2)
-    layer.scale_op = scale_op
-    layer.register_buffer("weight_packed", pack_2bit(torch.from_numpy(codes)))
-    scale = scale.detach().reshape(-1).float()
-    if layer.pow2:
-        layer.register_buffer("scale_exp", torch.round(torch.log2(scale)).clamp(-128, 127).to(torch.int8))
-        scale = torch.exp2(layer.scale_exp.float())
-    else:
-        layer.register_buffer("scale", scale.clone())
-    layer.register_buffer("bias", None if bias is None else bias.detach().clone().float())
-    # float32(code) * float32(scale), rounded once: the same values as dequantize(codes, scale), in one numpy pass
-    # (several times faster than torch's int8 * float32 on CPU)
-    per_channel = scale.numpy().reshape((-1,) + (1,) * (codes.ndim - 1))
-    weight = torch.from_numpy(np.multiply(codes, per_channel, dtype=np.float32))
-    layer.register_buffer("weight", weight, persistent=False)
-    return layer
 
 
 def _short(value, n: int = 200) -> str:
