@@ -13,7 +13,7 @@ import bitnetcnn
 from bitnetcnn import CheckpointError, convert_to_ternary, convert_to_ternary_p2, create_model, list_models
 from bitnetcnn.checkpoint import read_checkpoint_header
 from bitnetcnn.checkpoint import ternary_codec
-from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME, ternary_layer
+from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
 from bitnetcnn.nn.convert import replace_modules
 
@@ -42,7 +42,8 @@ def tiny(tmp_path_factory):
 def _random_ternary(name, pow2):
     """``name`` in converted form with random codes and scales, built without convert_to_ternary's cost.
 
-    (convert_to_ternary itself is exercised on bitnet_cnn below; ternary_layer equals its result, tested below.)
+    (convert_to_ternary itself is exercised on bitnet_cnn below.) The layers come from the public constructors with
+    the Bit layer's geometry, not from anything the loader uses.
     """
     model = create_model(name).eval()
     rng = np.random.default_rng(0)
@@ -54,7 +55,12 @@ def _random_ternary(name, pow2):
         codes = rng.choice(np.array([-1, 0, 1], np.int8), p=[0.35, 0.3, 0.35], size=shape)
         scale = torch.rand(shape[0]) * 0.1 + 0.01
         bias = None if module.bias is None else torch.randn(shape[0])
-        return ternary_layer(module, codes, scale, bias, pow2, module.scale_op)
+        quant = module.quant.with_pow2(pow2)
+        codes = torch.from_numpy(codes)
+        if isinstance(module, BitLinear):
+            return TernaryLinear(codes, scale, bias, quant=quant)
+        return TernaryConv2d(codes, scale, bias, module.stride, module.padding, module.dilation, module.groups,
+                             module.padding_mode, quant=quant)
 
     model, _ = replace_modules(model, rule, inplace=True)
     return model
@@ -165,11 +171,13 @@ def test_loading_uses_no_pickle(tiny, monkeypatch):
     ],
 )
 @pytest.mark.parametrize("pow2", [False, True])
-def test_fast_ternary_layer_equals_the_constructor(make, pow2):
+def test_a_ternary_layer_from_codes_equals_the_converted_bit_layer(make, pow2):
+    """What the loader builds (``from_codes`` in place of a Bit layer) is what conversion builds (``from_bit``)."""
     bit = make().eval()
-    reference = (TernaryConv2d if isinstance(bit, BitConv2d) else TernaryLinear).from_bit(bit, pow2)
+    cls = TernaryConv2d if isinstance(bit, BitConv2d) else TernaryLinear
+    reference = cls.from_bit(bit, pow2)
     codes = reference.codes().numpy()
-    fast = ternary_layer(bit, codes, reference.channel_scale(), reference.bias, reference.pow2, reference.scale_op)
+    fast = cls.from_codes(bit, codes, reference.channel_scale(), reference.bias, reference.quant)
     assert type(fast) is type(reference)
     assert repr(fast) == repr(reference)
     assert fast.state_dict().keys() == reference.state_dict().keys()

@@ -123,3 +123,28 @@ def test_bad_settings_are_named():
         channel_scale(torch.ones(2, 2), "max")
     with pytest.raises(ValueError, match="unknown ste"):
         fake_quantize_weight(torch.ones(2, 2), ste="tanh")
+
+
+def test_one_quantization_config_validated_where_it_is_made():
+    from bitnetcnn import BitConv2d, convert_to_ternary, create_model
+    from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
+
+    for bad, message in [(dict(scale_op="max"), "unknown scale_op 'max'"), (dict(act_bits=3), "unsupported act_bits 3"),
+                         (dict(ste="tanh"), "unknown ste 'tanh'"), (dict(ste_clip=0), "ste_clip must be"),
+                         (dict(pow2="yes"), "pow2 must be True or False")]:
+        with pytest.raises(ValueError, match=message):
+            TernaryQuant(**bad)
+    with pytest.raises(ValueError, match="unknown scale_op 'max'"):
+        BitConv2d(1, 1, 1, scale_op="max")
+    q = TernaryQuant(scale_op="mean", act_bits=8)
+    layer = BitConv2d(2, 3, 1, quant=q)
+    assert layer.quant is q and (layer.scale_op, layer.act_bits, layer.act_quant.bits) == ("mean", 8, 8)
+    assert BitConv2d(2, 3, 1).quant == DEFAULT_QUANT
+    assert BitConv2d(2, 3, 1, quant=q, pow2=True).quant == TernaryQuant(scale_op="mean", act_bits=8, pow2=True)
+    # conversion keeps each layer's own config; --pow2 is recorded in the layers and in model_args alike
+    model = create_model("bitnet_cnn", width=8, scale_op="mean").eval()
+    converted = convert_to_ternary(model)
+    assert converted.stem.conv.quant == TernaryQuant(scale_op="mean")
+    p2 = convert_to_ternary(model, pow2=True)
+    assert p2.stem.conv.quant == TernaryQuant(scale_op="mean", pow2=True) and p2.model_args["pow2"] is True
+    assert model.model_args["pow2"] is False and converted.model_args["pow2"] is False

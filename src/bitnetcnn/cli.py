@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from bitnetcnn.models.layers import QUANT_MODES
+from bitnetcnn.quant import ACT_BITS, DEFAULT_QUANT, SCALE_OPS
+
 TRAIN_EXAMPLE = ("bitnetcnn train --model bit_resnet18 --dataset cifar100 --epochs 100 --batch-size 128 --lr 0.1 "
                  "--optimizer sgd --wd 5e-4 --amp --out runs/r18")
 
@@ -61,10 +64,11 @@ def _add_train(sub) -> None:
       "on training batches (MNIST: 34; default: off)")
     a("--ema", type=float, metavar="DECAY", help="validate and ship an exponential moving average of the weights "
       "(e.g. 0.999; default: off)")
-    a("--quant", choices=["ternary", "fp"], default="ternary", help="fp trains the full-precision twin (teacher)")
-    a("--scale-op", choices=["median", "mean"], default="median")
+    a("--quant", choices=QUANT_MODES, default=QUANT_MODES[0], help="fp trains the full-precision twin (teacher)")
+    a("--scale-op", choices=SCALE_OPS, default=DEFAULT_QUANT.scale_op, help="per-channel scale: op(|W|)")
     a("--pow2", action="store_true", help="train with power-of-two scales")
-    a("--act-bits", type=int, choices=[8, 4], help="quantize activations too (default: float activations)")
+    a("--act-bits", type=int, choices=[b for b in ACT_BITS if b], default=DEFAULT_QUANT.act_bits,
+      help="quantize activations too (default: float activations)")
     a("--fp-ends", action="store_true", help="keep the first and last layers in full precision")
     a("--model-kwargs", type=json.loads, default={}, help='extra model arguments as JSON, e.g. \'{"act": "silu"}\'')
     a("--num-classes", type=int, help="check that the data set has this many classes")

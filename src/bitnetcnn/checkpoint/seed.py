@@ -29,6 +29,7 @@ from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.checkpoint.format import MAX_TENSOR_BYTES, _assemble, _read_bytes, _short, is_bitnetcnn_checkpoint
 from bitnetcnn.models import create_model, list_models
 from bitnetcnn.nn import convert_to_ternary
+from bitnetcnn.quant import DEFAULT_QUANT
 
 SEED_ACT = "silu"
 _MOBILENET_WIDTHS = (1.4, 1.0, 0.5, 0.75, 1.3, 2.0)
@@ -206,7 +207,8 @@ def _load_seed_state(name, state, extra, model_name, model_kwargs) -> nn.Module:
         if target is None or not hasattr(target, "weight") or tuple(target.weight.shape) != c.shape:
             raise CheckpointError(name, f"wrong architecture: {model_name} has no layer {layer!r} of shape "
                                   f"{list(c.shape)}")
-    ternary = {layer: {"pow2": False, "scale_op": getattr(modules[layer], "scale_op", "median")} for layer in codes}
+    ternary = {layer: {"pow2": False, "scale_op": getattr(modules[layer], "scale_op", DEFAULT_QUANT.scale_op)}
+               for layer in codes}
     model = _assemble(name, model, tensors, codes, ternary)
     accuracy = extra.get("acc_tern")
     claimed = re.search(r"acc@(\d+(?:\.\d+)?)", source)

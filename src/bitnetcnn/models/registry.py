@@ -68,13 +68,14 @@ def create_model(
     in_chans: Optional[int] = None,
     *,
     quant: str = "ternary",
-    scale_op: str = "median",
-    pow2: bool = False,
+    scale_op: Optional[str] = None,
+    pow2: Optional[bool] = None,
     act_bits: Optional[int] = None,
     fp_ends: bool = False,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered model, ternary by default or full precision with ``quant='fp'``.
+    """Build a registered model, ternary by default or full precision with ``quant='fp'``; ``scale_op``,
+    ``pow2`` and ``act_bits`` left out take :class:`bitnetcnn.quant.TernaryQuant`'s defaults.
 
     The model remembers how it was built in ``model.model_args`` (a JSON-able dict): a checkpoint stores it, and
     ``create_model(**model.model_args)`` builds the same architecture again.

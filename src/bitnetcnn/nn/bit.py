@@ -2,40 +2,60 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
 from torch import nn
 
 from bitnetcnn.nn.act_quant import make_act_quantizer
-from bitnetcnn.quant import fake_quantize_weight, ternary_quantize, validate_act_bits, validate_scale_op
-from bitnetcnn.quant.ternary import STE_MODES
+from bitnetcnn.quant import TernaryQuant, ternary_quantize
+from bitnetcnn.quant.ternary import fake_quantize_weight_unchecked
+
+
+def config_field(name: str, settable: bool = False) -> property:
+    """A layer attribute that reads (and, if ``settable``, replaces) one field of the layer's ``quant``."""
+
+    def get(self):
+        return getattr(self.quant, name)
+
+    def set(self, value):
+        self.quant = replace(self.quant, **{name: value})
+
+    return property(get, set if settable else None, doc=f"``self.quant.{name}``")
 
 
 class _BitMixin:
-    """What BitConv2d and BitLinear share: the quantization settings and the fake-quantized weight."""
+    """What BitConv2d and BitLinear share: the quantization config and the fake-quantized weight."""
 
-    def _init_quant(self, scale_op: str, pow2: bool, act_bits: Optional[int], ste: str, ste_clip: float) -> None:
-        self.scale_op = validate_scale_op(scale_op)
-        self.pow2 = bool(pow2)
-        self.act_bits = validate_act_bits(act_bits)
-        if ste not in STE_MODES:
-            raise ValueError(f"unknown ste {ste!r}: choose one of {', '.join(map(repr, STE_MODES))}")
-        self.ste = ste
-        self.ste_clip = float(ste_clip)
-        self.act_quant = make_act_quantizer(act_bits)
+    quant: TernaryQuant
+
+    def _init_quant(self, quant: Optional[TernaryQuant], **overrides) -> None:
+        self.quant = TernaryQuant.from_kwargs(quant, **overrides)  # validated here, once
+        self.act_quant = make_act_quantizer(self.quant.act_bits)
+
+    # the config's fields under the names the layers always had; setting one replaces the (validated) config
+    scale_op = config_field("scale_op", settable=True)
+    pow2 = config_field("pow2", settable=True)
+    act_bits = config_field("act_bits")  # the quantizer module is built from it: set it by building a new layer
+    ste = config_field("ste", settable=True)
+    ste_clip = config_field("ste_clip", settable=True)
 
     def quantized_weight(self) -> torch.Tensor:
         """The ternary weight ``q * s`` the layer computes with (gradient to the latent weight)."""
-        return fake_quantize_weight(self.weight, self.scale_op, self.pow2, self.ste, self.ste_clip)
+        q = self.quant
+        return fake_quantize_weight_unchecked(self.weight, q.scale_op, q.pow2, q.ste, q.ste_clip)
 
-    def ternary_state(self, pow2: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (int8) and per-channel scale ``[O]`` for conversion; ``pow2`` rounds the scale."""
-        codes, scale = ternary_quantize(self.weight.detach().float(), self.scale_op, self.pow2 or pow2)
+    def ternary_state(self, pow2: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (int8) and per-channel scale ``[O]`` for conversion; ``pow2=True`` rounds the scale (a layer
+        trained with power-of-two scales keeps them either way)."""
+        q = self.quant.with_pow2(pow2)
+        codes, scale = ternary_quantize(self.weight.detach().float(), q.scale_op, q.pow2)
         return codes, scale.reshape(-1)
 
     def quant_kwargs(self) -> dict:
-        return dict(scale_op=self.scale_op, pow2=self.pow2, act_bits=self.act_bits, ste=self.ste, ste_clip=self.ste_clip)
+        """Deprecated (goes in 0.3): ``layer.quant`` is the config; this is its ``to_dict()``."""
+        return self.quant.to_dict()
 
     def _quant_repr(self) -> str:
         extra = f", scale_op={self.scale_op}"
@@ -66,16 +86,17 @@ class BitConv2d(_BitMixin, nn.Conv2d):
         device=None,
         dtype=None,
         *,
-        scale_op: str = "median",
-        pow2: bool = False,
+        quant: Optional[TernaryQuant] = None,
+        scale_op: Optional[str] = None,
+        pow2: Optional[bool] = None,
         act_bits: Optional[int] = None,
-        ste: str = "identity",
-        ste_clip: float = 1.5,
+        ste: Optional[str] = None,
+        ste_clip: Optional[float] = None,
     ) -> None:
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
         )
-        self._init_quant(scale_op, pow2, act_bits, ste, ste_clip)
+        self._init_quant(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits, ste=ste, ste_clip=ste_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
@@ -115,14 +136,15 @@ class BitLinear(_BitMixin, nn.Linear):
         device=None,
         dtype=None,
         *,
-        scale_op: str = "median",
-        pow2: bool = False,
+        quant: Optional[TernaryQuant] = None,
+        scale_op: Optional[str] = None,
+        pow2: Optional[bool] = None,
         act_bits: Optional[int] = None,
-        ste: str = "identity",
-        ste_clip: float = 1.5,
+        ste: Optional[str] = None,
+        ste_clip: Optional[float] = None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
-        self._init_quant(scale_op, pow2, act_bits, ste, ste_clip)
+        self._init_quant(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits, ste=ste, ste_clip=ste_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(self.act_quant(x), self.quantized_weight(), self.bias)

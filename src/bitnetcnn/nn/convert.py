@@ -11,6 +11,7 @@ from torch import nn
 
 from bitnetcnn.nn.bit import BitConv2d, BitLinear
 from bitnetcnn.nn.ternary import TernaryConv2d, TernaryLinear
+from bitnetcnn.quant import TernaryQuant
 
 Rule = Callable[[str, nn.Module], Optional[nn.Module]]
 
@@ -41,10 +42,11 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
     return model, count
 
 
-def convert_to_ternary(model: nn.Module, pow2: bool = False, inplace: bool = False) -> nn.Module:
+def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: bool = False) -> nn.Module:
     """Replace every Bit layer by its packed inference twin; the result computes what the eval-mode model does.
 
-    ``pow2=True`` rounds every scale to a power of two (layers trained with ``pow2`` keep theirs either way).
+    Each layer keeps its own config; ``pow2=True`` rounds every scale to a power of two (and says so in the
+    model's ``model_args``, which a checkpoint header records).
     """
 
     def rule(_: str, module: nn.Module) -> Optional[nn.Module]:
@@ -55,6 +57,8 @@ def convert_to_ternary(model: nn.Module, pow2: bool = False, inplace: bool = Fal
         return None
 
     converted, count = replace_modules(model, rule, inplace)
+    if count and pow2 and isinstance(getattr(converted, "model_args", None), dict):
+        converted.model_args = {**converted.model_args, "pow2": True}
     if count == 0:
         warnings.warn(
             f"convert_to_ternary: {type(model).__name__} has no BitConv2d or BitLinear layer, so nothing was "
@@ -92,21 +96,20 @@ def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
 def bitify(
     model: nn.Module,
     skip: Iterable[str] = (),
-    scale_op: str = "median",
-    pow2: bool = False,
-    act_bits: Optional[int] = None,
+    quant: Optional[TernaryQuant] = None,
     inplace: bool = False,
-    **quant,
+    **quant_kwargs,
 ) -> nn.Module:
     """Make any PyTorch model ternary: each ``nn.Conv2d`` / ``nn.Linear`` becomes a Bit layer keeping its weights.
 
     ``skip`` takes module-name patterns (``fnmatch``: ``"conv1"``, ``"fc"``, ``"features.0.*"``) of layers to keep
-    in full precision, e.g. the stem and the classifier as in TWN/TTQ. Subclasses of ``nn.Conv2d`` with their own
-    forward (timm's ``Conv2dSame``, for one) are left as they are, since a Bit layer would drop that behaviour.
+    in full precision, e.g. the stem and the classifier as in TWN/TTQ. ``quant`` (a :class:`TernaryQuant`) or its
+    fields as keywords (``scale_op='mean'``, ``act_bits=8``, ...) configure every layer. Subclasses of
+    ``nn.Conv2d`` with their own forward (timm's ``Conv2dSame``, for one) are left as they are, since a Bit layer
+    would drop that behaviour.
     """
     skip = tuple(skip)
-    settings = dict(scale_op=scale_op, pow2=pow2, act_bits=act_bits, **quant)
-    BitConv2d(1, 1, 1, **settings)  # validate the settings once, before touching the model
+    settings = dict(quant=TernaryQuant.from_kwargs(quant, **quant_kwargs))  # validated once, before the walk
 
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in skip):

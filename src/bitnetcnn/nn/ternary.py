@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitnetcnn.nn.bit import BitConv2d, BitLinear, _BitMixin
-from bitnetcnn.quant import dequantize, pack_2bit, pow2_exponent, unpack_2bit
+from bitnetcnn.nn.bit import BitConv2d, BitLinear, config_field
+from bitnetcnn.quant import TernaryQuant, dequantize, pack_2bit, pow2_exponent, unpack_2bit
 
 
 class _TernaryMixin:
@@ -21,20 +21,31 @@ class _TernaryMixin:
     at construction and after ``load_state_dict``, so ``forward`` never unpacks.
     """
 
-    def _init_storage(self, codes: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], pow2: bool,
-                      scale_op: str) -> None:
+    # the config's fields, read-only, under the names the layers always had (not compiled by TorchScript)
+    __jit_unused_properties__ = ["scale_op", "pow2", "act_bits"]
+    scale_op = config_field("scale_op")
+    pow2 = config_field("pow2")  # the stored scale's form follows it: convert again to change it
+    act_bits = config_field("act_bits")
+
+    def _init_storage(self, codes: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
+                      quant: TernaryQuant) -> None:
+        """Pack the codes, keep the scale (or its power-of-two exponent) and the bias, and compute the float weight
+        from the codes at hand (no unpacking: loading a checkpoint builds every layer this way)."""
+        codes = torch.as_tensor(codes, dtype=torch.int8)
+        self.quant = quant
         self.weight_shape = tuple(codes.shape)
-        self.pow2 = bool(pow2)
-        self.scale_op = scale_op
         self.register_buffer("weight_packed", pack_2bit(codes).to(codes.device))
         scale = scale.detach().reshape(-1).float()
-        if self.pow2:
+        if scale.shape != (codes.shape[0],):
+            raise ValueError(f"scale has {tuple(scale.shape)} values for {codes.shape[0]} output channels")
+        if quant.pow2:
             self.register_buffer("scale_exp", pow2_exponent(scale))
+            scale = torch.exp2(self.scale_exp.float())
         else:
             self.register_buffer("scale", scale.clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
-        self.register_buffer("weight", torch.empty(0), persistent=False)
-        self.refresh_weight()
+        per_channel = scale.reshape((-1,) + (1,) * (codes.dim() - 1))
+        self.register_buffer("weight", dequantize(codes, per_channel, torch.float32), persistent=False)
 
     def codes(self) -> torch.Tensor:
         """The ternary codes, int8 in {-1, 0, 1}, shaped like the float weight."""
@@ -62,6 +73,12 @@ class _TernaryMixin:
         return f", scale_op={self.scale_op}" + (", pow2=True" if self.pow2 else "")
 
 
+def _layer_quant(quant: Optional[TernaryQuant], pow2: Optional[bool], scale_op: Optional[str],
+                 act_quant: Optional[nn.Module]) -> TernaryQuant:
+    """A Ternary layer's config: ``quant`` with the legacy keywords over it, ``act_bits`` from its quantizer."""
+    return TernaryQuant.from_kwargs(quant, pow2=pow2, scale_op=scale_op, act_bits=_act_bits(act_quant))
+
+
 class TernaryConv2d(_TernaryMixin, nn.Module):
     """Inference twin of :class:`BitConv2d`: same arguments, same function in eval mode, packed weights."""
 
@@ -76,8 +93,9 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         groups: int = 1,
         padding_mode: str = "zeros",
         *,
-        pow2: bool = False,
-        scale_op: str = "median",
+        quant: Optional[TernaryQuant] = None,
+        pow2: Optional[bool] = None,
+        scale_op: Optional[str] = None,
         act_quant: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
@@ -96,7 +114,7 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         self.padding_mode = spec.padding_mode
         self._reversed_padding_repeated_twice: List[int] = list(spec._reversed_padding_repeated_twice)
         self.act_quant = act_quant if act_quant is not None else nn.Identity()
-        self._init_storage(codes, scale, bias, pow2, scale_op)
+        self._init_storage(codes, scale, bias, _layer_quant(quant, pow2, scale_op, act_quant))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_quant(x)
@@ -120,19 +138,26 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         return s + self._ternary_repr()
 
     @classmethod
-    def from_bit(cls, layer: BitConv2d, pow2: bool = False) -> "TernaryConv2d":
+    def from_bit(cls, layer: BitConv2d, pow2: Optional[bool] = None) -> "TernaryConv2d":
         codes, scale = layer.ternary_state(pow2)
-        return cls(
-            codes, scale, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups, layer.padding_mode,
-            pow2=layer.pow2 or pow2, scale_op=layer.scale_op, act_quant=_copy_act_quant(layer),
-        ).to(layer.weight.device)
+        return cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2)).to(layer.weight.device)
+
+    @classmethod
+    def from_codes(cls, like: nn.Conv2d, codes, scale: torch.Tensor, bias: Optional[torch.Tensor],
+                   quant: TernaryQuant) -> "TernaryConv2d":
+        """The layer that takes the place of ``like`` (a Bit or float convolution, possibly on the meta device:
+        its geometry and activation quantizer are used, not its weights) with these codes, scale and bias."""
+        codes = torch.as_tensor(codes)
+        if tuple(codes.shape) != tuple(like.weight.shape):
+            raise ValueError(f"codes {tuple(codes.shape)} do not fit the layer's weight {tuple(like.weight.shape)}")
+        return cls(codes, scale, bias, like.stride, like.padding, like.dilation, like.groups, like.padding_mode,
+                   quant=quant, act_quant=_copy_act_quant(like))
 
     def to_bit(self) -> BitConv2d:
         """A trainable :class:`BitConv2d` whose latent weight is ``codes * scale`` (for fine-tuning)."""
         layer = BitConv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
-            self.groups, self.bias is not None, self.padding_mode, device=self.weight.device,
-            scale_op=self.scale_op, pow2=self.pow2, act_bits=_act_bits(self.act_quant),
+            self.groups, self.bias is not None, self.padding_mode, device=self.weight.device, quant=self.quant,
         )
         return _fill_bit(layer, self)
 
@@ -146,14 +171,15 @@ class TernaryLinear(_TernaryMixin, nn.Module):
         scale: torch.Tensor,
         bias: Optional[torch.Tensor] = None,
         *,
-        pow2: bool = False,
-        scale_op: str = "median",
+        quant: Optional[TernaryQuant] = None,
+        pow2: Optional[bool] = None,
+        scale_op: Optional[str] = None,
         act_quant: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = int(codes.shape[0]), int(codes.shape[1])
         self.act_quant = act_quant if act_quant is not None else nn.Identity()
-        self._init_storage(codes, scale, bias, pow2, scale_op)
+        self._init_storage(codes, scale, bias, _layer_quant(quant, pow2, scale_op, act_quant))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.act_quant(x), self.weight, self.bias)
@@ -164,23 +190,28 @@ class TernaryLinear(_TernaryMixin, nn.Module):
         )
 
     @classmethod
-    def from_bit(cls, layer: BitLinear, pow2: bool = False) -> "TernaryLinear":
+    def from_bit(cls, layer: BitLinear, pow2: Optional[bool] = None) -> "TernaryLinear":
         codes, scale = layer.ternary_state(pow2)
-        return cls(
-            codes, scale, layer.bias, pow2=layer.pow2 or pow2, scale_op=layer.scale_op,
-            act_quant=_copy_act_quant(layer),
-        ).to(layer.weight.device)
+        return cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2)).to(layer.weight.device)
+
+    @classmethod
+    def from_codes(cls, like: nn.Linear, codes, scale: torch.Tensor, bias: Optional[torch.Tensor],
+                   quant: TernaryQuant) -> "TernaryLinear":
+        """The layer that takes the place of ``like`` (see :meth:`TernaryConv2d.from_codes`)."""
+        codes = torch.as_tensor(codes)
+        if tuple(codes.shape) != tuple(like.weight.shape):
+            raise ValueError(f"codes {tuple(codes.shape)} do not fit the layer's weight {tuple(like.weight.shape)}")
+        return cls(codes, scale, bias, quant=quant, act_quant=_copy_act_quant(like))
 
     def to_bit(self) -> BitLinear:
-        layer = BitLinear(
-            self.in_features, self.out_features, self.bias is not None, device=self.weight.device,
-            scale_op=self.scale_op, pow2=self.pow2, act_bits=_act_bits(self.act_quant),
-        )
+        layer = BitLinear(self.in_features, self.out_features, self.bias is not None, device=self.weight.device,
+                          quant=self.quant)
         return _fill_bit(layer, self)
 
 
-def _copy_act_quant(layer: _BitMixin) -> nn.Module:
-    return copy.deepcopy(layer.act_quant)
+def _copy_act_quant(layer: nn.Module) -> nn.Module:
+    act_quant = getattr(layer, "act_quant", None)
+    return copy.deepcopy(act_quant) if act_quant is not None else nn.Identity()
 
 
 def _act_bits(act_quant: nn.Module) -> Optional[int]:

@@ -4,6 +4,7 @@ Everything ternary in the package (training layers, inference layers, checkpoint
 and scales here, so that a fake-quantized model and its converted twin agree by construction.
 """
 
+from bitnetcnn.quant.config import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.quant.activation import ACT_BITS, act_qmax, fake_quantize_activation, validate_act_bits
 from bitnetcnn.quant.packing import pack_2bit, pack_base3, unpack_2bit, unpack_base3
 from bitnetcnn.quant.scale import EPS, SCALE_OPS, channel_scale, pow2_exponent, pow2_scale, validate_scale_op
@@ -17,6 +18,8 @@ from bitnetcnn.quant.ternary import (
 
 __all__ = [
     "ACT_BITS",
+    "DEFAULT_QUANT",
+    "TernaryQuant",
     "EPS",
     "SCALE_OPS",
     "STE_MODES",

@@ -5,6 +5,7 @@ Both take any number of codes; the caller keeps the count (the weight's shape) t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
@@ -24,8 +25,17 @@ def _digits(codes: torch.Tensor, group: int, dtype: torch.dtype = torch.int32) -
 
 def pack_2bit(codes: torch.Tensor) -> torch.Tensor:
     """Four codes a byte, lowest bits first: a uint8 tensor of ``ceil(n / 4)`` bytes."""
-    d = _digits(codes.cpu(), 4, torch.uint8)  # uint8 throughout: a ResNet-50 packs in a fraction of a second
-    return d[:, 0] | (d[:, 1] << 2) | (d[:, 2] << 4) | (d[:, 3] << 6)
+    # numpy, uint8 throughout: several times faster than torch's small-integer ops (loading a checkpoint packs
+    # every layer)
+    flat = torch.as_tensor(codes).detach().cpu().reshape(-1).to(torch.int8).numpy()
+    digits = flat.astype(np.uint8) + np.uint8(1)  # -1/0/1 -> 0/1/2; anything else lands outside 0..2
+    if digits.size and digits.max() > 2:
+        raise ValueError("ternary packing needs codes in {-1, 0, 1}")
+    pad = (-digits.size) % 4
+    if pad:
+        digits = np.concatenate([digits, np.zeros(pad, np.uint8)])
+    d = digits.reshape(-1, 4)
+    return torch.from_numpy(d[:, 0] | (d[:, 1] << 2) | (d[:, 2] << 4) | (d[:, 3] << 6))
 
 
 def unpack_2bit(packed: torch.Tensor, numel: int) -> torch.Tensor:

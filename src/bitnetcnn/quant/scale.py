@@ -4,28 +4,37 @@ from __future__ import annotations
 
 import torch
 
-SCALE_OPS = ("median", "mean")
 EPS = 1e-8  # floor of a scale: an all-zero channel gets codes 0 instead of NaN
 
 
+def _median(flat: torch.Tensor) -> torch.Tensor:
+    return flat.median(dim=1).values
+
+
+def _mean(flat: torch.Tensor) -> torch.Tensor:
+    return flat.mean(dim=1)
+
+
+# 'median' is the seed's default: it ignores the long tail of |W| and keeps about half the weights non-zero.
+DEFAULT_SCALE_OP = "median"
+_SCALE_FNS = {DEFAULT_SCALE_OP: _median, "mean": _mean}
+SCALE_OPS = tuple(_SCALE_FNS)
+
+
 def validate_scale_op(scale_op: str) -> str:
+    """Deprecated (goes in 0.3): :class:`bitnetcnn.quant.TernaryQuant` validates its settings when it is made."""
     if scale_op not in SCALE_OPS:
         raise ValueError(f"unknown scale_op {scale_op!r}: choose one of {', '.join(map(repr, SCALE_OPS))}")
     return scale_op
 
 
-def channel_scale(weight: torch.Tensor, scale_op: str = "median", eps: float = EPS) -> torch.Tensor:
-    """``op(|W|)`` over every dim but dim 0 (the output channel), shaped ``[O, 1, ...]`` to broadcast against W.
-
-    'median' is the seed's default: it ignores the long tail of |W| and keeps about half the weights non-zero.
-    """
-    validate_scale_op(scale_op)
-    flat = weight.detach().abs().reshape(weight.shape[0], -1)
-    if scale_op == "median":
-        s = flat.median(dim=1).values
-    else:
-        s = flat.mean(dim=1)
-    s = s.clamp_min(eps)
+def channel_scale(weight: torch.Tensor, scale_op: str = DEFAULT_SCALE_OP, eps: float = EPS) -> torch.Tensor:
+    """``op(|W|)`` over every dim but dim 0 (the output channel), shaped ``[O, 1, ...]`` to broadcast against W."""
+    try:
+        op = _SCALE_FNS[scale_op]
+    except KeyError:
+        raise ValueError(f"unknown scale_op {scale_op!r}: choose one of {', '.join(map(repr, SCALE_OPS))}") from None
+    s = op(weight.detach().abs().reshape(weight.shape[0], -1)).clamp_min(eps)
     return s.reshape((weight.shape[0],) + (1,) * (weight.dim() - 1))
 
 

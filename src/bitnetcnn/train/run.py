@@ -25,6 +25,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import from_header
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
+from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.train.callbacks import RunRecorder
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
@@ -85,9 +86,9 @@ class TrainSettings:
     elastic: Optional[float] = None  # None: the data set's default (off)
     ema: Optional[float] = None  # decay of an exponential moving average of the weights; None: off
     quant: str = "ternary"
-    scale_op: str = "median"
-    pow2: bool = False
-    act_bits: Optional[int] = None
+    scale_op: str = DEFAULT_QUANT.scale_op  # the fields of the layers' TernaryQuant (see weight_quant)
+    pow2: bool = DEFAULT_QUANT.pow2
+    act_bits: Optional[int] = DEFAULT_QUANT.act_bits
     fp_ends: bool = False
     model_kwargs: dict = field(default_factory=dict)
     num_classes: Optional[int] = None
@@ -109,6 +110,11 @@ class TrainSettings:
     limit_train: Optional[int] = None  # use only the first N training images (quick checks)
     limit_eval: Optional[int] = None  # evaluate on only the first N test images (quick checks)
     progress: bool = True
+
+    @property
+    def weight_quant(self) -> TernaryQuant:
+        """How the model's Bit layers quantize (validated when made)."""
+        return TernaryQuant(scale_op=self.scale_op, pow2=bool(self.pow2), act_bits=self.act_bits)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSettings":
@@ -143,6 +149,10 @@ class TrainSettings:
             in_range(self.ema, "ema", low=0.0, high=1.0, low_open=True, high_open=True)
         in_range(self.kd_alpha, "kd_alpha", low=0.0, high=1.0)
         in_range(self.kd_temperature, "kd_temperature", low=0.0, low_open=True)
+        try:
+            self.weight_quant  # noqa: B018 - validates scale_op, pow2, act_bits
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
         if self.optimizer not in DEFAULT_LR:
             raise SettingsError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(DEFAULT_LR)}")
         if self.kd_hints > 0 and not self.kd:
@@ -307,7 +317,8 @@ def build(s: TrainSettings):
     if s.num_classes is not None and s.num_classes != num_classes:
         raise SettingsError(f"--num-classes {s.num_classes} but data set {s.dataset!r} has {num_classes} classes")
     channels_last = _channels_last(s)
-    model_kwargs = dict(quant=s.quant, scale_op=s.scale_op, pow2=s.pow2, act_bits=s.act_bits, fp_ends=s.fp_ends,
+    q = s.weight_quant
+    model_kwargs = dict(quant=s.quant, scale_op=q.scale_op, pow2=q.pow2, act_bits=q.act_bits, fp_ends=s.fp_ends,
                         **s.model_kwargs)
     lr = s.lr if s.lr is not None else DEFAULT_LR[s.optimizer]
     module = BitClassifier(
