@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import limits, pretrained_cfg, ternary_codec
-from bitnetcnn.checkpoint.errors import CheckpointError
+from bitnetcnn.checkpoint.assemble import assemble, build_model, mismatches
+from bitnetcnn.checkpoint.errors import CheckpointError, short
+from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
-from bitnetcnn.nn.convert import replace_modules
-from bitnetcnn.quant import TernaryQuant
 
 FORMAT = "bitnetcnn.checkpoint"
 FORMAT_VERSION = 1
@@ -39,7 +39,6 @@ HEADER_NAME = "bitnetcnn.json"
 TENSORS_NAME = "tensors.safetensors"
 TERNARY_PREFIX = "__ternary__."
 MAX_HEADER_BYTES = 4 << 20  # a 4 MiB JSON of empty lists parses to ~100 MB of Python objects; real headers: < 100 kB
-MAX_TENSOR_BYTES = 8 << 30
 PathLike = Union[str, os.PathLike]
 
 
@@ -166,9 +165,9 @@ def _check_rebuilds(model: nn.Module, header: dict) -> None:
     except Exception as e:
         raise ValueError(f"model.model_args do not build a model ({type(e).__name__}: {e}); save a model made by "
                          "bitnetcnn.create_model") from None
-    problems = _mismatches(rebuilt, plain, coded, "the model", "create_model(**model_args)")
+    problems = mismatches(rebuilt, plain, coded, "the model", "create_model(**model_args)")
     if problems:
-        raise ValueError(f"the model no longer matches its model_args {_short(header['architecture']['args'])}, so "
+        raise ValueError(f"the model no longer matches its model_args {short(header['architecture']['args'])}, so "
                          f"the file could not be loaded: {'; '.join(problems)}. If a layer was replaced (e.g. a new "
                          "head), build the model with create_model(...) arguments that make it (e.g. num_classes=) "
                          "and load the weights into that, or update model.model_args to match")
@@ -207,30 +206,13 @@ def _tensor_bytes(model: nn.Module, ternary_layers: Dict[str, dict]) -> Tuple[by
 # ----------------------------------------------------------------------------------------------------- reading
 
 
-def _fail(path, reason: str) -> CheckpointError:
-    return CheckpointError(path, reason)
-
-
-def _read_bytes(source) -> Tuple[Optional[str], bytes]:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return None, bytes(source)
-    if hasattr(source, "read"):
-        return getattr(source, "name", None), source.read()
-    path = os.fspath(source)
-    try:
-        with open(path, "rb") as f:
-            return path, f.read()
-    except OSError as e:
-        raise CheckpointError(path, f"cannot read the file: {e.strerror or e}") from None
-
-
 def _open_zip(path, data: bytes) -> zipfile.ZipFile:
     limits.check_zip_entries(path, data)
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         infos = z.infolist()
     except Exception as e:
-        raise _fail(path, f"the file is truncated or damaged (not a readable zip: {e}); copy or download it "
+        raise CheckpointError(path, f"the file is truncated or damaged (not a readable zip: {e}); copy or download it "
                     "again") from None
     for info in infos:
         limits.check_inflated_size(path, info, MAX_TENSOR_BYTES)
@@ -242,12 +224,12 @@ def _open_entry(path, z: zipfile.ZipFile, name: str, limit: int):
     try:
         info = z.getinfo(name)
     except KeyError:
-        raise _fail(path, f"the zip holds no {name!r}") from None
+        raise CheckpointError(path, f"the zip holds no {name!r}") from None
     limits.check_inflated_size(path, info, limit)
     try:
         return info, z.open(info)
     except Exception as e:  # BadZipFile, NotImplementedError (compression), ...
-        raise _fail(path, f"cannot read {name!r} from the zip (truncated or corrupted?): {e}") from None
+        raise CheckpointError(path, f"cannot read {name!r} from the zip (truncated or corrupted?): {e}") from None
 
 
 def _read_entry(path, z: zipfile.ZipFile, name: str, limit: int) -> bytes:
@@ -265,7 +247,7 @@ def is_bitnetcnn_checkpoint(data: bytes) -> bool:
 def _check_header(path, header: Any) -> dict:
     def need(cond: bool, reason: str) -> None:
         if not cond:
-            raise _fail(path, f"bad header: {reason}")
+            raise CheckpointError(path, f"bad header: {reason}")
 
     need(isinstance(header, dict), "not a JSON object")
     need(header.get("format") == FORMAT, f"format is {header.get('format')!r}, not {FORMAT!r}")
@@ -296,7 +278,7 @@ def _check_header(path, header: Any) -> dict:
 
 def read_checkpoint_header(path: PathLike) -> dict:
     """The JSON header of a checkpoint (architecture, metrics, ...) without reading or checking its tensors."""
-    name, data = _read_bytes(path)
+    name, data = read_source(path)
     return _header_of(name, _open_zip(name, data))
 
 
@@ -305,7 +287,7 @@ def _header_of(path, z: zipfile.ZipFile) -> dict:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _fail(path, f"header {HEADER_NAME} is not valid JSON: {e}") from None
+        raise CheckpointError(path, f"header {HEADER_NAME} is not valid JSON: {e}") from None
     return _check_header(path, header)
 
 
@@ -313,7 +295,7 @@ def _check_request(path, header: dict, model_name: Optional[str], model_kwargs: 
     """A bitnetcnn file fixes its architecture: refuse a ``model_name`` or arguments that it contradicts."""
     arch = header["architecture"]
     if model_name is not None and model_name != arch["name"]:
-        raise _fail(path, f"holds a {arch['name']} model, not the {model_name} asked for (model_name=)")
+        raise CheckpointError(path, f"holds a {arch['name']} model, not the {model_name} asked for (model_name=)")
     differ = []
     for key, value in model_kwargs.items():
         try:
@@ -321,37 +303,12 @@ def _check_request(path, header: dict, model_name: Optional[str], model_kwargs: 
         except (TypeError, ValueError):
             pass
         if key not in arch["args"]:
-            differ.append(f"{key}={_short(repr(value))} (the file's model does not set {key})")
+            differ.append(f"{key}={short(repr(value))} (the file's model does not set {key})")
         elif value != arch["args"][key]:
-            differ.append(f"{key}={_short(repr(value))} (the file's model has {key}={_short(repr(arch['args'][key]))})")
+            differ.append(f"{key}={short(repr(value))} (the file's model has {key}={short(repr(arch['args'][key]))})")
     if differ:
-        raise _fail(path, f"the file's {arch['name']} model cannot be built with {', '.join(differ)}: a bitnetcnn "
+        raise CheckpointError(path, f"the file's {arch['name']} model cannot be built with {', '.join(differ)}: a bitnetcnn "
                     "checkpoint fixes its architecture, so drop these arguments")
-
-
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu", *,
-                    model_name: Optional[str] = None, **model_kwargs) -> nn.Module:
-    """Read a checkpoint and return the model rebuilt from the registry, in eval mode.
-
-    A bitnetcnn checkpoint comes back in the form it was saved: converted (``TernaryConv2d``/``TernaryLinear``,
-    power-of-two scales included), trainable Bit, or full precision; ``model.checkpoint_header`` holds its header.
-    The seed's published ``.zip`` checkpoints are recognized and mapped (see :func:`load_seed_checkpoint`), and a
-    plain ``state_dict`` file (``torch.save``; read with ``weights_only=True``) loads into
-    ``create_model(model_name, **model_kwargs)``. Anything unreadable raises :class:`CheckpointError`.
-    """
-    name, data = _read_bytes(path)
-    limits.check_zip_entries(name, data)
-    if is_bitnetcnn_checkpoint(data):
-        if model_name is not None or model_kwargs:
-            _check_request(name, _header_of(name, _open_zip(name, data)), model_name, model_kwargs)
-        model = _load_bitnetcnn(name, data)
-    else:
-        from bitnetcnn.checkpoint.seed import load_foreign
-
-        model = load_foreign(name, data, model_name=model_name, **model_kwargs)
-    if map_location is not None and torch.device(map_location).type != "cpu":
-        model = model.to(map_location)
-    return model
 
 
 def _tensor_layout(path, z: zipfile.ZipFile, header: dict) -> Tuple[Dict[str, tuple], int]:
@@ -360,7 +317,7 @@ def _tensor_layout(path, z: zipfile.ZipFile, header: dict) -> Tuple[Dict[str, tu
     declared = header["tensors"]["bytes"]
     info, stream = _open_entry(path, z, TENSORS_NAME, MAX_TENSOR_BYTES)
     if info.file_size != declared:
-        raise _fail(path, f"{TENSORS_NAME} is {info.file_size:,} bytes in the zip but {declared:,} in the header: "
+        raise CheckpointError(path, f"{TENSORS_NAME} is {info.file_size:,} bytes in the zip but {declared:,} in the header: "
                     "damaged or crafted")
     return limits.safetensors_layout(path, stream, info.file_size, MAX_HEADER_BYTES)[1], info.compress_size
 
@@ -370,14 +327,14 @@ def _stored_tensors(path, z: zipfile.ZipFile, header: dict) -> Dict[str, torch.T
     meta = header["tensors"]
     blob = _read_entry(path, z, TENSORS_NAME, MAX_TENSOR_BYTES)
     if len(blob) != meta["bytes"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
-        raise _fail(path, f"sha256 of {TENSORS_NAME} does not match the header: the tensors were changed or "
+        raise CheckpointError(path, f"sha256 of {TENSORS_NAME} does not match the header: the tensors were changed or "
                     "corrupted after saving")
     try:
         from safetensors.torch import load as st_load
 
         return st_load(blob)
     except Exception as e:
-        raise _fail(path, f"{TENSORS_NAME} is not a valid safetensors file: {e}") from None
+        raise CheckpointError(path, f"{TENSORS_NAME} is not a valid safetensors file: {e}") from None
 
 
 def _decode(path, header: dict, tensors: Dict[str, torch.Tensor]) -> Optional[Dict[str, np.ndarray]]:
@@ -390,32 +347,41 @@ def _decode(path, header: dict, tensors: Dict[str, torch.Tensor]) -> Optional[Di
     try:
         return ternary_codec.decode_ternary(arrays, coding)
     except (ValueError, IndexError, TypeError, OverflowError, MemoryError) as e:
-        raise _fail(path, f"ternary weights cannot be decoded: {e}") from None
+        raise CheckpointError(path, f"ternary weights cannot be decoded: {e}") from None
 
 
 def read_checkpoint(data: bytes, path=None) -> Tuple[dict, Dict[str, torch.Tensor], Optional[Dict[str, np.ndarray]]]:
     """Header, stored tensors and decoded ternary codes of a bitnetcnn checkpoint given as bytes (all checked)."""
-    z = _open_zip(path, data)
-    header = _header_of(path, z)
-    _tensor_layout(path, z, header)
-    tensors = _stored_tensors(path, z, header)
+    header, tensors = _checked_parts(path, data)
     return header, tensors, _decode(path, header, tensors)
 
 
-def _load_bitnetcnn(path, data: bytes) -> nn.Module:
+def _checked_parts(path, data: bytes) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """The header and the stored tensors (coded ternary arrays included), every size checked first."""
     z = _open_zip(path, data)
     header = _header_of(path, z)
+    _tensor_layout(path, z, header)
+    return header, _stored_tensors(path, z, header)
+
+
+def load_native(path, data: bytes, model_name: Optional[str] = None, **model_kwargs) -> nn.Module:
+    """The model a bitnetcnn checkpoint holds (``data``: the file's bytes), every size checked before it is used;
+    ``model_name`` and ``model_kwargs``, when given, must agree with the file."""
+    z = _open_zip(path, data)
+    header = _header_of(path, z)
+    if model_name is not None or model_kwargs:
+        _check_request(path, header, model_name, model_kwargs)
     ternary = header["quantization"]["ternary_layers"]
     layout = _tensor_layout(path, z, header)  # declared sizes only: nothing inflated, built or decoded yet
     model = _build_for(path, header, *layout)  # budgeted by the file, then checked against its tensors
     tensors = _stored_tensors(path, z, header)
     codes = _decode(path, header, tensors)
-    model = _assemble(path, model, tensors, codes or {}, ternary)
+    model = assemble(path, model, tensors, codes or {}, ternary)
     model.checkpoint_header = header
     try:
         model.pretrained_cfg = pretrained_cfg.from_header(header)
     except ValueError as e:
-        raise _fail(path, str(e)) from None
+        raise CheckpointError(path, str(e)) from None
     return model.eval()
 
 
@@ -423,12 +389,12 @@ def _coded_shapes(path, header: dict) -> Dict[str, Tuple[int, ...]]:
     """Layer name -> weight shape of the coded ternary layers, as the header declares them."""
     layers = (header.get("ternary_coding") or {}).get("layers", [])
     if [spec.get("name") for spec in layers] != list(header["quantization"]["ternary_layers"]):
-        raise _fail(path, "bad header: the coded ternary layers are not the ternary layers")
+        raise CheckpointError(path, "bad header: the coded ternary layers are not the ternary layers")
     shapes = {}
     for spec in layers:
         shape = spec.get("shape")
         if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 1 << 31 for d in shape):
-            raise _fail(path, f"bad header: bad shape for ternary layer {spec['name']!r}")
+            raise CheckpointError(path, f"bad header: bad shape for ternary layer {spec['name']!r}")
         shapes[spec["name"]] = tuple(shape)
     return shapes
 
@@ -443,147 +409,28 @@ def _build_for(path, header: dict, table: Dict[str, tuple], compressed: int) -> 
     try:  # the coded bytes as stored (compressed): inflated ones could be a run of a repeated value
         ternary_codec.check_budget(weights, min(coded_bytes, compressed))
     except ValueError as e:
-        raise _fail(path, f"ternary weights: {e}") from None
+        raise CheckpointError(path, f"ternary weights: {e}") from None
     budget = (2 * (len(plain) + len(coded)) + 64, 2 * (sum(math.prod(s) for s in plain.values()) + weights) + (1 << 20))
-    model = _build(path, header["architecture"]["args"], budget)
-    problems = _mismatches(model, plain, coded)
+    model = build_model(path, header["architecture"]["args"], budget)
+    problems = mismatches(model, plain, coded)
     if problems:
-        raise _fail(path, f"wrong architecture: {'; '.join(problems)}")
+        raise CheckpointError(path, f"wrong architecture: {'; '.join(problems)}")
     return model
-
-
-def _mismatches(model: nn.Module, plain: Dict[str, tuple], coded: Dict[str, tuple], given: str = "the file",
-                built: Optional[str] = None) -> List[str]:
-    """How the tensors ``plain`` (state_dict name -> shape) and coded ternary layers ``coded`` (name -> weight
-    shape) of ``given`` differ from what ``model`` (built, in Bit form) has: empty when they fill it exactly."""
-    arch = built or model.model_args["name"]
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    modules = dict(model.named_modules())
-    problems = []
-    for name, shape in coded.items():
-        layer = modules.get(name)
-        if not isinstance(layer, (BitConv2d, BitLinear)):
-            problems.append(f"{arch} has no ternary-capable layer {name!r}")
-            continue
-        if tuple(layer.weight.shape) != tuple(shape):
-            problems.append(f"layer {name!r} is {list(layer.weight.shape)} in {arch} but {list(shape)} in {given}")
-        del expected[name + ".weight"]
-        for suffix in (".scale", ".scale_exp"):  # one of them, [out_channels]
-            if name + suffix in plain:
-                expected[name + suffix] = (layer.weight.shape[0],)
-    extra = [k for k in plain if k not in expected]
-    missing = [k for k in expected if k not in plain]
-    wrong = [f"{k} is {list(expected[k])} in {arch} but {list(s)} in {given}"
-             for k, s in plain.items() if k in expected and tuple(expected[k]) != tuple(s)]
-    if extra:
-        problems.append(f"{given} has tensors {arch} lacks: {_few(extra)}")
-    if missing:
-        problems.append(f"{given} lacks tensors {arch} has: {_few(missing)}")
-    if wrong:
-        problems.append(_few(wrong, 3))
-    return problems
-
-
-def _build(path, args: dict, budget: Optional[Tuple[int, int]] = None) -> nn.Module:
-    """``create_model(**args)`` without initializing the weights (on the meta device; loading fills them), stopped
-    once it makes more than ``budget`` (tensors, elements)."""
-    limits.check_args(path, args)
-    args = dict(args)
-    name = args.pop("name", None)
-    if not isinstance(name, str):
-        raise _fail(path, "bad header: architecture args have no model name")
-    try:
-        get_model_config(name)
-    except ValueError as e:
-        raise _fail(path, f"unknown architecture: {e}") from None
-    try:
-        with torch.device("meta"), limits.construction_budget(*(budget or (1 << 62, 1 << 62))):
-            return create_model(name, **args)
-    except limits.BudgetExceeded as e:
-        raise _fail(path, f"wrong architecture: {name} with {_short(args)} is larger than this file can hold: "
-                    f"{e}") from None
-    except Exception as e:
-        raise _fail(path, f"cannot build architecture {name!r} with {_short(args)}: {type(e).__name__}: "
-                    f"{_short(str(e))}") from None
-
-
-def _assemble(path, model: nn.Module, tensors: Dict[str, torch.Tensor], codes: Dict[str, np.ndarray],
-              ternary: Dict[str, dict]) -> nn.Module:
-    """Fill the meta-device ``model``: load the plain tensors, then swap in the ternary layers built from codes."""
-    own = set()
-    for name in ternary:
-        for suffix in (".scale", ".scale_exp", ".bias"):
-            own.add(name + suffix)
-    try:
-        result = model.load_state_dict({k: v for k, v in tensors.items() if k not in own}, strict=False, assign=True)
-    except Exception as e:
-        raise _fail(path, f"wrong architecture: the tensors do not fit {model.model_args['name']}: {e}") from None
-    if result.unexpected_keys:
-        raise _fail(path, f"wrong architecture: the file has tensors the model lacks: {_few(result.unexpected_keys)}")
-    allowed_missing = {f"{name}.{p}" for name in ternary for p in ("weight", "bias")}
-    missing = [k for k in result.missing_keys if k not in allowed_missing]
-    if missing:
-        raise _fail(path, f"wrong architecture: the file lacks tensors the model has: {_few(missing)}")
-
-    def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
-        if name not in ternary:
-            return None
-        spec = ternary[name]
-        layer_codes = torch.from_numpy(codes[name])
-        if spec["pow2"]:
-            exp = tensors.get(name + ".scale_exp")
-            if exp is None or exp.dtype != torch.int8 or exp.shape != (layer_codes.shape[0],):
-                raise _fail(path, f"layer {name!r}: missing or malformed scale_exp")
-            scale = torch.exp2(exp.float())
-        else:
-            scale = tensors.get(name + ".scale")
-            if scale is None or not scale.is_floating_point() or scale.shape != (layer_codes.shape[0],):
-                raise _fail(path, f"layer {name!r}: missing or malformed scale")
-        bias = tensors.get(name + ".bias")
-        if (bias is None) != (module.bias is None) or (bias is not None and bias.shape != (layer_codes.shape[0],)):
-            raise _fail(path, f"wrong architecture: layer {name!r} bias does not match")
-        try:
-            quant = TernaryQuant(scale_op=spec["scale_op"], pow2=spec["pow2"],
-                                 act_bits=getattr(module, "act_bits", None))
-            layer_cls = TernaryConv2d if isinstance(module, nn.Conv2d) else TernaryLinear
-            return layer_cls.from_codes(module, codes[name], scale, bias, quant)
-        except Exception as e:
-            raise _fail(path, f"layer {name!r} cannot be built: {e}") from None
-
-    model, count = replace_modules(model, rule, inplace=True)
-    if count != len(ternary):
-        raise _fail(path, "wrong architecture: not every ternary layer of the file is in the model")
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:
-        raise _fail(path, f"the file does not fill the model: {_few(leftover)}")
-    return model
-
-
-def _short(value, n: int = 200) -> str:
-    """``repr`` (or the string) cut to ``n`` characters on one line: error messages stay one line."""
-    text = " ".join((value if isinstance(value, str) else repr(value)).split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _few(keys, n: int = 5) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def checkpoint_size_report(path: PathLike) -> dict:
-    """Bytes of each part of a checkpoint and bits per ternary weight (for docs and benchmarks)."""
-    name, data = _read_bytes(path)
-    header, tensors, codes = read_checkpoint(data, name)
-    z = zipfile.ZipFile(io.BytesIO(data))
-    from safetensors.torch import load as st_load
-
-    raw = st_load(z.read(TENSORS_NAME))
-    coded = sum(v.numel() for k, v in raw.items() if k.startswith(TERNARY_PREFIX))
+    """Bytes of each part of a checkpoint and bits per ternary weight (for docs and benchmarks); reads the file
+    once."""
+    name, data = read_source(path)
+    header, tensors = _checked_parts(name, data)
+    coded = sum(v.numel() for k, v in tensors.items() if k.startswith(TERNARY_PREFIX))
+    other = sum(v.numel() * v.element_size() for k, v in tensors.items() if not k.startswith(TERNARY_PREFIX))
+    codes = _decode(name, header, tensors)
     weights = sum(math.prod(c.shape) for c in (codes or {}).values())
     return {
         "file_bytes": len(data),
         "ternary_weights": weights,
         "ternary_coded_bytes": coded,
         "bits_per_ternary_weight": coded * 8 / weights if weights else None,
-        "other_tensor_bytes": sum(v.numel() * v.element_size() for k, v in raw.items() if not k.startswith(TERNARY_PREFIX)),
+        "other_tensor_bytes": other,
     }

@@ -22,7 +22,8 @@ import zlib
 from typing import Dict
 
 from bitnetcnn.checkpoint.errors import CheckpointError
-from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME, load_checkpoint
+from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME
+from bitnetcnn.checkpoint.load import load_checkpoint
 
 FUZZ_MODES = ("file", "header", "tensors")
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import zipfile
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch.nn.modules.module as module_hooks
 
 from bitnetcnn.checkpoint.errors import CheckpointError
 
+MAX_TENSOR_BYTES = 8 << 30  # no entry of any checkpoint inflates beyond this
 MAX_DEFLATE_RATIO = 32  # inflated/compressed; real tensors: 1.04-1.73 (every registry model and form), deflate: 1032
 RATIO_SLACK = 1 << 20  # small entries may compress better (a header, a BatchNorm-only state)
 MAX_ZIP_ENTRIES = 10_000  # bitnetcnn's format has 2; torch.save: one a tensor (a ResNet-50 state_dict: 320)
@@ -188,3 +190,17 @@ def construction_budget(tensors: int, numel: int) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def read_source(source) -> Tuple[Optional[str], bytes]:
+    """``(name, bytes)`` of a path, an open file or bytes: the whole file, read once."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return None, bytes(source)
+    if hasattr(source, "read"):
+        return getattr(source, "name", None), source.read()
+    path = os.fspath(source)
+    try:
+        with open(path, "rb") as f:
+            return path, f.read()
+    except OSError as e:
+        raise CheckpointError(path, f"cannot read the file: {e.strerror or e}") from None

@@ -26,7 +26,9 @@ from torch import nn
 
 from bitnetcnn.checkpoint import limits
 from bitnetcnn.checkpoint.errors import CheckpointError
-from bitnetcnn.checkpoint.format import MAX_TENSOR_BYTES, _assemble, _read_bytes, _short, is_bitnetcnn_checkpoint
+from bitnetcnn.checkpoint.assemble import assemble
+from bitnetcnn.checkpoint.errors import short
+from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, list_models
 from bitnetcnn.nn import convert_to_ternary
 from bitnetcnn.quant import DEFAULT_QUANT
@@ -50,7 +52,7 @@ def _torch_load(path, data: bytes) -> Any:
                               ) from None
     except Exception as e:
         raise CheckpointError(path, f"not a readable checkpoint (torch.load failed: {type(e).__name__}: "
-                              f"{_short(str(e).splitlines()[0] if str(e) else '')})") from None
+                              f"{short(str(e).splitlines()[0] if str(e) else '')})") from None
 
 
 def _unwrap(path, obj: Any) -> Tuple[Dict[str, torch.Tensor], dict]:
@@ -83,7 +85,7 @@ def _read_foreign(path, data: bytes) -> Tuple[Dict[str, torch.Tensor], dict]:
     except Exception as e:
         if data[:4] == b"PK\x03\x04":  # a zip's first bytes, but its directory (at the end) is unreadable
             raise CheckpointError(path, f"the file is truncated or damaged (a zip without a readable directory: "
-                                  f"{_short(str(e), 80)}); copy or download it again") from None
+                                  f"{short(str(e), 80)}); copy or download it again") from None
         if data[:1] != b"\x80":  # a pickle (PyTorch's legacy format) starts with its protocol opcode
             raise CheckpointError(path, "not a checkpoint: neither bitnetcnn's format, a zip, nor a torch.save "
                                   "file") from None
@@ -95,7 +97,7 @@ def _read_foreign(path, data: bytes) -> Tuple[Dict[str, torch.Tensor], dict]:
             inner = z.read(info)
         except Exception as e:
             raise CheckpointError(path, f"cannot read {info.filename!r} from the zip (truncated or damaged?): "
-                                  f"{_short(str(e), 120)}") from None
+                                  f"{short(str(e), 120)}") from None
         state, extra = _unwrap(path, _torch_load(path, inner))
         extra.setdefault("source_name", info.filename)
         return state, extra
@@ -171,7 +173,7 @@ def load_seed_checkpoint(path, model_name: Optional[str] = None, **model_kwargs)
     The architecture is inferred from the keys and shapes (``model_name`` and ``model_kwargs`` override it); the
     result is in eval mode, with ``model.checkpoint_header`` describing the source.
     """
-    name, data = _read_bytes(path)
+    name, data = read_source(path)
     state, extra = _read_foreign(name, data)
     if not is_seed_state(state):
         raise CheckpointError(name, "not a seed checkpoint (no int8 '<layer>.weight' with a '<layer>.scale')")
@@ -209,7 +211,7 @@ def _load_seed_state(name, state, extra, model_name, model_kwargs) -> nn.Module:
                                   f"{list(c.shape)}")
     ternary = {layer: {"pow2": False, "scale_op": getattr(modules[layer], "scale_op", DEFAULT_QUANT.scale_op)}
                for layer in codes}
-    model = _assemble(name, model, tensors, codes, ternary)
+    model = assemble(name, model, tensors, codes, ternary)
     accuracy = extra.get("acc_tern")
     claimed = re.search(r"acc@(\d+(?:\.\d+)?)", source)
     model.checkpoint_header = {
@@ -224,8 +226,6 @@ def _load_seed_state(name, state, extra, model_name, model_kwargs) -> nn.Module:
 
 def load_foreign(name, data: bytes, model_name: Optional[str] = None, **model_kwargs) -> nn.Module:
     """What :func:`bitnetcnn.load_checkpoint` does with a file that is not in bitnetcnn's format."""
-    if is_bitnetcnn_checkpoint(data):  # pragma: no cover - the caller checked
-        raise CheckpointError(name, "is a bitnetcnn checkpoint")
     state, extra = _read_foreign(name, data)
     if is_seed_state(state):
         return _load_seed_state(name, state, extra, model_name, model_kwargs)
