@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bitnetcnn.models.layers import QUANT_MODES
 from bitnetcnn.quant import ACT_BITS, DEFAULT_QUANT, SCALE_OPS
+from bitnetcnn.train.schedule import DEFAULT_LR
 
 TRAIN_EXAMPLE = ("bitnetcnn train --model bit_resnet18 --dataset cifar100 --epochs 100 --batch-size 128 --lr 0.1 "
                  "--optimizer sgd --wd 5e-4 --amp --out runs/r18")
@@ -50,8 +51,9 @@ def _add_train(sub) -> None:
     a("--resume", action="store_true", help="continue the run in --out from its last.ckpt, with its saved settings")
     a("--epochs", type=int, default=4)
     a("--batch-size", type=int, default=128)
-    a("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd means Nesterov momentum")
-    a("--lr", type=float, help="peak learning rate (default 1e-2 for adamw, 0.1 for sgd)")
+    a("--optimizer", choices=list(DEFAULT_LR), default="adamw", help="sgd means Nesterov momentum")
+    a("--lr", type=float, help="peak learning rate (default " + ", ".join(f"{lr:g} for {opt}" for opt, lr in
+                                                                        DEFAULT_LR.items()) + ")")
     a("--wd", type=float, default=5e-4, help="weight decay (never on norms, biases, scales)")
     a("--momentum", type=float, default=0.9)
     a("--warmup-epochs", type=float, default=0.3)
@@ -144,7 +146,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from bitnetcnn import create_model, list_models, summary
+    from bitnetcnn import create_model, summary
 
     if Path(args.model).exists():
         from bitnetcnn import load_checkpoint
@@ -200,7 +202,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--calibrate", type=positive_int, default=256, metavar="N", help="calibration images for the int8 path")
     p.add_argument("--data-dir")
     p.add_argument("--budget", type=seconds, default=20.0, help="seconds of timing per batch size (at least 3 rounds)")
-    p.add_argument("--variants", nargs="+", choices=["fp32_eager", "bit_eval", "ternary", "deploy"])
+    p.add_argument("--variants", nargs="+", metavar="VARIANT",
+                   choices=["fp32_eager", "bit_eval", "ternary", "deploy", "deploy_onnxruntime", "deploy_openvino"],
+                   help="what to time (default: all; deploy: every installed deploy backend)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON")
 
 

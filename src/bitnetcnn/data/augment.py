@@ -83,7 +83,10 @@ def random_elastic(images: torch.Tensor, alpha: float, sigma: float = 4.0,
     return out.clamp_(0, 255)
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float in 0..255) to float, standardized per channel."""
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (or float in 0..255) ``(N, C, H, W)`` images to the float model input: ``(x / 255 - mean) / std`` per
+    channel (``mean`` and ``std``: tensors or sequences)."""
     x = images.float().div_(255)
-    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(mean).div_(std)

@@ -8,10 +8,11 @@ from typing import Callable
 
 from bitnetcnn.data import sources
 
-MNIST_STATS = ((0.1307,), (0.3081,))
-CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+from bitnetcnn.normalization import CIFAR10 as CIFAR10_STATS
+from bitnetcnn.normalization import CIFAR100 as CIFAR100_STATS
+from bitnetcnn.normalization import FASHION_MNIST as FASHION_MNIST_STATS
+from bitnetcnn.normalization import IMAGENET as IMAGENET_STATS
+from bitnetcnn.normalization import MNIST as MNIST_STATS
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ DATASETS: dict[str, DatasetSpec] = {
     for s in [
         DatasetSpec("mnist_demo", sources.read_mnist_demo, 10, 1, 28, *MNIST_STATS, crop_padding=2, hflip=False),
         DatasetSpec("mnist", sources.read_mnist, 10, 1, 28, *MNIST_STATS, crop_padding=2, hflip=False),
-        DatasetSpec("fashion_mnist", sources.read_fashion_mnist, 10, 1, 28, (0.2860,), (0.3530,), 2, True),
+        DatasetSpec("fashion_mnist", sources.read_fashion_mnist, 10, 1, 28, *FASHION_MNIST_STATS, 2, True),
         DatasetSpec("cifar10", sources.read_cifar10, 10, 3, 32, *CIFAR10_STATS, crop_padding=4, hflip=True),
         DatasetSpec("cifar100", sources.read_cifar100, 100, 3, 32, *CIFAR100_STATS, crop_padding=4, hflip=True),
         DatasetSpec("tiny_imagenet", sources.read_tiny_imagenet, 200, 3, 64, *IMAGENET_STATS, 8, True),

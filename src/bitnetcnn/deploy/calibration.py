@@ -9,18 +9,14 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretrained_cfg
+from bitnetcnn.data.augment import normalize
 
 __all__ = ["as_batches", "dataset_for", "dataset_images", "normalize_images"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
 
-def normalize_images(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` images to the float model input: ``(x / 255 - mean) / std``."""
-    x = images.float().div_(255.0)
-    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - mean) / std
+normalize_images = normalize  # the data floor's: one normalization for training, evaluation and deployment
 
 
 def _model_stats(model: Optional[nn.Module]):

@@ -11,10 +11,11 @@ from typing import Callable, Optional
 
 from torch import nn
 
+from bitnetcnn import normalization
 from bitnetcnn.models.layers import QuantSpec
 
-CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR_MEAN, CIFAR_STD = normalization.CIFAR100  # an architecture's default input, until a checkpoint says otherwise
+MNIST_MEAN, MNIST_STD = normalization.MNIST
 
 
 @dataclass(frozen=True)

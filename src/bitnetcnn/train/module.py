@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from bitnetcnn.models import create_model
 from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
-from bitnetcnn.train.schedule import param_groups, warmup_cosine
+from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
 
 
 class BitClassifier(L.LightningModule):
@@ -33,7 +33,7 @@ class BitClassifier(L.LightningModule):
         in_chans: int = 1,
         model_kwargs: Optional[dict] = None,
         optimizer: str = "adamw",
-        lr: float = 2e-3,
+        lr: Optional[float] = None,  # None: DEFAULT_LR of the optimizer
         weight_decay: float = 5e-4,
         momentum: float = 0.9,
         warmup_epochs: float = 1.0,
@@ -99,11 +99,12 @@ class BitClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        lr = hp.lr if hp.lr is not None else DEFAULT_LR.get(hp.optimizer)
         groups = param_groups(self.model, hp.weight_decay)
         if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+            opt = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, nesterov=True)
         elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=hp.lr)
+            opt = torch.optim.AdamW(groups, lr=lr)
         else:
             raise ValueError(f"unknown optimizer {hp.optimizer!r}: use 'sgd' or 'adamw'")
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -29,7 +29,7 @@ from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.train.callbacks import RunRecorder
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
-from bitnetcnn.train.schedule import warmup_ema
+from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 
 ACT_SCALE_KEY = "act_quant.running_scale"
 
@@ -58,8 +58,6 @@ def in_range(value, name: str, low: float, high: float = math.inf, low_open: boo
         raise SettingsError(f"{flag} {value!r} is out of range: it must lie in {lo}, {hi}")
 
 
-# Peak learning rate when --lr is not given; AdamW's trains the demo in 4 epochs (README).
-DEFAULT_LR = {"adamw": 1e-2, "sgd": 0.1}
 
 
 @dataclass
