@@ -10,7 +10,7 @@ import torch
 
 import bitnetcnn
 from bitnetcnn import CheckpointError, convert_to_ternary, create_model
-from bitnetcnn.checkpoint.fuzz import FUZZ_MODES, fuzz
+from bitnetcnn.checkpoint.fuzz import FUZZ_MODES, damaged_copy, fuzz
 
 
 def _tiny(tmp_path_factory, form):
@@ -42,7 +42,34 @@ def test_only_checkpoint_errors_come_out(tmp_path_factory, form, mode, iteration
     assert time.perf_counter() - start < 60
 
 
-def test_fuzz_modes_are_known():
+def test_each_fuzz_mode_damages_the_part_it_names(checkpoint):
+    """``header`` leaves the tensors as they were; ``tensors`` keeps the header's size and sha256 true to the
+    damaged tensors (so the damage gets past the hash check); ``file`` damages the bytes themselves."""
+    import hashlib
+    import io
+    import json
+    import random
+    import zipfile
+
+    from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME
+
+    def parts(data):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return z.read(HEADER_NAME), z.read(TENSORS_NAME)
+
+    header, tensors = parts(checkpoint)
+    rng = random.Random(0)
+    for _ in range(20):
+        assert damaged_copy(checkpoint, "file", rng) != checkpoint
+        new_header, same_tensors = parts(damaged_copy(checkpoint, "header", rng))
+        assert same_tensors == tensors and new_header != header
+        new_header, new_tensors = parts(damaged_copy(checkpoint, "tensors", rng))
+        declared = json.loads(new_header)["tensors"]
+        assert new_tensors != tensors
+        assert declared["bytes"] == len(new_tensors)
+        assert declared["sha256"] == hashlib.sha256(new_tensors).hexdigest()
+    with pytest.raises(ValueError, match="unknown fuzz mode 'bits'"):
+        damaged_copy(checkpoint, "bits", rng)
     assert set(FUZZ_MODES) == {"file", "header", "tensors"}
 
 

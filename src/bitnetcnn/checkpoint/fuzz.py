@@ -61,24 +61,30 @@ def _zip(header: bytes, tensors: bytes) -> bytes:
     return out.getvalue()
 
 
-def fuzz(data: bytes, mode: str, iterations: int, seed: int = 0) -> Dict[str, object]:
-    """Load ``iterations`` damaged copies of the checkpoint ``data``; count what came out."""
+def damaged_copy(data: bytes, mode: str, rng: random.Random) -> bytes:
+    """One damaged copy of the checkpoint ``data``: its bytes (``file``), its header re-zipped with valid CRCs
+    (``header``), or its tensors re-zipped under a header whose size and sha256 match them (``tensors``), so that
+    the damage reaches the checks behind the zip's and the hash's."""
     if mode not in FUZZ_MODES:
         raise ValueError(f"unknown fuzz mode {mode!r}: {FUZZ_MODES}")
-    rng = random.Random(seed)
+    if mode == "file":
+        return mutate(data, rng)
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         header, tensors = z.read(HEADER_NAME), z.read(TENSORS_NAME)
+    if mode == "header":
+        return _zip(mutate(header, rng), tensors)
+    bad = mutate(tensors, rng)
+    head = json.loads(header)
+    head["tensors"].update(bytes=len(bad), sha256=hashlib.sha256(bad).hexdigest())
+    return _zip(json.dumps(head).encode(), bad)
+
+
+def fuzz(data: bytes, mode: str, iterations: int, seed: int = 0) -> Dict[str, object]:
+    """Load ``iterations`` damaged copies of the checkpoint ``data``; count what came out."""
+    rng = random.Random(seed)
     stats: Dict[str, object] = {"checkpoint_error": 0, "loaded": 0, "other": []}
     for i in range(iterations):
-        if mode == "file":
-            damaged = mutate(data, rng)
-        elif mode == "header":
-            damaged = _zip(mutate(header, rng), tensors)
-        else:
-            bad = mutate(tensors, rng)
-            head = json.loads(header)
-            head["tensors"].update(bytes=len(bad), sha256=hashlib.sha256(bad).hexdigest())
-            damaged = _zip(json.dumps(head).encode(), bad)
+        damaged = damaged_copy(data, mode, rng)
         try:
             load_checkpoint(damaged)
             stats["loaded"] += 1
