@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 from bitnetcnn.deploy.checks import NotDeployableError, example_input
+from bitnetcnn.quiet import quiet_loggers
+
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "torch._export")
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "to_onnx", "weight_nodes"]
 
@@ -32,7 +35,7 @@ def to_onnx(model: nn.Module, input_size: tuple[int, int, int]):
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     quiet = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), quiet_loggers(EXPORTER_LOGGERS, logging.ERROR):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model, (x,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -46,17 +49,6 @@ def to_onnx(model: nn.Module, input_size: tuple[int, int, int]):
     return program.model_proto
 
 
-@contextlib.contextmanager
-def _quiet_loggers():
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def weight_nodes(graph) -> Dict[str, object]:

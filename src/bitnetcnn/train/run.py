@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import logging
 import math
 import os
 import shlex
@@ -26,6 +25,7 @@ from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
+from bitnetcnn.quiet import quiet_loggers
 from bitnetcnn.train.callbacks import RunRecorder
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
@@ -347,19 +347,11 @@ QUIET_WARNINGS = (r"Checkpoint directory .* exists and is not empty", r".*isinst
 
 @contextlib.contextmanager
 def _quiet_lightning():
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero",
-                                                     "lightning.fabric.utilities.rank_zero")]
-    levels = [log.level for log in loggers]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_loggers(("lightning.pytorch.utilities.rank_zero",
+                                                    "lightning.fabric.utilities.rank_zero")):
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
-        for log in loggers:
-            log.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for log, level in zip(loggers, levels):
-                log.setLevel(level)
+        yield
 
 
 def _leave_process_group() -> None:
