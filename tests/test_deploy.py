@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from bitnetcnn import convert_to_ternary, create_model
-from conftest import require_real_data
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -33,11 +32,12 @@ def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 @functools.lru_cache(maxsize=2)
 def _mnist_split(train: bool):
+    """MNIST digits from the bundled mnist_demo (10,000 train, 2,000 test): the deploy tests need no real data."""
     from bitnetcnn.data import get_dataset_spec
+    from bitnetcnn.settings import data_root
 
-    root = require_real_data("MNIST/raw/t10k-images-idx3-ubyte").parents[2]
-    spec = get_dataset_spec("mnist")
-    return spec, spec.reader(root, train, False)
+    spec = get_dataset_spec("mnist_demo")
+    return spec, spec.reader(data_root(None), train, False)
 
 
 def _mnist(train: bool, n: int):
