@@ -183,8 +183,7 @@ def _new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no linear classifier to resize")
     old = model.get_submodule(name)
     if isinstance(old, BitLinear):
-        new = BitLinear(old.in_features, num_classes, old.bias is not None, **{
-            k: v for k, v in old.quant_kwargs().items()})
+        new = BitLinear(old.in_features, num_classes, old.bias is not None, quant=old.quant)
     else:
         new = nn.Linear(old.in_features, num_classes, old.bias is not None)
     parent, _, child = name.rpartition(".")
