@@ -3,7 +3,15 @@ deployment path, measured in one run and compared with PyTorch float32 eager of 
 
 Timing on a shared machine: the variants take turns (one timed call of each per round), so a burst of load hits them
 alike, and each reports the median over its rounds (``min_ms`` too). Before its timed call a variant runs untimed
-for a few milliseconds, so that it is not timed against the other runtime's spinning threads.
+for a few milliseconds, so that it is not timed against the other runtime's spinning threads. Where /proc/stat can be
+read, each round also records how much CPU other processes used meanwhile; when at least 3 rounds were quiet (other
+processes below ``QUIET_CORES`` cores), the medians are over the quiet rounds only (PyTorch's OpenMP threads slow down
+many times over when another process takes one of their cores, the int8 runtimes much less, which would inflate
+every speed-up), and the report says how many rounds were quiet.
+
+The deployment path is measured on every backend that is installed (``deploy_onnxruntime``, ``deploy_openvino``:
+the same int8 graph), and the report says which one ``compile(backend="auto")`` picks on this machine and the CPU's
+model and int8-relevant instruction sets (avx2, avx512_vnni, avx_vnni, amx).
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -29,8 +36,13 @@ VARIANTS = {
     "fp32_eager": "PyTorch float32 eager (quant='fp' twin)",
     "bit_eval": "Bit model, eval mode (fake-quantized weights)",
     "ternary": "converted model (TernaryConv2d/Linear, PyTorch)",
-    "deploy": "bitnetcnn.deploy.compile (onnxruntime int8)",
+    "deploy_onnxruntime": "bitnetcnn.deploy.compile(backend='onnxruntime'): int8 graph on onnxruntime",
+    "deploy_openvino": "bitnetcnn.deploy.compile(backend='openvino'): the same int8 graph on OpenVINO's CPU plugin",
 }
+DEPLOY_VARIANTS = {"deploy_onnxruntime": "onnxruntime", "deploy_openvino": "openvino"}
+# "deploy" in a variant list means every deploy backend that is installed
+ALIASES = {"deploy": tuple(DEPLOY_VARIANTS)}
+QUIET_CORES = 0.25  # other processes' CPU use (in cores) during a round below which the round counts as quiet
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -79,14 +91,38 @@ def _calibration(source, model: nn.Module, n: int, data_dir=None):
 SETTLE_S = 0.01
 
 
+def _cpu_ticks():
+    """``(busy ticks of all CPUs, ticks of this process)`` from /proc, or None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
+        return busy, int(own[11]) + int(own[12])  # utime + stime (all threads)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _foreign_cores(before, after, seconds: float) -> Optional[float]:
+    """CPU used by other processes between two ``_cpu_ticks`` readings, in cores."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / hz / seconds)
+
+
 def _time(fns: Dict[str, Callable], x: torch.Tensor, budget_s: float, min_rounds: int, max_rounds: int):
+    """Per variant the timed calls' seconds, and per round the other processes' CPU use (cores, or None)."""
     times: Dict[str, list] = {k: [] for k in fns}
+    foreign: list = []
     with torch.inference_mode():
         for fn in fns.values():  # warm-up: first-call allocations, oneDNN primitive caches, ORT arenas
             fn(x)
         start = time.perf_counter()
         rounds = 0
         while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() - start < budget_s):
+            ticks, t_round = _cpu_ticks(), time.perf_counter()
             for k, fn in fns.items():
                 # Untimed calls for SETTLE_S first: the previous variant's worker threads (OpenMP's after PyTorch,
                 # onnxruntime's after a session) spin on the cores for a while after their last call; timed right
@@ -98,8 +134,15 @@ def _time(fns: Dict[str, Callable], x: torch.Tensor, budget_s: float, min_rounds
                 t0 = time.perf_counter()
                 fn(x)
                 times[k].append(time.perf_counter() - t0)
+            foreign.append(_foreign_cores(ticks, _cpu_ticks(), time.perf_counter() - t_round))
             rounds += 1
-    return times
+    return times, foreign
+
+
+def _quiet_rounds(foreign: list, min_quiet: int = 3) -> Optional[list]:
+    """Indices of the rounds in which other processes used under ``QUIET_CORES`` cores; None when too few were."""
+    quiet = [i for i, f in enumerate(foreign) if f is not None and f < QUIET_CORES]
+    return quiet if len(quiet) >= min_quiet else None
 
 
 def bench(
@@ -119,14 +162,27 @@ def bench(
 
     ``budget_s`` bounds the timing of each batch size (at least 3 rounds, at most 100).
     """
-    from bitnetcnn.deploy.compile import compile
+    from bitnetcnn.deploy.backends import choose_backend, measure_backends, openvino_status, pick_faster
+    from bitnetcnn.deploy.compile import to_onnx_graph
+    from bitnetcnn.deploy.runtime import DeployedModel
     from bitnetcnn.deploy.source import load_model
 
-    unknown = set(variants) - set(VARIANTS)
+    expanded = []
+    for v in variants:
+        for k in ALIASES.get(v, (v,)):
+            if k not in expanded:
+                expanded.append(k)
+    unknown = set(expanded) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {sorted(unknown)}: choose from {', '.join([*VARIANTS, *ALIASES])}")
+    notes = []
+    if "deploy_openvino" in expanded and not openvino_status()[0]:
+        expanded.remove("deploy_openvino")
+        notes.append(f"deploy_openvino skipped: {openvino_status()[1]}")
+    variants = tuple(expanded)
     if "fp32_eager" not in variants:
         variants = ("fp32_eager", *variants)
+    auto_backend, auto_reason = choose_backend("auto")  # ("auto", ...) when it takes a measurement
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -139,15 +195,24 @@ def bench(
         if "ternary" in variants:
             models["ternary"] = converted
         calib_note = None
-        if "deploy" in variants:
+        deploy = [k for k in variants if k in DEPLOY_VARIANTS]
+        if deploy:
             log("compiling the deployment path (BN folding, ONNX export, int8 calibration) ...")
             images, calib_note = _calibration(source, converted, calibrate, data_dir)
             t0 = time.perf_counter()
-            models["deploy"] = compile(converted, images, threads=threads)
-            log(f"  compiled in {time.perf_counter() - t0:.1f} s, calibrated on {calib_note}")
+            graph, info = to_onnx_graph(converted, images)
+            log(f"  int8 graph in {time.perf_counter() - t0:.1f} s, calibrated on {calib_note}")
+            for k in deploy:  # one graph, each backend's runtime on it
+                t0 = time.perf_counter()
+                models[k] = DeployedModel(graph, threads=threads, info=info, backend=DEPLOY_VARIANTS[k])
+                log(f"  {k}: loaded in {time.perf_counter() - t0:.1f} s")
+            if auto_backend == "auto" and len(deploy) == 2:  # what compile(backend="auto") would choose here
+                with torch.inference_mode():
+                    timings = measure_backends({DEPLOY_VARIANTS[k]: models[k].runner for k in deploy}, size)
+                auto_backend, auto_reason = pick_faster(timings)
         sizes = {}
         for k, m in models.items():
-            if k == "deploy":
+            if k in DEPLOY_VARIANTS:
                 sizes[k] = {"memory_bytes": m.nbytes, "disk_bytes": m.nbytes}
             else:
                 sizes[k] = {"memory_bytes": model_bytes(m), "disk_bytes": _disk_bytes(m, compact=k == "ternary")}
@@ -155,19 +220,24 @@ def bench(
         for bs in batch_sizes:
             x = torch.randn(bs, *size, generator=torch.Generator().manual_seed(bs))
             log(f"timing batch size {bs} ...")
-            times = _time({k: models[k] for k in variants}, x, budget_s, 3, 100)
-            base = statistics.median(times["fp32_eager"])
+            times, foreign = _time({k: models[k] for k in variants}, x, budget_s, 3, 100)
+            quiet = _quiet_rounds(foreign)
+            used = quiet if quiet is not None else list(range(len(foreign)))
+            base = statistics.median(times["fp32_eager"][i] for i in used)
             row = {}
             for k in variants:
-                med = statistics.median(times[k])
+                med = statistics.median(times[k][i] for i in used)
                 row[k] = {
                     "latency_ms": med * 1e3,
                     "min_ms": min(times[k]) * 1e3,
                     "throughput_ips": bs / med,
                     "speedup_vs_fp32": base / med,
-                    "rounds": len(times[k]),
+                    "rounds": len(used),
                 }
-            results.append({"batch_size": int(bs), "variants": row})
+            known = [f for f in foreign if f is not None]
+            results.append({"batch_size": int(bs), "variants": row, "rounds": len(foreign),
+                            "quiet_rounds": None if quiet is None else len(quiet),
+                            "other_processes_cores_median": round(statistics.median(known), 3) if known else None})
         return {
             "model": source.label,
             "model_args": source.args,
@@ -175,6 +245,9 @@ def bench(
             "threads": threads,
             "calibration": calib_note,
             "machine": _machine(),
+            "auto_backend": auto_backend,
+            "auto_backend_reason": auto_reason,
+            "notes": notes,
             "variants": {k: VARIANTS[k] for k in variants},
             "sizes": sizes,
             "results": results,
@@ -184,21 +257,21 @@ def bench(
 
 
 def _machine() -> dict:
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from bitnetcnn.deploy.backends import openvino_status, short_version
+    from bitnetcnn.deploy.cpu import cpu_info
+
+    cpu = cpu_info()
+    info = {"cpu": cpu["model"], "cores": cpu["cores"], "cpu_flags": cpu["flags"], "torch": torch.__version__}
     try:
         import onnxruntime
 
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
+    if openvino_status()[0]:
+        import openvino
+
+        info["openvino"] = short_version(openvino.__version__)
     return info
 
 
@@ -206,24 +279,49 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+def _flags_text(m: dict) -> str:
+    flags = m.get("cpu_flags")
+    if not flags:
+        return "CPU flags unknown"
+    return " ".join(f"{k}{'+' if v else '-'}" for k, v in flags.items())
+
+
 def format_report(report: dict) -> str:
     """The report as a text table."""
     m = report["machine"]
+    cpu = f"{m.get('cpu')}, {m.get('cores')} cores, {_flags_text(m)}"
     lines = [
-        f"bitnetcnn bench: {report['model']}  input {tuple(report['input_size'])}  threads {report['threads']}  "
-        f"({m.get('cpu')}, {m.get('cores')} cores; torch {m.get('torch')}, onnxruntime {m.get('onnxruntime', '-')})",
+        f"bitnetcnn bench: {report['model']}  input {tuple(report['input_size'])}  threads {report['threads']}",
+        f"CPU: {cpu}",
+        f"torch {m.get('torch')}, onnxruntime {m.get('onnxruntime', '-')}, openvino {m.get('openvino', '-')}",
     ]
+    if report.get("auto_backend"):
+        lines.append(f"compile(backend='auto') picks {report['auto_backend']} ({report.get('auto_backend_reason')})")
+    lines += list(report.get("notes") or [])
     if report.get("calibration"):
         lines.append(f"deploy calibrated on {report['calibration']}")
-    header = f"{'batch':>5}  {'variant':<11} {'latency ms':>11} {'images/s':>10} {'vs fp32':>8}"
+    width = max([len(k) for r in report["results"] for k in r["variants"]] + [11])
+    header = f"{'batch':>5}  {'variant':<{width}} {'latency ms':>11} {'images/s':>10} {'vs fp32':>8}"
     for res in report["results"]:
-        lines += ["", header]
+        quiet = res.get("quiet_rounds")
+        rounds = (f"medians of {quiet} quiet rounds of {res['rounds']}" if quiet is not None else
+                  f"medians of {res.get('rounds', '?')} rounds")
+        other = res.get("other_processes_cores_median")
+        if other is not None:
+            rounds += f"; other processes used {other:.2f} cores (median)"
+        lines += ["", f"batch {res['batch_size']} on {cpu} ({rounds})", header]
+        auto = f"deploy_{report.get('auto_backend')}"
         for k, r in res["variants"].items():
-            lines.append(f"{res['batch_size']:>5}  {k:<11} {r['latency_ms']:>11.2f} {r['throughput_ips']:>10.1f} "
-                         f"{r['speedup_vs_fp32']:>7.2f}x")
-    lines += ["", f"{'variant':<11} {'memory':>10} {'disk':>10}"]
+            mark = " <- auto" if k == auto else ""
+            lines.append(f"{res['batch_size']:>5}  {k:<{width}} {r['latency_ms']:>11.2f} {r['throughput_ips']:>10.1f} "
+                         f"{r['speedup_vs_fp32']:>7.2f}x{mark}")
+        v = res["variants"]
+        if "deploy_onnxruntime" in v and "deploy_openvino" in v:
+            ratio = v["deploy_onnxruntime"]["latency_ms"] / v["deploy_openvino"]["latency_ms"]
+            lines.append(f"{'':>5}  openvino vs onnxruntime: {ratio:.2f}x")
+    lines += ["", f"{'variant':<{width}} {'memory':>10} {'disk':>10}"]
     for k, s in report["sizes"].items():
-        lines.append(f"{k:<11} {_mb(s['memory_bytes']):>10} {_mb(s['disk_bytes']):>10}")
+        lines.append(f"{k:<{width}} {_mb(s['memory_bytes']):>10} {_mb(s['disk_bytes']):>10}")
     lines += ["", *(f"{k}: {v}" for k, v in report["variants"].items())]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""The deployed model: an onnxruntime session behind the call signature of a PyTorch model."""
+"""The deployed model: an onnxruntime session or an OpenVINO compiled model behind the call signature of a PyTorch
+model."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-
-from bitnetcnn.deploy.onnx_graph import INPUT_NAME
 
 __all__ = ["DeployedModel", "make_session"]
 
@@ -39,24 +38,33 @@ class DeployedModel:
     """Callable like the model it came from: ``logits = deployed(images)`` with torch tensors in and out.
 
     ``onnx_model`` is the graph it runs (QDQ int8 or float), ``save(path)`` writes it as a ``.onnx`` file that any
-    onnxruntime loads. ``info`` says how it was made (int8 or float, where the activation scales came from).
+    onnxruntime (or OpenVINO) loads. ``info`` says how it was made (int8 or float, where the activation scales came
+    from, the backend). ``backend`` is the runtime that executes it ("onnxruntime" or "openvino") and
+    ``backend_reason`` why that one (see :func:`bitnetcnn.deploy.backends.choose_backend`). ``session`` is the
+    onnxruntime session (None on OpenVINO).
     """
 
-    def __init__(self, onnx_model, threads: Optional[int] = None, info: Optional[dict] = None) -> None:
+    def __init__(self, onnx_model, threads: Optional[int] = None, info: Optional[dict] = None,
+                 backend: str = "onnxruntime", backend_reason: str = "asked for", runner=None) -> None:
+        from bitnetcnn.deploy.backends import make_runner
+
         self.onnx_model = onnx_model
         self._bytes = onnx_model.SerializeToString()
         self.threads = int(threads or torch.get_num_threads())
-        self.session = make_session(self._bytes, self.threads)
+        self.runner = runner if runner is not None else make_runner(backend, self._bytes, self.threads)
+        self.backend = self.runner.name
+        self.backend_reason = backend_reason
+        self.session = getattr(self.runner, "session", None)
         self.info = dict(info or {})
+        self.info.update(backend=self.backend, backend_version=self.runner.version, backend_reason=backend_reason)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        (out,) = self.session.run(None, {INPUT_NAME: array})
-        return torch.from_numpy(out).to(x.device)
+        return torch.from_numpy(self.runner.run(array)).to(x.device)
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
         """The same call without torch conversions (what a serving process would do)."""
-        return self.session.run(None, {INPUT_NAME: x})[0]
+        return self.runner.run(x)
 
     def eval(self) -> "DeployedModel":
         return self  # already an inference-only object; lets code written for nn.Module call .eval()
@@ -74,4 +82,4 @@ class DeployedModel:
 
     def __repr__(self) -> str:
         kind = "int8" if self.info.get("int8") else "float"
-        return f"DeployedModel({kind}, {self.nbytes:,} bytes, threads={self.threads})"
+        return f"DeployedModel({kind}, {self.backend}, {self.nbytes:,} bytes, threads={self.threads})"

@@ -1,0 +1,197 @@
+"""The runtimes that execute the deployed ONNX graph, and which one ``compile(backend="auto")`` picks.
+
+Both run the same int8 (QDQ) or float ONNX graph that :func:`bitnetcnn.deploy.to_onnx_graph` builds:
+
+- ``"onnxruntime"`` (the ``deploy`` extra): always there; its u8 x s8 kernels are fast where the CPU has VNNI.
+- ``"openvino"`` (``pip install openvino``, optional): its CPU plugin turns the QDQ pairs into int8 convolutions
+  (oneDNN). Measured faster than onnxruntime on an AVX2-only AMD EPYC at batch 1 and 128 and on an AVX-512 VNNI
+  EPYC (docs/deploy.md), with the same top-1 agreement with the converted model on MNIST and CIFAR-100 test images.
+
+``"auto"`` uses onnxruntime where OpenVINO cannot be used (the package does not import, it has no CPU device, or the
+CPU lacks AVX2, which its int8 convolutions need). Otherwise it measures: both runtimes load the graph and take turns
+on random inputs at batch 1 and batch ``AUTO_BATCH`` for about ``AUTO_BUDGET_S`` seconds, and the faster one (the
+geometric mean of the two latency ratios) is kept. Which one wins depends on the model as much as on the CPU: on the
+AVX2-only EPYC of development OpenVINO ran ResNet-18 faster at both batch sizes, and onnxruntime the small MNIST
+bitnet_cnn (per-call overheads dominate there). The choice, the reason and the timings are kept on the compiled model
+(``deployed.backend``, ``deployed.backend_reason``, ``deployed.info["backend_timings_ms"]``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from functools import lru_cache
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bitnetcnn.deploy.cpu import cpu_info
+from bitnetcnn.deploy.onnx_graph import INPUT_NAME
+
+__all__ = ["BACKENDS", "OnnxRuntimeRunner", "OpenVINORunner", "choose_backend", "measure_backends",
+           "openvino_status"]
+
+BACKENDS = ("auto", "onnxruntime", "openvino")
+
+# A batch of at least this many images per thread runs on OpenVINO as one sub-batch per thread, each on a one-thread
+# compiled model, all at once (see OpenVINORunner); smaller batches run as one request on all threads.
+STREAM_SPLIT_MIN_PER_THREAD = 16
+AUTO_BATCH = 32  # the larger batch size "auto" times besides batch 1
+AUTO_BUDGET_S = 2.0  # about how long "auto" times the candidates (at least 3 rounds each)
+
+
+def short_version(version: str) -> str:
+    """``2026.4.1`` of OpenVINO's ``2026.4.1-22982-e213a147257-releases/2026/4``."""
+    return str(version).split("-", 1)[0]
+
+
+@lru_cache(maxsize=1)
+def openvino_status() -> Tuple[bool, str]:
+    """``(usable, why)``: whether ``import openvino`` works and it has a CPU device; cached for the process."""
+    try:
+        import openvino as ov  # noqa: F401
+    except Exception as err:  # noqa: BLE001  (ImportError, or a broken install raising anything at import)
+        return False, f"openvino is not installed ({type(err).__name__}: {str(err)[:80]}); pip install openvino"
+    try:
+        devices = ov.Core().available_devices
+    except Exception as err:  # noqa: BLE001
+        return False, f"openvino {short_version(ov.__version__)} cannot start ({type(err).__name__}: {str(err)[:80]})"
+    if "CPU" not in devices:
+        return False, f"openvino {short_version(ov.__version__)} has no CPU device (devices: {', '.join(devices) or 'none'})"
+    return True, f"openvino {short_version(ov.__version__)}"
+
+
+def choose_backend(backend: str = "auto") -> Tuple[str, str]:
+    """``(name, reason)`` of the runtime for ``backend`` ("auto", "onnxruntime" or "openvino") before measuring.
+
+    An explicit "openvino" that cannot be used raises ``ImportError`` with the reason; "auto" falls back to
+    onnxruntime and says why, or returns ``("auto", ...)`` when both are candidates and it takes a measurement
+    (:func:`measure_backends`) to choose.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        return "onnxruntime", "asked for"
+    usable, why = openvino_status()
+    if backend == "openvino":
+        if not usable:
+            raise ImportError(f"backend='openvino' needs the openvino package: {why}")
+        return "openvino", "asked for"
+    if not usable:
+        return "onnxruntime", f"auto: {why}"
+    flags = cpu_info()["flags"]
+    if flags is not None and not flags.get("avx2"):
+        return "onnxruntime", "auto: the CPU has no AVX2, which OpenVINO's int8 convolutions need"
+    return "auto", f"{why} and onnxruntime both usable"
+
+
+def measure_backends(runners: Dict[str, object], input_size: Sequence[int], batch_sizes=(1, AUTO_BATCH),
+                     budget_s: float = AUTO_BUDGET_S, min_rounds: int = 3) -> Dict[str, Dict[int, float]]:
+    """Median latency (ms) of each runner at each batch size on random inputs; the runners take turns."""
+    rng = np.random.default_rng(0)
+    times: Dict[str, Dict[int, list]] = {k: {bs: [] for bs in batch_sizes} for k in runners}
+    per_batch = budget_s / max(1, len(batch_sizes))
+    for bs in batch_sizes:
+        x = rng.standard_normal((bs, *input_size)).astype(np.float32)
+        for runner in runners.values():
+            runner.run(x)  # warm-up: shape-specific kernels, arenas, OpenVINO's stream model at large batches
+        start, rounds = time.perf_counter(), 0
+        while rounds < min_rounds or (time.perf_counter() - start < per_batch and rounds < 50):
+            for k, runner in runners.items():
+                runner.run(x)  # untimed: the other runtime's threads leave the cores
+                t0 = time.perf_counter()
+                runner.run(x)
+                times[k][bs].append(time.perf_counter() - t0)
+            rounds += 1
+    return {k: {bs: statistics.median(v) * 1e3 for bs, v in per.items()} for k, per in times.items()}
+
+
+def pick_faster(timings: Dict[str, Dict[int, float]]) -> Tuple[str, str]:
+    """``(name, reason)``: openvino when the geometric mean of onnxruntime/openvino latency ratios exceeds 1."""
+    ort, ov = timings["onnxruntime"], timings["openvino"]
+    ratio = math.exp(statistics.fmean(math.log(ort[bs] / ov[bs]) for bs in ort))
+    name = "openvino" if ratio > 1.0 else "onnxruntime"
+    figures = ", ".join(f"batch {bs}: openvino {ov[bs]:.2f} ms, onnxruntime {ort[bs]:.2f} ms" for bs in ort)
+    return name, f"auto: measured at compile ({figures}; openvino {ratio:.2f}x onnxruntime)"
+
+
+class OnnxRuntimeRunner:
+    """An onnxruntime CPU session; ``run(x)`` maps a float32 array to the logits."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_bytes: bytes, threads: int) -> None:
+        from bitnetcnn.deploy.runtime import make_session
+
+        self.session = make_session(model_bytes, threads)
+        import onnxruntime
+
+        self.version = onnxruntime.__version__
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT_NAME: x})[0]
+
+
+class OpenVINORunner:
+    """OpenVINO's CPU plugin on the same graph; ``run(x)`` maps a float32 array to the logits.
+
+    One compiled model with the latency hint (one stream on ``threads`` threads) serves small batches. A batch of at
+    least ``STREAM_SPLIT_MIN_PER_THREAD`` images per thread is split into ``threads`` parts that run at once on
+    ``threads`` more compiled models of one thread each (built on first use; ResNet-18 at batch 128 on 2 threads:
+    5-15% faster than one request on 2 threads, same outputs bit for bit). Not OpenVINO's own streams: with
+    ``NUM_STREAMS`` > 1 (the THROUGHPUT hint) OpenVINO 2026.4.1 computes this int8 graph wrongly on an AVX2 CPU
+    (11% top-1 on MNIST, chance level) while the float graph is right. Calls are serialized by a lock (an infer
+    request is not re-entrant).
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_bytes: bytes, threads: int) -> None:
+        import openvino as ov
+
+        self.version = short_version(ov.__version__)
+        self.threads = int(threads)
+        self.core = ov.Core()
+        self._model = self.core.read_model(model_bytes)
+        self.compiled = self._compile(self.threads)
+        self._request = self.compiled.create_infer_request()
+        self._parts = None
+        self._lock = threading.Lock()
+
+    def _compile(self, threads: int):
+        return self.core.compile_model(self._model, "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            # f32 wherever the graph is float: no bf16/f16 downcast on CPUs that have it (it would move logits)
+            "INFERENCE_PRECISION_HINT": "f32",
+        })
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with self._lock:
+            if self.threads > 1 and len(x) >= self.threads * STREAM_SPLIT_MIN_PER_THREAD:
+                return self._run_split(x)
+            return self._request.infer({0: x}, share_inputs=True)[0].copy()
+
+    def _run_split(self, x: np.ndarray) -> np.ndarray:
+        if self._parts is None:
+            self._parts = [self._compile(1).create_infer_request() for _ in range(self.threads)]
+        parts = [np.ascontiguousarray(p) for p in np.array_split(x, self.threads)]
+        for request, part in zip(self._parts, parts):
+            request.start_async({0: part}, share_inputs=True)
+        for request in self._parts:
+            request.wait()
+        return np.concatenate([request.get_output_tensor(0).data.copy() for request in self._parts])
+
+
+def make_runner(name: str, model_bytes: bytes, threads: int):
+    if name == "onnxruntime":
+        return OnnxRuntimeRunner(model_bytes, threads)
+    if name == "openvino":
+        return OpenVINORunner(model_bytes, threads)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+def describe(name: Optional[str]) -> str:
+    return {"onnxruntime": "onnxruntime int8", "openvino": "OpenVINO CPU plugin int8"}.get(name or "", str(name))

@@ -1,0 +1,61 @@
+"""What the CPU can do for int8 inference: its model name and the instruction sets that decide the speed.
+
+On x86 the int8 convolution kernels of onnxruntime and OpenVINO are as fast as the widest of: AVX2 (``vpmaddubsw``
++ ``vpmaddwd``, about the speed of float32 FMA), AVX-512 / AVX-VNNI (``vpdpbusd``: one instruction per 4-element
+dot product, several times float32) and AMX (tile int8 products).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from typing import Dict, Optional
+
+__all__ = ["RELEVANT_FLAGS", "cpu_info", "format_cpu"]
+
+# name in the report: /proc/cpuinfo flag(s), any of which means the feature is there
+RELEVANT_FLAGS: Dict[str, tuple] = {
+    "avx2": ("avx2",),
+    "avx512f": ("avx512f",),
+    "avx512_vnni": ("avx512_vnni",),
+    "avx_vnni": ("avx_vnni",),
+    "amx": ("amx_int8", "amx_tile"),
+}
+
+
+def _parse_cpuinfo(text: str) -> dict:
+    model, flags = None, None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:
+            flags = set(value.split())
+    return {"model": model, "flags": flags}
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """``{"model": str, "cores": int, "flags": {name: bool} or None}`` (flags None where they cannot be read)."""
+    parsed = {"model": None, "flags": None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            parsed = _parse_cpuinfo(f.read())
+    except OSError:
+        pass
+    raw = parsed["flags"]
+    flags: Optional[Dict[str, bool]] = None
+    if raw is not None:
+        flags = {name: any(f in raw for f in aliases) for name, aliases in RELEVANT_FLAGS.items()}
+    return {"model": parsed["model"] or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "flags": flags}
+
+
+def format_cpu(info: Optional[dict] = None) -> str:
+    """``AMD EPYC, 2 cores: avx2 yes, avx512f no, avx512_vnni no, avx_vnni no, amx no``."""
+    info = info or cpu_info()
+    flags = info.get("flags")
+    features = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()) if flags else "flags unknown"
+    return f"{info.get('model')}, {info.get('cores')} cores: {features}"

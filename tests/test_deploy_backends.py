@@ -1,0 +1,210 @@
+"""The deploy backends: onnxruntime and OpenVINO on the same int8 graph, what ``compile(backend="auto")`` picks and
+says, the fallback without OpenVINO, and OpenVINO's agreement with the converted model (issue 20).
+
+No timing is asserted: the choice logic is tested with given timings; speed is ``bitnetcnn bench``'s business.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bitnetcnn import convert_to_ternary, create_model
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from bitnetcnn.deploy import backends, compile  # noqa: E402
+from bitnetcnn.deploy.cpu import _parse_cpuinfo, cpu_info, format_cpu  # noqa: E402
+
+
+def _has_openvino() -> bool:
+    backends.openvino_status.cache_clear()
+    return backends.openvino_status()[0]
+
+
+needs_openvino = pytest.mark.skipif(not _has_openvino(), reason="openvino is not installed (pip install openvino)")
+
+
+@pytest.fixture
+def no_openvino(monkeypatch):
+    """``import openvino`` fails as it does where the package is absent (a None entry in sys.modules)."""
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    backends.openvino_status.cache_clear()
+    yield
+    backends.openvino_status.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return convert_to_ternary(create_model("bitnet_cnn", width=8).eval()), torch.randn(32, 1, 28, 28)
+
+
+# --- the fallback ------------------------------------------------------------------------------------------------------
+
+
+def test_auto_falls_back_to_onnxruntime_without_openvino(no_openvino, small_model):
+    model, calib = small_model
+    assert backends.openvino_status()[0] is False
+    assert "not installed" in backends.openvino_status()[1]
+    deployed = compile(model, calib)  # backend="auto"
+    assert deployed.backend == "onnxruntime" and deployed.session is not None
+    assert "openvino is not installed" in deployed.backend_reason
+    assert deployed.info["backend"] == "onnxruntime" and "onnxruntime" in repr(deployed)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert (deployed(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.8
+
+
+def test_explicit_openvino_without_the_package_says_how_to_install(no_openvino, small_model):
+    model, calib = small_model
+    with pytest.raises(ImportError, match="pip install openvino"):
+        compile(model, calib, backend="openvino")
+
+
+def test_unknown_backend_is_refused(small_model):
+    model, calib = small_model
+    with pytest.raises(ValueError, match="unknown backend 'tvm'"):
+        compile(model, calib, backend="tvm")
+
+
+def test_explicit_onnxruntime_is_reported(small_model):
+    model, calib = small_model
+    deployed = compile(model, calib, backend="onnxruntime")
+    assert (deployed.backend, deployed.backend_reason) == ("onnxruntime", "asked for")
+
+
+@needs_openvino
+def test_auto_without_avx2_keeps_onnxruntime(monkeypatch, small_model):
+    monkeypatch.setattr(backends, "cpu_info", lambda: {"model": "old", "cores": 2, "flags": {"avx2": False}})
+    deployed = compile(*small_model)
+    assert deployed.backend == "onnxruntime" and "AVX2" in deployed.backend_reason
+
+
+# --- what auto picks ----------------------------------------------------------------------------------------------------
+
+
+@needs_openvino
+@pytest.mark.parametrize("faster", ["openvino", "onnxruntime"])
+def test_auto_keeps_the_backend_measured_faster_and_says_so(monkeypatch, small_model, faster):
+    def fake_measure(runners, input_size, **kw):
+        assert set(runners) == {"onnxruntime", "openvino"} and tuple(input_size) == (1, 28, 28)
+        slow, fast = {1: 2.0, 32: 40.0}, {1: 1.0, 32: 30.0}
+        return {k: (fast if k == faster else slow) for k in runners}
+
+    # the module, not the function that bitnetcnn.deploy exports under the same name
+    monkeypatch.setattr(sys.modules["bitnetcnn.deploy.compile"], "measure_backends", fake_measure)
+    deployed = compile(*small_model)
+    assert deployed.backend == faster and deployed.info["backend"] == faster
+    assert deployed.backend_reason.startswith("auto: measured")
+    assert "batch 32: openvino" in deployed.backend_reason
+    assert deployed.info["backend_timings_ms"][faster] == {"1": 1.0, "32": 30.0}
+    assert (deployed.session is None) == (faster == "openvino")
+
+
+def test_pick_faster_uses_the_geometric_mean():
+    # openvino 2x slower at batch 1, 3x faster at batch 32: geometric mean 1.22x for openvino
+    name, reason = backends.pick_faster({"onnxruntime": {1: 1.0, 32: 30.0}, "openvino": {1: 2.0, 32: 10.0}})
+    assert name == "openvino" and "1.22x" in reason
+    name, _ = backends.pick_faster({"onnxruntime": {1: 1.0, 32: 30.0}, "openvino": {1: 4.0, 32: 10.0}})
+    assert name == "onnxruntime"
+
+
+# --- OpenVINO's numerics --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_mnist():
+    """The shipped trained bitnet_cnn, converted, and the bundled mnist_demo images (no data set needed)."""
+    from bitnetcnn import load_checkpoint
+    from bitnetcnn.deploy.calibration import dataset_images, normalize_images
+    from bitnetcnn.hub import PRETRAINED_DIR
+
+    model = load_checkpoint(PRETRAINED_DIR / "bitnet_mnist.bnc")
+    if any(type(m).__name__.startswith("Bit") and hasattr(m, "weight") for m in model.modules()):
+        model = convert_to_ternary(model)
+    model.eval()
+    cal, _, spec = dataset_images("mnist_demo", 256, True)
+    test, labels, _ = dataset_images("mnist_demo", 2000, False)
+    return model, normalize_images(cal, spec.mean, spec.std), normalize_images(test, spec.mean, spec.std), labels
+
+
+@needs_openvino
+def test_openvino_agrees_with_the_converted_model_on_mnist_demo(shipped_mnist):
+    model, cal, x, labels = shipped_mnist
+    ov = compile(model, cal, backend="openvino")
+    ort = compile(model, cal, backend="onnxruntime")
+    assert ov.backend == "openvino" and ov.session is None and ov.info["backend_version"]
+    with torch.no_grad():
+        ref = torch.cat([model(x[i:i + 500]) for i in range(0, len(x), 500)])
+    out_ov = torch.cat([ov(x[i:i + 500]) for i in range(0, len(x), 500)])  # 500 per call: the stream-split path
+    out_ort = ort(x)
+    assert out_ov.shape == ref.shape and out_ov.dtype == torch.float32
+    assert (out_ov.argmax(1) == ref.argmax(1)).float().mean() >= 0.99
+    assert (out_ov.argmax(1) == out_ort.argmax(1)).float().mean() >= 0.99
+    assert (out_ov.argmax(1) == labels).float().mean() >= 0.97  # a trained model, not only agreeing noise
+    assert (out_ov - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (out_ov - out_ort).abs().max() < 0.05 * out_ort.abs().max()
+
+
+@needs_openvino
+def test_openvino_split_batches_give_the_unsplit_outputs(shipped_mnist):
+    """At >= 16 images per thread a batch runs as one sub-batch per stream; order and values must not change."""
+    model, cal, x, _ = shipped_mnist
+    ov = compile(model, cal, backend="openvino", threads=2)
+    batch = x[:67]  # odd size: uneven parts
+    assert len(batch) >= 2 * backends.STREAM_SPLIT_MIN_PER_THREAD
+    split = ov(batch)
+    one_by_one = torch.cat([ov(batch[i:i + 1]) for i in range(len(batch))])
+    torch.testing.assert_close(split, one_by_one, rtol=1e-4, atol=1e-4 * one_by_one.abs().max().item())
+    assert ov.run_numpy(batch[:3].numpy()).shape == (3, 10)
+
+
+# --- CPU features and the bench report ----------------------------------------------------------------------------------
+
+
+def test_cpu_flags_parse():
+    text = ("processor : 0\nmodel name : Some Xeon\nflags : fpu sse avx2 avx512f avx512_vnni amx_tile amx_int8\n"
+            "processor : 1\nmodel name : Some Xeon\nflags : fpu\n")
+    parsed = _parse_cpuinfo(text)
+    assert parsed["model"] == "Some Xeon" and "avx512_vnni" in parsed["flags"] and "avx_vnni" not in parsed["flags"]
+    info = cpu_info()
+    assert info["model"] and info["cores"] >= 1
+    line = format_cpu({"model": "X", "cores": 4, "flags": {"avx2": True, "avx512_vnni": False, "amx": True}})
+    assert line == "X, 4 cores: avx2 yes, avx512_vnni no, amx yes"
+
+
+def test_bench_reports_cpu_flags_backends_and_auto_choice(tmp_path, capsys):
+    import json
+
+    from bitnetcnn.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "bitnet_cnn", "--batch-sizes", "2", "--budget", "0", "--calibrate", "16",
+                 "--variants", "deploy", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    text = capsys.readouterr().out
+    variants = set(report["results"][0]["variants"])
+    expected = {"fp32_eager", "deploy_onnxruntime"} | ({"deploy_openvino"} if _has_openvino() else set())
+    assert variants == expected
+    assert report["auto_backend"] in ("onnxruntime", "openvino")
+    assert f"compile(backend='auto') picks {report['auto_backend']}" in text
+    flags = report["machine"]["cpu_flags"]
+    if flags is not None:
+        assert set(flags) == {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx"}
+        assert f"avx2{'+' if flags['avx2'] else '-'}" in text
+    assert f"CPU: {report['machine']['cpu']}" in text
+    if "deploy_openvino" in variants:
+        assert "openvino vs onnxruntime" in text
+
+
+def test_bench_without_openvino_skips_it_and_says_why(no_openvino, tmp_path, capsys):
+    from bitnetcnn.deploy.bench import bench, format_report
+
+    report = bench("bitnet_cnn", (1,), budget_s=0, calibrate=8, variants=("deploy",))
+    assert set(report["results"][0]["variants"]) == {"fp32_eager", "deploy_onnxruntime"}
+    assert report["auto_backend"] == "onnxruntime" and "not installed" in report["auto_backend_reason"]
+    assert any("deploy_openvino skipped" in n for n in report["notes"])
+    assert "deploy_openvino skipped" in format_report(report)
