@@ -11,6 +11,7 @@ model's own 8-bit activation quantizers (a model trained with ``--act-bits 8``).
     python benchmarks/deploy_agreement.py                       # all three, full test sets
     python benchmarks/deploy_agreement.py --models bitnet_cnn --limit 2000 --json agreement.json
     python benchmarks/deploy_agreement.py --models --checkpoint r18=runs/r18-a8/best_ternary.bnc --calibrate 0
+    python benchmarks/deploy_agreement.py --backends onnxruntime openvino     # both runtimes on the same graph
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def predict(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
-def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None, method: str = "minmax") -> dict:
+def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None, method: str = "minmax",
+          backends=("onnxruntime",)) -> list:
+    """One row per deploy backend (the same int8 graph on each runtime); the converted model runs once."""
     test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir)
     x = normalize_images(test_x, spec.mean, spec.std)
     calibration = None
@@ -63,23 +66,29 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
         cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1)
         calibration = normalize_images(cal_x, spec.mean, spec.std)
     t0 = time.perf_counter()
-    deployed = compile(model, calibration, method=method)
-    t_compile = time.perf_counter() - t0
-    t0 = time.perf_counter()
     ref = predict(model, x)
     t_torch = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = predict(deployed, x)
-    t_deploy = time.perf_counter() - t0
     acc_ref = (ref == test_y).float().mean().item() * 100
-    acc_dep = (out == test_y).float().mean().item() * 100
-    agree = (ref == out).float().mean().item() * 100
-    ok = agree >= 99.0 and abs(acc_dep - acc_ref) <= 0.3
-    return dict(model=name, dataset=dataset, test_images=len(x), calibration_images=max(calibrate, 0),
-                method=method if calibrate > 0 else "model quantizers",
-                acc_converted=round(acc_ref, 2), acc_deployed=round(acc_dep, 2), agreement=round(agree, 2),
-                acc_diff=round(acc_dep - acc_ref, 2), passed=ok, compile_s=round(t_compile, 1),
-                torch_eval_s=round(t_torch, 1), deploy_eval_s=round(t_deploy, 1))
+    rows, outs = [], {}
+    for backend in backends:
+        t0 = time.perf_counter()
+        deployed = compile(model, calibration, method=method, backend=backend)
+        t_compile = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = outs[deployed.backend] = predict(deployed, x)
+        t_deploy = time.perf_counter() - t0
+        acc_dep = (out == test_y).float().mean().item() * 100
+        agree = (ref == out).float().mean().item() * 100
+        ok = agree >= 99.0 and abs(acc_dep - acc_ref) <= 0.3
+        row = dict(model=name, dataset=dataset, backend=deployed.backend, test_images=len(x),
+                   calibration_images=max(calibrate, 0), method=method if calibrate > 0 else "model quantizers",
+                   acc_converted=round(acc_ref, 2), acc_deployed=round(acc_dep, 2), agreement=round(agree, 2),
+                   acc_diff=round(acc_dep - acc_ref, 2), passed=ok, compile_s=round(t_compile, 1),
+                   torch_eval_s=round(t_torch, 1), deploy_eval_s=round(t_deploy, 1))
+        if deployed.backend != "onnxruntime" and "onnxruntime" in outs:
+            row["agreement_with_onnxruntime"] = round((outs["onnxruntime"] == out).float().mean().item() * 100, 2)
+        rows.append(row)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -94,6 +103,8 @@ def main(argv=None) -> int:
                    help="training images for int8 calibration (0: the model's own 8-bit activation quantizers)")
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"],
                    help="onnxruntime calibration method for the activation ranges")
+    p.add_argument("--backends", nargs="+", default=["onnxruntime"], choices=["onnxruntime", "openvino", "auto"],
+                   help="deploy backends to check, each on the same int8 graph (openvino: pip install openvino)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")
     p.add_argument("--json", help="write the results here")
@@ -111,11 +122,14 @@ def main(argv=None) -> int:
         print(f"{name}: {path}", flush=True)
         model = load_seed(name, path) if dataset else convert_if_needed(load_checkpoint(path))
         dataset = dataset or dataset_for(model)
-        row = check(name, model, dataset, args.limit, args.calibrate, args.data_dir, args.method)
-        rows.append(row)
-        print(f"  {row['test_images']} {dataset} test images: converted {row['acc_converted']:.2f}%, deployed "
-              f"{row['acc_deployed']:.2f}% ({row['acc_diff']:+.2f}), top-1 agreement {row['agreement']:.2f}% -> "
-              f"{'PASS' if row['passed'] else 'FAIL'}", flush=True)
+        for row in check(name, model, dataset, args.limit, args.calibrate, args.data_dir, args.method,
+                         args.backends):
+            rows.append(row)
+            extra = (f", {row['agreement_with_onnxruntime']:.2f}% with onnxruntime"
+                     if "agreement_with_onnxruntime" in row else "")
+            print(f"  {row['backend']}: {row['test_images']} {dataset} test images: converted "
+                  f"{row['acc_converted']:.2f}%, deployed {row['acc_deployed']:.2f}% ({row['acc_diff']:+.2f}), top-1 "
+                  f"agreement {row['agreement']:.2f}%{extra} -> {'PASS' if row['passed'] else 'FAIL'}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0 if all(r["passed"] for r in rows) else 1

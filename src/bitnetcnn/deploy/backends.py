@@ -35,9 +35,6 @@ __all__ = ["BACKENDS", "OnnxRuntimeRunner", "OpenVINORunner", "choose_backend", 
 
 BACKENDS = ("auto", "onnxruntime", "openvino")
 
-# A batch of at least this many images per thread runs on OpenVINO as one sub-batch per thread, each on a one-thread
-# compiled model, all at once (see OpenVINORunner); smaller batches run as one request on all threads.
-STREAM_SPLIT_MIN_PER_THREAD = 16
 AUTO_BATCH = 32  # the larger batch size "auto" times besides batch 1
 AUTO_BUDGET_S = 2.0  # about how long "auto" times the candidates (at least 3 rounds each)
 
@@ -137,13 +134,12 @@ class OnnxRuntimeRunner:
 class OpenVINORunner:
     """OpenVINO's CPU plugin on the same graph; ``run(x)`` maps a float32 array to the logits.
 
-    One compiled model with the latency hint (one stream on ``threads`` threads) serves small batches. A batch of at
-    least ``STREAM_SPLIT_MIN_PER_THREAD`` images per thread is split into ``threads`` parts that run at once on
-    ``threads`` more compiled models of one thread each (built on first use; ResNet-18 at batch 128 on 2 threads:
-    5-15% faster than one request on 2 threads, same outputs bit for bit). Not OpenVINO's own streams: with
-    ``NUM_STREAMS`` > 1 (the THROUGHPUT hint) OpenVINO 2026.4.1 computes this int8 graph wrongly on an AVX2 CPU
-    (11% top-1 on MNIST, chance level) while the float graph is right. Calls are serialized by a lock (an infer
-    request is not re-entrant).
+    One compiled model with the latency hint: one stream on ``threads`` threads, any batch size (the graph's batch
+    axis is dynamic). Measured, not guessed: splitting a large batch over several one-thread compiled models run at
+    once was 1.9x slower on an idle 2-core machine (they do not run in parallel), and OpenVINO's own streams
+    (``NUM_STREAMS`` > 1, the THROUGHPUT hint) compute the int8 bitnet_cnn graph wrongly in OpenVINO 2026.4.1 on an
+    AVX2 CPU (11% top-1 on MNIST, chance level; ResNet-18 and the float graph are right). Calls are serialized by
+    a lock (an infer request is not re-entrant).
     """
 
     name = "openvino"
@@ -153,36 +149,19 @@ class OpenVINORunner:
 
         self.version = short_version(ov.__version__)
         self.threads = int(threads)
-        self.core = ov.Core()
-        self._model = self.core.read_model(model_bytes)
-        self.compiled = self._compile(self.threads)
-        self._request = self.compiled.create_infer_request()
-        self._parts = None
-        self._lock = threading.Lock()
-
-    def _compile(self, threads: int):
-        return self.core.compile_model(self._model, "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(model_bytes), "CPU", {
+            "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
             # f32 wherever the graph is float: no bf16/f16 downcast on CPUs that have it (it would move logits)
             "INFERENCE_PRECISION_HINT": "f32",
         })
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         with self._lock:
-            if self.threads > 1 and len(x) >= self.threads * STREAM_SPLIT_MIN_PER_THREAD:
-                return self._run_split(x)
             return self._request.infer({0: x}, share_inputs=True)[0].copy()
-
-    def _run_split(self, x: np.ndarray) -> np.ndarray:
-        if self._parts is None:
-            self._parts = [self._compile(1).create_infer_request() for _ in range(self.threads)]
-        parts = [np.ascontiguousarray(p) for p in np.array_split(x, self.threads)]
-        for request, part in zip(self._parts, parts):
-            request.start_async({0: part}, share_inputs=True)
-        for request in self._parts:
-            request.wait()
-        return np.concatenate([request.get_output_tensor(0).data.copy() for request in self._parts])
 
 
 def make_runner(name: str, model_bytes: bytes, threads: int):
