@@ -10,28 +10,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from bitnetcnn.deploy.backends import make_runner, make_session
+
 __all__ = ["DeployedModel", "make_session"]
-
-
-def make_session(model: Union[bytes, str, os.PathLike, object], threads: Optional[int] = None):
-    """An onnxruntime CPU session with ``threads`` intra-op threads (default: ``torch.get_num_threads()``) that do not
-    spin when idle."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # Idle worker threads sleep instead of spinning: spinning ones steal the cores from PyTorch (or anything else)
-    # running next in the process, which made float32 eager look 2.5x slower beside the deployed model at batch 1.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if hasattr(model, "SerializeToString"):
-        model = model.SerializeToString()
-    elif not isinstance(model, bytes):
-        model = str(model)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class DeployedModel:
@@ -46,8 +27,6 @@ class DeployedModel:
 
     def __init__(self, onnx_model, threads: Optional[int] = None, info: Optional[dict] = None,
                  backend: str = "onnxruntime", backend_reason: str = "asked for", runner=None) -> None:
-        from bitnetcnn.deploy.backends import make_runner
-
         self.onnx_model = onnx_model
         self._bytes = onnx_model.SerializeToString()
         self.threads = int(threads or torch.get_num_threads())
