@@ -207,3 +207,14 @@ def test_bench_without_openvino_skips_it_and_says_why(no_openvino, tmp_path, cap
     assert report["auto_backend"] == "onnxruntime" and "not installed" in report["auto_backend_reason"]
     assert any("deploy_openvino skipped" in n for n in report["notes"])
     assert "deploy_openvino skipped" in format_report(report)
+
+
+def test_bench_keeps_only_quiet_rounds_when_there_are_enough():
+    from bitnetcnn.deploy.bench import _foreign_cores, _quiet_rounds
+
+    assert _quiet_rounds([0.0, 1.0, 0.1, None, 0.0]) == [0, 2, 4]
+    assert _quiet_rounds([0.0, 1.0, 0.9, None, 0.0]) is None  # under 3 quiet rounds: all rounds count
+    hz = __import__("os").sysconf("SC_CLK_TCK")
+    # 2 s: all CPUs busy for 3 s of ticks, this process 1 s of them -> others used 1 core
+    assert _foreign_cores((0, 0), (3 * hz, hz), 2.0) == pytest.approx(1.0)
+    assert _foreign_cores(None, (1, 1), 1.0) is None

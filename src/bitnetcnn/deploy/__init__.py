@@ -1,8 +1,10 @@
-"""Deployment: BatchNorm folding, a fast int8 CPU path (onnxruntime), ONNX export and the benchmark.
+"""Deployment: BatchNorm folding, a fast int8 CPU path (onnxruntime or OpenVINO), ONNX export and the benchmark.
 
 ``compile(model)`` turns a converted model into a callable that runs its convolutions and linear layers as int8;
 ``export_onnx(model, path)`` writes the same graph (or the float one) as a checked ``.onnx`` file. onnxruntime and
-onnx come with the ``deploy`` extra (``pip install 'bitnetcnn[deploy]'``) and are imported only when used.
+onnx come with the ``deploy`` extra (``pip install 'bitnetcnn[deploy]'``) and are imported only when used; OpenVINO
+(``pip install openvino``) is an optional second runtime that ``compile(backend="auto")`` uses where it measures
+faster (``deployed.backend`` says which ran).
 """
 
 from bitnetcnn.deploy.checks import NotDeployableError, check_deployable
