@@ -21,6 +21,7 @@ import time
 import lightning as L
 import torch
 
+from bitnetcnn.machine import describe_device
 from bitnetcnn.data.sources import Split
 from bitnetcnn.train.run import TrainSettings, _precision, build
 
@@ -65,11 +66,8 @@ class Timer(L.Callback):
 
 def device_name(accelerator: str) -> str:
     if accelerator == "gpu":
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    from bitnetcnn.deploy.bench import _machine
-
-    m = _machine()
-    return f"{m['cpu']} ({m['cores']} cores, {torch.get_num_threads()} threads)"
+        return f"{describe_device('gpu')} (CUDA {torch.version.cuda})"
+    return f"{describe_device('cpu')}; {torch.get_num_threads()} threads"
 
 
 def synthetic(n: int, shape: tuple, num_classes: int, seed: int) -> Split:

@@ -6,7 +6,6 @@ No timing is asserted: the choice logic is tested with given timings; speed is `
 
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,7 +15,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from bitnetcnn.deploy import backends, compile  # noqa: E402
-from bitnetcnn.deploy.cpu import _parse_cpuinfo, cpu_info, format_cpu  # noqa: E402
+from bitnetcnn.machine import _parse_cpuinfo, cpu_info, format_cpu  # noqa: E402
 
 
 def _has_openvino() -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from bitnetcnn import load_checkpoint
 from bitnetcnn.cli import main
-from bitnetcnn.machine import cpu_model
+from bitnetcnn.machine import cpu_info
 from bitnetcnn.train.evaluate import evaluate_checkpoint
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.data.datamodule import ImageDataModule
@@ -83,7 +83,7 @@ def test_a_fine_tune_records_what_it_started_from_in_its_checkpoint(tmp_path):
     # the recipe, oldest first, each command with its wall time and the machine it ran on
     steps = model.pretrained_cfg.training
     assert [step.command for step in steps] == [f"bitnetcnn train STAGE-{i}" for i in (1, 2, 3)]
-    assert all(step.wall_time_s > 0 and cpu_model() in step.hardware and "32-true" in step.hardware
+    assert all(step.wall_time_s > 0 and cpu_info()["model"] in step.hardware and "32-true" in step.hardware
                for step in steps)
     assert model.pretrained_cfg.test_images == QUICK["limit_eval"]
     stage2 = header["metadata"]["init"]

@@ -1,51 +1,74 @@
-"""What machine a figure came from: the CPU model and its relevant instruction sets, or the GPU.
+"""What machine a figure came from: the CPU model and the instruction sets that decide its speed, or the GPU.
 
-Speed and accuracy figures mean little without it (int8 is 1x float32 on an AVX2 CPU and 4x with VNNI), so
-benchmarks print it and training records it in the checkpoint beside the command and its wall time.
+Speed figures mean little without it: on x86 the int8 kernels of onnxruntime and OpenVINO are as fast as the widest
+of AVX2 (``vpmaddubsw`` + ``vpmaddwd``, about the speed of float32 FMA), AVX-512 / AVX-VNNI (``vpdpbusd``: one
+instruction per 4-element dot product, several times float32) and AMX (tile int8 products). So ``bench`` prints
+it beside every figure, and training records it in the checkpoint beside each command and its wall time. A
+ground-floor module: it imports nothing of the package.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+from functools import lru_cache
+from typing import Dict, Optional
 
-# Instruction sets that decide how fast int8 and bf16 run on x86 (as /proc/cpuinfo names them).
-RELEVANT_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
-                      "amx_bf16")
+__all__ = ["RELEVANT_FLAGS", "cpu_info", "describe_device", "format_cpu"]
+
+# name in the report: /proc/cpuinfo flag(s), any of which means the feature is there
+RELEVANT_FLAGS: Dict[str, tuple] = {
+    "avx2": ("avx2",),
+    "avx512f": ("avx512f",),
+    "avx512_vnni": ("avx512_vnni",),
+    "avx_vnni": ("avx_vnni",),
+    "amx": ("amx_int8", "amx_tile"),
+}
 
 
-def _cpuinfo_field(name: str) -> str | None:
+def _parse_cpuinfo(text: str) -> dict:
+    model, flags = None, None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:
+            flags = set(value.split())
+    return {"model": model, "flags": flags}
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """``{"model": str, "cores": int, "flags": {name: bool} or None}`` (flags None where they cannot be read)."""
+    parsed = {"model": None, "flags": None}
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
+            parsed = _parse_cpuinfo(f.read())
     except OSError:
         pass
-    return None
+    raw = parsed["flags"]
+    flags: Optional[Dict[str, bool]] = None
+    if raw is not None:
+        flags = {name: any(f in raw for f in aliases) for name, aliases in RELEVANT_FLAGS.items()}
+    return {"model": parsed["model"] or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "flags": flags}
 
 
-def cpu_model() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The relevant flags this CPU has, in the order of :data:`RELEVANT_CPU_FLAGS`."""
-    have = set((_cpuinfo_field("flags") or "").split())
-    return [flag for flag in RELEVANT_CPU_FLAGS if flag in have]
-
-
-def describe_cpu() -> str:
-    """E.g. ``AMD EPYC, 2 cores, avx2 fma``."""
-    flags = " ".join(cpu_flags()) or "no AVX2"
-    return f"{cpu_model()}, {os.cpu_count()} cores, {flags}"
+def format_cpu(info: Optional[dict] = None) -> str:
+    """``AMD EPYC, 2 cores: avx2 yes, avx512f no, avx512_vnni no, avx_vnni no, amx no``."""
+    info = info or cpu_info()
+    flags = info.get("flags")
+    features = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()) if flags else "flags unknown"
+    return f"{info.get('model')}, {info.get('cores')} cores: {features}"
 
 
 def describe_device(accelerator: str, devices: int = 1, num_nodes: int = 1) -> str:
-    """The hardware a run used: ``1x NVIDIA H200`` or the CPU's description."""
+    """The hardware a run used: ``1x NVIDIA H200``, or the CPU's :func:`format_cpu`."""
     if accelerator in ("gpu", "cuda"):
         import torch
 
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else "GPU"
         return f"{devices * num_nodes}x {name}"
-    return describe_cpu() if num_nodes * devices == 1 else f"{num_nodes * devices} processes on {describe_cpu()}"
+    processes = devices * num_nodes
+    return format_cpu() if processes == 1 else f"{processes} processes on {format_cpu()}"

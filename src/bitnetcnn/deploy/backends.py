@@ -29,7 +29,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from bitnetcnn.deploy.cpu import cpu_info
+from bitnetcnn.machine import cpu_info
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME
 
 __all__ = ["BACKENDS", "OnnxRuntimeRunner", "OpenVINORunner", "choose_backend", "make_runner", "make_session",

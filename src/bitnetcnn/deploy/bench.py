@@ -258,7 +258,7 @@ def bench(
 
 def _machine() -> dict:
     from bitnetcnn.deploy.backends import openvino_status, short_version
-    from bitnetcnn.deploy.cpu import cpu_info
+    from bitnetcnn.machine import cpu_info
 
     cpu = cpu_info()
     info = {"cpu": cpu["model"], "cores": cpu["cores"], "cpu_flags": cpu["flags"], "torch": torch.__version__}
