@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -88,6 +89,22 @@ class HubEntry:
     kwargs: Dict[str, object] = field(default_factory=dict)
     pretrained: Optional[PretrainedCfg] = None  # the published weight: file or url, sha256, metadata
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pretrained is not None and not self.pretrained.model:  # made by the deprecated Pretrained(...)
+            object.__setattr__(self, "pretrained", dataclasses.replace(self.pretrained, model=self.model))
+
+
+def Pretrained(file: Optional[str] = None, url: Optional[str] = None,  # noqa: N802 - the old class's name
+               sha256: Optional[str] = None) -> Optional[PretrainedCfg]:
+    """Deprecated (goes in 0.3): a published weight is a :class:`PretrainedCfg` with its metadata. This keeps
+    ``HubEntry(..., Pretrained(file=..., sha256=...))`` working: the entry fills in its model."""
+    warnings.warn("bitnetcnn.hub.Pretrained is deprecated: describe published weights with "
+                  "bitnetcnn.PretrainedCfg(model=..., file=..., sha256=..., top1=..., ...)", DeprecationWarning,
+                  stacklevel=2)
+    if file is None and url is None:
+        return None
+    return PretrainedCfg(model="", file=file, url=url, sha256=sha256)
 
 
 # The seed's entry names, then one per other registered model (below). Publishing weights = adding a PretrainedCfg.

@@ -434,3 +434,17 @@ def checkpoint_size_report(path: PathLike) -> dict:
         "bits_per_ternary_weight": coded * 8 / weights if weights else None,
         "other_tensor_bytes": other,
     }
+
+
+def ternary_layer(bit: nn.Module, codes, scale: torch.Tensor, bias: Optional[torch.Tensor], pow2: bool,
+                  scale_op: str) -> nn.Module:
+    """Deprecated (goes in 0.3): ``TernaryConv2d.from_codes`` / ``TernaryLinear.from_codes`` build the layer."""
+    import warnings
+
+    from bitnetcnn.quant import TernaryQuant
+
+    warnings.warn("bitnetcnn.checkpoint.format.ternary_layer is deprecated: use TernaryConv2d.from_codes or "
+                  "TernaryLinear.from_codes", DeprecationWarning, stacklevel=2)
+    quant = TernaryQuant(scale_op=scale_op, pow2=bool(pow2), act_bits=getattr(bit, "act_bits", None))
+    cls = TernaryConv2d if isinstance(bit, nn.Conv2d) else TernaryLinear
+    return cls.from_codes(bit, codes, scale, bias, quant)

@@ -96,8 +96,12 @@ def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
 def bitify(
     model: nn.Module,
     skip: Iterable[str] = (),
-    quant: Optional[TernaryQuant] = None,
+    scale_op: Optional[str] = None,
+    pow2: Optional[bool] = None,
+    act_bits: Optional[int] = None,
     inplace: bool = False,
+    *,
+    quant: Optional[TernaryQuant] = None,
     **quant_kwargs,
 ) -> nn.Module:
     """Make any PyTorch model ternary: each ``nn.Conv2d`` / ``nn.Linear`` becomes a Bit layer keeping its weights.
@@ -109,7 +113,8 @@ def bitify(
     would drop that behaviour.
     """
     skip = tuple(skip)
-    settings = dict(quant=TernaryQuant.from_kwargs(quant, **quant_kwargs))  # validated once, before the walk
+    settings = dict(quant=TernaryQuant.from_kwargs(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits,
+                                                   **quant_kwargs))  # validated once, before the walk
 
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in skip):

@@ -1,0 +1,37 @@
+"""Names changed this release keep working for one more, with a DeprecationWarning that says what replaces them."""
+
+import pytest
+import torch
+
+from bitnetcnn import BitConv2d, TernaryConv2d, bitify, create_model
+from bitnetcnn.data import paths
+from bitnetcnn.settings import data_root
+
+
+def test_hub_pretrained_becomes_a_pretrained_cfg_of_the_entry():
+    from bitnetcnn import hub
+
+    with pytest.warns(DeprecationWarning, match="PretrainedCfg"):
+        spec = hub.Pretrained(file="bitnet_mnist.bnc")
+    entry = hub.HubEntry("mine", "bitnet_cnn", {}, spec)
+    assert entry.pretrained.model == "bitnet_cnn" and entry.pretrained.file == "bitnet_mnist.bnc"
+    with pytest.warns(DeprecationWarning):
+        assert hub.Pretrained() is None
+
+
+def test_ternary_layer_builds_what_from_codes_builds():
+    from bitnetcnn.checkpoint.format import ternary_layer
+
+    bit = BitConv2d(4, 6, 3, padding=1, scale_op="mean").eval()
+    reference = TernaryConv2d.from_bit(bit)
+    with pytest.warns(DeprecationWarning, match="from_codes"):
+        layer = ternary_layer(bit, reference.codes().numpy(), reference.scale, reference.bias, False, "mean")
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(layer(x), reference(x)) and layer.quant == reference.quant
+
+
+def test_old_positional_and_module_names():
+    model = bitify(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), (), "mean", True, 8)
+    assert model[0].quant.scale_op == "mean" and model[0].pow2 and model[0].act_bits == 8
+    assert paths.data_root("x") == data_root("x")
+    assert create_model("bitnet_cnn", width=4, scale_op="mean").stem.conv.scale_op == "mean"
