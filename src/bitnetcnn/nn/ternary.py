@@ -40,12 +40,10 @@ class _TernaryMixin:
             raise ValueError(f"scale has {tuple(scale.shape)} values for {codes.shape[0]} output channels")
         if quant.pow2:
             self.register_buffer("scale_exp", pow2_exponent(scale))
-            scale = torch.exp2(self.scale_exp.float())
         else:
             self.register_buffer("scale", scale.clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
-        per_channel = scale.reshape((-1,) + (1,) * (codes.dim() - 1))
-        self.register_buffer("weight", dequantize(codes, per_channel, torch.float32), persistent=False)
+        self.register_buffer("weight", self._dequantized(codes), persistent=False)
 
     def codes(self) -> torch.Tensor:
         """The ternary codes, int8 in {-1, 0, 1}, shaped like the float weight."""
@@ -60,10 +58,14 @@ class _TernaryMixin:
             return torch.exp2(self.scale_exp.float())
         return self.scale
 
+    def _dequantized(self, codes: torch.Tensor) -> torch.Tensor:
+        """The float32 weight ``codes * scale`` (the stored scale: ``2 ** scale_exp`` for power-of-two layers)."""
+        scale = self.channel_scale().float().reshape((-1,) + (1,) * (codes.dim() - 1))
+        return dequantize(codes, scale, torch.float32)
+
     def refresh_weight(self) -> None:
         dtype = self.weight.dtype if self.weight.is_floating_point() else torch.float32
-        scale = self.channel_scale().reshape((-1,) + (1,) * (len(self.weight_shape) - 1))
-        self.weight = dequantize(self.codes(), scale.float(), torch.float32).to(dtype)
+        self.weight = self._dequantized(self.codes()).to(dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -37,7 +37,8 @@ class TrainingDiverged(ArithmeticError):
 def _stop_if_diverged(trainer: L.Trainer, pl_module: L.LightningModule, train_loss: float | None) -> None:
     """Raised here, before the epoch's checkpoint callback runs: last.ckpt and the best model stay finite."""
     finite = train_loss is None or math.isfinite(train_loss)
-    finite = finite and all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+    # one device synchronization for all the weights, not one per tensor
+    finite = finite and bool(torch.stack([torch.isfinite(p).all() for p in pl_module.parameters()]).all())
     if not finite:
         lr = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}" if trainer.optimizers else "?"
         kept = ("last.ckpt and best_ternary.bnc keep the last finite epoch" if trainer.current_epoch > 0

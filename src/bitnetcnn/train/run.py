@@ -271,15 +271,20 @@ def _check_init(model: torch.nn.Module, path: str) -> None:
                             f"unexpected {result.unexpected_keys[:5]}")
 
 
-def _init_lineage(path: str) -> dict:
-    """What a fine-tune started from, for its checkpoint's header: the file, its accuracy and the command that made
-    it (and, recursively, what that one started from), so a multi-stage recipe can be rerun from the header alone."""
+def _init_metadata(path: str) -> dict:
+    """What a fine-tune started from, for its checkpoint's header (its header read once):
+
+    - ``init``: the file, its accuracy and the command that made it (and, recursively, what that one started
+      from), so a multi-stage recipe can be rerun from the header alone;
+    - ``training``: the recipe's earlier commands with their wall times and hardware (RunRecorder appends this
+      run's).
+    """
     header = read_checkpoint_header(path)
     meta = header.get("metadata") or {}
     lineage = {"file": Path(path).name, "accuracy": meta.get("accuracy"), "command": meta.get("command")}
     if meta.get("init"):
         lineage["init"] = meta["init"]
-    return lineage
+    return {"init": lineage, "training": [asdict(step) for step in from_header(header).training]}
 
 
 def _on_cpu(s: TrainSettings) -> bool:
@@ -481,9 +486,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         "input_size": [data.spec.in_chans, data.spec.img_size, data.spec.img_size],
     }
     if s.init:
-        metadata["init"] = _init_lineage(s.init)
-        # the recipe's earlier commands (with their wall times and hardware); RunRecorder appends this run's
-        metadata["training"] = [asdict(step) for step in from_header(read_checkpoint_header(s.init)).training]
+        metadata.update(_init_metadata(s.init))
     metadata["test_images"] = len(data.test_split.labels)
     recorder = RunRecorder(out, save_checkpoint, command, metadata)
     # last.ckpt, overwritten (atomically, by Lightning's fsspec transaction) at the end of every epoch
