@@ -23,7 +23,7 @@ import torch
 
 from bitnetcnn.machine import describe_device
 from bitnetcnn.data.sources import Split
-from bitnetcnn.train.run import TrainSettings, _precision, build
+from bitnetcnn.train.run import TrainSettings, _precision, _quiet_lightning, build
 
 # Standard split sizes (train, test), to project an epoch on synthetic data.
 SPLIT_SIZES = {"mnist_demo": (10000, 2000), "mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--amp", action="store_true")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--eval-ternary", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (as train --compile; "
+                   "compiling happens in the warm-up steps, untimed)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
@@ -102,7 +104,7 @@ def main() -> None:
     settings = TrainSettings.from_dict(dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, model_kwargs=args.model_kwargs,
         batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp, channels_last=args.channels_last,
-        eval_ternary=args.eval_ternary, accelerator=accelerator, devices="1", epochs=1, progress=False))
+        eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator, devices="1", epochs=1, progress=False))
     L.seed_everything(0, verbose=False)
     data, module = build(settings)
     spec = data.spec
@@ -117,12 +119,13 @@ def main() -> None:
     train_n, test_n = args.train_images or train_n, args.test_images or test_n
 
     timer = Timer(args.warmup)
-    trainer = L.Trainer(
-        max_epochs=1, accelerator=accelerator, devices=1, precision=_precision(settings, accelerator),
-        limit_train_batches=args.warmup + args.steps, limit_val_batches=args.val_batches or 1.0,
-        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer])
-    trainer.fit(module, datamodule=data)
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=1, accelerator=accelerator, devices=1, precision=_precision(settings, accelerator),
+            limit_train_batches=args.warmup + args.steps, limit_val_batches=args.val_batches or 1.0,
+            num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[timer])
+        trainer.fit(module, datamodule=data)
 
     step_s = (timer.train_end - timer.train_start) / args.steps
     train_ips = timer.train_images / (timer.train_end - timer.train_start)
@@ -130,7 +133,7 @@ def main() -> None:
     print(f"device: {device_name(accelerator)}; torch {torch.__version__}, precision {trainer.precision}")
     print(f"{args.model} on {args.dataset}{' (synthetic images)' if args.synthetic else ''}, "
           f"batch {args.batch_size}, {args.optimizer}, channels_last={module.hparams.channels_last}, "
-          f"eval_ternary={module.eval_ternary}")
+          f"eval_ternary={module.eval_ternary}, compile={args.compile}")
     print(f"training:   {train_ips:9.1f} img/s  ({step_s * 1e3:.1f} ms a step, {args.steps} steps after "
           f"{args.warmup} warm-up)")
     val_what = "Bit + ternary" if module.eval_ternary else "Bit"

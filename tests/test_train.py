@@ -492,3 +492,34 @@ def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
     assert results["world_size"] == 2
     a, b = results["param_checksums"]
     assert a == b  # both ranks end with the same weights
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path):
+    """--val-every 2 over 3 epochs validates epochs 1 and 2 (the last); epoch 0's row has no stale validation
+    figures, and the best model comes from a validated epoch."""
+    results = train(TrainSettings(out=str(tmp_path / "run"), epochs=3, val_every=2, **QUICK))
+    rows = read_metrics(tmp_path / "run")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert rows[0]["val_acc"] == "" and rows[0]["ternary_acc"] == "" and rows[0]["train_loss"] != ""
+    assert rows[1]["ternary_acc"] != "" and rows[2]["ternary_acc"] != ""
+    best = max(float(rows[1]["ternary_acc"]), float(rows[2]["ternary_acc"]))
+    assert results["best_ternary_acc"] == pytest.approx(best, abs=1e-6)
+    assert load_checkpoint(tmp_path / "run" / "best_ternary.bnc").checkpoint_header["metadata"]["epoch"] in (1, 2)
+    with pytest.raises(SettingsError, match="--val-every must be an integer >= 1"):
+        TrainSettings(val_every=0)
+
+
+def test_compile_wraps_the_training_forward_only_and_never_a_copy_of_another_model():
+    """The compiled wrapper stays out of the state dict (checkpoints keep the model's names), and a deep copy of the
+    module (as weight averaging makes) compiles its own model instead of calling the original's."""
+    import copy
+
+    module = BitClassifier("bitnet_cnn", 10, 1, compile=True)
+    forward = module._training_forward()
+    assert forward is not module.model and forward._orig_mod is module.model
+    assert module._training_forward() is forward  # built once
+    assert not any("_orig_mod" in k for k in module.state_dict())
+    twin = copy.deepcopy(module)
+    assert twin._training_forward()._orig_mod is twin.model
+    plain = BitClassifier("bitnet_cnn", 10, 1)
+    assert plain._training_forward() is plain.model

@@ -77,6 +77,9 @@ def _add_train(sub) -> None:
     a("--img-size", type=int, default=64, help="image side for --dataset imagefolder")
     a("--eval-ternary", action=argparse.BooleanOptionalAction, default=True,
       help="also evaluate the converted ternary model every epoch")
+    a("--val-every", type=int, default=1, metavar="N", help="validate every N epochs and in the last one (default 1)")
+    a("--compile", action="store_true", help="torch.compile the training forward (pays on GPUs after its first "
+      "minute of compiling)")
     a("--kd", action="store_true", help="distill from --teacher")
     a("--teacher", action="append", default=[], help="checkpoint of the full-precision teacher (bitnetcnn train "
       "--quant fp); repeat it to distill an ensemble (the mean of the teachers' logits)")

@@ -1,5 +1,9 @@
 """Augmentation of whole batches at once: random crop with padding, horizontal flip, rotation and zoom, elastic
-distortion, normalization."""
+distortion, normalization.
+
+Random numbers are drawn on the images' device (or a given generator's): a draw on the CPU copied to a GPU would
+wait for every queued kernel, one host synchronization per augmentation per step.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,20 @@ import torch
 import torch.nn.functional as F
 
 
+def _draw(fn, *args, images: torch.Tensor, generator: torch.Generator | None, **kwargs) -> torch.Tensor:
+    """``fn(*args)`` (``torch.rand`` / ``torch.randint``) on the generator's device, or the images' when none is
+    given, and moved to the images' device (no copy when they are the same)."""
+    device = generator.device if generator is not None else images.device
+    return fn(*args, generator=generator, device=device, **kwargs).to(images.device)
+
+
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pad each image with zeros by ``padding`` and crop back at a random offset, for the whole batch in one go."""
     if padding <= 0:
         return images
     n, _, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device="cpu").to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device="cpu").to(images.device)
+    dy, dx = _draw(torch.randint, 0, 2 * padding + 1, (2, n), images=images, generator=generator)
     rows = (dy[:, None] + torch.arange(h, device=images.device)[None, :])  # (n, h)
     cols = (dx[:, None] + torch.arange(w, device=images.device)[None, :])  # (n, w)
     batch = torch.arange(n, device=images.device)[:, None, None]
@@ -26,7 +36,7 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator |
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], generator=generator, device="cpu").to(images.device) < 0.5
+    flip = _draw(torch.rand, images.shape[0], images=images, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -42,7 +52,7 @@ def random_affine(images: torch.Tensor, degrees: float, zoom: float,
     if degrees <= 0 and zoom <= 0:
         return x
     n = x.shape[0]
-    u = torch.rand(2, n, generator=generator, device="cpu").to(x.device) * 2 - 1  # uniform in [-1, 1]
+    u = _draw(torch.rand, 2, n, images=x, generator=generator) * 2 - 1  # uniform in [-1, 1]
     angle = u[0] * math.radians(degrees)
     inv_scale = 1.0 / (1.0 + u[1] * zoom)  # the grid maps output to input coordinates: the inverse transform
     cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
@@ -65,7 +75,7 @@ def random_elastic(images: torch.Tensor, alpha: float, sigma: float = 4.0,
     if alpha <= 0:
         return x
     n, _, h, w = x.shape
-    field = torch.rand(n, 2, h, w, generator=generator, device="cpu").to(x.device) * 2 - 1
+    field = _draw(torch.rand, n, 2, h, w, images=x, generator=generator) * 2 - 1
     radius = max(1, int(round(3 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)

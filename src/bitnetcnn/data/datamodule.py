@@ -93,12 +93,18 @@ class ImageDataModule(L.LightningDataModule):
             self.train_split = _first(self.spec.reader(self.root, True, False), self.limit_train)
             self.test_split = _first(self.spec.reader(self.root, False, False), self.limit_eval)
 
+    def _pin_memory(self) -> bool:
+        """Pinned batches on a GPU: Lightning then copies them asynchronously, where a copy from pageable memory
+        would wait for the GPU to finish the previous step first."""
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TensorImages(self.train_split), batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          collate_fn=_as_batch)
+                          collate_fn=_as_batch, pin_memory=self._pin_memory())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(TensorImages(self.test_split), batch_size=self.eval_batch_size, collate_fn=_as_batch)
+        return DataLoader(TensorImages(self.test_split), batch_size=self.eval_batch_size, collate_fn=_as_batch,
+                          pin_memory=self._pin_memory())
 
     test_dataloader = val_dataloader
 

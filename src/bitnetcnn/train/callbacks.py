@@ -66,12 +66,27 @@ def set_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+class ValidateEvery(L.Callback):
+    """Validate every ``n`` epochs and always in the last one, so a run always ends measured.
+
+    (Lightning's ``check_val_every_n_epoch`` alone skips the last epoch unless ``n`` divides the run's length.)
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        trainer.check_val_every_n_epoch = 1 if last else self.n
+
+
 class RunRecorder(L.Callback):
     """Writes one metrics.csv row per epoch (and redraws the plot), keeps the best converted ternary model, and
     writes results.json at the end.
 
     Rows are written at the end of each training epoch, before the checkpoint of that epoch; each write drops the
-    rows of the epoch being written and later ones (left by a killed run), so the file stays one row per epoch.
+    rows of the epoch being written and later ones (left by a killed run), so the file stays one row per epoch. An
+    epoch that did not validate (``--val-every``) leaves its validation columns empty.
     """
 
     def __init__(self, out_dir: Path, save_model, command: str, metadata: dict[str, Any]) -> None:
@@ -84,6 +99,7 @@ class RunRecorder(L.Callback):
         self.elapsed = 0.0
         self._t0 = 0.0
         self.hardware: str | None = None
+        self._validated_epoch = -1
 
     @property
     def csv_path(self) -> Path:
@@ -129,10 +145,15 @@ class RunRecorder(L.Callback):
             writer.writerows(rows)
         tmp.replace(self.csv_path)
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        values = {k: _metric(trainer, k) for k in METRIC_COLUMNS}
+        validated = self._validated_epoch == trainer.current_epoch  # else the metrics are an earlier epoch's
+        values = {k: _metric(trainer, k) if validated or k.startswith("train_") else None for k in METRIC_COLUMNS}
         _stop_if_diverged(trainer, pl_module, values["train_loss"])
         if trainer.is_global_zero:
             row = {"epoch": trainer.current_epoch, "step": trainer.global_step,

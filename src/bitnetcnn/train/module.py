@@ -45,6 +45,7 @@ class BitClassifier(L.LightningModule):
         kd_temperature: float = 4.0,
         kd_hints: float = 0.0,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -56,7 +57,8 @@ class BitClassifier(L.LightningModule):
         self._ternary: Optional[nn.Module] = None
         self._validated: Optional[nn.Module] = None
         self._mix = _batch_mixer(num_classes, mixup, cutmix)
-        metric = dict(num_classes=num_classes, average="micro")
+        # no per-update argument checks: each one waits for the GPU, and cross_entropy has already checked the labels
+        metric = dict(num_classes=num_classes, average="micro", validate_args=False)
         self.val_acc1 = MulticlassAccuracy(top_k=1, **metric)
         self.val_acc5 = MulticlassAccuracy(top_k=min(5, num_classes), **metric)
         self.ternary_acc1 = MulticlassAccuracy(top_k=1, **metric)
@@ -78,7 +80,7 @@ class BitClassifier(L.LightningModule):
             x, targets = self._mix(x, y)
         hints = self.teacher is not None and self.hparams.kd_hints > 0
         features = self.model.forward_features(x) if hints else None
-        logits = self.model.forward_head(features) if hints else self.model(x)
+        logits = self.model.forward_head(features) if hints else self._training_forward()(x)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams.label_smoothing)
         if self.teacher is not None and (self.hparams.kd_alpha > 0 or hints):
             if self.teacher.training or next(self.teacher.parameters()).device != x.device:
@@ -96,6 +98,17 @@ class BitClassifier(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return loss
+
+    def _training_forward(self) -> nn.Module:
+        """The model, or with ``compile`` its ``torch.compile`` wrapper. The wrapper is kept out of the module tree,
+        so the state dict keeps the model's own names; it is rebuilt if it wraps another model than ``self.model``
+        (in a deep copy), so a copy never runs the original's weights."""
+        if not self.hparams.compile:
+            return self.model
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None or compiled._orig_mod is not self.model:
+            compiled = self.__dict__["_compiled"] = torch.compile(self.model)
+        return compiled
 
     def configure_optimizers(self):
         hp = self.hparams

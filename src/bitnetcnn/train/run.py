@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import math
 import os
 import shlex
@@ -26,7 +27,7 @@ from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.quiet import quiet_loggers
-from bitnetcnn.train.callbacks import RunRecorder
+from bitnetcnn.train.callbacks import RunRecorder, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
@@ -92,6 +93,8 @@ class TrainSettings:
     num_classes: Optional[int] = None
     img_size: int = 64  # for imagefolder only
     eval_ternary: bool = True
+    val_every: int = 1  # validate every N epochs (and always the last): validation costs a GPU epoch a second
+    compile: bool = False  # torch.compile the training forward (fuses the fake quantization's elementwise ops)
     kd: bool = False
     teacher: list[str] = field(default_factory=list)  # several: distill their ensemble (mean logits)
     kd_alpha: float = 0.5
@@ -127,7 +130,8 @@ class TrainSettings:
 
     def validate(self) -> None:
         """Refuse, with one line each, values that would crash later or train something other than asked."""
-        at_least(1, epochs=self.epochs, batch_size=self.batch_size, num_nodes=self.num_nodes, img_size=self.img_size)
+        at_least(1, epochs=self.epochs, batch_size=self.batch_size, num_nodes=self.num_nodes, img_size=self.img_size,
+                 val_every=self.val_every)
         at_least(1, optional=True, num_classes=self.num_classes, limit_train=self.limit_train,
                  limit_eval=self.limit_eval)
         if self.lr is not None:
@@ -329,6 +333,7 @@ def build(s: TrainSettings):
         momentum=s.momentum, warmup_epochs=s.warmup_epochs, label_smoothing=s.label_smoothing, mixup=s.mixup,
         cutmix=s.cutmix, eval_ternary=s.eval_ternary, kd_alpha=s.kd_alpha if s.kd else 0.0,
         kd_temperature=s.kd_temperature, kd_hints=s.kd_hints if s.kd else 0.0, channels_last=channels_last,
+        compile=s.compile,
     )
     data.channels_last = channels_last
     if s.kd:
@@ -352,8 +357,10 @@ QUIET_WARNINGS = (r"Checkpoint directory .* exists and is not empty", r".*isinst
 
 @contextlib.contextmanager
 def _quiet_lightning():
+    # --compile on a machine without CUDA: inductor's "No CUDA runtime is found" is about a GPU nobody asked for
     with warnings.catch_warnings(), quiet_loggers(("lightning.pytorch.utilities.rank_zero",
-                                                    "lightning.fabric.utilities.rank_zero")):
+                                                    "lightning.fabric.utilities.rank_zero")), \
+            quiet_loggers(("torch.utils.cpp_extension",), logging.ERROR):
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         yield
@@ -379,7 +386,8 @@ def _weight_averaging(s: TrainSettings) -> list:
 
 
 # What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
-RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy"})
+RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy",
+                               "val_every", "compile"})
 
 
 def _given(s: TrainSettings) -> set[str]:
@@ -498,7 +506,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes,
             strategy=s.strategy,
             precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
-            callbacks=[recorder, checkpoint, *averaging], logger=False, num_sanity_val_steps=0,
+            callbacks=[recorder, checkpoint, ValidateEvery(s.val_every), *averaging], logger=False,
+            num_sanity_val_steps=0,
             enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
         )
         if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on

@@ -1,0 +1,68 @@
+"""Every published weight as a user gets it: through ``torch.hub.load(..., pretrained=True)``, on the full test set of
+its data set (read from $BITNETCNN_DATA with numpy, not the library's readers), scoring the top-1 its metadata
+claims within 0.05 points; and deployed with ``deploy.compile``, agreeing with the converted model on >= 99% of the
+test images and losing at most 0.3 points. A weight added to ``bitnetcnn/hub.py`` is tested here without a new test.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bitnetcnn
+from bitnetcnn.nn import ActQuantizer
+from realdata import cifar100_test, mnist_test
+
+REPO = str(Path(__file__).resolve().parents[1])
+PUBLISHED = bitnetcnn.list_pretrained()
+TEST_SETS = {"mnist": mnist_test, "cifar100": cifar100_test}  # a published data set needs its reader here
+CALIBRATION_IMAGES = 512  # as benchmarks/deploy_agreement.py calibrates by default
+
+
+def _normalized(x: np.ndarray, cfg) -> torch.Tensor:
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (torch.from_numpy(x).float() / 255 - mean) / std
+
+
+@torch.no_grad()
+def _top1(fn, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+
+
+@pytest.fixture(scope="module", params=PUBLISHED, ids=lambda w: w.name)
+def published(request):
+    """(published cfg, the hub-loaded model, normalized test images, labels, the model's predictions): the test set
+    is evaluated once for both tests."""
+    weights = request.param
+    x, y = TEST_SETS[weights.dataset]()
+    model = torch.hub.load(REPO, weights.hub_entry, source="local", pretrained=True).eval()
+    x = _normalized(x, model.pretrained_cfg)
+    return weights, model, x, torch.from_numpy(y), _top1(model, x)
+
+
+@pytest.mark.slow
+def test_published_weights_score_their_metadata_on_the_full_test_set(published):
+    weights, model, _, labels, predicted = published
+    assert model.pretrained_cfg == weights  # the metadata travels with the hub-loaded model
+    assert len(labels) == weights.test_images
+    top1 = (predicted == labels).float().mean().item()
+    assert abs(top1 - weights.top1) <= 0.0005, (weights.name, top1, weights.top1)
+
+
+@pytest.mark.slow
+def test_published_weights_deploy_with_99_percent_agreement(published):
+    """The fast CPU path (int8, OpenVINO or onnxruntime) computes what the converted model computes. A weight
+    trained with 8-bit activations deploys from its own quantizers; others calibrate on training images."""
+    from bitnetcnn.deploy import compile
+    from bitnetcnn.deploy.calibration import dataset_images
+
+    weights, model, x, labels, predicted = published
+    own_scales = any(isinstance(m, ActQuantizer) and m.bits == 8 for m in model.modules())
+    calibration = None if own_scales else dataset_images(weights.dataset, CALIBRATION_IMAGES, True, seed=1)[0]
+    deployed = compile(model, calibration)
+    fast = _top1(deployed, x)
+    agreement = (fast == predicted).float().mean().item()
+    loss = (predicted == labels).float().mean().item() - (fast == labels).float().mean().item()
+    assert agreement >= 0.99 and loss <= 0.003, (weights.name, deployed.backend, agreement, loss)
