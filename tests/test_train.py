@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import bitnetcnn
 from bitnetcnn import load_checkpoint
 from bitnetcnn.cli import main
 from bitnetcnn.machine import cpu_info
@@ -197,6 +198,15 @@ def test_distillation_from_a_full_precision_teacher_changes_the_loss_and_gradien
     assert not torch.allclose(grads[1.0], grads[0.0], rtol=1e-2, atol=1e-6)
     mixed = (grads[0.0] + grads[1.0]) / 2
     assert (grads[0.5] - mixed).abs().max() <= 1e-3 * mixed.abs().max(), (grads[0.5] - mixed).abs().max()
+    # a teacher saved in bf16 (half the bytes to carry) teaches in float32 what it teaches in bf16
+    full = load_checkpoint(teacher)
+    half = str(tmp_path / "teacher-bf16.bnc")
+    bitnetcnn.save_checkpoint(full.to(torch.bfloat16), half, full.checkpoint_header["metadata"])
+    _, module = build(TrainSettings(kd=True, teacher=[half], **QUICK))
+    assert {p.dtype for p in module.teacher.parameters()} == {torch.float32}
+    with torch.no_grad():
+        assert torch.allclose(module.teacher(x), load_checkpoint(half).float()(x), atol=1e-5)
+    module.training_step((x, y), 0).backward()
     # and a whole run with distillation trains
     results = train(TrainSettings(out=str(tmp_path / "student"), epochs=1, kd=True, teacher=[teacher], **QUICK))
     assert results["epochs"] == 1
@@ -205,7 +215,6 @@ def test_distillation_from_a_full_precision_teacher_changes_the_loss_and_gradien
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path):
-    import bitnetcnn
 
     teacher = bitnetcnn.create_model("bitnet_cnn", num_classes=7, in_chans=1, quant="fp")
     bitnetcnn.save_checkpoint(teacher, tmp_path / "t.bnc", {})
@@ -214,7 +223,6 @@ def test_teacher_with_other_classes_is_refused(tmp_path):
 
 
 def test_several_teachers_are_distilled_as_the_mean_of_their_logits(tmp_path):
-    import bitnetcnn
     from bitnetcnn.train.distill import TeacherEnsemble
     from bitnetcnn.train.run import build
 
@@ -243,7 +251,6 @@ def test_settings_saved_before_ensembles_resume_with_their_one_teacher():
 def test_feature_hints_add_the_distance_between_student_and_teacher_features(tmp_path):
     """--kd-hints adds a standardized MSE between the feature maps before the pooling; it needs one teacher whose
     features have the student's shape."""
-    import bitnetcnn
     from bitnetcnn.train.distill import feature_hint_loss
     from bitnetcnn.train.run import build
 
@@ -274,7 +281,6 @@ def test_feature_hints_add_the_distance_between_student_and_teacher_features(tmp
 def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     """--init loads a checkpoint's weights; with --act-bits 8 on a float-activation checkpoint the new quantizers
     start unset (quantization-aware fine-tuning). A checkpoint of another width is refused."""
-    import bitnetcnn
     from bitnetcnn.train.run import ACT_SCALE_KEY, build
 
     source = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1)
@@ -293,7 +299,6 @@ def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
 
 def test_init_refuses_a_checkpoint_whose_architecture_arguments_differ_with_the_same_shapes(tmp_path):
     """A ReLU checkpoint has the tensors of the default SiLU model: without the check it would load silently."""
-    import bitnetcnn
     from bitnetcnn.train.run import build
 
     relu = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, act="relu")

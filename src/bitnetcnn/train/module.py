@@ -65,8 +65,9 @@ class BitClassifier(L.LightningModule):
         self.ternary_acc5 = MulticlassAccuracy(top_k=min(5, num_classes), **metric)
 
     def set_teacher(self, teacher: nn.Module) -> None:
-        """A frozen full-precision teacher for distillation; kept out of the state dict and the optimizer."""
-        teacher.eval().requires_grad_(False)
+        """A frozen full-precision teacher for distillation; kept out of the state dict and the optimizer. It computes
+        in float32 (mixed precision casts as it does for the student) even when stored in bf16 to carry it."""
+        teacher.float().eval().requires_grad_(False)
         self.__dict__["teacher"] = teacher  # not a submodule: no checkpointing, no optimizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
