@@ -215,7 +215,6 @@ def test_distillation_from_a_full_precision_teacher_changes_the_loss_and_gradien
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path):
-
     teacher = bitnetcnn.create_model("bitnet_cnn", num_classes=7, in_chans=1, quant="fp")
     bitnetcnn.save_checkpoint(teacher, tmp_path / "t.bnc", {})
     with pytest.raises(SettingsError, match="teacher .* 7 classes but the student has 10"):
