@@ -1,9 +1,13 @@
-"""Carry a data set's ``.npz`` to a machine in pieces of a bounded size, and put it back together there.
+"""Carry a data set's ``.npz`` to a machine in calls of a bounded size, and put it back together there.
 
-A lent GPU machine takes at most 64 MiB a call, and CIFAR-100's npz is 160 MiB: split it here into ``.npy`` chunks
-(each array cut along its first axis), send one chunk a call, join them there, then train in one call.
+A lent GPU machine takes at most 64 MiB a call (at most 8 paths), and CIFAR-100's npz is 160 MiB: ``split`` cuts
+its arrays into ``.npy`` chunks and packs them into folders ``carry.0``, ``carry.1``, ... of at most ``--max-mb``
+each, filling every folder before the next (CIFAR-100 at 62 MB: three folders, so three calls). Send one folder a
+call, copying its files into one folder there, then ``join`` and train in the next call.
 
-    python scripts/npz_chunks.py split ../shared/data/cifar100.npz .devdata/cifar100 --max-mb 60
+    python scripts/npz_chunks.py split ../shared/data/cifar100.npz .devdata/cifar100 --max-mb 62
+    # each call, K = 0, 1, 2 (carry: .devdata/cifar100/carry.K):
+    mkdir -p ~/data/cifar100 && cp .devdata/cifar100/carry.K/* ~/data/cifar100/
     python scripts/npz_chunks.py join ~/data/cifar100 ~/data/cifar100.npz   # on the other machine
 
 ``join`` checks every chunk against the manifest (shapes, dtypes, sha256) and writes the npz atomically.
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST = "manifest.json"
+NPY_HEADER = 128  # bytes numpy writes before a chunk's data (a version 1.0 header, padded to 64-byte alignment)
 
 
 def _sha256(path: Path) -> str:
@@ -29,24 +34,52 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+class _Folders:
+    """Carry folders of at most ``max_bytes`` each, filled in order."""
+
+    def __init__(self, out: Path, max_bytes: int) -> None:
+        self.out, self.max_bytes = out, max_bytes
+        self.index, self.used = 0, 0
+
+    def room(self) -> int:
+        return self.max_bytes - self.used - NPY_HEADER
+
+    def next(self) -> None:
+        self.index, self.used = self.index + 1, 0
+
+    def write(self, name: str, piece: np.ndarray) -> dict:
+        folder = self.out / f"carry.{self.index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / name, piece, allow_pickle=False)
+        self.used += (folder / name).stat().st_size
+        return {"file": name, "carry": self.index, "sha256": _sha256(folder / name)}
+
+
 def split(npz: Path, out: Path, max_bytes: int) -> dict:
-    """Write each array of ``npz`` as ``.npy`` chunks of at most ``max_bytes`` (plus the .npy header) and a
-    manifest; returns the manifest."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write each array of ``npz`` as ``.npy`` chunks packed into carry folders of at most ``max_bytes`` each (the
+    manifest goes into ``carry.0``); returns the manifest."""
     manifest = {"source": npz.name, "arrays": {}}
+    folders = _Folders(out, max_bytes)
     with np.load(npz, allow_pickle=False) as data:
         for key in data.files:
             array = data[key]
-            row = max(1, array[:1].nbytes if array.ndim else array.nbytes)
-            per_chunk = max(1, max_bytes // row) if array.ndim else 1
-            parts = []
-            for i, start in enumerate(range(0, max(1, len(array) if array.ndim else 1), per_chunk)):
-                piece = array[start:start + per_chunk] if array.ndim else array
-                name = f"{key}.{i:03d}.npy"
-                np.save(out / name, piece, allow_pickle=False)
-                parts.append({"file": name, "sha256": _sha256(out / name)})
+            rows = len(array) if array.ndim else 1
+            row_bytes = max(1, array[:1].nbytes if array.ndim else array.nbytes)
+            if row_bytes > max_bytes - NPY_HEADER:
+                raise SystemExit(f"npz_chunks: one row of {key} takes {row_bytes} bytes, more than --max-mb allows")
+            parts, start = [], 0
+            while start < rows:
+                take = min(rows - start, folders.room() // row_bytes)
+                if take <= 0:
+                    folders.next()
+                    continue
+                piece = array[start:start + take] if array.ndim else array
+                parts.append(folders.write(f"{key}.{len(parts):03d}.npy", piece))
+                start += take
             manifest["arrays"][key] = {"shape": list(array.shape), "dtype": array.dtype.str, "parts": parts}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    manifest["carry_folders"] = folders.index + 1
+    (out / "carry.0").mkdir(parents=True, exist_ok=True)
+    (out / "carry.0" / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -85,15 +118,17 @@ def main(argv=None) -> int:
     p = sub.add_parser("split")
     p.add_argument("npz", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--max-mb", type=float, default=60.0)
+    p.add_argument("--max-mb", type=float, default=62.0, help="bytes a carry folder may hold, in MB (1e6)")
     p = sub.add_parser("join")
     p.add_argument("folder", type=Path)
     p.add_argument("npz", type=Path)
     args = parser.parse_args(argv)
     if args.command == "split":
         manifest = split(args.npz, args.out, int(args.max_mb * 1e6))
-        files = [p["file"] for a in manifest["arrays"].values() for p in a["parts"]]
-        print(f"{len(files)} chunks in {args.out}: " + ", ".join(files))
+        for k in range(manifest["carry_folders"]):
+            files = [p["file"] for a in manifest["arrays"].values() for p in a["parts"] if p["carry"] == k]
+            size = sum((args.out / f"carry.{k}" / f).stat().st_size for f in files) / 1e6
+            print(f"{args.out / f'carry.{k}'}: {size:.1f} MB: " + ", ".join(files))
     else:
         print(f"wrote {join(args.folder, args.npz)}")
     return 0

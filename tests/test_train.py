@@ -527,3 +527,20 @@ def test_compile_wraps_the_training_forward_only_and_never_a_copy_of_another_mod
     assert twin._training_forward()._orig_mod is twin.model
     plain = BitClassifier("bitnet_cnn", 10, 1)
     assert plain._training_forward() is plain.model
+
+
+def test_init_reads_a_plain_state_dict_into_the_runs_architecture(tmp_path):
+    """A file without a bitnetcnn header (the seed's zip, a torch.save'd state dict) names no architecture: --init
+    reads it into --model with the run's arguments, and the lineage names the file."""
+    source = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1)
+    with torch.no_grad():
+        source.stem.conv.weight.mul_(3.0)
+    plain = tmp_path / "plain.pt"
+    torch.save(source.state_dict(), plain)
+    _, module = build(TrainSettings(init=str(plain), act_bits=8, **QUICK))
+    assert torch.equal(module.model.stem.conv.weight, source.stem.conv.weight)
+    train(TrainSettings(out=str(tmp_path / "run"), init=str(plain), epochs=1, **QUICK))
+    header = load_checkpoint(tmp_path / "run" / "best_ternary.bnc").checkpoint_header
+    assert header["metadata"]["init"]["file"] == "plain.pt"
+    with pytest.raises(SettingsError, match="does not fit bitnet_cnn"):
+        build(TrainSettings(init=str(plain), model_kwargs={"width": 16}, **QUICK))
