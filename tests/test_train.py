@@ -544,3 +544,12 @@ def test_init_reads_a_plain_state_dict_into_the_runs_architecture(tmp_path):
     assert header["metadata"]["init"]["file"] == "plain.pt"
     with pytest.raises(SettingsError, match="does not fit bitnet_cnn"):
         build(TrainSettings(init=str(plain), model_kwargs={"width": 16}, **QUICK))
+
+
+def test_on_a_gpu_the_progress_bar_reads_the_loss_back_every_20_steps_only():
+    from bitnetcnn.train.run import _progress_bar
+
+    assert _progress_bar(TrainSettings(accelerator="cpu")) == []  # Lightning's default bar, a refresh each step
+    assert _progress_bar(TrainSettings(accelerator="gpu", progress=False)) == []
+    (bar,) = _progress_bar(TrainSettings(accelerator="gpu"))
+    assert bar.refresh_rate == 20

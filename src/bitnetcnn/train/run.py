@@ -18,7 +18,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar, WeightAveraging
 
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_header, save_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint
@@ -404,6 +404,17 @@ def _weight_averaging(s: TrainSettings) -> list:
     return [WeightAveraging(avg_fn=warmup_ema(s.ema))]
 
 
+# Steps between progress-bar refreshes on a GPU: each refresh reads the logged loss back from the device, and a read
+# each step would make the CPU wait for the GPU at every step.
+GPU_PROGRESS_REFRESH = 20
+
+
+def _progress_bar(s: TrainSettings) -> list:
+    if not s.progress or _on_cpu(s):
+        return []  # the default bar (or none): on a CPU a refresh each step costs nothing
+    return [TQDMProgressBar(refresh_rate=GPU_PROGRESS_REFRESH)]
+
+
 # What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
 RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy",
                                "val_every", "compile"})
@@ -525,7 +536,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes,
             strategy=s.strategy,
             precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
-            callbacks=[recorder, checkpoint, ValidateEvery(s.val_every), *averaging], logger=False,
+            callbacks=[recorder, checkpoint, ValidateEvery(s.val_every), *averaging, *_progress_bar(s)], logger=False,
             num_sanity_val_steps=0,
             enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
         )
