@@ -160,6 +160,18 @@ def test_act8_model_deploys_without_calibration_and_matches_top1(mnist_model):
     assert _agreement(ref, out) == 1.0
 
 
+def test_act8_model_exports_its_float_graph_with_its_quantizers(mnist_model):
+    """The float graph keeps the model's 8-bit quantizers; their absmax once had no ONNX form and the export failed."""
+    models, _ = mnist_model
+    model = models["act8"]
+    deployed = compile(model, int8=False)
+    assert any(n.op_type == "Round" for n in deployed.onnx_model.graph.node)  # the quantizers are in the graph
+    x, _ = _mnist(False, 500)
+    with torch.no_grad():
+        ref = model(x)
+    torch.testing.assert_close(deployed(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("name, kwargs", [("bit_mobilenetv2", dict(width_mult=0.25)), ("bit_resnet18", {})])
 def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibration(name, kwargs):
     """The model quantizes the pooled mean, not what is pooled: the last SiLU (Sigmoid, Mul), the residual add

@@ -20,7 +20,8 @@ def act_qmax(bits: int) -> int:
 
 def absmax_scale(x: torch.Tensor, bits: int, eps: float = 1e-8) -> torch.Tensor:
     """The step of the grid that just covers ``max|x|`` (a 0-dim tensor)."""
-    return (x.detach().abs().amax().float() / act_qmax(bits)).clamp_min(eps)
+    # every dimension named: the ONNX exporter has no amax over all dimensions (an act-8 model's float export failed)
+    return (x.detach().abs().amax(dim=list(range(x.dim()))).float() / act_qmax(bits)).clamp_min(eps)
 
 
 def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
