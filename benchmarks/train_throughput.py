@@ -104,7 +104,8 @@ def main() -> None:
     settings = TrainSettings.from_dict(dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, model_kwargs=args.model_kwargs,
         batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp, channels_last=args.channels_last,
-        eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator, devices="1", epochs=1, progress=False))
+        eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator, devices="1", epochs=1,
+        progress=False))
     L.seed_everything(0, verbose=False)
     data, module = build(settings)
     spec = data.spec

@@ -20,13 +20,19 @@ def cifar100_test(n=None):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
 
 
-@torch.no_grad()
-def accuracy(model, x, y, mean, std, batch=500):
+def normalized(x, mean, std) -> torch.Tensor:
+    """uint8 NCHW images as the model's float input."""
     mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        xb = (torch.from_numpy(x[i : i + batch]).float() / 255 - mean) / std
-        correct += int((model(xb).argmax(1).numpy() == y[i : i + batch]).sum())
-    return correct / len(x)
+    return (torch.from_numpy(x).float() / 255 - mean) / std
+
+
+@torch.no_grad()
+def predictions(fn, x: torch.Tensor, batch=500) -> torch.Tensor:
+    """Top-1 classes of a model (or a deployed model) over normalized inputs, a batch at a time."""
+    return torch.cat([fn(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+
+
+def accuracy(model, x, y, mean, std, batch=500):
+    predicted = predictions(model.eval(), normalized(x, mean, std), batch)
+    return float((predicted.numpy() == y).mean())

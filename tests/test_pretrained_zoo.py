@@ -6,29 +6,17 @@ test images and losing at most 0.3 points. A weight added to ``bitnetcnn/hub.py`
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import bitnetcnn
 from bitnetcnn.nn import ActQuantizer
-from realdata import cifar100_test, mnist_test
+from realdata import cifar100_test, mnist_test, normalized, predictions
 
 REPO = str(Path(__file__).resolve().parents[1])
 PUBLISHED = bitnetcnn.list_pretrained()
 TEST_SETS = {"mnist": mnist_test, "cifar100": cifar100_test}  # a published data set needs its reader here
 CALIBRATION_IMAGES = 512  # as benchmarks/deploy_agreement.py calibrates by default
-
-
-def _normalized(x: np.ndarray, cfg) -> torch.Tensor:
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (torch.from_numpy(x).float() / 255 - mean) / std
-
-
-@torch.no_grad()
-def _top1(fn, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
 @pytest.fixture(scope="module", params=PUBLISHED, ids=lambda w: w.name)
@@ -38,8 +26,8 @@ def published(request):
     weights = request.param
     x, y = TEST_SETS[weights.dataset]()
     model = torch.hub.load(REPO, weights.hub_entry, source="local", pretrained=True).eval()
-    x = _normalized(x, model.pretrained_cfg)
-    return weights, model, x, torch.from_numpy(y), _top1(model, x)
+    x = normalized(x, model.pretrained_cfg.mean, model.pretrained_cfg.std)
+    return weights, model, x, torch.from_numpy(y), predictions(model, x)
 
 
 @pytest.mark.slow
@@ -62,7 +50,7 @@ def test_published_weights_deploy_with_99_percent_agreement(published):
     own_scales = any(isinstance(m, ActQuantizer) and m.bits == 8 for m in model.modules())
     calibration = None if own_scales else dataset_images(weights.dataset, CALIBRATION_IMAGES, True, seed=1)[0]
     deployed = compile(model, calibration)
-    fast = _top1(deployed, x)
+    fast = predictions(deployed, x)
     agreement = (fast == predicted).float().mean().item()
     loss = (predicted == labels).float().mean().item() - (fast == labels).float().mean().item()
     assert agreement >= 0.99 and loss <= 0.003, (weights.name, deployed.backend, agreement, loss)

@@ -87,8 +87,8 @@ def _add_train(sub) -> None:
     a("--kd-temperature", type=float, default=4.0)
     a("--kd-hints", type=float, default=0.0, metavar="WEIGHT", help="add WEIGHT x a feature hint loss (FitNets: "
       "standardized MSE between student and teacher feature maps before the pooling; 0: off)")
-    a("--init", help="start from the weights of this checkpoint (fine-tuning): a bitnetcnn file, or the seed's zip or a "
-      "state dict read into --model with --model-kwargs")
+    a("--init", help="start from the weights of this checkpoint (fine-tuning): a bitnetcnn file, or the seed's zip "
+      "or a state dict read into --model with --model-kwargs")
     a("--amp", action="store_true", help="bf16 autocast on the CPU, mixed precision on CUDA")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     a("--accelerator", default="auto", help="cpu, gpu, auto")

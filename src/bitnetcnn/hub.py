@@ -36,7 +36,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_header
+from bitnetcnn.checkpoint import load_checkpoint
+from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep, model_pretrained_cfg
 from bitnetcnn.settings import cache_root
 from bitnetcnn.models import create_model, list_models
@@ -260,12 +261,7 @@ def _refuse_what_the_file_cannot_honour(path, held: dict, kwargs: dict) -> None:
 
 def _bitnetcnn_header(path) -> Optional[dict]:
     """The header when ``path`` is a readable bitnetcnn checkpoint (not a seed zip or a state_dict), else None."""
-    if not isinstance(path, (str, os.PathLike)):
-        return None
-    try:
-        return read_checkpoint_header(path)
-    except CheckpointError:
-        return None  # another format, or damaged: load_checkpoint reads it or says what is wrong
+    return native_header(path) if isinstance(path, (str, os.PathLike)) else None
 
 
 def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bool = True,

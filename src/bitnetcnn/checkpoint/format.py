@@ -237,9 +237,12 @@ def _read_entry(path, z: zipfile.ZipFile, name: str, limit: int) -> bytes:
     return limits.read_exactly(path, stream, info.file_size, repr(name))
 
 
-def is_bitnetcnn_checkpoint(data: bytes) -> bool:
+def is_bitnetcnn_checkpoint(source: Union[bytes, PathLike]) -> bool:
+    """Whether the bytes, or the file at a path, are a bitnetcnn checkpoint (a zip holding our header). For a path
+    only the zip's directory is read, not the file."""
     try:
-        return HEADER_NAME in zipfile.ZipFile(io.BytesIO(data)).namelist()
+        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as z:
+            return HEADER_NAME in z.namelist()
     except Exception:
         return False
 
@@ -280,6 +283,12 @@ def read_checkpoint_header(path: PathLike) -> dict:
     """The JSON header of a checkpoint (architecture, metrics, ...) without reading or checking its tensors."""
     name, data = read_source(path)
     return _header_of(name, _open_zip(name, data))
+
+
+def native_header(path: PathLike) -> Optional[dict]:
+    """The header of a bitnetcnn checkpoint, or None for a file of another kind (the seed's zip, a state dict),
+    told apart by the zip's directory alone. A bitnetcnn file with a damaged header raises CheckpointError."""
+    return read_checkpoint_header(path) if is_bitnetcnn_checkpoint(path) else None
 
 
 def _header_of(path, z: zipfile.ZipFile) -> dict:

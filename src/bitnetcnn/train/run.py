@@ -20,9 +20,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar, WeightAveraging
 
-from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_header, save_checkpoint
-from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint
-from bitnetcnn.checkpoint.limits import read_source
+from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
@@ -256,25 +255,23 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _is_native(path: str) -> bool:
-    """A bitnetcnn checkpoint (it names its architecture), not the seed's zip or a plain state dict (they do not)."""
-    return is_bitnetcnn_checkpoint(read_source(path)[1])
-
-
 def _check_init(model: torch.nn.Module, path: str) -> None:
     ours = model.model_args
-    if _is_native(path):
+    if is_bitnetcnn_checkpoint(path):  # it names its architecture, which must be this run's
         source = load_checkpoint(path)
         _check_init_args(model, getattr(source, "model_args", {}), path)
-    else:  # read into this run's architecture; the quantization arguments are the run's to choose
+    else:  # the seed's zip or a state dict: read into this run's architecture (the quantization is the run's)
         architecture = {k: v for k, v in ours.items() if k != "name" and k not in FINE_TUNABLE_ARGS}
         try:
             source = load_checkpoint(path, model_name=ours["name"], **architecture)
-        except CheckpointError as e:
+        except CheckpointError as e:  # tensors that do not fit: name the first; anything else as the loader says
             lines = [line.strip() for line in str(e).strip().splitlines()]
             detail = next((line for line in lines if line.startswith(("size mismatch", "Missing", "Unexpected"))),
-                          lines[0])
-            raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: {detail}") from None
+                          None)
+            if detail is None:
+                raise
+            raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: "
+                                f"{detail}") from None
     from bitnetcnn.nn import convert_to_bit
 
     if not any(isinstance(m, BIT_LAYERS) for m in source.modules()) and ours["quant"] == "ternary":
@@ -300,9 +297,9 @@ def _init_metadata(path: str) -> dict:
     - ``training``: the recipe's earlier commands with their wall times and hardware (RunRecorder appends this
       run's).
     """
-    if not _is_native(path):  # the seed's zip or a state dict: no header, no recipe
+    header = native_header(path)
+    if header is None:  # the seed's zip or a state dict: no header, no recipe
         return {"init": {"file": Path(path).name, "accuracy": None, "command": None}, "training": []}
-    header = read_checkpoint_header(path)
     meta = header.get("metadata") or {}
     lineage = {"file": Path(path).name, "accuracy": meta.get("accuracy"), "command": meta.get("command")}
     if meta.get("init"):
