@@ -206,3 +206,16 @@ def test_demo_data_ships_with_the_package():
     # evaluation batches are never augmented
     x_eval, _ = next(iter(dm.val_dataloader()))
     assert torch.equal(dm.transform(x_eval, training=False), dm.transform(x_eval, training=False))
+
+
+def test_every_named_data_set_has_one_class_name_per_class():
+    """A checkpoint records these as what each output means (``model.pretrained_cfg.class_names``)."""
+    named = [get_dataset_spec(n) for n in list_datasets() if n not in ("imagefolder", "tiny_imagenet")]  # (folders)
+    assert all(len(spec.class_names) == spec.num_classes for spec in named)
+
+
+def test_cifar100_class_names_are_the_data_sets_own_in_label_order():
+    from conftest import require_real_data
+
+    with np.load(require_real_data("cifar100.npz")) as d:
+        assert get_dataset_spec("cifar100").class_names == tuple(d["fine_label_names"].tolist())

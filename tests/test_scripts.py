@@ -1,4 +1,4 @@
-"""scripts/: the tools that carry a data set to a lent GPU machine in bounded pieces."""
+"""scripts/: the tools that carry a data set to a lent GPU machine in bounded pieces, and publish a trained weight."""
 
 import importlib.util
 from pathlib import Path
@@ -6,15 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "npz_chunks.py"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def npz_chunks():
-    spec = importlib.util.spec_from_file_location("npz_chunks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("npz_chunks")
 
 
 def test_a_data_set_split_into_bounded_chunks_joins_to_the_same_arrays(npz_chunks, tmp_path):
@@ -47,3 +51,48 @@ def test_a_data_set_split_into_bounded_chunks_joins_to_the_same_arrays(npz_chunk
     damaged.unlink()
     with pytest.raises(SystemExit, match="x_train.001.npy is missing"):
         npz_chunks.join(carried, tmp_path / "again.npz")
+
+
+def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(tmp_path, capsys):
+    """The figures are measured here on the test set (not copied from the run), written into the shipped file's
+    header, and the printed PretrainedCfg is the shipped file's, sha256 and size included."""
+    import hashlib
+
+    import torch
+
+    import bitnetcnn
+    from bitnetcnn import class_names, hub
+    from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep
+    from bitnetcnn.train.evaluate import evaluate_checkpoint
+
+    publish_weight = _script("publish_weight")
+    torch.manual_seed(0)
+    model = bitnetcnn.convert_to_ternary(bitnetcnn.create_model("bitnet_cnn", width=8).eval())
+    trained = bitnetcnn.save_checkpoint(model, tmp_path / "run" / "best_ternary.bnc", {
+        "dataset": "mnist_demo", "accuracy": 0.5, "ternary_eval": {"top1": 0.5, "top5": 0.9},
+        "command": "bitnetcnn train --dataset mnist_demo",
+        "training": [{"command": "bitnetcnn train --dataset mnist_demo", "wall_time_s": 12.5, "hardware": "a CPU"}]})
+    assert publish_weight.main([str(trained), "--entry", "bitnet_mnist", "--tag", "demo",
+                                "--out-dir", str(tmp_path / "shipped")]) == 0
+    printed = capsys.readouterr().out
+    shipped = tmp_path / "shipped" / "bitnet_mnist.bnc"
+    cfg = eval(printed.split("\n", 1)[1].split(" = ", 1)[1],  # noqa: S307 - the source it prints for hub.py
+               {"PretrainedCfg": PretrainedCfg, "TrainingStep": TrainingStep, "class_names": class_names})
+    measured = evaluate_checkpoint(str(trained))
+    data = shipped.read_bytes()
+    assert (cfg.top1, cfg.top5, cfg.test_images) == (measured["top1"], measured["top5"], measured["images"])
+    assert (cfg.sha256, cfg.file_size, cfg.file) == (hashlib.sha256(data).hexdigest(), len(data), shipped.name)
+    assert (cfg.tag, cfg.hub_entry, cfg.licence, cfg.class_names) == ("demo", "bitnet_mnist", "MIT", class_names.DIGITS)
+    assert cfg.training == (TrainingStep("bitnetcnn train --dataset mnist_demo", 12.5, "a CPU"),)
+    assert "class_names=class_names.DIGITS," in printed
+    loaded = bitnetcnn.load_checkpoint(shipped)
+    own = loaded.pretrained_cfg  # the header says the same as the registry object, but for the file's own bytes
+    assert own == PretrainedCfg(**{**cfg.to_dict(), "file": None, "file_size": None, "sha256": None})
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
+
+    with pytest.raises(ValueError, match="unknown hub entry 'bitnet_resnet19'.*bitnet_resnet18"):
+        publish_weight.publish(trained, "bitnet_resnet19", "demo", out_dir=tmp_path / "no")
+    with pytest.raises(ValueError, match="holds a bitnet_cnn, but 'bitnet_resnet18' serves bit_resnet18"):
+        publish_weight.publish(trained, "bitnet_resnet18", "demo", out_dir=tmp_path / "no")
+    assert not (tmp_path / "no").exists() and hub.PRETRAINED_DIR != tmp_path / "shipped"

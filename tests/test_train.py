@@ -87,6 +87,7 @@ def test_a_fine_tune_records_what_it_started_from_in_its_checkpoint(tmp_path):
     assert all(step.wall_time_s > 0 and cpu_info()["model"] in step.hardware and "32-true" in step.hardware
                for step in steps)
     assert model.pretrained_cfg.test_images == QUICK["limit_eval"]
+    assert model.pretrained_cfg.class_names == tuple("0123456789")  # what each output means, from the data set
     stage2 = header["metadata"]["init"]
     assert stage2["file"] == "best_ternary.bnc" and stage2["command"] == "bitnetcnn train STAGE-2"
     assert stage2["init"]["command"] == "bitnetcnn train STAGE-1"

@@ -36,6 +36,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from bitnetcnn import class_names
 from bitnetcnn.checkpoint import load_checkpoint
 from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep, model_pretrained_cfg
@@ -65,7 +66,7 @@ BITNET_MNIST = PretrainedCfg(
     mean=(0.1307,),
     std=(0.3081,),
     num_classes=10,
-    class_names=tuple("0123456789"),
+    class_names=class_names.DIGITS,
     top1=0.9962999820709229,
     top5=1.0,
     test_images=10000,

@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
+from bitnetcnn import class_names
 from bitnetcnn.data import sources
 
 from bitnetcnn.normalization import CIFAR10 as CIFAR10_STATS
@@ -29,16 +30,22 @@ class DatasetSpec:
     rotate: float = 0.0  # random rotation by up to this many degrees during training
     zoom: float = 0.0  # random scaling by 1 +- zoom during training
     elastic: float = 0.0  # elastic distortion of this strength in pixels during training (0: none)
+    class_names: tuple[str, ...] | None = None  # label -> name, recorded in the checkpoints trained on it
 
 
 DATASETS: dict[str, DatasetSpec] = {
     s.name: s
     for s in [
-        DatasetSpec("mnist_demo", sources.read_mnist_demo, 10, 1, 28, *MNIST_STATS, crop_padding=2, hflip=False),
-        DatasetSpec("mnist", sources.read_mnist, 10, 1, 28, *MNIST_STATS, crop_padding=2, hflip=False),
-        DatasetSpec("fashion_mnist", sources.read_fashion_mnist, 10, 1, 28, *FASHION_MNIST_STATS, 2, True),
-        DatasetSpec("cifar10", sources.read_cifar10, 10, 3, 32, *CIFAR10_STATS, crop_padding=4, hflip=True),
-        DatasetSpec("cifar100", sources.read_cifar100, 100, 3, 32, *CIFAR100_STATS, crop_padding=4, hflip=True),
+        DatasetSpec("mnist_demo", sources.read_mnist_demo, 10, 1, 28, *MNIST_STATS, crop_padding=2, hflip=False,
+                    class_names=class_names.DIGITS),
+        DatasetSpec("mnist", sources.read_mnist, 10, 1, 28, *MNIST_STATS, crop_padding=2, hflip=False,
+                    class_names=class_names.DIGITS),
+        DatasetSpec("fashion_mnist", sources.read_fashion_mnist, 10, 1, 28, *FASHION_MNIST_STATS, 2, True,
+                    class_names=class_names.FASHION_MNIST),
+        DatasetSpec("cifar10", sources.read_cifar10, 10, 3, 32, *CIFAR10_STATS, crop_padding=4, hflip=True,
+                    class_names=class_names.CIFAR10),
+        DatasetSpec("cifar100", sources.read_cifar100, 100, 3, 32, *CIFAR100_STATS, crop_padding=4, hflip=True,
+                    class_names=class_names.CIFAR100),
         DatasetSpec("tiny_imagenet", sources.read_tiny_imagenet, 200, 3, 64, *IMAGENET_STATS, 8, True),
     ]
 }

@@ -1,0 +1,120 @@
+"""Publish a trained checkpoint as a hub entry's pretrained weight: measure it, ship it, print its PretrainedCfg.
+
+    python scripts/publish_weight.py runs/r18/best_ternary.bnc --entry bitnet_resnet18 --tag cifar100
+
+1. Evaluates the file on the full test set of its data set, on this machine's CPU (``bitnetcnn eval``): the figures
+   a user reproduces, where a run's own figures may come from a GPU's arithmetic.
+2. Writes it to ``bitnetcnn/pretrained/ENTRY.bnc`` with those figures, the tag, hub entry, licence, class names and
+   test-set size in its header (the weights are copied bit for bit), refusing a file over 4 MiB: larger weights
+   are published at a URL.
+3. Prints the ``PretrainedCfg`` to paste into ``bitnetcnn/hub.py`` (the entry's ``pretrained=``), sha256 and size
+   included. ``tests/test_hub.py`` and ``tests/test_pretrained_zoo.py`` then check the weight through torch.hub on
+   the full test set and deployed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bitnetcnn import class_names as known_names
+from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
+from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg
+from bitnetcnn.data.catalog import get_dataset_spec
+from bitnetcnn.hub import PRETRAINED_DIR, entries
+from bitnetcnn.train.evaluate import evaluate_checkpoint
+
+MAX_SHIPPED_BYTES = 4 << 20  # the package ships weights under 4 MiB; larger ones go to a URL
+
+
+def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: str | None = None,
+            out_dir: Path = PRETRAINED_DIR) -> PretrainedCfg:
+    """Measure ``path`` on its test set, write it as ``out_dir/ENTRY.bnc`` with that metadata, return its cfg."""
+    known = entries()
+    if entry not in known:
+        raise ValueError(f"unknown hub entry {entry!r}; the entries are: {', '.join(known)}")
+    model = load_checkpoint(path)
+    own = model.pretrained_cfg
+    if own.model != known[entry].model:
+        raise ValueError(f"{path} holds a {own.model}, but {entry!r} serves {known[entry].model}")
+    if own.dataset is None:
+        raise ValueError(f"{path} does not record the data set it was trained on: it cannot be measured")
+    measured = evaluate_checkpoint(str(path), data_dir=data_dir)
+    header = model.checkpoint_header
+    names = own.class_names or get_dataset_spec(own.dataset).class_names
+    scores = {"top1": measured["top1"], "top5": measured["top5"]}
+    metadata = dict(header.get("metadata") or {}, **{k: v for k, v in header["metrics"].items() if k != "command"})
+    metadata.update(
+        command=own.command, accuracy=measured["top1"], ternary_eval=scores, test_images=measured["images"],
+        tag=tag, hub_entry=entry, licence=licence, mean=list(own.mean), std=list(own.std),
+        input_size=list(own.input_size), class_names=list(names) if names else None,
+        evaluated="top-1/top-5 by scripts/publish_weight.py (bitnetcnn eval) on the CPU")
+    target = Path(out_dir) / f"{entry}.bnc"
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = save_checkpoint(model, Path(tmp) / target.name, metadata)
+        _same_weights(model, load_checkpoint(staged), path)
+        data = staged.read_bytes()
+        if len(data) > MAX_SHIPPED_BYTES:
+            raise ValueError(f"{path} takes {len(data):,} bytes written, over the {MAX_SHIPPED_BYTES:,} the package "
+                             "ships: publish it at a URL and declare PretrainedCfg(url=..., sha256=...)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    cfg = load_checkpoint(target).pretrained_cfg
+    return PretrainedCfg(**{**cfg.to_dict(), "file": target.name, "file_size": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+
+
+def _same_weights(before: torch.nn.Module, after: torch.nn.Module, path: Path) -> None:
+    a, b = before.state_dict(), after.state_dict()
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise RuntimeError(f"{path}: the rewritten file does not hold the same tensors; nothing was published")
+
+
+def render(cfg: PretrainedCfg, name: str) -> str:
+    """``cfg`` as the Python source of ``bitnetcnn/hub.py`` (class names by their constant where there is one)."""
+    lines = [f"{name} = PretrainedCfg("]
+    for key, value in cfg.to_dict().items():
+        if value is None or key == "url":
+            continue
+        if key == "class_names":
+            constant = next((c for c in dir(known_names) if getattr(known_names, c) == tuple(value)), None)
+            text = f"class_names.{constant}" if constant else repr(tuple(value))
+        elif key == "training":
+            steps = "".join(f"\n        TrainingStep({s['command']!r}, {s['wall_time_s']!r}, {s['hardware']!r}),"
+                            for s in value)
+            text = f"({steps}\n    )"
+        elif isinstance(value, list):
+            text = repr(tuple(value))
+        else:
+            text = repr(value)
+        lines.append(f"    {key}={text},")
+    return "\n".join(lines + [")"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a converted model (a run's best_ternary.bnc)")
+    parser.add_argument("--entry", required=True, help="the hub entry it serves, e.g. bitnet_resnet18")
+    parser.add_argument("--tag", required=True, help="which weight of the entry, e.g. cifar100")
+    parser.add_argument("--licence", default="MIT")
+    parser.add_argument("--data-dir", help="data root (default: $BITNETCNN_DATA)")
+    parser.add_argument("--out-dir", type=Path, default=PRETRAINED_DIR, help="default: bitnetcnn/pretrained/")
+    args = parser.parse_args(argv)
+    try:
+        cfg = publish(args.checkpoint, args.entry, args.tag, args.licence, args.data_dir, args.out_dir)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"# wrote {args.out_dir / cfg.file}: top-1 {cfg.top1:.2%}, top-5 {cfg.top5:.2%} on {cfg.test_images:,} "
+          f"test images, {cfg.file_size:,} bytes. Paste into bitnetcnn/hub.py and set the entry's pretrained=:")
+    print(render(cfg, f"{args.entry.upper()}_{args.tag.upper()}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
