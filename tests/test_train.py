@@ -554,3 +554,32 @@ def test_on_a_gpu_the_progress_bar_reads_the_loss_back_every_20_steps_only():
     assert _progress_bar(TrainSettings(accelerator="gpu", progress=False)) == []
     (bar,) = _progress_bar(TrainSettings(accelerator="gpu"))
     assert bar.refresh_rate == 20
+
+
+def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_path, monkeypatch):
+    """--save-every writes last.ckpt inside epochs (here after every batch); a run killed in the middle of epoch 1
+    resumes from it with the batches it had not trained, in the same order: the same weights as the uninterrupted
+    run, and epoch 0's metrics unchanged."""
+    every_batch = dict(QUICK, save_every=1e-6)
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **every_batch))
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_1(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", die_in_epoch_1, raising=False)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **every_batch))
+    saved = torch.load(tmp_path / "cut" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1 and saved["global_step"] == 4 + 2  # 4 batches an epoch; killed before the 3rd of epoch 1
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    assert resumed["param_checksums"] == whole["param_checksums"]
+    cut, full = read_metrics(tmp_path / "cut"), read_metrics(tmp_path / "whole")
+    assert [int(r["epoch"]) for r in cut] == [0, 1]
+    same = ("val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5")
+    assert cut[0] == {**full[0], "elapsed_s": cut[0]["elapsed_s"]}
+    assert {k: cut[1][k] for k in same} == {k: full[1][k] for k in same}

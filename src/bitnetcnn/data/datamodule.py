@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_elastic, random_hflip
 from bitnetcnn.data.catalog import DatasetSpec, get_dataset_spec
@@ -40,6 +41,25 @@ def _as_batch(batch):
     return batch
 
 
+class EpochShuffle(Sampler[int]):
+    """The training order: a new permutation each epoch, drawn from ``(seed, epoch)`` alone, not from the global
+    random state, so that a run resumed in the middle of an epoch takes the same order on from where it stopped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: Callable[[], int]) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained in it): skip those once
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch = self.epoch()
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        resume, self.resume_at = self.resume_at, None
+        skip = resume[1] * self.batch_size if resume is not None and resume[0] == epoch else 0
+        return iter(order[skip:].tolist())
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train and test splits of a named data set; the test split doubles as validation (as in the seed)."""
 
@@ -58,8 +78,12 @@ class ImageDataModule(L.LightningDataModule):
         rotate: float | None = None,
         zoom: float | None = None,
         elastic: float | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed  # of the training order (EpochShuffle)
+        self._order: EpochShuffle | None = None
+        self._resume_at: tuple[int, int] | None = None
         self.spec: DatasetSpec = get_dataset_spec(dataset, img_size)
         self.root = data_root(data_dir)
         self.batch_size = batch_size
@@ -99,8 +123,32 @@ class ImageDataModule(L.LightningDataModule):
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorImages(self.train_split), batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          collate_fn=_as_batch, pin_memory=self._pin_memory())
+        data = TensorImages(self.train_split)
+        if self.trainer is None or self.trainer.world_size > 1:  # DDP: Lightning's DistributedSampler shuffles
+            return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=True, collate_fn=_as_batch,
+                              pin_memory=self._pin_memory())
+        trainer = self.trainer
+        self._order = EpochShuffle(len(data), self.batch_size, self.seed, lambda: trainer.current_epoch)
+        self._order.resume_at = self._resume_at
+        # its own generator: a DataLoader draws a seed for its workers at each new iterator, and drawing it from the
+        # global generator would shift the augmentation's random numbers of a resumed epoch
+        return DataLoader(data, sampler=self._order, batch_size=self.batch_size, drop_last=True,
+                          collate_fn=_as_batch, pin_memory=self._pin_memory(), generator=torch.Generator())
+
+    def state_dict(self) -> dict:
+        """Where training is in the current epoch, saved in every checkpoint: a ``last.ckpt`` written inside an
+        epoch (``--save-every``) resumes with the batches not yet trained, in the uninterrupted run's order."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        # a checkpoint written at the end of a batch counts it as processed, not yet completed
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("batches"):
+            self._resume_at = (state["epoch"], state["batches"])
+            if self._order is not None:
+                self._order.resume_at = self._resume_at
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TensorImages(self.test_split), batch_size=self.eval_batch_size, collate_fn=_as_batch,
@@ -125,3 +173,4 @@ class ImageDataModule(L.LightningDataModule):
                 images = random_elastic(images, self.elastic)
         x = normalize(images, self._mean.to(images.device), self._std.to(images.device))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+

@@ -1,4 +1,5 @@
-"""Callbacks that make a run folder: metrics.csv and its plot, the best ternary model, results.json."""
+"""Callbacks that make a run folder: metrics.csv and its plot, the best ternary model, results.json, and the
+checkpoints written inside long epochs."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import math
 import random
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.machine import describe_device
@@ -64,6 +67,22 @@ def set_random_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class MidEpochCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``minutes`` of training too, so an interrupted run loses at most that much: a CPU epoch
+    can take half an hour. The resumed run equals the uninterrupted one: the training loader saves where it was
+    (``ResumableLoader``). Single-process runs only: a DDP run's loader is Lightning's DistributedSampler, which
+    cannot resume inside an epoch, so it keeps the end-of-epoch checkpoints."""
+
+    def __init__(self, out_dir: Path, minutes: float) -> None:
+        super().__init__(dirpath=out_dir, filename="last", save_top_k=1, enable_version_counter=False,
+                         train_time_interval=timedelta(minutes=minutes))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.world_size > 1:
+            self._train_time_interval = None
 
 
 class ValidateEvery(L.Callback):

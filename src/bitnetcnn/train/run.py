@@ -28,7 +28,7 @@ from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.quiet import quiet_loggers
-from bitnetcnn.train.callbacks import RunRecorder, ValidateEvery
+from bitnetcnn.train.callbacks import MidEpochCheckpoint, RunRecorder, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
@@ -96,6 +96,7 @@ class TrainSettings:
     eval_ternary: bool = True
     val_every: int = 1  # validate every N epochs (and always the last): validation costs a GPU epoch a second
     compile: bool = False  # torch.compile the training forward (fuses the fake quantization's elementwise ops)
+    save_every: float = 10.0  # minutes: last.ckpt in the middle of long epochs too (0: at epoch ends only)
     kd: bool = False
     teacher: list[str] = field(default_factory=list)  # several: distill their ensemble (mean logits)
     kd_alpha: float = 0.5
@@ -138,6 +139,7 @@ class TrainSettings:
         if self.lr is not None:
             in_range(self.lr, "lr", low=0.0, low_open=True)
         in_range(self.wd, "wd", low=0.0)
+        in_range(self.save_every, "save_every", low=0.0)
         in_range(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
         in_range(self.warmup_epochs, "warmup_epochs", low=0.0)
         in_range(self.label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
@@ -334,7 +336,7 @@ def build(s: TrainSettings):
     _check_accelerator(s)
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
                            limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom,
-                           elastic=s.elastic)
+                           elastic=s.elastic, seed=s.seed)
     spec = data.spec
     num_classes = data.num_classes
     if s.num_classes is not None and s.num_classes != num_classes:
@@ -368,7 +370,9 @@ def build(s: TrainSettings):
 # Lightning's notices that a user of this command need not act on: hardware lines, tips, "Loading
 # `train_dataloader` to estimate ...", "`Trainer.fit` stopped ...", a folder we made ourselves "exists and is not
 # empty", a deprecation inside Lightning. Its warnings about real problems still show.
-QUIET_WARNINGS = (r"Checkpoint directory .* exists and is not empty", r".*isinstance\(treespec, LeafSpec\)")
+QUIET_WARNINGS = (r"Checkpoint directory .* exists and is not empty", r".*isinstance\(treespec, LeafSpec\)",
+                  # the data module restores the loader's place in the epoch (ImageDataModule.state_dict)
+                  r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 @contextlib.contextmanager
@@ -414,7 +418,7 @@ def _progress_bar(s: TrainSettings) -> list:
 
 # What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
 RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy",
-                               "val_every", "compile"})
+                               "val_every", "compile", "save_every"})
 
 
 def _given(s: TrainSettings) -> set[str]:
@@ -529,13 +533,15 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     # last.ckpt, overwritten (atomically, by Lightning's fsspec transaction) at the end of every epoch
     checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
+    mid_epoch = [MidEpochCheckpoint(out, s.save_every)] if s.save_every > 0 else []
     devices = s.devices if s.devices == "auto" else int(s.devices)
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes,
             strategy=s.strategy,
             precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
-            callbacks=[recorder, checkpoint, ValidateEvery(s.val_every), *averaging, *_progress_bar(s)], logger=False,
+            callbacks=[recorder, checkpoint, *mid_epoch, ValidateEvery(s.val_every), *averaging, *_progress_bar(s)],
+            logger=False,
             num_sanity_val_steps=0,
             enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
         )
