@@ -1,0 +1,106 @@
+"""Which requantization points of the int8 graph cost the agreement with the converted model?
+
+For each activation tensor the int8 graph quantizes (each QuantizeLinear), the graph is run once with that tensor
+kept in float (its Q/DQ pair removed) and the top-1 agreement with the converted PyTorch model is measured on test
+images; then the most costly points are kept in float together, one more at a time. It says whether a model that
+misses the deploy goal (>= 99% agreement) does so at a few points (fixable by keeping them in float) or everywhere.
+
+    export BITNETCNN_DATA=/path/to/shared/data
+    python benchmarks/deploy_sensitivity.py --seed bit_resnet18 --limit 1000 --method percentile
+    python benchmarks/deploy_sensitivity.py --checkpoint runs/r18/best_ternary.bnc --limit 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bitnetcnn import load_checkpoint
+from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
+from bitnetcnn.deploy.compile import to_onnx_graph
+from bitnetcnn.deploy.runtime import DeployedModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+from deploy_agreement import SEED, convert_if_needed, load_seed, predict  # noqa: E402
+
+
+def quantized_tensors(graph) -> list[str]:
+    """The activation tensors the QDQ graph quantizes (weights are stored quantized and have no QuantizeLinear)."""
+    return [n.input[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def keep_float(graph, tensors: set[str]):
+    """A copy of the QDQ graph with the Q/DQ pairs on ``tensors`` removed: their consumers read them in float."""
+    model = copy.deepcopy(graph)
+    nodes = model.graph.node
+    quantize = {n.output[0]: n.input[0] for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in tensors}
+    rewire = {n.output[0]: quantize[n.input[0]] for n in nodes
+              if n.op_type == "DequantizeLinear" and n.input[0] in quantize}
+    kept = [n for n in nodes if not (n.op_type == "QuantizeLinear" and n.input[0] in tensors)
+            and not (n.op_type == "DequantizeLinear" and n.output[0] in rewire)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = rewire.get(name, name)
+    del nodes[:]
+    nodes.extend(kept)
+    return model
+
+
+def agreement(graph, x, ref) -> float:
+    out = predict(DeployedModel(graph, threads=torch.get_num_threads()), x)
+    return (out == ref).float().mean().item() * 100
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seed", choices=list(SEED), help="a seed checkpoint (from $BITNETCNN_DATA/seed-checkpoints)")
+    p.add_argument("--checkpoint", help="a bitnetcnn checkpoint")
+    p.add_argument("--limit", type=int, default=1000, help="test images (first N of a fixed shuffle)")
+    p.add_argument("--calibrate", type=int, default=512, help="training images for calibration")
+    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--top", type=int, default=8, help="keep up to this many of the costliest points in float")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir")
+    args = p.parse_args(argv)
+    if bool(args.seed) == bool(args.checkpoint):
+        p.error("give --seed NAME or --checkpoint PATH")
+    torch.set_num_threads(args.threads)
+    if args.seed:
+        root = Path(args.data_dir or os.environ.get("BITNETCNN_DATA", "."))
+        model, dataset = load_seed(args.seed, root / "seed-checkpoints" / SEED[args.seed][0]), SEED[args.seed][1]
+    else:
+        model = convert_if_needed(load_checkpoint(args.checkpoint))
+        dataset = dataset_for(model)
+    test_x, _, spec = dataset_images(dataset, args.limit, False, args.data_dir)
+    cal_x, _, _ = dataset_images(dataset, args.calibrate, True, args.data_dir, seed=1)
+    x = normalize_images(test_x, spec.mean, spec.std)
+    ref = predict(model, x)
+    graph, _ = to_onnx_graph(model, normalize_images(cal_x, spec.mean, spec.std), method=args.method)
+    t0 = time.perf_counter()
+    base = agreement(graph, x, ref)
+    points = quantized_tensors(graph)
+    print(f"{len(x)} {dataset} test images, {args.method} calibration on {len(cal_x)}: int8 agreement {base:.2f}% "
+          f"({len(points)} quantized activation tensors; {time.perf_counter() - t0:.1f} s a run)", flush=True)
+    gains = []
+    for name in points:
+        gains.append((agreement(keep_float(graph, {name}), x, ref) - base, name))
+        print(f"  {name}: {gains[-1][0]:+.2f} points kept in float", flush=True)
+    gains.sort(reverse=True)
+    print("costliest points kept in float together:")
+    kept: set[str] = set()
+    for gain, name in gains[:args.top]:
+        kept.add(name)
+        print(f"  +{name} ({gain:+.2f} alone): {len(kept)} in float -> {agreement(keep_float(graph, kept), x, ref):.2f}%",
+              flush=True)
+    print(f"all {len(points)} in float: {agreement(keep_float(graph, set(points)), x, ref):.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
