@@ -19,6 +19,7 @@ from bitnetcnn import load_checkpoint
 from bitnetcnn.cli import main
 from bitnetcnn.machine import cpu_info
 from bitnetcnn.train.evaluate import evaluate_checkpoint
+from bitnetcnn.nn import ActQuantizer
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.train.run import SettingsError, TrainSettings, build, train
@@ -281,7 +282,7 @@ def test_feature_hints_add_the_distance_between_student_and_teacher_features(tmp
 def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     """--init loads a checkpoint's weights; with --act-bits 8 on a float-activation checkpoint the new quantizers
     start unset (quantization-aware fine-tuning). A checkpoint of another width is refused."""
-    from bitnetcnn.train.run import ACT_SCALE_KEY, build
+    from bitnetcnn.train.run import build
 
     source = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1)
     with torch.no_grad():
@@ -289,7 +290,7 @@ def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
     bitnetcnn.save_checkpoint(source, tmp_path / "src.bnc", {})
     _, module = build(TrainSettings(init=str(tmp_path / "src.bnc"), act_bits=8, **QUICK))
     assert torch.equal(module.model.stem.conv.weight, source.stem.conv.weight)
-    scales = [b for name, b in module.model.named_buffers() if name.endswith(ACT_SCALE_KEY)]
+    scales = [m.running_scale for m in module.model.modules() if isinstance(m, ActQuantizer)]
     assert scales and all(float(s) == 0.0 for s in scales)
     wide = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, width=16)
     bitnetcnn.save_checkpoint(wide, tmp_path / "w16.bnc", {})

@@ -25,7 +25,7 @@ from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
-from bitnetcnn.nn import BIT_LAYERS
+from bitnetcnn.nn import BIT_LAYERS, ActQuantizer
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.quiet import quiet_loggers
 from bitnetcnn.train.callbacks import MidEpochCheckpoint, RunRecorder, ValidateEvery
@@ -33,7 +33,6 @@ from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 
-ACT_SCALE_KEY = "act_quant.running_scale"
 
 
 class SettingsError(ValueError):
@@ -285,7 +284,8 @@ def _check_init(model: torch.nn.Module, path: str) -> None:
         raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: {first}") from None
     # Activation quantizers this run adds (--act-bits on a float-activation checkpoint) start unset and take their
     # scale from the first batches: quantization-aware fine-tuning of a trained model.
-    missing = [k for k in result.missing_keys if not k.endswith(ACT_SCALE_KEY)]
+    new_quantizers = {f"{name}.running_scale" for name, m in model.named_modules() if isinstance(m, ActQuantizer)}
+    missing = [k for k in result.missing_keys if k not in new_quantizers]
     if missing or result.unexpected_keys:
         raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing[:5]}, "
                             f"unexpected {result.unexpected_keys[:5]}")
