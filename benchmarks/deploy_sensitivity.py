@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", choices=list(SEED), help="a seed checkpoint (from $BITNETCNN_DATA/seed-checkpoints)")
     p.add_argument("--checkpoint", help="a bitnetcnn checkpoint")
     p.add_argument("--limit", type=int, default=1000, help="test images (first N of a fixed shuffle)")
-    p.add_argument("--calibrate", type=int, default=512, help="training images for calibration")
+    p.add_argument("--calibrate", type=int, default=512,
+                   help="training images for calibration (0: the model's own 8-bit activation quantizers)")
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
     p.add_argument("--top", type=int, default=8, help="keep up to this many of the costliest points in float")
     p.add_argument("--threads", type=int, default=2)
@@ -78,14 +79,17 @@ def main(argv=None) -> int:
         model = convert_if_needed(load_checkpoint(args.checkpoint))
         dataset = dataset_for(model)
     test_x, _, spec = dataset_images(dataset, args.limit, False, args.data_dir)
-    cal_x, _, _ = dataset_images(dataset, args.calibrate, True, args.data_dir, seed=1)
+    calibration, ranges = None, "the model's own quantizers"
+    if args.calibrate > 0:
+        cal_x, _, _ = dataset_images(dataset, args.calibrate, True, args.data_dir, seed=1)
+        calibration, ranges = normalize_images(cal_x, spec.mean, spec.std), f"{args.method} calibration"
     x = normalize_images(test_x, spec.mean, spec.std)
     ref = predict(model, x)
-    graph, _ = to_onnx_graph(model, normalize_images(cal_x, spec.mean, spec.std), method=args.method)
+    graph, _ = to_onnx_graph(model, calibration, method=args.method)
     t0 = time.perf_counter()
     base = agreement(graph, x, ref)
     points = quantized_tensors(graph)
-    print(f"{len(x)} {dataset} test images, {args.method} calibration on {len(cal_x)}: int8 agreement {base:.2f}% "
+    print(f"{len(x)} {dataset} test images, ranges from {ranges}: int8 agreement {base:.2f}% "
           f"({len(points)} quantized activation tensors; {time.perf_counter() - t0:.1f} s a run)", flush=True)
     gains = []
     for name in points:
