@@ -10,12 +10,13 @@ import bitnetcnn
 PACKAGE = Path(bitnetcnn.__file__).parent
 
 # The ground floor: settings (where data and caches live) and the machine's description; any floor may read them.
-GROUND = {"settings", "machine", "normalization", "quiet"}
+GROUND = {"settings", "machine", "normalization", "class_names", "quiet"}
 # floor -> the floors it may import (itself and the ground floor included)
 ALLOWED = {
     "settings": set(),
     "machine": set(),
     "normalization": set(),
+    "class_names": set(),
     "quiet": set(),
     "quant": {"quant"},
     "nn": {"quant", "nn"},
