@@ -57,8 +57,10 @@ def predict(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
 
 
 def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None, method: str = "minmax",
-          backends=("onnxruntime",)) -> list:
-    """One row per deploy backend (the same int8 graph on each runtime); the converted model runs once."""
+          backends=("onnxruntime",), float64: bool = False) -> list:
+    """One row per deploy backend (the same int8 graph on each runtime); the converted model runs once.
+    ``float64`` adds the converted model computed in float64 as one more "backend": its agreement with float32 is
+    the floor that rounding alone sets (a model with 8-bit activations flips its rounding ties at float32's error)."""
     test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir)
     x = normalize_images(test_x, spec.mean, spec.std)
     calibration = None
@@ -70,6 +72,17 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
     t_torch = time.perf_counter() - t0
     acc_ref = (ref == test_y).float().mean().item() * 100
     rows, outs = [], {}
+    if float64:
+        import copy
+
+        wide = copy.deepcopy(model).double()
+        out = predict(lambda batch: wide(batch.double()), x)
+        agree = (ref == out).float().mean().item() * 100
+        acc = (out == test_y).float().mean().item() * 100
+        rows.append(dict(model=name, dataset=dataset, backend="torch float64", test_images=len(x),
+                         calibration_images=0, method="none", acc_converted=round(acc_ref, 2),
+                         acc_deployed=round(acc, 2), agreement=round(agree, 2), acc_diff=round(acc - acc_ref, 2),
+                         passed=agree >= 99.0 and abs(acc - acc_ref) <= 0.3))
     for backend in backends:
         t0 = time.perf_counter()
         deployed = compile(model, calibration, method=method, backend=backend)
@@ -105,6 +118,8 @@ def main(argv=None) -> int:
                    help="onnxruntime calibration method for the activation ranges")
     p.add_argument("--backends", nargs="+", default=["onnxruntime"], choices=["onnxruntime", "openvino", "auto"],
                    help="deploy backends to check, each on the same int8 graph (openvino: pip install openvino)")
+    p.add_argument("--float64", action="store_true",
+                   help="also compare the converted model in float64 with float32: the floor rounding alone sets")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")
     p.add_argument("--json", help="write the results here")
@@ -123,7 +138,7 @@ def main(argv=None) -> int:
         model = load_seed(name, path) if dataset else convert_if_needed(load_checkpoint(path))
         dataset = dataset or dataset_for(model)
         for row in check(name, model, dataset, args.limit, args.calibrate, args.data_dir, args.method,
-                         args.backends):
+                         args.backends, args.float64):
             rows.append(row)
             extra = (f", {row['agreement_with_onnxruntime']:.2f}% with onnxruntime"
                      if "agreement_with_onnxruntime" in row else "")
