@@ -68,19 +68,6 @@ def quantizer_scales(model: nn.Module) -> Dict[str, float]:
     return out
 
 
-def output_quantizer_scales(model: nn.Module) -> Dict[str, float]:
-    """``{ternary layer name: output scale}`` of the 8-bit ``out_quant`` quantizers that residual blocks put after a
-    convolution (``ConvNormAct``): the graph quantizes that convolution's output on their grid."""
-    out = {}
-    for name, m in model.named_modules():
-        q, conv = getattr(m, "out_quant", None), getattr(m, "conv", None)
-        if isinstance(q, ActQuantizer) and q.bits == 8 and isinstance(conv, TERNARY_LAYERS):
-            scale = float(q.running_scale)
-            if scale > 0:
-                out[f"{name}.conv" if name else "conv"] = scale
-    return out
-
-
 def _graph_maps(graph):
     producer, consumers = {}, {}
     for node in graph.node:
@@ -149,8 +136,7 @@ def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
 
 
 def _activation_overrides(graph, model: nn.Module) -> Dict[str, Tuple[float, int]]:
-    """``{tensor: (scale, zero point)}`` at the inputs of layers with 8-bit quantizers and at the convolution outputs
-    with an ``out_quant``."""
+    """``{tensor: (scale, zero point)}`` at the inputs of layers with 8-bit quantizers."""
     producer, _ = _graph_maps(graph)
     zeros = _zero_constants(graph)
     nodes = weight_nodes(graph)
@@ -159,10 +145,6 @@ def _activation_overrides(graph, model: nn.Module) -> Dict[str, Tuple[float, int
         node = nodes.get(f"{name}.weight")
         if node is not None:
             scales.setdefault(node.input[0], []).append(scale)
-    for name, scale in output_quantizer_scales(model).items():
-        node = nodes.get(f"{name}.weight")
-        if node is not None:
-            scales.setdefault(node.output[0], []).append(scale)
     # One tensor feeding several layers gets one grid: the widest, so that none of them clips. Zero point 128 makes
     # the u8 grid clamp at +127 steps as the model's symmetric quantizer does (after a ReLU too, where zero point 0
     # would let values up to 255 steps through that the model clamps).
@@ -307,21 +289,19 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
                 "CalibTensorRangeSymmetric": False,
             },
         )
-        return _float_convolution_outputs(onnx.load(str(dst)), float_nodes, keep=set(acts))
+        return _float_convolution_outputs(onnx.load(str(dst)), float_nodes)
 
 
 
-def _float_convolution_outputs(model, float_nodes: set, keep: set = frozenset()):
+def _float_convolution_outputs(model, float_nodes: set):
     """Drop the Q/DQ pair on a convolution output that only feeds ``float_nodes`` (the pooled tail, which
     ``quantize_static`` leaves in float but whose convolution input it still requantizes). That convolution then
-    runs in float on int8-exact inputs and weights. Outputs in ``keep`` (the model quantizes them: ``out_quant``)
-    keep their pair."""
+    runs in float on int8-exact inputs and weights."""
     graph = model.graph
     producer, consumers = _graph_maps(graph)
     drop, rewire = set(), {}
     for q in graph.node:
-        if (q.op_type != "QuantizeLinear" or getattr(producer.get(q.input[0]), "op_type", None) != "Conv"
-                or q.input[0] in keep):
+        if q.op_type != "QuantizeLinear" or getattr(producer.get(q.input[0]), "op_type", None) != "Conv":
             continue
         dqs = consumers.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):

@@ -11,7 +11,6 @@ from typing import Optional
 from torch import Tensor, nn
 
 from bitnetcnn.models.layers import QuantSpec
-from bitnetcnn.nn.act_quant import make_act_quantizer
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}
 DOWNSAMPLE_AT = ("dw", "expand")
@@ -35,13 +34,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 class ConvNormAct(nn.Sequential):
-    """Convolution, BatchNorm, activation; ``act=None`` leaves the output linear (projections, shortcuts).
-
-    ``output_bits``: an ``out_quant`` quantizer of that many bits on the output (None: none). Residual blocks of a
-    model with quantized activations put one on each convolution that feeds a residual add: the int8 graph
-    requantizes those outputs, so the model trains on the grid the deployed graph computes with (``bitnetcnn.deploy``
-    reads its scale).
-    """
+    """Convolution, BatchNorm, activation; ``act=None`` leaves the output linear (projections, shortcuts)."""
 
     def __init__(
         self,
@@ -54,22 +47,11 @@ class ConvNormAct(nn.Sequential):
         bias: bool = False,
         act: Optional[str] = "relu",
         edge: bool = False,
-        output_bits: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.conv = spec.conv(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias, edge=edge)
         self.norm = nn.BatchNorm2d(out_ch)
         self.act = make_act(act)
-        if output_bits is not None:
-            self.out_quant = make_act_quantizer(output_bits)
-
-
-def residual_input(first: ConvNormAct, x: Tensor) -> Tensor:
-    """``x`` on the grid of ``first``'s input quantizer (``x`` itself without one), for a residual block's shortcut:
-    the int8 graph quantizes a tensor once for all that read it, so the shortcut reads what the convolution reads.
-    (In training this updates that quantizer's running scale a second time with the same batch scale.)"""
-    quantizer = getattr(first.conv, "act_quant", None)
-    return x if quantizer is None else quantizer(x)
 
 
 class InvertedResidual(nn.Module):
@@ -99,9 +81,8 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and in_ch == out_ch
         self.conv_pw_exp = ConvNormAct(spec, in_ch, hidden, 1, exp_stride, bias=bias, act=act)
         self.conv_dw = ConvNormAct(spec, hidden, hidden, 3, dw_stride, groups=hidden, bias=bias, act=act)
-        self.conv_pw = ConvNormAct(spec, hidden, out_ch, 1, bias=bias, act=None,
-                                   output_bits=spec.activation_bits if self.use_residual else None)
+        self.conv_pw = ConvNormAct(spec, hidden, out_ch, 1, bias=bias, act=None)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
-        return residual_input(self.conv_pw_exp, x) + y if self.use_residual else y
+        return x + y if self.use_residual else y

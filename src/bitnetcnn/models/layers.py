@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 from torch import nn
@@ -42,16 +42,6 @@ class QuantSpec:
     @property
     def ternary(self) -> bool:
         return self.quant == "ternary"
-
-    @property
-    def activation_bits(self) -> Optional[int]:
-        """Bits of the model's activation quantizers; None for float activations (and for a float model)."""
-        return self.act_bits if self.ternary else None
-
-    def without_act_quant(self) -> "QuantSpec":
-        """This spec without activation quantization: for a layer whose input is already on another layer's grid
-        (a residual block's projection shortcut reads what its first convolution quantized)."""
-        return QuantSpec(quant=self.quant, fp_ends=self.fp_ends, config=replace(self.config, act_bits=None))
 
     def _bit(self, edge: bool) -> bool:
         return self.ternary and not (edge and self.fp_ends)

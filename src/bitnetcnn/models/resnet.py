@@ -6,7 +6,7 @@ from typing import Sequence, Type, Union
 
 from torch import Tensor, nn
 
-from bitnetcnn.models.blocks import ConvNormAct, make_act, residual_input
+from bitnetcnn.models.blocks import ConvNormAct, make_act
 from bitnetcnn.models.layers import QuantSpec
 from bitnetcnn.models.registry import register_model
 
@@ -22,12 +22,12 @@ class BasicBlock(nn.Module):
         super().__init__()
         out_ch = planes * self.expansion
         self.conv1 = ConvNormAct(spec, in_ch, planes, 3, stride, act=act)
-        self.conv2 = ConvNormAct(spec, planes, out_ch, 3, act=None, output_bits=spec.activation_bits)
+        self.conv2 = ConvNormAct(spec, planes, out_ch, 3, act=None)
         self.shortcut = _shortcut(spec, in_ch, out_ch, stride)
         self.act = make_act(act)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.conv2(self.conv1(x)) + self.shortcut(residual_input(self.conv1, x)))
+        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -40,21 +40,18 @@ class Bottleneck(nn.Module):
         out_ch = planes * self.expansion
         self.conv_reduce = ConvNormAct(spec, in_ch, planes, 1, act=act)
         self.conv_transform = ConvNormAct(spec, planes, planes, 3, stride, act=act)
-        self.conv_expand = ConvNormAct(spec, planes, out_ch, 1, act=None, output_bits=spec.activation_bits)
+        self.conv_expand = ConvNormAct(spec, planes, out_ch, 1, act=None)
         self.shortcut = _shortcut(spec, in_ch, out_ch, stride)
         self.act = make_act(act)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv_expand(self.conv_transform(self.conv_reduce(x)))
-        return self.act(y + self.shortcut(residual_input(self.conv_reduce, x)))
+        return self.act(self.conv_expand(self.conv_transform(self.conv_reduce(x))) + self.shortcut(x))
 
 
 def _shortcut(spec: QuantSpec, in_ch: int, out_ch: int, stride: int) -> nn.Module:
-    """Identity, or a strided 1x1 projection. The projection reads the block input on the first convolution's grid
-    (``residual_input``), so it has no input quantizer of its own; its output feeds the add (``output_bits``)."""
     if stride == 1 and in_ch == out_ch:
         return nn.Identity()
-    return ConvNormAct(spec.without_act_quant(), in_ch, out_ch, 1, stride, act=None, output_bits=spec.activation_bits)
+    return ConvNormAct(spec, in_ch, out_ch, 1, stride, act=None)
 
 
 class ResNet(nn.Module):
