@@ -27,6 +27,7 @@ import torch
 
 from bitnetcnn import convert_to_ternary, load_checkpoint
 from bitnetcnn.deploy import compile
+from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION
 from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
 from bitnetcnn.nn import TERNARY_LAYERS
 
@@ -56,7 +57,7 @@ def predict(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
-def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None, method: str = "minmax",
+def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None, method: str = DEFAULT_CALIBRATION,
           backends=("onnxruntime",), float64: bool = False) -> list:
     """One row per deploy backend (the same int8 graph on each runtime); the converted model runs once.
     ``float64`` adds the converted model computed in float64 as one more "backend": its agreement with float32 is
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N test images of a fixed shuffle (0: all)")
     p.add_argument("--calibrate", type=int, default=512,
                    help="training images for int8 calibration (0: the model's own 8-bit activation quantizers)")
-    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"],
+    p.add_argument("--method", default=DEFAULT_CALIBRATION, choices=CALIBRATION_METHODS,
                    help="onnxruntime calibration method for the activation ranges")
     p.add_argument("--backends", nargs="+", default=["onnxruntime"], choices=["onnxruntime", "openvino", "auto"],
                    help="deploy backends to check, each on the same int8 graph (openvino: pip install openvino)")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bitnetcnn import load_checkpoint
+from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION
 from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
 from bitnetcnn.deploy.compile import to_onnx_graph
 from bitnetcnn.deploy.runtime import DeployedModel
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=1000, help="test images (first N of a fixed shuffle)")
     p.add_argument("--calibrate", type=int, default=512,
                    help="training images for calibration (0: the model's own 8-bit activation quantizers)")
-    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--method", default=DEFAULT_CALIBRATION, choices=CALIBRATION_METHODS)
     p.add_argument("--top", type=int, default=8, help="keep up to this many of the costliest points in float")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")

@@ -11,7 +11,7 @@ from bitnetcnn.deploy.backends import choose_backend, make_runner, measure_backe
 from bitnetcnn.deploy.calibration import Calibration, as_batches
 from bitnetcnn.deploy.checks import check_deployable, input_size_of
 from bitnetcnn.deploy.fold import fold_batchnorm
-from bitnetcnn.deploy.int8 import quantize_int8, quantizer_scales
+from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION, quantize_int8, quantizer_scales
 from bitnetcnn.deploy.onnx_graph import to_onnx
 from bitnetcnn.deploy.runtime import DeployedModel
 from bitnetcnn.nn import ActQuantizer
@@ -27,7 +27,7 @@ def without_act_quantizers(model: nn.Module) -> nn.Module:
 
 
 def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *, int8: bool = True,
-                  input_size: Optional[tuple] = None, method: str = "minmax"):
+                  input_size: Optional[tuple] = None, method: str = DEFAULT_CALIBRATION):
     """The deployable ``onnx.ModelProto`` of a converted model and a dict that says how it was made.
 
     ``int8=False`` gives the float graph (BN folded, activation quantizers kept as the model has them).
@@ -50,7 +50,7 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
 
 def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8: bool = True,
             input_size: Optional[tuple] = None, threads: Optional[int] = None,
-            method: str = "minmax", backend: str = "auto") -> DeployedModel:
+            method: str = DEFAULT_CALIBRATION, backend: str = "auto") -> DeployedModel:
     """A callable that computes what the converted ``model`` computes, fast, on the CPU (OpenVINO or onnxruntime).
 
     BatchNorm is folded into the per-channel scales and biases; convolutions and linear layers run as int8

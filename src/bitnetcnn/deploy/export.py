@@ -17,6 +17,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretr
 from bitnetcnn.deploy.calibration import Calibration, as_batches
 from bitnetcnn.deploy.checks import example_input, input_size_of
 from bitnetcnn.deploy.compile import to_onnx_graph
+from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME
 from bitnetcnn.deploy.runtime import make_session
 
@@ -93,7 +94,7 @@ def export_onnx(
     check_inputs: Optional[torch.Tensor] = None,
     input_size: Optional[tuple] = None,
     min_agreement: Optional[float] = None,
-    method: str = "minmax",
+    method: str = DEFAULT_CALIBRATION,
     threads: Optional[int] = None,
 ) -> ExportCheck:
     """Write the ONNX graph of a converted model (float, or int8 with ternary weights; dynamic batch size).
