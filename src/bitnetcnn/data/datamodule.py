@@ -173,4 +173,3 @@ class ImageDataModule(L.LightningDataModule):
                 images = random_elastic(images, self.elastic)
         x = normalize(images, self._mean.to(images.device), self._std.to(images.device))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-

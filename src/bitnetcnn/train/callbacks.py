@@ -71,9 +71,9 @@ def set_random_states(states: dict) -> None:
 
 class MidEpochCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``minutes`` of training too, so an interrupted run loses at most that much: a CPU epoch
-    can take half an hour. The resumed run equals the uninterrupted one: the training loader saves where it was
-    (``ResumableLoader``). Single-process runs only: a DDP run's loader is Lightning's DistributedSampler, which
-    cannot resume inside an epoch, so it keeps the end-of-epoch checkpoints."""
+    can take half an hour. The resumed run equals the uninterrupted one: the data module saves its place in the
+    epoch (``ImageDataModule.state_dict``). Single-process runs only: a DDP run's sampler is Lightning's
+    DistributedSampler, which cannot resume inside an epoch, so that run keeps the end-of-epoch checkpoints."""
 
     def __init__(self, out_dir: Path, minutes: float) -> None:
         super().__init__(dirpath=out_dir, filename="last", save_top_k=1, enable_version_counter=False,
