@@ -34,7 +34,6 @@ from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 
 
-
 class SettingsError(ValueError):
     """Settings that cannot work together (wrong classes, channels, missing teacher ...)."""
 
