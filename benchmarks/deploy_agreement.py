@@ -72,18 +72,21 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
     ref = predict(model, x)
     t_torch = time.perf_counter() - t0
     acc_ref = (ref == test_y).float().mean().item() * 100
+
+    def row(backend: str, out: torch.Tensor, calibration_images: int, ranges: str) -> dict:
+        """The figures of one way of computing the model against the converted model in float32."""
+        acc, agree = (out == test_y).float().mean().item() * 100, (ref == out).float().mean().item() * 100
+        return dict(model=name, dataset=dataset, backend=backend, test_images=len(x),
+                    calibration_images=calibration_images, method=ranges, acc_converted=round(acc_ref, 2),
+                    acc_deployed=round(acc, 2), agreement=round(agree, 2), acc_diff=round(acc - acc_ref, 2),
+                    passed=agree >= 99.0 and abs(acc - acc_ref) <= 0.3)
+
     rows, outs = [], {}
     if float64:
         import copy
 
         wide = copy.deepcopy(model).double()
-        out = predict(lambda batch: wide(batch.double()), x)
-        agree = (ref == out).float().mean().item() * 100
-        acc = (out == test_y).float().mean().item() * 100
-        rows.append(dict(model=name, dataset=dataset, backend="torch float64", test_images=len(x),
-                         calibration_images=0, method="none", acc_converted=round(acc_ref, 2),
-                         acc_deployed=round(acc, 2), agreement=round(agree, 2), acc_diff=round(acc - acc_ref, 2),
-                         passed=agree >= 99.0 and abs(acc - acc_ref) <= 0.3))
+        rows.append(row("torch float64", predict(lambda batch: wide(batch.double()), x), 0, "none"))
     for backend in backends:
         t0 = time.perf_counter()
         deployed = compile(model, calibration, method=method, backend=backend)
@@ -91,17 +94,14 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
         t0 = time.perf_counter()
         out = outs[deployed.backend] = predict(deployed, x)
         t_deploy = time.perf_counter() - t0
-        acc_dep = (out == test_y).float().mean().item() * 100
-        agree = (ref == out).float().mean().item() * 100
-        ok = agree >= 99.0 and abs(acc_dep - acc_ref) <= 0.3
-        row = dict(model=name, dataset=dataset, backend=deployed.backend, test_images=len(x),
-                   calibration_images=max(calibrate, 0), method=method if calibrate > 0 else "model quantizers",
-                   acc_converted=round(acc_ref, 2), acc_deployed=round(acc_dep, 2), agreement=round(agree, 2),
-                   acc_diff=round(acc_dep - acc_ref, 2), passed=ok, compile_s=round(t_compile, 1),
-                   torch_eval_s=round(t_torch, 1), deploy_eval_s=round(t_deploy, 1))
+        deployed_row = dict(row(deployed.backend, out, max(calibrate, 0),
+                                method if calibrate > 0 else "model quantizers"),
+                            compile_s=round(t_compile, 1), torch_eval_s=round(t_torch, 1),
+                            deploy_eval_s=round(t_deploy, 1))
         if deployed.backend != "onnxruntime" and "onnxruntime" in outs:
-            row["agreement_with_onnxruntime"] = round((outs["onnxruntime"] == out).float().mean().item() * 100, 2)
-        rows.append(row)
+            deployed_row["agreement_with_onnxruntime"] = round(
+                (outs["onnxruntime"] == out).float().mean().item() * 100, 2)
+        rows.append(deployed_row)
     return rows
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bitnetcnn import load_checkpoint
-from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION
+from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION, keep_in_float
 from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
 from bitnetcnn.deploy.compile import to_onnx_graph
 from bitnetcnn.deploy.runtime import DeployedModel
@@ -38,19 +38,7 @@ def quantized_tensors(graph) -> list[str]:
 
 def keep_float(graph, tensors: set[str]):
     """A copy of the QDQ graph with the Q/DQ pairs on ``tensors`` removed: their consumers read them in float."""
-    model = copy.deepcopy(graph)
-    nodes = model.graph.node
-    quantize = {n.output[0]: n.input[0] for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in tensors}
-    rewire = {n.output[0]: quantize[n.input[0]] for n in nodes
-              if n.op_type == "DequantizeLinear" and n.input[0] in quantize}
-    kept = [n for n in nodes if not (n.op_type == "QuantizeLinear" and n.input[0] in tensors)
-            and not (n.op_type == "DequantizeLinear" and n.output[0] in rewire)]
-    for node in kept:
-        for i, name in enumerate(node.input):
-            node.input[i] = rewire.get(name, name)
-    del nodes[:]
-    nodes.extend(kept)
-    return model
+    return keep_in_float(copy.deepcopy(graph), tensors)
 
 
 def agreement(graph, x, ref) -> float:

@@ -27,7 +27,7 @@ from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.hub import PRETRAINED_DIR, entries
-from bitnetcnn.train.evaluate import evaluate_checkpoint
+from bitnetcnn.train.evaluate import evaluate_model
 
 MAX_SHIPPED_BYTES = 4 << 20  # the package ships weights under 4 MiB; larger ones go to a URL
 
@@ -44,7 +44,7 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
         raise ValueError(f"{path} holds a {own.model}, but {entry!r} serves {known[entry].model}")
     if own.dataset is None:
         raise ValueError(f"{path} does not record the data set it was trained on: it cannot be measured")
-    measured = evaluate_checkpoint(str(path), data_dir=data_dir)
+    measured = evaluate_model(model, data_dir=data_dir, source=str(path))
     header = model.checkpoint_header
     names = own.class_names or get_dataset_spec(own.dataset).class_names
     scores = {"top1": measured["top1"], "top5": measured["top5"]}
@@ -57,15 +57,15 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
     target = Path(out_dir) / f"{entry}.bnc"
     with tempfile.TemporaryDirectory() as tmp:
         staged = save_checkpoint(model, Path(tmp) / target.name, metadata)
-        _same_weights(model, load_checkpoint(staged), path)
+        rewritten = load_checkpoint(staged)
+        _same_weights(model, rewritten, path)
         data = staged.read_bytes()
         if len(data) > MAX_SHIPPED_BYTES:
             raise ValueError(f"{path} takes {len(data):,} bytes written, over the {MAX_SHIPPED_BYTES:,} the package "
                              "ships: publish it at a URL and declare PretrainedCfg(url=..., sha256=...)")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    cfg = load_checkpoint(target).pretrained_cfg
-    return PretrainedCfg(**{**cfg.to_dict(), "file": target.name, "file_size": len(data),
+    return PretrainedCfg(**{**rewritten.pretrained_cfg.to_dict(), "file": target.name, "file_size": len(data),
                             "sha256": hashlib.sha256(data).hexdigest()})
 
 

@@ -43,11 +43,12 @@ def _as_batch(batch):
 
 class EpochShuffle(Sampler[int]):
     """The training order: a new permutation each epoch, drawn from ``(seed, epoch)`` alone, not from the global
-    random state, so that a run resumed in the middle of an epoch takes the same order on from where it stopped."""
+    random state, so that a run resumed in the middle of an epoch takes the same order on from where it stopped
+    (``skip(epoch)``: the batches of that epoch already trained)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: Callable[[], int]) -> None:
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
-        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained in it): skip those once
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: Callable[[], int],
+                 skip: Callable[[int], int]) -> None:
+        self.n, self.batch_size, self.seed, self.epoch, self.skip = n, batch_size, seed, epoch, skip
 
     def __len__(self) -> int:
         return self.n
@@ -55,9 +56,7 @@ class EpochShuffle(Sampler[int]):
     def __iter__(self):
         epoch = self.epoch()
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        resume, self.resume_at = self.resume_at, None
-        skip = resume[1] * self.batch_size if resume is not None and resume[0] == epoch else 0
-        return iter(order[skip:].tolist())
+        return iter(order[self.skip(epoch) * self.batch_size:].tolist())
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -82,8 +81,7 @@ class ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.seed = seed  # of the training order (EpochShuffle)
-        self._order: EpochShuffle | None = None
-        self._resume_at: tuple[int, int] | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained in it) from a mid-epoch checkpoint
         self.spec: DatasetSpec = get_dataset_spec(dataset, img_size)
         self.root = data_root(data_dir)
         self.batch_size = batch_size
@@ -128,11 +126,10 @@ class ImageDataModule(L.LightningDataModule):
             return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=True, collate_fn=_as_batch,
                               pin_memory=self._pin_memory())
         trainer = self.trainer
-        self._order = EpochShuffle(len(data), self.batch_size, self.seed, lambda: trainer.current_epoch)
-        self._order.resume_at = self._resume_at
+        order = EpochShuffle(len(data), self.batch_size, self.seed, lambda: trainer.current_epoch, self._batches_done)
         # its own generator: a DataLoader draws a seed for its workers at each new iterator, and drawing it from the
         # global generator would shift the augmentation's random numbers of a resumed epoch
-        return DataLoader(data, sampler=self._order, batch_size=self.batch_size, drop_last=True,
+        return DataLoader(data, sampler=order, batch_size=self.batch_size, drop_last=True,
                           collate_fn=_as_batch, pin_memory=self._pin_memory(), generator=torch.Generator())
 
     def state_dict(self) -> dict:
@@ -147,8 +144,11 @@ class ImageDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         if state.get("batches"):
             self._resume_at = (state["epoch"], state["batches"])
-            if self._order is not None:
-                self._order.resume_at = self._resume_at
+
+    def _batches_done(self, epoch: int) -> int:
+        """Batches of ``epoch`` trained before the checkpoint the run resumed from (once; 0 for any other epoch)."""
+        resume, self._resume_at = self._resume_at, None
+        return resume[1] if resume is not None and resume[0] == epoch else 0
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TensorImages(self.test_split), batch_size=self.eval_batch_size, collate_fn=_as_batch,

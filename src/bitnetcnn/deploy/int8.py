@@ -302,18 +302,32 @@ def _float_convolution_outputs(model, float_nodes: set):
     """Drop the Q/DQ pair on a convolution output that only feeds ``float_nodes`` (the pooled tail, which
     ``quantize_static`` leaves in float but whose convolution input it still requantizes). That convolution then
     runs in float on int8-exact inputs and weights."""
-    graph = model.graph
-    producer, consumers = _graph_maps(graph)
-    drop, rewire = set(), {}
-    for q in graph.node:
+    producer, consumers = _graph_maps(model.graph)
+    tensors = set()
+    for q in model.graph.node:
         if q.op_type != "QuantizeLinear" or getattr(producer.get(q.input[0]), "op_type", None) != "Conv":
             continue
         dqs = consumers.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
             continue
         users = [u for d in dqs for u in consumers.get(d.output[0], [])]
-        if not users or any(u.name not in float_nodes for u in users):
+        if users and all(u.name in float_nodes for u in users):
+            tensors.add(q.input[0])
+    return keep_in_float(model, tensors)
+
+
+def keep_in_float(model, tensors: set):
+    """``model`` (a QDQ graph, changed in place) with the Q/DQ pairs on ``tensors`` removed: whatever read their
+    dequantized values reads the float tensors instead."""
+    graph = model.graph
+    producer, consumers = _graph_maps(graph)
+    drop, rewire = set(), {}
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] not in tensors:
             continue
+        dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
+        if len(dqs) != len(consumers.get(q.output[0], [])):
+            continue  # something reads the quantized tensor itself: keep the pair
         drop.update(id(n) for n in (q, *dqs))
         rewire.update({d.output[0]: q.input[0] for d in dqs})
     if not drop:

@@ -43,18 +43,23 @@ def evaluate_checkpoint(path: str, dataset: Optional[str] = None, data_dir: Opti
     the checkpoint says (``model.pretrained_cfg``), else as the data set's defaults."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, not {batch_size!r}")
-    model = load_checkpoint(path)
+    return evaluate_model(load_checkpoint(path), dataset, data_dir, batch_size, source=str(path))
+
+
+def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                   batch_size: int = 256, source: str = "the model") -> dict:
+    """:func:`evaluate_checkpoint` of a model already loaded (``source`` names it in errors and the result)."""
     cfg = model_pretrained_cfg(model)
     dataset = dataset or (cfg.dataset if cfg is not None else None)
     if not dataset:
-        raise ValueError(f"{path} does not record its data set; pass --dataset")
+        raise ValueError(f"{source} does not record its data set; pass --dataset")
     spec = get_dataset_spec(dataset)
     classes = getattr(model, "model_args", {}).get("num_classes")
     if classes is not None and classes != spec.num_classes:
-        raise ValueError(f"{path} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
+        raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
     mean, std = (cfg.mean, cfg.std) if cfg is not None and cfg.mean and cfg.std else (spec.mean, spec.std)
     split = spec.reader(data_root(data_dir), False, False)
-    return {"checkpoint": str(path), "dataset": dataset, "mean": list(mean), "std": list(std),
+    return {"checkpoint": source, "dataset": dataset, "mean": list(mean), "std": list(std),
             **accuracy(model, split.images, split.labels, mean, std, batch_size)}
 
 
