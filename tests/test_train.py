@@ -551,7 +551,8 @@ def test_init_reads_a_plain_state_dict_into_the_runs_architecture(tmp_path):
 def test_on_a_gpu_the_progress_bar_reads_the_loss_back_every_20_steps_only():
     from bitnetcnn.train.run import _progress_bar
 
-    assert _progress_bar(TrainSettings(accelerator="cpu")) == []  # Lightning's default bar, a refresh each step
+    (cpu_bar,) = _progress_bar(TrainSettings(accelerator="cpu"))
+    assert cpu_bar.refresh_rate == 1  # on a CPU a refresh each step costs nothing
     assert _progress_bar(TrainSettings(accelerator="gpu", progress=False)) == []
     (bar,) = _progress_bar(TrainSettings(accelerator="gpu"))
     assert bar.refresh_rate == 20
@@ -584,3 +585,27 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
     same = ("val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5")
     assert cut[0] == {**full[0], "elapsed_s": cut[0]["elapsed_s"]}
     assert {k: cut[1][k] for k in same} == {k: full[1][k] for k in same}
+
+
+def test_a_run_resumed_inside_an_epoch_keeps_its_validation_schedule_and_progress_bar(tmp_path, monkeypatch, capfd):
+    """Lightning calls no on_train_epoch_start for the epoch a run resumes inside: --val-every and the progress bar
+    still hold for it (epoch 0 of a --val-every 2 run does not validate; the bar names the epoch and its length)."""
+    settings = dict(QUICK, save_every=1e-6, val_every=2)
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_0(self, batch, batch_idx):
+        if batch_idx == 2:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", die_in_epoch_0, raising=False)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **settings))
+    capfd.readouterr()
+    train(TrainSettings(out=str(tmp_path / "cut"), progress=True), resume=True)
+    bar = "".join(capfd.readouterr())
+    assert "Epoch 0: 100%" in bar and "4/4" in bar
+    rows = read_metrics(tmp_path / "cut")
+    assert [r["val_acc"] != "" for r in rows] == [False, True]

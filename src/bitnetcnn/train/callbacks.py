@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.machine import describe_device
@@ -97,6 +97,22 @@ class ValidateEvery(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
         trainer.check_val_every_n_epoch = 1 if last else self.n
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a run resumed inside an epoch gets no on_train_epoch_start for that epoch
+        self.on_train_epoch_start(trainer, pl_module)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, right after a resume inside an epoch too: Lightning skips ``on_train_epoch_start`` then,
+    and its bar would show neither the epoch nor the number of batches, and a rate over batches it did not run."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.fit_loop.restarted_mid_epoch:
+            self.on_train_epoch_start(trainer, pl_module)
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            self.train_progress_bar.initial = self.train_progress_bar.n = done
 
 
 class RunRecorder(L.Callback):

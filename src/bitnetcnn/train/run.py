@@ -18,7 +18,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar, WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
@@ -28,7 +28,7 @@ from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS, ActQuantizer
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.quiet import quiet_loggers
-from bitnetcnn.train.callbacks import MidEpochCheckpoint, RunRecorder, ValidateEvery
+from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, RunRecorder, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
@@ -410,9 +410,10 @@ GPU_PROGRESS_REFRESH = 20
 
 
 def _progress_bar(s: TrainSettings) -> list:
-    if not s.progress or _on_cpu(s):
-        return []  # the default bar (or none): on a CPU a refresh each step costs nothing
-    return [TQDMProgressBar(refresh_rate=GPU_PROGRESS_REFRESH)]
+    if not s.progress:
+        return []
+    # on a CPU a refresh each step costs nothing
+    return [ProgressBar(refresh_rate=1 if _on_cpu(s) else GPU_PROGRESS_REFRESH)]
 
 
 # What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
