@@ -515,6 +515,52 @@ def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path):
         TrainSettings(val_every=0)
 
 
+def test_epochs_within_a_budget_count_the_epochs_and_the_validations_they_run():
+    from bitnetcnn.train.schedule import epochs_within
+
+    # 10 s gone; 90 s left at 10 s an epoch: 9 more
+    assert epochs_within(100, 10, 10, 0, 1, most=100) == 10
+    assert epochs_within(100, 10, 10, 5, 1, most=100) == 7  # 6 more at 15 s (each validated)
+    assert epochs_within(100, 10, 10, 5, 10, most=100) == 9  # 8 more and one validation (the last) = 85 s
+    assert epochs_within(100, 10, 10, 0, 1, most=4) == 4  # at most --epochs
+    assert epochs_within(5, 10, 10, 5, 1, most=100) == 1  # over budget already: the epoch run is the run
+
+
+def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_path, monkeypatch):
+    """--time-budget times epoch 0 (validated, though --val-every would skip it) and ends the run and its cosine
+    after the epochs that fit (here 2 of at most 5): the last epoch ends at the schedule's end, and args.json holds
+    the decision, so a resume continues the same run. A budget already spent ends the run after epoch 0, measured."""
+    import bitnetcnn.train.callbacks as callbacks
+
+    asked = {}
+
+    def two_epochs(budget_s, elapsed_s, epoch_s, validation_s, val_every, most):
+        asked.update(budget_s=budget_s, epoch_s=epoch_s, validation_s=validation_s, val_every=val_every, most=most)
+        return 2
+
+    monkeypatch.setattr(callbacks, "epochs_within", two_epochs)
+    run = tmp_path / "fit"
+    train(TrainSettings(out=str(run), epochs=5, val_every=3, time_budget=10, optimizer="sgd", lr=0.1,
+                        warmup_epochs=1, **QUICK))
+    assert asked["epoch_s"] > 0 and asked["validation_s"] > 0 and (asked["val_every"], asked["most"]) == (3, 5)
+    assert 0 < asked["budget_s"] < 600
+    rows = read_metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert rows[0]["val_acc"] != "" and rows[1]["val_acc"] != ""
+    assert float(rows[1]["lr"]) < 0.1 * 0.05  # the cosine ended with the run, not 3 epochs later
+    saved = json.loads((run / "args.json").read_text())
+    assert (saved["epochs"], saved["time_budget"]) == (2, None)
+
+    monkeypatch.undo()
+    spent = tmp_path / "spent"
+    results = train(TrainSettings(out=str(spent), epochs=5, val_every=3, time_budget=1e-4, **QUICK))
+    rows = read_metrics(spent)
+    assert [int(r["epoch"]) for r in rows] == [0] and rows[0]["ternary_acc"] != ""
+    assert results["best_ternary_acc"] == pytest.approx(float(rows[0]["ternary_acc"]), abs=1e-6)
+    with pytest.raises(SettingsError, match="--time-budget 0 is out of range"):
+        TrainSettings(time_budget=0)
+
+
 def test_compile_wraps_the_training_forward_only_and_never_a_copy_of_another_model():
     """The compiled wrapper stays out of the state dict (checkpoints keep the model's names), and a deep copy of the
     module (as weight averaging makes) compiles its own model instead of calling the original's."""

@@ -80,6 +80,9 @@ def _add_train(sub) -> None:
     a("--val-every", type=int, default=1, metavar="N", help="validate every N epochs and in the last one (default 1)")
     a("--save-every", type=float, default=10.0, metavar="MINUTES", help="also write last.ckpt every MINUTES of "
       "training inside an epoch, so an interruption loses at most that much (0: at epoch ends only; default 10)")
+    a("--time-budget", type=float, metavar="MINUTES", help="size the run to MINUTES of wall time: epoch 0 is timed "
+      "(and validated), then the run takes as many epochs as fit, at most --epochs, its learning-rate schedule "
+      "fitted to them (recorded in args.json, so --resume continues that run)")
     a("--compile", action="store_true", help="torch.compile the training forward (pays on GPUs after its first "
       "minute of compiling)")
     a("--kd", action="store_true", help="distill from --teacher")

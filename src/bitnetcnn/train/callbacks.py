@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.machine import describe_device
 from bitnetcnn.train.plot import plot_metrics
+from bitnetcnn.train.schedule import epochs_within
 
 METRIC_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5"]
 
@@ -86,17 +87,20 @@ class MidEpochCheckpoint(ModelCheckpoint):
 
 
 class ValidateEvery(L.Callback):
-    """Validate every ``n`` epochs and always in the last one, so a run always ends measured.
+    """Validate every ``n`` epochs and always in the last one, so a run always ends measured; with ``first`` in the
+    first one too (a run sized to a time budget times it).
 
     (Lightning's ``check_val_every_n_epoch`` alone skips the last epoch unless ``n`` divides the run's length.)
     """
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, first: bool = False) -> None:
         self.n = n
+        self.first = first
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
-        trainer.check_val_every_n_epoch = 1 if last else self.n
+        first = self.first and trainer.current_epoch == 0
+        trainer.check_val_every_n_epoch = 1 if last or first else self.n
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # a run resumed inside an epoch gets no on_train_epoch_start for that epoch
@@ -113,6 +117,66 @@ class ProgressBar(TQDMProgressBar):
             self.on_train_epoch_start(trainer, pl_module)
             done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
             self.train_progress_bar.initial = self.train_progress_bar.n = done
+
+
+def _synchronized_time(pl_module: L.LightningModule) -> float:
+    """The wall clock once the device has run what was queued: where a GPU step ends, not where it was launched."""
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
+    return time.perf_counter()
+
+
+class FitToTimeBudget(L.Callback):
+    """Sizes a run to a wall-time budget (``--time-budget``). The first epoch is timed: its second half for the
+    step time (past compilation and warm-up), its validation (``ValidateEvery(first=True)``) for the cost of one.
+    The run then takes as many epochs as fit, at most ``--epochs``, with the learning-rate schedule fitted to them
+    (``BitClassifier.fit_schedule``). Decided once, at the end of epoch 0, and handed to ``decided(epochs)``, which
+    writes it to args.json: a resume continues that run as if it had been given ``--epochs``."""
+
+    SAFETY = 0.95  # of the time left: steps vary, and the last epoch must end before the budget does
+
+    def __init__(self, budget_s: float, elapsed, val_every: int, decided) -> None:
+        self.budget_s = budget_s
+        self.elapsed = elapsed  # the run's wall time so far, across resumes
+        self.val_every = val_every
+        self.decided = decided
+        self._first_batch: int | None = None
+        self._mark: tuple[int, float] | None = None  # (batch, time) where the timed steps start
+        self._last: tuple[int, float] | None = None  # (batch, time) where the epoch's last step ended
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch != 0:
+            return
+        if self._first_batch is None:  # the first step in this process compiles and warms up: never timed
+            self._first_batch = batch_idx
+        if self._mark is None and batch_idx > self._first_batch and batch_idx >= trainer.num_training_batches // 2:
+            self._mark = (batch_idx, _synchronized_time(pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 0 and batch_idx == trainer.num_training_batches - 1:
+            self._last = (batch_idx, _synchronized_time(pl_module))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != 0 or trainer.sanity_checking or self._last is None:
+            return
+        validation_s = time.perf_counter() - self._last[1]
+        if self._mark is not None:
+            step_s = (self._last[1] - self._mark[1]) / (self._last[0] - self._mark[0] + 1)
+        else:  # too few steps in this process to leave out the first: time them all
+            step_s = self.elapsed() / max(1, self._last[0] + 1)
+        epoch_s = step_s * trainer.num_training_batches
+        elapsed = self.elapsed()
+        left = (self.budget_s - elapsed) * self.SAFETY
+        most = trainer.max_epochs
+        epochs = epochs_within(elapsed + left, elapsed, epoch_s, validation_s, self.val_every, most)
+        epochs = trainer.strategy.broadcast(epochs, src=0)  # every process takes the first one's decision
+        trainer.fit_loop.max_epochs = epochs
+        pl_module.fit_schedule(epochs)
+        self.decided(epochs)
+        if trainer.is_global_zero:
+            length = f"{epochs} epoch{'s' * (epochs != 1)}" + (" (the most --epochs allows)" if epochs == most else "")
+            print(f"\ntime budget {self.budget_s / 60:.1f} min: {elapsed / 60:.1f} min for epoch 0; an epoch takes "
+                  f"{epoch_s:.1f} s and a validation {validation_s:.1f} s, so the run takes {length}")
 
 
 class RunRecorder(L.Callback):
@@ -153,7 +217,7 @@ class RunRecorder(L.Callback):
     # The random generators too: the next epoch's shuffle and augmentation draw from them, so a resumed run
     # continues exactly as the uninterrupted one would have.
     def state_dict(self) -> dict:
-        return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self._elapsed(),
+        return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self.elapsed_s(),
                 "command": self.command, "rng": random_states()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -164,7 +228,7 @@ class RunRecorder(L.Callback):
         if "rng" in state:  # absent in runs saved before it was kept
             set_random_states(state["rng"])
 
-    def _elapsed(self) -> float:
+    def elapsed_s(self) -> float:
         return self.elapsed + (time.time() - self._t0 if self._t0 else 0.0)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -192,7 +256,7 @@ class RunRecorder(L.Callback):
         _stop_if_diverged(trainer, pl_module, values["train_loss"])
         if trainer.is_global_zero:
             row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "elapsed_s": round(self._elapsed(), 1),
+                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "elapsed_s": round(self.elapsed_s(), 1),
                    **{k: "" if v is None else round(v, 6) for k, v in values.items()}}
             rows = []
             if self.csv_path.exists():
@@ -214,7 +278,7 @@ class RunRecorder(L.Callback):
         ternary_eval = {"top1": values["ternary_acc"], "top5": values["ternary_acc5"]}
         shipped = ternary_eval if pl_module.eval_ternary else float_eval
         # the recipe so far: earlier stages (from --init), then this run up to this epoch
-        step = {"command": self.command, "wall_time_s": round(self._elapsed(), 1), "hardware": self.hardware}
+        step = {"command": self.command, "wall_time_s": round(self.elapsed_s(), 1), "hardware": self.hardware}
         meta = dict(self.metadata, epoch=epoch, accuracy=shipped["top1"], float_eval=float_eval,
                     ternary_eval=ternary_eval if pl_module.eval_ternary else None, command=self.command,
                     training=[*self.metadata.get("training", []), step])
@@ -236,7 +300,7 @@ class RunRecorder(L.Callback):
             "epochs": trainer.current_epoch,
             "model_file": self.model_path.name if size else None,
             "model_bytes": size,
-            "wall_time_s": round(self._elapsed(), 1),
+            "wall_time_s": round(self.elapsed_s(), 1),
             "world_size": trainer.world_size,
             "param_checksums": checksums,
             "command": self.command,

@@ -122,10 +122,16 @@ class BitClassifier(L.LightningModule):
         else:
             raise ValueError(f"unknown optimizer {hp.optimizer!r}: use 'sgd' or 'adamw'")
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = int(hp.warmup_epochs * per_epoch)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
+        self._steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        self._schedule_steps = total
+        warmup = int(hp.warmup_epochs * self._steps_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, self._schedule_steps, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def fit_schedule(self, epochs: int) -> None:
+        """End the learning-rate schedule after ``epochs`` epochs instead (a run sized to a time budget). Steps
+        taken keep their rates; with a warm-up of one epoch or more, the cosine has not started when epoch 0 ends."""
+        self._schedule_steps = max(1, round(self._steps_per_epoch * epochs))
 
     # --- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -19,6 +19,7 @@ from typing import Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
@@ -28,7 +29,8 @@ from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS, ActQuantizer
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.quiet import quiet_loggers
-from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, RunRecorder, ValidateEvery
+from bitnetcnn.train.callbacks import (FitToTimeBudget, MidEpochCheckpoint, ProgressBar, RunRecorder,
+                                       ValidateEvery)
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
@@ -95,6 +97,7 @@ class TrainSettings:
     val_every: int = 1  # validate every N epochs (and always the last): validation costs a GPU epoch a second
     compile: bool = False  # torch.compile the training forward (fuses the fake quantization's elementwise ops)
     save_every: float = 10.0  # minutes: last.ckpt in the middle of long epochs too (0: at epoch ends only)
+    time_budget: Optional[float] = None  # minutes: after epoch 0, take as many epochs as fit (at most `epochs`)
     kd: bool = False
     teacher: list[str] = field(default_factory=list)  # several: distill their ensemble (mean logits)
     kd_alpha: float = 0.5
@@ -138,6 +141,8 @@ class TrainSettings:
             in_range(self.lr, "lr", low=0.0, low_open=True)
         in_range(self.wd, "wd", low=0.0)
         in_range(self.save_every, "save_every", low=0.0)
+        if self.time_budget is not None:
+            in_range(self.time_budget, "time_budget", low=0.0, low_open=True)
         in_range(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
         in_range(self.warmup_epochs, "warmup_epochs", low=0.0)
         in_range(self.label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
@@ -458,6 +463,10 @@ def _resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSetti
     return replace(saved, out=s.out, progress=s.progress, **changes)
 
 
+def _write_settings(out: Path, s: TrainSettings) -> None:
+    (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+
+
 def _check_readable_checkpoint(path: Path) -> None:
     """A damaged last.ckpt (a full disk, a copy cut short) named as such, before Lightning's unpickling error."""
     try:
@@ -534,19 +543,27 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
     mid_epoch = [MidEpochCheckpoint(out, s.save_every)] if s.save_every > 0 else []
+    budget = []
+    if s.time_budget is not None:
+        @rank_zero_only
+        def record_epochs(epochs: int) -> None:  # a resume continues the run as decided
+            _write_settings(out, replace(s, epochs=epochs, time_budget=None))
+
+        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs)]
     devices = s.devices if s.devices == "auto" else int(s.devices)
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes,
             strategy=s.strategy,
             precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
-            callbacks=[recorder, checkpoint, *mid_epoch, ValidateEvery(s.val_every), *averaging, *_progress_bar(s)],
+            callbacks=[recorder, checkpoint, *mid_epoch, ValidateEvery(s.val_every, first=bool(budget)), *budget,
+                       *averaging, *_progress_bar(s)],
             logger=False,
             num_sanity_val_steps=0,
             enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
         )
         if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
-            (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+            _write_settings(out, s)
         if resume and trainer.is_global_zero:
             print(f"resuming {out} from {last}")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
