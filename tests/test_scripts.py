@@ -1,6 +1,12 @@
-"""scripts/: the tools that carry a data set to a lent GPU machine in bounded pieces, and publish a trained weight."""
+"""scripts/: the tools that carry a data set to a lent GPU machine in bounded pieces, run a GPU window, and publish a
+trained weight."""
 
+import hashlib
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +62,6 @@ def test_a_data_set_split_into_bounded_chunks_joins_to_the_same_arrays(npz_chunk
 def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(tmp_path, capsys):
     """The figures are measured here on the test set (not copied from the run), written into the shipped file's
     header, and the printed PretrainedCfg is the shipped file's, sha256 and size included."""
-    import hashlib
-
     import torch
 
     import bitnetcnn
@@ -96,3 +100,34 @@ def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(
     with pytest.raises(ValueError, match="holds a bitnet_cnn, but 'bitnet_resnet18' serves bit_resnet18"):
         publish_weight.publish(trained, "bitnet_resnet18", "demo", out_dir=tmp_path / "no")
     assert not (tmp_path / "no").exists() and hub.PRETRAINED_DIR != tmp_path / "shipped"
+
+
+def test_a_gpu_window_rehearsed_here_carries_the_data_trains_and_brings_back_the_small_files(npz_chunks, tmp_path):
+    """scripts/gpu_window.sh as the device calls run it, on a tiny CIFAR-100-shaped set and the CPU: three carry
+    calls (the last joins the npz), then a run whose model, metrics and evaluation land in $OUT, a file over the
+    part size cut into parts that join back to it."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cifar100.npz", x_train=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+             y_train=rng.integers(0, 100, 64), x_test=rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8),
+             y_test=rng.integers(0, 100, 32))
+    manifest = npz_chunks.split(tmp_path / "cifar100.npz", tmp_path / "carry", max_bytes=110_000)
+    assert manifest["carry_folders"] == 3
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+           "BITNETCNN_WINDOW_DATA": str(tmp_path / "home" / "data"), "BITNETCNN_WINDOW_RUNS": str(tmp_path / "runs"),
+           "BITNETCNN_WINDOW_CARRY": str(tmp_path / "carry"), "BITNETCNN_WINDOW_PART_MB": "1"}
+    window = ["bash", str(SCRIPTS / "gpu_window.sh")]
+    for k in range(3):
+        done = subprocess.run([*window, "carry", str(k)], env=env, capture_output=True, text=True, check=True)
+    assert "wrote" in done.stdout and (tmp_path / "home" / "data" / "cifar100.npz").is_file()
+    done = subprocess.run([*window, "train", "r18", "--model", "bit_resnet18", "--epochs", "1", "--batch-size", "32",
+                           "--accelerator", "cpu", "--save-every", "0"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    back = tmp_path / "out" / "r18"
+    assert {"metrics.csv", "results.json", "args.json", "eval.json", "train.log"} <= {f.name for f in back.iterdir()}
+    assert json.loads((back / "eval.json").read_text())["images"] == 32  # the joined test set, all of it
+    model = tmp_path / "runs" / "r18" / "best_ternary.bnc"
+    parts = sorted(back.glob("best_ternary.bnc.part.*"))
+    assert model.stat().st_size > 1024 * 1024 and len(parts) >= 2  # the ternary ResNet-18 takes about 2 MB
+    joined = b"".join(p.read_bytes() for p in parts)
+    assert hashlib.sha256(joined).hexdigest() == (back / "best_ternary.bnc.sha256").read_text().strip()
+    assert joined == model.read_bytes()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The steps of a lent GPU window (docs/recipes.md), one device call each, made back to back: a machine idle for
+# 30 s goes back with everything on it. The package is not installed there; this runs it from src/.
+#
+#   bash scripts/gpu_window.sh carry K                    # call K (carry: .devdata/cifar100/carry.K): its chunks
+#                                                         # into ~/data/cifar100; the last call joins cifar100.npz
+#   bash scripts/gpu_window.sh train NAME [TRAIN FLAGS]   # bitnetcnn train on CIFAR-100 into ~/runs/NAME, then
+#                                                         # bitnetcnn eval; what comes back is copied to $OUT/NAME
+#
+# Only files of at most 16 MiB come back from a call: a larger one (a full-precision teacher) is cut into
+# FILE.part.aa, .ab, ... (join with `cat FILE.part.* > FILE`; FILE.sha256 checks it). last.ckpt stays there.
+# BITNETCNN_WINDOW_DATA, _RUNS, _CARRY and _PART_MB change those (tests/test_scripts.py rehearses a window here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+data="${BITNETCNN_WINDOW_DATA:-$HOME/data}"
+runs="${BITNETCNN_WINDOW_RUNS:-$HOME/runs}"
+carried="${BITNETCNN_WINDOW_CARRY:-.devdata/cifar100}"
+part_mb="${BITNETCNN_WINDOW_PART_MB:-15}"
+python="${PYTHON:-python}"
+
+case "${1:-}" in
+  carry)
+    k="$2"
+    mkdir -p "$data/cifar100"
+    cp "$carried/carry.$k"/* "$data/cifar100/"
+    folders=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["carry_folders"])' \
+      "$data/cifar100/manifest.json")
+    echo "carry $k of $folders: $(ls "$data/cifar100" | wc -l) files in $data/cifar100"
+    if [ "$k" -eq $((folders - 1)) ]; then
+      "$python" scripts/npz_chunks.py join "$data/cifar100" "$data/cifar100.npz"
+    fi
+    ;;
+  train)
+    name="$2"
+    shift 2
+    run="$runs/$name"
+    back="${OUT:?OUT must name the folder whose files come back}/$name"
+    mkdir -p "$back"
+    # the run's folder is copied back even when training or evaluation fails: its metrics say how far it got
+    trap 'for f in "$run"/{best_ternary.bnc,metrics.csv,metrics.png,results.json,args.json,eval.json,train.log}; do
+            [ -f "$f" ] || continue
+            if [ "$(stat -c %s "$f")" -gt $((part_mb * 1024 * 1024)) ]; then
+              split -b "${part_mb}M" "$f" "$back/$(basename "$f").part." && sha256sum "$f" | cut -d" " -f1 > "$back/$(basename "$f").sha256"
+            else
+              cp "$f" "$back/"
+            fi
+          done' EXIT
+    mkdir -p "$run"
+    "$python" -m bitnetcnn train --dataset cifar100 --data-dir "$data" --out "$run" --no-progress "$@" \
+      2>&1 | tee "$run/train.log"
+    "$python" -m bitnetcnn eval "$run/best_ternary.bnc" --data-dir "$data" | tee "$run/eval.json"
+    ;;
+  *)
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
