@@ -37,15 +37,18 @@ case "${1:-}" in
     run="$runs/$name"
     back="${OUT:?OUT must name the folder whose files come back}/$name"
     mkdir -p "$back"
-    # the run's folder is copied back even when training or evaluation fails: its metrics say how far it got
-    trap 'for f in "$run"/{best_ternary.bnc,metrics.csv,metrics.png,results.json,args.json,eval.json,train.log}; do
-            [ -f "$f" ] || continue
-            if [ "$(stat -c %s "$f")" -gt $((part_mb * 1024 * 1024)) ]; then
-              split -b "${part_mb}M" "$f" "$back/$(basename "$f").part." && sha256sum "$f" | cut -d" " -f1 > "$back/$(basename "$f").sha256"
-            else
-              cp "$f" "$back/"
-            fi
-          done' EXIT
+    bring_back() {  # on any exit, so a failed run comes back too: its metrics and log say how far it got
+      for f in "$run"/{best_ternary.bnc,metrics.csv,metrics.png,results.json,args.json,eval.json,train.log}; do
+        [ -f "$f" ] || continue
+        if [ "$(stat -c %s "$f")" -gt $((part_mb * 1024 * 1024)) ]; then
+          split -b "${part_mb}M" "$f" "$back/$(basename "$f").part."
+          sha256sum "$f" | cut -d" " -f1 > "$back/$(basename "$f").sha256"
+        else
+          cp "$f" "$back/"
+        fi
+      done
+    }
+    trap bring_back EXIT
     mkdir -p "$run"
     "$python" -m bitnetcnn train --dataset cifar100 --data-dir "$data" --out "$run" --no-progress "$@" \
       2>&1 | tee "$run/train.log"
