@@ -1,0 +1,98 @@
+"""``--init``: a run that starts from a trained model's weights, refused when the checkpoint was built for another
+network, and recorded in the new checkpoint's header so a multi-stage recipe reads back from the final model."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
+from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
+from bitnetcnn.checkpoint.pretrained_cfg import from_header
+from bitnetcnn.nn import BIT_LAYERS, ActQuantizer
+from bitnetcnn.train.settings import SettingsError
+
+
+# Model arguments a fine-tune may change; every other one must match the --init checkpoint.
+FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
+
+
+def _check_init_args(model: torch.nn.Module, args: dict, path: str) -> None:
+    """Refuse an --init checkpoint built for another model, data set or architecture, including arguments that keep
+    the tensor shapes (the activation, where the stride sits): those weights would load without error into a
+    different network."""
+    ours = model.model_args
+    identity = ("name", "num_classes", "in_chans")
+    for key in identity:
+        if key in args and args[key] != ours[key]:
+            raise SettingsError(f"--init {path} has {key}={args[key]!r} but this run needs {key}={ours[key]!r} "
+                                f"(model {ours['name']} on the chosen data set)")
+    defaults = {name: p.default for name, p in inspect.signature(type(model)).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for key in sorted((set(args) | set(ours)) - FINE_TUNABLE_ARGS - set(identity)):
+        # JSON headers hold sequences as lists, builders take tuples: (1, 2, 2) and [1, 2, 2] are the same argument
+        theirs, mine = (_as_tuple(a.get(key, defaults.get(key))) for a in (args, ours))
+        if theirs != mine:
+            raise SettingsError(f"--init {path} was built with {key}={theirs!r} but this run builds {key}={mine!r}: "
+                                f"pass --model-kwargs '{json.dumps({key: theirs})}' to fine-tune it")
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def load_init_weights(model: torch.nn.Module, path: str) -> None:
+    ours = model.model_args
+    if is_bitnetcnn_checkpoint(path):  # it names its architecture, which must be this run's
+        source = load_checkpoint(path)
+        _check_init_args(model, getattr(source, "model_args", {}), path)
+    else:  # the seed's zip or a state dict: read into this run's architecture (the quantization is the run's)
+        architecture = {k: v for k, v in ours.items() if k != "name" and k not in FINE_TUNABLE_ARGS}
+        try:
+            source = load_checkpoint(path, model_name=ours["name"], **architecture)
+        except CheckpointError as e:  # tensors that do not fit: name the first; anything else as the loader says
+            lines = [line.strip() for line in str(e).strip().splitlines()]
+            detail = next((line for line in lines if line.startswith(("size mismatch", "Missing", "Unexpected"))),
+                          None)
+            if detail is None:
+                raise
+            raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: "
+                                f"{detail}") from None
+    from bitnetcnn.nn import convert_to_bit
+
+    if not any(isinstance(m, BIT_LAYERS) for m in source.modules()) and ours["quant"] == "ternary":
+        source = convert_to_bit(source)
+    try:
+        result = model.load_state_dict(source.state_dict(), strict=False)
+    except RuntimeError as e:  # tensors of other shapes: another width or depth
+        first = str(e).strip().splitlines()[-1].strip()
+        raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: {first}") from None
+    # Activation quantizers this run adds (--act-bits on a float-activation checkpoint) start unset and take their
+    # scale from the first batches: quantization-aware fine-tuning of a trained model.
+    new_quantizers = {f"{name}.running_scale" for name, m in model.named_modules() if isinstance(m, ActQuantizer)}
+    missing = [k for k in result.missing_keys if k not in new_quantizers]
+    if missing or result.unexpected_keys:
+        raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing[:5]}, "
+                            f"unexpected {result.unexpected_keys[:5]}")
+
+
+def init_metadata(path: str) -> dict:
+    """What a fine-tune started from, for its checkpoint's header (its header read once):
+
+    - ``init``: the file, its accuracy and the command that made it (and, recursively, what that one started
+      from), so a multi-stage recipe can be rerun from the header alone;
+    - ``training``: the recipe's earlier commands with their wall times and hardware (RunRecorder appends this
+      run's).
+    """
+    header = native_header(path)
+    if header is None:  # the seed's zip or a state dict: no header, no recipe
+        return {"init": {"file": Path(path).name, "accuracy": None, "command": None}, "training": []}
+    meta = header.get("metadata") or {}
+    lineage = {"file": Path(path).name, "accuracy": meta.get("accuracy"), "command": meta.get("command")}
+    if meta.get("init"):
+        lineage["init"] = meta["init"]
+    return {"init": lineage, "training": [asdict(step) for step in from_header(header).training]}

@@ -1,0 +1,100 @@
+"""The run folder's rules: where a new run goes, that it never writes over another run, what ``--resume`` may
+change, and the saved settings it continues with."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Optional
+
+from bitnetcnn.train.settings import SettingsError, TrainSettings
+
+
+def default_out(s: TrainSettings) -> Path:
+    base = Path("runs") / f"{s.model}-{s.dataset}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+# What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
+RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy",
+                               "val_every", "compile", "save_every"})
+
+
+def _given(s: TrainSettings) -> set[str]:
+    """The settings that differ from the defaults: what a caller of the API asked for."""
+    defaults = TrainSettings()
+    return {f.name for f in fields(s) if getattr(s, f.name) != getattr(defaults, f.name)}
+
+
+def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettings:
+    """The saved settings of the run in ``s.out``, with what may change on a resume; anything else given that
+    differs from the saved value is refused, since it could not take effect."""
+    if not s.out:
+        raise SettingsError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
+    saved_path = Path(s.out) / "args.json"
+    if not saved_path.exists():
+        raise SettingsError(f"--resume: {saved_path} not found; is {s.out} a run folder?")
+    try:
+        saved = TrainSettings.from_dict(json.loads(saved_path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise SettingsError(f"--resume: {saved_path} is not a readable settings file ({e})") from None
+    given = _given(s) if given is None else set(given) & {f.name for f in fields(TrainSettings)}
+    changes = {}
+    for name in sorted(given - {"out", "progress"}):
+        mine, theirs = getattr(s, name), getattr(saved, name)
+        if name in RESUME_MAY_CHANGE or mine == theirs:
+            changes[name] = mine
+        elif name == "epochs" and mine > theirs:
+            changes[name] = mine  # extends the run: the schedule stretches over the new length
+        elif name == "epochs":
+            raise SettingsError(f"--resume --epochs {mine}: the run in {s.out} was set for {theirs} epochs; give more "
+                                f"than {theirs} to extend it, or leave --epochs out to finish it")
+        else:
+            flag = "--" + name.replace("_", "-")
+            raise SettingsError(f"--resume continues the run in {s.out} with its saved settings, so {flag} {mine!r} "
+                                f"(saved: {theirs!r}) cannot take effect: leave it out, or start a new run with a "
+                                f"fresh --out (--init {Path(s.out) / 'best_ternary.bnc'} fine-tunes from this one)")
+    return replace(saved, out=s.out, progress=s.progress, **changes)
+
+
+def write_settings(out: Path, s: TrainSettings) -> None:
+    (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+
+
+def check_readable_checkpoint(path: Path) -> None:
+    """A damaged last.ckpt (a full disk, a copy cut short) named as such, before Lightning's unpickling error."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        bad = f"not a readable checkpoint: {e}"
+    if bad:
+        raise SettingsError(f"--resume: {path} is damaged ({bad}), so the run cannot continue from it; start a new "
+                            f"run with a fresh --out (--init {path.parent / 'best_ternary.bnc'} starts from the best "
+                            "model so far)")
+
+
+def first_process() -> bool:
+    """False in the processes a distributed launcher starts after the first one: they join the run it made."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+# What a run leaves that a new run would replace; a folder with none of them (a run that stopped before its first
+# epoch ended leaves only args.json) may take a new run.
+RUN_RESULTS = ("last.ckpt", "best_ternary.bnc", "metrics.csv", "results.json")
+
+
+def check_new_run_folder(out: Path) -> None:
+    """A new run never writes into another run's folder: its models, metrics and results would be replaced."""
+    if out.exists() and not out.is_dir():
+        raise SettingsError(f"--out {out} is a file, not a folder: give a folder for the run")
+    if out.is_dir() and any((out / name).exists() for name in RUN_RESULTS):
+        raise SettingsError(f"--out {out} already holds a run: continue it with --resume --out {out}, or give a "
+                            "fresh --out (without --out, a new folder runs/MODEL-DATASET-N is picked)")

@@ -1,0 +1,156 @@
+"""A run's settings: one dataclass that the command line fills, ``args.json`` saves and ``--resume`` reads back,
+and the checks that refuse values that could not train."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
+from bitnetcnn.train.schedule import DEFAULT_LR
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work together (wrong classes, channels, missing teacher ...)."""
+
+
+def at_least(low: int, optional: bool = False, **values) -> None:
+    """Each value an int >= ``low`` (None allowed when ``optional``)."""
+    for name, value in values.items():
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SettingsError(f"--{name.replace('_', '-')} must be an integer >= {low}, not {value!r}")
+
+
+def in_range(value, name: str, low: float, high: float = math.inf, low_open: bool = False,
+             high_open: bool = False) -> None:
+    """A finite number within [low, high] (an open end excludes it): inf and nan never train anything useful."""
+    flag = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SettingsError(f"{flag} must be a finite number, not {value!r}")
+    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        raise SettingsError(f"{flag} {value!r} is out of range: it must lie in {lo}, {hi}")
+
+
+
+
+@dataclass
+class TrainSettings:
+    """Everything a run depends on; saved as ``args.json`` in the run folder so ``--resume`` repeats it exactly."""
+
+    model: str = "bitnet_cnn"
+    dataset: str = "mnist_demo"
+    data_dir: Optional[str] = None
+    download: bool = False
+    out: Optional[str] = None
+    epochs: int = 4  # the defaults train the demo; see docs/training.md for longer recipes
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: Optional[float] = None  # None: DEFAULT_LR of the optimizer
+    wd: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 0.3
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    rotate: Optional[float] = None  # None: the data set's default (docs/training.md)
+    zoom: Optional[float] = None
+    elastic: Optional[float] = None  # None: the data set's default (off)
+    ema: Optional[float] = None  # decay of an exponential moving average of the weights; None: off
+    quant: str = "ternary"
+    scale_op: str = DEFAULT_QUANT.scale_op  # the fields of the layers' TernaryQuant (see weight_quant)
+    pow2: bool = DEFAULT_QUANT.pow2
+    act_bits: Optional[int] = DEFAULT_QUANT.act_bits
+    fp_ends: bool = False
+    model_kwargs: dict = field(default_factory=dict)
+    num_classes: Optional[int] = None
+    img_size: int = 64  # for imagefolder only
+    eval_ternary: bool = True
+    val_every: int = 1  # validate every N epochs (and always the last): validation costs a GPU epoch a second
+    compile: bool = False  # torch.compile the training forward (fuses the fake quantization's elementwise ops)
+    save_every: float = 10.0  # minutes: last.ckpt in the middle of long epochs too (0: at epoch ends only)
+    time_budget: Optional[float] = None  # minutes: after epoch 0, take as many epochs as fit (at most `epochs`)
+    kd: bool = False
+    teacher: list[str] = field(default_factory=list)  # several: distill their ensemble (mean logits)
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    kd_hints: float = 0.0  # weight of the feature hint loss (0: off)
+    init: Optional[str] = None  # start from the weights of a bitnetcnn checkpoint (fine-tuning)
+    amp: bool = False
+    channels_last: Optional[bool] = None  # None: on for CPU runs and with --amp (see _channels_last)
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    seed: int = 0
+    limit_train: Optional[int] = None  # use only the first N training images (quick checks)
+    limit_eval: Optional[int] = None  # evaluate on only the first N test images (quick checks)
+    progress: bool = True
+
+    @property
+    def weight_quant(self) -> TernaryQuant:
+        """How the model's Bit layers quantize (validated when made)."""
+        return TernaryQuant(scale_op=self.scale_op, pow2=bool(self.pow2), act_bits=self.act_bits)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher, str):  # one path, as runs before ensembles saved it
+            self.teacher = [self.teacher]
+        self.teacher = list(self.teacher or [])
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse, with one line each, values that would crash later or train something other than asked."""
+        at_least(1, epochs=self.epochs, batch_size=self.batch_size, num_nodes=self.num_nodes, img_size=self.img_size,
+                 val_every=self.val_every)
+        at_least(1, optional=True, num_classes=self.num_classes, limit_train=self.limit_train,
+                 limit_eval=self.limit_eval)
+        if self.lr is not None:
+            in_range(self.lr, "lr", low=0.0, low_open=True)
+        in_range(self.wd, "wd", low=0.0)
+        in_range(self.save_every, "save_every", low=0.0)
+        if self.time_budget is not None:
+            in_range(self.time_budget, "time_budget", low=0.0, low_open=True)
+        in_range(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        in_range(self.warmup_epochs, "warmup_epochs", low=0.0)
+        in_range(self.label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
+        for name in ("mixup", "cutmix", "kd_hints"):
+            in_range(getattr(self, name), name, low=0.0)
+        for name in ("rotate", "elastic"):
+            if getattr(self, name) is not None:
+                in_range(getattr(self, name), name, low=0.0)
+        if self.zoom is not None:
+            in_range(self.zoom, "zoom", low=0.0, high=1.0, high_open=True)
+        if self.ema is not None:
+            in_range(self.ema, "ema", low=0.0, high=1.0, low_open=True, high_open=True)
+        in_range(self.kd_alpha, "kd_alpha", low=0.0, high=1.0)
+        in_range(self.kd_temperature, "kd_temperature", low=0.0, low_open=True)
+        try:
+            self.weight_quant  # noqa: B018 - validates scale_op, pow2, act_bits
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+        if self.optimizer not in DEFAULT_LR:
+            raise SettingsError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(DEFAULT_LR)}")
+        if self.kd_hints > 0 and not self.kd:
+            raise SettingsError("--kd-hints needs --kd and a --teacher")
+        if self.teacher and not self.kd:
+            raise SettingsError("--teacher is given without --kd, so it would not be used: add --kd to distill "
+                                "from it, or leave --teacher out")
+        if not isinstance(self.model_kwargs, dict):
+            raise SettingsError(f"--model-kwargs must be a JSON object such as '{{\"act\": \"relu\"}}', not "
+                                f"{self.model_kwargs!r}")
+        if self.devices != "auto":
+            try:
+                devices = int(self.devices)
+            except (TypeError, ValueError):
+                devices = 0
+            if devices < 1 and devices != -1:
+                raise SettingsError(f"--devices {self.devices}: give a number of devices (1 or more), -1 for all, "
+                                    "or auto")
