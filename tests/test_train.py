@@ -487,15 +487,18 @@ def test_resume_after_sigkill_finishes_with_unbroken_metrics(tmp_path):
 
 
 def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
+    """Both processes train one model, and take one decision on a time budget (the first process's): here the
+    most --epochs allows, 2."""
     run = tmp_path / "ddp"
     done = subprocess.run(
-        _cli("--out", str(run), "--epochs", "1", "--batch-size", "32", "--limit-train", "256", "--limit-eval", "64",
-             "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"),
+        _cli("--out", str(run), "--epochs", "2", "--time-budget", "30", "--batch-size", "32", "--limit-train", "256",
+             "--limit-eval", "64", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"),
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run / "results.json").read_text())
-    assert results["world_size"] == 2
+    assert results["world_size"] == 2 and results["epochs"] == 2
+    assert json.loads((run / "args.json").read_text())["time_budget"] is None
     a, b = results["param_checksums"]
     assert a == b  # both ranks end with the same weights
 
