@@ -564,6 +564,30 @@ def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_p
         TrainSettings(time_budget=0)
 
 
+def test_a_time_budget_run_killed_in_epoch_0_decides_when_resumed(tmp_path, monkeypatch):
+    """The decision is taken at the end of epoch 0 by whichever process gets there: a run killed inside epoch 0
+    times the steps it has left after its resume (here the last one) and records the decision as before."""
+    settings = dict(QUICK, save_every=1e-6, epochs=2, time_budget=30)
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_0(self, batch, batch_idx):
+        if batch_idx == 2:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", die_in_epoch_0, raising=False)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(tmp_path / "cut"), **settings))
+    assert json.loads((tmp_path / "cut" / "args.json").read_text())["time_budget"] == 30
+    train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    saved = json.loads((tmp_path / "cut" / "args.json").read_text())
+    assert (saved["epochs"], saved["time_budget"]) == (2, None)
+    rows = read_metrics(tmp_path / "cut")
+    assert [r["val_acc"] != "" for r in rows] == [True, True]  # epoch 0 validated for the timing
+
+
 def test_compile_wraps_the_training_forward_only_and_never_a_copy_of_another_model():
     """The compiled wrapper stays out of the state dict (checkpoints keep the model's names), and a deep copy of the
     module (as weight averaging makes) compiles its own model instead of calling the original's."""

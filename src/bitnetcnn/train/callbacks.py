@@ -157,15 +157,18 @@ class FitToTimeBudget(L.Callback):
             self._last = (batch_idx, _synchronized_time(pl_module))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch != 0 or trainer.sanity_checking or self._last is None:
+        if trainer.current_epoch != 0 or trainer.sanity_checking:
             return
-        validation_s = time.perf_counter() - self._last[1]
-        if self._mark is not None:
-            step_s = (self._last[1] - self._mark[1]) / (self._last[0] - self._mark[0] + 1)
-        else:  # too few steps in this process to leave out the first: time them all
-            step_s = self.elapsed() / max(1, self._last[0] + 1)
-        epoch_s = step_s * trainer.num_training_batches
         elapsed = self.elapsed()
+        if self._last is None:  # resumed after epoch 0's last step: nothing timed here, so the epoch as a whole
+            epoch_s, validation_s = elapsed, 0.0
+        else:
+            validation_s = time.perf_counter() - self._last[1]
+            if self._mark is not None:
+                step_s = (self._last[1] - self._mark[1]) / (self._last[0] - self._mark[0] + 1)
+            else:  # too few steps in this process to leave out the first: the epoch so far, all its steps
+                step_s = (elapsed - validation_s) / (self._last[0] + 1)
+            epoch_s = step_s * trainer.num_training_batches
         left = (self.budget_s - elapsed) * self.SAFETY
         most = trainer.max_epochs
         epochs = epochs_within(elapsed + left, elapsed, epoch_s, validation_s, self.val_every, most)
