@@ -503,10 +503,14 @@ def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
     assert a == b  # both ranks end with the same weights
 
 
-def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path):
+def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
     """--val-every 2 over 3 epochs validates epochs 1 and 2 (the last); epoch 0's row has no stale validation
-    figures, and the best model comes from a validated epoch."""
+    figures, and the best model comes from a validated epoch. Without a progress bar each row is printed too."""
+    capsys.readouterr()
     results = train(TrainSettings(out=str(tmp_path / "run"), epochs=3, val_every=2, **QUICK))
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[0] for line in printed] == [f"epoch {e} (epochs 0-2)" for e in range(3)]
+    assert "ternary acc" not in printed[0] and "ternary acc" in printed[1] and "ternary acc" in printed[2]
     rows = read_metrics(tmp_path / "run")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert rows[0]["val_acc"] == "" and rows[0]["ternary_acc"] == "" and rows[0]["train_loss"] != ""

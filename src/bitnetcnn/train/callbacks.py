@@ -182,6 +182,18 @@ class FitToTimeBudget(L.Callback):
                   f"{epoch_s:.1f} s and a validation {validation_s:.1f} s, so the run takes {length}")
 
 
+def _row_line(row: dict, epochs: int) -> str:
+    """One metrics.csv row as a log line, numbered as the file and Lightning number epochs (from 0)."""
+    pct = {k: f"{100 * row[k]:.2f}%" for k in METRIC_COLUMNS if k.endswith(("acc", "acc5")) and row[k] != ""}
+    line = f"epoch {row['epoch']} (epochs 0-{epochs - 1})  lr {row['lr']:.3g}  train loss {row['train_loss']}"
+    line += f" acc {pct.get('train_acc')}"
+    if "val_acc" in pct:
+        line += f"  val loss {row['val_loss']} acc {pct['val_acc']}"
+    if "ternary_acc" in pct:
+        line += f"  ternary acc {pct['ternary_acc']} top-5 {pct['ternary_acc5']}"
+    return line + f"  {row['elapsed_s']:.0f} s"
+
+
 class RunRecorder(L.Callback):
     """Writes one metrics.csv row per epoch (and redraws the plot), keeps the best converted ternary model, and
     writes results.json at the end.
@@ -191,8 +203,9 @@ class RunRecorder(L.Callback):
     epoch that did not validate (``--val-every``) leaves its validation columns empty.
     """
 
-    def __init__(self, out_dir: Path, save_model, command: str, metadata: dict[str, Any]) -> None:
+    def __init__(self, out_dir: Path, save_model, command: str, metadata: dict[str, Any], echo: bool = False) -> None:
         self.out = Path(out_dir)
+        self.echo = echo  # print each row too: without a progress bar (a background run's log) nothing else does
         self.save_model = save_model  # save_model(model, path, metadata)
         self.command = command
         self.metadata = metadata
@@ -267,6 +280,8 @@ class RunRecorder(L.Callback):
                     rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
             self._write(rows + [row])
             plot_metrics(self.csv_path, self.plot_path)
+            if self.echo:
+                print(_row_line(row, trainer.max_epochs), flush=True)
         if values["val_acc"] is not None:
             self.best_float = max(self.best_float, values["val_acc"])
         score = values["ternary_acc"] if values["ternary_acc"] is not None else values["val_acc"]
