@@ -17,7 +17,7 @@ data="${BITNETCNN_WINDOW_DATA:-$HOME/data}"
 runs="${BITNETCNN_WINDOW_RUNS:-$HOME/runs}"
 carried="${BITNETCNN_WINDOW_CARRY:-.devdata/cifar100}"
 part_mb="${BITNETCNN_WINDOW_PART_MB:-15}"
-python="${PYTHON:-python}"
+python="${PYTHON:-$(command -v python3 || command -v python)}"
 
 case "${1:-}" in
   carry)
