@@ -252,6 +252,16 @@ class RunRecorder(L.Callback):
         device = "gpu" if trainer.strategy.root_device.type == "cuda" else "cpu"
         self.hardware = f"{describe_device(device, trainer.num_devices, trainer.num_nodes)}, {trainer.precision}"
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None or not trainer.is_global_zero:
+            return
+        if trainer.fit_loop.restarted_mid_epoch:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            where = f"inside epoch {trainer.current_epoch} at batch {done} of {trainer.num_training_batches}"
+        else:
+            where = f"at the start of epoch {trainer.current_epoch}"
+        print(f"resumed {where}, after {self.elapsed:.0f} s of training", flush=True)
+
     def _write(self, rows: list[dict]) -> None:
         tmp = self.csv_path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as f:
