@@ -523,7 +523,7 @@ def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
 
 
 def test_epochs_within_a_budget_count_the_epochs_and_the_validations_they_run():
-    from bitnetcnn.train.schedule import epochs_within
+    from bitnetcnn.train.time_budget import epochs_within
 
     # 10 s gone; 90 s left at 10 s an epoch: 9 more
     assert epochs_within(100, 10, 10, 0, 1, most=100) == 10
@@ -537,7 +537,7 @@ def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_p
     """--time-budget times epoch 0 (validated, though --val-every would skip it) and ends the run and its cosine
     after the epochs that fit (here 2 of at most 5): the last epoch ends at the schedule's end, and args.json holds
     the decision, so a resume continues the same run. A budget already spent ends the run after epoch 0, measured."""
-    import bitnetcnn.train.callbacks as callbacks
+    import bitnetcnn.train.time_budget as time_budget
 
     asked = {}
 
@@ -545,7 +545,7 @@ def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_p
         asked.update(budget_s=budget_s, epoch_s=epoch_s, validation_s=validation_s, val_every=val_every, most=most)
         return 2
 
-    monkeypatch.setattr(callbacks, "epochs_within", two_epochs)
+    monkeypatch.setattr(time_budget, "epochs_within", two_epochs)
     run = tmp_path / "fit"
     train(TrainSettings(out=str(run), epochs=5, val_every=3, time_budget=10, optimizer="sgd", lr=0.1,
                         warmup_epochs=1, **QUICK))

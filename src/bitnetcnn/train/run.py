@@ -23,8 +23,7 @@ from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
 from bitnetcnn.quiet import quiet_loggers
-from bitnetcnn.train.callbacks import (FitToTimeBudget, MidEpochCheckpoint, ProgressBar, RunRecorder,
-                                       ValidateEvery)
+from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, RunRecorder, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
 from bitnetcnn.train.module import BitClassifier
@@ -32,6 +31,7 @@ from bitnetcnn.train.run_folder import (check_new_run_folder, check_readable_che
                                         resumed_settings, write_settings)
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
+from bitnetcnn.train.time_budget import FitToTimeBudget
 
 __all__ = ["SettingsError", "TrainSettings", "build", "train"]
 

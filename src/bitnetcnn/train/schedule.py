@@ -20,22 +20,6 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_factor: fl
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def epochs_within(budget_s: float, elapsed_s: float, epoch_s: float, validation_s: float, val_every: int,
-                  most: int) -> int:
-    """How many epochs a run that has finished its first one (``elapsed_s`` of wall time so far) may take in all to
-    end within ``budget_s``: each further epoch costs ``epoch_s`` and each validation ``validation_s`` (every
-    ``val_every`` epochs and the last one, as ``ValidateEvery`` runs them). At least 1 (the epoch already run), at
-    most ``most``."""
-    epochs = 1
-    while epochs < most:
-        more = epochs  # further epochs if one more is taken
-        validations = sum(1 for e in range(1, more + 1) if (e + 1) % val_every == 0 or e == more)
-        if elapsed_s + more * epoch_s + validations * validation_s > budget_s:
-            break
-        epochs += 1
-    return epochs
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weights only: none on normalization parameters, biases and scales (all of them 0-d or 1-d)."""
     decay, no_decay = [], []
