@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import bz2
-import io
 import lzma
 import os
 import statistics

@@ -11,17 +11,19 @@
 # FILE.part.aa, .ab, ... (join with `cat FILE.part.* > FILE`; FILE.sha256 checks it). last.ckpt stays there.
 # BITNETCNN_WINDOW_DATA, _RUNS, _CARRY and _PART_MB change those (tests/test_scripts.py rehearses a window here).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$script")/.."
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 data="${BITNETCNN_WINDOW_DATA:-$HOME/data}"
 runs="${BITNETCNN_WINDOW_RUNS:-$HOME/runs}"
 carried="${BITNETCNN_WINDOW_CARRY:-.devdata/cifar100}"
 part_mb="${BITNETCNN_WINDOW_PART_MB:-15}"
-python="${PYTHON:-$(command -v python3 || command -v python)}"
+python="${PYTHON:-$(command -v python3 || command -v python || true)}"
+[ -n "$python" ] || { echo "gpu_window.sh: no python3 or python on the PATH (set PYTHON)" >&2; exit 2; }
 
 case "${1:-}" in
   carry)
-    k="$2"
+    k="${2:?usage: gpu_window.sh carry K (the number of the carry folder)}"
     mkdir -p "$data/cifar100"
     cp "$carried/carry.$k"/* "$data/cifar100/"
     folders=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["carry_folders"])' \
@@ -32,7 +34,7 @@ case "${1:-}" in
     fi
     ;;
   train)
-    name="$2"
+    name="${2:?usage: gpu_window.sh train NAME [TRAIN FLAGS]}"
     shift 2
     run="$runs/$name"
     back="${OUT:?OUT must name the folder whose files come back}/$name"
@@ -51,11 +53,11 @@ case "${1:-}" in
     trap bring_back EXIT
     mkdir -p "$run"
     "$python" -m bitnetcnn train --dataset cifar100 --data-dir "$data" --out "$run" --no-progress "$@" \
-      2>&1 | tee "$run/train.log"
+      2>&1 | tee -a "$run/train.log"
     "$python" -m bitnetcnn eval "$run/best_ternary.bnc" --data-dir "$data" | tee "$run/eval.json"
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$script" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

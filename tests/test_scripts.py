@@ -131,3 +131,8 @@ def test_a_gpu_window_rehearsed_here_carries_the_data_trains_and_brings_back_the
     joined = b"".join(p.read_bytes() for p in parts)
     assert hashlib.sha256(joined).hexdigest() == (back / "best_ternary.bnc.sha256").read_text().strip()
     assert joined == model.read_bytes()
+    # a run that fails still brings back what it wrote (its log says why), and the call fails
+    failed = subprocess.run([*window, "train", "bad", "--model", "no_such_model"], env=env, capture_output=True,
+                            text=True)
+    assert failed.returncode != 0
+    assert "no_such_model" in (tmp_path / "out" / "bad" / "train.log").read_text()

@@ -392,6 +392,7 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     train(TrainSettings(out=str(run), epochs=1, **QUICK))
     resume = ["train", "--resume", "--out", str(run), "--no-progress"]
     _one_line_error(capsys, [*resume, "--lr", "0.5"], "--lr 0.5 (saved: None) cannot take effect")
+    _one_line_error(capsys, [*resume, "--time-budget", "8"], "takes 1 epoch (args.json): leave --time-budget out")
     _one_line_error(capsys, [*resume, "--epochs", "0"], "--epochs must be an integer >= 1")
     (run / "args.json").write_text(json.dumps(dict(json.loads((run / "args.json").read_text()), epochs=2)))
     _one_line_error(capsys, [*resume, "--epochs", "1"], "was set for 2 epochs; give more than 2 to extend it")
@@ -531,6 +532,9 @@ def test_epochs_within_a_budget_count_the_epochs_and_the_validations_they_run():
     assert epochs_within(100, 10, 10, 5, 10, most=100) == 9  # 8 more and one validation (the last) = 85 s
     assert epochs_within(100, 10, 10, 0, 1, most=4) == 4  # at most --epochs
     assert epochs_within(5, 10, 10, 5, 1, most=100) == 1  # over budget already: the epoch run is the run
+    # 2 done: epochs 2.. at 10 s, validated every 3rd (index 2, 5, ...) and the last
+    assert epochs_within(100, 20, 10, 5, 3, most=100, done=2) == 8  # 6 more (60 s) + validations 2, 5, 7 (15 s)
+    assert epochs_within(10, 20, 10, 5, 3, most=100, done=5) == 5  # over budget: never fewer than done
 
 
 def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_path, monkeypatch):
@@ -541,15 +545,17 @@ def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_p
 
     asked = {}
 
-    def two_epochs(budget_s, elapsed_s, epoch_s, validation_s, val_every, most):
-        asked.update(budget_s=budget_s, epoch_s=epoch_s, validation_s=validation_s, val_every=val_every, most=most)
+    def two_epochs(budget_s, elapsed_s, epoch_s, validation_s, val_every, most, done):
+        asked.update(budget_s=budget_s, epoch_s=epoch_s, validation_s=validation_s, val_every=val_every, most=most,
+                     done=done)
         return 2
 
     monkeypatch.setattr(time_budget, "epochs_within", two_epochs)
     run = tmp_path / "fit"
     train(TrainSettings(out=str(run), epochs=5, val_every=3, time_budget=10, optimizer="sgd", lr=0.1,
                         warmup_epochs=1, **QUICK))
-    assert asked["epoch_s"] > 0 and asked["validation_s"] > 0 and (asked["val_every"], asked["most"]) == (3, 5)
+    assert asked["epoch_s"] > 0 and asked["validation_s"] > 0
+    assert (asked["val_every"], asked["most"], asked["done"]) == (3, 5, 1)
     assert 0 < asked["budget_s"] < 600
     rows = read_metrics(run)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -571,7 +577,7 @@ def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_p
 def test_a_time_budget_run_killed_in_epoch_0_decides_when_resumed(tmp_path, monkeypatch):
     """The decision is taken at the end of epoch 0 by whichever process gets there: a run killed inside epoch 0
     times the steps it has left after its resume (here the last one) and records the decision as before."""
-    settings = dict(QUICK, save_every=1e-6, epochs=2, time_budget=30)
+    settings = dict(QUICK, save_every=1e-6, epochs=2, time_budget=30, val_every=2)
 
     class Killed(Exception):
         pass
@@ -589,7 +595,48 @@ def test_a_time_budget_run_killed_in_epoch_0_decides_when_resumed(tmp_path, monk
     saved = json.loads((tmp_path / "cut" / "args.json").read_text())
     assert (saved["epochs"], saved["time_budget"]) == (2, None)
     rows = read_metrics(tmp_path / "cut")
-    assert [r["val_acc"] != "" for r in rows] == [True, True]  # epoch 0 validated for the timing
+    assert [r["val_acc"] != "" for r in rows] == [True, True]  # epoch 0 validated for the timing (--val-every 2)
+
+
+def test_a_time_budget_is_refined_after_epoch_1_and_decided_by_a_run_resumed_undecided(tmp_path, monkeypatch):
+    """A run of 10 epochs or more decides again at the end of epoch 1, from that epoch's whole cost (here: down to
+    3 epochs, the cosine ending with them). A run resumed after epoch 0 without a decision (killed between epoch 0's
+    last step and its decision) decides when it starts."""
+    import bitnetcnn.train.time_budget as time_budget
+
+    calls = []
+
+    def twelve_then_three(budget_s, elapsed_s, epoch_s, validation_s, val_every, most, done):
+        calls.append((done, epoch_s > 0))
+        return 12 if done == 1 else 3
+
+    with monkeypatch.context() as m:
+        m.setattr(time_budget, "epochs_within", twelve_then_three)
+        train(TrainSettings(out=str(tmp_path / "refined"), epochs=20, time_budget=30, optimizer="sgd", lr=0.1,
+                            warmup_epochs=1, **QUICK))
+    assert calls == [(1, True), (2, True)]
+    rows = read_metrics(tmp_path / "refined")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and float(rows[-1]["lr"]) < 0.1 * 0.05
+    assert json.loads((tmp_path / "refined" / "args.json").read_text())["epochs"] == 3
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_1(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            raise Killed
+
+    undecided = tmp_path / "undecided"
+    with monkeypatch.context() as m:
+        m.setattr(time_budget.FitToTimeBudget, "_decide", lambda *args: None)
+        m.setattr(BitClassifier, "on_train_batch_start", die_in_epoch_1, raising=False)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(undecided), epochs=3, time_budget=30, save_every=1e-6, **QUICK))
+    assert json.loads((undecided / "args.json").read_text())["time_budget"] == 30
+    train(TrainSettings(out=str(undecided), progress=False), resume=True)
+    saved = json.loads((undecided / "args.json").read_text())
+    assert (saved["epochs"], saved["time_budget"]) == (3, None)
+    assert [int(r["epoch"]) for r in read_metrics(undecided)] == [0, 1, 2]
 
 
 def test_compile_wraps_the_training_forward_only_and_never_a_copy_of_another_model():

@@ -53,6 +53,11 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
             changes[name] = mine
         elif name == "epochs" and mine > theirs:
             changes[name] = mine  # extends the run: the schedule stretches over the new length
+        elif name == "time_budget" and theirs is None:
+            raise SettingsError(f"--resume --time-budget {mine:g}: a budget becomes a number of epochs at the end of "
+                                f"epoch 0, and the run in {s.out} takes {saved.epochs} epoch"
+                                f"{'s' * (saved.epochs != 1)} (args.json): leave --time-budget out, and --epochs too "
+                                "unless you mean to extend the run")
         elif name == "epochs":
             raise SettingsError(f"--resume --epochs {mine}: the run in {s.out} was set for {theirs} epochs; give more "
                                 f"than {theirs} to extend it, or leave --epochs out to finish it")
@@ -65,7 +70,10 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
 
 
 def write_settings(out: Path, s: TrainSettings) -> None:
-    (out / "args.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+    """args.json, replaced atomically: a run killed while writing it keeps the previous one, and can resume."""
+    tmp = out / "args.json.tmp"
+    tmp.write_text(json.dumps(asdict(s), indent=2) + "\n")
+    os.replace(tmp, out / "args.json")
 
 
 def check_readable_checkpoint(path: Path) -> None:

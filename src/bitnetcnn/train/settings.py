@@ -35,8 +35,6 @@ def in_range(value, name: str, low: float, high: float = math.inf, low_open: boo
         raise SettingsError(f"{flag} {value!r} is out of range: it must lie in {lo}, {hi}")
 
 
-
-
 @dataclass
 class TrainSettings:
     """Everything a run depends on; saved as ``args.json`` in the run folder so ``--resume`` repeats it exactly."""
@@ -80,7 +78,7 @@ class TrainSettings:
     kd_hints: float = 0.0  # weight of the feature hint loss (0: off)
     init: Optional[str] = None  # start from the weights of a bitnetcnn checkpoint (fine-tuning)
     amp: bool = False
-    channels_last: Optional[bool] = None  # None: on for CPU runs and with --amp (see _channels_last)
+    channels_last: Optional[bool] = None  # None: on for CPU runs and with --amp (run._channels_last)
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1

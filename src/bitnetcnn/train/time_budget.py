@@ -11,18 +11,18 @@ import torch
 
 
 def epochs_within(budget_s: float, elapsed_s: float, epoch_s: float, validation_s: float, val_every: int,
-                  most: int) -> int:
-    """How many epochs a run that has finished its first one (``elapsed_s`` of wall time so far) may take in all to
-    end within ``budget_s``: each further epoch costs ``epoch_s`` and each validation ``validation_s`` (every
-    ``val_every`` epochs and the last one, as ``ValidateEvery`` runs them). At least 1 (the epoch already run), at
-    most ``most``."""
-    epochs = 1
+                  most: int, done: int = 1) -> int:
+    """How many epochs in all a run that has finished ``done`` of them (``elapsed_s`` of wall time so far) may take
+    to end within ``budget_s``: each further epoch costs ``epoch_s`` and each validation ``validation_s`` (every
+    ``val_every`` epochs and the last one, as ``ValidateEvery`` runs them). At least ``done``, at most ``most``."""
+    epochs = done
     while epochs < most:
-        more = epochs  # further epochs if one more is taken
-        validations = sum(1 for e in range(1, more + 1) if (e + 1) % val_every == 0 or e == more)
-        if elapsed_s + more * epoch_s + validations * validation_s > budget_s:
+        candidate = epochs + 1
+        further = range(done, candidate)  # the epochs still to run if the run takes ``candidate``
+        validations = sum(1 for e in further if (e + 1) % val_every == 0 or e == candidate - 1)
+        if elapsed_s + len(further) * epoch_s + validations * validation_s > budget_s:
             break
-        epochs += 1
+        epochs = candidate
     return epochs
 
 
@@ -34,13 +34,23 @@ def _synchronized_time(pl_module: L.LightningModule) -> float:
 
 
 class FitToTimeBudget(L.Callback):
-    """Sizes a run to a wall-time budget (``--time-budget``). The first epoch is timed: its second half for the
-    step time (past compilation and warm-up), its validation (``ValidateEvery(first=True)``) for the cost of one.
-    The run then takes as many epochs as fit, at most ``--epochs``, with the learning-rate schedule fitted to them
-    (``BitClassifier.fit_schedule``). Decided once, at the end of epoch 0, and handed to ``decided(epochs)``, which
-    writes it to args.json: a resume continues that run as if it had been given ``--epochs``."""
+    """Sizes a run to a wall-time budget (``--time-budget``): it takes as many epochs as fit, at most ``--epochs``,
+    with the learning-rate schedule fitted to them (``BitClassifier.fit_schedule``).
+
+    - At the end of epoch 0 it decides from the step time of the epoch's second half (past compilation and
+      warm-up) and the cost of its validation (``ValidateEvery(first=True)`` validates it).
+    - At the end of epoch 1 a run of ``REFINE_FROM`` epochs or more decides again from that epoch's whole cost,
+      the epoch-end work (checkpoint, metrics, plot) included, which epoch 0 could not time: on a GPU it can be a
+      tenth of a short epoch. The cosine has barely begun (with a one-epoch warm-up, 97% of its peak or more),
+      so its new length hardly moves it.
+    - A run resumed after epoch 0 ended but before anything was decided decides at its start, from the wall time
+      so far.
+
+    Each decision goes to ``decided(epochs)``, which writes it to args.json: a resume continues that run as if it
+    had been given ``--epochs``."""
 
     SAFETY = 0.95  # of the time left: steps vary, and the last epoch must end before the budget does
+    REFINE_FROM = 10
 
     def __init__(self, budget_s: float, elapsed, val_every: int, decided) -> None:
         self.budget_s = budget_s
@@ -49,7 +59,18 @@ class FitToTimeBudget(L.Callback):
         self.decided = decided
         self._first_batch: int | None = None
         self._mark: tuple[int, float] | None = None  # (batch, time) where the timed steps start
-        self._last: tuple[int, float] | None = None  # (batch, time) where the epoch's last step ended
+        self._last: tuple[int, float] | None = None  # (batch, time) where epoch 0's last step ended
+        self._validation_s = 0.0
+        self._validated: set[int] = set()
+        self._epoch_1_start: float | None = None  # where epoch 1's cycle starts: at epoch 0's decision
+        self._most: int | None = None
+        self._epochs: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._most = trainer.max_epochs
+        if trainer.current_epoch >= 1:  # resumed after epoch 0 ended, undecided (args.json still has the budget)
+            done = trainer.current_epoch
+            self._decide(trainer, pl_module, done, self.elapsed() / done, 0.0, f"{done} epochs so far")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.current_epoch != 0:
@@ -63,27 +84,43 @@ class FitToTimeBudget(L.Callback):
         if trainer.current_epoch == 0 and batch_idx == trainer.num_training_batches - 1:
             self._last = (batch_idx, _synchronized_time(pl_module))
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated.add(trainer.current_epoch)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch != 0 or trainer.sanity_checking:
-            return
-        elapsed = self.elapsed()
-        if self._last is None:  # resumed after epoch 0's last step: nothing timed here, so the epoch as a whole
-            epoch_s, validation_s = elapsed, 0.0
-        else:
-            validation_s = time.perf_counter() - self._last[1]
+        if trainer.current_epoch == 0 and self._last is not None:
+            elapsed = self.elapsed()
+            self._validation_s = time.perf_counter() - self._last[1]  # validation, metrics row, best model
             if self._mark is not None:
                 step_s = (self._last[1] - self._mark[1]) / (self._last[0] - self._mark[0] + 1)
             else:  # too few steps in this process to leave out the first: the epoch so far, all its steps
-                step_s = (elapsed - validation_s) / (self._last[0] + 1)
-            epoch_s = step_s * trainer.num_training_batches
-        left = (self.budget_s - elapsed) * self.SAFETY
-        most = trainer.max_epochs
-        epochs = epochs_within(elapsed + left, elapsed, epoch_s, validation_s, self.val_every, most)
-        epochs = trainer.strategy.broadcast(epochs, src=0)  # every process takes the first one's decision
+                step_s = (elapsed - self._validation_s) / (self._last[0] + 1)
+            self._decide(trainer, pl_module, 1, step_s * trainer.num_training_batches, self._validation_s,
+                         f"{elapsed / 60:.1f} min for epoch 0")
+            self._epoch_1_start = time.perf_counter()
+        elif (trainer.current_epoch == 1 and self._epoch_1_start is not None
+              and (self._epochs or 0) >= self.REFINE_FROM):
+            cycle_s = time.perf_counter() - self._epoch_1_start  # epoch 0's checkpoint to epoch 1's metrics row
+            epoch_s = cycle_s - (self._validation_s if 1 in self._validated else 0.0)
+            self._decide(trainer, pl_module, 2, epoch_s, self._validation_s,
+                         f"epoch 1 took {cycle_s:.1f} s with its checkpoint and metrics")
+
+    def _decide(self, trainer, pl_module, done: int, epoch_s: float, validation_s: float, basis: str) -> None:
+        elapsed = self.elapsed()
+        budget = elapsed + (self.budget_s - elapsed) * self.SAFETY
+        epochs = epochs_within(budget, elapsed, epoch_s, validation_s, self.val_every, self._most, done)
+        if epochs == done and trainer.current_epoch not in self._validated:
+            epochs = done + 1  # one more, which validates as the last: a run never ends unmeasured
+        epochs = trainer.strategy.broadcast(min(epochs, self._most), src=0)  # the first process's decision
+        if epochs == self._epochs:
+            return
+        self._epochs = epochs
         trainer.fit_loop.max_epochs = epochs
         pl_module.fit_schedule(epochs)
         self.decided(epochs)
         if trainer.is_global_zero:
-            length = f"{epochs} epoch{'s' * (epochs != 1)}" + (" (the most --epochs allows)" if epochs == most else "")
-            print(f"\ntime budget {self.budget_s / 60:.1f} min: {elapsed / 60:.1f} min for epoch 0; an epoch takes "
-                  f"{epoch_s:.1f} s and a validation {validation_s:.1f} s, so the run takes {length}")
+            cap = " (the most --epochs allows)" if epochs == self._most else ""
+            print(f"\ntime budget {self.budget_s / 60:.1f} min: {basis}; an epoch takes {epoch_s:.1f} s and a "
+                  f"validation {validation_s:.1f} s, so the run takes {epochs} epoch{'s' * (epochs != 1)}{cap}",
+                  flush=True)
