@@ -501,6 +501,8 @@ def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["epochs"] == 2
     assert json.loads((run / "args.json").read_text())["time_budget"] is None
+    assert results["command"].endswith("--time-budget 30 --batch-size 32 --limit-train 256 --limit-eval 64 "
+                                       "--accelerator cpu --devices 2 --strategy ddp  # the time budget gave 2 epochs")
     a, b = results["param_checksums"]
     assert a == b  # both ranks end with the same weights
 
@@ -538,7 +540,7 @@ def test_epochs_within_a_budget_count_the_epochs_and_the_validations_they_run():
     assert epochs_within(10, 20, 10, 5, 3, most=100, done=5) == 5  # over budget: never fewer than done
 
 
-def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_path, monkeypatch):
+def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_path, monkeypatch, capsys):
     """--time-budget times epoch 0 (validated, though --val-every would skip it) and ends the run and its cosine
     after the epochs that fit (here 2 of at most 5): the last epoch ends at the schedule's end, and args.json holds
     the decision, so a resume continues the same run. A budget already spent ends the run after epoch 0, measured."""
@@ -558,6 +560,7 @@ def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_p
     assert asked["epoch_s"] > 0 and asked["validation_s"] > 0
     assert (asked["val_every"], asked["most"], asked["done"]) == (3, 5, 1)
     assert 0 < asked["budget_s"] < 600
+    assert "\nepoch 0 (epochs 0-1)  lr" in capsys.readouterr().out  # decided before epoch 0's row is written
     rows = read_metrics(run)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert rows[0]["val_acc"] != "" and rows[1]["val_acc"] != ""

@@ -236,15 +236,23 @@ class RunRecorder(L.Callback):
             if trainer.is_global_zero:
                 self._save_best(pl_module, values, trainer.current_epoch)
 
+    def _command_as_run(self, trainer: L.Trainer) -> str:
+        """The command, and for a run sized by ``--time-budget`` the epochs the budget gave it: on another machine
+        the budget gives others, and ``--epochs N`` without it repeats this run."""
+        if "--time-budget" not in self.command:
+            return self.command
+        return f"{self.command}  # the time budget gave {trainer.max_epochs} epochs"
+
     def _save_best(self, pl_module, values: dict, epoch: int) -> None:
         model = copy.deepcopy(pl_module.validated_model())
         float_eval = {"top1": values["val_acc"], "top5": values["val_acc5"]}
         ternary_eval = {"top1": values["ternary_acc"], "top5": values["ternary_acc5"]}
         shipped = ternary_eval if pl_module.eval_ternary else float_eval
         # the recipe so far: earlier stages (from --init), then this run up to this epoch
-        step = {"command": self.command, "wall_time_s": round(self.elapsed_s(), 1), "hardware": self.hardware}
+        command = self._command_as_run(pl_module.trainer)
+        step = {"command": command, "wall_time_s": round(self.elapsed_s(), 1), "hardware": self.hardware}
         meta = dict(self.metadata, epoch=epoch, accuracy=shipped["top1"], float_eval=float_eval,
-                    ternary_eval=ternary_eval if pl_module.eval_ternary else None, command=self.command,
+                    ternary_eval=ternary_eval if pl_module.eval_ternary else None, command=command,
                     training=[*self.metadata.get("training", []), step])
         self.save_model(model.float().to(memory_format=torch.contiguous_format), self.model_path, meta)
 
@@ -267,6 +275,6 @@ class RunRecorder(L.Callback):
             "wall_time_s": round(self.elapsed_s(), 1),
             "world_size": trainer.world_size,
             "param_checksums": checksums,
-            "command": self.command,
+            "command": self._command_as_run(trainer),
         }
         (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -241,7 +241,9 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes,
             strategy=s.strategy,
             precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
-            callbacks=[recorder, checkpoint, *mid_epoch, ValidateEvery(s.val_every, first=bool(budget)), *budget,
+            # the budget decides before the recorder writes epoch 0's row and best model, which then name the
+            # run's length
+            callbacks=[*budget, recorder, checkpoint, *mid_epoch, ValidateEvery(s.val_every, first=bool(budget)),
                        *averaging, *_progress_bar(s)],
             logger=False,
             num_sanity_val_steps=0,
