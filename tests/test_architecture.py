@@ -107,3 +107,19 @@ def test_importing_models_loads_neither_lightning_nor_data_code_nor_torchvision(
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_subpackages_the_docs_use_are_attributes_of_bitnetcnn_imported_on_first_use():
+    """``bitnetcnn.hub.load``, ``bitnetcnn.deploy.compile`` after a plain ``import bitnetcnn`` (docs/hub.md,
+    docs/training.md), without loading any of them, or Lightning, before."""
+    code = (
+        "import sys, bitnetcnn; "
+        "early = [m for m in ('bitnetcnn.hub', 'bitnetcnn.deploy', 'bitnetcnn.train', 'lightning') "
+        "         if m in sys.modules]; "
+        "assert not early, early; "
+        "assert callable(bitnetcnn.hub.load) and callable(bitnetcnn.deploy.compile); "
+        "assert bitnetcnn.train.__name__ == 'bitnetcnn.train'; "
+        "print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr

@@ -21,13 +21,20 @@ from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg
 
 
+# Imported on first use, so that importing bitnetcnn stays free of Lightning, data code and ONNX: the hub reads the
+# cache settings, deploy needs onnxruntime or OpenVINO, train needs Lightning.
+LAZY_SUBMODULES = ("data", "deploy", "hub", "train")
+
+
 def __getattr__(name: str):
-    # hub.py reads the cache settings of bitnetcnn.settings: imported on first use, so that importing bitnetcnn
-    # stays free of data code
     if name == "list_pretrained":
         from bitnetcnn.hub import list_pretrained
 
         return list_pretrained
+    if name in LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"bitnetcnn.{name}")
     raise AttributeError(f"module 'bitnetcnn' has no attribute {name!r}")
 
 __version__ = "0.1.0"
