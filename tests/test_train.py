@@ -32,6 +32,23 @@ def read_metrics(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+class Killed(Exception):
+    """Stands in for a kill: raised at the start of a training batch, the run leaves what a SIGKILL there would."""
+
+
+def _train_killed_at(settings: TrainSettings, epoch: int, batch: int) -> None:
+    """Train until the start of ``batch`` in ``epoch``, where the run dies."""
+
+    def die(module, batch_, batch_idx):
+        if module.current_epoch == epoch and batch_idx == batch:
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", die, raising=False)
+        with pytest.raises(Killed):
+            train(settings)
+
+
 def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     results = train(TrainSettings(out=str(tmp_path / "a"), epochs=2, **QUICK))
     run = tmp_path / "a"
@@ -432,9 +449,6 @@ def test_a_killed_and_resumed_run_equals_the_uninterrupted_run(tmp_path, monkeyp
     """Killed after epoch 1 of 3 (its checkpoint written), then resumed: the same metrics and the same weights."""
     whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=3, **QUICK))
 
-    class Killed(Exception):
-        pass
-
     def die_at_epoch_2(self):
         if self.current_epoch == 2:
             raise Killed
@@ -582,18 +596,7 @@ def test_a_time_budget_run_killed_in_epoch_0_decides_when_resumed(tmp_path, monk
     """The decision is taken at the end of epoch 0 by whichever process gets there: a run killed inside epoch 0
     times the steps it has left after its resume (here the last one) and records the decision as before."""
     settings = dict(QUICK, save_every=1e-6, epochs=2, time_budget=30, val_every=2)
-
-    class Killed(Exception):
-        pass
-
-    def die_in_epoch_0(self, batch, batch_idx):
-        if batch_idx == 2:
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(BitClassifier, "on_train_batch_start", die_in_epoch_0, raising=False)
-        with pytest.raises(Killed):
-            train(TrainSettings(out=str(tmp_path / "cut"), **settings))
+    _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), **settings), epoch=0, batch=2)
     assert json.loads((tmp_path / "cut" / "args.json").read_text())["time_budget"] == 30
     train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
     saved = json.loads((tmp_path / "cut" / "args.json").read_text())
@@ -623,19 +626,11 @@ def test_a_time_budget_is_refined_after_epoch_1_and_decided_by_a_run_resumed_und
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and float(rows[-1]["lr"]) < 0.1 * 0.05
     assert json.loads((tmp_path / "refined" / "args.json").read_text())["epochs"] == 3
 
-    class Killed(Exception):
-        pass
-
-    def die_in_epoch_1(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 2:
-            raise Killed
-
     undecided = tmp_path / "undecided"
     with monkeypatch.context() as m:
         m.setattr(time_budget.FitToTimeBudget, "_decide", lambda *args: None)
-        m.setattr(BitClassifier, "on_train_batch_start", die_in_epoch_1, raising=False)
-        with pytest.raises(Killed):
-            train(TrainSettings(out=str(undecided), epochs=3, time_budget=30, save_every=1e-6, **QUICK))
+        _train_killed_at(TrainSettings(out=str(undecided), epochs=3, time_budget=30, save_every=1e-6, **QUICK),
+                         epoch=1, batch=2)
     assert json.loads((undecided / "args.json").read_text())["time_budget"] == 30
     train(TrainSettings(out=str(undecided), progress=False), resume=True)
     saved = json.loads((undecided / "args.json").read_text())
@@ -693,17 +688,7 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
     every_batch = dict(QUICK, save_every=1e-6)
     whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **every_batch))
 
-    class Killed(Exception):
-        pass
-
-    def die_in_epoch_1(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 2:
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(BitClassifier, "on_train_batch_start", die_in_epoch_1, raising=False)
-        with pytest.raises(Killed):
-            train(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **every_batch))
+    _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **every_batch), epoch=1, batch=2)
     saved = torch.load(tmp_path / "cut" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 1 and saved["global_step"] == 4 + 2  # 4 batches an epoch; killed before the 3rd of epoch 1
     resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
@@ -719,18 +704,7 @@ def test_a_run_resumed_inside_an_epoch_keeps_its_validation_schedule_and_progres
     """Lightning calls no on_train_epoch_start for the epoch a run resumes inside: --val-every and the progress bar
     still hold for it (epoch 0 of a --val-every 2 run does not validate; the bar names the epoch and its length)."""
     settings = dict(QUICK, save_every=1e-6, val_every=2)
-
-    class Killed(Exception):
-        pass
-
-    def die_in_epoch_0(self, batch, batch_idx):
-        if batch_idx == 2:
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(BitClassifier, "on_train_batch_start", die_in_epoch_0, raising=False)
-        with pytest.raises(Killed):
-            train(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **settings))
+    _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **settings), epoch=0, batch=2)
     capfd.readouterr()
     train(TrainSettings(out=str(tmp_path / "cut"), progress=True), resume=True)
     bar = "".join(capfd.readouterr())
