@@ -709,6 +709,6 @@ def test_a_run_resumed_inside_an_epoch_keeps_its_validation_schedule_and_progres
     train(TrainSettings(out=str(tmp_path / "cut"), progress=True), resume=True)
     bar = "".join(capfd.readouterr())
     assert "Epoch 0: 100%" in bar and "4/4" in bar
-    assert "resumed inside epoch 0 at batch 2 of 4, after" in bar
+    assert f"resumed from {tmp_path / 'cut' / 'last.ckpt'} inside epoch 0 at batch 2 of 4, after" in bar
     rows = read_metrics(tmp_path / "cut")
     assert [r["val_acc"] != "" for r in rows] == [False, True]

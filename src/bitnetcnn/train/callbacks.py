@@ -106,15 +106,23 @@ class ValidateEvery(L.Callback):
         self.on_train_epoch_start(trainer, pl_module)
 
 
+def batches_done_at_resume(trainer: L.Trainer) -> int | None:
+    """The batches of the current epoch trained before the checkpoint a run resumed from inside that epoch; None
+    when the run did not resume inside an epoch (Lightning then calls no ``on_train_epoch_start`` for it)."""
+    if not trainer.fit_loop.restarted_mid_epoch:
+        return None
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's bar, right after a resume inside an epoch too: Lightning skips ``on_train_epoch_start`` then,
     and its bar would show neither the epoch nor the number of batches, and a rate over batches it did not run."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if trainer.fit_loop.restarted_mid_epoch:
+        done = batches_done_at_resume(trainer)
+        if done is not None:
             self.on_train_epoch_start(trainer, pl_module)
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
             self.train_progress_bar.initial = self.train_progress_bar.n = done
 
 
@@ -191,12 +199,12 @@ class RunRecorder(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.ckpt_path is None or not trainer.is_global_zero:
             return
-        if trainer.fit_loop.restarted_mid_epoch:
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        done = batches_done_at_resume(trainer)
+        if done is not None:
             where = f"inside epoch {trainer.current_epoch} at batch {done} of {trainer.num_training_batches}"
         else:
             where = f"at the start of epoch {trainer.current_epoch}"
-        print(f"resumed {where}, after {self.elapsed:.0f} s of training", flush=True)
+        print(f"resumed from {trainer.ckpt_path} {where}, after {self.elapsed:.0f} s of training", flush=True)
 
     def _write(self, rows: list[dict]) -> None:
         tmp = self.csv_path.with_suffix(".tmp")

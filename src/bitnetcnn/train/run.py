@@ -251,8 +251,6 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         )
         if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
             write_settings(out, s)
-        if resume and trainer.is_global_zero:
-            print(f"resuming {out} from {last}")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     _leave_process_group()
     results_path = out / "results.json"

@@ -91,7 +91,7 @@ class FitToTimeBudget(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == 0 and self._last is not None:
             elapsed = self.elapsed()
-            self._validation_s = time.perf_counter() - self._last[1]  # validation, metrics row, best model
+            self._validation_s = time.perf_counter() - self._last[1]  # this callback runs first: validation only
             if self._mark is not None:
                 step_s = (self._last[1] - self._mark[1]) / (self._last[0] - self._mark[0] + 1)
             else:  # too few steps in this process to leave out the first: the epoch so far, all its steps
@@ -101,7 +101,7 @@ class FitToTimeBudget(L.Callback):
             self._epoch_1_start = time.perf_counter()
         elif (trainer.current_epoch == 1 and self._epoch_1_start is not None
               and (self._epochs or 0) >= self.REFINE_FROM):
-            cycle_s = time.perf_counter() - self._epoch_1_start  # epoch 0's checkpoint to epoch 1's metrics row
+            cycle_s = time.perf_counter() - self._epoch_1_start  # epoch 0's metrics and checkpoint, epoch 1
             epoch_s = cycle_s - (self._validation_s if 1 in self._validated else 0.0)
             self._decide(trainer, pl_module, 2, epoch_s, self._validation_s,
                          f"epoch 1 took {cycle_s:.1f} s with its checkpoint and metrics")
