@@ -6,7 +6,7 @@
    a user reproduces, where a run's own figures may come from a GPU's arithmetic.
 2. Writes it to ``bitnetcnn/pretrained/ENTRY.bnc`` with those figures, the tag, hub entry, licence, class names and
    test-set size in its header (the weights are copied bit for bit), refusing a file over 4 MiB: larger weights
-   are published at a URL.
+   are published at a URL. The recorded commands lose this machine's paths (``portable_command``).
 3. Prints the ``PretrainedCfg`` to paste into ``bitnetcnn/hub.py`` (the entry's ``pretrained=``), sha256 and size
    included. ``tests/test_hub.py`` and ``tests/test_pretrained_zoo.py`` then check the weight through torch.hub on
    the full test set and deployed.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,47 @@ from bitnetcnn.hub import PRETRAINED_DIR, entries
 from bitnetcnn.train.evaluate import evaluate_model
 
 MAX_SHIPPED_BYTES = 4 << 20  # the package ships weights under 4 MiB; larger ones go to a URL
+RUN_PATH_FLAGS = ("--out", "--init", "--teacher")  # a run folder, or a file inside one
+MACHINE_FLAGS = ("--data-dir",)  # where this machine keeps the data: a reader's own setting ($BITNETCNN_DATA)
+
+
+def portable_command(command: str) -> str:
+    """``command`` as a reader can rerun it: a run folder given by an absolute path becomes ``runs/NAME`` (a file
+    in one ``runs/NAME/FILE``), ``--data-dir`` is dropped; the comment after ``  # `` stays. Any other absolute path
+    is an error, since the published header would name this machine's folders."""
+    text, sep, comment = command.partition("  # ")
+    words, out, i = shlex.split(text), [], 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        flag, has_value, value = word.partition("=")
+        if flag not in RUN_PATH_FLAGS + MACHINE_FLAGS:
+            if word.startswith("/") or value.startswith("/"):
+                raise ValueError(f"the recorded command {command!r} names a path of this machine ({word!r}); "
+                                 "publish a run whose command names none")
+            out.append(word)
+            continue
+        if not has_value:
+            if i == len(words):
+                raise ValueError(f"{flag} without a value in the recorded command {command!r}")
+            value, i = words[i], i + 1
+        if flag in MACHINE_FLAGS:
+            continue
+        path = Path(value)
+        if path.is_absolute():
+            path = Path("runs", path.name) if flag == "--out" else Path("runs", path.parent.name, path.name)
+        out += [flag, str(path)]
+    return shlex.join(out) + sep + comment
+
+
+def _portable(metadata: dict) -> dict:
+    """``metadata`` with every recorded command portable (this run's, its recipe's steps, what it started from)."""
+    def walk(value):
+        if isinstance(value, dict):
+            return {k: portable_command(v) if k == "command" and isinstance(v, str) else walk(v)
+                    for k, v in value.items()}
+        return [walk(v) for v in value] if isinstance(value, list) else value
+    return walk(metadata)
 
 
 def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: str | None = None,
@@ -54,6 +96,7 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
         tag=tag, hub_entry=entry, licence=licence, mean=list(own.mean), std=list(own.std),
         input_size=list(own.input_size), class_names=list(names) if names else None,
         evaluated="top-1/top-5 by scripts/publish_weight.py (bitnetcnn eval) on the CPU")
+    metadata = _portable(metadata)
     target = Path(out_dir) / f"{entry}.bnc"
     with tempfile.TemporaryDirectory() as tmp:
         staged = save_checkpoint(model, Path(tmp) / target.name, metadata)

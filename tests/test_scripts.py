@@ -102,6 +102,36 @@ def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(
     assert not (tmp_path / "no").exists() and hub.PRETRAINED_DIR != tmp_path / "shipped"
 
 
+def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_path, capsys):
+    """Run folders given by absolute paths become runs/NAME in every recorded command, --data-dir goes; any other
+    absolute path is refused rather than shipped."""
+    import bitnetcnn
+    from bitnetcnn.checkpoint.format import native_header
+
+    publish_weight = _script("publish_weight")
+    stage1 = "bitnetcnn train --dataset mnist_demo --data-dir /srv/me/data --out=/home/me/runs/stage1"
+    stage2 = ("bitnetcnn train --dataset mnist_demo --init /home/me/runs/stage1/best_ternary.bnc --teacher "
+              "/home/me/runs/fp/best_ternary.bnc --out /home/me/runs/stage2 --time-budget 2  # the time budget gave 3 "
+              "epochs")
+    model = bitnetcnn.convert_to_ternary(bitnetcnn.create_model("bitnet_cnn", width=8).eval())
+    trained = bitnetcnn.save_checkpoint(model, tmp_path / "best_ternary.bnc", {
+        "dataset": "mnist_demo", "command": stage2, "init": {"file": "best_ternary.bnc", "command": stage1},
+        "training": [{"command": stage1, "wall_time_s": 1.0}, {"command": stage2, "wall_time_s": 2.0}]})
+    assert publish_weight.main([str(trained), "--entry", "bitnet_mnist", "--tag", "demo",
+                                "--out-dir", str(tmp_path / "shipped")]) == 0
+    header = native_header(tmp_path / "shipped" / "bitnet_mnist.bnc")
+    assert "/home/me" not in json.dumps(header) and "/srv/me" not in json.dumps(header)
+    rerun2 = ("bitnetcnn train --dataset mnist_demo --init runs/stage1/best_ternary.bnc --teacher "
+              "runs/fp/best_ternary.bnc --out runs/stage2 --time-budget 2  # the time budget gave 3 epochs")
+    assert [s.command for s in bitnetcnn.load_checkpoint(tmp_path / "shipped" / "bitnet_mnist.bnc").pretrained_cfg
+            .training] == ["bitnetcnn train --dataset mnist_demo --out runs/stage1", rerun2]
+    assert header["metadata"]["init"]["command"] == "bitnetcnn train --dataset mnist_demo --out runs/stage1"
+    assert publish_weight.portable_command("bitnetcnn train --out runs/a") == "bitnetcnn train --out runs/a"
+    with pytest.raises(ValueError, match="names a path of this machine.*'/tmp/x.py'"):
+        publish_weight.portable_command("python /tmp/x.py --out runs/a")
+    capsys.readouterr()
+
+
 def test_a_gpu_window_rehearsed_here_carries_the_data_trains_and_brings_back_the_small_files(npz_chunks, tmp_path):
     """scripts/gpu_window.sh as the device calls run it, on a tiny CIFAR-100-shaped set and the CPU: three carry
     calls (the last joins the npz), then a run whose model, metrics and evaluation land in $OUT, a file over the
