@@ -49,6 +49,28 @@ def _train_killed_at(settings: TrainSettings, epoch: int, batch: int) -> None:
             train(settings)
 
 
+def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch):
+    """``TrainSettings.as_command()`` (what a run started from Python records) parsed by ``bitnetcnn train``."""
+    import shlex
+
+    settings = [
+        TrainSettings(),
+        TrainSettings(model="bit_resnet18", dataset="cifar100", epochs=24, batch_size=256, optimizer="sgd", lr=0.15,
+                      wd=5e-4, warmup_epochs=1, label_smoothing=0.1, rotate=0.0, ema=0.998, pow2=True, act_bits=8,
+                      fp_ends=True, model_kwargs={"act": "silu", "width_mult": 1.4}, eval_ternary=False,
+                      channels_last=False, kd=True, teacher=["runs/a b/t.bnc", "t2.bnc"], kd_hints=0.5,
+                      time_budget=8.0, compile=True, amp=True, progress=False, out="runs/x y", download=True,
+                      data_dir="d", seed=3, limit_train=100, save_every=0.0),
+        TrainSettings(channels_last=True, accelerator="cpu", devices="2", strategy="ddp", num_nodes=2),
+    ]
+    for s in settings:
+        seen = {}
+        monkeypatch.setattr("bitnetcnn.train.run.train", lambda got, **kw: seen.update(settings=got, **kw))
+        assert main(shlex.split(s.as_command())[1:]) == 0
+        assert seen["settings"] == s, s.as_command()
+        assert seen["command"] == s.as_command()  # the command line records itself as typed
+
+
 def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     results = train(TrainSettings(out=str(tmp_path / "a"), epochs=2, **QUICK))
     run = tmp_path / "a"
@@ -59,7 +81,9 @@ def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert results["epochs"] == 2 and 0 <= results["ternary_acc"] <= 1 and results["model_bytes"] > 0
-    assert "bitnetcnn" in results["command"] and results["wall_time_s"] > 0
+    # started from Python, the run records the command line that repeats it (not the calling program's argv)
+    assert results["command"] == TrainSettings(out=str(tmp_path / "a"), epochs=2, **QUICK).as_command()
+    assert results["wall_time_s"] > 0
     # the saved model evaluates and the Lightning checkpoint converts from the command line
     assert main(["eval", str(run / "best_ternary.bnc"), "--batch-size", "500"]) == 0
     assert main(["convert", str(run / "last.ckpt"), "--pow2", "-o", str(tmp_path / "p2.bnc")]) == 0

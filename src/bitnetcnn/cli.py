@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -114,13 +115,14 @@ def _cmd_train(args) -> int:
 
     values = vars(args).copy()
     given = values.pop("given")
+    command = values.pop("command_line")
     gpus = values.pop("gpus")
     resume = values.pop("resume")
     if gpus is not None:
         values["accelerator"], values["devices"] = "gpu", str(gpus)
         given |= {"accelerator", "devices"}
     try:
-        train(TrainSettings.from_dict(values), resume=resume, given=given)
+        train(TrainSettings.from_dict(values), resume=resume, command=command, given=given)
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1
         print(f"bitnetcnn train: error: {err}", file=sys.stderr)
         return 1
@@ -273,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.__dict__.pop("command")
     if command == "train":
         args.given = _given_flags(parser._subparsers._group_actions[0].choices["train"], argv[1:])
+        args.command_line = shlex.join(["bitnetcnn", *argv])  # the run records the command as typed
     from bitnetcnn.checkpoint.errors import CheckpointError
 
     try:

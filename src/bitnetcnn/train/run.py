@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shlex
 import sys
 import warnings
 from dataclasses import replace
@@ -190,6 +189,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
 
     ``resume=True`` continues the run in ``s.out`` with its saved settings; ``given`` names the settings the caller
     set (the command line's flags; default: those that differ from the defaults), which a resume checks.
+    ``command``: the command line the run records as its recipe (default: ``s.as_command()``).
     """
     if resume:
         s = resumed_settings(s, given)
@@ -211,7 +211,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if resume:
         check_readable_checkpoint(last)
     out.mkdir(parents=True, exist_ok=True)
-    command = command or shlex.join(["bitnetcnn", *sys.argv[1:]])
+    command = command or s.as_command()
     metadata = {
         "dataset": s.dataset,
         "mean": list(data.spec.mean),

@@ -3,8 +3,10 @@ and the checks that refuse values that could not train."""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field, fields
+import shlex
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
@@ -92,6 +94,26 @@ class TrainSettings:
     def weight_quant(self) -> TernaryQuant:
         """How the model's Bit layers quantize (validated when made)."""
         return TernaryQuant(scale_op=self.scale_op, pow2=bool(self.pow2), act_bits=self.act_bits)
+
+    def as_command(self) -> str:
+        """The ``bitnetcnn train`` command line that gives these settings (the fields that differ from their
+        defaults, in field order): what a run started from Python records as its recipe."""
+        words = ["bitnetcnn", "train"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = f.default if f.default is not MISSING else f.default_factory()
+            if value == default:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):  # a switch; --no-FLAG where the default is on (or unset)
+                words.append(flag if value else f"--no-{flag[2:]}")
+            elif isinstance(value, list):
+                words += [w for item in value for w in (flag, str(item))]
+            elif isinstance(value, dict):
+                words += [flag, json.dumps(value)]
+            else:
+                words += [flag, str(value)]
+        return shlex.join(words)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSettings":
