@@ -437,7 +437,9 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     _one_line_error(capsys, [*resume, "--epochs", "0"], "--epochs must be an integer >= 1")
     (run / "args.json").write_text(json.dumps(dict(json.loads((run / "args.json").read_text()), epochs=2)))
     _one_line_error(capsys, [*resume, "--epochs", "1"], "was set for 2 epochs; give more than 2 to extend it")
+    capsys.readouterr()
     assert main([*resume, "--epochs", "3"]) == 0  # extends the run: epochs 1 and 2 follow epoch 0
+    assert "was set for 2 epochs; it now runs to 3" in capsys.readouterr().out  # an extension is said aloud
     assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
     assert json.loads((run / "args.json").read_text())["epochs"] == 3
 

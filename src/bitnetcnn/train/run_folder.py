@@ -53,6 +53,9 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
             changes[name] = mine
         elif name == "epochs" and mine > theirs:
             changes[name] = mine  # extends the run: the schedule stretches over the new length
+            if first_process():  # said aloud: repeating a budgeted run's original --epochs cap lands here too
+                print(f"--resume --epochs {mine}: the run in {s.out} was set for {theirs} epochs; it now runs to "
+                      f"{mine}, its learning-rate schedule stretched over them", flush=True)
         elif name == "time_budget" and theirs is None:
             raise SettingsError(f"--resume --time-budget {mine:g}: a budget becomes a number of epochs at the end of "
                                 f"epoch 0, and the run in {s.out} takes {saved.epochs} epoch"
