@@ -167,6 +167,20 @@ def test_shipped_weights_match_their_registry_object():
         assert own.command == w.command
 
 
+def test_an_entry_without_weights_builds_the_architecture_of_its_published_weights():
+    """``pretrained=False`` (train from scratch) and ``pretrained=True`` give the same architecture: an entry whose
+    default kwargs (e.g. the seed's SiLU) differ from the weight published for it would hand out another model."""
+    def layout(model):
+        return repr(model), [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+
+    for w in bitnetcnn.list_pretrained():
+        published = torch.hub.load(REPO, w.hub_entry, source="local", pretrained=True)
+        fresh = torch.hub.load(REPO, w.hub_entry, source="local", pretrained=False)
+        assert layout(fresh) == layout(published), w.name
+        assert layout(torch.hub.load(REPO, w.hub_entry, source="local", ternary=False)) == layout(
+            torch.hub.load(REPO, w.hub_entry, source="local", pretrained=True, ternary=False)), w.name
+
+
 def test_keywords_the_weights_cannot_honour_are_refused(mnist_checkpoint):
     """docs/hub.md once said pretrained=True, act_bits=8 quantizes activations: it silently did not."""
     with pytest.raises(ValueError, match=r"act_bits=8 .*has act_bits=None.*ternary=False.*--act-bits 8"):
