@@ -27,12 +27,6 @@ RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "de
                                "val_every", "compile", "save_every"})
 
 
-def _given(s: TrainSettings) -> set[str]:
-    """The settings that differ from the defaults: what a caller of the API asked for."""
-    defaults = TrainSettings()
-    return {f.name for f in fields(s) if getattr(s, f.name) != getattr(defaults, f.name)}
-
-
 def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettings:
     """The saved settings of the run in ``s.out``, with what may change on a resume; anything else given that
     differs from the saved value is refused, since it could not take effect."""
@@ -45,7 +39,7 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
         saved = TrainSettings.from_dict(json.loads(saved_path.read_text()))
     except (ValueError, TypeError) as e:
         raise SettingsError(f"--resume: {saved_path} is not a readable settings file ({e})") from None
-    given = _given(s) if given is None else set(given) & {f.name for f in fields(TrainSettings)}
+    given = set(s.changed()) if given is None else set(given) & {f.name for f in fields(TrainSettings)}
     changes = {}
     for name in sorted(given - {"out", "progress"}):
         mine, theirs = getattr(s, name), getattr(saved, name)

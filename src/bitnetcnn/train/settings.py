@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
@@ -95,16 +95,18 @@ class TrainSettings:
         """How the model's Bit layers quantize (validated when made)."""
         return TernaryQuant(scale_op=self.scale_op, pow2=bool(self.pow2), act_bits=self.act_bits)
 
+    def changed(self) -> list[str]:
+        """The names of the settings that differ from their defaults, in field order."""
+        defaults = TrainSettings()
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
     def as_command(self) -> str:
         """The ``bitnetcnn train`` command line that gives these settings (the fields that differ from their
         defaults, in field order): what a run started from Python records as its recipe."""
         words = ["bitnetcnn", "train"]
-        for f in fields(self):
-            value = getattr(self, f.name)
-            default = f.default if f.default is not MISSING else f.default_factory()
-            if value == default:
-                continue
-            flag = "--" + f.name.replace("_", "-")
+        for name in self.changed():
+            value = getattr(self, name)
+            flag = "--" + name.replace("_", "-")
             if isinstance(value, bool):  # a switch; --no-FLAG where the default is on (or unset)
                 words.append(flag if value else f"--no-{flag[2:]}")
             elif isinstance(value, list):
