@@ -618,6 +618,29 @@ def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_p
         TrainSettings(time_budget=0)
 
 
+def test_every_process_of_a_budgeted_run_takes_the_first_process_decision(tmp_path, monkeypatch):
+    """Processes time their own epochs and could decide differently near a boundary; all must take the first
+    process's decision (``strategy.broadcast``), or DDP ranks would stop at different epochs and hang. Here this
+    process would take 3 epochs, and the first process's decision, as the broadcast hands it over, is 2."""
+    import bitnetcnn.train.time_budget as time_budget
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    monkeypatch.setattr(time_budget, "epochs_within", lambda *args: 3)
+    handed = []
+    def first_process_decides_2(self, obj, src=0):  # other broadcasts (checkpoint paths, flags) pass through
+        if type(obj) is not int:
+            return obj
+        handed.append(obj)
+        return 2
+
+    monkeypatch.setattr(SingleDeviceStrategy, "broadcast", first_process_decides_2)
+    run = tmp_path / "ranked"
+    train(TrainSettings(out=str(run), epochs=5, time_budget=10, **QUICK))
+    assert handed and handed[0] == 3
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1]
+    assert json.loads((run / "args.json").read_text())["epochs"] == 2
+
+
 def test_a_time_budget_run_killed_in_epoch_0_decides_when_resumed(tmp_path, monkeypatch):
     """The decision is taken at the end of epoch 0 by whichever process gets there: a run killed inside epoch 0
     times the steps it has left after its resume (here the last one) and records the decision as before."""
