@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import shlex
 import sys
 import tempfile
@@ -32,35 +33,46 @@ from bitnetcnn.train.evaluate import evaluate_model
 
 MAX_SHIPPED_BYTES = 4 << 20  # the package ships weights under 4 MiB; larger ones go to a URL
 RUN_PATH_FLAGS = ("--out", "--init", "--teacher")  # a run folder, or a file inside one
-MACHINE_FLAGS = ("--data-dir",)  # where this machine keeps the data: a reader's own setting ($BITNETCNN_DATA)
+RUN_FILES = ("best_ternary.bnc", "last.ckpt")  # what a run folder holds that another run starts from
+# an absolute path (POSIX, home-relative or Windows) at the start of a word or inside one (a JSON value)
+MACHINE_PATH = re.compile(r"""(?:^|[\s"'=,\[{(])(?:/|~[/\\]|[A-Za-z]:[\\/])""")
 
 
 def portable_command(command: str) -> str:
-    """``command`` as a reader can rerun it: a run folder given by an absolute path becomes ``runs/NAME`` (a file
-    in one ``runs/NAME/FILE``), ``--data-dir`` is dropped; the comment after ``  # `` stays. Any other absolute path
-    is an error, since the published header would name this machine's folders."""
+    """``command`` as a reader can rerun it: a run folder given by an absolute path becomes ``runs/NAME`` and a run's
+    file ``runs/NAME/FILE`` (``--out``, ``--init``, ``--teacher``; another absolute ``--init``/``--teacher`` file
+    keeps its name only); ``--data-dir`` is dropped (the reader's data root is their own setting) unless it is the
+    data set itself (``--dataset imagefolder``). The comment after ``  # `` stays. Any other absolute path is an
+    error: the published header would name this machine's folders."""
     text, sep, comment = command.partition("  # ")
     words, out, i = shlex.split(text), [], 0
+    imagefolder = "imagefolder" in words or "--dataset=imagefolder" in words
     while i < len(words):
         word = words[i]
         i += 1
         flag, has_value, value = word.partition("=")
-        if flag not in RUN_PATH_FLAGS + MACHINE_FLAGS:
-            if word.startswith("/") or value.startswith("/"):
-                raise ValueError(f"the recorded command {command!r} names a path of this machine ({word!r}); "
-                                 "publish a run whose command names none")
+        if flag not in (*RUN_PATH_FLAGS, "--data-dir"):
             out.append(word)
             continue
         if not has_value:
             if i == len(words):
                 raise ValueError(f"{flag} without a value in the recorded command {command!r}")
             value, i = words[i], i + 1
-        if flag in MACHINE_FLAGS:
-            continue
         path = Path(value)
+        if flag == "--data-dir":
+            if imagefolder:
+                out += [flag, value]  # checked below with every other word
+            continue
         if path.is_absolute():
-            path = Path("runs", path.name) if flag == "--out" else Path("runs", path.parent.name, path.name)
+            if flag == "--out":
+                path = Path("runs", path.name)
+            else:
+                path = Path("runs", path.parent.name, path.name) if path.name in RUN_FILES else Path(path.name)
         out += [flag, str(path)]
+    for word in out:
+        if MACHINE_PATH.search(word):
+            raise ValueError(f"the recorded command {command!r} names a path of this machine ({word!r}); "
+                             "publish a run whose command names none")
     return shlex.join(out) + sep + comment
 
 
@@ -86,17 +98,17 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
         raise ValueError(f"{path} holds a {own.model}, but {entry!r} serves {known[entry].model}")
     if own.dataset is None:
         raise ValueError(f"{path} does not record the data set it was trained on: it cannot be measured")
-    measured = evaluate_model(model, data_dir=data_dir, source=str(path))
     header = model.checkpoint_header
+    recorded = _portable(dict(header.get("metadata") or {}, command=own.command))  # refused before the long part
+    measured = evaluate_model(model, data_dir=data_dir, source=str(path))
     names = own.class_names or get_dataset_spec(own.dataset).class_names
     scores = {"top1": measured["top1"], "top5": measured["top5"]}
-    metadata = dict(header.get("metadata") or {}, **{k: v for k, v in header["metrics"].items() if k != "command"})
+    metadata = dict(recorded, **{k: v for k, v in header["metrics"].items() if k != "command"})
     metadata.update(
-        command=own.command, accuracy=measured["top1"], ternary_eval=scores, test_images=measured["images"],
+        accuracy=measured["top1"], ternary_eval=scores, test_images=measured["images"],
         tag=tag, hub_entry=entry, licence=licence, mean=list(own.mean), std=list(own.std),
         input_size=list(own.input_size), class_names=list(names) if names else None,
         evaluated="top-1/top-5 by scripts/publish_weight.py (bitnetcnn eval) on the CPU")
-    metadata = _portable(metadata)
     target = Path(out_dir) / f"{entry}.bnc"
     with tempfile.TemporaryDirectory() as tmp:
         staged = save_checkpoint(model, Path(tmp) / target.name, metadata)

@@ -51,7 +51,7 @@ def test_published_weights_deploy_with_99_percent_agreement(published, backend):
     from bitnetcnn.deploy.calibration import dataset_images
 
     if backend == "openvino" and not openvino_status()[0]:
-        pytest.skip(f"OpenVINO is not usable here ({openvino_status()[1]}); pip install openvino")
+        pytest.skip(f"OpenVINO is not usable here: {openvino_status()[1]}")
     weights, model, x, labels, predicted = published
     own_scales = any(isinstance(m, ActQuantizer) and m.bits == 8 for m in model.modules())
     calibration = None if own_scales else dataset_images(weights.dataset, CALIBRATION_IMAGES, True, seed=1)[0]

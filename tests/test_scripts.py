@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -102,9 +103,9 @@ def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(
     assert not (tmp_path / "no").exists() and hub.PRETRAINED_DIR != tmp_path / "shipped"
 
 
-def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_path, capsys):
+def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_path, capsys, monkeypatch):
     """Run folders given by absolute paths become runs/NAME in every recorded command, --data-dir goes; any other
-    absolute path is refused rather than shipped."""
+    absolute path (inside a word too) is refused rather than shipped."""
     import bitnetcnn
     from bitnetcnn.checkpoint.format import native_header
 
@@ -126,9 +127,22 @@ def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_pat
     assert [s.command for s in bitnetcnn.load_checkpoint(tmp_path / "shipped" / "bitnet_mnist.bnc").pretrained_cfg
             .training] == ["bitnetcnn train --dataset mnist_demo --out runs/stage1", rerun2]
     assert header["metadata"]["init"]["command"] == "bitnetcnn train --dataset mnist_demo --out runs/stage1"
-    assert publish_weight.portable_command("bitnetcnn train --out runs/a") == "bitnetcnn train --out runs/a"
-    with pytest.raises(ValueError, match="names a path of this machine.*'/tmp/x.py'"):
-        publish_weight.portable_command("python /tmp/x.py --out runs/a")
+    portable = publish_weight.portable_command
+    assert portable("bitnetcnn train --out runs/a") == "bitnetcnn train --out runs/a"
+    assert portable("bitnetcnn train --teacher=/x/Downloads/fp.bnc") == "bitnetcnn train --teacher fp.bnc"
+    assert portable("bitnetcnn train --dataset imagefolder --data-dir imgs") == (
+        "bitnetcnn train --dataset imagefolder --data-dir imgs")  # there it names the data set: kept
+    for machine in ("python /tmp/x.py --out runs/a", "bitnetcnn train --dataset imagefolder --data-dir /srv/imgs",
+                    shlex.join(["bitnetcnn", "train", "--model-kwargs", '{"init": "/home/me/w.pt"}']),
+                    "bitnetcnn train --out ~/runs/a", shlex.join(["bitnetcnn", "train", "--out", "C:\\runs\\a"])):
+        with pytest.raises(ValueError, match="names a path of this machine"):
+            portable(machine)
+    # refused before the test-set evaluation, which takes minutes for a CIFAR model
+    refused = bitnetcnn.save_checkpoint(model, tmp_path / "refused.bnc", {"dataset": "mnist_demo",
+                                                                          "command": "python /tmp/x.py"})
+    monkeypatch.setattr(publish_weight, "evaluate_model", lambda *a, **k: pytest.fail("evaluated first"))
+    with pytest.raises(ValueError, match="names a path of this machine"):
+        publish_weight.publish(refused, "bitnet_mnist", "demo", out_dir=tmp_path / "no")
     capsys.readouterr()
 
 

@@ -50,19 +50,22 @@ def _train_killed_at(settings: TrainSettings, epoch: int, batch: int) -> None:
 
 
 def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch):
-    """``TrainSettings.as_command()`` (what a run started from Python records) parsed by ``bitnetcnn train``."""
+    """``TrainSettings.as_command()`` (what a run started from Python records) parsed by ``bitnetcnn train``, for
+    every setting changed at once (values that start with "-" included)."""
+    import dataclasses
     import shlex
 
-    settings = [
-        TrainSettings(),
-        TrainSettings(model="bit_resnet18", dataset="cifar100", epochs=24, batch_size=256, optimizer="sgd", lr=0.15,
-                      wd=5e-4, warmup_epochs=1, label_smoothing=0.1, rotate=0.0, ema=0.998, pow2=True, act_bits=8,
-                      fp_ends=True, model_kwargs={"act": "silu", "width_mult": 1.4}, eval_ternary=False,
-                      channels_last=False, kd=True, teacher=["runs/a b/t.bnc", "t2.bnc"], kd_hints=0.5,
-                      time_budget=8.0, compile=True, amp=True, progress=False, out="runs/x y", download=True,
-                      data_dir="d", seed=3, limit_train=100, save_every=0.0),
-        TrainSettings(channels_last=True, accelerator="cpu", devices="2", strategy="ddp", num_nodes=2),
-    ]
+    every = TrainSettings(
+        model="bit_resnet18", dataset="cifar100", data_dir="d", download=True, out="runs/x y", epochs=24,
+        batch_size=256, optimizer="sgd", lr=0.15, wd=1e-05, momentum=0.8, warmup_epochs=1, label_smoothing=0.1,
+        mixup=0.2, cutmix=1.0, rotate=0.0, zoom=0.05, elastic=3.5, ema=0.998, quant="fp", scale_op="mean", pow2=True,
+        act_bits=8, fp_ends=True, model_kwargs={"act": "silu", "width_mult": 1.4}, num_classes=100, img_size=32,
+        eval_ternary=False, val_every=4, compile=True, save_every=0.0, time_budget=8.0, kd=True,
+        teacher=["runs/a b/t.bnc", "-t2.bnc"], kd_alpha=0.7, kd_temperature=2.0, kd_hints=0.5, init="-i.bnc",
+        amp=True, channels_last=False, accelerator="cpu", devices="2", num_nodes=2, strategy="ddp", seed=3,
+        limit_train=100, limit_eval=50, progress=False)
+    assert set(every.changed()) == {f.name for f in dataclasses.fields(TrainSettings)}  # a new field joins here
+    settings = [TrainSettings(), every, TrainSettings(channels_last=True, pow2=1)]
     for s in settings:
         seen = {}
         monkeypatch.setattr("bitnetcnn.train.run.train", lambda got, **kw: seen.update(settings=got, **kw))
@@ -437,6 +440,8 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     _one_line_error(capsys, [*resume, "--epochs", "0"], "--epochs must be an integer >= 1")
     (run / "args.json").write_text(json.dumps(dict(json.loads((run / "args.json").read_text()), epochs=2)))
     _one_line_error(capsys, [*resume, "--epochs", "1"], "was set for 2 epochs; give more than 2 to extend it")
+    assert main([*resume, "--epochs", "3", "--time-budget", "8"]) == 2  # refused: no word of an extension
+    assert "now runs to" not in capsys.readouterr().out
     capsys.readouterr()
     assert main([*resume, "--epochs", "3"]) == 0  # extends the run: epochs 1 and 2 follow epoch 0
     assert "was set for 2 epochs; it now runs to 3" in capsys.readouterr().out  # an extension is said aloud

@@ -47,9 +47,6 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
             changes[name] = mine
         elif name == "epochs" and mine > theirs:
             changes[name] = mine  # extends the run: the schedule stretches over the new length
-            if first_process():  # said aloud: repeating a budgeted run's original --epochs cap lands here too
-                print(f"--resume --epochs {mine}: the run in {s.out} was set for {theirs} epochs; it now runs to "
-                      f"{mine}, its learning-rate schedule stretched over them", flush=True)
         elif name == "time_budget" and theirs is None:
             raise SettingsError(f"--resume --time-budget {mine:g}: a budget becomes a number of epochs at the end of "
                                 f"epoch 0, and the run in {s.out} takes {saved.epochs} epoch"
@@ -63,6 +60,10 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
             raise SettingsError(f"--resume continues the run in {s.out} with its saved settings, so {flag} {mine!r} "
                                 f"(saved: {theirs!r}) cannot take effect: leave it out, or start a new run with a "
                                 f"fresh --out (--init {Path(s.out) / 'best_ternary.bnc'} fine-tunes from this one)")
+    if changes.get("epochs", saved.epochs) > saved.epochs and first_process():
+        # said aloud (once nothing was refused): repeating a budgeted run's original --epochs cap lands here too
+        print(f"--resume --epochs {changes['epochs']}: the run in {s.out} was set for {saved.epochs} epochs; it now "
+              f"runs to {changes['epochs']}, its learning-rate schedule stretched over them", flush=True)
     return replace(saved, out=s.out, progress=s.progress, **changes)
 
 

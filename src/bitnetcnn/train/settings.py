@@ -104,17 +104,17 @@ class TrainSettings:
         """The ``bitnetcnn train`` command line that gives these settings (the fields that differ from their
         defaults, in field order): what a run started from Python records as its recipe."""
         words = ["bitnetcnn", "train"]
+        defaults = TrainSettings()
         for name in self.changed():
-            value = getattr(self, name)
+            value, default = getattr(self, name), getattr(defaults, name)
             flag = "--" + name.replace("_", "-")
-            if isinstance(value, bool):  # a switch; --no-FLAG where the default is on (or unset)
+            if isinstance(default, bool) or name == "channels_last":  # a switch; --no-FLAG turns one off
                 words.append(flag if value else f"--no-{flag[2:]}")
-            elif isinstance(value, list):
-                words += [w for item in value for w in (flag, str(item))]
-            elif isinstance(value, dict):
-                words += [flag, json.dumps(value)]
-            else:
-                words += [flag, str(value)]
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                text = json.dumps(item) if isinstance(item, dict) else str(item)
+                # "--flag=-x": a value that starts with "-" would read as a flag of its own
+                words += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
         return shlex.join(words)
 
     @classmethod
