@@ -12,6 +12,7 @@ model's own 8-bit activation quantizers (a model trained with ``--act-bits 8``).
     python benchmarks/deploy_agreement.py --models bitnet_cnn --limit 2000 --json agreement.json
     python benchmarks/deploy_agreement.py --models --checkpoint r18=runs/r18-a8/best_ternary.bnc --calibrate 0
     python benchmarks/deploy_agreement.py --backends onnxruntime openvino     # both runtimes on the same graph
+    python benchmarks/deploy_agreement.py --models --checkpoint r18=FILE --qdq-reference   # + the graph's own sums
 """
 
 from __future__ import annotations
@@ -53,15 +54,41 @@ def convert_if_needed(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
+def logits_of(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(fn(x[i:i + batch])).float() for i in range(0, len(x), batch)])
+
+
 def predict(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    return logits_of(fn, x, batch).argmax(1)
+
+
+def qdq_reference(model, calibration, method: str, threads: int):
+    """The int8 graph run by onnxruntime with every graph optimization off: each QuantizeLinear/DequantizeLinear
+    runs as itself and every convolution in float between them, the graph's own arithmetic without integer
+    kernels. A runtime that agrees with the converted model more than this computes something else than the graph
+    (closer to float)."""
+    import onnxruntime as ort
+
+    from bitnetcnn.deploy.compile import to_onnx_graph
+
+    graph, _ = to_onnx_graph(model, calibration, method=method)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch.numpy()})[0]
 
 
 def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=None, method: str = DEFAULT_CALIBRATION,
-          backends=("onnxruntime",), float64: bool = False) -> list:
+          backends=("onnxruntime",), float64: bool = False, reference: bool = False) -> list:
     """One row per deploy backend (the same int8 graph on each runtime); the converted model runs once.
     ``float64`` adds the converted model computed in float64 as one more "backend": its agreement with float32 is
-    the floor that rounding alone sets (a model with 8-bit activations flips its rounding ties at float32's error)."""
+    the floor that rounding alone sets (a model with 8-bit activations flips its rounding ties at float32's error).
+    ``reference`` adds the graph's own arithmetic (:func:`qdq_reference`). Each row also gives the mean relative
+    logit error against the converted model and the median gap between its top two logits on the flipped images
+    (near-ties flip first)."""
     test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir)
     x = normalize_images(test_x, spec.mean, spec.std)
     calibration = None
@@ -69,16 +96,25 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
         cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1)
         calibration = normalize_images(cal_x, spec.mean, spec.std)
     t0 = time.perf_counter()
-    ref = predict(model, x)
+    ref_logits = logits_of(model, x)
+    ref = ref_logits.argmax(1)
     t_torch = time.perf_counter() - t0
     acc_ref = (ref == test_y).float().mean().item() * 100
+    top2 = ref_logits.topk(2, dim=1).values
+    gap = top2[:, 0] - top2[:, 1]
 
-    def row(backend: str, out: torch.Tensor, calibration_images: int, ranges: str) -> dict:
+    def row(backend: str, logits: torch.Tensor, calibration_images: int, ranges: str) -> dict:
         """The figures of one way of computing the model against the converted model in float32."""
+        out = logits.argmax(1)
         acc, agree = (out == test_y).float().mean().item() * 100, (ref == out).float().mean().item() * 100
+        error = ((logits - ref_logits).norm(dim=1) / ref_logits.norm(dim=1)).mean().item() * 100
+        flipped = out != ref
         return dict(model=name, dataset=dataset, backend=backend, test_images=len(x),
                     calibration_images=calibration_images, method=ranges, acc_converted=round(acc_ref, 2),
                     acc_deployed=round(acc, 2), agreement=round(agree, 2), acc_diff=round(acc - acc_ref, 2),
+                    logit_error_pct=round(error, 3),
+                    top2_gap_flipped=round(gap[flipped].median().item(), 4) if flipped.any() else None,
+                    top2_gap_all=round(gap.median().item(), 4),
                     passed=agree >= 99.0 and abs(acc - acc_ref) <= 0.3)
 
     rows, outs = [], {}
@@ -86,15 +122,20 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
         import copy
 
         wide = copy.deepcopy(model).double()
-        rows.append(row("torch float64", predict(lambda batch: wide(batch.double()), x), 0, "none"))
+        rows.append(row("torch float64", logits_of(lambda batch: wide(batch.double()), x), 0, "none"))
+    if reference:
+        graph_own = qdq_reference(model, calibration, method, torch.get_num_threads())
+        rows.append(row("onnxruntime, no graph optimization", logits_of(graph_own, x), max(calibrate, 0),
+                        method if calibrate > 0 else "model quantizers"))
     for backend in backends:
         t0 = time.perf_counter()
         deployed = compile(model, calibration, method=method, backend=backend)
         t_compile = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = outs[deployed.backend] = predict(deployed, x)
+        logits = logits_of(deployed, x)
+        out = outs[deployed.backend] = logits.argmax(1)
         t_deploy = time.perf_counter() - t0
-        deployed_row = dict(row(deployed.backend, out, max(calibrate, 0),
+        deployed_row = dict(row(deployed.backend, logits, max(calibrate, 0),
                                 method if calibrate > 0 else "model quantizers"),
                             compile_s=round(t_compile, 1), torch_eval_s=round(t_torch, 1),
                             deploy_eval_s=round(t_deploy, 1))
@@ -121,6 +162,8 @@ def main(argv=None) -> int:
                    help="deploy backends to check, each on the same int8 graph (openvino: pip install openvino)")
     p.add_argument("--float64", action="store_true",
                    help="also compare the converted model in float64 with float32: the floor rounding alone sets")
+    p.add_argument("--qdq-reference", action="store_true",
+                   help="also run the int8 graph's own arithmetic (onnxruntime, graph optimizations off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")
     p.add_argument("--json", help="write the results here")
@@ -139,13 +182,17 @@ def main(argv=None) -> int:
         model = load_seed(name, path) if dataset else convert_if_needed(load_checkpoint(path))
         dataset = dataset or dataset_for(model)
         for row in check(name, model, dataset, args.limit, args.calibrate, args.data_dir, args.method,
-                         args.backends, args.float64):
+                         args.backends, args.float64, args.qdq_reference):
             rows.append(row)
             extra = (f", {row['agreement_with_onnxruntime']:.2f}% with onnxruntime"
                      if "agreement_with_onnxruntime" in row else "")
+            gap = "" if row["top2_gap_flipped"] is None else (
+                f", top-2 logit gap {row['top2_gap_flipped']:.3f} on the flipped images (median; {row['top2_gap_all']:.3f} "
+                "on all)")
             print(f"  {row['backend']}: {row['test_images']} {dataset} test images: converted "
                   f"{row['acc_converted']:.2f}%, deployed {row['acc_deployed']:.2f}% ({row['acc_diff']:+.2f}), top-1 "
-                  f"agreement {row['agreement']:.2f}%{extra} -> {'PASS' if row['passed'] else 'FAIL'}", flush=True)
+                  f"agreement {row['agreement']:.2f}%{extra} -> {'PASS' if row['passed'] else 'FAIL'}; logits "
+                  f"{row['logit_error_pct']:.2f}% off{gap}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0 if all(r["passed"] for r in rows) else 1
