@@ -116,16 +116,19 @@ def pick_faster(timings: Dict[str, Dict[int, float]]) -> Tuple[str, str]:
     return name, f"auto: measured at compile ({figures}; openvino {ratio:.2f}x onnxruntime)"
 
 
-def make_session(model: Union[bytes, str, os.PathLike, object], threads: Optional[int] = None):
+def make_session(model: Union[bytes, str, os.PathLike, object], threads: Optional[int] = None, *,
+                 optimize: bool = True):
     """An onnxruntime CPU session with ``threads`` intra-op threads (default: ``torch.get_num_threads()``) that do not
-    spin when idle."""
+    spin when idle. ``optimize=False`` runs the graph as written (no fusions: each QuantizeLinear/DequantizeLinear
+    as itself, the convolutions in float between them), the reference a runtime's integer kernels are measured by."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
     # Idle worker threads sleep instead of spinning: spinning ones steal the cores from PyTorch (or anything else)
     # running next in the process, which made float32 eager look 2.5x slower beside the deployed model at batch 1.

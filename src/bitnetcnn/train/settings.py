@@ -104,11 +104,11 @@ class TrainSettings:
         """The ``bitnetcnn train`` command line that gives these settings (the fields that differ from their
         defaults, in field order): what a run started from Python records as its recipe."""
         words = ["bitnetcnn", "train"]
-        defaults = TrainSettings()
+        switches = {f.name for f in fields(self) if isinstance(f.default, bool)} | {"channels_last"}
         for name in self.changed():
-            value, default = getattr(self, name), getattr(defaults, name)
+            value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
-            if isinstance(default, bool) or name == "channels_last":  # a switch; --no-FLAG turns one off
+            if name in switches:  # --no-FLAG turns one off
                 words.append(flag if value else f"--no-{flag[2:]}")
                 continue
             for item in value if isinstance(value, list) else [value]:
