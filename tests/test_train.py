@@ -552,6 +552,42 @@ def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
     assert a == b  # both ranks end with the same weights
 
 
+DIES_AT_EPOCH_0_BATCH_2 = """
+import os, sys
+from bitnetcnn.cli import main
+from bitnetcnn.train.module import BitClassifier
+
+def die(module, batch, batch_idx):  # every process dies there, as on a machine that went down
+    if module.current_epoch == 0 and batch_idx == 2:
+        os._exit(9)
+
+BitClassifier.on_train_batch_start = die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_ddp_run_killed_inside_an_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    """--save-every holds in DDP runs too: both processes die inside epoch 0, the run resumes from the checkpoint of
+    batch 2 in each process (the sampler hands each its share, less the batches it had trained) and ends with the
+    weights of the uninterrupted run."""
+    args = ["--epochs", "2", "--batch-size", "16", "--limit-train", "256", "--limit-eval", "64", "--save-every", "1e-6",
+            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    dies = tmp_path / "dies.py"
+    dies.write_text(DIES_AT_EPOCH_0_BATCH_2)
+    killed = subprocess.run([sys.executable, str(dies), "train", "--no-progress", "--out", str(tmp_path / "cut"),
+                             *args], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 9 and not (tmp_path / "cut" / "results.json").exists(), killed.stderr[-3000:]
+    resumed = subprocess.run(_cli("--out", str(tmp_path / "cut"), "--resume"), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "inside epoch 0 at batch 2 of 8" in resumed.stdout
+    whole = subprocess.run(_cli("--out", str(tmp_path / "whole"), *args), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut, full = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("cut", "whole"))
+    assert cut["world_size"] == 2 and cut["epochs"] == 2
+    assert cut["param_checksums"] == full["param_checksums"]
+
+
 def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
     """--val-every 2 over 3 epochs validates epochs 1 and 2 (the last); epoch 0's row has no stale validation
     figures, and the best model comes from a validated epoch. Without a progress bar each row is printed too."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+import itertools
 from typing import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_elastic, random_hflip
 from bitnetcnn.data.catalog import DatasetSpec, get_dataset_spec
@@ -41,22 +42,23 @@ def _as_batch(batch):
     return batch
 
 
-class EpochShuffle(Sampler[int]):
-    """The training order: a new permutation each epoch, drawn from ``(seed, epoch)`` alone, not from the global
-    random state, so that a run resumed in the middle of an epoch takes the same order on from where it stopped
-    (``skip(epoch)``: the batches of that epoch already trained)."""
+class EpochShuffle(DistributedSampler):
+    """The training order: torch's ``DistributedSampler`` (a new permutation each epoch, drawn from the seed and the
+    epoch alone, each process taking its share), which can start inside an epoch: a run resumed from a checkpoint
+    written there trains, in every process, the batches it had not trained, in the same order (``skip(epoch)``: the
+    batches of that epoch already trained). It is one whatever the number of processes, and Lightning leaves a
+    ``DistributedSampler`` in place instead of wrapping it in its own, which could not resume inside an epoch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: Callable[[], int],
-                 skip: Callable[[int], int]) -> None:
-        self.n, self.batch_size, self.seed, self.epoch, self.skip = n, batch_size, seed, epoch, skip
-
-    def __len__(self) -> int:
-        return self.n
+    def __init__(self, data: Dataset, batch_size: int, seed: int, rank: int, world_size: int,
+                 epoch: Callable[[], int], skip: Callable[[int], int]) -> None:
+        # seed * 1_000_003: neighbouring seeds do not share orders (seed 1's epoch 0 would be seed 0's epoch 1)
+        super().__init__(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed * 1_000_003)
+        self.batch_size, self.current_epoch, self.skip = batch_size, epoch, skip
 
     def __iter__(self):
-        epoch = self.epoch()
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        return iter(order[self.skip(epoch) * self.batch_size:].tolist())
+        epoch = self.current_epoch()  # the trainer's, not set_epoch's: right inside a resumed epoch too
+        self.set_epoch(epoch)
+        return itertools.islice(super().__iter__(), self.skip(epoch) * self.batch_size, None)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -122,11 +124,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = TensorImages(self.train_split)
-        if self.trainer is None or self.trainer.world_size > 1:  # DDP: Lightning's DistributedSampler shuffles
-            return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=True, collate_fn=_as_batch,
-                              pin_memory=self._pin_memory())
         trainer = self.trainer
-        order = EpochShuffle(len(data), self.batch_size, self.seed, lambda: trainer.current_epoch, self._batches_done)
+        if trainer is None:  # outside a Trainer: a plain shuffled loader
+            return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=True, collate_fn=_as_batch)
+        order = EpochShuffle(data, self.batch_size, self.seed, trainer.global_rank, trainer.world_size,
+                             lambda: trainer.current_epoch, self._batches_done)
         # its own generator: a DataLoader draws a seed for its workers at each new iterator, and drawing it from the
         # global generator would shift the augmentation's random numbers of a resumed epoch
         return DataLoader(data, sampler=order, batch_size=self.batch_size, drop_last=True,

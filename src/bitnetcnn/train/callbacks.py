@@ -72,17 +72,12 @@ def set_random_states(states: dict) -> None:
 class MidEpochCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``minutes`` of training too, so an interrupted run loses at most that much: a CPU epoch
     can take half an hour. The resumed run equals the uninterrupted one: the data module saves its place in the
-    epoch (``ImageDataModule.state_dict``). Single-process runs only: a DDP run's sampler is Lightning's
-    DistributedSampler, which cannot resume inside an epoch, so that run keeps the end-of-epoch checkpoints."""
+    epoch (``ImageDataModule.state_dict``), in DDP runs too (``EpochShuffle``), and Lightning has every process take
+    the first process's decision to save."""
 
     def __init__(self, out_dir: Path, minutes: float) -> None:
         super().__init__(dirpath=out_dir, filename="last", save_top_k=1, enable_version_counter=False,
                          train_time_interval=timedelta(minutes=minutes))
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if trainer.world_size > 1:
-            self._train_time_interval = None
 
 
 class ValidateEvery(L.Callback):
