@@ -38,12 +38,25 @@ RUN_FILES = ("best_ternary.bnc", "last.ckpt")  # what a run folder holds that an
 MACHINE_PATH = re.compile(r"""(?:^|[\s"'=,\[{(])(?:/|~[/\\]|[A-Za-z]:[\\/])""")
 
 
-def portable_command(command: str) -> str:
+def _short_run_folder(folder: Path, folders: dict[Path, Path]) -> Path:
+    """``runs/NAME`` for the absolute run folder ``folder``; ``runs/PARENT-NAME`` where another folder of the same
+    recipe took that name first (``folders``: the names given so far), so two runs never merge into one."""
+    if folder not in folders:
+        parts = [folder.name]
+        while Path("runs", "-".join(parts)) in folders.values() and len(parts) < len(folder.parts) - 1:
+            parts.insert(0, folder.parts[-len(parts) - 1])
+        folders[folder] = Path("runs", "-".join(parts))
+    return folders[folder]
+
+
+def portable_command(command: str, folders: dict[Path, Path] | None = None) -> str:
     """``command`` as a reader can rerun it: a run folder given by an absolute path becomes ``runs/NAME`` and a run's
     file ``runs/NAME/FILE`` (``--out``, ``--init``, ``--teacher``; another absolute ``--init``/``--teacher`` file
     keeps its name only); ``--data-dir`` is dropped (the reader's data root is their own setting) unless it is the
     data set itself (``--dataset imagefolder``). The comment after ``  # `` stays. Any other absolute path is an
-    error: the published header would name this machine's folders."""
+    error: the published header would name this machine's folders. ``folders``: the run folders' names so far, shared
+    by the commands of one recipe (``_short_run_folder``)."""
+    folders = {} if folders is None else folders
     text, sep, comment = command.partition("  # ")
     words, out, i = shlex.split(text), [], 0
     imagefolder = "imagefolder" in words or "--dataset=imagefolder" in words
@@ -65,9 +78,11 @@ def portable_command(command: str) -> str:
             continue
         if path.is_absolute():
             if flag == "--out":
-                path = Path("runs", path.name)
+                path = _short_run_folder(path, folders)
+            elif path.name in RUN_FILES:
+                path = _short_run_folder(path.parent, folders) / path.name
             else:
-                path = Path("runs", path.parent.name, path.name) if path.name in RUN_FILES else Path(path.name)
+                path = Path(path.name)
         out += [flag, str(path)]
     for word in out:
         if MACHINE_PATH.search(word):
@@ -78,9 +93,11 @@ def portable_command(command: str) -> str:
 
 def _portable(metadata: dict) -> dict:
     """``metadata`` with every recorded command portable (this run's, its recipe's steps, what it started from)."""
+    folders: dict[Path, Path] = {}
+
     def walk(value):
         if isinstance(value, dict):
-            return {k: portable_command(v) if k == "command" and isinstance(v, str) else walk(v)
+            return {k: portable_command(v, folders) if k == "command" and isinstance(v, str) else walk(v)
                     for k, v in value.items()}
         return [walk(v) for v in value] if isinstance(value, list) else value
     return walk(metadata)

@@ -128,6 +128,11 @@ def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_pat
             .training] == ["bitnetcnn train --dataset mnist_demo --out runs/stage1", rerun2]
     assert header["metadata"]["init"]["command"] == "bitnetcnn train --dataset mnist_demo --out runs/stage1"
     portable = publish_weight.portable_command
+    recipe: dict = {}  # two run folders of one name stay two runs, in every command of the recipe
+    assert [portable(c, recipe) for c in ("bitnetcnn train --out /a/x/fp", "bitnetcnn train --out /b/x/fp",
+                                          "bitnetcnn train --teacher /b/x/fp/best_ternary.bnc --init /a/x/fp/last.ckpt")
+            ] == ["bitnetcnn train --out runs/fp", "bitnetcnn train --out runs/x-fp",
+                  "bitnetcnn train --teacher runs/x-fp/best_ternary.bnc --init runs/fp/last.ckpt"]
     assert portable("bitnetcnn train --out runs/a") == "bitnetcnn train --out runs/a"
     assert portable("bitnetcnn train --teacher=/x/Downloads/fp.bnc") == "bitnetcnn train --teacher fp.bnc"
     assert portable("bitnetcnn train --dataset imagefolder --data-dir imgs") == (
