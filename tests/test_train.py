@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -693,6 +694,34 @@ def test_a_time_budget_run_killed_in_epoch_0_decides_when_resumed(tmp_path, monk
     assert (saved["epochs"], saved["time_budget"]) == (2, None)
     rows = read_metrics(tmp_path / "cut")
     assert [r["val_acc"] != "" for r in rows] == [True, True]  # epoch 0 validated for the timing (--val-every 2)
+
+
+def test_a_budgeted_run_records_the_epochs_it_took_however_the_flag_was_typed_and_across_a_resume(tmp_path,
+                                                                                                monkeypatch):
+    """The recipe of a budgeted run says how many epochs the budget gave, though the command says it by an
+    abbreviation argparse accepts (--time-b) and the run resumed after the decision, when its settings hold epochs
+    and no budget any more."""
+    import bitnetcnn.train.time_budget as time_budget
+
+    monkeypatch.setattr(time_budget, "epochs_within", lambda *args: 2)
+    run = tmp_path / "abbreviated"
+    typed = ["train", "--out", str(run), "--epochs", "5", "--time-b", "10", "--save-every", "1e-6",
+             "--dataset", "mnist_demo", "--batch-size", "32", "--limit-train", "128", "--limit-eval", "128",
+             "--no-progress"]
+
+    def die(module, batch, batch_idx):
+        if module.current_epoch == 1 and batch_idx == 1:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", die, raising=False)
+        with pytest.raises(Killed):
+            main(typed)
+    assert json.loads((run / "args.json").read_text())["time_budget"] is None  # decided: 2 epochs
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    recorded = f"bitnetcnn {shlex.join(typed)}  # the time budget gave 2 epochs"
+    assert json.loads((run / "results.json").read_text())["command"] == recorded
+    assert load_checkpoint(run / "best_ternary.bnc").pretrained_cfg.training[-1].command == recorded
 
 
 def test_a_time_budget_is_refined_after_epoch_1_and_decided_by_a_run_resumed_undecided(tmp_path, monkeypatch):

@@ -142,11 +142,13 @@ class RunRecorder(L.Callback):
     epoch that did not validate (``--val-every``) leaves its validation columns empty.
     """
 
-    def __init__(self, out_dir: Path, save_model, command: str, metadata: dict[str, Any], echo: bool = False) -> None:
+    def __init__(self, out_dir: Path, save_model, command: str, metadata: dict[str, Any], echo: bool = False,
+                 budgeted: bool = False) -> None:
         self.out = Path(out_dir)
         self.echo = echo  # print each row too: without a progress bar (a background run's log) nothing else does
         self.save_model = save_model  # save_model(model, path, metadata)
         self.command = command
+        self.budgeted = budgeted  # sized by --time-budget: the command alone does not say how many epochs it took
         self.metadata = metadata
         self.best_ternary = -1.0
         self.best_float = -1.0
@@ -173,13 +175,16 @@ class RunRecorder(L.Callback):
     # continues exactly as the uninterrupted one would have.
     def state_dict(self) -> dict:
         return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self.elapsed_s(),
-                "command": self.command, "rng": random_states()}
+                "command": self.command, "budgeted": self.budgeted, "rng": random_states()}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_ternary = state["best_ternary"]
         self.best_float = state["best_float"]
         self.elapsed = state["elapsed"]
         self.command = state.get("command", self.command)
+        # a resumed run's settings no longer hold the budget once it became epochs; runs saved before this key
+        # was kept tell it by their command
+        self.budgeted = state.get("budgeted", "--time-budget" in self.command)
         if "rng" in state:  # absent in runs saved before it was kept
             set_random_states(state["rng"])
 
@@ -242,7 +247,7 @@ class RunRecorder(L.Callback):
     def _command_as_run(self, trainer: L.Trainer) -> str:
         """The command, and for a run sized by ``--time-budget`` the epochs the budget gave it: on another machine
         the budget gives others, and ``--epochs N`` without it repeats this run."""
-        if "--time-budget" not in self.command:
+        if not self.budgeted:
             return self.command
         return f"{self.command}  # the time budget gave {trainer.max_epochs} epochs"
 

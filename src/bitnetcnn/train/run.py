@@ -223,7 +223,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if s.init:
         metadata.update(init_metadata(s.init))
     metadata["test_images"] = len(data.test_split.labels)
-    recorder = RunRecorder(out, save_checkpoint, command, metadata, echo=not s.progress)
+    recorder = RunRecorder(out, save_checkpoint, command, metadata, echo=not s.progress,
+                           budgeted=s.time_budget is not None)
     # last.ckpt, overwritten (atomically, by Lightning's fsspec transaction) at the end of every epoch
     checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
