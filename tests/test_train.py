@@ -536,21 +536,29 @@ def test_resume_after_sigkill_finishes_with_unbroken_metrics(tmp_path):
 
 def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
     """Both processes train one model, and take one decision on a time budget (the first process's): here the
-    most --epochs allows, 2."""
+    most --epochs allows, 2. Their validation counts each test image once, though the 513 images split unevenly
+    (257 in two batches and 256 in one): the accuracy recorded is the saved model's on those images."""
     run = tmp_path / "ddp"
     done = subprocess.run(
         _cli("--out", str(run), "--epochs", "2", "--time-budget", "30", "--batch-size", "32", "--limit-train", "256",
-             "--limit-eval", "64", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"),
+             "--limit-eval", "513", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"),
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["epochs"] == 2
     assert json.loads((run / "args.json").read_text())["time_budget"] is None
-    assert results["command"].endswith("--time-budget 30 --batch-size 32 --limit-train 256 --limit-eval 64 "
+    assert results["command"].endswith("--time-budget 30 --batch-size 32 --limit-train 256 --limit-eval 513 "
                                        "--accelerator cpu --devices 2 --strategy ddp  # the time budget gave 2 epochs")
     a, b = results["param_checksums"]
     assert a == b  # both ranks end with the same weights
+    model = load_checkpoint(run / "best_ternary.bnc")
+    data = ImageDataModule("mnist_demo", limit_eval=513)
+    data.setup()
+    with torch.no_grad():
+        predicted = model(data.transform(data.test_split.images, training=False)).argmax(1)
+    correct = int((predicted == data.test_split.labels).sum())
+    assert model.pretrained_cfg.top1 == pytest.approx(correct / 513, abs=1e-6)
 
 
 DIES_AT_EPOCH_0_BATCH_2 = """

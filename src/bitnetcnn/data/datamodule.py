@@ -61,6 +61,22 @@ class EpochShuffle(DistributedSampler):
         return itertools.islice(super().__iter__(), self.skip(epoch) * self.batch_size, None)
 
 
+class EachImageOnce(DistributedSampler):
+    """The test split shared among the processes, each image in one share: torch's ``DistributedSampler`` (which
+    Lightning puts in otherwise) repeats images to even the shares, and a DDP run's accuracy would then count some
+    twice and differ from ``bitnetcnn eval``'s. The shares differ by one image at most; the metrics are sums,
+    synchronized once at the end of the validation."""
+
+    def __init__(self, data: Dataset, rank: int, world_size: int) -> None:
+        super().__init__(data, num_replicas=world_size, rank=rank, shuffle=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train and test splits of a named data set; the test split doubles as validation (as in the seed)."""
 
@@ -153,7 +169,10 @@ class ImageDataModule(L.LightningDataModule):
         return resume[1] if resume is not None and resume[0] == epoch else 0
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(TensorImages(self.test_split), batch_size=self.eval_batch_size, collate_fn=_as_batch,
+        data = TensorImages(self.test_split)
+        trainer = self.trainer
+        shares = EachImageOnce(data, trainer.global_rank, trainer.world_size) if trainer is not None else None
+        return DataLoader(data, sampler=shares, batch_size=self.eval_batch_size, collate_fn=_as_batch,
                           pin_memory=self._pin_memory())
 
     test_dataloader = val_dataloader
