@@ -827,6 +827,45 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
     assert {k: cut[1][k] for k in same} == {k: full[1][k] for k in same}
 
 
+def test_a_run_stopped_by_ctrl_c_or_an_error_says_how_to_continue_it(tmp_path, capsys):
+    """Ctrl-C (Lightning exits with status 1 then, and printed nothing) and an error such as a full disk name where
+    the run stopped and the --resume command that continues it; a run stopped before its first checkpoint says to
+    start again, and a diverged run (which would diverge again) gets no hint."""
+    def stop_with(exception: BaseException, epoch: int, batch: int):
+        def stop(module, batch_, batch_idx):
+            if module.current_epoch == epoch and batch_idx == batch:
+                raise exception
+        return stop
+
+    run = tmp_path / "run"
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl-C once it has caught one
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(BitClassifier, "on_train_batch_start", stop_with(KeyboardInterrupt(), 1, 2), raising=False)
+            with pytest.raises(SystemExit):
+                train(TrainSettings(out=str(run), epochs=2, save_every=1e-6, **QUICK))
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    told = capsys.readouterr().err
+    assert (f"the run was interrupted in epoch 1 after 2 of 4 batches; continue it with `bitnetcnn train --resume "
+            f"--out {run}` (from last.ckpt, written ") in told
+    assert train(TrainSettings(out=str(run)), resume=True)["epochs"] == 2
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", stop_with(OSError(28, "No space left on device"), 0, 1),
+                  raising=False)
+        with pytest.raises(OSError):
+            train(TrainSettings(out=str(tmp_path / "full"), epochs=2, **QUICK))
+    assert "the run stopped on an error in epoch 0 after 1 of 4 batches; it wrote no last.ckpt yet: start it again" \
+        in capsys.readouterr().err
+    from bitnetcnn.train.callbacks import TrainingDiverged
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", stop_with(TrainingDiverged("nan"), 0, 1), raising=False)
+        with pytest.raises(TrainingDiverged):
+            train(TrainSettings(out=str(tmp_path / "nan"), epochs=2, **QUICK))
+    assert "the run" not in capsys.readouterr().err
+
+
 def test_a_run_resumed_inside_an_epoch_keeps_its_validation_schedule_and_progress_bar(tmp_path, monkeypatch, capfd):
     """Lightning calls no on_train_epoch_start for the epoch a run resumes inside: --val-every and the progress bar
     still hold for it (epoch 0 of a --val-every 2 run does not validate; the bar names the epoch and its length)."""

@@ -8,6 +8,8 @@ import csv
 import json
 import math
 import random
+import shlex
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -78,6 +80,31 @@ class MidEpochCheckpoint(ModelCheckpoint):
     def __init__(self, out_dir: Path, minutes: float) -> None:
         super().__init__(dirpath=out_dir, filename="last", save_top_k=1, enable_version_counter=False,
                          train_time_interval=timedelta(minutes=minutes))
+
+
+class ResumeHint(L.Callback):
+    """A run stopped by Ctrl-C or an error (a full disk, a lost device) says how to continue it and from where, so
+    hours of training are not started again by a user who did not know ``--resume``. A diverged run gets no hint:
+    it would diverge again."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out = Path(out_dir)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, TrainingDiverged) or not trainer.is_global_zero:
+            return
+        how = "was interrupted" if isinstance(exception, KeyboardInterrupt) else "stopped on an error"
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        where = (f"while validating epoch {trainer.current_epoch}" if trainer.validating else
+                 f"in epoch {trainer.current_epoch} after {done} of {trainer.num_training_batches} batches")
+        last = self.out / "last.ckpt"
+        if last.exists():
+            age = time.time() - last.stat().st_mtime
+            hint = (f"continue it with `bitnetcnn train --resume --out {shlex.quote(str(self.out))}` (from last.ckpt, "
+                    f"written {f'{age:.0f} s' if age < 120 else f'{age / 60:.0f} min'} ago)")
+        else:
+            hint = "it wrote no last.ckpt yet: start it again"
+        print(f"bitnetcnn train: the run {how} {where}; {hint}", file=sys.stderr, flush=True)
 
 
 class ValidateEvery(L.Callback):

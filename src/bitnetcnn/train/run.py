@@ -22,7 +22,7 @@ from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
 from bitnetcnn.quiet import quiet_loggers
-from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, RunRecorder, ValidateEvery
+from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHint, RunRecorder, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
 from bitnetcnn.train.module import BitClassifier
@@ -244,7 +244,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
             # the budget decides before the recorder writes epoch 0's row and best model, which then name the
             # run's length
-            callbacks=[*budget, recorder, checkpoint, *mid_epoch, ValidateEvery(s.val_every, first=bool(budget)),
+            callbacks=[*budget, recorder, checkpoint, *mid_epoch, ResumeHint(out),
+                       ValidateEvery(s.val_every, first=bool(budget)),
                        *averaging, *_progress_bar(s)],
             logger=False,
             num_sanity_val_steps=0,
