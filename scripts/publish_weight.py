@@ -45,7 +45,11 @@ def _short_run_folder(folder: Path, folders: dict[Path, Path]) -> Path:
         parts = [folder.name]
         while Path("runs", "-".join(parts)) in folders.values() and len(parts) < len(folder.parts) - 1:
             parts.insert(0, folder.parts[-len(parts) - 1])
-        folders[folder] = Path("runs", "-".join(parts))
+        name, n = "-".join(parts), 1
+        while Path("runs", name) in folders.values():  # /x-fp after /y/x/fp, or no parent left to add
+            n += 1
+            name = f"{'-'.join(parts)}-{n}"
+        folders[folder] = Path("runs", name)
     return folders[folder]
 
 

@@ -133,6 +133,8 @@ def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_pat
                                           "bitnetcnn train --teacher /b/x/fp/best_ternary.bnc --init /a/x/fp/last.ckpt")
             ] == ["bitnetcnn train --out runs/fp", "bitnetcnn train --out runs/x-fp",
                   "bitnetcnn train --teacher runs/x-fp/best_ternary.bnc --init runs/fp/last.ckpt"]
+    assert [portable(f"bitnetcnn train --out {folder}", recipe) for folder in ("/x-fp", "/fp")] == [
+        "bitnetcnn train --out runs/x-fp-2", "bitnetcnn train --out runs/fp-2"]  # no parent left to tell them apart
     assert portable("bitnetcnn train --out runs/a") == "bitnetcnn train --out runs/a"
     assert portable("bitnetcnn train --teacher=/x/Downloads/fp.bnc") == "bitnetcnn train --teacher fp.bnc"
     assert portable("bitnetcnn train --dataset imagefolder --data-dir imgs") == (

@@ -383,6 +383,10 @@ NO_GPU = not torch.cuda.is_available()
         (["--devices", "0"], "--devices 0: give a number of devices"),
         (["--limit-train", "0"], "--limit-train must be an integer >= 1"),
         (["--limit-train", "64"], "the training set has 64 images, fewer than one batch of 128"),
+        (["--limit-train", "200", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"],
+         "the training set has 200 images, 100 for each of 2 processes: fewer than one batch of 128"),
+        (["--limit-eval", "1", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"],
+         "the test set has 1 images, fewer than the 2 processes that validate a share each"),
         (["--teacher", "t.bnc"], "--teacher is given without --kd"),
         (["--model-kwargs", '{"widht": 8}'], "bitnet_cnn has no argument 'widht'; its arguments: act, depths"),
         (["--model-kwargs", "[1, 2]"], "--model-kwargs must be a JSON object"),
@@ -858,6 +862,14 @@ def test_a_run_stopped_by_ctrl_c_or_an_error_says_how_to_continue_it(tmp_path, c
             train(TrainSettings(out=str(tmp_path / "full"), epochs=2, **QUICK))
     assert "the run stopped on an error in epoch 0 after 1 of 4 batches; it wrote no last.ckpt yet: start it again" \
         in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as m:
+        def unreadable(self):
+            raise OSError(5, "Input/output error")
+
+        m.setattr(ImageDataModule, "train_dataloader", unreadable)
+        with pytest.raises(OSError):
+            train(TrainSettings(out=str(tmp_path / "unread"), epochs=2, **QUICK))
+    assert "the run stopped on an error before its first batch; it wrote no last.ckpt" in capsys.readouterr().err
     from bitnetcnn.train.callbacks import TrainingDiverged
     with pytest.MonkeyPatch.context() as m:
         m.setattr(BitClassifier, "on_train_batch_start", stop_with(TrainingDiverged("nan"), 0, 1), raising=False)

@@ -54,11 +54,13 @@ def _stop_if_diverged(trainer: L.Trainer, pl_module: L.LightningModule, train_lo
 
 
 def random_states() -> dict:
-    """Python's, NumPy's and torch's (CPU and every CUDA device) generator states, as plain data a checkpoint holds."""
+    """Python's, NumPy's and torch's (CPU and this process's CUDA device) generator states, as plain data a
+    checkpoint holds. Only the first process's are saved: every process of a DDP run is seeded alike and draws alike
+    (the augmentation of its own images), so each restores them, the CUDA one to its own device."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda_device": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def set_random_states(states: dict) -> None:
@@ -67,7 +69,11 @@ def set_random_states(states: dict) -> None:
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+    if not torch.cuda.is_available():
+        return
+    if states.get("cuda_device") is not None:
+        torch.cuda.set_rng_state(states["cuda_device"])  # the current device: this process's
+    elif states.get("cuda") and len(states["cuda"]) == torch.cuda.device_count():  # runs saved before 2026-11-30
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
@@ -95,8 +101,12 @@ class ResumeHint(L.Callback):
             return
         how = "was interrupted" if isinstance(exception, KeyboardInterrupt) else "stopped on an error"
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        where = (f"while validating epoch {trainer.current_epoch}" if trainer.validating else
-                 f"in epoch {trainer.current_epoch} after {done} of {trainer.num_training_batches} batches")
+        if trainer.validating:
+            where = f"while validating epoch {trainer.current_epoch}"
+        elif math.isinf(trainer.num_training_batches):  # the data and the checkpoint were not loaded yet
+            where = "before its first batch"
+        else:
+            where = f"in epoch {trainer.current_epoch} after {done} of {trainer.num_training_batches} batches"
         last = self.out / "last.ckpt"
         if last.exists():
             age = time.time() - last.stat().st_mtime

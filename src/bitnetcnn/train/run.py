@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sys
 import warnings
 from dataclasses import replace
@@ -183,6 +184,22 @@ def _progress_bar(s: TrainSettings) -> list:
     return [ProgressBar(refresh_rate=1 if _on_cpu(s) else GPU_PROGRESS_REFRESH)]
 
 
+def _check_shares(data: ImageDataModule, batch_size: int, processes: int) -> None:
+    """Each of a DDP run's processes trains a share of the training set and validates a share of the test set: a
+    share without a whole batch would train nothing, and a process without a test image fails alone, leaving the
+    others waiting for it."""
+    if processes == 1:
+        return
+    train_share = math.ceil(len(data.train_split.labels) / processes)
+    if train_share < batch_size:
+        raise SettingsError(f"the training set has {len(data.train_split.labels)} images, {train_share} for each of "
+                            f"{processes} processes: fewer than one batch of {batch_size}; lower --batch-size (or "
+                            "raise --limit-train, or use fewer devices)")
+    if len(data.test_split.labels) < processes:
+        raise SettingsError(f"the test set has {len(data.test_split.labels)} images, fewer than the {processes} "
+                            "processes that validate a share each: raise --limit-eval (or use fewer devices)")
+
+
 def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
           given: Optional[set[str]] = None) -> dict:
     """Train, validate each epoch (Bit and ternary), keep the best ternary model; returns results.json's content.
@@ -251,6 +268,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             num_sanity_val_steps=0,
             enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
         )
+        _check_shares(data, s.batch_size, trainer.world_size)
         if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
             write_settings(out, s)
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
