@@ -831,6 +831,18 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
     assert {k: cut[1][k] for k in same} == {k: full[1][k] for k in same}
 
 
+def test_an_ema_run_killed_inside_an_epoch_resumes_to_the_same_average(tmp_path):
+    """With --ema, last.ckpt holds the average and the raw weights: the resumed run ends with the uninterrupted
+    run's weights, average and best model."""
+    every_batch = dict(QUICK, save_every=1e-6, ema=0.9)
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **every_batch))
+    _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **every_batch), epoch=1, batch=2)
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    assert resumed["param_checksums"] == whole["param_checksums"]
+    a, b = (load_checkpoint(tmp_path / run / "best_ternary.bnc").state_dict() for run in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_run_stopped_by_ctrl_c_or_an_error_says_how_to_continue_it(tmp_path, capsys):
     """Ctrl-C (Lightning exits with status 1 then, and printed nothing) and an error such as a full disk name where
     the run stopped and the --resume command that continues it; a run stopped before its first checkpoint says to
