@@ -110,6 +110,38 @@ def test_imagefolder_resizes(tmp_path):
     assert dm.train_split.images.shape == (2, 3, 16, 16) and dm.num_classes == 2
 
 
+def test_imagefolder_numbers_the_classes_of_train_in_both_splits(tmp_path):
+    """val/ without a class keeps the labels train/ gave the others (numbering its own folders would shift emu from
+    2 to 1, and every score with it); a class of val/ that train/ lacks is refused; a run records the folders as the
+    model's class names."""
+    from bitnetcnn import load_checkpoint
+    from bitnetcnn.train.evaluate import evaluate_checkpoint
+    from bitnetcnn.train.run import TrainSettings, train
+
+    for split, classes in (("train", ("cat", "dog", "emu")), ("val", ("cat", "emu"))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (20, 20), (10, 20, 30)).save(tmp_path / split / c / "a.png")
+    read = get_dataset_spec("imagefolder", 16).reader
+    val = read(tmp_path, False, False)
+    assert val.labels.tolist() == [0, 2] and val.class_names == ("cat", "dog", "emu")
+    results = train(TrainSettings(dataset="imagefolder", data_dir=str(tmp_path), img_size=16, batch_size=2,
+                                  epochs=1, model_kwargs={"width": 4}, out=str(tmp_path / "run"), progress=False))
+    assert load_checkpoint(tmp_path / "run" / "best_ternary.bnc").pretrained_cfg.class_names == ("cat", "dog", "emu")
+    measured = evaluate_checkpoint(str(tmp_path / "run" / "best_ternary.bnc"), data_dir=str(tmp_path))
+    assert measured["images"] == 2 and measured["top1"] == pytest.approx(results["best_ternary_acc"], abs=1e-6)
+    other = tmp_path / "other"
+    for split in ("train", "val"):
+        for c in ("cat", "emu"):
+            (other / split / c).mkdir(parents=True)
+            Image.new("RGB", (20, 20), (10, 20, 30)).save(other / split / c / "a.png")
+    with pytest.raises(ValueError, match=r"classes \('cat', 'dog', 'emu'\) but .*other has \('cat', 'emu'\)"):
+        evaluate_checkpoint(str(tmp_path / "run" / "best_ternary.bnc"), data_dir=str(other))
+    (tmp_path / "val" / "fox").mkdir()
+    with pytest.raises(ValueError, match=r"val has class folders that .*train lacks \(fox\): no model learns"):
+        read(tmp_path, False, False)
+
+
 def test_missing_data_set_says_where_and_how(tmp_path):
     for name in ("mnist", "cifar10", "cifar100", "tiny_imagenet"):
         with pytest.raises(DatasetNotFoundError) as err:

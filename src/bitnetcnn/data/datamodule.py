@@ -35,7 +35,7 @@ class TensorImages(Dataset):
 
 def _first(split: Split, n: int | None) -> Split:
     """The first ``n`` images of a split (all when ``n`` is None): for quick checks and tests."""
-    return split if not n else Split(split.images[:n], split.labels[:n])
+    return split if not n else Split(split.images[:n], split.labels[:n], split.class_names)
 
 
 def _as_batch(batch):
@@ -122,6 +122,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.spec.num_classes:
             return self.spec.num_classes
         self.setup()
+        if self.train_split.class_names is not None:
+            return len(self.train_split.class_names)
         return int(self.train_split.labels.max()) + 1
 
     def prepare_data(self) -> None:

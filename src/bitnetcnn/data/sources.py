@@ -7,7 +7,7 @@ keeps two CPU cores from starving the model.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +23,7 @@ class DatasetNotFoundError(FileNotFoundError):
 class Split:
     images: torch.Tensor  # uint8, (N, C, H, W)
     labels: torch.Tensor  # int64, (N,)
+    class_names: tuple[str, ...] | None = None  # label -> name, where the files name the classes (image folders)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -164,21 +165,30 @@ def read_tiny_imagenet(root: Path, train: bool, download: bool) -> Split:
 
 
 def imagefolder_reader(size: int) -> Callable[[Path, bool, bool], Split]:
-    """A generic ``root/{train,val}/<class>/*.jpg`` tree, resized to ``size`` (for small data sets)."""
+    """A generic ``root/{train,val}/<class>/*.jpg`` tree, resized to ``size`` (for small data sets). The classes are
+    the folders of ``train/``, in both splits: a ``val/`` without some class keeps the others' labels (each split
+    numbering its own folders would shift them, and every score with them)."""
 
     def read(root: Path, train: bool, download: bool) -> Split:
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
-        split_dir = root / ("train" if train else "val")
-        if not split_dir.is_dir():
-            raise _missing("imagefolder", [split_dir], "Expected root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
-        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+        train_dir, split_dir = root / "train", root / ("train" if train else "val")
+        for folder in dict.fromkeys((train_dir, split_dir)):
+            if not folder.is_dir():
+                raise _missing("imagefolder", [folder], "Expected root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
+        classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+        unknown = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in classes)
+        if unknown:
+            raise ValueError(f"{split_dir} has class folders that {train_dir} lacks ({', '.join(unknown[:5])}"
+                             f"{', ...' if len(unknown) > 5 else ''}): no model learns a class it never saw; give "
+                             "each class of val/ a folder in train/")
         paths, labels = [], []
         for i, c in enumerate(classes):
-            for p in sorted((split_dir / c).iterdir()):
+            folder = split_dir / c
+            for p in sorted(folder.iterdir()) if folder.is_dir() else ():
                 if p.suffix.lower() in IMG_EXTENSIONS:
                     paths.append(p)
                     labels.append(i)
-        return _stack(paths, labels, size)
+        return replace(_stack(paths, labels, size), class_names=tuple(classes))
 
     return read

@@ -53,12 +53,21 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
     dataset = dataset or (cfg.dataset if cfg is not None else None)
     if not dataset:
         raise ValueError(f"{source} does not record its data set; pass --dataset")
-    spec = get_dataset_spec(dataset)
+    # an image folder is read at the size the model was trained at (a named data set has its own)
+    spec = get_dataset_spec(dataset, cfg.input_size[-1] if cfg is not None and cfg.input_size else 64)
     classes = getattr(model, "model_args", {}).get("num_classes")
-    if classes is not None and classes != spec.num_classes:
+    if classes is not None and spec.num_classes and classes != spec.num_classes:  # told before the data is read
         raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
+    root = data_root(data_dir)
+    split = spec.reader(root, False, False)
+    if split.class_names is not None:  # an image folder: its folders are the classes
+        names = cfg.class_names if cfg is not None else None
+        if names and tuple(names) != split.class_names:
+            raise ValueError(f"{source} has the classes {tuple(names)} but {root} has {split.class_names}: its "
+                             "labels would not mean the same; evaluate it on the folders it was trained on")
+        if classes is not None and classes != len(split.class_names):
+            raise ValueError(f"{source} predicts {classes} classes but {root} has {len(split.class_names)}")
     mean, std = (cfg.mean, cfg.std) if cfg is not None and cfg.mean and cfg.std else (spec.mean, spec.std)
-    split = spec.reader(data_root(data_dir), False, False)
     return {"checkpoint": source, "dataset": dataset, "mean": list(mean), "std": list(std),
             **accuracy(model, split.images, split.labels, mean, std, batch_size)}
 

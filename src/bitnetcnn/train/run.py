@@ -235,8 +235,9 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         "std": list(data.spec.std),
         "input_size": [data.spec.in_chans, data.spec.img_size, data.spec.img_size],
     }
-    if data.spec.class_names is not None:
-        metadata["class_names"] = list(data.spec.class_names)
+    names = data.spec.class_names or data.train_split.class_names  # a named data set's, or its folders'
+    if names is not None:
+        metadata["class_names"] = list(names)
     if s.init:
         metadata.update(init_metadata(s.init))
     metadata["test_images"] = len(data.test_split.labels)
