@@ -30,7 +30,9 @@ from bitnetcnn import convert_to_ternary, load_checkpoint
 from bitnetcnn.deploy import compile
 from bitnetcnn.deploy.backends import make_session
 from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION
+from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
 from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
+from bitnetcnn.deploy.checks import input_size_of
 from bitnetcnn.nn import TERNARY_LAYERS
 
 # name: (seed checkpoint file, data set, create_model arguments of the seed's architecture)
@@ -81,12 +83,14 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
     ``reference`` adds the graph's own arithmetic (:func:`qdq_reference`). Each row also gives the mean relative
     logit error against the converted model and the median gap between its top two logits on the flipped images
     (near-ties flip first)."""
-    test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir)
-    x = normalize_images(test_x, spec.mean, spec.std)
+    size = input_size_of(model)[-1]  # an image folder is read at the model's size
+    test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir, img_size=size)
+    stats = input_normalization(model) or (spec.mean, spec.std)  # the weights' own, as trained
+    x = normalize_images(test_x, *stats)
     calibration = None
     if calibrate > 0:
-        cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1)
-        calibration = normalize_images(cal_x, spec.mean, spec.std)
+        cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1, img_size=size)
+        calibration = normalize_images(cal_x, *stats)
     t0 = time.perf_counter()
     ref_logits = logits_of(model, x)
     ref = ref_logits.argmax(1)

@@ -130,6 +130,19 @@ def test_imagefolder_numbers_the_classes_of_train_in_both_splits(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "best_ternary.bnc").pretrained_cfg.class_names == ("cat", "dog", "emu")
     measured = evaluate_checkpoint(str(tmp_path / "run" / "best_ternary.bnc"), data_dir=str(tmp_path))
     assert measured["images"] == 2 and measured["top1"] == pytest.approx(results["best_ternary_acc"], abs=1e-6)
+    import bitnetcnn.deploy.export as export
+    from bitnetcnn.deploy.commands import export_command
+
+    seen = {}
+
+    def record(net, output, calibration=None, check_inputs=None, **kwargs):
+        seen.update(calibration=tuple(calibration.shape), check=tuple(check_inputs.shape))
+
+    with pytest.MonkeyPatch.context() as m:  # int8 export calibrates and checks on the folders at the model's size
+        m.setattr(export, "export_onnx", record)
+        export_command(str(tmp_path / "run" / "best_ternary.bnc"), str(tmp_path / "m.onnx"), int8=True,
+                       calibrate=3, data_dir=str(tmp_path), log=lambda message: None)
+    assert seen == {"calibration": (3, 3, 16, 16), "check": (2, 3, 16, 16)}
     other = tmp_path / "other"
     for split in ("train", "val"):
         for c in ("cat", "emu"):

@@ -80,7 +80,7 @@ def _calibration(source, model: nn.Module, n: int, data_dir=None):
 
     try:
         name = dataset_for(model)
-        images, _, spec = dataset_images(name, n, True, data_dir)
+        images, _, spec = dataset_images(name, n, True, data_dir, img_size=input_size_of(model)[-1])
         stats = input_normalization(model) or (spec.mean, spec.std)
         return normalize_images(images, *stats), f"{len(images)} {name} training images"
     except (FileNotFoundError, ValueError, KeyError):

@@ -70,13 +70,14 @@ def dataset_for(model: nn.Module) -> str:
     return "cifar10" if classes == 10 else "cifar100"
 
 
-def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int = 0):
+def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int = 0, img_size: int = 64):
     """``(images, labels, spec)``: ``n`` uint8 images and labels of a data set split, a fixed random sample (the
-    whole split for ``n <= 0``), and the data set's spec (its mean and std normalize the images)."""
+    whole split for ``n <= 0``), and the data set's spec (its mean and std normalize the images). ``img_size``: the
+    size an image folder is read at, the model's (a named data set has its own)."""
     from bitnetcnn.data.catalog import get_dataset_spec
     from bitnetcnn.settings import data_root
 
-    spec = get_dataset_spec(dataset)
+    spec = get_dataset_spec(dataset, img_size)
     split = spec.reader(data_root(data_dir), train, False)
     images, labels = split.images, split.labels
     if 0 < n < len(images):

@@ -34,7 +34,7 @@ def export_command(
     from bitnetcnn.data.sources import DatasetNotFoundError
     from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
     from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
-    from bitnetcnn.deploy.checks import check_deployable
+    from bitnetcnn.deploy.checks import check_deployable, input_size_of
     from bitnetcnn.deploy.export import export_onnx
     from bitnetcnn.deploy.int8 import quantizer_scales
     from bitnetcnn.deploy.source import load_model
@@ -54,13 +54,14 @@ def export_command(
         calibrate = DEFAULT_CALIBRATION
     calibration = check_inputs = None
     stats = input_normalization(net)  # the checkpoint's own mean and std (else the registry's), as trained
+    size = input_size_of(net)[-1]
     try:
         if int8 and calibrate:
-            images, _, spec = dataset_images(dataset, calibrate, True, data_dir)
+            images, _, spec = dataset_images(dataset, calibrate, True, data_dir, img_size=size)
             calibration = normalize_images(images, *(stats or (spec.mean, spec.std)))
             log(f"calibrating on {len(images)} {dataset} training images")
         if check > 0:
-            images, _, spec = dataset_images(dataset, check, False, data_dir)
+            images, _, spec = dataset_images(dataset, check, False, data_dir, img_size=size)
             check_inputs = normalize_images(images, *(stats or (spec.mean, spec.std)))
     except DatasetNotFoundError as err:
         if int8 and calibrate:
