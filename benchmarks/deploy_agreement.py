@@ -30,9 +30,8 @@ from bitnetcnn import convert_to_ternary, load_checkpoint
 from bitnetcnn.deploy import compile
 from bitnetcnn.deploy.backends import make_session
 from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION
-from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
+from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of
 from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
-from bitnetcnn.deploy.checks import input_size_of
 from bitnetcnn.nn import TERNARY_LAYERS
 
 # name: (seed checkpoint file, data set, create_model arguments of the seed's architecture)

@@ -23,9 +23,8 @@ import torch
 
 from bitnetcnn import load_checkpoint
 from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION, keep_in_float
-from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
+from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of
 from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
-from bitnetcnn.deploy.checks import input_size_of
 from bitnetcnn.deploy.compile import to_onnx_graph
 from bitnetcnn.deploy.runtime import DeployedModel
 

@@ -116,20 +116,42 @@ def test_imagefolder_numbers_the_classes_of_train_in_both_splits(tmp_path):
     model's class names."""
     from bitnetcnn import load_checkpoint
     from bitnetcnn.train.evaluate import evaluate_checkpoint
-    from bitnetcnn.train.run import TrainSettings, train
+    from bitnetcnn.train.run import SettingsError, TrainSettings, train
 
     for split, classes in (("train", ("cat", "dog", "emu")), ("val", ("cat", "emu"))):
         for c in classes:
             (tmp_path / split / c).mkdir(parents=True)
             Image.new("RGB", (20, 20), (10, 20, 30)).save(tmp_path / split / c / "a.png")
+    for split in ("train", "val"):  # three classes as well, another third one; and a hidden folder, no class
+        for c in ("cat", "emu", "fox", ".ipynb_checkpoints"):
+            (tmp_path / "two" / split / c).mkdir(parents=True)
+            Image.new("RGB", (20, 20), (10, 20, 30)).save(tmp_path / "two" / split / c / "a.png")
     read = get_dataset_spec("imagefolder", 16).reader
+    assert read(tmp_path / "two", False, False).class_names == ("cat", "emu", "fox")
     val = read(tmp_path, False, False)
     assert val.labels.tolist() == [0, 2] and val.class_names == ("cat", "dog", "emu")
     results = train(TrainSettings(dataset="imagefolder", data_dir=str(tmp_path), img_size=16, batch_size=2,
                                   epochs=1, model_kwargs={"width": 4}, out=str(tmp_path / "run"), progress=False))
     assert load_checkpoint(tmp_path / "run" / "best_ternary.bnc").pretrained_cfg.class_names == ("cat", "dog", "emu")
-    measured = evaluate_checkpoint(str(tmp_path / "run" / "best_ternary.bnc"), data_dir=str(tmp_path))
+    import bitnetcnn.train.evaluate as evaluate
+
+    shapes = []
+
+    def accuracy(model, images, labels, *args):
+        shapes.append(tuple(images.shape))
+        return real_accuracy(model, images, labels, *args)
+
+    real_accuracy = evaluate.accuracy
+    with pytest.MonkeyPatch.context() as m:  # eval reads the folders at the model's size
+        m.setattr(evaluate, "accuracy", accuracy)
+        measured = evaluate_checkpoint(str(tmp_path / "run" / "best_ternary.bnc"), data_dir=str(tmp_path))
+    assert shapes == [(2, 3, 16, 16)]
     assert measured["images"] == 2 and measured["top1"] == pytest.approx(results["best_ternary_acc"], abs=1e-6)
+    with pytest.raises(SettingsError, match=r"teacher .* names its classes otherwise than this data set \(1: dog / "
+                                            r"emu, 2: emu / fox\): its labels would teach the wrong classes"):
+        train(TrainSettings(dataset="imagefolder", data_dir=str(tmp_path / "two"), img_size=16, batch_size=1,
+                            epochs=1, kd=True, teacher=[str(tmp_path / "run" / "best_ternary.bnc")],
+                            model_kwargs={"width": 4}, out=str(tmp_path / "kd"), progress=False))
     import bitnetcnn.deploy.export as export
     from bitnetcnn.deploy.commands import export_command
 
@@ -148,7 +170,7 @@ def test_imagefolder_numbers_the_classes_of_train_in_both_splits(tmp_path):
         for c in ("cat", "emu"):
             (other / split / c).mkdir(parents=True)
             Image.new("RGB", (20, 20), (10, 20, 30)).save(other / split / c / "a.png")
-    with pytest.raises(ValueError, match=r"classes \('cat', 'dog', 'emu'\) but .*other has \('cat', 'emu'\)"):
+    with pytest.raises(ValueError, match=r"has the classes cat, dog, emu but .*other has cat, emu: its labels"):
         evaluate_checkpoint(str(tmp_path / "run" / "best_ternary.bnc"), data_dir=str(other))
     (tmp_path / "val" / "fox").mkdir()
     with pytest.raises(ValueError, match=r"val has class folders that .*train lacks \(fox\): no model learns"):

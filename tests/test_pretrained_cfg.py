@@ -111,7 +111,7 @@ def test_deploy_and_summary_take_the_data_set_and_input_size_from_it(tmp_path):
     assert dataset_for(loaded) == "fashion_mnist"  # guessed from one channel, it would be mnist
     assert bitnetcnn.summary(loaded, print_fn=None).input_size == (1, 32, 32)
     from bitnetcnn.deploy.calibration import as_batches
-    from bitnetcnn.deploy.checks import input_size_of
+    from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 
     assert input_size_of(loaded) == (1, 32, 32)
     images = torch.full((2, 1, 32, 32), 255, dtype=torch.uint8)

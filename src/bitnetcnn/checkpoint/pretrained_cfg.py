@@ -19,7 +19,9 @@ from typing import Any, Mapping, Optional, Tuple
 
 from torch import nn
 
-__all__ = ["PretrainedCfg", "TrainingStep", "from_header", "input_normalization", "model_pretrained_cfg"]
+__all__ = [
+    "PretrainedCfg", "TrainingStep", "from_header", "input_normalization", "input_size_of", "model_pretrained_cfg",
+]
 
 
 @dataclass(frozen=True)
@@ -220,3 +222,26 @@ def input_normalization(model: nn.Module) -> Optional[Tuple[Tuple[float, ...], T
         return cfg.mean, cfg.std
     config = getattr(model, "model_config", None)
     return (tuple(config.mean), tuple(config.std)) if config is not None else None
+
+
+def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple[int, int, int]:
+    """``(C, H, W)``: the given size, else the weights' own (``model.pretrained_cfg``), else the registry's default
+    for the model's architecture."""
+    if input_size is not None:
+        size = tuple(int(v) for v in input_size)
+        if len(size) != 3:
+            raise ValueError(f"input_size must be (C, H, W), got {input_size!r}")
+        return size
+    weights = model_pretrained_cfg(model)
+    if weights is not None and weights.input_size is not None:
+        return tuple(weights.input_size)
+    cfg = getattr(model, "model_config", None)
+    if cfg is not None:
+        size = tuple(cfg.input_size)
+        args = getattr(model, "model_args", {}) or {}
+        channels = int(args.get("in_chans", size[0]))
+        side = int(args.get("img_size", size[1]))
+        return channels, side, side
+    raise ValueError(
+        f"{type(model).__name__} does not say its input size (no model_config): pass input_size=(C, H, W)"
+    )

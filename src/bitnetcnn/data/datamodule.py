@@ -126,6 +126,14 @@ class ImageDataModule(L.LightningDataModule):
             return len(self.train_split.class_names)
         return int(self.train_split.labels.max()) + 1
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Label -> name: the data set's, or an image folder's (the folders of its ``train/``)."""
+        if self.spec.class_names is not None:
+            return self.spec.class_names
+        self.setup()
+        return self.train_split.class_names
+
     def prepare_data(self) -> None:
         if self.download:
             self.spec.reader(self.root, True, True)

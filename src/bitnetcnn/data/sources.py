@@ -164,6 +164,11 @@ def read_tiny_imagenet(root: Path, train: bool, download: bool) -> Split:
     return _stack(paths, labels, 64)
 
 
+def _class_folders(folder: Path) -> list[str]:
+    """The class folders of an image-folder split, sorted; hidden ones (``.ipynb_checkpoints``) are not classes."""
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def imagefolder_reader(size: int) -> Callable[[Path, bool, bool], Split]:
     """A generic ``root/{train,val}/<class>/*.jpg`` tree, resized to ``size`` (for small data sets). The classes are
     the folders of ``train/``, in both splits: a ``val/`` without some class keeps the others' labels (each split
@@ -176,8 +181,11 @@ def imagefolder_reader(size: int) -> Callable[[Path, bool, bool], Split]:
         for folder in dict.fromkeys((train_dir, split_dir)):
             if not folder.is_dir():
                 raise _missing("imagefolder", [folder], "Expected root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
-        classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
-        unknown = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in classes)
+        classes = _class_folders(train_dir)
+        if not classes:
+            raise _missing("imagefolder", [train_dir], "Found no class folders there: expected "
+                           "root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
+        unknown = [c for c in _class_folders(split_dir) if c not in classes]
         if unknown:
             raise ValueError(f"{split_dir} has class folders that {train_dir} lacks ({', '.join(unknown[:5])}"
                              f"{', ...' if len(unknown) > 5 else ''}): no model learns a class it never saw; give "

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from bitnetcnn.deploy.checks import input_size_of
+from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 
 __all__ = ["VARIANTS", "bench", "format_report", "model_bytes"]
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, ActQuantizer
 
-__all__ = ["NotDeployableError", "check_deployable", "input_size_of", "ternary_layers"]
+__all__ = ["NotDeployableError", "check_deployable", "ternary_layers"]
 
 # Leaf modules whose export to ONNX is known (torch.onnx maps them to standard operators).
 _KNOWN_LEAVES = (
@@ -76,29 +75,6 @@ def check_deployable(model: nn.Module, int8: bool = False) -> None:
 def _has_own_state(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False)) or any(
         b is not None for b in m._buffers.values()
-    )
-
-
-def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple[int, int, int]:
-    """``(C, H, W)``: the given size, else the weights' own (``model.pretrained_cfg``), else the registry's default
-    for the model's architecture."""
-    if input_size is not None:
-        size = tuple(int(v) for v in input_size)
-        if len(size) != 3:
-            raise ValueError(f"input_size must be (C, H, W), got {input_size!r}")
-        return size
-    weights = model_pretrained_cfg(model)
-    if weights is not None and weights.input_size is not None:
-        return tuple(weights.input_size)
-    cfg = getattr(model, "model_config", None)
-    if cfg is not None:
-        size = tuple(cfg.input_size)
-        args = getattr(model, "model_args", {}) or {}
-        channels = int(args.get("in_chans", size[0]))
-        side = int(args.get("img_size", size[1]))
-        return channels, side, side
-    raise ValueError(
-        f"{type(model).__name__} does not say its input size (no model_config): pass input_size=(C, H, W)"
     )
 
 

@@ -34,7 +34,8 @@ def export_command(
     from bitnetcnn.data.sources import DatasetNotFoundError
     from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
     from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
-    from bitnetcnn.deploy.checks import check_deployable, input_size_of
+    from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+    from bitnetcnn.deploy.checks import check_deployable
     from bitnetcnn.deploy.export import export_onnx
     from bitnetcnn.deploy.int8 import quantizer_scales
     from bitnetcnn.deploy.source import load_model

@@ -9,7 +9,8 @@ from torch import nn
 
 from bitnetcnn.deploy.backends import choose_backend, make_runner, measure_backends, pick_faster
 from bitnetcnn.deploy.calibration import Calibration, as_batches
-from bitnetcnn.deploy.checks import check_deployable, input_size_of
+from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+from bitnetcnn.deploy.checks import check_deployable
 from bitnetcnn.deploy.fold import fold_batchnorm
 from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION, quantize_int8, quantizer_scales
 from bitnetcnn.deploy.onnx_graph import to_onnx

@@ -15,7 +15,8 @@ from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretrained_cfg
 from bitnetcnn.deploy.calibration import Calibration, as_batches
-from bitnetcnn.deploy.checks import example_input, input_size_of
+from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+from bitnetcnn.deploy.checks import example_input
 from bitnetcnn.deploy.compile import to_onnx_graph
 from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
-from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import input_size_of, model_pretrained_cfg
 from bitnetcnn.data.augment import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.settings import data_root
@@ -46,6 +46,10 @@ def evaluate_checkpoint(path: str, dataset: Optional[str] = None, data_dir: Opti
     return evaluate_model(load_checkpoint(path), dataset, data_dir, batch_size, source=str(path))
 
 
+def _few(names) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
+
+
 def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Optional[str] = None,
                    batch_size: int = 256, source: str = "the model") -> dict:
     """:func:`evaluate_checkpoint` of a model already loaded (``source`` names it in errors and the result)."""
@@ -54,7 +58,7 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
     if not dataset:
         raise ValueError(f"{source} does not record its data set; pass --dataset")
     # an image folder is read at the size the model was trained at (a named data set has its own)
-    spec = get_dataset_spec(dataset, cfg.input_size[-1] if cfg is not None and cfg.input_size else 64)
+    spec = get_dataset_spec(dataset, input_size_of(model)[-1])
     classes = getattr(model, "model_args", {}).get("num_classes")
     if classes is not None and spec.num_classes and classes != spec.num_classes:  # told before the data is read
         raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
@@ -63,8 +67,8 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
     if split.class_names is not None:  # an image folder: its folders are the classes
         names = cfg.class_names if cfg is not None else None
         if names and tuple(names) != split.class_names:
-            raise ValueError(f"{source} has the classes {tuple(names)} but {root} has {split.class_names}: its "
-                             "labels would not mean the same; evaluate it on the folders it was trained on")
+            raise ValueError(f"{source} has the classes {_few(names)} but {root} has {_few(split.class_names)}: "
+                             "its labels would not mean the same; evaluate it on the folders it was trained on")
         if classes is not None and classes != len(split.class_names):
             raise ValueError(f"{source} predicts {classes} classes but {root} has {len(split.class_names)}")
     mean, std = (cfg.mean, cfg.std) if cfg is not None and cfg.mean and cfg.std else (spec.mean, spec.std)

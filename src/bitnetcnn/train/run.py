@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
+from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
@@ -51,11 +52,16 @@ def _cpu_has_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _check_teacher(teacher: torch.nn.Module, num_classes: int, path: str) -> torch.nn.Module:
+def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path: str) -> torch.nn.Module:
     classes = teacher.model_args.get("num_classes") if hasattr(teacher, "model_args") else None
     if classes is not None and classes != num_classes:
         raise SettingsError(f"teacher {path} predicts {classes} classes but the student has {num_classes}: "
                             "distill from a teacher trained on the same data set")
+    cfg = model_pretrained_cfg(teacher)
+    if cfg is not None and cfg.class_names and class_names and tuple(cfg.class_names) != tuple(class_names):
+        differ = [f"{i}: {a} / {b}" for i, (a, b) in enumerate(zip(cfg.class_names, class_names)) if a != b]
+        raise SettingsError(f"teacher {path} names its classes otherwise than this data set ({', '.join(differ[:3])}"
+                            f"{', ...' if len(differ) > 3 else ''}): its labels would teach the wrong classes")
     if any(isinstance(m, BIT_LAYERS) for m in teacher.modules()):
         print(f"note: teacher {path} is itself a Bit model; a full-precision teacher (--quant fp) usually helps more",
               file=sys.stderr)
@@ -125,7 +131,7 @@ def build(s: TrainSettings):
         if not s.teacher:
             raise SettingsError("--kd needs --teacher PATH: a checkpoint of the full-precision twin "
                                 "(train it with this command and --quant fp)")
-        teachers = [_check_teacher(load_checkpoint(path), num_classes, path) for path in s.teacher]
+        teachers = [_check_teacher(load_checkpoint(path), num_classes, data.class_names, path) for path in s.teacher]
         if s.kd_hints > 0:
             _check_hints(module.model, teachers, s.teacher, (spec.in_chans, spec.img_size, spec.img_size))
         module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers))
@@ -235,9 +241,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         "std": list(data.spec.std),
         "input_size": [data.spec.in_chans, data.spec.img_size, data.spec.img_size],
     }
-    names = data.spec.class_names or data.train_split.class_names  # a named data set's, or its folders'
-    if names is not None:
-        metadata["class_names"] = list(names)
+    if data.class_names is not None:
+        metadata["class_names"] = list(data.class_names)
     if s.init:
         metadata.update(init_metadata(s.init))
     metadata["test_images"] = len(data.test_split.labels)
