@@ -309,6 +309,9 @@ def test_bad_headers(tiny, tmp_path):
 
 def test_missing_file_and_not_a_checkpoint(tmp_path):
     _raises(tmp_path / "absent.bnc", "cannot read")
+    _raises(tmp_path, "is a folder, not a checkpoint file")
+    bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=4), tmp_path / "best_ternary.bnc")
+    _raises(tmp_path, f"is a folder: a run folder? its model is {tmp_path / 'best_ternary.bnc'}")
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00" * 100)
     _raises(junk)

@@ -199,6 +199,10 @@ def read_source(source) -> Tuple[Optional[str], bytes]:
     if hasattr(source, "read"):
         return getattr(source, "name", None), source.read()
     path = os.fspath(source)
+    if os.path.isdir(path):
+        best = os.path.join(path, "best_ternary.bnc")
+        hint = f": a run folder? its model is {best}" if os.path.isfile(best) else ", not a checkpoint file"
+        raise CheckpointError(path, f"is a folder{hint}")
     try:
         with open(path, "rb") as f:
             return path, f.read()
