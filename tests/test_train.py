@@ -843,6 +843,22 @@ def test_an_ema_run_killed_inside_an_epoch_resumes_to_the_same_average(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_fine_tune_resumes_without_its_init_file_and_records_it_as_it_was(tmp_path):
+    """--init is read when the run starts: a resume takes the weights from last.ckpt and the recipe it started from
+    from the run's own record, so it needs the file no more, and a file changed since does not rewrite its past."""
+    train(TrainSettings(out=str(tmp_path / "a"), epochs=1, **QUICK), command="bitnetcnn train STAGE-1")
+    init = tmp_path / "init.bnc"
+    init.write_bytes((tmp_path / "a" / "best_ternary.bnc").read_bytes())
+    settings = dict(QUICK, epochs=2, save_every=1e-6, init=str(init))
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), **settings))
+    _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), **settings), epoch=0, batch=2)  # before any model
+    init.unlink()
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    assert resumed["param_checksums"] == whole["param_checksums"]
+    recipe = load_checkpoint(tmp_path / "cut" / "best_ternary.bnc").checkpoint_header["metadata"]["init"]
+    assert recipe["file"] == "init.bnc" and recipe["command"] == "bitnetcnn train STAGE-1"
+
+
 def test_a_run_stopped_by_ctrl_c_or_an_error_says_how_to_continue_it(tmp_path, capsys):
     """Ctrl-C (Lightning exits with status 1 then, and printed nothing) and an error such as a full disk name where
     the run stopped and the --resume command that continues it; a run stopped before its first checkpoint says to

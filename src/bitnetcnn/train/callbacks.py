@@ -206,19 +206,21 @@ class RunRecorder(L.Callback):
     def model_path(self) -> Path:
         return self.out / "best_ternary.bnc"
 
-    # Lightning saves this in last.ckpt, so best scores, wall time and the command that started the run (not
-    # `--resume`) survive a resume.
+    # Lightning saves this in last.ckpt, so best scores, wall time, the command that started the run (not
+    # `--resume`) and the metadata its models carry survive a resume.
     # The random generators too: the next epoch's shuffle and augmentation draw from them, so a resumed run
     # continues exactly as the uninterrupted one would have.
     def state_dict(self) -> dict:
         return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self.elapsed_s(),
-                "command": self.command, "budgeted": self.budgeted, "rng": random_states()}
+                "command": self.command, "budgeted": self.budgeted, "metadata": self.metadata, "rng": random_states()}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_ternary = state["best_ternary"]
         self.best_float = state["best_float"]
         self.elapsed = state["elapsed"]
         self.command = state.get("command", self.command)
+        # what the run started from (--init's recipe) as it was then: the file may have moved or changed since
+        self.metadata = state.get("metadata", self.metadata)
         # a resumed run's settings no longer hold the budget once it became epochs; runs saved before this key
         # was kept tell it by their command
         self.budgeted = state.get("budgeted", "--time-budget" in self.command)

@@ -103,8 +103,9 @@ def _check_accelerator(s: TrainSettings) -> None:
             raise SettingsError(f"--devices {s.devices} but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def build(s: TrainSettings):
-    """The data module, the Lightning module and the run folder for these settings (validated)."""
+def build(s: TrainSettings, resume: bool = False):
+    """The data module, the Lightning module and the run folder for these settings (validated). A resumed run
+    takes its weights from last.ckpt, not from ``--init``, which may have moved since."""
     get_model_config(s.model)  # unknown model: error with the valid names, before any data is read
     _check_accelerator(s)
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
@@ -135,7 +136,7 @@ def build(s: TrainSettings):
         if s.kd_hints > 0:
             _check_hints(module.model, teachers, s.teacher, (spec.in_chans, spec.img_size, spec.img_size))
         module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers))
-    if s.init:
+    if s.init and not resume:
         load_init_weights(module.model, s.init)
     return data, module
 
@@ -221,7 +222,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if not resume and first_process():
         check_new_run_folder(out)
     L.seed_everything(s.seed, workers=True, verbose=False)
-    data, module = build(s)
+    data, module = build(s, resume)
     data.setup()  # a missing data set is reported before the run folder is made
     if len(data.train_split.labels) < s.batch_size:  # the last partial batch is dropped: no step at all
         raise SettingsError(f"the training set has {len(data.train_split.labels)} images, fewer than one batch of "
@@ -243,7 +244,9 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     }
     if data.class_names is not None:
         metadata["class_names"] = list(data.class_names)
-    if s.init:
+    # a resume takes the run's own record of --init (RunRecorder's state), since the file may have moved or
+    # changed; reading it then serves runs saved before that record was kept
+    if s.init and (not resume or Path(s.init).is_file()):
         metadata.update(init_metadata(s.init))
     metadata["test_images"] = len(data.test_split.labels)
     recorder = RunRecorder(out, save_checkpoint, command, metadata, echo=not s.progress,
