@@ -859,6 +859,27 @@ def test_a_fine_tune_resumes_without_its_init_file_and_records_it_as_it_was(tmp_
     assert recipe["file"] == "init.bnc" and recipe["command"] == "bitnetcnn train STAGE-1"
 
 
+def test_a_distillation_resumes_with_its_teacher_moved(tmp_path, capsys):
+    """A resume needs the teacher: moved (another machine), the run says so and takes --teacher with where it is
+    now, and ends as the uninterrupted run; a teacher still in its place cannot be swapped."""
+    train(TrainSettings(out=str(tmp_path / "t"), epochs=1, quant="fp", **QUICK))
+    teacher = tmp_path / "teacher.bnc"
+    teacher.write_bytes((tmp_path / "t" / "best_ternary.bnc").read_bytes())
+    settings = dict(QUICK, epochs=2, save_every=1e-6, kd=True, teacher=[str(teacher)])
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), **settings))
+    _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), **settings), epoch=1, batch=2)
+    moved = teacher.rename(tmp_path / "moved.bnc")
+    with pytest.raises(SettingsError, match=f"the run's teacher {teacher} is not there any more; give --kd --teacher"):
+        train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False, kd=True, teacher=[str(moved)]),
+                    resume=True, given={"teacher"})
+    assert resumed["param_checksums"] == whole["param_checksums"]
+    assert json.loads((tmp_path / "cut" / "args.json").read_text())["teacher"] == [str(moved)]
+    with pytest.raises(SettingsError, match="--teacher .* cannot take effect"):
+        train(TrainSettings(out=str(tmp_path / "cut"), kd=True, teacher=[str(tmp_path / "t" / "best_ternary.bnc")]),
+              resume=True, given={"teacher"})
+
+
 def test_a_run_stopped_by_ctrl_c_or_an_error_says_how_to_continue_it(tmp_path, capsys):
     """Ctrl-C (Lightning exits with status 1 then, and printed nothing) and an error such as a full disk name where
     the run stopped and the --resume command that continues it; a run stopped before its first checkpoint says to
