@@ -95,7 +95,7 @@ def test_tiny_imagenet_layout(tmp_path):
     train = get_dataset_spec("tiny_imagenet").reader(tmp_path, True, False)
     val = get_dataset_spec("tiny_imagenet").reader(tmp_path, False, False)
     assert train.images.shape == (6, 3, 64, 64) and train.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert val.labels.tolist() == [1, 0]
+    assert val.labels.tolist() == [1, 0] and train.class_names == val.class_names == tuple(wnids)
     assert abs(int(train.images[3, 0, 10, 10]) - 200) <= 3  # JPEG keeps a flat colour nearly exact
 
 

@@ -161,7 +161,7 @@ def read_tiny_imagenet(root: Path, train: bool, download: bool) -> Split:
             if len(fields) >= 2:
                 paths.append(base / "val" / "images" / fields[0])
                 labels.append(index[fields[1]])
-    return _stack(paths, labels, 64)
+    return replace(_stack(paths, labels, 64), class_names=tuple(wnids))  # WordNet ids, as its folders name them
 
 
 def _class_folders(folder: Path) -> list[str]:
