@@ -869,7 +869,7 @@ def test_a_distillation_resumes_with_its_teacher_moved(tmp_path, capsys):
     whole = train(TrainSettings(out=str(tmp_path / "whole"), **settings))
     _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), **settings), epoch=1, batch=2)
     moved = teacher.rename(tmp_path / "moved.bnc")
-    with pytest.raises(SettingsError, match=f"the run's teacher {teacher} is not there any more; give --kd --teacher"):
+    with pytest.raises(SettingsError, match=f"the teacher {teacher} is not there; give --kd --teacher"):
         train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
     resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False, kd=True, teacher=[str(moved)]),
                     resume=True, given={"teacher"})

@@ -212,15 +212,20 @@ class RunRecorder(L.Callback):
     # continues exactly as the uninterrupted one would have.
     def state_dict(self) -> dict:
         return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self.elapsed_s(),
-                "command": self.command, "budgeted": self.budgeted, "metadata": self.metadata, "rng": random_states()}
+                "command": self.command, "budgeted": self.budgeted, "lineage": self._lineage(), "rng": random_states()}
+
+    def _lineage(self) -> dict:
+        """What the run started from (``--init``'s recipe, ``fine_tune.init_metadata``), as it was when it started."""
+        return {k: self.metadata[k] for k in ("init", "training") if k in self.metadata}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_ternary = state["best_ternary"]
         self.best_float = state["best_float"]
         self.elapsed = state["elapsed"]
         self.command = state.get("command", self.command)
-        # what the run started from (--init's recipe) as it was then: the file may have moved or changed since
-        self.metadata = state.get("metadata", self.metadata)
+        # what the run started from as it was then: the --init file may have moved or changed since (the rest of the
+        # metadata describes the data as the resumed run reads it)
+        self.metadata = {**self.metadata, **state.get("lineage", {})}
         # a resumed run's settings no longer hold the budget once it became epochs; runs saved before this key
         # was kept tell it by their command
         self.budgeted = state.get("budgeted", "--time-budget" in self.command)

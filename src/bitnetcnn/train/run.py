@@ -134,8 +134,8 @@ def build(s: TrainSettings, resume: bool = False):
                                 "(train it with this command and --quant fp)")
         gone = [path for path in s.teacher if not Path(path).is_file()]
         if resume and gone:
-            raise SettingsError(f"--resume: the run's teacher {gone[0]} is not there any more; give --kd --teacher "
-                                "with where the run's teachers are now, in the same order, to continue it")
+            raise SettingsError(f"--resume: the teacher {gone[0]} is not there; give --kd --teacher with where the "
+                                "run's teachers are now, in the same order, to continue it")
         teachers = [_check_teacher(load_checkpoint(path), num_classes, data.class_names, path) for path in s.teacher]
         if s.kd_hints > 0:
             _check_hints(module.model, teachers, s.teacher, (spec.in_chans, spec.img_size, spec.img_size))

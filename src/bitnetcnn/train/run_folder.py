@@ -52,8 +52,9 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
                                 f"epoch 0, and the run in {s.out} takes {saved.epochs} epoch"
                                 f"{'s' * (saved.epochs != 1)} (args.json): leave --time-budget out, and --epochs too "
                                 "unless you mean to extend the run")
-        elif name == "teacher" and len(mine) == len(theirs) and not any(Path(t).is_file() for t in theirs):
-            changes[name] = mine  # the teachers moved (another machine): where they are now
+        elif name == "teacher" and len(mine) == len(theirs) and all(
+                m == t or not Path(t).is_file() for m, t in zip(mine, theirs)):
+            changes[name] = mine  # teachers that moved (another machine): where they are now
         elif name == "epochs":
             raise SettingsError(f"--resume --epochs {mine}: the run in {s.out} was set for {theirs} epochs; give more "
                                 f"than {theirs} to extend it, or leave --epochs out to finish it")
