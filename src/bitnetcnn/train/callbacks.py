@@ -207,7 +207,7 @@ class RunRecorder(L.Callback):
         return self.out / "best_ternary.bnc"
 
     # Lightning saves this in last.ckpt, so best scores, wall time, the command that started the run (not
-    # `--resume`) and the metadata its models carry survive a resume.
+    # `--resume`) and what it started from (--init's recipe) survive a resume.
     # The random generators too: the next epoch's shuffle and augmentation draw from them, so a resumed run
     # continues exactly as the uninterrupted one would have.
     def state_dict(self) -> dict:
