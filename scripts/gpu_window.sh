@@ -8,8 +8,9 @@
 #                                                         # bitnetcnn eval; what comes back is copied to $OUT/NAME
 #
 # Only files of at most 16 MiB come back from a call: a larger one (a full-precision teacher) is cut into
-# FILE.part.aa, .ab, ... (join with `cat FILE.part.* > FILE`; FILE.sha256 checks it). last.ckpt stays there.
-# BITNETCNN_WINDOW_DATA, _RUNS, _CARRY and _PART_MB change those (tests/test_scripts.py rehearses a window here).
+# FILE.part.aa, .ab, ... (join with `cat FILE.part.* > FILE`; FILE.sha256 checks it). last.ckpt stays there. They
+# are copied every 30 s too, so a call killed at its limit brings back the last copies.
+# BITNETCNN_WINDOW_DATA, _RUNS, _CARRY, _PART_MB and _COPY_S change those (tests/test_scripts.py rehearses a window).
 set -euo pipefail
 script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$script")/.."
@@ -18,6 +19,7 @@ data="${BITNETCNN_WINDOW_DATA:-$HOME/data}"
 runs="${BITNETCNN_WINDOW_RUNS:-$HOME/runs}"
 carried="${BITNETCNN_WINDOW_CARRY:-.devdata/cifar100}"
 part_mb="${BITNETCNN_WINDOW_PART_MB:-15}"
+copy_s="${BITNETCNN_WINDOW_COPY_S:-30}"
 python="${PYTHON:-$(command -v python3 || command -v python || true)}"
 [ -n "$python" ] || { echo "gpu_window.sh: no python3 or python on the PATH (set PYTHON)" >&2; exit 2; }
 
@@ -42,15 +44,27 @@ case "${1:-}" in
     bring_back() {  # on any exit, so a failed run comes back too: its metrics and log say how far it got
       for f in "$run"/{best_ternary.bnc,metrics.csv,metrics.png,results.json,args.json,eval.json,train.log}; do
         [ -f "$f" ] || continue
+        name="$(basename "$f")"
         if [ "$(stat -c %s "$f")" -gt $((part_mb * 1024 * 1024)) ]; then
-          split -b "${part_mb}M" "$f" "$back/$(basename "$f").part."
-          sha256sum "$f" | cut -d" " -f1 > "$back/$(basename "$f").sha256"
+          rm -f "$back/$name".part.*  # an earlier copy's parts; FILE.sha256 tells a copy cut short
+          split -b "${part_mb}M" "$f" "$back/$name.part."
+          sha256sum "$f" | cut -d" " -f1 > "$back/$name.sha256"
         else
-          cp "$f" "$back/"
+          cp "$f" "$back/.$name.tmp" && mv -f "$back/.$name.tmp" "$back/$name"  # whole, even if killed
         fi
       done
     }
-    trap bring_back EXIT
+    # a call cut at its limit by SIGKILL runs no trap, but what is already in $OUT comes back: copy as it goes
+    copier=""
+    finish() {  # the copier stopped first, so the last copy is whole; the call keeps the run's exit status
+      local status=$?
+      [ -z "$copier" ] || { kill "$copier" 2>/dev/null; wait "$copier" 2>/dev/null || true; }
+      bring_back
+      exit "$status"
+    }
+    trap finish EXIT
+    ( while sleep "$copy_s"; do bring_back; done ) >/dev/null 2>&1 &
+    copier=$!
     mkdir -p "$run"
     "$python" -m bitnetcnn train --dataset cifar100 --data-dir "$data" --out "$run" --no-progress "$@" \
       2>&1 | tee -a "$run/train.log"

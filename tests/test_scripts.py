@@ -6,8 +6,10 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +184,21 @@ def test_a_gpu_window_rehearsed_here_carries_the_data_trains_and_brings_back_the
     joined = b"".join(p.read_bytes() for p in parts)
     assert hashlib.sha256(joined).hexdigest() == (back / "best_ternary.bnc.sha256").read_text().strip()
     assert joined == model.read_bytes()
+    # a call killed at its limit (SIGKILL: no trap runs) has brought back copies made as it went
+    killed = subprocess.Popen([*window, "train", "cut", "--model", "bitnet_cnn", "--epochs", "50", "--batch-size", "32",
+                               "--accelerator", "cpu"], env={**env, "BITNETCNN_WINDOW_COPY_S": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120  # an epoch takes seconds here
+    wanted = {"metrics.csv", "best_ternary.bnc", "args.json"}
+    while not all((tmp_path / "out" / "cut" / name).exists() for name in wanted) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "runs" / "cut" / "results.json").exists()  # killed before its end
+    assert wanted <= {f.name for f in (tmp_path / "out" / "cut").iterdir()}
+    from bitnetcnn import load_checkpoint
+
+    load_checkpoint(tmp_path / "out" / "cut" / "best_ternary.bnc")  # a whole file, not one cut short
     # a run that fails still brings back what it wrote (its log says why), and the call fails
     failed = subprocess.run([*window, "train", "bad", "--model", "no_such_model"], env=env, capture_output=True,
                             text=True)
