@@ -30,8 +30,7 @@ from bitnetcnn import convert_to_ternary, load_checkpoint
 from bitnetcnn.deploy import compile
 from bitnetcnn.deploy.backends import make_session
 from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION
-from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of
-from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
+from bitnetcnn.deploy.calibration import dataset_for, model_inputs
 from bitnetcnn.nn import TERNARY_LAYERS
 
 # name: (seed checkpoint file, data set, create_model arguments of the seed's architecture)
@@ -82,14 +81,8 @@ def check(name: str, model, dataset: str, limit: int, calibrate: int, data_dir=N
     ``reference`` adds the graph's own arithmetic (:func:`qdq_reference`). Each row also gives the mean relative
     logit error against the converted model and the median gap between its top two logits on the flipped images
     (near-ties flip first)."""
-    size = input_size_of(model)[-1]  # an image folder is read at the model's size
-    test_x, test_y, spec = dataset_images(dataset, limit, False, data_dir, img_size=size)
-    stats = input_normalization(model) or (spec.mean, spec.std)  # the weights' own, as trained
-    x = normalize_images(test_x, *stats)
-    calibration = None
-    if calibrate > 0:
-        cal_x, _, _ = dataset_images(dataset, calibrate, True, data_dir, seed=1, img_size=size)
-        calibration = normalize_images(cal_x, *stats)
+    x, test_y = model_inputs(model, dataset, limit, False, data_dir)
+    calibration = model_inputs(model, dataset, calibrate, True, data_dir, seed=1)[0] if calibrate > 0 else None
     t0 = time.perf_counter()
     ref_logits = logits_of(model, x)
     ref = ref_logits.argmax(1)

@@ -23,8 +23,7 @@ import torch
 
 from bitnetcnn import load_checkpoint
 from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION, keep_in_float
-from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of
-from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
+from bitnetcnn.deploy.calibration import dataset_for, model_inputs
 from bitnetcnn.deploy.compile import to_onnx_graph
 from bitnetcnn.deploy.runtime import DeployedModel
 
@@ -68,14 +67,11 @@ def main(argv=None) -> int:
     else:
         model = convert_if_needed(load_checkpoint(args.checkpoint))
         dataset = dataset_for(model)
-    size = input_size_of(model)[-1]  # an image folder is read at the model's size
-    test_x, _, spec = dataset_images(dataset, args.limit, False, args.data_dir, img_size=size)
-    stats = input_normalization(model) or (spec.mean, spec.std)  # the weights' own, as trained
+    x, _ = model_inputs(model, dataset, args.limit, False, args.data_dir)
     calibration, ranges = None, "the model's own quantizers"
     if args.calibrate > 0:
-        cal_x, _, _ = dataset_images(dataset, args.calibrate, True, args.data_dir, seed=1, img_size=size)
-        calibration, ranges = normalize_images(cal_x, *stats), f"{args.method} calibration"
-    x = normalize_images(test_x, *stats)
+        calibration = model_inputs(model, dataset, args.calibrate, True, args.data_dir, seed=1)[0]
+        ranges = f"{args.method} calibration"
     ref = predict(model, x)
     graph, _ = to_onnx_graph(model, calibration, method=args.method)
     t0 = time.perf_counter()

@@ -75,14 +75,12 @@ def _disk_bytes(model: nn.Module, compact: bool) -> int:
 
 def _calibration(source, model: nn.Module, n: int, data_dir=None):
     """``n`` real training images where the data set is on disk, else random inputs (speed does not care)."""
-    from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
-    from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
+    from bitnetcnn.deploy.calibration import dataset_for, model_inputs
 
     try:
         name = dataset_for(model)
-        images, _, spec = dataset_images(name, n, True, data_dir, img_size=input_size_of(model)[-1])
-        stats = input_normalization(model) or (spec.mean, spec.std)
-        return normalize_images(images, *stats), f"{len(images)} {name} training images"
+        images, _ = model_inputs(model, name, n, True, data_dir)
+        return images, f"{len(images)} {name} training images"
     except (FileNotFoundError, ValueError, KeyError):
         size = input_size_of(model)
         return torch.randn(n, *size, generator=torch.Generator().manual_seed(0)), f"{n} random inputs"

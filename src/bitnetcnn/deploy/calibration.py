@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
 from bitnetcnn.data.augment import normalize
 
-__all__ = ["as_batches", "dataset_for", "dataset_images", "normalize_images"]
+__all__ = ["as_batches", "dataset_for", "dataset_images", "model_inputs", "normalize_images"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
@@ -84,3 +84,10 @@ def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int =
         index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
         images, labels = images[index], labels[index]
     return images, labels, spec
+
+
+def model_inputs(model: nn.Module, dataset: str, n: int, train: bool, data_dir=None, seed: int = 0):
+    """``(inputs, labels)``: :func:`dataset_images` as ``model`` takes them: read at its input size (an image
+    folder's; a named data set has its own) and normalized with its weights' own mean and std, else the data set's."""
+    images, labels, spec = dataset_images(dataset, n, train, data_dir, seed, img_size=input_size_of(model)[-1])
+    return normalize_images(images, *(input_normalization(model) or (spec.mean, spec.std))), labels

@@ -32,9 +32,7 @@ def export_command(
 ):
     """Export ``model`` (checkpoint or registry name) to ``output``; returns the :class:`ExportCheck`."""
     from bitnetcnn.data.sources import DatasetNotFoundError
-    from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
-    from bitnetcnn.deploy.calibration import dataset_for, dataset_images, normalize_images
-    from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+    from bitnetcnn.deploy.calibration import dataset_for, model_inputs
     from bitnetcnn.deploy.checks import check_deployable
     from bitnetcnn.deploy.export import export_onnx
     from bitnetcnn.deploy.int8 import quantizer_scales
@@ -54,16 +52,12 @@ def export_command(
     if int8 and calibrate is None and not quantizer_scales(net):
         calibrate = DEFAULT_CALIBRATION
     calibration = check_inputs = None
-    stats = input_normalization(net)  # the checkpoint's own mean and std (else the registry's), as trained
-    size = input_size_of(net)[-1]
-    try:
+    try:  # the images as the checkpoint was trained on them: its size, its own mean and std
         if int8 and calibrate:
-            images, _, spec = dataset_images(dataset, calibrate, True, data_dir, img_size=size)
-            calibration = normalize_images(images, *(stats or (spec.mean, spec.std)))
-            log(f"calibrating on {len(images)} {dataset} training images")
+            calibration, _ = model_inputs(net, dataset, calibrate, True, data_dir)
+            log(f"calibrating on {len(calibration)} {dataset} training images")
         if check > 0:
-            images, _, spec = dataset_images(dataset, check, False, data_dir, img_size=size)
-            check_inputs = normalize_images(images, *(stats or (spec.mean, spec.std)))
+            check_inputs, _ = model_inputs(net, dataset, check, False, data_dir)
     except DatasetNotFoundError as err:
         if int8 and calibrate:
             raise ValueError(f"calibration needs the {dataset} training images: {err}") from None
