@@ -861,7 +861,8 @@ def test_a_fine_tune_resumes_without_its_init_file_and_records_it_as_it_was(tmp_
 
 def test_a_distillation_resumes_with_its_teacher_moved(tmp_path, capsys):
     """A resume needs the teacher: moved (another machine), the run says so and takes --teacher with where it is
-    now, and ends as the uninterrupted run; a teacher still in its place cannot be swapped."""
+    now, and ends as the uninterrupted run; another model given in its place, or a teacher still in its place, cannot
+    be swapped in (and a refused resume leaves args.json as it was)."""
     train(TrainSettings(out=str(tmp_path / "t"), epochs=1, quant="fp", **QUICK))
     teacher = tmp_path / "teacher.bnc"
     teacher.write_bytes((tmp_path / "t" / "best_ternary.bnc").read_bytes())
@@ -871,6 +872,13 @@ def test_a_distillation_resumes_with_its_teacher_moved(tmp_path, capsys):
     moved = teacher.rename(tmp_path / "moved.bnc")
     with pytest.raises(SettingsError, match=f"the teacher {teacher} is not there; give --kd --teacher"):
         train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    other = load_checkpoint(moved)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    bitnetcnn.save_checkpoint(other, tmp_path / "other.bnc")
+    with pytest.raises(SettingsError, match="other.bnc is not the teacher this run distils from"):
+        train(TrainSettings(out=str(tmp_path / "cut"), progress=False, kd=True, teacher=[str(tmp_path / "other.bnc")]),
+              resume=True, given={"teacher"})
     resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False, kd=True, teacher=[str(moved)]),
                     resume=True, given={"teacher"})
     assert resumed["param_checksums"] == whole["param_checksums"]

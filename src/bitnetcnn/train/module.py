@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+from pathlib import Path
 from typing import Optional
 
 import lightning as L
@@ -15,6 +17,9 @@ from bitnetcnn.models import create_model
 from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
 from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
+from bitnetcnn.train.settings import SettingsError
+
+TEACHER_KEY = "teacher_weights_sha256"  # in last.ckpt: which teacher the run distils from
 
 
 class BitClassifier(L.LightningModule):
@@ -64,11 +69,29 @@ class BitClassifier(L.LightningModule):
         self.ternary_acc1 = MulticlassAccuracy(top_k=1, **metric)
         self.ternary_acc5 = MulticlassAccuracy(top_k=min(5, num_classes), **metric)
 
-    def set_teacher(self, teacher: nn.Module) -> None:
+    def set_teacher(self, teacher: nn.Module, source: str = "the teacher") -> None:
         """A frozen full-precision teacher for distillation; kept out of the state dict and the optimizer. It computes
-        in float32 (mixed precision casts as it does for the student) even when stored in bf16 to carry it."""
+        in float32 (mixed precision casts as it does for the student) even when stored in bf16 to carry it.
+        ``source`` names it (its files) where a resume finds another teacher than the run's own."""
         teacher.float().eval().requires_grad_(False)
         self.__dict__["teacher"] = teacher  # not a submodule: no checkpointing, no optimizer
+        self._teacher_source, self._teacher_sha256 = source, weights_sha256(teacher)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.teacher is not None:
+            checkpoint[TEACHER_KEY] = self._teacher_sha256
+
+    def check_resumed_teacher(self, checkpoint: Path) -> None:
+        """A resumed distillation goes on with the teacher it started with: a teacher given where the first one
+        moved (``--kd --teacher``) must hold the same weights, or the run would mix two teachers' lessons."""
+        if self.teacher is None:
+            return
+        # mmap: only the small entry is read, not the weights and optimizer state beside it
+        saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get(TEACHER_KEY)
+        if saved is not None and saved != self._teacher_sha256:  # absent in runs saved before it was kept
+            raise SettingsError(f"--resume: {self._teacher_source} is not the teacher this run distils from (its "
+                                f"weights' sha256 is {self._teacher_sha256[:12]}..., {checkpoint} recorded "
+                                f"{saved[:12]}...): give --kd --teacher with the run's own teacher files")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -164,6 +187,15 @@ class BitClassifier(L.LightningModule):
         if self._validated is not None:
             return self._validated
         return convert_to_ternary(self.model).eval() if self.eval_ternary else self.model
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """One model's weights as a digest: the names, dtypes, shapes and values of its state dict, in order."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _batch_mixer(num_classes: int, mixup: float, cutmix: float):

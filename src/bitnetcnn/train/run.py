@@ -139,7 +139,7 @@ def build(s: TrainSettings, resume: bool = False):
         teachers = [_check_teacher(load_checkpoint(path), num_classes, data.class_names, path) for path in s.teacher]
         if s.kd_hints > 0:
             _check_hints(module.model, teachers, s.teacher, (spec.in_chans, spec.img_size, spec.img_size))
-        module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers))
+        module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers), ', '.join(s.teacher))
     if s.init and not resume:
         load_init_weights(module.model, s.init)
     return data, module
@@ -238,6 +238,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
                             "start it again without --resume")
     if resume:
         check_readable_checkpoint(last)
+        module.check_resumed_teacher(last)  # before args.json records a teacher given in its place
     out.mkdir(parents=True, exist_ok=True)
     command = command or s.as_command()
     metadata = {
