@@ -107,6 +107,34 @@ def _portable(metadata: dict) -> dict:
     return walk(metadata)
 
 
+def run_length(metadata: dict) -> int | None:
+    """How many epochs the run that saved these weights was set for: recorded by the run, or, in files saved before
+    it was, read from its command by the command line's own parser."""
+    if metadata.get("epochs") is not None:
+        return metadata["epochs"]
+    words = shlex.split(str(metadata.get("command", "")).partition("  # ")[0])
+    if words[:2] != ["bitnetcnn", "train"]:
+        return None
+    from bitnetcnn.cli import build_parser
+    try:
+        return build_parser().parse_args(words[1:]).epochs
+    except SystemExit:  # a command this version no longer parses
+        return None
+
+
+def _mark_unfinished(metadata: dict) -> dict:
+    """A run's best model taken before the run's last epoch (a run still going) says so in its last training step:
+    rerunning the command trains all the epochs, and the wall time is the time to these weights."""
+    epoch, epochs = metadata.get("epoch"), run_length(metadata)
+    if epoch is None or epochs is None or epoch + 1 >= epochs or not metadata.get("training"):
+        return metadata
+    *earlier, last = metadata["training"]
+    text, sep, comment = last["command"].partition("  # ")
+    note = f"the weights of epoch {epoch + 1} of {epochs}, the run's best when published"
+    last = dict(last, command=f"{text}  # {comment}; {note}" if sep else f"{text}  # {note}")
+    return dict(metadata, command=last["command"], training=[*earlier, last])
+
+
 def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: str | None = None,
             out_dir: Path = PRETRAINED_DIR) -> PretrainedCfg:
     """Measure ``path`` on its test set, write it as ``out_dir/ENTRY.bnc`` with that metadata, return its cfg."""
@@ -120,7 +148,8 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
     if own.dataset is None:
         raise ValueError(f"{path} does not record the data set it was trained on: it cannot be measured")
     header = model.checkpoint_header
-    recorded = _portable(dict(header.get("metadata") or {}, command=own.command))  # refused before the long part
+    # refused before the long part
+    recorded = _portable(_mark_unfinished(dict(header.get("metadata") or {}, command=own.command)))
     measured = evaluate_model(model, data_dir=data_dir, source=str(path))
     names = own.class_names or get_dataset_spec(own.dataset).class_names
     scores = {"top1": measured["top1"], "top5": measured["top5"]}

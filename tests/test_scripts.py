@@ -105,6 +105,33 @@ def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(
     assert not (tmp_path / "no").exists() and hub.PRETRAINED_DIR != tmp_path / "shipped"
 
 
+def test_weights_taken_before_the_runs_last_epoch_say_so_in_their_recipe(tmp_path):
+    """A run still going can publish its best model so far: the recipe's last command then says which epoch of how
+    many the weights are (rerunning it trains them all), from the run's record or, in older files, its command."""
+    import torch
+
+    import bitnetcnn
+
+    publish_weight = _script("publish_weight")
+    torch.manual_seed(0)
+    model = bitnetcnn.convert_to_ternary(bitnetcnn.create_model("bitnet_cnn", width=8).eval())
+
+    def published(name: str, command: str, **recorded):
+        saved = bitnetcnn.save_checkpoint(model, tmp_path / name / "best_ternary.bnc", {
+            "dataset": "mnist_demo", "command": command, **recorded,
+            "training": [{"command": command, "wall_time_s": 12.5, "hardware": "a CPU"}]})
+        return publish_weight.publish(saved, "bitnet_mnist", "demo", out_dir=tmp_path / name / "shipped").command
+
+    old = published("old", "bitnetcnn train --dataset mnist_demo --epochs 24", epoch=11)
+    assert old == "bitnetcnn train --dataset mnist_demo --epochs 24  # the weights of epoch 12 of 24, the run's best " \
+                  "when published"
+    budgeted = published("budget", "bitnetcnn train --time-budget 5  # the time budget gave 7 epochs", epoch=2,
+                         epochs=7)
+    assert budgeted.endswith("# the time budget gave 7 epochs; the weights of epoch 3 of 7, the run's best when "
+                             "published")
+    assert published("done", "bitnetcnn train --epochs 4", epoch=3, epochs=4) == "bitnetcnn train --epochs 4"
+
+
 def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_path, capsys, monkeypatch):
     """Run folders given by absolute paths become runs/NAME in every recorded command, --data-dir goes; any other
     absolute path (inside a word too) is refused rather than shipped."""

@@ -615,7 +615,8 @@ def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
     assert rows[1]["ternary_acc"] != "" and rows[2]["ternary_acc"] != ""
     best = max(float(rows[1]["ternary_acc"]), float(rows[2]["ternary_acc"]))
     assert results["best_ternary_acc"] == pytest.approx(best, abs=1e-6)
-    assert load_checkpoint(tmp_path / "run" / "best_ternary.bnc").checkpoint_header["metadata"]["epoch"] in (1, 2)
+    recorded = load_checkpoint(tmp_path / "run" / "best_ternary.bnc").checkpoint_header["metadata"]
+    assert recorded["epoch"] in (1, 2) and recorded["epochs"] == 3  # which epoch of how many
     with pytest.raises(SettingsError, match="--val-every must be an integer >= 1"):
         TrainSettings(val_every=0)
 

@@ -303,9 +303,9 @@ class RunRecorder(L.Callback):
         # the recipe so far: earlier stages (from --init), then this run up to this epoch
         command = self._command_as_run(pl_module.trainer)
         step = {"command": command, "wall_time_s": round(self.elapsed_s(), 1), "hardware": self.hardware}
-        meta = dict(self.metadata, epoch=epoch, accuracy=shipped["top1"], float_eval=float_eval,
-                    ternary_eval=ternary_eval if pl_module.eval_ternary else None, command=command,
-                    training=[*self.metadata.get("training", []), step])
+        meta = dict(self.metadata, epoch=epoch, epochs=pl_module.trainer.max_epochs, accuracy=shipped["top1"],
+                    float_eval=float_eval, ternary_eval=ternary_eval if pl_module.eval_ternary else None,
+                    command=command, training=[*self.metadata.get("training", []), step])
         self.save_model(model.float().to(memory_format=torch.contiguous_format), self.model_path, meta)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
