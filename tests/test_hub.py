@@ -2,14 +2,16 @@
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 import bitnetcnn
-from bitnetcnn import BitConv2d, PretrainedCfg, TernaryConv2d, convert_to_ternary, create_model, hub
+from bitnetcnn import BitConv2d, PretrainedCfg, TernaryConv2d, cli, convert_to_ternary, create_model, hub
 from bitnetcnn.nn import ActQuantizer
+from conftest import require_real_data
 from realdata import accuracy
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -201,3 +203,23 @@ def test_keywords_the_weights_cannot_honour_are_refused(mnist_checkpoint):
     # without weights the keywords build the model, as docs/hub.md shows
     quantized = torch.hub.load(REPO, "bitnet_mnist", source="local", act_bits=8)
     assert any(isinstance(m, ActQuantizer) for m in quantized.modules())
+
+
+def test_the_commands_take_a_published_weight_by_its_entry_name(capsys, monkeypatch):
+    """``bitnetcnn summary bitnet_resnet18`` shows the published model and ``bitnetcnn eval bitnet_mnist`` reproduces
+    its published top-1; a name that is nothing the command reads is refused in one line with the names it takes."""
+    assert cli.main(["summary", "bitnet_resnet18"]) == 0
+    table = capsys.readouterr().out
+    assert "TernaryConv2d" in table and "Input 3x32x32" in table and "11,220,132" in table
+    assert cli.main(["eval", "bitnet_resnet19"]) == 2
+    err = capsys.readouterr().err
+    assert "'bitnet_resnet19' is not a file or a published weight (did you mean bitnet_resnet18?)" in err
+    assert "bitnet_mnist, bitnet_resnet18" in err and "registry" not in err
+    assert cli.main(["export", "bit_resnet19", "-o", "x.onnx"]) == 2
+    assert "registry names: " in capsys.readouterr().err
+    monkeypatch.chdir(Path(__file__).parent)  # no file named like the entry here
+    require_real_data("MNIST/raw/t10k-images-idx3-ubyte")
+    assert cli.main(["eval", "bitnet_mnist"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["dataset"], result["images"]) == ("mnist", 10000)
+    assert abs(result["top1"] - hub.BITNET_MNIST.top1) <= 0.0005

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import shlex
 import sys
@@ -179,7 +180,8 @@ def _cmd_summary(args) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a converted model to ONNX (float, or int8 with ternary weights)",
                        epilog="example: bitnetcnn export runs/r18/last.ternary.bnc --format onnx --int8 -o r18.onnx")
-    p.add_argument("model", help="checkpoint of a converted model, or a registry name (untrained weights)")
+    p.add_argument("model", help="checkpoint of a converted model, a published weight (bitnet_resnet18), or a registry "
+                                 "name (untrained weights)")
     p.add_argument("--format", dest="fmt", choices=["onnx"], default="onnx")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--int8", action="store_true", help="int8 graph: u8 activations, the ternary codes as s8 weights")
@@ -208,7 +210,7 @@ def _cmd_export(args) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency, throughput and size: float32, Bit, converted, deployed (int8)",
                        epilog="example: bitnetcnn bench bit_resnet18 --batch-sizes 1 128 --json bench.json")
-    p.add_argument("model", help="registry name or checkpoint")
+    p.add_argument("model", help="registry name, checkpoint or published weight (bitnet_resnet18)")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 128])
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--calibrate", type=positive_int, default=256, metavar="N", help="calibration images for the int8 path")
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint file, or a published weight by its hub entry name (bitnet_resnet18)")
     p.add_argument("--dataset", help="default: the data set recorded in the checkpoint")
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=positive_int, default=256)
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pow2", action="store_true", help="power-of-two scales")
 
     p = sub.add_parser("summary", help="per-layer table: bits, memory, MACs, zero weights")
-    p.add_argument("model", help="registry name or checkpoint file")
+    p.add_argument("model", help="registry name, checkpoint file or published weight (bitnet_resnet18)")
     p.add_argument("--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--num-classes", type=positive_int)
     p.add_argument("--quant", choices=["ternary", "fp"], default="ternary")
@@ -268,6 +270,33 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "convert": _cmd_convert, "su
             "export": _cmd_export, "bench": _cmd_bench}
 
 
+# The argument naming the model of each command that reads one: a file, or a published weight's hub entry name
+# (``bitnet_resnet18``), and for some a registry name too (untrained weights).
+MODEL_ARGUMENT = {"eval": ("checkpoint", False), "summary": ("model", True), "export": ("model", True),
+                  "bench": ("model", True)}
+
+
+def _model_file(text: str, registry_names: bool) -> str:
+    """``text`` as the command reads it: a file as it is; a published weight's hub entry name as the package's file
+    (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
+    command takes one. Anything else is refused with the names it could have been."""
+    if Path(text).exists():
+        return text
+    from bitnetcnn.hub import list_pretrained, pretrained_path
+    from bitnetcnn.models import list_models
+
+    published = [w.hub_entry for w in list_pretrained()]
+    if text in published:
+        return str(pretrained_path(text))
+    if registry_names and text in list_models():
+        return text
+    known = published + (list_models() if registry_names else [])
+    close = difflib.get_close_matches(text, known, n=3, cutoff=0.4)
+    raise ValueError(f"{text!r} is not a file{', a registry name' if registry_names else ''} or a published weight"
+                     f"{f' (did you mean {close[0]}?)' if close else ''}: published weights: {', '.join(published)}"
+                     + (f"; registry names: {', '.join(list_models())}" if registry_names else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -277,10 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         args.given = _given_flags(parser._subparsers._group_actions[0].choices["train"], argv[1:])
         args.command_line = shlex.join(["bitnetcnn", *argv])  # the run records the command as typed
     from bitnetcnn.checkpoint.errors import CheckpointError
+    from bitnetcnn.hub import PretrainedWeightsUnavailable
 
     try:
+        if command in MODEL_ARGUMENT:
+            name, registry_names = MODEL_ARGUMENT[command]
+            setattr(args, name, _model_file(getattr(args, name), registry_names))
         return COMMANDS[command](args)
-    except (ValueError, OSError, CheckpointError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, CheckpointError, PretrainedWeightsUnavailable) as err:  # bad input: one clear line
         print(f"bitnetcnn {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except Exception as err:
