@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import re
 import shlex
 import sys
@@ -107,30 +109,46 @@ def _portable(metadata: dict) -> dict:
     return walk(metadata)
 
 
+BUDGET_GAVE = re.compile(r"the time budget gave (\d+) epochs")  # RunRecorder's note on a budgeted run's command
+
+
 def run_length(metadata: dict) -> int | None:
     """How many epochs the run that saved these weights was set for: recorded by the run, or, in files saved before
-    it was, read from its command by the command line's own parser."""
+    it was, read from its command (the budget's note, or ``--epochs`` by the command line's own parser)."""
     if metadata.get("epochs") is not None:
         return metadata["epochs"]
-    words = shlex.split(str(metadata.get("command", "")).partition("  # ")[0])
+    command = str(metadata.get("command", ""))
+    text, _, comment = command.partition("  # ")
+    budget = BUDGET_GAVE.search(comment)
+    if budget:
+        return int(budget.group(1))
+    words = shlex.split(text)
     if words[:2] != ["bitnetcnn", "train"]:
         return None
     from bitnetcnn.cli import build_parser
     try:
-        return build_parser().parse_args(words[1:]).epochs
-    except SystemExit:  # a command this version no longer parses
+        with contextlib.redirect_stderr(io.StringIO()):  # a command this version no longer parses: unknown
+            args = build_parser().parse_args(words[1:])
+    except SystemExit:
         return None
+    return None if args.time_budget is not None else args.epochs  # a budget's --epochs is only its cap
+
+
+UNFINISHED = "the weights of epoch"
 
 
 def _mark_unfinished(metadata: dict) -> dict:
     """A run's best model taken before the run's last epoch (a run still going) says so in its last training step:
-    rerunning the command trains all the epochs, and the wall time is the time to these weights."""
+    rerunning the command trains all the epochs, and the wall time is the time to these weights. Said once: a
+    published file published again keeps its note."""
     epoch, epochs = metadata.get("epoch"), run_length(metadata)
     if epoch is None or epochs is None or epoch + 1 >= epochs or not metadata.get("training"):
         return metadata
     *earlier, last = metadata["training"]
     text, sep, comment = last["command"].partition("  # ")
-    note = f"the weights of epoch {epoch + 1} of {epochs}, the run's best when published"
+    if UNFINISHED in comment:
+        return metadata
+    note = f"{UNFINISHED} {epoch + 1} of {epochs}, the run's best when published"
     last = dict(last, command=f"{text}  # {comment}; {note}" if sep else f"{text}  # {note}")
     return dict(metadata, command=last["command"], training=[*earlier, last])
 

@@ -130,6 +130,13 @@ def test_weights_taken_before_the_runs_last_epoch_say_so_in_their_recipe(tmp_pat
     assert budgeted.endswith("# the time budget gave 7 epochs; the weights of epoch 3 of 7, the run's best when "
                              "published")
     assert published("done", "bitnetcnn train --epochs 4", epoch=3, epochs=4) == "bitnetcnn train --epochs 4"
+    # an older budgeted file: its --epochs is the budget's cap, the budget's note says the run's length
+    finished = "bitnetcnn train --time-budget 5 --epochs 30  # the time budget gave 7 epochs"
+    assert published("old-budget", finished, epoch=6) == finished
+    # published again (another tag, say): the note is not repeated
+    again = publish_weight.publish(tmp_path / "old" / "shipped" / "bitnet_mnist.bnc", "bitnet_mnist", "demo2",
+                                   out_dir=tmp_path / "again")
+    assert again.command == old
 
 
 def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_path, capsys, monkeypatch):

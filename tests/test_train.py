@@ -452,6 +452,8 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     assert "was set for 2 epochs; it now runs to 3" in capsys.readouterr().out  # an extension is said aloud
     assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
     assert json.loads((run / "args.json").read_text())["epochs"] == 3
+    # the recipe says so: the command alone reads --epochs 1 (args.json's 2 was never run)
+    assert json.loads((run / "results.json").read_text())["command"].endswith("  # resumed with --epochs 3")
 
 
 def test_a_damaged_last_checkpoint_or_foreign_ckpt_is_named(tmp_path, capsys):
@@ -877,7 +879,7 @@ def test_a_distillation_resumes_with_its_teacher_moved(tmp_path, capsys):
     with torch.no_grad():
         next(other.parameters()).add_(0.01)
     bitnetcnn.save_checkpoint(other, tmp_path / "other.bnc")
-    with pytest.raises(SettingsError, match="other.bnc is not the teacher this run distils from"):
+    with pytest.raises(SettingsError, match="other.bnc holds other weights than the teacher this run distils from"):
         train(TrainSettings(out=str(tmp_path / "cut"), progress=False, kd=True, teacher=[str(tmp_path / "other.bnc")]),
               resume=True, given={"teacher"})
     resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False, kd=True, teacher=[str(moved)]),

@@ -280,7 +280,7 @@ def _model_file(text: str, registry_names: bool) -> str:
     """``text`` as the command reads it: a file as it is; a published weight's hub entry name as the package's file
     (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
     command takes one. Anything else is refused with the names it could have been."""
-    if Path(text).exists():
+    if Path(text).is_file():
         return text
     from bitnetcnn.hub import list_pretrained, pretrained_path
     from bitnetcnn.models import list_models
@@ -288,6 +288,8 @@ def _model_file(text: str, registry_names: bool) -> str:
     published = [w.hub_entry for w in list_pretrained()]
     if text in published:
         return str(pretrained_path(text))
+    if Path(text).exists():  # a folder: the command's own error says what it needs (a run folder's model file)
+        return text
     if registry_names and text in list_models():
         return text
     known = published + (list_models() if registry_names else [])

@@ -186,6 +186,8 @@ class RunRecorder(L.Callback):
         self.save_model = save_model  # save_model(model, path, metadata)
         self.command = command
         self.budgeted = budgeted  # sized by --time-budget: the command alone does not say how many epochs it took
+        self.epochs: int | None = None  # the run's length as last saved
+        self.extended: list[int] | None = None  # [from, to]: `--resume --epochs` lengthened the run
         self.metadata = metadata
         self.best_ternary = -1.0
         self.best_float = -1.0
@@ -212,7 +214,8 @@ class RunRecorder(L.Callback):
     # continues exactly as the uninterrupted one would have.
     def state_dict(self) -> dict:
         return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self.elapsed_s(),
-                "command": self.command, "budgeted": self.budgeted, "lineage": self._lineage(), "rng": random_states()}
+                "command": self.command, "budgeted": self.budgeted, "epochs": self.epochs, "extended": self.extended,
+                "lineage": self._lineage(), "rng": random_states()}
 
     def _lineage(self) -> dict:
         """What the run started from (``--init``'s recipe, ``fine_tune.init_metadata``), as it was when it started."""
@@ -229,6 +232,7 @@ class RunRecorder(L.Callback):
         # a resumed run's settings no longer hold the budget once it became epochs; runs saved before this key
         # was kept tell it by their command
         self.budgeted = state.get("budgeted", "--time-budget" in self.command)
+        self.epochs, self.extended = state.get("epochs"), state.get("extended")  # absent before they were kept
         if "rng" in state:  # absent in runs saved before it was kept
             set_random_states(state["rng"])
 
@@ -241,6 +245,9 @@ class RunRecorder(L.Callback):
         self.hardware = f"{describe_device(device, trainer.num_devices, trainer.num_nodes)}, {trainer.precision}"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.epochs is not None and trainer.max_epochs > self.epochs:  # resumed with more epochs
+            self.extended = [self.extended[0] if self.extended else self.epochs, trainer.max_epochs]
+        self.epochs = trainer.max_epochs
         if trainer.ckpt_path is None or not trainer.is_global_zero:
             return
         done = batches_done_at_resume(trainer)
@@ -265,6 +272,7 @@ class RunRecorder(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self.epochs = trainer.max_epochs  # a time budget has decided it by now
         validated = self._validated_epoch == trainer.current_epoch  # else the metrics are an earlier epoch's
         values = {k: _metric(trainer, k) if validated or k.startswith("train_") else None for k in METRIC_COLUMNS}
         _stop_if_diverged(trainer, pl_module, values["train_loss"])
@@ -289,11 +297,15 @@ class RunRecorder(L.Callback):
                 self._save_best(pl_module, values, trainer.current_epoch)
 
     def _command_as_run(self, trainer: L.Trainer) -> str:
-        """The command, and for a run sized by ``--time-budget`` the epochs the budget gave it: on another machine
-        the budget gives others, and ``--epochs N`` without it repeats this run."""
-        if not self.budgeted:
-            return self.command
-        return f"{self.command}  # the time budget gave {trainer.max_epochs} epochs"
+        """The command, and what it does not say: for a run sized by ``--time-budget`` the epochs the budget gave it
+        (on another machine the budget gives others, and ``--epochs N`` without it repeats this run), for a run
+        lengthened by ``--resume --epochs N`` its new length."""
+        notes = []
+        if self.budgeted:
+            notes.append(f"the time budget gave {self.extended[0] if self.extended else trainer.max_epochs} epochs")
+        if self.extended:
+            notes.append(f"resumed with --epochs {self.extended[1]}")
+        return f"{self.command}  # {'; '.join(notes)}" if notes else self.command
 
     def _save_best(self, pl_module, values: dict, epoch: int) -> None:
         model = copy.deepcopy(pl_module.validated_model())

@@ -89,9 +89,10 @@ class BitClassifier(L.LightningModule):
         # mmap: only the small entry is read, not the weights and optimizer state beside it
         saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get(TEACHER_KEY)
         if saved is not None and saved != self._teacher_sha256:  # absent in runs saved before it was kept
-            raise SettingsError(f"--resume: {self._teacher_source} is not the teacher this run distils from (its "
-                                f"weights' sha256 is {self._teacher_sha256[:12]}..., {checkpoint} recorded "
-                                f"{saved[:12]}...): give --kd --teacher with the run's own teacher files")
+            raise SettingsError(f"--resume: {self._teacher_source} holds other weights than the teacher this run "
+                                f"distils from (sha256 {self._teacher_sha256[:12]}..., {checkpoint} recorded "
+                                f"{saved[:12]}...): if the file was replaced, put the run's teacher back; if it "
+                                "moved, give --kd --teacher with where it is now (several: in the run's order)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -190,10 +191,11 @@ class BitClassifier(L.LightningModule):
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """One model's weights as a digest: the names, dtypes, shapes and values of its state dict, in order."""
+    """One model's weights as a digest: the dtypes, shapes and values of its state dict, in order (not the names,
+    which a later version of the code may change for the same weights)."""
     digest = hashlib.sha256()
-    for name, value in model.state_dict().items():
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+    for value in model.state_dict().values():
+        digest.update(f"{value.dtype}:{tuple(value.shape)};".encode())
         digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
