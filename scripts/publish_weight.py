@@ -31,6 +31,7 @@ from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.hub import PRETRAINED_DIR, entries
+from bitnetcnn.train.callbacks import BUDGET_NOTE
 from bitnetcnn.train.evaluate import evaluate_model
 
 MAX_SHIPPED_BYTES = 4 << 20  # the package ships weights under 4 MiB; larger ones go to a URL
@@ -109,7 +110,7 @@ def _portable(metadata: dict) -> dict:
     return walk(metadata)
 
 
-BUDGET_GAVE = re.compile(r"the time budget gave (\d+) epochs")  # RunRecorder's note on a budgeted run's command
+BUDGET_GAVE = re.compile(re.escape(BUDGET_NOTE).replace(r"\{\}", r"(\d+)"))  # RunRecorder's note, read back
 
 
 def run_length(metadata: dict) -> int | None:

@@ -286,17 +286,15 @@ def _model_file(text: str, registry_names: bool) -> str:
     from bitnetcnn.models import list_models
 
     published = [w.hub_entry for w in list_pretrained()]
+    registry = list_models() if registry_names else []
     if text in published:
         return str(pretrained_path(text))
-    if Path(text).exists():  # a folder: the command's own error says what it needs (a run folder's model file)
+    if Path(text).exists() or text in registry:  # a folder: the command's own error says what it needs
         return text
-    if registry_names and text in list_models():
-        return text
-    known = published + (list_models() if registry_names else [])
-    close = difflib.get_close_matches(text, known, n=3, cutoff=0.4)
-    raise ValueError(f"{text!r} is not a file{', a registry name' if registry_names else ''} or a published weight"
+    close = difflib.get_close_matches(text, published + registry, n=1, cutoff=0.4)
+    raise ValueError(f"{text!r} is not a file{', a registry name' if registry else ''} or a published weight"
                      f"{f' (did you mean {close[0]}?)' if close else ''}: published weights: {', '.join(published)}"
-                     + (f"; registry names: {', '.join(list_models())}" if registry_names else ""))
+                     + (f"; registry names: {', '.join(registry)}" if registry else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

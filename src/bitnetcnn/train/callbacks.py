@@ -170,6 +170,10 @@ def _row_line(row: dict, epochs: int) -> str:
     return line + f"  {row['elapsed_s']:.0f} s"
 
 
+# What a budgeted run's recorded command adds (scripts/publish_weight.py reads the number back from older files)
+BUDGET_NOTE = "the time budget gave {} epochs"
+
+
 class RunRecorder(L.Callback):
     """Writes one metrics.csv row per epoch (and redraws the plot), keeps the best converted ternary model, and
     writes results.json at the end.
@@ -302,7 +306,7 @@ class RunRecorder(L.Callback):
         lengthened by ``--resume --epochs N`` its new length."""
         notes = []
         if self.budgeted:
-            notes.append(f"the time budget gave {self.extended[0] if self.extended else trainer.max_epochs} epochs")
+            notes.append(BUDGET_NOTE.format(self.extended[0] if self.extended else trainer.max_epochs))
         if self.extended:
             notes.append(f"resumed with --epochs {self.extended[1]}")
         return f"{self.command}  # {'; '.join(notes)}" if notes else self.command
