@@ -193,6 +193,36 @@ def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibra
         assert _agreement(model(x), deployed(x)) >= 0.95
 
 
+@pytest.mark.parametrize("name, kwargs", [("bitnet_cnn", dict(width=16, act="relu")),
+                                          ("bit_mobilenetv2", dict(width_mult=0.25, act="relu6"))])
+def test_every_point_kept_in_float_computes_the_float_model(name, kwargs):
+    """quantize_static folds a ReLU (or ReLU6's Clip) into the grid of the QuantizeLinear after it: removing that
+    pair must put the activation back, so a graph with every point in float computes what the model computes."""
+    from bitnetcnn.deploy.compile import to_onnx_graph
+    from bitnetcnn.deploy.int8 import keep_in_float
+    from bitnetcnn.deploy.runtime import DeployedModel
+
+    torch.manual_seed(0)
+    size = 28 if name == "bitnet_cnn" else 32
+    chans = 1 if name == "bitnet_cnn" else 3
+    bit = create_model(name, num_classes=10, **kwargs).train()
+    with torch.no_grad():
+        for _ in range(3):
+            bit(torch.randn(16, chans, size, size))  # BN statistics
+    model = convert_to_ternary(bit.eval())
+    x = torch.randn(32, chans, size, size)
+    graph, _ = to_onnx_graph(model, x[:16])
+    activation = "Relu" if name == "bitnet_cnn" else "Clip"
+    folded = sum(n.op_type == activation for n in graph.graph.node)
+    points = {n.input[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"}
+    floated = keep_in_float(graph, points)
+    assert not any(n.op_type == "QuantizeLinear" for n in floated.graph.node)
+    assert sum(n.op_type == activation for n in floated.graph.node) > folded  # the folded ones are back
+    with torch.no_grad():
+        want, got = model(x), DeployedModel(floated, threads=1)(x)
+    assert (got - want).abs().max() <= 1e-3 * want.abs().max()
+
+
 def test_compile_without_calibration_needs_quantizers(mnist_model):
     models, _ = mnist_model
     with pytest.raises(NotDeployableError, match="calibration"):

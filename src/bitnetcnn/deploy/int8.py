@@ -44,6 +44,9 @@ QUANTIZED_OPS = [
 _FLOW_OPS = {"Relu", "Clip", "Add", "Mul", "MaxPool", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze",
              "Unsqueeze"}
 _POOLING = {"ReduceMean", "GlobalAveragePool", "AveragePool"}
+# The activations quantize_static may fold into the grid of the QuantizeLinear after them.
+_ACTIVATIONS = ("Relu", "Clip")
+FOLDED_ACTIVATIONS = "bitnetcnn.folded_activations"  # the metadata key that lists them
 U8_ZERO, U8_MID = 0, 128
 # The int8 weight holds codes * 64 with scale s / 64: the same weight exactly (64 is a power of two), but the int32
 # bias, whose step onnxruntime fixes at input scale * weight scale, gets a 64x finer grid. 64 is the most that
@@ -83,8 +86,8 @@ def _graph_maps(graph):
     return producer, consumers
 
 
-def _zero_constants(graph) -> set:
-    """Names of the scalar constants equal to 0 (a Clip with such a minimum is a ReLU6-like clamp)."""
+def _constants(graph) -> Dict[str, np.ndarray]:
+    """The graph's constant tensors by name: its initializers and the outputs of its Constant nodes."""
     from onnx import numpy_helper
 
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -93,7 +96,12 @@ def _zero_constants(graph) -> set:
             for a in node.attribute:
                 if a.name == "value":
                     consts[node.output[0]] = numpy_helper.to_array(a.t)
-    return {name for name, v in consts.items() if v.size == 1 and float(v.reshape(-1)[0]) == 0.0}
+    return consts
+
+
+def _zero_constants(graph) -> set:
+    """Names of the scalar constants equal to 0 (a Clip with such a minimum is a ReLU6-like clamp)."""
+    return {name for name, v in _constants(graph).items() if v.size == 1 and float(v.reshape(-1)[0]) == 0.0}
 
 
 def _is_nonnegative_output(node, zeros: set) -> bool:
@@ -294,7 +302,59 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
                 "CalibTensorRangeSymmetric": False,
             },
         )
-        return _float_convolution_outputs(onnx.load(str(dst)), float_nodes)
+        quantized = onnx.load(str(dst))
+    _record_folded_activations(graph, quantized)
+    return _float_convolution_outputs(quantized, float_nodes)
+
+
+def _record_folded_activations(float_graph, quantized) -> None:
+    """Note in ``quantized``'s metadata the ReLU/Clip nodes ``quantize_static`` removed (it leaves their clamp to
+    the grid of the QuantizeLinear after them), by output tensor, so that ``keep_in_float`` can put each back where
+    it removes that grid: without it the float tensor would lose its activation."""
+    import json
+
+    kept = {t for n in quantized.graph.node if n.op_type in _ACTIVATIONS for t in n.output}
+    consts = _constants(float_graph)
+    folded = {}
+    for node in float_graph.node:
+        if node.op_type not in _ACTIVATIONS or node.output[0] in kept:
+            continue
+        spec = {"op": node.op_type}
+        if node.op_type == "Clip":
+            bounds = {a.name: a.f for a in node.attribute if a.name in ("min", "max")}  # opset < 11
+            for key, name in zip(("min", "max"), node.input[1:]):
+                if name:
+                    bounds[key] = float(consts[name].reshape(-1)[0])
+            spec.update(bounds)
+        folded[node.output[0]] = spec
+    if folded:
+        entry = quantized.metadata_props.add()
+        entry.key, entry.value = FOLDED_ACTIVATIONS, json.dumps(folded, sort_keys=True)
+
+
+def _folded_activation(model, tensor: str, output: str) -> list:
+    """The node(s) computing ``output`` = the activation ``quantize_int8`` folded into ``tensor``'s grid, or []."""
+    import json
+
+    from onnx import helper, numpy_helper
+
+    props = {p.key: p.value for p in model.metadata_props}
+    spec = json.loads(props.get(FOLDED_ACTIVATIONS, "{}")).get(tensor)
+    if spec is None:
+        return []
+    if spec["op"] == "Relu":
+        return [helper.make_node("Relu", [tensor], [output], name=f"{output}_Relu")]
+    bounds = []
+    for key in ("min", "max"):
+        if key in spec:
+            name = f"{output}_{key}"
+            model.graph.initializer.append(numpy_helper.from_array(np.array(spec[key], np.float32), name))
+            bounds.append(name)
+        else:
+            bounds.append("")
+    while bounds and not bounds[-1]:
+        bounds.pop()
+    return [helper.make_node("Clip", [tensor, *bounds], [output], name=f"{output}_Clip")]
 
 
 
@@ -318,21 +378,27 @@ def _float_convolution_outputs(model, float_nodes: set):
 
 def keep_in_float(model, tensors: set):
     """``model`` (a QDQ graph, changed in place) with the Q/DQ pairs on ``tensors`` removed: whatever read their
-    dequantized values reads the float tensors instead."""
+    dequantized values reads the float tensors instead. Where the pair stood for a folded ReLU or Clip (see
+    ``_record_folded_activations``), that activation takes its place."""
     graph = model.graph
-    producer, consumers = _graph_maps(graph)
-    drop, rewire = set(), {}
+    _, consumers = _graph_maps(graph)
+    drop, rewire, replace = set(), {}, {}
     for q in graph.node:
         if q.op_type != "QuantizeLinear" or q.input[0] not in tensors:
             continue
         dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
-        if len(dqs) != len(consumers.get(q.output[0], [])):
+        if not dqs or len(dqs) != len(consumers.get(q.output[0], [])):
             continue  # something reads the quantized tensor itself: keep the pair
         drop.update(id(n) for n in (q, *dqs))
-        rewire.update({d.output[0]: q.input[0] for d in dqs})
+        activation = _folded_activation(model, q.input[0], dqs[0].output[0])
+        if activation:
+            replace[id(q)] = activation
+            rewire.update({d.output[0]: dqs[0].output[0] for d in dqs[1:]})
+        else:
+            rewire.update({d.output[0]: q.input[0] for d in dqs})
     if not drop:
         return model
-    kept = [n for n in graph.node if id(n) not in drop]
+    kept = [m for n in graph.node for m in replace.get(id(n), [] if id(n) in drop else [n])]
     for node in kept:
         for i, name in enumerate(node.input):
             if name in rewire:
