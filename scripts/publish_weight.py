@@ -135,21 +135,21 @@ def run_length(metadata: dict) -> int | None:
     return None if args.time_budget is not None else args.epochs  # a budget's --epochs is only its cap
 
 
-UNFINISHED = "the weights of epoch"
+EARLY_EPOCH = "the weights of epoch"
 
 
-def _mark_unfinished(metadata: dict) -> dict:
-    """A run's best model taken before the run's last epoch (a run still going) says so in its last training step:
-    rerunning the command trains all the epochs, and the wall time is the time to these weights. Said once: a
-    published file published again keeps its note."""
+def _mark_early_epoch(metadata: dict) -> dict:
+    """A best model from before the run's last epoch (a run still going, or a later epoch that scored lower) says
+    so in its last training step: rerunning the command trains all the epochs, and the wall time is the time to
+    these weights. Said once: a published file published again keeps its note."""
     epoch, epochs = metadata.get("epoch"), run_length(metadata)
     if epoch is None or epochs is None or epoch + 1 >= epochs or not metadata.get("training"):
         return metadata
     *earlier, last = metadata["training"]
     text, sep, comment = last["command"].partition("  # ")
-    if UNFINISHED in comment:
+    if EARLY_EPOCH in comment:
         return metadata
-    note = f"{UNFINISHED} {epoch + 1} of {epochs}, the run's best when published"
+    note = f"{EARLY_EPOCH} {epoch + 1} of {epochs}, the best of those validated by then"
     last = dict(last, command=f"{text}  # {comment}; {note}" if sep else f"{text}  # {note}")
     return dict(metadata, command=last["command"], training=[*earlier, last])
 
@@ -168,7 +168,7 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
         raise ValueError(f"{path} does not record the data set it was trained on: it cannot be measured")
     header = model.checkpoint_header
     # refused before the long part
-    recorded = _portable(_mark_unfinished(dict(header.get("metadata") or {}, command=own.command)))
+    recorded = _portable(_mark_early_epoch(dict(header.get("metadata") or {}, command=own.command)))
     measured = evaluate_model(model, data_dir=data_dir, source=str(path))
     names = own.class_names or get_dataset_spec(own.dataset).class_names
     scores = {"top1": measured["top1"], "top5": measured["top5"]}

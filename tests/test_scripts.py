@@ -123,12 +123,12 @@ def test_weights_taken_before_the_runs_last_epoch_say_so_in_their_recipe(tmp_pat
         return publish_weight.publish(saved, "bitnet_mnist", "demo", out_dir=tmp_path / name / "shipped").command
 
     old = published("old", "bitnetcnn train --dataset mnist_demo --epochs 24", epoch=11)
-    assert old == "bitnetcnn train --dataset mnist_demo --epochs 24  # the weights of epoch 12 of 24, the run's best " \
-                  "when published"
+    assert old == "bitnetcnn train --dataset mnist_demo --epochs 24  # the weights of epoch 12 of 24, the best of " \
+                  "those validated by then"
     budgeted = published("budget", "bitnetcnn train --time-budget 5  # the time budget gave 7 epochs", epoch=2,
                          epochs=7)
-    assert budgeted.endswith("# the time budget gave 7 epochs; the weights of epoch 3 of 7, the run's best when "
-                             "published")
+    assert budgeted.endswith("# the time budget gave 7 epochs; the weights of epoch 3 of 7, the best of those "
+                             "validated by then")
     assert published("done", "bitnetcnn train --epochs 4", epoch=3, epochs=4) == "bitnetcnn train --epochs 4"
     # an older budgeted file: its --epochs is the budget's cap, the budget's note says the run's length
     finished = "bitnetcnn train --time-budget 5 --epochs 30  # the time budget gave 7 epochs"
