@@ -195,10 +195,12 @@ def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibra
 
 @pytest.mark.parametrize("name, kwargs", [("bitnet_cnn", dict(width=16, act="relu")),
                                           ("bit_mobilenetv2", dict(width_mult=0.25, act="relu6"))])
-def test_every_point_kept_in_float_computes_the_float_model(name, kwargs):
+def test_every_point_kept_in_float_computes_the_float_model(name, kwargs, tmp_path):
     """quantize_static folds a ReLU (or ReLU6's Clip) into the grid of the QuantizeLinear after it: removing that
-    pair must put the activation back, so a graph with every point in float computes what the model computes."""
-    from bitnetcnn.deploy.compile import to_onnx_graph
+    pair must put the activation back, so a graph with every point in float computes what the model computes; an
+    exported int8 file keeps the record of what was folded."""
+    import onnx
+
     from bitnetcnn.deploy.int8 import keep_in_float
     from bitnetcnn.deploy.runtime import DeployedModel
 
@@ -211,7 +213,8 @@ def test_every_point_kept_in_float_computes_the_float_model(name, kwargs):
             bit(torch.randn(16, chans, size, size))  # BN statistics
     model = convert_to_ternary(bit.eval())
     x = torch.randn(32, chans, size, size)
-    graph, _ = to_onnx_graph(model, x[:16])
+    export_onnx(model, tmp_path / "m.onnx", int8=True, calibration=x[:16], check_inputs=x[16:])
+    graph = onnx.load(tmp_path / "m.onnx")
     activation = "Relu" if name == "bitnet_cnn" else "Clip"
     folded = sum(n.op_type == activation for n in graph.graph.node)
     points = {n.input[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"}
@@ -221,6 +224,33 @@ def test_every_point_kept_in_float_computes_the_float_model(name, kwargs):
     with torch.no_grad():
         want, got = model(x), DeployedModel(floated, threads=1)(x)
     assert (got - want).abs().max() <= 1e-3 * want.abs().max()
+
+
+def test_keep_in_float_keeps_the_pairs_it_cannot_undo():
+    """A pair whose dequantized tensor is a graph output keeps it (the output's name would go), and so does a pair
+    that stands for a folded Clip whose bounds are computed in the graph (it cannot be rebuilt)."""
+    import json
+
+    from onnx import TensorProto, helper
+
+    from bitnetcnn.deploy.int8 import FOLDED_ACTIVATIONS, keep_in_float
+
+    def qdq(src, dst):
+        return [helper.make_node("QuantizeLinear", [src, "s", "z"], [f"{src}_q"]),
+                helper.make_node("DequantizeLinear", [f"{src}_q", "s", "z"], [dst])]
+
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+             helper.make_tensor("z", TensorProto.UINT8, [], [0])]
+    value = helper.make_tensor_value_info
+    nodes = [*qdq("x", "x_dq"), helper.make_node("Neg", ["x_dq"], ["t"]), *qdq("t", "y")]
+    graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])],
+                              inits)
+    model = helper.make_model(graph)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = FOLDED_ACTIVATIONS, json.dumps({"x": {"op": "Clip", "unknown_bounds": True}})
+    kept = keep_in_float(model, {"x", "t"})
+    assert [n.op_type for n in kept.graph.node] == ["QuantizeLinear", "DequantizeLinear", "Neg", "QuantizeLinear",
+                                                     "DequantizeLinear"]
 
 
 def test_compile_without_calibration_needs_quantizers(mnist_model):

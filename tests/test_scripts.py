@@ -106,8 +106,9 @@ def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(
 
 
 def test_weights_taken_before_the_runs_last_epoch_say_so_in_their_recipe(tmp_path):
-    """A run still going can publish its best model so far: the recipe's last command then says which epoch of how
-    many the weights are (rerunning it trains them all), from the run's record or, in older files, its command."""
+    """A best model from before the run's last epoch (a run still going, or a last epoch that scored lower): the
+    recipe's last command then says which epoch of how many the weights are (rerunning it trains them all), from the
+    run's record or, in older files, its command."""
     import torch
 
     import bitnetcnn

@@ -104,8 +104,8 @@ BITNET_RESNET18_CIFAR100 = PretrainedCfg(
     file_size=1861014,
     sha256="d8caee0957a4a4d7c396d41bd35ade6d1b3ac1c61e02ddc9f8abee797acad027",
     training=(
-        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/r18 --no-progress --model bit_resnet18 --epochs 200 "
-                     "--time-budget 8 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 "
+        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/r18 --no-progress --model bit_resnet18 "
+                     "--epochs 200 --time-budget 8 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 "
                      "--warmup-epochs 1 --label-smoothing 0.1 --amp --accelerator gpu --devices 1  # the time budget "
                      "gave 100 epochs; the weights of epoch 90 of 100, the best of those validated by then",
                      419.1, "1x NVIDIA H200, bf16-mixed"),

@@ -161,6 +161,7 @@ def _add_metadata(graph, model: nn.Module, info: dict) -> None:
     args = getattr(model, "model_args", None)
     if args:
         meta["bitnetcnn.model_args"] = json.dumps(args, default=str)
+    meta = {**{e.key: e.value for e in graph.metadata_props}, **meta}  # keeps the int8 graph's own notes
     del graph.metadata_props[:]
     for key, value in meta.items():
         entry = graph.metadata_props.add()

@@ -321,19 +321,21 @@ def _record_folded_activations(float_graph, quantized) -> None:
             continue
         spec = {"op": node.op_type}
         if node.op_type == "Clip":
-            bounds = {a.name: a.f for a in node.attribute if a.name in ("min", "max")}  # opset < 11
             for key, name in zip(("min", "max"), node.input[1:]):
-                if name:
-                    bounds[key] = float(consts[name].reshape(-1)[0])
-            spec.update(bounds)
+                if name and name in consts:
+                    spec[key] = float(consts[name].reshape(-1)[0])
+                elif name:  # a bound computed in the graph: keep_in_float keeps this pair rather than guess it
+                    spec["unknown_bounds"] = True
         folded[node.output[0]] = spec
     if folded:
         entry = quantized.metadata_props.add()
         entry.key, entry.value = FOLDED_ACTIVATIONS, json.dumps(folded, sort_keys=True)
 
 
-def _folded_activation(model, tensor: str, output: str) -> list:
-    """The node(s) computing ``output`` = the activation ``quantize_int8`` folded into ``tensor``'s grid, or []."""
+def _folded_activation(model, tensor: str, output: str) -> Optional[list]:
+    """The node(s) computing ``output`` = the activation ``quantize_int8`` folded into ``tensor``'s grid ([] where
+    none was folded; None where it cannot be rebuilt). Only the removed pair read ``tensor`` (which holds the values
+    before the activation, under the activation's output name), so only its readers get the activation back."""
     import json
 
     from onnx import helper, numpy_helper
@@ -342,6 +344,8 @@ def _folded_activation(model, tensor: str, output: str) -> list:
     spec = json.loads(props.get(FOLDED_ACTIVATIONS, "{}")).get(tensor)
     if spec is None:
         return []
+    if spec.get("unknown_bounds"):
+        return None
     if spec["op"] == "Relu":
         return [helper.make_node("Relu", [tensor], [output], name=f"{output}_Relu")]
     bounds = []
@@ -382,6 +386,7 @@ def keep_in_float(model, tensors: set):
     ``_record_folded_activations``), that activation takes its place."""
     graph = model.graph
     _, consumers = _graph_maps(graph)
+    outputs = {o.name for o in graph.output}
     drop, rewire, replace = set(), {}, {}
     for q in graph.node:
         if q.op_type != "QuantizeLinear" or q.input[0] not in tensors:
@@ -389,8 +394,12 @@ def keep_in_float(model, tensors: set):
         dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
         if not dqs or len(dqs) != len(consumers.get(q.output[0], [])):
             continue  # something reads the quantized tensor itself: keep the pair
-        drop.update(id(n) for n in (q, *dqs))
+        if any(d.output[0] in outputs for d in dqs):
+            continue  # a graph output keeps its name and its grid
         activation = _folded_activation(model, q.input[0], dqs[0].output[0])
+        if activation is None:
+            continue
+        drop.update(id(n) for n in (q, *dqs))
         if activation:
             replace[id(q)] = activation
             rewire.update({d.output[0]: dqs[0].output[0] for d in dqs[1:]})
