@@ -20,6 +20,7 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -311,8 +312,6 @@ def _record_folded_activations(float_graph, quantized) -> None:
     """Note in ``quantized``'s metadata the ReLU/Clip nodes ``quantize_static`` removed (it leaves their clamp to
     the grid of the QuantizeLinear after them), by output tensor, so that ``keep_in_float`` can put each back where
     it removes that grid: without it the float tensor would lose its activation."""
-    import json
-
     kept = {t for n in quantized.graph.node if n.op_type in _ACTIVATIONS for t in n.output}
     consts = _constants(float_graph)
     folded = {}
@@ -334,10 +333,8 @@ def _record_folded_activations(float_graph, quantized) -> None:
 
 def _folded_activation(model, tensor: str, output: str) -> Optional[list]:
     """The node(s) computing ``output`` = the activation ``quantize_int8`` folded into ``tensor``'s grid ([] where
-    none was folded; None where it cannot be rebuilt). Only the removed pair read ``tensor`` (which holds the values
-    before the activation, under the activation's output name), so only its readers get the activation back."""
-    import json
-
+    none was folded; None where it cannot be rebuilt). ``tensor`` holds the values before the activation, under the
+    activation's output name; only the removed pair's readers get the activation back."""
     from onnx import helper, numpy_helper
 
     props = {p.key: p.value for p in model.metadata_props}
