@@ -331,14 +331,18 @@ def _record_folded_activations(float_graph, quantized) -> None:
         entry.key, entry.value = FOLDED_ACTIVATIONS, json.dumps(folded, sort_keys=True)
 
 
-def _folded_activation(model, tensor: str, output: str) -> Optional[list]:
-    """The node(s) computing ``output`` = the activation ``quantize_int8`` folded into ``tensor``'s grid ([] where
-    none was folded; None where it cannot be rebuilt). ``tensor`` holds the values before the activation, under the
-    activation's output name; only the removed pair's readers get the activation back."""
+def _folded_activations(model) -> Dict[str, dict]:
+    """What ``_record_folded_activations`` noted in ``model``'s metadata ({} for a graph without the note)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    return json.loads(props.get(FOLDED_ACTIVATIONS, "{}"))
+
+
+def _folded_activation(model, spec: Optional[dict], tensor: str, output: str) -> Optional[list]:
+    """The node(s) computing ``output`` = the activation ``spec`` that ``quantize_int8`` folded into ``tensor``'s
+    grid ([] where none was folded; None where it cannot be rebuilt). ``tensor`` holds the values before the
+    activation, under the activation's output name; only the removed pair's readers get the activation back."""
     from onnx import helper, numpy_helper
 
-    props = {p.key: p.value for p in model.metadata_props}
-    spec = json.loads(props.get(FOLDED_ACTIVATIONS, "{}")).get(tensor)
     if spec is None:
         return []
     if spec.get("unknown_bounds"):
@@ -384,6 +388,7 @@ def keep_in_float(model, tensors: set):
     graph = model.graph
     _, consumers = _graph_maps(graph)
     outputs = {o.name for o in graph.output}
+    folded = _folded_activations(model)
     drop, rewire, replace = set(), {}, {}
     for q in graph.node:
         if q.op_type != "QuantizeLinear" or q.input[0] not in tensors:
@@ -393,7 +398,7 @@ def keep_in_float(model, tensors: set):
             continue  # something reads the quantized tensor itself: keep the pair
         if any(d.output[0] in outputs for d in dqs):
             continue  # a graph output keeps its name and its grid
-        activation = _folded_activation(model, q.input[0], dqs[0].output[0])
+        activation = _folded_activation(model, folded.get(q.input[0]), q.input[0], dqs[0].output[0])
         if activation is None:
             continue
         drop.update(id(n) for n in (q, *dqs))
