@@ -358,6 +358,9 @@ def test_seed_layout_in_a_plain_zip_is_mapped(tmp_path):
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
     with pytest.raises(CheckpointError, match="wrong architecture"):
         bitnetcnn.load_checkpoint(path)  # the default width (32) does not fit
+    with pytest.raises(CheckpointError, match="unknown model 'bitnet_cnnn'. Did you mean bitnet_cnn.*Registered "
+                                              "models: .*bit_resnet18"):
+        bitnetcnn.load_checkpoint(path, model_name="bitnet_cnnn")  # a typo gets the names it may have meant
 
 
 # ------------------------------------------------------------------------------- round trips and one-line errors

@@ -131,3 +131,97 @@ def test_it_is_frozen_hashable_and_survives_copies(demo_checkpoint):
         cfg.model_kwargs["width"] = 16
     buf = io.BytesIO()
     torch.save(cfg, buf)  # a model carrying it can still be torch.save'd
+
+
+def _fashion_bit_checkpoint(tmp_path) -> Path:
+    """A trainable (Bit) model saved as trained on Fashion-MNIST at 32 px, with its names and accuracy."""
+    from bitnetcnn.class_names import FASHION_MNIST
+
+    torch.manual_seed(0)
+    return bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=8).eval(), tmp_path / "bit.bnc", {
+        "dataset": "fashion_mnist", "mean": [0.286], "std": [0.353], "input_size": [1, 32, 32],
+        "class_names": list(FASHION_MNIST), "accuracy": 0.9, "tag": "fm"})
+
+
+def _inputs(cfg: PretrainedCfg) -> tuple:
+    return cfg.dataset, cfg.input_size, cfg.mean, cfg.std, cfg.class_names
+
+
+def test_saving_or_converting_a_loaded_model_keeps_its_data_sets_inputs(tmp_path):
+    """Saved again with no metadata, or through `bitnetcnn convert`, a model keeps the inputs it was trained on:
+    the registry's (MNIST's 28 px, its mean) would make eval, export and calibration normalize wrongly."""
+    bit = _fashion_bit_checkpoint(tmp_path)
+    source = bitnetcnn.load_checkpoint(bit).pretrained_cfg
+    assert source.input_size == (1, 32, 32) and source.class_names[0] == "T-shirt/top"
+    again = bitnetcnn.save_checkpoint(convert_to_ternary(bitnetcnn.load_checkpoint(bit)), tmp_path / "again.bnc")
+    saved = bitnetcnn.load_checkpoint(again).pretrained_cfg
+    assert _inputs(saved) == _inputs(source)
+    assert saved.top1 is None  # an accuracy is the caller's to state: the model may have changed since
+    assert cli.main(["convert", str(bit), "-o", str(tmp_path / "t.bnc")]) == 0
+    converted = bitnetcnn.load_checkpoint(tmp_path / "t.bnc").pretrained_cfg
+    assert _inputs(converted) == _inputs(source) and converted.top1 == 0.9
+    # power-of-two scales compute another function: its accuracy is not the source's
+    assert cli.main(["convert", str(bit), "--pow2", "-o", str(tmp_path / "p2.bnc")]) == 0
+    p2 = bitnetcnn.load_checkpoint(tmp_path / "p2.bnc").pretrained_cfg
+    assert _inputs(p2) == _inputs(source) and p2.top1 is None and p2.model_kwargs["pow2"] is True
+    in_memory = bitnetcnn.convert_to_ternary_p2(bitnetcnn.load_checkpoint(bit)).pretrained_cfg
+    assert in_memory.top1 is None and in_memory.model_kwargs["pow2"] is True
+
+
+def test_convert_pow2_refuses_a_model_whose_scales_are_already_fixed(tmp_path, capsys):
+    converted = tmp_path / "t.bnc"
+    assert cli.main(["convert", str(_fashion_bit_checkpoint(tmp_path)), "-o", str(converted)]) == 0
+    capsys.readouterr()
+    assert cli.main(["convert", str(converted), "--pow2", "-o", str(tmp_path / "p2.bnc")]) == 2
+    assert "is already converted, its scales fixed" in capsys.readouterr().err
+    assert not (tmp_path / "p2.bnc").exists()
+
+
+def test_converting_a_runs_last_ckpt_records_its_data_sets_inputs(tmp_path):
+    """A run's last.ckpt holds no inputs: they come from the run folder (a 3-channel CIFAR-10 run here, where the
+    registry would say MNIST's one channel and 28 px)."""
+    import lightning
+
+    from bitnetcnn.train.module import BitClassifier
+
+    run = tmp_path / "run"
+    run.mkdir()
+    module = BitClassifier("bitnet_cnn", 10, 3, {"width": 8})
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, run / "last.ckpt")
+    (run / "args.json").write_text(json.dumps({"dataset": "cifar10"}))
+    assert cli.main(["convert", str(run / "last.ckpt"), "-o", str(tmp_path / "c10.bnc")]) == 0
+    cfg = bitnetcnn.load_checkpoint(tmp_path / "c10.bnc").pretrained_cfg
+    spec = get_dataset_spec("cifar10")
+    assert _inputs(cfg) == ("cifar10", (3, 32, 32), spec.mean, spec.std, spec.class_names)
+
+
+def test_a_model_saved_without_inputs_for_its_channels_is_refused(tmp_path):
+    model = convert_to_ternary(create_model("bitnet_cnn", in_chans=3, width=8).eval())
+    with pytest.raises(ValueError, match=r"takes 3-channel images but the inputs to record are \[3, 28, 28\] with "
+                                         r"mean \[0.1307\]"):
+        bitnetcnn.save_checkpoint(model, tmp_path / "x.bnc")
+    assert not (tmp_path / "x.bnc").exists()
+    path = bitnetcnn.save_checkpoint(model, tmp_path / "x.bnc", {"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert bitnetcnn.load_checkpoint(path).pretrained_cfg.input_size == (3, 28, 28)
+
+
+def test_eval_refuses_a_data_set_with_other_images_or_labels(demo_checkpoint, tmp_path):
+    """Told before any image is read: a score on images or labels the model was not trained on means nothing."""
+    from bitnetcnn.class_names import DIGITS
+    from bitnetcnn.train.evaluate import evaluate_model
+
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8).eval())
+    digits = bitnetcnn.load_checkpoint(bitnetcnn.save_checkpoint(
+        model, tmp_path / "d.bnc", {"dataset": "mnist", "class_names": list(DIGITS)}))
+    with pytest.raises(ValueError, match="has the classes 0, 1, 2, 3, 4, ... .10 classes. but 'fashion_mnist' has "
+                                         "T-shirt/top"):
+        evaluate_model(digits, "fashion_mnist", data_dir=str(tmp_path / "nowhere"))
+    large = bitnetcnn.load_checkpoint(bitnetcnn.save_checkpoint(
+        model, tmp_path / "l.bnc", {"dataset": "mnist_demo", "input_size": [1, 32, 32]}))
+    with pytest.raises(ValueError, match=r"takes 1x32x32 inputs \(its pretrained_cfg\) but 'mnist_demo' has 1x28x28"):
+        evaluate_model(large)
+    colour = convert_to_ternary(create_model("bitnet_cnn", in_chans=3, width=8).eval())
+    with pytest.raises(ValueError, match="takes 3-channel images but 'mnist_demo' has 1-channel ones"):
+        evaluate_model(colour, "mnist_demo")
+    assert evaluate_model(bitnetcnn.load_checkpoint(demo_checkpoint[1]), "mnist_demo")["images"] > 0

@@ -67,6 +67,34 @@ def _jsonable(value: Any, what: str) -> Any:
         raise ValueError(f"{what} must be JSON-serializable (plain dicts, lists, str, numbers): {e}") from None
 
 
+def _input_metadata(model: nn.Module, args: dict, cfg, metadata: dict) -> dict:
+    """What the model's inputs are (``size``, ``mean``, ``std``, ``class_names``; ``dataset`` put in ``metadata``):
+    ``metadata``'s, else the weights' own (``model.pretrained_cfg``: a loaded model saved again keeps its data set's
+    normalization and names), else the registry's for the model's channels and side. Refused when the channels
+    disagree, since such a file would normalize, calibrate and export wrongly."""
+    own = pretrained_cfg.model_pretrained_cfg(model)
+
+    def pick(key: str, own_value, default):
+        value = metadata.pop(key, None)
+        return value if value is not None else own_value if own_value is not None else default
+
+    if own is not None and own.dataset is not None:
+        metadata.setdefault("dataset", own.dataset)
+    side = int(args.get("img_size", cfg.input_size[1]))
+    size = [int(v) for v in pick("input_size", own and own.input_size,
+                                 [int(args.get("in_chans", cfg.input_size[0])), side, side])]
+    mean = [float(v) for v in pick("mean", own and own.mean, cfg.mean)]
+    std = [float(v) for v in pick("std", own and own.std, cfg.std)]
+    names = pick("class_names", own and own.class_names, None)
+    channels = args.get("in_chans", size[0])
+    if len(size) != 3 or size[0] != channels or len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"{args['name']} takes {channels}-channel images but the inputs to record are {size} with mean {mean} "
+            f"and std {std}: pass the data set's metadata={{'input_size': [{channels}, H, W], 'mean': [...], "
+            f"'std': [...]}} ({channels} values each)")
+    return {"size": size, "mean": mean, "std": std, "class_names": list(names) if names is not None else None}
+
+
 def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
     """The JSON header for ``model`` (without the tensor hash and the ternary coding, which saving adds)."""
     args = getattr(model, "model_args", None)
@@ -86,7 +114,7 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
         if isinstance(m, (TernaryConv2d, TernaryLinear))
     }
     bit_layers = [name for name, m in model.named_modules() if isinstance(m, (BitConv2d, BitLinear))]
-    input_size = list(metadata.pop("input_size", None) or cfg.input_size)
+    inputs = _input_metadata(model, args, cfg, metadata)
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -95,12 +123,8 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
         "architecture": {"name": args["name"], "args": args},
         "form": _form(model),
         "num_classes": args.get("num_classes", cfg.num_classes),
-        "class_names": metadata.pop("class_names", None),
-        "input": {
-            "size": input_size,
-            "mean": list(metadata.pop("mean", None) or cfg.mean),
-            "std": list(metadata.pop("std", None) or cfg.std),
-        },
+        "class_names": inputs.pop("class_names"),
+        "input": inputs,
         "quantization": {
             **{k: args.get(k) for k in ("quant", "scale_op", "pow2", "act_bits", "fp_ends")},
             "ternary_layers": ternary_layers,
@@ -122,7 +146,8 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Optional[dict] =
     ``convert_to_ternary_p2``; its ternary weights are entropy-coded, about 1.2-1.6 bits each), trainable Bit, or
     full precision (``quant='fp'``). ``metadata`` is a JSON-able dict; the keys ``dataset``, ``accuracy``,
     ``float_eval``, ``ternary_eval`` and ``command`` (how the model was trained) become the header's metrics,
-    ``class_names``, ``input_size``, ``mean`` and ``std`` override what the registry says; the rest is kept as is.
+    ``class_names``, ``input_size``, ``mean`` and ``std`` override the model's own ``pretrained_cfg`` (a loaded
+    model keeps its data set's), then the registry's; the rest is kept as is.
     """
     path = Path(path)
     header = build_header(model, metadata)

@@ -29,7 +29,7 @@ from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.checkpoint.assemble import assemble
 from bitnetcnn.checkpoint.errors import short
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
-from bitnetcnn.models import create_model, list_models
+from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import convert_to_ternary
 from bitnetcnn.quant import DEFAULT_QUANT
 
@@ -192,8 +192,10 @@ def _load_seed_state(name, state, extra, model_name, model_kwargs) -> nn.Module:
         kwargs = {k: v for k, v in kwargs.items() if k in ("num_classes", "in_chans")}
     kwargs.update(model_kwargs)
     model_name = model_name or inferred
-    if model_name not in list_models():
-        raise CheckpointError(name, f"unknown architecture {model_name!r}")
+    try:
+        get_model_config(model_name)
+    except ValueError as e:  # names the close ones and every registered model
+        raise CheckpointError(name, str(e)) from None
     try:
         tensors, codes = seed_to_ternary(state)
     except ValueError as e:

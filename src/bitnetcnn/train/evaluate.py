@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
+from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of, model_pretrained_cfg
 from bitnetcnn.data.augment import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.settings import data_root
-from bitnetcnn.nn import convert_to_ternary
+from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
+
+ACCURACY_KEYS = ("accuracy", "float_eval", "ternary_eval", "test_images")  # what a converted file's header measured
 
 
 @torch.no_grad()
@@ -62,6 +65,7 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
     classes = getattr(model, "model_args", {}).get("num_classes")
     if classes is not None and spec.num_classes and classes != spec.num_classes:  # told before the data is read
         raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
+    _check_same_inputs(model, cfg, spec, source)
     root = data_root(data_dir)
     split = spec.reader(root, False, False)
     if split.class_names is not None:  # an image folder: its folders are the classes
@@ -74,6 +78,22 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
     mean, std = (cfg.mean, cfg.std) if cfg is not None and cfg.mean and cfg.std else (spec.mean, spec.std)
     return {"checkpoint": source, "dataset": dataset, "mean": list(mean), "std": list(std),
             **accuracy(model, split.images, split.labels, mean, std, batch_size)}
+
+
+def _check_same_inputs(model: nn.Module, cfg, spec, source: str) -> None:
+    """Refuse a data set whose images or labels are not the ones the model was trained on (channels, size, class
+    names), before any is read: its score would be a number about nothing."""
+    wanted = (spec.in_chans, spec.img_size, spec.img_size)
+    channels = getattr(model, "model_args", {}).get("in_chans")
+    if channels is not None and channels != spec.in_chans:
+        raise ValueError(f"{source} takes {channels}-channel images but {spec.name!r} has {spec.in_chans}-channel ones")
+    if cfg is not None and cfg.input_size is not None and tuple(cfg.input_size) != wanted:
+        raise ValueError(f"{source} takes {'x'.join(map(str, cfg.input_size))} inputs (its pretrained_cfg) but "
+                         f"{spec.name!r} has {'x'.join(map(str, wanted))} images")
+    names = cfg.class_names if cfg is not None else None
+    if names and spec.class_names and tuple(names) != tuple(spec.class_names):
+        raise ValueError(f"{source} has the classes {_few(names)} but {spec.name!r} has {_few(spec.class_names)}: its "
+                         f"labels would not mean the same; evaluate it on {cfg.dataset or 'the data set it was trained on'}")
 
 
 def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) -> Path:
@@ -93,10 +113,16 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
             raise ValueError(f"{src} is not a readable last.ckpt of a `bitnetcnn train` run ({reason}); convert a "
                              "run's last.ckpt or a bitnetcnn checkpoint (.bnc)") from None
         meta = _run_metadata(src.parent, pow2)
-    else:
+    else:  # its inputs, names and data set travel through model.pretrained_cfg (save_checkpoint reads it)
         model = load_checkpoint(src)
+        if pow2 and not any(isinstance(m, BIT_LAYERS) for m in model.modules()):
+            raise ValueError(f"{src} is already converted, its scales fixed: --pow2 rounds them when a Bit model is "
+                             "converted, so convert the run's last.ckpt (or a Bit checkpoint) with --pow2")
         header = getattr(model, "checkpoint_header", {}) or {}
         meta = dict(header.get("metadata", {}), **{k: v for k, v in header.get("metrics", {}).items()})
+        if pow2:  # power-of-two scales change the function: its accuracy must be measured again
+            for key in ACCURACY_KEYS:
+                meta.pop(key, None)
     ternary = convert_to_ternary(model.eval(), pow2=pow2)
     out = Path(output) if output else src.with_suffix(".ternary.bnc")
     save_checkpoint(ternary, out, meta)
@@ -104,10 +130,13 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
 
 
 def _run_metadata(run: Path, pow2: bool) -> dict:
-    """What a run folder says about its model: data set, command and (for the same scales) the last accuracies."""
+    """What a run folder says about its model: data set, inputs and class names, command and (for the same scales)
+    the last accuracies."""
     meta: dict = {}
     if (run / "args.json").exists():
-        meta["dataset"] = json.loads((run / "args.json").read_text()).get("dataset")
+        args = json.loads((run / "args.json").read_text())
+        meta["dataset"] = args.get("dataset")
+        meta.update(_run_inputs(run, args))
     if (run / "results.json").exists():
         results = json.loads((run / "results.json").read_text())
         meta["command"] = results.get("command")
@@ -116,3 +145,20 @@ def _run_metadata(run: Path, pow2: bool) -> dict:
             meta["float_eval"] = {"top1": results.get("float_acc")}
             meta["ternary_eval"] = {"top1": results.get("ternary_acc")}
     return {k: v for k, v in meta.items() if v is not None}
+
+
+def _run_inputs(run: Path, args: dict) -> dict:
+    """The inputs a run trained on: as its best_ternary.bnc records them (image folders' class names included),
+    else as its data set's spec says."""
+    header = native_header(run / "best_ternary.bnc") if (run / "best_ternary.bnc").exists() else None
+    if header is not None:
+        inputs = header.get("input", {})
+        found = {"input_size": inputs.get("size"), "mean": inputs.get("mean"), "std": inputs.get("std"),
+                 "class_names": header.get("class_names")}
+        return {k: v for k, v in found.items() if v is not None}
+    if not args.get("dataset"):
+        return {}
+    spec = get_dataset_spec(args["dataset"], int(args.get("img_size") or 64))
+    found = {"input_size": [spec.in_chans, spec.img_size, spec.img_size], "mean": list(spec.mean),
+             "std": list(spec.std), "class_names": list(spec.class_names) if spec.class_names else None}
+    return {k: v for k, v in found.items() if v is not None}
