@@ -834,6 +834,30 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
     assert {k: cut[1][k] for k in same} == {k: full[1][k] for k in same}
 
 
+def test_a_run_killed_while_validating_resumes_to_validate_that_epoch(tmp_path, monkeypatch):
+    """A mid-epoch checkpoint never follows an epoch's last batch: one there would record the epoch as done, and a
+    run killed in the validation after it would resume past that epoch, leaving it unmeasured (the last epoch's
+    figures null, its model never a candidate for best_ternary.bnc)."""
+    every_batch = dict(QUICK, save_every=1e-6)
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **every_batch))
+    validate = BitClassifier.validation_step
+
+    def die_validating_epoch_1(self, *args, **kwargs):
+        if self.current_epoch == 1:
+            raise Killed
+        return validate(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(BitClassifier, "validation_step", die_validating_epoch_1)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **every_batch))
+    saved = torch.load(tmp_path / "cut" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4 + 3  # the mid-epoch save before epoch 1's last batch, not after it
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    assert [int(r["epoch"]) for r in read_metrics(tmp_path / "cut")] == [0, 1]
+    assert resumed["ternary_acc"] == whole["ternary_acc"] and resumed["param_checksums"] == whole["param_checksums"]
+
+
 def test_an_ema_run_killed_inside_an_epoch_resumes_to_the_same_average(tmp_path):
     """With --ema, last.ckpt holds the average and the raw weights: the resumed run ends with the uninterrupted
     run's weights, average and best model."""

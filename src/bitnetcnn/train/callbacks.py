@@ -87,6 +87,14 @@ class MidEpochCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=out_dir, filename="last", save_top_k=1, enable_version_counter=False,
                          train_time_interval=timedelta(minutes=minutes))
 
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        # Not after an epoch's last batch: a checkpoint there records the epoch as trained, so a run killed in the
+        # validation that follows would resume past it, that epoch never measured (nor its model kept if best).
+        # The epoch's own checkpoint comes after that validation.
+        if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
+            return
+        super().on_train_batch_end(trainer, *args, **kwargs)
+
 
 class ResumeHint(L.Callback):
     """A run stopped by Ctrl-C or an error (a full disk, a lost device) says how to continue it and from where, so
