@@ -429,11 +429,17 @@ def test_a_new_run_never_overwrites_a_run_folder(tmp_path, capsys):
                     f"--out {run} already holds a run: continue it with --resume --out {run}, or give a fresh --out")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing replaced
     _one_line_error(capsys, ["train", "--out", str(run / "args.json"), "--no-progress"], "is a file, not a folder")
-    # a folder a run left before its first epoch ended (args.json only) takes a new run
-    (tmp_path / "early").mkdir()
-    (tmp_path / "early" / "args.json").write_text("{}")
-    train(TrainSettings(out=str(tmp_path / "early"), epochs=1, **QUICK))
-    assert (tmp_path / "early" / "best_ternary.bnc").is_file()
+    # a folder a run left before its first last.ckpt was written (killed, or a full disk, after epoch 0's model and
+    # metrics) takes a new run, as its error said: --resume has nothing to continue from
+    early = tmp_path / "early"
+    early.mkdir()
+    for name in ("args.json", "best_ternary.bnc", "metrics.csv", "metrics.png"):
+        (early / name).write_bytes((run / name).read_bytes())
+    _one_line_error(capsys, ["train", "--resume", "--out", str(early), "--no-progress"],
+                    f"--resume: {early / 'last.ckpt'} not found (the run stopped before its first epoch ended); start "
+                    "it again without --resume")
+    results = train(TrainSettings(out=str(early), epochs=2, **QUICK))
+    assert [int(r["epoch"]) for r in read_metrics(early)] == [0, 1] and results["epochs"] == 2
 
 
 def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_path, capsys):

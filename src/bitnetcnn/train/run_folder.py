@@ -95,9 +95,10 @@ def first_process() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-# What a run leaves that a new run would replace; a folder with none of them (a run that stopped before its first
-# epoch ended leaves only args.json) may take a new run.
-RUN_RESULTS = ("last.ckpt", "best_ternary.bnc", "metrics.csv", "results.json")
+# What makes a folder a run's: a checkpoint to resume from, or a finished run's results. A folder with neither, from
+# a run that stopped before its first last.ckpt was written (killed, a full disk), holds at most epoch 0's model and
+# metrics: --resume cannot continue it, so a new run may take it and replace them.
+RUN_RESULTS = ("last.ckpt", "results.json")
 
 
 def check_new_run_folder(out: Path) -> None:
