@@ -546,10 +546,11 @@ def test_resume_after_sigkill_finishes_with_unbroken_metrics(tmp_path):
     assert "--epochs 3" in results["command"] and "--resume" not in results["command"]  # the command that started it
 
 
-def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
+def test_two_process_ddp_on_cpu_trains_one_model(tmp_path, capsys):
     """Both processes train one model, and take one decision on a time budget (the first process's): here the
     most --epochs allows, 2. Their validation counts each test image once, though the 513 images split unevenly
-    (257 in two batches and 256 in one): the accuracy recorded is the saved model's on those images."""
+    (257 in two batches and 256 in one): the accuracy recorded is the saved model's on those images. Resumed in
+    one process, its steps would be twice as many as its schedule counted: refused."""
     run = tmp_path / "ddp"
     done = subprocess.run(
         _cli("--out", str(run), "--epochs", "2", "--time-budget", "30", "--batch-size", "32", "--limit-train", "256",
@@ -571,6 +572,13 @@ def test_two_process_ddp_on_cpu_trains_one_model(tmp_path):
         predicted = model(data.transform(data.test_split.images, training=False)).argmax(1)
     correct = int((predicted == data.test_split.labels).sum())
     assert model.pretrained_cfg.top1 == pytest.approx(correct / 513, abs=1e-6)
+    before = (run / "last.ckpt").read_bytes()
+    _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--epochs", "3", "--devices", "1",
+                             "--no-progress"],
+                    "--resume: the run trained in 2 processes (devices x nodes) and this resume starts 1: give "
+                    "--devices and --num-nodes that make 2")
+    assert (run / "last.ckpt").read_bytes() == before  # nothing recorded: args.json keeps the run's 2 epochs
+    assert json.loads((run / "args.json").read_text())["epochs"] == 2
 
 
 DIES_AT_EPOCH_0_BATCH_2 = """

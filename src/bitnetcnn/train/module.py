@@ -17,6 +17,7 @@ from bitnetcnn.models import create_model
 from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
 from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
+from bitnetcnn.train.run_folder import PROCESSES_KEY
 from bitnetcnn.train.settings import SettingsError
 
 TEACHER_KEY = "teacher_weights_sha256"  # in last.ckpt: which teacher the run distils from
@@ -80,6 +81,7 @@ class BitClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.teacher is not None:
             checkpoint[TEACHER_KEY] = self._teacher_sha256
+        checkpoint[PROCESSES_KEY] = self.trainer.world_size
 
     def check_resumed_teacher(self, checkpoint: Path) -> None:
         """A resumed distillation goes on with the teacher it started with: a teacher given where the first one

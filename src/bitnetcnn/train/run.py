@@ -28,8 +28,8 @@ from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHin
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
 from bitnetcnn.train.module import BitClassifier
-from bitnetcnn.train.run_folder import (check_new_run_folder, check_readable_checkpoint, default_out, first_process,
-                                        resumed_settings, write_settings)
+from bitnetcnn.train.run_folder import (check_new_run_folder, check_readable_checkpoint, check_resumed_processes,
+                                        default_out, first_process, resumed_settings, write_settings)
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 from bitnetcnn.train.time_budget import FitToTimeBudget
@@ -283,6 +283,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
         )
         _check_shares(data, s.batch_size, trainer.world_size)
+        if resume:
+            check_resumed_processes(last, trainer.world_size)
         if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
             write_settings(out, s)
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)

@@ -90,6 +90,24 @@ def check_readable_checkpoint(path: Path) -> None:
                             "model so far)")
 
 
+PROCESSES_KEY = "training_processes"  # in last.ckpt (BitClassifier writes it): how many processes shared each step
+
+
+def check_resumed_processes(checkpoint: Path, processes: int) -> None:
+    """A resume runs as many processes (devices x nodes) as the run did: each takes --batch-size images a step, so
+    another count changes the steps an epoch, in which the learning-rate schedule and the place inside an epoch are
+    counted (a schedule counted for 2 processes ends halfway through the run of 1). Runs saved before the count was
+    kept are not checked."""
+    import torch  # mmap: only the small entry is read, not the weights and optimizer state beside it
+
+    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get(PROCESSES_KEY)
+    if saved is not None and saved != processes:
+        raise SettingsError(
+            f"--resume: the run trained in {saved} process{'es' * (saved != 1)} (devices x nodes) and this resume "
+            f"starts {processes}: give --devices and --num-nodes that make {saved}, since its learning-rate schedule "
+            "and place in the epoch are counted in steps of that many batches (or start a new run with --init)")
+
+
 def first_process() -> bool:
     """False in the processes a distributed launcher starts after the first one: they join the run it made."""
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
