@@ -487,6 +487,12 @@ def test_a_diverging_run_stops_and_never_saves_a_nan_model(tmp_path, capsys):
                              "--batch-size", "32", "--limit-train", "128", "--limit-eval", "64", "--no-progress"],
                     "training diverged in epoch 0: the loss is nan", code=1)
     assert not (tmp_path / "run" / "best_ternary.bnc").exists() and not (tmp_path / "run" / "last.ckpt").exists()
+    # nor inside an epoch: a mid-epoch save after the weights turned to NaN stops the run instead
+    _one_line_error(capsys, ["train", "--out", str(tmp_path / "often"), "--lr", "1e30", "--save-every", "1e-6",
+                             "--batch-size", "32", "--limit-train", "128", "--limit-eval", "64", "--no-progress"],
+                    "; last.ckpt keeps the last finite weights. Lower --lr", code=1)
+    saved = torch.load(tmp_path / "often" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in saved.values() if t.is_floating_point())
 
 
 def test_a_killed_and_resumed_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):

@@ -46,11 +46,12 @@ def _stop_if_diverged(trainer: L.Trainer, pl_module: L.LightningModule, train_lo
     finite = finite and bool(torch.stack([torch.isfinite(p).all() for p in pl_module.parameters()]).all())
     if not finite:
         lr = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}" if trainer.optimizers else "?"
-        kept = ("last.ckpt and best_ternary.bnc keep the last finite epoch" if trainer.current_epoch > 0
-                else "nothing was saved")
-        raise TrainingDiverged(f"training diverged in epoch {trainer.current_epoch}: the loss is {train_loss} "
-                               f"(learning rate {lr}); {kept}. Lower --lr (or raise --warmup-epochs) and "
-                               "start a new run")
+        saved = [name for name in ("last.ckpt", "best_ternary.bnc") if (Path(trainer.default_root_dir) / name).exists()]
+        kept = f"{' and '.join(saved)} keep{'s' * (len(saved) == 1)} the last finite weights" if saved else \
+            "nothing was saved"
+        what = "the weights are not finite" if train_loss is None else f"the loss is {train_loss}"
+        raise TrainingDiverged(f"training diverged in epoch {trainer.current_epoch}: {what} (learning rate {lr}); "
+                               f"{kept}. Lower --lr (or raise --warmup-epochs) and start a new run")
 
 
 def random_states() -> dict:
@@ -94,6 +95,11 @@ class MidEpochCheckpoint(ModelCheckpoint):
         if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
             return
         super().on_train_batch_end(trainer, *args, **kwargs)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # (any save, this one's too) a run that diverged inside an epoch stops before its weights replace the last
+        # finite last.ckpt; the epoch's end checks before its own save
+        _stop_if_diverged(trainer, pl_module, None)
 
 
 class ResumeHint(L.Callback):
