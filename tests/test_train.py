@@ -268,6 +268,18 @@ def test_teacher_with_other_classes_is_refused(tmp_path):
         train(TrainSettings(out=str(tmp_path / "s"), epochs=1, kd=True, teacher=str(tmp_path / "t.bnc"), **QUICK))
 
 
+def test_teacher_trained_on_other_inputs_is_refused(tmp_path):
+    """The teacher sees the student's batches: normalized otherwise, or of another size, its logits teach noise."""
+    teacher = bitnetcnn.create_model("bitnet_cnn", in_chans=1, quant="fp")
+    for name, inputs, message in (("m.bnc", {"mean": [0.5], "std": [0.5]}, r"a mean of \[0.5\] but this run feeds it "
+                                   r"\[0.1307\] \(mnist_demo\)"),
+                                  ("s.bnc", {"input_size": [1, 32, 32]}, r"inputs of \[1, 32, 32\] but this run feeds "
+                                   r"it \[1, 28, 28\]")):
+        bitnetcnn.save_checkpoint(teacher, tmp_path / name, inputs)
+        with pytest.raises(SettingsError, match=message):
+            train(TrainSettings(out=str(tmp_path / "s"), epochs=1, kd=True, teacher=str(tmp_path / name), **QUICK))
+
+
 def test_several_teachers_are_distilled_as_the_mean_of_their_logits(tmp_path):
     from bitnetcnn.train.distill import TeacherEnsemble
     from bitnetcnn.train.run import build

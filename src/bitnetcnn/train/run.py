@@ -52,12 +52,21 @@ def _cpu_has_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path: str) -> torch.nn.Module:
+def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path: str, spec) -> torch.nn.Module:
+    """A teacher that knows the student's classes and sees its inputs as it was trained to: the student's batches,
+    normalized with its data set's statistics (``spec``), at its size."""
     classes = teacher.model_args.get("num_classes") if hasattr(teacher, "model_args") else None
     if classes is not None and classes != num_classes:
         raise SettingsError(f"teacher {path} predicts {classes} classes but the student has {num_classes}: "
                             "distill from a teacher trained on the same data set")
     cfg = model_pretrained_cfg(teacher)
+    size = (spec.in_chans, spec.img_size, spec.img_size)
+    for what, theirs, ours in (("inputs of", cfg and cfg.input_size, size), ("a mean of", cfg and cfg.mean, spec.mean),
+                               ("a std of", cfg and cfg.std, spec.std)):
+        if theirs is not None and tuple(round(float(v), 4) for v in theirs) != tuple(round(v, 4) for v in ours):
+            raise SettingsError(f"teacher {path} was trained on {what} {list(theirs)} but this run feeds it "
+                                f"{list(ours)} ({spec.name}): its logits would teach from images it was not trained on; "
+                                "distill from a teacher trained on the same data set")
     if cfg is not None and cfg.class_names and class_names and tuple(cfg.class_names) != tuple(class_names):
         differ = [f"{i}: {a} / {b}" for i, (a, b) in enumerate(zip(cfg.class_names, class_names)) if a != b]
         raise SettingsError(f"teacher {path} names its classes otherwise than this data set ({', '.join(differ[:3])}"
@@ -136,7 +145,8 @@ def build(s: TrainSettings, resume: bool = False):
         if resume and gone:
             raise SettingsError(f"--resume: the teacher {gone[0]} is not there; give --kd --teacher with where the "
                                 "run's teachers are now, in the same order, to continue it")
-        teachers = [_check_teacher(load_checkpoint(path), num_classes, data.class_names, path) for path in s.teacher]
+        teachers = [_check_teacher(load_checkpoint(path), num_classes, data.class_names, path, spec)
+                    for path in s.teacher]
         if s.kd_hints > 0:
             _check_hints(module.model, teachers, s.teacher, (spec.in_chans, spec.img_size, spec.img_size))
         module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers), ', '.join(s.teacher))
