@@ -94,6 +94,13 @@ def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     p2 = load_checkpoint(tmp_path / "p2.bnc")
     assert any(hasattr(m, "scale_exp") for m in p2.modules())
     assert p2.checkpoint_header["metrics"]["dataset"] == "mnist_demo"
+    assert p2.pretrained_cfg.top1 is None  # other scales: its accuracy is not the run's
+    assert main(["convert", str(run / "last.ckpt"), "-o", str(tmp_path / "t.bnc")]) == 0
+    assert load_checkpoint(tmp_path / "t.bnc").pretrained_cfg.top1 == results["ternary_acc"]  # the run's last step
+    # a last.ckpt of another step than the run's figures (written inside an epoch, or by a run extended since)
+    (run / "results.json").write_text(json.dumps(dict(results, step=results["step"] - 1)))
+    assert main(["convert", str(run / "last.ckpt"), "-o", str(tmp_path / "t2.bnc")]) == 0
+    assert load_checkpoint(tmp_path / "t2.bnc").pretrained_cfg.top1 is None
     again = train(TrainSettings(out=str(tmp_path / "b"), epochs=2, **QUICK))
     assert read_metrics(tmp_path / "b")[1]["train_loss"] == rows[1]["train_loss"]  # --seed makes runs repeatable
     assert again["param_checksums"] == results["param_checksums"]

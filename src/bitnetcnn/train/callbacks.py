@@ -352,6 +352,7 @@ class RunRecorder(L.Callback):
             "best_float_acc": self.best_float if self.best_float >= 0 else None,
             "best_ternary_acc": self.best_ternary if self.best_ternary >= 0 else None,
             "epochs": trainer.current_epoch,
+            "step": trainer.global_step,  # tells whether a last.ckpt is the model these figures measured
             "model_file": self.model_path.name if size else None,
             "model_bytes": size,
             "wall_time_s": round(self.elapsed_s(), 1),

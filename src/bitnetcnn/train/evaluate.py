@@ -112,7 +112,8 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
                       else " ".join(str(e).split())[:160])
             raise ValueError(f"{src} is not a readable last.ckpt of a `bitnetcnn train` run ({reason}); convert a "
                              "run's last.ckpt or a bitnetcnn checkpoint (.bnc)") from None
-        meta = _run_metadata(src.parent, pow2)
+        step = torch.load(src, map_location="cpu", mmap=True, weights_only=False).get("global_step")
+        meta = _run_metadata(src.parent, pow2, step)
     else:  # its inputs, names and data set travel through model.pretrained_cfg (save_checkpoint reads it)
         model = load_checkpoint(src)
         if pow2 and not any(isinstance(m, BIT_LAYERS) for m in model.modules()):
@@ -129,18 +130,19 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
     return out
 
 
-def _run_metadata(run: Path, pow2: bool) -> dict:
-    """What a run folder says about its model: data set, inputs and class names, command and (for the same scales)
-    the last accuracies."""
+def _run_metadata(run: Path, pow2: bool, step: Optional[int]) -> dict:
+    """What a run folder says about its model: data set, inputs and class names, command and the last accuracies,
+    where they measured this model: a checkpoint of the run's last ``step`` (not one written inside an epoch, nor
+    by a run extended since), with the same scales and no weight average (the figures are the average's)."""
     meta: dict = {}
-    if (run / "args.json").exists():
-        args = json.loads((run / "args.json").read_text())
+    args = json.loads((run / "args.json").read_text()) if (run / "args.json").exists() else {}
+    if args:
         meta["dataset"] = args.get("dataset")
         meta.update(_run_inputs(run, args))
     if (run / "results.json").exists():
         results = json.loads((run / "results.json").read_text())
         meta["command"] = results.get("command")
-        if not pow2:  # power-of-two scales change the function: its accuracy must be measured again
+        if not pow2 and not args.get("ema") and step is not None and results.get("step") == step:
             meta["accuracy"] = results.get("ternary_acc")
             meta["float_eval"] = {"top1": results.get("float_acc")}
             meta["ternary_eval"] = {"top1": results.get("ternary_acc")}
