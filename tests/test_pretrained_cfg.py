@@ -225,3 +225,14 @@ def test_eval_refuses_a_data_set_with_other_images_or_labels(demo_checkpoint, tm
     with pytest.raises(ValueError, match="takes 3-channel images but 'mnist_demo' has 1-channel ones"):
         evaluate_model(colour, "mnist_demo")
     assert evaluate_model(bitnetcnn.load_checkpoint(demo_checkpoint[1]), "mnist_demo")["images"] > 0
+
+
+def test_calibration_refuses_images_of_another_size_than_the_models():
+    from bitnetcnn.deploy.calibration import model_inputs
+
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8).eval())
+    model.pretrained_cfg = PretrainedCfg(model="bitnet_cnn", dataset="mnist_demo", input_size=(1, 32, 32))
+    with pytest.raises(ValueError, match="'mnist_demo' has 1x28x28 images but the model takes 1x32x32"):
+        model_inputs(model, "mnist_demo", 8, False)
+    model.pretrained_cfg = PretrainedCfg(model="bitnet_cnn", dataset="mnist_demo", input_size=(1, 28, 28))
+    assert model_inputs(model, "mnist_demo", 8, False)[0].shape == (8, 1, 28, 28)

@@ -89,5 +89,9 @@ def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int =
 def model_inputs(model: nn.Module, dataset: str, n: int, train: bool, data_dir=None, seed: int = 0):
     """``(inputs, labels)``: :func:`dataset_images` as ``model`` takes them: read at its input size (an image
     folder's; a named data set has its own) and normalized with its weights' own mean and std, else the data set's."""
-    images, labels, spec = dataset_images(dataset, n, train, data_dir, seed, img_size=input_size_of(model)[-1])
+    size = input_size_of(model)
+    images, labels, spec = dataset_images(dataset, n, train, data_dir, seed, img_size=size[-1])
+    if tuple(images.shape[1:]) != tuple(size):  # else a runtime's shape error, far from the cause
+        raise ValueError(f"{dataset!r} has {'x'.join(map(str, images.shape[1:]))} images but the model takes "
+                         f"{'x'.join(map(str, size))}: give images of its size (calibration=...) or its own data set")
     return normalize_images(images, *(input_normalization(model) or (spec.mean, spec.std))), labels
