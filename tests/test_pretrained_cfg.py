@@ -71,7 +71,8 @@ def test_older_files_get_it_from_their_other_header_fields(demo_checkpoint, tmp_
 
 
 def test_a_malformed_section_is_a_checkpoint_error(demo_checkpoint, tmp_path):
-    for change in ({"model": 3}, {"top1": "high"}, {"mean": []}, {"training": ["cmd"]}, {"model": "bit_resnet18"}):
+    for change in ({"model": 3}, {"top1": "high"}, {"mean": []}, {"training": ["cmd"]}, {"model": "bit_resnet18"},
+                   {"model_kwargs": {"width": 16}}, {"num_classes": 100}):
         bad = _rezip_header(demo_checkpoint[1], tmp_path / "bad.bnc", lambda h: h["pretrained_cfg"].update(change))
         with pytest.raises(bitnetcnn.CheckpointError, match="pretrained_cfg"):
             bitnetcnn.load_checkpoint(bad)

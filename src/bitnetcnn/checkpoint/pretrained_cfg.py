@@ -174,6 +174,11 @@ def from_header(header: dict) -> PretrainedCfg:
         cfg = PretrainedCfg.from_dict(header["pretrained_cfg"])
         if cfg.model != arch["name"]:
             raise ValueError(f"bad pretrained_cfg: model {cfg.model!r} is not the architecture {arch['name']!r}")
+        args = {k: v for k, v in arch["args"].items() if k != "name"}
+        if dict(cfg.model_kwargs) != args or cfg.num_classes not in (None, header.get("num_classes")):
+            differ = sorted(k for k in set(args) | set(cfg.model_kwargs) if args.get(k) != cfg.model_kwargs.get(k))
+            raise ValueError(f"bad pretrained_cfg: its model_kwargs or num_classes are not the architecture's "
+                             f"({', '.join(differ) or 'num_classes'} differ)")
         return cfg
     metrics = header.get("metrics") if isinstance(header.get("metrics"), dict) else {}
     meta = header.get("metadata") if isinstance(header.get("metadata"), dict) else {}
