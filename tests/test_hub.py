@@ -149,6 +149,8 @@ def test_checkpoint_path_carries_the_files_own_metadata(mnist_checkpoint):
     assert (cfg.dataset, cfg.top1, cfg.model_kwargs["width"]) == ("mnist", 0.1, 8)
     new_head = hub.load("bitnet_mnist", checkpoint_path=mnist_checkpoint[1], num_classes=5, ternary=False)
     assert (new_head.pretrained_cfg.num_classes, new_head.pretrained_cfg.top1) == (5, None)
+    assert new_head.pretrained_cfg.model_kwargs["num_classes"] == 5  # the kwargs build the model it describes
+    assert new_head.pretrained_cfg.input_size == (1, 28, 28)  # the inputs stay the file's
 
 
 def test_list_pretrained():

@@ -340,7 +340,8 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
         model = _new_classifier(model, num_classes)
         if cfg is not None:  # same inputs, new untrained classes: the test-set figures no longer apply
             cfg = dataclasses.replace(cfg, dataset=None, num_classes=num_classes, class_names=None, top1=None,
-                                      top5=None, test_images=None)
+                                      top5=None, test_images=None,
+                                      model_kwargs={**cfg.model_kwargs, "num_classes": num_classes})
     if header is not None:
         model.checkpoint_header = header
     if cfg is not None:
