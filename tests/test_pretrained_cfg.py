@@ -237,3 +237,46 @@ def test_calibration_refuses_images_of_another_size_than_the_models():
         model_inputs(model, "mnist_demo", 8, False)
     model.pretrained_cfg = PretrainedCfg(model="bitnet_cnn", dataset="mnist_demo", input_size=(1, 28, 28))
     assert model_inputs(model, "mnist_demo", 8, False)[0].shape == (8, 1, 28, 28)
+
+
+def test_older_files_with_the_registrys_inputs_are_named_as_such(tmp_path):
+    """Files written before the inputs were checked may record the registry's (1x28x28 for a 3-channel bitnet_cnn
+    trained on CIFAR-10): eval says so and how to repair the file, and the repair works."""
+    from bitnetcnn.train.evaluate import evaluate_model
+
+    model = convert_to_ternary(create_model("bitnet_cnn", in_chans=3, width=8).eval())
+    spec = get_dataset_spec("cifar10")
+    good = bitnetcnn.save_checkpoint(model, tmp_path / "good.bnc", {"dataset": "cifar10", "mean": list(spec.mean),
+                                                                     "std": list(spec.std), "input_size": [3, 32, 32]})
+
+    def registry_inputs(header):
+        header["input"] = {"size": [1, 28, 28], "mean": [0.1307], "std": [0.3081]}
+        header["pretrained_cfg"].update(input_size=[1, 28, 28], mean=[0.1307], std=[0.3081])
+
+    old = bitnetcnn.load_checkpoint(_rezip_header(good, tmp_path / "old.bnc", registry_inputs))
+    with pytest.raises(ValueError, match=r"records 1x28x28 inputs in its header but the model takes 3-channel images: "
+                                         r"files written .* save it again"):
+        evaluate_model(old, data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="its pretrained_cfg's, which a file written before these were checked"):
+        bitnetcnn.save_checkpoint(old, tmp_path / "again.bnc")
+    fixed = bitnetcnn.save_checkpoint(old, tmp_path / "fixed.bnc", {"input_size": [3, 32, 32], "mean": list(spec.mean),
+                                                                     "std": list(spec.std)})
+    assert _inputs(bitnetcnn.load_checkpoint(fixed).pretrained_cfg)[:4] == ("cifar10", (3, 32, 32), spec.mean, spec.std)
+
+
+def test_class_names_must_name_every_class(tmp_path):
+    with pytest.raises(ValueError, match="predicts 10 classes but the class names to record are 3"):
+        bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=8), tmp_path / "x.bnc",
+                                  {"class_names": ["a", "b", "c"]})
+
+
+def test_convert_pow2_keeps_the_accuracy_of_a_model_trained_with_pow2_and_refuses_float_models(tmp_path, capsys):
+    torch.manual_seed(0)
+    trained_pow2 = bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=8, pow2=True).eval(),
+                                             tmp_path / "p.bnc", {"dataset": "mnist_demo", "accuracy": 0.5})
+    assert cli.main(["convert", str(trained_pow2), "--pow2", "-o", str(tmp_path / "p2.bnc")]) == 0
+    assert bitnetcnn.load_checkpoint(tmp_path / "p2.bnc").pretrained_cfg.top1 == 0.5  # the function it validated
+    fp = bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=8, quant="fp"), tmp_path / "fp.bnc")
+    capsys.readouterr()
+    assert cli.main(["convert", str(fp), "--pow2", "-o", str(tmp_path / "fp2.bnc")]) == 2
+    assert "holds a full-precision model (--quant fp): it has no ternary scales to round" in capsys.readouterr().err

@@ -88,10 +88,16 @@ def _input_metadata(model: nn.Module, args: dict, cfg, metadata: dict) -> dict:
     names = pick("class_names", own and own.class_names, None)
     channels = args.get("in_chans", size[0])
     if len(size) != 3 or size[0] != channels or len(mean) != channels or len(std) != channels:
+        where = (" (its pretrained_cfg's, which a file written before these were checked may hold from the registry)"
+                 if own is not None and own.input_size is not None and own.input_size[0] != channels else "")
         raise ValueError(
             f"{args['name']} takes {channels}-channel images but the inputs to record are {size} with mean {mean} "
-            f"and std {std}: pass the data set's metadata={{'input_size': [{channels}, H, W], 'mean': [...], "
+            f"and std {std}{where}: pass the data set's metadata={{'input_size': [{channels}, H, W], 'mean': [...], "
             f"'std': [...]}} ({channels} values each)")
+    classes = args.get("num_classes", cfg.num_classes)
+    if names is not None and len(names) != classes:
+        raise ValueError(f"{args['name']} predicts {classes} classes but the class names to record are {len(names)}: "
+                         "pass metadata={'class_names': [...]} with one name a class (or None)")
     return {"size": size, "mean": mean, "std": std, "class_names": list(names) if names is not None else None}
 
 

@@ -59,9 +59,10 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
 
     converted, count = replace_modules(model, rule, inplace)
     if count and pow2 and isinstance(getattr(converted, "model_args", None), dict):
+        trained_pow2 = converted.model_args.get("pow2")
         converted.model_args = {**converted.model_args, "pow2": True}
         weights = getattr(converted, "pretrained_cfg", None)
-        if dataclasses.is_dataclass(weights):  # a loaded model's metadata: its accuracy was measured with other scales
+        if dataclasses.is_dataclass(weights) and not trained_pow2:  # its accuracy was measured with other scales
             converted.pretrained_cfg = dataclasses.replace(
                 weights, top1=None, top5=None, test_images=None, model_kwargs={**weights.model_kwargs, "pow2": True})
     if count == 0:

@@ -87,6 +87,12 @@ def _check_same_inputs(model: nn.Module, cfg, spec, source: str) -> None:
     channels = getattr(model, "model_args", {}).get("in_chans")
     if channels is not None and channels != spec.in_chans:
         raise ValueError(f"{source} takes {channels}-channel images but {spec.name!r} has {spec.in_chans}-channel ones")
+    if cfg is not None and cfg.input_size is not None and channels is not None and cfg.input_size[0] != channels:
+        raise ValueError(f"{source} records {'x'.join(map(str, cfg.input_size))} inputs in its header but the model "
+                         f"takes {channels}-channel images: files written by `bitnetcnn convert` or save_checkpoint "
+                         "before these were checked may hold the registry's; save it again with its data set's: "
+                         "save_checkpoint(load_checkpoint(FILE), NEW, {'dataset': ..., 'input_size': [C, H, W], "
+                         "'mean': [...], 'std': [...]})")
     if cfg is not None and cfg.input_size is not None and tuple(cfg.input_size) != wanted:
         raise ValueError(f"{source} takes {'x'.join(map(str, cfg.input_size))} inputs (its pretrained_cfg) but "
                          f"{spec.name!r} has {'x'.join(map(str, wanted))} images")
@@ -116,12 +122,14 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
         meta = _run_metadata(src.parent, pow2, step)
     else:  # its inputs, names and data set travel through model.pretrained_cfg (save_checkpoint reads it)
         model = load_checkpoint(src)
+        if pow2 and model.model_args.get("quant") == "fp":
+            raise ValueError(f"{src} holds a full-precision model (--quant fp): it has no ternary scales to round")
         if pow2 and not any(isinstance(m, BIT_LAYERS) for m in model.modules()):
             raise ValueError(f"{src} is already converted, its scales fixed: --pow2 rounds them when a Bit model is "
                              "converted, so convert the run's last.ckpt (or a Bit checkpoint) with --pow2")
         header = getattr(model, "checkpoint_header", {}) or {}
         meta = dict(header.get("metadata", {}), **{k: v for k, v in header.get("metrics", {}).items()})
-        if pow2:  # power-of-two scales change the function: its accuracy must be measured again
+        if pow2 and not model.model_args.get("pow2"):  # other scales, another function: to be measured again
             for key in ACCURACY_KEYS:
                 meta.pop(key, None)
     ternary = convert_to_ternary(model.eval(), pow2=pow2)
@@ -142,7 +150,8 @@ def _run_metadata(run: Path, pow2: bool, step: Optional[int]) -> dict:
     if (run / "results.json").exists():
         results = json.loads((run / "results.json").read_text())
         meta["command"] = results.get("command")
-        if not pow2 and not args.get("ema") and step is not None and results.get("step") == step:
+        same_scales = not pow2 or args.get("pow2")  # a run trained with --pow2 validated power-of-two scales
+        if same_scales and not args.get("ema") and step is not None and results.get("step") == step:
             meta["accuracy"] = results.get("ternary_acc")
             meta["float_eval"] = {"top1": results.get("float_acc")}
             meta["ternary_eval"] = {"top1": results.get("ternary_acc")}
