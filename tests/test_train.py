@@ -563,8 +563,11 @@ def test_resume_after_sigkill_finishes_with_unbroken_metrics(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "results.json").exists()
-    done = subprocess.run(_cli("--out", str(run), "--resume"), capture_output=True, text=True, timeout=600)
+    # as the interruption's hint says it: a run started with --no-progress resumes without the bar too
+    done = subprocess.run([sys.executable, "-m", "bitnetcnn", "train", "--resume", "--out", str(run)],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "epoch 2 (epochs 0-2)" in done.stdout and "it/s" not in done.stderr + done.stdout
     results = json.loads((run / "results.json").read_text())
     assert results["epochs"] == 3
     assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]

@@ -67,7 +67,9 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
         # said aloud (once nothing was refused): repeating a budgeted run's original --epochs cap lands here too
         print(f"--resume --epochs {changes['epochs']}: the run in {s.out} was set for {saved.epochs} epochs; it now "
               f"runs to {changes['epochs']}, its learning-rate schedule stretched over them", flush=True)
-    return replace(saved, out=s.out, progress=s.progress, **changes)
+    # a background run resumed with the command its interruption printed stays without a progress bar in its log
+    progress = s.progress if "progress" in given else saved.progress
+    return replace(saved, out=s.out, progress=progress, **changes)
 
 
 def write_settings(out: Path, s: TrainSettings) -> None:
