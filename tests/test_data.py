@@ -184,6 +184,61 @@ def test_missing_data_set_says_where_and_how(tmp_path):
         assert str(tmp_path) in str(err.value) and "--data-dir" in str(err.value)
 
 
+def test_damaged_data_files_are_named_as_damaged_not_missing(tmp_path):
+    """A file cut short or of another kind is not "not found" (whose advice, --download, would not help)."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", np.zeros((3, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.zeros(3))
+    (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"MNIST.raw is damaged or not the expected file .*the four IDX files"):
+        get_dataset_spec("mnist").reader(tmp_path, True, False)
+    npz = tmp_path / "cifar100.npz"
+    for content in (b"", b"not numpy"):
+        npz.write_bytes(content)
+        with pytest.raises(ValueError, match=r"cifar100.npz is damaged or not the expected file .*x_train, y_train"):
+            get_dataset_spec("cifar100").reader(tmp_path, False, False)
+    np.savez(npz, x_train=np.zeros((2, 32, 32, 3), np.uint8), y_train=np.zeros(2))
+    with pytest.raises(ValueError, match="cifar100.npz is damaged .*x_test is not a file"):
+        get_dataset_spec("cifar100").reader(tmp_path, False, False)
+
+
+def test_the_download_flag_reaches_the_readers(monkeypatch):
+    """`bitnetcnn train --download` reads the data before its trainer exists: the flag must reach that read."""
+    import dataclasses
+
+    seen = []
+    demo = get_dataset_spec("mnist_demo")
+
+    def reader(root, train, download):
+        seen.append(download)
+        return demo.reader(root, train, False)
+
+    monkeypatch.setitem(__import__("bitnetcnn.data.catalog", fromlist=["DATASETS"]).DATASETS, "mnist_demo",
+                        dataclasses.replace(demo, reader=reader))
+    ImageDataModule("mnist_demo", download=True).setup()
+    assert seen == [True, True]
+
+
+def test_imagefolders_that_cannot_train_or_test_a_classifier_are_refused(tmp_path):
+    def folder(name, classes):
+        for split, images in (("train", classes), ("val", classes)):
+            for c, n in images.items():
+                (tmp_path / name / split / c).mkdir(parents=True)
+                for i in range(n):
+                    Image.new("RGB", (8, 8)).save(tmp_path / name / split / c / f"{i}.png")
+        return tmp_path / name
+
+    read = get_dataset_spec("imagefolder", 8).reader
+    with pytest.raises(ValueError, match="has one class folder .cat.: a classifier needs two or more"):
+        read(folder("one", {"cat": 2}), True, False)
+    with pytest.raises(ValueError, match=r"train.dog has no images .* every class needs training images"):
+        read(folder("empty_class", {"cat": 2, "dog": 0}), True, False)
+    with pytest.raises(ValueError, match=r"val has no images in its class folders"):
+        read(folder("empty_val", {"cat": 0, "dog": 0}), False, False)
+
+
 def test_unknown_data_set_lists_names():
     with pytest.raises(ValueError, match="unknown data set 'cifar1000'.*cifar100"):
         get_dataset_spec("cifar1000")

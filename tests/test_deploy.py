@@ -359,3 +359,14 @@ def test_cli_export_refuses_a_bit_checkpoint_in_one_line(tmp_path, capsys):
     assert main(["export", str(path), "--format", "onnx", "-o", str(tmp_path / "m.onnx"), "--check", "0"]) == 2
     err = capsys.readouterr().err
     assert "convert_to_ternary" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["2", "0", "-1", "nan"])
+def test_cli_export_refuses_an_agreement_that_is_not_a_fraction(value, capsys, tmp_path):
+    """--min-agreement 2 would blame the model for missing 200%; 0, -1 and nan would turn the check off."""
+    from bitnetcnn.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["export", "bitnet_mnist", "-o", str(tmp_path / "m.onnx"), "--min-agreement", value])
+    assert not (tmp_path / "m.onnx").exists()
+    assert f"--min-agreement: {value} is not a fraction in (0, 1]" in capsys.readouterr().err

@@ -409,6 +409,9 @@ NO_GPU = not torch.cuda.is_available()
         (["--teacher", "t.bnc"], "--teacher is given without --kd"),
         (["--model-kwargs", '{"widht": 8}'], "bitnet_cnn has no argument 'widht'; its arguments: act, depths"),
         (["--model-kwargs", "[1, 2]"], "--model-kwargs must be a JSON object"),
+        (["--model-kwargs", '{"num_classes": 10, "quant": "fp"}'], "--model-kwargs sets num_classes, quant, which the "
+         "run takes from the data set (--num-classes checks it), --quant: leave them out of --model-kwargs"),
+        (["--seed", "-1"], "--seed must be an integer >= 0, not -1"),
         (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
         pytest.param(["--gpus", "2"], "this machine has no usable CUDA GPU",
                      marks=pytest.mark.skipif(not NO_GPU, reason="the machine has a GPU")),

@@ -33,6 +33,14 @@ def count(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """argparse type: a share in (0, 1], such as a top-1 agreement."""
+    value = float(text)
+    if not (0 < value <= 1):
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1] (0.99 is 99%)")
+    return value
+
+
 def seconds(text: str) -> float:
     """argparse type: a time budget; 0 means the least the command allows."""
     value = float(text)
@@ -192,7 +200,7 @@ def _add_export(sub) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--check", type=count, default=1000, metavar="N",
                    help="compare with the PyTorch model on N test images before writing (0: random inputs)")
-    p.add_argument("--min-agreement", type=float, help="top-1 agreement the check needs (default 0.99, int8 0.95)")
+    p.add_argument("--min-agreement", type=fraction, help="top-1 agreement the check needs (default 0.99, int8 0.95)")
     p.add_argument("--threads", type=positive_int, default=2)
 
 

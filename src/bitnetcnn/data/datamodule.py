@@ -134,14 +134,12 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         return self.train_split.class_names
 
-    def prepare_data(self) -> None:
-        if self.download:
-            self.spec.reader(self.root, True, True)
-
     def setup(self, stage: str | None = None) -> None:
+        # --download fetches here: `bitnetcnn train` reads the data before it builds its trainer (a missing data
+        # set is reported before anything is made), and the processes a DDP run starts later find it there
         if self.train_split is None:
-            self.train_split = _first(self.spec.reader(self.root, True, False), self.limit_train)
-            self.test_split = _first(self.spec.reader(self.root, False, False), self.limit_eval)
+            self.train_split = _first(self.spec.reader(self.root, True, self.download), self.limit_train)
+            self.test_split = _first(self.spec.reader(self.root, False, self.download), self.limit_eval)
 
     def _pin_memory(self) -> bool:
         """Pinned batches on a GPU: Lightning then copies them asynchronously, where a copy from pageable memory

@@ -7,6 +7,7 @@ keeps two CPU cores from starving the model.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,15 @@ def _split(images: np.ndarray, labels: np.ndarray, channels_last: bool) -> Split
     return Split(x.contiguous(), torch.from_numpy(np.asarray(labels).astype(np.int64)))
 
 
+FETCH_HINT = "`bitnetcnn train --download ...` fetches it there where the network allows."
+
+
+def _damaged(path: Path, err: BaseException, expected: str) -> ValueError:
+    detail = " ".join(str(err).split())[:160] or type(err).__name__
+    return ValueError(f"{path} is damaged or not the expected file ({detail}); expected {expected}: replace it with "
+                      "a whole copy")
+
+
 def _missing(name: str, looked: list[Path], how: str) -> DatasetNotFoundError:
     where = ", ".join(str(p) for p in looked)
     return DatasetNotFoundError(
@@ -63,11 +73,12 @@ def _torchvision_idx(cls_name: str, folder: str):
         cls = getattr(torchvision.datasets, cls_name)
         try:
             ds = cls(str(root), train=train, download=download)
-        except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True ..."
+        except Exception as err:  # torchvision: "Dataset not found. You can use download=True ..."
+            if not (isinstance(err, RuntimeError) and "not found" in str(err).lower()):  # there, but unreadable
+                raise _damaged(root / folder / "raw", err, f"the four IDX files of {cls_name}") from None
             raise _missing(
                 cls_name, [root / folder / "raw"],
-                f"Expected the four IDX files of {cls_name} there (torchvision's layout); pass --download to fetch "
-                "them where the network allows.",
+                f"Expected the four IDX files of {cls_name} there (torchvision's layout); {FETCH_HINT}",
             ) from err
         return _split(ds.data.numpy(), ds.targets.numpy(), channels_last=False)
 
@@ -104,8 +115,7 @@ def read_cifar10(root: Path, train: bool, download: bool) -> Split:
     if not folder.is_dir() and download:
         _download_cifar("CIFAR10", root)
     if not folder.is_dir():
-        raise _missing("cifar10", [folder], "Expected torchvision's layout (data_batch_1..5, test_batch); pass "
-                       "--download to fetch it where the network allows.")
+        raise _missing("cifar10", [folder], f"Expected torchvision's layout (data_batch_1..5, test_batch); {FETCH_HINT}")
     files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     return _cifar_batches(root, "cifar-10-batches-py", files, "labels")
 
@@ -115,13 +125,16 @@ def read_cifar100(root: Path, train: bool, download: bool) -> Split:
     npz, folder = root / "cifar100.npz", root / "cifar-100-python"
     if npz.is_file():
         key = "train" if train else "test"
-        with np.load(npz) as d:
-            return _split(d[f"x_{key}"], d[f"y_{key}"], channels_last=True)
+        try:
+            with np.load(npz) as d:
+                return _split(d[f"x_{key}"], d[f"y_{key}"], channels_last=True)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # cut short, or another file
+            raise _damaged(npz, err, "numpy arrays x_train, y_train, x_test, y_test (NHWC uint8)") from None
     if not folder.is_dir() and download:
         _download_cifar("CIFAR100", root)
     if not folder.is_dir():
         raise _missing("cifar100", [npz, folder], "Expected cifar100.npz or torchvision's cifar-100-python folder; "
-                       "pass --download to fetch the latter where the network allows.")
+                       f"{FETCH_HINT}")
     return _cifar_batches(root, "cifar-100-python", ["train" if train else "test"], "fine_labels")
 
 
@@ -190,13 +203,21 @@ def imagefolder_reader(size: int) -> Callable[[Path, bool, bool], Split]:
             raise ValueError(f"{split_dir} has class folders that {train_dir} lacks ({', '.join(unknown[:5])}"
                              f"{', ...' if len(unknown) > 5 else ''}): no model learns a class it never saw; give "
                              "each class of val/ a folder in train/")
+        if len(classes) < 2:
+            raise ValueError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs two or more")
         paths, labels = [], []
         for i, c in enumerate(classes):
-            folder = split_dir / c
+            folder, before = split_dir / c, len(paths)
             for p in sorted(folder.iterdir()) if folder.is_dir() else ():
                 if p.suffix.lower() in IMG_EXTENSIONS:
                     paths.append(p)
                     labels.append(i)
+            if train and len(paths) == before:  # a class no model can learn, though it would be predicted among
+                raise ValueError(f"{folder} has no images ({', '.join(IMG_EXTENSIONS[:4])}, ...): every class needs "
+                                 "training images; add some or remove the folder")
+        if not paths:
+            raise ValueError(f"{split_dir} has no images in its class folders ({', '.join(IMG_EXTENSIONS[:4])}, ...): "
+                             "nothing to evaluate on; put each class's test images in val/<class>/")
         return replace(_stack(paths, labels, size), class_names=tuple(classes))
 
     return read

@@ -17,6 +17,12 @@ class SettingsError(ValueError):
     """Settings that cannot work together (wrong classes, channels, missing teacher ...)."""
 
 
+# Model arguments a run sets from its data set and flags: --model-kwargs may not give them too.
+MODEL_KWARGS_FROM_FLAGS = {"num_classes": "the data set (--num-classes checks it)", "in_chans": "the data set",
+                           "quant": "--quant", "scale_op": "--scale-op", "pow2": "--pow2", "act_bits": "--act-bits",
+                           "fp_ends": "--fp-ends"}
+
+
 def at_least(low: int, optional: bool = False, **values) -> None:
     """Each value an int >= ``low`` (None allowed when ``optional``)."""
     for name, value in values.items():
@@ -134,6 +140,7 @@ class TrainSettings:
                  val_every=self.val_every)
         at_least(1, optional=True, num_classes=self.num_classes, limit_train=self.limit_train,
                  limit_eval=self.limit_eval)
+        at_least(0, seed=self.seed)
         if self.lr is not None:
             in_range(self.lr, "lr", low=0.0, low_open=True)
         in_range(self.wd, "wd", low=0.0)
@@ -168,6 +175,11 @@ class TrainSettings:
         if not isinstance(self.model_kwargs, dict):
             raise SettingsError(f"--model-kwargs must be a JSON object such as '{{\"act\": \"relu\"}}', not "
                                 f"{self.model_kwargs!r}")
+        reserved = sorted(set(self.model_kwargs) & set(MODEL_KWARGS_FROM_FLAGS))
+        if reserved:
+            raise SettingsError(f"--model-kwargs sets {', '.join(reserved)}, which the run takes from "
+                                f"{', '.join(MODEL_KWARGS_FROM_FLAGS[k] for k in reserved)}: leave "
+                                f"{'them' if len(reserved) > 1 else 'it'} out of --model-kwargs")
         if self.devices != "auto":
             try:
                 devices = int(self.devices)
