@@ -213,6 +213,8 @@ def test_the_commands_take_a_published_weight_by_its_entry_name(capsys, monkeypa
     assert cli.main(["summary", "bitnet_resnet18"]) == 0
     table = capsys.readouterr().out
     assert "TernaryConv2d" in table and "Input 3x32x32" in table and "11,220,132" in table
+    assert cli.main(["summary", "bitnet_resnet18", "--input-size", "1", "32", "32"]) == 2
+    assert "takes 3-channel images, not --input-size 1 ...: leave --input-size out" in capsys.readouterr().err
     assert cli.main(["eval", "bitnet_resnet19"]) == 2
     err = capsys.readouterr().err
     assert "'bitnet_resnet19' is not a file or a published weight (did you mean bitnet_resnet18?)" in err

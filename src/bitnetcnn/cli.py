@@ -173,6 +173,10 @@ def _cmd_summary(args) -> int:
         from bitnetcnn import load_checkpoint
 
         model = load_checkpoint(args.model)
+        channels = getattr(model, "model_args", {}).get("in_chans")
+        if args.input_size and channels is not None and args.input_size[0] != channels:
+            raise ValueError(f"{args.model} takes {channels}-channel images, not --input-size {args.input_size[0]} "
+                             "...: leave --input-size out to use the checkpoint's own")
     else:
         model = create_model(args.model, num_classes=args.num_classes, in_chans=args.input_size[0] if args.input_size
                              else None, quant=args.quant)
