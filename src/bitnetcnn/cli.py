@@ -33,6 +33,14 @@ def count(text: str) -> int:
     return value
 
 
+def json_object(text: str) -> dict:
+    """argparse type: a JSON object (the settings check that it is one)."""
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({e}); e.g. '{{\"act\": \"relu\"}}'") from None
+
+
 def fraction(text: str) -> float:
     """argparse type: a share in (0, 1], such as a top-1 agreement."""
     value = float(text)
@@ -82,7 +90,7 @@ def _add_train(sub) -> None:
     a("--act-bits", type=int, choices=[b for b in ACT_BITS if b], default=DEFAULT_QUANT.act_bits,
       help="quantize activations too (default: float activations)")
     a("--fp-ends", action="store_true", help="keep the first and last layers in full precision")
-    a("--model-kwargs", type=json.loads, default={}, help='extra model arguments as JSON, e.g. \'{"act": "silu"}\'')
+    a("--model-kwargs", type=json_object, default={}, help='extra model arguments as JSON, e.g. \'{"act": "silu"}\'')
     a("--num-classes", type=int, help="check that the data set has this many classes")
     a("--img-size", type=int, default=64, help="image side for --dataset imagefolder")
     a("--eval-ternary", action=argparse.BooleanOptionalAction, default=True,
