@@ -184,7 +184,7 @@ def test_missing_data_set_says_where_and_how(tmp_path):
         assert str(tmp_path) in str(err.value) and "--data-dir" in str(err.value)
 
 
-def test_damaged_data_files_are_named_as_damaged_not_missing(tmp_path):
+def test_damaged_data_files_are_named_as_damaged_not_missing(tmp_path, monkeypatch):
     """A file cut short or of another kind is not "not found" (whose advice, --download, would not help)."""
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -194,6 +194,10 @@ def test_damaged_data_files_are_named_as_damaged_not_missing(tmp_path):
     (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:100])
     with pytest.raises(ValueError, match=r"MNIST.raw is damaged or not the expected file .*the four IDX files"):
         get_dataset_spec("mnist").reader(tmp_path, True, False)
+    # a download that failed leaves the files missing, not damaged (a refused local port: no network needed)
+    monkeypatch.setattr("torchvision.datasets.MNIST.mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(DatasetNotFoundError, match="--download could not fetch them"):
+        get_dataset_spec("mnist").reader(tmp_path / "offline", True, True)
     npz = tmp_path / "cifar100.npz"
     for content in (b"", b"not numpy"):
         npz.write_bytes(content)

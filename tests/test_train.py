@@ -485,6 +485,16 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     assert json.loads((run / "results.json").read_text())["command"].endswith("  # resumed with --epochs 3")
 
 
+def test_a_resume_keeps_the_runs_progress_setting_unless_given(tmp_path):
+    from bitnetcnn.train.run_folder import resumed_settings, write_settings
+
+    tmp_path.joinpath("run").mkdir()
+    write_settings(tmp_path / "run", TrainSettings(progress=False))
+    out = str(tmp_path / "run")
+    assert resumed_settings(TrainSettings(out=out), set()).progress is False
+    assert resumed_settings(TrainSettings(out=out, progress=True), {"progress"}).progress is True  # --progress
+
+
 def test_a_damaged_last_checkpoint_or_foreign_ckpt_is_named(tmp_path, capsys):
     run = tmp_path / "run"
     train(TrainSettings(out=str(run), epochs=1, **QUICK))

@@ -122,8 +122,8 @@ def _add_train(sub) -> None:
     a("--seed", type=int, default=0)
     a("--limit-train", type=int, help="use only the first N training images (quick checks)")
     a("--limit-eval", type=int, help="evaluate on only the first N test images (quick checks)")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar; each epoch's metrics as a "
-      "line instead (a background run's log)")
+    a("--progress", action=argparse.BooleanOptionalAction, default=True, help="--no-progress: no progress bar; "
+      "each epoch's metrics as a line instead (a background run's log); a resume keeps the run's unless given")
 
 
 def _cmd_train(args) -> int:

@@ -66,6 +66,9 @@ def read_mnist_demo(root: Path, train: bool, download: bool) -> Split:
         return _split(d[f"x_{key}"], d[f"y_{key}"], channels_last=False)
 
 
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def _torchvision_idx(cls_name: str, folder: str):
     def read(root: Path, train: bool, download: bool) -> Split:
         import torchvision
@@ -74,11 +77,13 @@ def _torchvision_idx(cls_name: str, folder: str):
         try:
             ds = cls(str(root), train=train, download=download)
         except Exception as err:  # torchvision: "Dataset not found. You can use download=True ..."
-            if not (isinstance(err, RuntimeError) and "not found" in str(err).lower()):  # there, but unreadable
-                raise _damaged(root / folder / "raw", err, f"the four IDX files of {cls_name}") from None
+            raw = root / folder / "raw"
+            if all((raw / name).is_file() for name in IDX_FILES):  # there, but unreadable
+                raise _damaged(raw, err, f"the four IDX files of {cls_name}") from None
+            tried = f" --download could not fetch them ({' '.join(str(err).split())[:160]})." if download else ""
             raise _missing(
-                cls_name, [root / folder / "raw"],
-                f"Expected the four IDX files of {cls_name} there (torchvision's layout); {FETCH_HINT}",
+                cls_name, [raw],
+                f"Expected the four IDX files of {cls_name} there (torchvision's layout):{tried} {FETCH_HINT}",
             ) from err
         return _split(ds.data.numpy(), ds.targets.numpy(), channels_last=False)
 
