@@ -280,3 +280,14 @@ def test_convert_pow2_keeps_the_accuracy_of_a_model_trained_with_pow2_and_refuse
     capsys.readouterr()
     assert cli.main(["convert", str(fp), "--pow2", "-o", str(tmp_path / "fp2.bnc")]) == 2
     assert "holds a full-precision model (--quant fp): it has no ternary scales to round" in capsys.readouterr().err
+    # a float run's last.ckpt too
+    import lightning
+
+    from bitnetcnn.train.module import BitClassifier
+
+    (tmp_path / "run").mkdir()
+    module = BitClassifier("bitnet_cnn", 10, 1, {"width": 8, "quant": "fp"})
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, tmp_path / "run" / "last.ckpt")
+    assert cli.main(["convert", str(tmp_path / "run" / "last.ckpt"), "--pow2", "-o", str(tmp_path / "f.bnc")]) == 2
+    assert "holds a full-precision model (--quant fp)" in capsys.readouterr().err

@@ -118,12 +118,12 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
                       else " ".join(str(e).split())[:160])
             raise ValueError(f"{src} is not a readable last.ckpt of a `bitnetcnn train` run ({reason}); convert a "
                              "run's last.ckpt or a bitnetcnn checkpoint (.bnc)") from None
+        _refuse_float_pow2(model, src, pow2)
         step = torch.load(src, map_location="cpu", mmap=True, weights_only=False).get("global_step")
         meta = _run_metadata(src.parent, pow2, step)
     else:  # its inputs, names and data set travel through model.pretrained_cfg (save_checkpoint reads it)
         model = load_checkpoint(src)
-        if pow2 and model.model_args.get("quant") == "fp":
-            raise ValueError(f"{src} holds a full-precision model (--quant fp): it has no ternary scales to round")
+        _refuse_float_pow2(model, src, pow2)
         if pow2 and not any(isinstance(m, BIT_LAYERS) for m in model.modules()):
             raise ValueError(f"{src} is already converted, its scales fixed: --pow2 rounds them when a Bit model is "
                              "converted, so convert the run's last.ckpt (or a Bit checkpoint) with --pow2")
@@ -136,6 +136,11 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
     out = Path(output) if output else src.with_suffix(".ternary.bnc")
     save_checkpoint(ternary, out, meta)
     return out
+
+
+def _refuse_float_pow2(model: nn.Module, src: Path, pow2: bool) -> None:
+    if pow2 and getattr(model, "model_args", {}).get("quant") == "fp":
+        raise ValueError(f"{src} holds a full-precision model (--quant fp): it has no ternary scales to round")
 
 
 def _run_metadata(run: Path, pow2: bool, step: Optional[int]) -> dict:
