@@ -1024,7 +1024,7 @@ def test_a_run_resumed_inside_an_epoch_keeps_its_validation_schedule_and_progres
     settings = dict(QUICK, save_every=1e-6, val_every=2)
     _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **settings), epoch=0, batch=2)
     capfd.readouterr()
-    train(TrainSettings(out=str(tmp_path / "cut"), progress=True), resume=True)
+    train(TrainSettings(out=str(tmp_path / "cut"), progress=True), resume=True, given={"progress"})  # --progress
     bar = "".join(capfd.readouterr())
     assert "Epoch 0: 100%" in bar and "4/4" in bar
     assert f"resumed from {tmp_path / 'cut' / 'last.ckpt'} inside epoch 0 at batch 2 of 4, after" in bar
