@@ -370,3 +370,13 @@ def test_cli_export_refuses_an_agreement_that_is_not_a_fraction(value, capsys, t
         main(["export", "bitnet_mnist", "-o", str(tmp_path / "m.onnx"), "--min-agreement", value])
     assert not (tmp_path / "m.onnx").exists()
     assert f"--min-agreement: {value} is not a fraction in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["bench", "bitnet_mnist", "--json", "DIR"], ["convert", "x.bnc", "-o", "DIR"],
+                                  ["export", "bitnet_mnist", "-o", "DIR"]])
+def test_cli_refuses_a_folder_as_the_file_to_write_before_any_work(argv, capsys, tmp_path):
+    from bitnetcnn.cli import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path) if a == "DIR" else a for a in argv])
+    assert f"{tmp_path} is a folder: give the path of a file to write" in capsys.readouterr().err

@@ -41,6 +41,13 @@ def json_object(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({e}); e.g. '{{\"act\": \"relu\"}}'") from None
 
 
+def output_file(text: str) -> str:
+    """argparse type: a file to write, refused up front where it is a folder (not after the work is done)."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give the path of a file to write")
+    return text
+
+
 def fraction(text: str) -> float:
     """argparse type: a share in (0, 1], such as a top-1 agreement."""
     value = float(text)
@@ -203,7 +210,7 @@ def _add_export(sub) -> None:
     p.add_argument("model", help="checkpoint of a converted model, a published weight (bitnet_resnet18), or a registry "
                                  "name (untrained weights)")
     p.add_argument("--format", dest="fmt", choices=["onnx"], default="onnx")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="the .onnx file to write")
     p.add_argument("--int8", action="store_true", help="int8 graph: u8 activations, the ternary codes as s8 weights")
     p.add_argument("--calibrate", type=positive_int, metavar="N",
                    help="calibrate int8 activation ranges on N training images (default: the model's own 8-bit "
@@ -239,7 +246,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--variants", nargs="+", metavar="VARIANT",
                    choices=["fp32_eager", "bit_eval", "ternary", "deploy", "deploy_onnxruntime", "deploy_openvino"],
                    help="what to time (default: all; deploy: every installed deploy backend)")
-    p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--json", dest="json_path", type=output_file, metavar="PATH", help="also write the results as JSON")
 
 
 def _cmd_bench(args) -> int:
@@ -272,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a Bit model (run folder's last.ckpt or a checkpoint) to ternary")
     p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", help="default: next to the input, with .ternary.bnc")
+    p.add_argument("-o", "--output", type=output_file, help="default: next to the input, with .ternary.bnc")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales")
 
     p = sub.add_parser("summary", help="per-layer table: bits, memory, MACs, zero weights")
