@@ -94,3 +94,16 @@ def test_summary_prints_a_table_and_leaves_the_model_as_it_was(bit_model):
     assert f"{math.log2(3):.2f}" in table
     with pytest.raises(ValueError, match="input_size"):
         bitnetcnn.summary(nn.Linear(2, 2), print_fn=None)
+
+
+def test_the_summary_command_takes_a_checkpoint_as_saved(tmp_path, capsys):
+    """--ternary shows a Bit checkpoint converted; --num-classes and --quant, which build a registry model, are
+    refused for a file rather than ignored."""
+    from bitnetcnn import save_checkpoint
+    from bitnetcnn.cli import main
+
+    path = save_checkpoint(create_model("bitnet_cnn", width=8), tmp_path / "bit.bnc")
+    assert main(["summary", str(path), "--ternary"]) == 0
+    assert "TernaryConv2d" in capsys.readouterr().out
+    assert main(["summary", str(path), "--num-classes", "5", "--quant", "fp"]) == 2
+    assert "--num-classes and --quant build a registry model;" in capsys.readouterr().err

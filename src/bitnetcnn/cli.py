@@ -183,22 +183,27 @@ def _cmd_convert(args) -> int:
 
 def _cmd_summary(args) -> int:
     from bitnetcnn import create_model, summary
+    from bitnetcnn.nn import BIT_LAYERS
 
     if Path(args.model).exists():
         from bitnetcnn import load_checkpoint
 
         model = load_checkpoint(args.model)
+        given = [flag for flag, value in (("--num-classes", args.num_classes), ("--quant", args.quant)) if value]
+        if given:
+            raise ValueError(f"{' and '.join(given)} build a registry model; {args.model} is summarized as it was "
+                             "saved: leave them out")
         channels = getattr(model, "model_args", {}).get("in_chans")
         if args.input_size and channels is not None and args.input_size[0] != channels:
             raise ValueError(f"{args.model} takes {channels}-channel images, not --input-size {args.input_size[0]} "
                              "...: leave --input-size out to use the checkpoint's own")
     else:
         model = create_model(args.model, num_classes=args.num_classes, in_chans=args.input_size[0] if args.input_size
-                             else None, quant=args.quant)
-        if args.ternary:
-            from bitnetcnn import convert_to_ternary
+                             else None, quant=args.quant or "ternary")
+    if args.ternary and any(isinstance(m, BIT_LAYERS) for m in model.modules()):  # a Bit checkpoint's too
+        from bitnetcnn import convert_to_ternary
 
-            model = convert_to_ternary(model)
+        model = convert_to_ternary(model.eval())
     summary(model, tuple(args.input_size) if args.input_size else None)  # default: the weights' own input size
     return 0
 
@@ -286,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="registry name, checkpoint file or published weight (bitnet_resnet18)")
     p.add_argument("--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--num-classes", type=positive_int)
-    p.add_argument("--quant", choices=["ternary", "fp"], default="ternary")
+    p.add_argument("--quant", choices=["ternary", "fp"], help="for a registry name (default: ternary)")
     p.add_argument("--ternary", action="store_true", help="show the converted (packed) model")
     _add_export(sub)
     _add_bench(sub)
