@@ -32,6 +32,15 @@ class DatasetSpec:
     elastic: float = 0.0  # elastic distortion of this strength in pixels during training (0: none)
     class_names: tuple[str, ...] | None = None  # label -> name, recorded in the checkpoints trained on it
 
+    def input_metadata(self) -> dict:
+        """What a checkpoint of a model trained on this data set records of its inputs (``save_checkpoint``'s
+        metadata keys ``input_size``, ``mean``, ``std``, and ``class_names`` where the spec names them)."""
+        meta = {"input_size": [self.in_chans, self.img_size, self.img_size], "mean": list(self.mean),
+                "std": list(self.std)}
+        if self.class_names is not None:
+            meta["class_names"] = list(self.class_names)
+        return meta
+
 
 DATASETS: dict[str, DatasetSpec] = {
     s.name: s

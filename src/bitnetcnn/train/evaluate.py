@@ -174,7 +174,4 @@ def _run_inputs(run: Path, args: dict) -> dict:
         return {k: v for k, v in found.items() if v is not None}
     if not args.get("dataset"):
         return {}
-    spec = get_dataset_spec(args["dataset"], int(args.get("img_size") or 64))
-    found = {"input_size": [spec.in_chans, spec.img_size, spec.img_size], "mean": list(spec.mean),
-             "std": list(spec.std), "class_names": list(spec.class_names) if spec.class_names else None}
-    return {k: v for k, v in found.items() if v is not None}
+    return get_dataset_spec(args["dataset"], int(args.get("img_size") or 64)).input_metadata()

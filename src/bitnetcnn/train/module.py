@@ -17,10 +17,9 @@ from bitnetcnn.models import create_model
 from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
 from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
-from bitnetcnn.train.run_folder import PROCESSES_KEY
+from bitnetcnn.train.run_folder import PROCESSES_KEY, TEACHER_KEY
 from bitnetcnn.train.settings import SettingsError
 
-TEACHER_KEY = "teacher_weights_sha256"  # in last.ckpt: which teacher the run distils from
 
 
 class BitClassifier(L.LightningModule):
@@ -83,13 +82,13 @@ class BitClassifier(L.LightningModule):
             checkpoint[TEACHER_KEY] = self._teacher_sha256
         checkpoint[PROCESSES_KEY] = self.trainer.world_size
 
-    def check_resumed_teacher(self, checkpoint: Path) -> None:
+    def check_resumed_teacher(self, record: dict, checkpoint: Path) -> None:
         """A resumed distillation goes on with the teacher it started with: a teacher given where the first one
-        moved (``--kd --teacher``) must hold the same weights, or the run would mix two teachers' lessons."""
+        moved (``--kd --teacher``) must hold the same weights, or the run would mix two teachers' lessons.
+        ``record``: what ``checkpoint`` records (``run_folder.read_resume_record``)."""
         if self.teacher is None:
             return
-        # mmap: only the small entry is read, not the weights and optimizer state beside it
-        saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get(TEACHER_KEY)
+        saved = record.get(TEACHER_KEY)
         if saved is not None and saved != self._teacher_sha256:  # absent in runs saved before it was kept
             raise SettingsError(f"--resume: {self._teacher_source} holds other weights than the teacher this run "
                                 f"distils from (sha256 {self._teacher_sha256[:12]}..., {checkpoint} recorded "

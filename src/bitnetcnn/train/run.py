@@ -28,8 +28,8 @@ from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHin
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
 from bitnetcnn.train.module import BitClassifier
-from bitnetcnn.train.run_folder import (check_new_run_folder, check_readable_checkpoint, check_resumed_processes,
-                                        default_out, first_process, resumed_settings, write_settings)
+from bitnetcnn.train.run_folder import (check_new_run_folder, check_resumed_processes, default_out, first_process,
+                                        read_resume_record, resumed_settings, write_settings)
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 from bitnetcnn.train.time_budget import FitToTimeBudget
@@ -247,17 +247,12 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
                             "start it again without --resume")
     if resume:
-        check_readable_checkpoint(last)
-        module.check_resumed_teacher(last)  # before args.json records a teacher given in its place
+        record = read_resume_record(last)
+        module.check_resumed_teacher(record, last)  # before args.json records a teacher given in its place
     out.mkdir(parents=True, exist_ok=True)
     command = command or s.as_command()
-    metadata = {
-        "dataset": s.dataset,
-        "mean": list(data.spec.mean),
-        "std": list(data.spec.std),
-        "input_size": [data.spec.in_chans, data.spec.img_size, data.spec.img_size],
-    }
-    if data.class_names is not None:
+    metadata = {"dataset": s.dataset, **data.spec.input_metadata()}
+    if data.class_names is not None:  # the spec's, or an image folder's (its folders)
         metadata["class_names"] = list(data.class_names)
     # a resume takes the run's own record of --init (RunRecorder's state), since the file may have moved or
     # changed; reading it then serves runs saved before that record was kept
@@ -294,7 +289,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         )
         _check_shares(data, s.batch_size, trainer.world_size)
         if resume:
-            check_resumed_processes(last, trainer.world_size)
+            check_resumed_processes(record, trainer.world_size)
         if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
             write_settings(out, s)
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)

@@ -79,8 +79,16 @@ def write_settings(out: Path, s: TrainSettings) -> None:
     os.replace(tmp, out / "args.json")
 
 
-def check_readable_checkpoint(path: Path) -> None:
-    """A damaged last.ckpt (a full disk, a copy cut short) named as such, before Lightning's unpickling error."""
+# What last.ckpt records for the resume's checks (BitClassifier writes them): which teacher the run distils from, and
+# how many processes shared each step.
+TEACHER_KEY = "teacher_weights_sha256"
+PROCESSES_KEY = "training_processes"
+
+
+def read_resume_record(path: Path) -> dict:
+    """What ``path`` (a run's last.ckpt) records for the resume's checks (``TEACHER_KEY``, ``PROCESSES_KEY``; None
+    in runs saved before they were kept), read once; a damaged file (a full disk, a copy cut short) is named as
+    such, before Lightning's unpickling error."""
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
@@ -90,19 +98,18 @@ def check_readable_checkpoint(path: Path) -> None:
         raise SettingsError(f"--resume: {path} is damaged ({bad}), so the run cannot continue from it; start a new "
                             f"run with a fresh --out (--init {path.parent / 'best_ternary.bnc'} starts from the best "
                             "model so far)")
+    import torch  # mmap: only the small entries are read, not the weights and optimizer state beside them
+
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return {key: saved.get(key) for key in (TEACHER_KEY, PROCESSES_KEY)}
 
 
-PROCESSES_KEY = "training_processes"  # in last.ckpt (BitClassifier writes it): how many processes shared each step
-
-
-def check_resumed_processes(checkpoint: Path, processes: int) -> None:
-    """A resume runs as many processes (devices x nodes) as the run did: each takes --batch-size images a step, so
-    another count changes the steps an epoch, in which the learning-rate schedule and the place inside an epoch are
-    counted (a schedule counted for 2 processes ends halfway through the run of 1). Runs saved before the count was
-    kept are not checked."""
-    import torch  # mmap: only the small entry is read, not the weights and optimizer state beside it
-
-    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get(PROCESSES_KEY)
+def check_resumed_processes(record: dict, processes: int) -> None:
+    """A resume runs as many processes (devices x nodes) as the run did (``record``: :func:`read_resume_record`'s):
+    each takes --batch-size images a step, so another count changes the steps an epoch, in which the learning-rate
+    schedule and the place inside an epoch are counted (a schedule counted for 2 processes ends halfway through the
+    run of 1)."""
+    saved = record.get(PROCESSES_KEY)
     if saved is not None and saved != processes:
         raise SettingsError(
             f"--resume: the run trained in {saved} process{'es' * (saved != 1)} (devices x nodes) and this resume "
