@@ -412,6 +412,8 @@ NO_GPU = not torch.cuda.is_available()
         (["--model-kwargs", '{"num_classes": 10, "quant": "fp"}'], "--model-kwargs sets num_classes, quant, which the "
          "run takes from the data set (--num-classes checks it), --quant: leave them out of --model-kwargs"),
         (["--seed", "-1"], "--seed must be an integer >= 0, not -1"),
+        (["--img-size", "64"], "--img-size sizes an imagefolder's images; 'mnist_demo' has its own size (28 px)"),
+        (["--strategy", "bogus"], "You selected an invalid strategy name"),
         (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
         (["--model-kwargs", "act=relu"], "argument --model-kwargs: 'act=relu' is not valid JSON"),
         pytest.param(["--gpus", "2"], "this machine has no usable CUDA GPU",
@@ -427,7 +429,7 @@ def test_wrong_input_gets_a_clear_error(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
-    assert not (tmp_path / "run" / "args.json").exists()
+    assert not (tmp_path / "run").exists()
 
 
 class _no_raise:

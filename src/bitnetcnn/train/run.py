@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
+from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import BIT_LAYERS
@@ -231,6 +232,9 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     """
     if resume:
         s = resumed_settings(s, given)
+    if "img_size" in (given if given is not None else s.changed()) and s.dataset != "imagefolder":
+        raise SettingsError(f"--img-size sizes an imagefolder's images; {s.dataset!r} has its own size "
+                            f"({get_dataset_spec(s.dataset).img_size} px): leave --img-size out")
     out = Path(s.out) if s.out else default_out(s)
     s.out = str(out)
     if not resume and first_process():
@@ -249,7 +253,6 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if resume:
         record = read_resume_record(last)
         module.check_resumed_teacher(record, last)  # before args.json records a teacher given in its place
-    out.mkdir(parents=True, exist_ok=True)
     command = command or s.as_command()
     metadata = {"dataset": s.dataset, **data.spec.input_metadata()}
     if data.class_names is not None:  # the spec's, or an image folder's (its folders)
@@ -290,6 +293,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         _check_shares(data, s.batch_size, trainer.world_size)
         if resume:
             check_resumed_processes(record, trainer.world_size)
+        # only now, when Lightning has taken the strategy and accelerator: refused settings leave no empty folder
+        out.mkdir(parents=True, exist_ok=True)
         if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
             write_settings(out, s)
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
