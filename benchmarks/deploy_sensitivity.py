@@ -4,10 +4,13 @@ For each activation tensor the int8 graph quantizes (each QuantizeLinear), the g
 kept in float (its Q/DQ pair removed) and the top-1 agreement with the converted PyTorch model is measured on test
 images; then the most costly points are kept in float together, one more at a time. It says whether a model that
 misses the deploy goal (>= 99% agreement) does so at a few points (fixable by keeping them in float) or everywhere.
+``--kinds`` keeps whole kinds of points in float instead (every input of a depthwise convolution, every residual
+sum, ...): whether a rule for an architecture, rather than a list of tensors, would lift the agreement.
 
     export BITNETCNN_DATA=/path/to/shared/data
     python benchmarks/deploy_sensitivity.py --seed bit_resnet18 --limit 1000 --method percentile
     python benchmarks/deploy_sensitivity.py --checkpoint runs/r18/best_ternary.bnc --limit 1000
+    python benchmarks/deploy_sensitivity.py --checkpoint runs/mnv2/best_ternary.bnc --limit 1000 --kinds
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bitnetcnn import load_checkpoint
-from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION, keep_in_float
+from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION, _graph_maps, keep_in_float
 from bitnetcnn.deploy.calibration import dataset_for, model_inputs
 from bitnetcnn.deploy.compile import to_onnx_graph
 from bitnetcnn.deploy.runtime import DeployedModel
@@ -34,6 +37,26 @@ from deploy_agreement import SEED, convert_if_needed, load_seed, predict  # noqa
 def quantized_tensors(graph) -> list[str]:
     """The activation tensors the QDQ graph quantizes (weights are stored quantized and have no QuantizeLinear)."""
     return [n.input[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def point_kinds(graph) -> dict[str, list[str]]:
+    """The quantized tensors by kind: what made them (``Conv``, ``Add``, ``Clip``, ... or the graph input), and, apart,
+    those read by a depthwise convolution (a Conv with ``group`` > 1), whose per-tensor grid serves channels of very
+    different ranges."""
+    producer, consumers = _graph_maps(graph.graph)
+    kinds: dict[str, list[str]] = {}
+    for q in graph.graph.node:
+        if q.op_type != "QuantizeLinear":
+            continue
+        tensor = q.input[0]
+        readers = [u for d in consumers.get(q.output[0], []) for u in consumers.get(d.output[0], [])]
+        depthwise = any(u.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in u.attribute)
+                        for u in readers)
+        kind = f"{producer[tensor].op_type} output" if tensor in producer else "graph input"
+        kinds.setdefault(kind, []).append(tensor)
+        if depthwise:
+            kinds.setdefault("depthwise convolution input", []).append(tensor)
+    return kinds
 
 
 def keep_float(graph, tensors: set[str]):
@@ -55,6 +78,8 @@ def main(argv=None) -> int:
                    help="training images for calibration (0: the model's own 8-bit activation quantizers)")
     p.add_argument("--method", default=DEFAULT_CALIBRATION, choices=CALIBRATION_METHODS)
     p.add_argument("--top", type=int, default=8, help="keep up to this many of the costliest points in float")
+    p.add_argument("--kinds", action="store_true", help="keep whole kinds of points in float (point_kinds), not "
+                   "one point at a time")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
@@ -79,6 +104,12 @@ def main(argv=None) -> int:
     points = quantized_tensors(graph)
     print(f"{len(x)} {dataset} test images, ranges from {ranges}: int8 agreement {base:.2f}% "
           f"({len(points)} quantized activation tensors; {time.perf_counter() - t0:.1f} s a run)", flush=True)
+    if args.kinds:
+        for kind, tensors in sorted(point_kinds(graph).items()):
+            print(f"  every {kind} ({len(tensors)}) in float: {agreement(keep_float(graph, set(tensors)), x, ref):.2f}%",
+                  flush=True)
+        print(f"all {len(points)} in float: {agreement(keep_float(graph, set(points)), x, ref):.2f}%")
+        return 0
     gains = []
     for name in points:
         gains.append((agreement(keep_float(graph, {name}), x, ref) - base, name))
