@@ -892,6 +892,34 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
     assert {k: cut[1][k] for k in same} == {k: full[1][k] for k in same}
 
 
+def test_a_run_stopped_by_sigterm_saves_where_it_stands_and_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """SIGTERM (``kill``, a scheduler, ``docker stop``) in the middle of epoch 1, with the mid-epoch interval far off
+    (10 minutes): the batch it came in finishes, last.ckpt is written after it, and the run stops with the hint to
+    resume, which loses nothing of it: the same weights and metrics as the uninterrupted run."""
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **QUICK))
+    start = BitClassifier.on_train_batch_start if hasattr(BitClassifier, "on_train_batch_start") else None
+
+    def sigterm_at_epoch_1_batch_2(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return start(self, batch, batch_idx) if start else None
+
+    with monkeypatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", sigterm_at_epoch_1_batch_2, raising=False)
+        with pytest.raises(SystemExit):
+            train(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **QUICK))
+    err = capsys.readouterr().err
+    assert "the run was stopped by SIGTERM in epoch 1 after 3 of 4 batches; continue it with" in err, err
+    saved = torch.load(tmp_path / "cut" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1 and saved["global_step"] == 4 + 3  # batch 2 of epoch 1 trained, then saved
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    assert resumed["param_checksums"] == whole["param_checksums"]
+    same = ("val_loss", "val_acc", "ternary_acc")
+    assert [{k: r[k] for k in same} for r in read_metrics(tmp_path / "cut")] == \
+        [{k: r[k] for k in same} for r in read_metrics(tmp_path / "whole")]
+
+
 def test_a_run_killed_while_validating_resumes_to_validate_that_epoch(tmp_path, monkeypatch):
     """A mid-epoch checkpoint never follows an epoch's last batch: one there would record the epoch as done, and a
     run killed in the validation after it would resume past that epoch, leaving it unmeasured (the last epoch's

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from bitnetcnn.machine import describe_device
 from bitnetcnn.train.plot import plot_metrics
@@ -82,7 +83,10 @@ class MidEpochCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``minutes`` of training too, so an interrupted run loses at most that much: a CPU epoch
     can take half an hour. The resumed run equals the uninterrupted one: the data module saves its place in the
     epoch (``ImageDataModule.state_dict``), in DDP runs too (``EpochShuffle``), and Lightning has every process take
-    the first process's decision to save."""
+    the first process's decision to save.
+
+    A run stopped by SIGTERM (``kill``, a scheduler, ``docker stop``) saves at the end of the batch it was in, before
+    Lightning stops it, so it loses nothing; SIGKILL gives no such chance."""
 
     def __init__(self, out_dir: Path, minutes: float) -> None:
         super().__init__(dirpath=out_dir, filename="last", save_top_k=1, enable_version_counter=False,
@@ -94,6 +98,8 @@ class MidEpochCheckpoint(ModelCheckpoint):
         # The epoch's own checkpoint comes after that validation.
         if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
             return
+        if trainer.received_sigterm:  # as if the interval had passed: the first process's decision still rules
+            self._last_time_checked = -math.inf
         super().on_train_batch_end(trainer, *args, **kwargs)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
@@ -113,7 +119,8 @@ class ResumeHint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, TrainingDiverged) or not trainer.is_global_zero:
             return
-        how = "was interrupted" if isinstance(exception, KeyboardInterrupt) else "stopped on an error"
+        how = ("was interrupted" if isinstance(exception, KeyboardInterrupt) else
+               "was stopped by SIGTERM" if isinstance(exception, SIGTERMException) else "stopped on an error")
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         if trainer.validating:
             where = f"while validating epoch {trainer.current_epoch}"
