@@ -894,9 +894,9 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
 
 def test_a_run_stopped_by_sigterm_saves_where_it_stands_and_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch,
                                                                                               capsys):
-    """SIGTERM (``kill``, a scheduler, ``docker stop``) in the middle of epoch 1, with the mid-epoch interval far off
-    (10 minutes): the batch it came in finishes, last.ckpt is written after it, and the run stops with the hint to
-    resume, which loses nothing of it: the same weights and metrics as the uninterrupted run."""
+    """SIGTERM (``kill``, a scheduler) in the middle of epoch 1, with the mid-epoch interval far off (10 minutes): the
+    batch it came in finishes, last.ckpt is written after it, and the run stops with the hint to resume and exit
+    status 143, and the resumed run is the uninterrupted one: the same weights and metrics."""
     whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **QUICK))
     start = BitClassifier.on_train_batch_start if hasattr(BitClassifier, "on_train_batch_start") else None
 
@@ -907,12 +907,16 @@ def test_a_run_stopped_by_sigterm_saves_where_it_stands_and_resumes_to_the_unint
 
     with monkeypatch.context() as m:
         m.setattr(BitClassifier, "on_train_batch_start", sigterm_at_epoch_1_batch_2, raising=False)
-        with pytest.raises(SystemExit):
-            train(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **QUICK))
+        code = main(["train", "--out", str(tmp_path / "cut"), "--epochs", "2", "--batch-size", "32", "--limit-train",
+                     "128", "--limit-eval", "128", "--no-progress"])
+    assert code == 128 + signal.SIGTERM  # not 0: a script or scheduler must not take the run for finished
     err = capsys.readouterr().err
     assert "the run was stopped by SIGTERM in epoch 1 after 3 of 4 batches; continue it with" in err, err
     saved = torch.load(tmp_path / "cut" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 1 and saved["global_step"] == 4 + 3  # batch 2 of epoch 1 trained, then saved
+    # a run started before --img-size was refused for named data sets may have recorded one: it still resumes
+    args = json.loads((tmp_path / "cut" / "args.json").read_text())
+    (tmp_path / "cut" / "args.json").write_text(json.dumps({**args, "img_size": 32}))
     resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
     assert resumed["param_checksums"] == whole["param_checksums"]
     same = ("val_loss", "val_acc", "ternary_acc")

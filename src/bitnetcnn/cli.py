@@ -6,6 +6,7 @@ import argparse
 import difflib
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -134,6 +135,8 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from bitnetcnn.train.callbacks import TrainingDiverged
     from bitnetcnn.train.run import TrainSettings, train
 
@@ -150,6 +153,8 @@ def _cmd_train(args) -> int:
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1
         print(f"bitnetcnn train: error: {err}", file=sys.stderr)
         return 1
+    except SIGTERMException:  # Lightning's SystemExit without a code: a stopped run must not read as a finished one
+        return 128 + signal.SIGTERM
     return 0
 
 

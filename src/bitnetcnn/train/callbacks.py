@@ -85,8 +85,9 @@ class MidEpochCheckpoint(ModelCheckpoint):
     epoch (``ImageDataModule.state_dict``), in DDP runs too (``EpochShuffle``), and Lightning has every process take
     the first process's decision to save.
 
-    A run stopped by SIGTERM (``kill``, a scheduler, ``docker stop``) saves at the end of the batch it was in, before
-    Lightning stops it, so it loses nothing; SIGKILL gives no such chance."""
+    A run stopped by SIGTERM (``kill``, a scheduler) saves at the end of the training batch it came in, before
+    Lightning stops it, so it loses nothing; not after an epoch's last batch (above) nor in validation, where it
+    resumes from the checkpoint before, as after a SIGKILL."""
 
     def __init__(self, out_dir: Path, minutes: float) -> None:
         super().__init__(dirpath=out_dir, filename="last", save_top_k=1, enable_version_counter=False,

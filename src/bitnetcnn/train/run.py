@@ -230,9 +230,10 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     set (the command line's flags; default: those that differ from the defaults), which a resume checks.
     ``command``: the command line the run records as its recipe (default: ``s.as_command()``).
     """
+    named = set(given) if given is not None else set(s.changed())  # the caller's, not a resumed run's args.json
     if resume:
         s = resumed_settings(s, given)
-    if "img_size" in (given if given is not None else s.changed()) and s.dataset != "imagefolder":
+    if "img_size" in named and s.dataset != "imagefolder":
         raise SettingsError(f"--img-size sizes an imagefolder's images; {s.dataset!r} has its own size "
                             f"({get_dataset_spec(s.dataset).img_size} px): leave --img-size out")
     out = Path(s.out) if s.out else default_out(s)
