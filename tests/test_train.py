@@ -609,6 +609,12 @@ def test_two_process_ddp_on_cpu_trains_one_model(tmp_path, capsys):
                                        "--accelerator cpu --devices 2 --strategy ddp  # the time budget gave 2 epochs")
     a, b = results["param_checksums"]
     assert a == b  # both ranks end with the same weights
+    # without --out, the second process joins the folder the first one picked, and makes no runs/MODEL-DATASET-2
+    plain = subprocess.run(_cli("--epochs", "1", "--batch-size", "32", "--limit-train", "64", "--limit-eval", "2",
+                                "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"),
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["bitnet_cnn-mnist_demo"]
     model = load_checkpoint(run / "best_ternary.bnc")
     data = ImageDataModule("mnist_demo", limit_eval=513)
     data.setup()

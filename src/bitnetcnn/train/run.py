@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from dataclasses import replace
@@ -29,8 +30,8 @@ from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHin
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
 from bitnetcnn.train.module import BitClassifier
-from bitnetcnn.train.run_folder import (check_new_run_folder, check_resumed_processes, default_out, first_process,
-                                        read_resume_record, resumed_settings, write_settings)
+from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_processes, default_out,
+                                        first_process, read_resume_record, resumed_settings, write_settings)
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 from bitnetcnn.train.time_budget import FitToTimeBudget
@@ -238,6 +239,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
                             f"({get_dataset_spec(s.dataset).img_size} px): leave --img-size out")
     out = Path(s.out) if s.out else default_out(s)
     s.out = str(out)
+    if first_process():  # the processes a DDP launcher starts inherit it (run_folder.default_out)
+        os.environ[RUN_FOLDER_ENV] = str(out.resolve())
     if not resume and first_process():
         check_new_run_folder(out)
     L.seed_everything(s.seed, workers=True, verbose=False)

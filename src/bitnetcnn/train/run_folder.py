@@ -13,7 +13,15 @@ from typing import Optional
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 
 
+# The folder the first process chose, for the processes a DDP launcher starts from the same command line: without
+# --out they would each pick the next free runs/MODEL-DATASET-N (the first one's now exists) and make it, empty.
+RUN_FOLDER_ENV = "BITNETCNN_RUN_FOLDER"
+
+
 def default_out(s: TrainSettings) -> Path:
+    """``runs/MODEL-DATASET``, or the next free ``-N`` of it; in a DDP run's later processes, the first one's."""
+    if not first_process() and os.environ.get(RUN_FOLDER_ENV):
+        return Path(os.environ[RUN_FOLDER_ENV])
     base = Path("runs") / f"{s.model}-{s.dataset}"
     out, i = base, 1
     while out.exists():
