@@ -239,10 +239,10 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
                             f"({get_dataset_spec(s.dataset).img_size} px): leave --img-size out")
     out = Path(s.out) if s.out else default_out(s)
     s.out = str(out)
-    if first_process():  # the processes a DDP launcher starts inherit it (run_folder.default_out)
-        os.environ[RUN_FOLDER_ENV] = str(out.resolve())
-    if not resume and first_process():
-        check_new_run_folder(out)
+    if first_process():
+        os.environ[RUN_FOLDER_ENV] = str(out.resolve())  # the processes a DDP launcher starts inherit it (default_out)
+        if not resume:
+            check_new_run_folder(out)
     L.seed_everything(s.seed, workers=True, verbose=False)
     data, module = build(s, resume)
     data.setup()  # a missing data set is reported before the run folder is made
