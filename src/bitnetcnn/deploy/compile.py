@@ -20,6 +20,9 @@ from bitnetcnn.nn.convert import replace_modules
 
 __all__ = ["compile", "to_onnx_graph", "without_act_quantizers"]
 
+OWN_SCALES_REASON = ("auto: every int8 range is the model's own (8-bit activations), and onnxruntime computes "
+                     "the model's integers; OpenVINO rounds its requantizations otherwise")
+
 
 def without_act_quantizers(model: nn.Module) -> nn.Module:
     """A copy with every ``ActQuantizer`` replaced by ``nn.Identity`` (the int8 graph quantizes instead)."""
@@ -64,14 +67,18 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
 
     ``backend``: the runtime of the graph: ``"onnxruntime"``, ``"openvino"`` (``pip install openvino``; an
     ``ImportError`` without it) or ``"auto"`` (default): onnxruntime where OpenVINO is not installed or the CPU lacks
-    AVX2, else whichever of the two runs this graph faster on this machine, timed for about two seconds at batch 1
-    and 32. The result says which and why: ``deployed.backend`` and ``deployed.backend_reason``.
+    AVX2, or where every range comes from the model's own quantizers (no calibration: onnxruntime computes such a
+    graph's integers as the model does, OpenVINO rounds its requantizations otherwise; docs/deploy.md); else
+    whichever of the two runs this graph faster on this machine, timed for about two seconds at batch 1 and 32.
+    The result says which and why: ``deployed.backend`` and ``deployed.backend_reason``.
 
     Raises :class:`~bitnetcnn.deploy.NotDeployableError` (a ``ValueError``) for a model that is not converted or
     has layers the exporter cannot map.
     """
     name, reason = choose_backend(backend)  # before the export: an unusable explicit backend fails fast
     graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
+    if name == "auto" and info["act_scales"] == "model quantizers":
+        name, reason = "onnxruntime", OWN_SCALES_REASON
     runner = None
     if name == "auto":
         data = graph.SerializeToString()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.nn import TernaryConv2d
+from bitnetcnn.nn.batchnorm import bn_factors, conv_bn_pairs
 
 __all__ = ["fold_batchnorm"]
 
@@ -29,38 +30,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     changed; the result is in eval mode.
     """
     model = copy.deepcopy(model).eval()
-    for parent in list(model.modules()):
-        if not isinstance(parent, nn.Sequential):
-            continue
-        names = list(parent._modules)
-        for first, second in zip(names, names[1:]):
-            conv, bn = parent._modules[first], parent._modules[second]
-            if not _foldable_bn(bn):
-                continue
-            folded = _fold(conv, bn)
-            if folded is not None:
-                parent._modules[first] = folded
-                parent._modules[second] = nn.Identity()
+    for parent, first, second in list(conv_bn_pairs(model)):
+        folded = _fold(parent._modules[first], parent._modules[second])
+        if folded is not None:
+            parent._modules[first] = folded
+            parent._modules[second] = nn.Identity()
     return model
-
-
-def _foldable_bn(module: Optional[nn.Module]) -> bool:
-    return (
-        type(module) is nn.BatchNorm2d
-        and module.track_running_stats
-        and module.running_mean is not None
-        and module.running_var is not None
-    )
-
-
-def _bn_factors(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``f`` and ``beta - mean * f`` in float64 (one rounding at the end, not two)."""
-    var = bn.running_var.detach().double()
-    mean = bn.running_mean.detach().double()
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
-    f = gamma / torch.sqrt(var + bn.eps)
-    return f, beta - mean * f
 
 
 @torch.no_grad()
@@ -75,7 +50,7 @@ def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> Optional[nn.Module]:
 def _fold_ternary(conv: TernaryConv2d, bn: nn.BatchNorm2d) -> Optional[TernaryConv2d]:
     if conv.out_channels != bn.num_features:
         return None
-    f, shift = _bn_factors(bn)
+    f, shift = bn_factors(bn)
     scale = conv.channel_scale().double() * f
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(f)
     bias = bias * f + shift
@@ -93,7 +68,7 @@ def _fold_ternary(conv: TernaryConv2d, bn: nn.BatchNorm2d) -> Optional[TernaryCo
 def _fold_float(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Optional[nn.Conv2d]:
     if conv.out_channels != bn.num_features:
         return None
-    f, shift = _bn_factors(bn)
+    f, shift = bn_factors(bn)
     folded = copy.deepcopy(conv)
     weight = conv.weight.detach().double() * f.view(-1, 1, 1, 1)
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(f)

@@ -7,7 +7,8 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
   int8 weight tensor holds exactly the codes -1, 0, +1 times 64 (checked: the exported float weight must equal
   ``codes * scale`` bit for bit; see ``CODE_GAIN`` for why 64 and not 1).
 - **activations at a layer's input**: where the layer has an 8-bit ``ActQuantizer``, its ``running_scale`` is the
-  scale (the same grid as the fake-quantized model; zero point 0 after a ReLU, 128 otherwise).
+  scale (the same grid as the fake-quantized model; zero point 128, a symmetric grid like the model's); likewise a
+  residual branch's output where its ``ConvNormAct`` has an 8-bit ``out_quant``.
 - **every other activation** (a convolution's output before a residual add or a SiLU, a sigmoid): from calibration
   batches when given; without them, derived from the model: the sigmoid's output range is [0, 1]; any other
   tensor takes the largest scale of the quantized layer inputs it flows into (through ReLU, Add, Mul, reshapes).
@@ -32,6 +33,7 @@ from torch import nn
 from bitnetcnn.deploy.checks import NotDeployableError
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME, weight_nodes
 from bitnetcnn.nn import TERNARY_LAYERS, ActQuantizer
+from bitnetcnn.quant.integer import CODE_GAIN
 
 __all__ = ["CALIBRATION_METHODS", "DEFAULT_CALIBRATION", "QUANTIZED_OPS", "quantize_int8", "quantizer_scales"]
 
@@ -49,10 +51,6 @@ _POOLING = {"ReduceMean", "GlobalAveragePool", "AveragePool"}
 _ACTIVATIONS = ("Relu", "Clip")
 FOLDED_ACTIVATIONS = "bitnetcnn.folded_activations"  # the metadata key that lists them
 U8_ZERO, U8_MID = 0, 128
-# The int8 weight holds codes * 64 with scale s / 64: the same weight exactly (64 is a power of two), but the int32
-# bias, whose step onnxruntime fixes at input scale * weight scale, gets a 64x finer grid. 64 is the most that
-# keeps u8 * s8 pair sums (255 * 64 * 2 = 32640) inside int16, so AVX2 kernels without VNNI never saturate.
-CODE_GAIN = 64
 # onnxruntime's calibration of the ranges the model does not fix itself. Percentile (99.999%) clips outliers that
 # minmax keeps: it agreed more often with the converted model on every model measured (docs/deploy.md), e.g. the
 # seed ResNet-18 97.79% against 96.38%, a ReLU ResNet-18 after 2 CPU epochs 99.10% against 98.75%.
@@ -66,15 +64,24 @@ def _int8_types():
     return QuantType.QUInt8, QuantType.QInt8
 
 
+def _scale(quantizer) -> float:
+    """An 8-bit quantizer's scale once it has seen data, else 0."""
+    if isinstance(quantizer, ActQuantizer) and quantizer.bits == 8:
+        return float(quantizer.running_scale)
+    return 0.0
+
+
 def quantizer_scales(model: nn.Module) -> Dict[str, float]:
     """``{layer name: input scale}`` of the ternary layers with an 8-bit quantizer that has seen data."""
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, TERNARY_LAYERS) and isinstance(m.act_quant, ActQuantizer) and m.act_quant.bits == 8:
-            scale = float(m.act_quant.running_scale)
-            if scale > 0:
-                out[name] = scale
-    return out
+    scales = {name: _scale(m.act_quant) for name, m in model.named_modules() if isinstance(m, TERNARY_LAYERS)}
+    return {name: s for name, s in scales.items() if s > 0}
+
+
+def output_quantizer_scales(model: nn.Module) -> Dict[str, float]:
+    """``{convolution name: output scale}`` of the ``ConvNormAct`` blocks whose linear output has an 8-bit
+    ``out_quant`` (after BN folding the convolution's output is the block's)."""
+    scales = {f"{name}.conv": _scale(getattr(m, "out_quant", None)) for name, m in model.named_modules()}
+    return {name: s for name, s in scales.items() if s > 0}
 
 
 def _graph_maps(graph):
@@ -150,19 +157,22 @@ def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
 
 
 def _activation_overrides(graph, model: nn.Module) -> Dict[str, Tuple[float, int]]:
-    """``{tensor: (scale, zero point)}`` at the inputs of layers with 8-bit quantizers."""
-    producer, _ = _graph_maps(graph)
-    zeros = _zero_constants(graph)
+    """``{tensor: (scale, zero point)}`` at the inputs of layers with 8-bit quantizers and at the quantized outputs
+    of residual branches."""
     nodes = weight_nodes(graph)
     scales: Dict[str, List[float]] = {}
     for name, scale in quantizer_scales(model).items():
         node = nodes.get(f"{name}.weight")
         if node is not None:
             scales.setdefault(node.input[0], []).append(scale)
+    for name, scale in output_quantizer_scales(model).items():
+        node = nodes.get(f"{name}.weight")
+        if node is None:
+            raise NotDeployableError(f"the output quantizer after {name!r} has no convolution in the ONNX graph")
+        scales.setdefault(node.output[0], []).append(scale)
     # One tensor feeding several layers gets one grid: the widest, so that none of them clips. Zero point 128 makes
     # the u8 grid clamp at +127 steps as the model's symmetric quantizer does (after a ReLU too, where zero point 0
     # would let values up to 255 steps through that the model clamps).
-    del producer, zeros
     return {t: (max(s), U8_MID) for t, s in scales.items()}
 
 

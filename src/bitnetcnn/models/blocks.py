@@ -34,7 +34,11 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 class ConvNormAct(nn.Sequential):
-    """Convolution, BatchNorm, activation; ``act=None`` leaves the output linear (projections, shortcuts)."""
+    """Convolution, BatchNorm, activation; ``act=None`` leaves the output linear (projections, shortcuts).
+
+    ``quantize_output=True`` (linear outputs only) adds ``out_quant``, an 8-bit quantizer of the output where the
+    model quantizes activations: a residual branch's output, which the int8 graph requantizes before the sum.
+    """
 
     def __init__(
         self,
@@ -47,11 +51,19 @@ class ConvNormAct(nn.Sequential):
         bias: bool = False,
         act: Optional[str] = "relu",
         edge: bool = False,
+        quantize_output: bool = False,
     ) -> None:
         super().__init__()
         self.conv = spec.conv(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias, edge=edge)
         self.norm = nn.BatchNorm2d(out_ch)
         self.act = make_act(act)
+        if quantize_output:
+            if act is not None:
+                raise ValueError("quantize_output is for linear outputs (act=None): an activation's output is "
+                                 "quantized by the layer it feeds")
+            quantizer = spec.act_quantizer()
+            if not isinstance(quantizer, nn.Identity):  # float activations: no module, the seed's state dict
+                self.out_quant = quantizer
 
 
 class InvertedResidual(nn.Module):
@@ -81,8 +93,20 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and in_ch == out_ch
         self.conv_pw_exp = ConvNormAct(spec, in_ch, hidden, 1, exp_stride, bias=bias, act=act)
         self.conv_dw = ConvNormAct(spec, hidden, hidden, 3, dw_stride, groups=hidden, bias=bias, act=act)
-        self.conv_pw = ConvNormAct(spec, hidden, out_ch, 1, bias=bias, act=None)
+        self.conv_pw = ConvNormAct(spec, hidden, out_ch, 1, bias=bias, act=None, quantize_output=self.use_residual)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
-        return x + y if self.use_residual else y
+        if not self.use_residual:
+            return self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
+        # With 8-bit activations the shortcut adds the input as the expansion quantizes it, and the branch as its
+        # own quantizer does: the two tensors the int8 graph adds (docs/deploy.md). Quantizing an input twice on one
+        # grid changes nothing (in training its running scale takes the batch's absmax twice). Float activations:
+        # both are identities.
+        x = quantize_input(self.conv_pw_exp.conv, x)
+        return x + self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
+
+
+def quantize_input(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x`` as ``layer`` quantizes its input (unchanged for a float layer, which has no quantizer)."""
+    quantizer = getattr(layer, "act_quant", None)
+    return x if quantizer is None else quantizer(x)

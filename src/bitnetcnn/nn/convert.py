@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Optional
 from torch import nn
 
 from bitnetcnn.nn.bit import BitConv2d, BitLinear
+from bitnetcnn.nn.integer_bias import snap_biases_to_int32_grid
 from bitnetcnn.nn.ternary import TernaryConv2d, TernaryLinear
 from bitnetcnn.quant import TernaryQuant
 
@@ -43,11 +44,14 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
     return model, count
 
 
-def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: bool = False) -> nn.Module:
+def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: bool = False,
+                       int32_biases: bool = True) -> nn.Module:
     """Replace every Bit layer by its packed inference twin; the result computes what the eval-mode model does.
 
     Each layer keeps its own config; ``pow2=True`` rounds every scale to a power of two (and says so in the
-    model's ``model_args``, which a checkpoint header records).
+    model's ``model_args``, which a checkpoint header records). Layers with 8-bit activations get their biases
+    moved onto the int32 grid an int8 runtime uses (by at most half its step; :mod:`bitnetcnn.nn.integer_bias`), so
+    that the converted model computes what the deployed one does; ``int32_biases=False`` keeps them as trained.
     """
 
     def rule(_: str, module: nn.Module) -> Optional[nn.Module]:
@@ -58,6 +62,8 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
         return None
 
     converted, count = replace_modules(model, rule, inplace)
+    if int32_biases:
+        snap_biases_to_int32_grid(converted)
     if count and pow2 and isinstance(getattr(converted, "model_args", None), dict):
         trained_pow2 = converted.model_args.get("pow2")
         converted.model_args = {**converted.model_args, "pow2": True}
