@@ -13,6 +13,7 @@ model's own 8-bit activation quantizers (a model trained with ``--act-bits 8``).
     python benchmarks/deploy_agreement.py --models --checkpoint r18=runs/r18-a8/best_ternary.bnc --calibrate 0
     python benchmarks/deploy_agreement.py --backends onnxruntime openvino     # both runtimes on the same graph
     python benchmarks/deploy_agreement.py --models --checkpoint r18=FILE --qdq-reference   # + the graph's own sums
+    python benchmarks/deploy_agreement.py --models --checkpoint m=RUN/last.ckpt --calibrate 0 --trained-biases
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ def load_seed(name: str, path: Path) -> torch.nn.Module:
     return convert_if_needed(load_checkpoint(path, model_name=name, **kwargs))
 
 
-def convert_if_needed(model: torch.nn.Module) -> torch.nn.Module:
+def convert_if_needed(model: torch.nn.Module, int32_biases: bool = True) -> torch.nn.Module:
     """The converted (ternary inference) form of a Bit or already converted model, in eval mode."""
     is_converted = any(isinstance(m, TERNARY_LAYERS) for m in model.modules())
-    return model.eval() if is_converted else convert_to_ternary(model.eval())
+    return model.eval() if is_converted else convert_to_ternary(model.eval(), int32_biases=int32_biases)
 
 
 @torch.no_grad()
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
                    help="also compare the converted model in float64 with float32: the floor rounding alone sets")
     p.add_argument("--qdq-reference", action="store_true",
                    help="also run the int8 graph's own arithmetic (onnxruntime, graph optimizations off)")
+    p.add_argument("--trained-biases", action="store_true",
+                   help="convert a Bit checkpoint (last.ckpt) keeping its biases as trained, not on the int32 grid")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")
     p.add_argument("--json", help="write the results here")
@@ -167,7 +170,7 @@ def main(argv=None) -> int:
     rows = []
     for name, path, dataset in jobs:
         print(f"{name}: {path}", flush=True)
-        model = load_seed(name, path) if dataset else convert_if_needed(load_checkpoint(path))
+        model = load_seed(name, path) if dataset else convert_if_needed(load_checkpoint(path), not args.trained_biases)
         dataset = dataset or dataset_for(model)
         for row in check(name, model, dataset, args.limit, args.calibrate, args.data_dir, args.method,
                          args.backends, args.float64, args.qdq_reference):

@@ -91,10 +91,12 @@ def test_without_weights():
     assert model(torch.randn(1, 1, 28, 28)).shape == (1, 3)
     assert isinstance(hub.load("bitnet_mnist", ternary=False).stem.conv, BitConv2d)
     def acts(model):
-        return {type(m).__name__ for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU))}
+        kinds = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.SiLU)
+        return {type(m).__name__ for m in model.modules() if isinstance(m, kinds)}
     assert acts(hub.load("bitnet_resnet18", ternary=False)) == {"ReLU"}  # as its published weights
-    assert acts(hub.load("bitnet_mobilenetv2", ternary=False)) == {"SiLU"}  # the seed's configuration
-    for name in SEED_NAMES[2:]:  # no weights published for these yet
+    mnv2 = hub.load("bitnet_mobilenetv2", ternary=False)
+    assert acts(mnv2) == {"ReLU6"} and mnv2.model_args["act_bits"] == 8  # as its published weights
+    for name in ("bitnet_resnet50", "bitnet_convnextv2"):  # no weights published for these yet
         with pytest.raises(hub.PretrainedWeightsUnavailable, match="no pretrained weights yet"):
             hub.load(name, pretrained=True)
 
@@ -155,7 +157,7 @@ def test_checkpoint_path_carries_the_files_own_metadata(mnist_checkpoint):
 
 def test_list_pretrained():
     published = bitnetcnn.list_pretrained()
-    assert published == [hub.BITNET_MNIST, hub.BITNET_RESNET18_CIFAR100]
+    assert published == [hub.BITNET_MNIST, hub.BITNET_RESNET18_CIFAR100, hub.BITNET_MOBILENETV2_CIFAR100]
     assert [w.hub_entry for w in published] == [e.name for e in hub.entries().values() if e.pretrained]
     for w in published:
         assert w.file or w.url
