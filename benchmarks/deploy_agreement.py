@@ -55,6 +55,15 @@ def convert_if_needed(model: torch.nn.Module, int32_biases: bool = True) -> torc
     return model.eval() if is_converted else convert_to_ternary(model.eval(), int32_biases=int32_biases)
 
 
+def load_file(path: Path, int32_biases: bool = True) -> torch.nn.Module:
+    """A checkpoint, or a run's ``last.ckpt`` (the Bit model as trained), as a converted model."""
+    if path.suffix == ".ckpt":
+        from bitnetcnn.train.module import BitClassifier
+
+        return convert_if_needed(BitClassifier.load_from_checkpoint(path, map_location="cpu").model, int32_biases)
+    return convert_if_needed(load_checkpoint(path), int32_biases)
+
+
 @torch.no_grad()
 def logits_of(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
     return torch.cat([torch.as_tensor(fn(x[i:i + batch])).float() for i in range(0, len(x), batch)])
@@ -140,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="*", default=list(SEED), choices=list(SEED),
                    help="seed checkpoints to check (none: only the --checkpoint files)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
-                   help="a bitnetcnn checkpoint to check (repeatable)")
+                   help="a bitnetcnn checkpoint or a run's last.ckpt to check (repeatable)")
     p.add_argument("--checkpoints", help="folder of the seed checkpoints (default $BITNETCNN_DATA/seed-checkpoints)")
     p.add_argument("--limit", type=int, default=0, help="first N test images of a fixed shuffle (0: all)")
     p.add_argument("--calibrate", type=int, default=512,
@@ -170,7 +179,7 @@ def main(argv=None) -> int:
     rows = []
     for name, path, dataset in jobs:
         print(f"{name}: {path}", flush=True)
-        model = load_seed(name, path) if dataset else convert_if_needed(load_checkpoint(path), not args.trained_biases)
+        model = load_seed(name, path) if dataset else load_file(path, not args.trained_biases)
         dataset = dataset or dataset_for(model)
         for row in check(name, model, dataset, args.limit, args.calibrate, args.data_dir, args.method,
                          args.backends, args.float64, args.qdq_reference):

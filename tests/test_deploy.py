@@ -405,6 +405,24 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     assert "vs fp32" in capsys.readouterr().out
 
 
+def test_cli_bench_deploys_an_act8_model_as_compile_does(tmp_path):
+    """``bench`` times the graph ``compile(model)`` builds: an 8-bit-activation model from its own scales (no
+    calibration), and it names onnxruntime as "auto"'s choice for it, as compile makes it."""
+    import json
+
+    from bitnetcnn import save_checkpoint
+    from bitnetcnn.cli import main
+    from bitnetcnn.deploy.compile import OWN_SCALES_REASON
+
+    path = save_checkpoint(convert_to_ternary(_act8_mobilenetv2()), tmp_path / "act8.bnc")
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(path), "--batch-sizes", "1", "--budget", "0", "--variants", "deploy_onnxruntime",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["calibration"].startswith("nothing: the model's own")
+    assert (report["auto_backend"], report["auto_backend_reason"]) == ("onnxruntime", OWN_SCALES_REASON)
+
+
 def test_cli_export_refuses_a_bit_checkpoint_in_one_line(tmp_path, capsys):
     pytest.importorskip("bitnetcnn.checkpoint")
     from bitnetcnn.checkpoint import save_checkpoint

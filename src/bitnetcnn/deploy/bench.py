@@ -16,6 +16,7 @@ model and int8-relevant instruction sets (avx2, avx512_vnni, avx_vnni, amx).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -161,7 +162,9 @@ def bench(
     ``budget_s`` bounds the timing of each batch size (at least 3 rounds, at most 100).
     """
     from bitnetcnn.deploy.backends import choose_backend, measure_backends, openvino_status, pick_faster
-    from bitnetcnn.deploy.compile import to_onnx_graph
+    from bitnetcnn.deploy.checks import NotDeployableError
+    from bitnetcnn.deploy.compile import OWN_SCALES_REASON, to_onnx_graph
+    from bitnetcnn.deploy.int8 import quantizer_scales
     from bitnetcnn.deploy.runtime import DeployedModel
     from bitnetcnn.deploy.source import load_model
 
@@ -196,14 +199,22 @@ def bench(
         deploy = [k for k in variants if k in DEPLOY_VARIANTS]
         if deploy:
             log("compiling the deployment path (BN folding, ONNX export, int8 calibration) ...")
-            images, calib_note = _calibration(source, converted, calibrate, data_dir)
             t0 = time.perf_counter()
-            graph, info = to_onnx_graph(converted, images)
+            graph = None
+            if quantizer_scales(converted):  # 8-bit activations deploy from their own scales, as compile(model) does
+                with contextlib.suppress(NotDeployableError):  # unless they leave a range open
+                    graph, info = to_onnx_graph(converted, None)
+                    calib_note = "nothing: the model's own 8-bit activation scales"
+            if graph is None:
+                images, calib_note = _calibration(source, converted, calibrate, data_dir)
+                graph, info = to_onnx_graph(converted, images)
             log(f"  int8 graph in {time.perf_counter() - t0:.1f} s, calibrated on {calib_note}")
             for k in deploy:  # one graph, each backend's runtime on it
                 t0 = time.perf_counter()
                 models[k] = DeployedModel(graph, threads=threads, info=info, backend=DEPLOY_VARIANTS[k])
                 log(f"  {k}: loaded in {time.perf_counter() - t0:.1f} s")
+            if info["act_scales"] == "model quantizers":
+                auto_backend, auto_reason = "onnxruntime", OWN_SCALES_REASON
             if auto_backend == "auto" and len(deploy) == 2:  # what compile(backend="auto") would choose here
                 with torch.inference_mode():
                     timings = measure_backends({DEPLOY_VARIANTS[k]: models[k].runner for k in deploy}, size)

@@ -77,7 +77,7 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
     """
     name, reason = choose_backend(backend)  # before the export: an unusable explicit backend fails fast
     graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
-    if name == "auto" and info["act_scales"] == "model quantizers":
+    if backend == "auto" and info["act_scales"] == "model quantizers":
         name, reason = "onnxruntime", OWN_SCALES_REASON
     runner = None
     if name == "auto":
