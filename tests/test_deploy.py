@@ -191,6 +191,8 @@ def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibra
     x = torch.randn(64, 3, 32, 32)
     with torch.no_grad():
         assert _agreement(model(x), deployed(x)) >= 0.95
+    # its sigmoids' ranges (and a ResNet's sums) are derived, not its own grids: "auto" chooses as for any graph
+    assert deployed.info["model_integers"] is False and "model's own" not in deployed.backend_reason
 
 
 def _act8_mobilenetv2() -> nn.Module:
@@ -226,7 +228,18 @@ def test_act8_mobilenetv2_deploys_to_the_integers_its_converted_model_computes()
     error = ((torch.as_tensor(deployed(x)) - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
     assert error < 1e-5, error
     auto = compile(model)
-    assert auto.backend == "onnxruntime" and "model's own" in auto.backend_reason, auto.backend_reason
+    assert auto.info["model_integers"] and auto.backend == "onnxruntime", auto.backend_reason
+    assert "model's own" in auto.backend_reason
+
+
+@pytest.mark.parametrize("act_bits", [None, 4, 8])
+def test_only_an_8bit_mobilenetv2_quantizes_its_residual_stream(act_bits):
+    """The residual outputs and shortcuts are quantized to match an int8 graph: float and 4-bit models keep the
+    function and the state dict they had (the seed's checkpoints load key for key)."""
+    model = create_model("bit_mobilenetv2", num_classes=10, width_mult=0.25, act_bits=act_bits)
+    keys = [k for k in model.state_dict() if "out_quant" in k]
+    shortcuts = [m.quantize_shortcut for m in model.features if m.use_residual]
+    assert shortcuts and all(shortcuts) == bool(keys) == (act_bits == 8)
 
 
 def test_the_int32_bias_snap_moves_each_bias_by_at_most_half_a_step():

@@ -250,7 +250,8 @@ def _add_bench(sub) -> None:
     p.add_argument("model", help="registry name, checkpoint or published weight (bitnet_resnet18)")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 128])
     p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--calibrate", type=positive_int, default=256, metavar="N", help="calibration images for the int8 path")
+    p.add_argument("--calibrate", type=positive_int, default=256, metavar="N",
+                   help="calibration images for the int8 path (a model with 8-bit activations uses its own scales)")
     p.add_argument("--data-dir")
     p.add_argument("--budget", type=seconds, default=20.0, help="seconds of timing per batch size (at least 3 rounds)")
     p.add_argument("--variants", nargs="+", metavar="VARIANT",

@@ -113,7 +113,7 @@ BITNET_RESNET18_CIFAR100 = PretrainedCfg(
     licence="MIT",
 )
 
-# A 20-epoch CPU run (bf16, the tenth session) fine-tuned for 2 epochs with 8-bit activations (docs/recipes.md).
+# A 20-epoch CPU run (bf16) fine-tuned for 2 epochs with 8-bit activations (docs/recipes.md).
 BITNET_MOBILENETV2_CIFAR100 = PretrainedCfg(
     model="bit_mobilenetv2",
     model_kwargs={"num_classes": 100, "in_chans": 3, "quant": "ternary", "scale_op": "median", "pow2": False,

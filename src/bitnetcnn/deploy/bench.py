@@ -213,7 +213,7 @@ def bench(
                 t0 = time.perf_counter()
                 models[k] = DeployedModel(graph, threads=threads, info=info, backend=DEPLOY_VARIANTS[k])
                 log(f"  {k}: loaded in {time.perf_counter() - t0:.1f} s")
-            if info["act_scales"] == "model quantizers":
+            if info.get("model_integers"):
                 auto_backend, auto_reason = "onnxruntime", OWN_SCALES_REASON
             if auto_backend == "auto" and len(deploy) == 2:  # what compile(backend="auto") would choose here
                 with torch.inference_mode():

@@ -12,7 +12,7 @@ from bitnetcnn.deploy.calibration import Calibration, as_batches
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.deploy.checks import check_deployable
 from bitnetcnn.deploy.fold import fold_batchnorm
-from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION, quantize_int8, quantizer_scales
+from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION, quantize_int8, quantizer_scales, ranges_are_the_models
 from bitnetcnn.deploy.onnx_graph import to_onnx
 from bitnetcnn.deploy.runtime import DeployedModel
 from bitnetcnn.nn import ActQuantizer
@@ -20,8 +20,8 @@ from bitnetcnn.nn.convert import replace_modules
 
 __all__ = ["compile", "to_onnx_graph", "without_act_quantizers"]
 
-OWN_SCALES_REASON = ("auto: every int8 range is the model's own (8-bit activations), and onnxruntime computes "
-                     "the model's integers; OpenVINO rounds its requantizations otherwise")
+OWN_SCALES_REASON = ("auto: every int8 range is one of the model's own 8-bit grids, and onnxruntime computes the "
+                     "model's integers; OpenVINO rounds some requantizations otherwise")
 
 
 def without_act_quantizers(model: nn.Module) -> nn.Module:
@@ -49,6 +49,8 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
     if batches is not None:
         info["calibration_images"] = int(sum(len(b) for b in batches))
     graph = to_onnx(without_act_quantizers(folded), size)
+    # the graph computes the model's own integers (8-bit activations on every point it requantizes, no calibration)
+    info["model_integers"] = batches is None and ranges_are_the_models(graph.graph, folded)
     return quantize_int8(graph, folded, batches, method=method), info
 
 
@@ -62,13 +64,15 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
 
     ``calibration``: images the activation ranges are measured on (a tensor of model inputs, uint8 images, or an
     iterable of batches; a few hundred training images suffice). A model trained with 8-bit activations needs none:
-    its quantizers' scales are used. ``int8=False`` runs the float graph instead. ``threads``: intra-op threads
-    (default ``torch.get_num_threads()``).
+    its quantizers' scales are used (calibration images would replace the ranges between its quantizers with
+    measured ones: a graph that no longer computes the model's integers). ``int8=False`` runs the float graph
+    instead. ``threads``: intra-op threads (default ``torch.get_num_threads()``).
 
     ``backend``: the runtime of the graph: ``"onnxruntime"``, ``"openvino"`` (``pip install openvino``; an
     ``ImportError`` without it) or ``"auto"`` (default): onnxruntime where OpenVINO is not installed or the CPU lacks
-    AVX2, or where every range comes from the model's own quantizers (no calibration: onnxruntime computes such a
-    graph's integers as the model does, OpenVINO rounds its requantizations otherwise; docs/deploy.md); else
+    AVX2, or where every range is one of the model's own 8-bit grids (no calibration; ``info["model_integers"]``:
+    onnxruntime computes such a graph's integers as the model does, OpenVINO rounds some requantizations
+    otherwise; docs/deploy.md); else
     whichever of the two runs this graph faster on this machine, timed for about two seconds at batch 1 and 32.
     The result says which and why: ``deployed.backend`` and ``deployed.backend_reason``.
 
@@ -77,7 +81,7 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
     """
     name, reason = choose_backend(backend)  # before the export: an unusable explicit backend fails fast
     graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
-    if backend == "auto" and info["act_scales"] == "model quantizers":
+    if backend == "auto" and info.get("model_integers"):
         name, reason = "onnxruntime", OWN_SCALES_REASON
     runner = None
     if name == "auto":

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.nn import TernaryConv2d
-from bitnetcnn.nn.batchnorm import bn_factors, conv_bn_pairs
+from bitnetcnn.nn.batchnorm import bn_factors, conv_bn_pairs, fold_ternary_affine
 
 __all__ = ["fold_batchnorm"]
 
@@ -50,14 +50,8 @@ def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> Optional[nn.Module]:
 def _fold_ternary(conv: TernaryConv2d, bn: nn.BatchNorm2d) -> Optional[TernaryConv2d]:
     if conv.out_channels != bn.num_features:
         return None
-    f, shift = bn_factors(bn)
-    scale = conv.channel_scale().double() * f
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(f)
-    bias = bias * f + shift
-    sign = torch.sign(scale)
+    scale, bias, sign = fold_ternary_affine(conv.channel_scale(), conv.bias, bn)
     codes = conv.codes() * sign.to(torch.int8).view(-1, *([1] * (len(conv.weight_shape) - 1)))
-    # A channel that BN multiplies by 0 is the constant beta: codes 0 and any positive scale.
-    scale = torch.where(sign == 0, torch.ones_like(scale), scale.abs())
     folded = TernaryConv2d(
         codes, scale.float(), bias.float(), conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode,
         pow2=False, scale_op=conv.scale_op, act_quant=copy.deepcopy(conv.act_quant),

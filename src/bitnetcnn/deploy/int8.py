@@ -32,10 +32,12 @@ from torch import nn
 
 from bitnetcnn.deploy.checks import NotDeployableError
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME, weight_nodes
-from bitnetcnn.nn import TERNARY_LAYERS, ActQuantizer
+from bitnetcnn.nn import TERNARY_LAYERS
+from bitnetcnn.nn.act_quant import int8_scale
 from bitnetcnn.quant.integer import CODE_GAIN
 
-__all__ = ["CALIBRATION_METHODS", "DEFAULT_CALIBRATION", "QUANTIZED_OPS", "quantize_int8", "quantizer_scales"]
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_CALIBRATION", "QUANTIZED_OPS", "quantize_int8", "quantizer_scales",
+           "ranges_are_the_models"]
 
 # Operators given Q/DQ; onnxruntime's CPU provider has a fused integer kernel for each.
 QUANTIZED_OPS = [
@@ -46,6 +48,8 @@ QUANTIZED_OPS = [
 # (Not through pooling: a mean has a narrower range than what it averages.)
 _FLOW_OPS = {"Relu", "Clip", "Add", "Mul", "MaxPool", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze",
              "Unsqueeze"}
+# Of those, the ones a quantizer's grid passes through unchanged (rounding commutes with them on a grid with 0).
+_EXACT_FLOW_OPS = _FLOW_OPS - {"Add", "Mul"}
 _POOLING = {"ReduceMean", "GlobalAveragePool", "AveragePool"}
 # The activations quantize_static may fold into the grid of the QuantizeLinear after them.
 _ACTIVATIONS = ("Relu", "Clip")
@@ -64,23 +68,16 @@ def _int8_types():
     return QuantType.QUInt8, QuantType.QInt8
 
 
-def _scale(quantizer) -> float:
-    """An 8-bit quantizer's scale once it has seen data, else 0."""
-    if isinstance(quantizer, ActQuantizer) and quantizer.bits == 8:
-        return float(quantizer.running_scale)
-    return 0.0
-
-
 def quantizer_scales(model: nn.Module) -> Dict[str, float]:
     """``{layer name: input scale}`` of the ternary layers with an 8-bit quantizer that has seen data."""
-    scales = {name: _scale(m.act_quant) for name, m in model.named_modules() if isinstance(m, TERNARY_LAYERS)}
+    scales = {name: int8_scale(m.act_quant) for name, m in model.named_modules() if isinstance(m, TERNARY_LAYERS)}
     return {name: s for name, s in scales.items() if s > 0}
 
 
 def output_quantizer_scales(model: nn.Module) -> Dict[str, float]:
     """``{convolution name: output scale}`` of the ``ConvNormAct`` blocks whose linear output has an 8-bit
     ``out_quant`` (after BN folding the convolution's output is the block's)."""
-    scales = {f"{name}.conv": _scale(getattr(m, "out_quant", None)) for name, m in model.named_modules()}
+    scales = {f"{name}.conv": int8_scale(getattr(m, "out_quant", None)) for name, m in model.named_modules()}
     return {name: s for name, s in scales.items() if s > 0}
 
 
@@ -159,6 +156,14 @@ def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
 def _activation_overrides(graph, model: nn.Module) -> Dict[str, Tuple[float, int]]:
     """``{tensor: (scale, zero point)}`` at the inputs of layers with 8-bit quantizers and at the quantized outputs
     of residual branches."""
+    # One tensor feeding several layers gets one grid: the widest, so that none of them clips. Zero point 128 makes
+    # the u8 grid clamp at +127 steps as the model's symmetric quantizer does (after a ReLU too, where zero point 0
+    # would let values up to 255 steps through that the model clamps).
+    return {t: (max(s), U8_MID) for t, s in _quantizer_grids(graph, model).items()}
+
+
+def _quantizer_grids(graph, model: nn.Module) -> Dict[str, List[float]]:
+    """``{tensor: [scale of each 8-bit quantizer of it]}``: a layer's input, a residual branch's output."""
     nodes = weight_nodes(graph)
     scales: Dict[str, List[float]] = {}
     for name, scale in quantizer_scales(model).items():
@@ -170,15 +175,30 @@ def _activation_overrides(graph, model: nn.Module) -> Dict[str, Tuple[float, int
         if node is None:
             raise NotDeployableError(f"the output quantizer after {name!r} has no convolution in the ONNX graph")
         scales.setdefault(node.output[0], []).append(scale)
-    # One tensor feeding several layers gets one grid: the widest, so that none of them clips. Zero point 128 makes
-    # the u8 grid clamp at +127 steps as the model's symmetric quantizer does (after a ReLU too, where zero point 0
-    # would let values up to 255 steps through that the model clamps).
-    return {t: (max(s), U8_MID) for t, s in scales.items()}
+    return scales
 
 
-def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], float_nodes: set) -> Dict[str, Tuple[float, int]]:
+def ranges_are_the_models(graph, model: nn.Module) -> bool:
+    """Whether the data-free int8 graph of ``model`` (``graph``: its float export) quantizes every tensor on one of
+    the model's own grids, so that the graph computes the model's integers: each range is a quantizer's, directly
+    (one grid per tensor) or through what commutes with rounding on a grid with 0 (ReLU, a clamp at 0, max-pooling,
+    reshapes), never derived through a sum, a product or a sigmoid."""
+    grids = _quantizer_grids(graph, model)
+    if not grids or any(len(set(s)) > 1 for s in grids.values()):
+        return False
+    try:
+        _data_free_overrides(graph, _activation_overrides(graph, model), _pooled_tail(graph), exact=True)
+    except NotDeployableError:
+        return False
+    return True
+
+
+def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], float_nodes: set,
+                         exact: bool = False) -> Dict[str, Tuple[float, int]]:
     """Scales for the tensors between quantized layer inputs, from the model alone (see the module docstring); the
-    outputs of ``float_nodes`` (see ``_pooled_tail``) need none."""
+    outputs of ``float_nodes`` (see ``_pooled_tail``) need none. ``exact``: only the ranges that are a quantizer's
+    own grid (see :func:`ranges_are_the_models`); any other tensor is an error."""
+    flow = _EXACT_FLOW_OPS if exact else _FLOW_OPS
     producer, consumers = _graph_maps(graph)
     zeros = _zero_constants(graph)
     inits = {i.name for i in graph.initializer}
@@ -192,7 +212,7 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], float_nodes
     def downstream(t: str, seen: set) -> List[float]:
         found = []
         for node in consumers.get(t, []):
-            if node.op_type not in _FLOW_OPS:
+            if node.op_type not in flow:
                 continue
             for out in node.output:
                 if out in seen:
@@ -211,11 +231,11 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], float_nodes
         if t in result or (node is not None and node.name in float_nodes) or (
                 users and all(u.name in float_nodes for u in users)):
             continue  # computed or only read in float: no int8 range
-        if node is not None and node.op_type == "Sigmoid":
+        if node is not None and node.op_type == "Sigmoid" and not exact:
             result[t] = (1.0 / 255.0, U8_ZERO)
             continue
         found = downstream(t, {t})
-        if found:
+        if found and not (exact and len(set(found)) > 1):
             result[t] = (max(found), U8_ZERO if _is_nonnegative_output(node, zeros) else U8_MID)
         else:
             missing.append(t)

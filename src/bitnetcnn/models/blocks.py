@@ -11,6 +11,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from bitnetcnn.models.layers import QuantSpec
+from bitnetcnn.nn import ActQuantizer
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}
 DOWNSAMPLE_AT = ("dw", "expand")
@@ -37,7 +38,8 @@ class ConvNormAct(nn.Sequential):
     """Convolution, BatchNorm, activation; ``act=None`` leaves the output linear (projections, shortcuts).
 
     ``quantize_output=True`` (linear outputs only) adds ``out_quant``, an 8-bit quantizer of the output where the
-    model quantizes activations: a residual branch's output, which the int8 graph requantizes before the sum.
+    model's layers quantize their inputs to 8 bits: a residual branch's output, which the int8 graph requantizes
+    before the sum.
     """
 
     def __init__(
@@ -61,9 +63,8 @@ class ConvNormAct(nn.Sequential):
             if act is not None:
                 raise ValueError("quantize_output is for linear outputs (act=None): an activation's output is "
                                  "quantized by the layer it feeds")
-            quantizer = spec.act_quantizer()
-            if not isinstance(quantizer, nn.Identity):  # float activations: no module, the seed's state dict
-                self.out_quant = quantizer
+            if spec.int8_activations:  # otherwise no module: the seed's state dict, 4-bit models as they were
+                self.out_quant = ActQuantizer(8)
 
 
 class InvertedResidual(nn.Module):
@@ -91,6 +92,7 @@ class InvertedResidual(nn.Module):
         hidden = make_divisible(in_ch * expand_ratio)
         exp_stride, dw_stride = (stride, 1) if downsample_at == "expand" else (1, stride)
         self.use_residual = stride == 1 and in_ch == out_ch
+        self.quantize_shortcut = self.use_residual and spec.int8_activations
         self.conv_pw_exp = ConvNormAct(spec, in_ch, hidden, 1, exp_stride, bias=bias, act=act)
         self.conv_dw = ConvNormAct(spec, hidden, hidden, 3, dw_stride, groups=hidden, bias=bias, act=act)
         self.conv_pw = ConvNormAct(spec, hidden, out_ch, 1, bias=bias, act=None, quantize_output=self.use_residual)
@@ -98,15 +100,10 @@ class InvertedResidual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.use_residual:
             return self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
-        # With 8-bit activations the shortcut adds the input as the expansion quantizes it, and the branch as its
-        # own quantizer does: the two tensors the int8 graph adds (docs/deploy.md). Quantizing an input twice on one
-        # grid changes nothing (in training its running scale takes the batch's absmax twice). Float activations:
-        # both are identities.
-        x = quantize_input(self.conv_pw_exp.conv, x)
+        if self.quantize_shortcut:
+            # With 8-bit activations the shortcut adds the input as the expansion quantizes it, and the branch as
+            # its own quantizer does: the two tensors the int8 graph adds (docs/deploy.md). Quantizing the input
+            # twice on one grid changes nothing, but in training its running scale then takes each batch's absmax
+            # twice (a momentum of 0.19 instead of 0.1).
+            x = self.conv_pw_exp.conv.act_quant(x)
         return x + self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
-
-
-def quantize_input(layer: nn.Module, x: Tensor) -> Tensor:
-    """``x`` as ``layer`` quantizes its input (unchanged for a float layer, which has no quantizer)."""
-    quantizer = getattr(layer, "act_quant", None)
-    return x if quantizer is None else quantizer(x)

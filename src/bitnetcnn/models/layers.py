@@ -8,7 +8,6 @@ from typing import Optional
 from torch import nn
 
 from bitnetcnn.nn import BitConv2d, BitLinear
-from bitnetcnn.nn.act_quant import make_act_quantizer
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 
 QUANT_MODES = ("ternary", "fp")
@@ -59,10 +58,10 @@ class QuantSpec:
             return BitLinear(*args, **kwargs, quant=self.config)
         return nn.Linear(*args, **kwargs)
 
-    def act_quantizer(self) -> nn.Module:
-        """A quantizer for an activation outside any layer (a residual branch's output): an ``ActQuantizer`` where
-        the model's ternary layers quantize their inputs, else ``nn.Identity``."""
-        return make_act_quantizer(self.act_bits if self.ternary else None)
+    @property
+    def int8_activations(self) -> bool:
+        """Whether the model's ternary layers quantize their inputs to 8 bits: the grids an int8 runtime uses."""
+        return self.ternary and self.act_bits == 8
 
     def to_dict(self) -> dict:
         """What a model's ``model_args`` record of it (and a checkpoint header with them)."""

@@ -46,3 +46,10 @@ class ActQuantizer(nn.Module):
 def make_act_quantizer(bits: Optional[int]) -> nn.Module:
     """An :class:`ActQuantizer`, or ``nn.Identity`` when activation quantization is off."""
     return nn.Identity() if validate_act_bits(bits) is None else ActQuantizer(bits)
+
+
+def int8_scale(quantizer: Optional[nn.Module]) -> float:
+    """The scale of an 8-bit :class:`ActQuantizer` that has seen data (its int8 grid's step), else 0."""
+    if isinstance(quantizer, ActQuantizer) and quantizer.bits == 8:
+        return float(quantizer.running_scale)
+    return 0.0

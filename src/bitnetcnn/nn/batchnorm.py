@@ -39,3 +39,14 @@ def bn_factors(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
     f = gamma / torch.sqrt(var + bn.eps)
     return f, beta - mean * f
+
+
+def fold_ternary_affine(channel_scale: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm2d):
+    """``(scale, bias, sign)`` in float64 of a ternary convolution (``codes * channel_scale + bias``) with ``bn``
+    folded in: ``scale`` is positive (the codes of a channel whose ``sign`` is -1 flip; a channel BN multiplies by 0
+    gets scale 1 and, from the caller, codes 0: it is the constant ``bias``)."""
+    f, shift = bn_factors(bn)
+    scale = channel_scale.detach().double() * f
+    folded_bias = (bias.detach().double() * f if bias is not None else 0) + shift
+    sign = torch.sign(scale)
+    return torch.where(sign == 0, torch.ones_like(scale), scale.abs()), folded_bias, sign

@@ -46,7 +46,8 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
 
 def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: bool = False,
                        int32_biases: bool = True) -> nn.Module:
-    """Replace every Bit layer by its packed inference twin; the result computes what the eval-mode model does.
+    """Replace every Bit layer by its packed inference twin; the result computes what the eval-mode model does (up
+    to the bias snap of 8-bit layers below).
 
     Each layer keeps its own config; ``pow2=True`` rounds every scale to a power of two (and says so in the
     model's ``model_args``, which a checkpoint header records). Layers with 8-bit activations get their biases

@@ -17,18 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bitnetcnn.nn.act_quant import ActQuantizer
-from bitnetcnn.nn.batchnorm import bn_factors, conv_bn_pairs
+from bitnetcnn.nn.act_quant import int8_scale
+from bitnetcnn.nn.batchnorm import conv_bn_pairs, fold_ternary_affine
 from bitnetcnn.nn.ternary import TernaryConv2d, TernaryLinear
 from bitnetcnn.quant.integer import int32_bias_step, snap_to_grid
-
-
-def _input_scale(layer: nn.Module):
-    """The layer's 8-bit activation scale, or None where it has none (float activations, 4 bits, never run)."""
-    quantizer = getattr(layer, "act_quant", None)
-    if isinstance(quantizer, ActQuantizer) and quantizer.bits == 8 and float(quantizer.running_scale) > 0:
-        return quantizer.running_scale
-    return None
 
 
 @torch.no_grad()
@@ -40,22 +32,21 @@ def snap_biases_to_int32_grid(model: nn.Module) -> int:
     count = 0
     for parent, first, second in conv_bn_pairs(model):
         conv, bn = parent._modules[first], parent._modules[second]
-        scale = _input_scale(conv)
-        if not isinstance(conv, TernaryConv2d) or scale is None or bn.bias is None:
+        scale = int8_scale(getattr(conv, "act_quant", None))
+        if not isinstance(conv, TernaryConv2d) or not scale or conv.out_channels != bn.num_features:
+            continue  # not a pair deploy.fold_batchnorm folds, or no 8-bit input
+        followed.add(id(conv))  # its own bias is not the one deployment uses: the folded one is
+        if bn.bias is None:  # an affine-free BatchNorm has no shift to move
             continue
-        followed.add(id(conv))
-        f, shift = bn_factors(bn)
-        folded = conv.channel_scale().double() * f
-        folded = torch.where(folded == 0, torch.ones_like(folded), folded.abs())  # as deploy.fold_batchnorm does
-        bias = (conv.bias.double() * f if conv.bias is not None else 0) + shift
-        moved = snap_to_grid(bias, int32_bias_step(scale, folded)) - bias
-        bn.bias.copy_((bn.bias.double() + moved).to(bn.bias.dtype))
+        folded_scale, bias, _ = fold_ternary_affine(conv.channel_scale(), conv.bias, bn)  # as deployment folds
+        moved = snap_to_grid(bias, int32_bias_step(torch.tensor(scale), folded_scale)) - bias
+        bn.bias.copy_((bn.bias.double() + moved.to(bn.bias.device)).to(bn.bias.dtype))
         count += 1
     for layer in model.modules():
         if isinstance(layer, (TernaryConv2d, TernaryLinear)) and id(layer) not in followed and layer.bias is not None:
-            scale = _input_scale(layer)
-            if scale is not None:
-                step = int32_bias_step(scale, layer.channel_scale())
-                layer.bias.copy_(snap_to_grid(layer.bias, step).to(layer.bias.dtype))
+            scale = int8_scale(layer.act_quant)
+            if scale:
+                step = int32_bias_step(torch.tensor(scale), layer.channel_scale())
+                layer.bias.copy_(snap_to_grid(layer.bias, step.to(layer.bias.device)).to(layer.bias.dtype))
                 count += 1
     return count

@@ -102,22 +102,27 @@ def _check_same_inputs(model: nn.Module, cfg, spec, source: str) -> None:
                          f"labels would not mean the same; evaluate it on {cfg.dataset or 'the data set it was trained on'}")
 
 
+def run_model(path: Path) -> nn.Module:
+    """The Bit model of a run's ``last.ckpt`` (Lightning), as it stood when saved; a clear error for another file."""
+    from bitnetcnn.train.module import BitClassifier
+
+    try:
+        return BitClassifier.load_from_checkpoint(path, map_location="cpu").model
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # damaged (torch's unpickler then advises weights_only=False: never), or foreign
+        reason = ("damaged, or not a PyTorch checkpoint" if isinstance(e, pickle.UnpicklingError)
+                  else " ".join(str(e).split())[:160])
+        raise ValueError(f"{path} is not a readable last.ckpt of a `bitnetcnn train` run ({reason}); convert a "
+                         "run's last.ckpt or a bitnetcnn checkpoint (.bnc)") from None
+
+
 def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) -> Path:
     """A run's ``last.ckpt`` (Lightning) or a checkpoint of a Bit model, converted and saved in our format."""
     src = Path(path)
     meta = {}
     if src.suffix == ".ckpt":
-        from bitnetcnn.train.module import BitClassifier
-
-        try:
-            model = BitClassifier.load_from_checkpoint(src, map_location="cpu").model
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # damaged (torch's unpickler then advises weights_only=False: never), or foreign
-            reason = ("damaged, or not a PyTorch checkpoint" if isinstance(e, pickle.UnpicklingError)
-                      else " ".join(str(e).split())[:160])
-            raise ValueError(f"{src} is not a readable last.ckpt of a `bitnetcnn train` run ({reason}); convert a "
-                             "run's last.ckpt or a bitnetcnn checkpoint (.bnc)") from None
+        model = run_model(src)
         _refuse_float_pow2(model, src, pow2)
         step = torch.load(src, map_location="cpu", mmap=True, weights_only=False).get("global_step")
         meta = _run_metadata(src.parent, pow2, step)
