@@ -84,22 +84,20 @@ BITNET_MNIST = PretrainedCfg(
 )
 
 
+# What every published CIFAR-100 weight shares: its inputs, normalization, classes, test set and licence.
+CIFAR100_WEIGHTS = dict(tag="cifar100", dataset="cifar100", input_size=(3, 32, 32), mean=(0.5071, 0.4865, 0.4409),
+                        std=(0.2673, 0.2564, 0.2762), num_classes=100, class_names=class_names.CIFAR100,
+                        test_images=10000, licence="MIT")
+
 # One 8-minute run on an H200 (a lent GPU window, docs/recipes.md); its best validated model (epoch 90 of 100).
 BITNET_RESNET18_CIFAR100 = PretrainedCfg(
     model="bit_resnet18",
     model_kwargs={"num_classes": 100, "in_chans": 3, "quant": "ternary", "scale_op": "median", "pow2": False,
                   "act_bits": None, "fp_ends": False},
-    tag="cifar100",
     hub_entry="bitnet_resnet18",
-    dataset="cifar100",
-    input_size=(3, 32, 32),
-    mean=(0.5071, 0.4865, 0.4409),
-    std=(0.2673, 0.2564, 0.2762),
-    num_classes=100,
-    class_names=class_names.CIFAR100,
+    **CIFAR100_WEIGHTS,
     top1=0.7564,
     top5=0.9227,
-    test_images=10000,
     file="bitnet_resnet18.bnc",
     file_size=1861014,
     sha256="d8caee0957a4a4d7c396d41bd35ade6d1b3ac1c61e02ddc9f8abee797acad027",
@@ -110,7 +108,6 @@ BITNET_RESNET18_CIFAR100 = PretrainedCfg(
                      "gave 100 epochs; the weights of epoch 90 of 100, the best of those validated by then",
                      419.1, "1x NVIDIA H200, bf16-mixed"),
     ),
-    licence="MIT",
 )
 
 # A 20-epoch CPU run (bf16) fine-tuned for 2 epochs with 8-bit activations (docs/recipes.md).
@@ -118,17 +115,10 @@ BITNET_MOBILENETV2_CIFAR100 = PretrainedCfg(
     model="bit_mobilenetv2",
     model_kwargs={"num_classes": 100, "in_chans": 3, "quant": "ternary", "scale_op": "median", "pow2": False,
                   "act_bits": 8, "fp_ends": False},
-    tag="cifar100",
     hub_entry="bitnet_mobilenetv2",
-    dataset="cifar100",
-    input_size=(3, 32, 32),
-    mean=(0.5071, 0.4865, 0.4409),
-    std=(0.2673, 0.2564, 0.2762),
-    num_classes=100,
-    class_names=class_names.CIFAR100,
+    **CIFAR100_WEIGHTS,
     top1=0.5368,
     top5=0.8291,
-    test_images=10000,
     file="bitnet_mobilenetv2.bnc",
     file_size=787182,
     sha256="182a2156e6772c3715a5111e773de29d209a7d06ae0bb8f4b7cfc28b892c8958",
@@ -143,7 +133,6 @@ BITNET_MOBILENETV2_CIFAR100 = PretrainedCfg(
                      "--label-smoothing 0.1 --accelerator cpu --val-every 1 --no-progress --out runs/mnv2-a8b", 1140.3,
                      "AMD EPYC, 2 cores: avx2 yes, avx512f yes, avx512_vnni yes, avx_vnni no, amx no, 32-true"),
     ),
-    licence="MIT",
 )
 
 
