@@ -214,9 +214,9 @@ def _act8_mobilenetv2() -> nn.Module:
 def test_act8_mobilenetv2_deploys_to_the_integers_its_converted_model_computes():
     """With a quantizer at every point the int8 graph requantizes (the residual branch's output and the shortcut's
     input too) and its biases on the int32 grid, onnxruntime computes the converted model's integers: the logits
-    match to float rounding. Either missing, the chaotic 8-bit network lands about 3% away (a random 8-bit copy of
-    a trained MobileNetV2 flipped 2.6% of its CIFAR-100 predictions, docs/deploy.md). OpenVINO rounds its
-    requantizations otherwise, so ``compile``'s "auto" takes onnxruntime for such a model."""
+    match to float rounding. Either missing, the chaotic 8-bit network lands about 2% away (the published
+    MobileNetV2 with its biases as trained flips 2.86% of its CIFAR-100 predictions, docs/deploy.md). OpenVINO
+    rounds some requantizations otherwise, so ``compile``'s "auto" takes onnxruntime for such a model."""
     bit = _act8_mobilenetv2()
     residual = [m for m in bit.features if m.use_residual]
     assert residual and all(hasattr(m.conv_pw, "out_quant") for m in residual)
