@@ -235,7 +235,10 @@ def _data_free_overrides(graph, known: Dict[str, Tuple[float, int]], float_nodes
             result[t] = (1.0 / 255.0, U8_ZERO)
             continue
         found = downstream(t, {t})
-        if found and not (exact and len(set(found)) > 1):
+        # exact: one grid, and read only where it passes unchanged (a sum reading it would add its rounding)
+        inexact = exact and (len(set(found)) > 1 or any(u.op_type not in flow and u.name not in float_nodes
+                                                        for u in users))
+        if found and not inexact:
             result[t] = (max(found), U8_ZERO if _is_nonnegative_output(node, zeros) else U8_MID)
         else:
             missing.append(t)
