@@ -230,6 +230,11 @@ def test_act8_mobilenetv2_deploys_to_the_integers_its_converted_model_computes()
     auto = compile(model)
     assert auto.info["model_integers"] and auto.backend == "onnxruntime", auto.backend_reason
     assert "model's own" in auto.backend_reason
+    from bitnetcnn.deploy.backends import openvino_status
+
+    if openvino_status()[0]:  # asked for by name, OpenVINO runs it, with a warning that says what it costs
+        with pytest.warns(UserWarning, match="OpenVINO rounds some requantizations otherwise"):
+            assert compile(model, backend="openvino").backend == "openvino"
 
 
 @pytest.mark.parametrize("act_bits", [None, 4, 8])
