@@ -72,10 +72,10 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
     ``backend``: the runtime of the graph: ``"onnxruntime"``, ``"openvino"`` (``pip install openvino``; an
     ``ImportError`` without it) or ``"auto"`` (default): onnxruntime where OpenVINO is not installed or the CPU lacks
     AVX2, or where every range is one of the model's own 8-bit grids (no calibration; ``info["model_integers"]``:
-    onnxruntime computes such a graph's integers as the model does, OpenVINO rounds some requantizations
-    otherwise; docs/deploy.md); else
-    whichever of the two runs this graph faster on this machine, timed for about two seconds at batch 1 and 32.
-    The result says which and why: ``deployed.backend`` and ``deployed.backend_reason``.
+    onnxruntime computes such a graph's integers as the model does, OpenVINO rounds some requantizations otherwise,
+    and asked for by name warns; docs/deploy.md); else whichever of the two runs this graph faster on this machine,
+    timed for about two seconds at batch 1 and 32. The result says which and why: ``deployed.backend`` and
+    ``deployed.backend_reason``.
 
     Raises :class:`~bitnetcnn.deploy.NotDeployableError` (a ``ValueError``) for a model that is not converted or
     has layers the exporter cannot map.

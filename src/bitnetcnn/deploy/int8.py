@@ -153,13 +153,12 @@ def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
     return out
 
 
-def _activation_overrides(graph, model: nn.Module) -> Dict[str, Tuple[float, int]]:
-    """``{tensor: (scale, zero point)}`` at the inputs of layers with 8-bit quantizers and at the quantized outputs
-    of residual branches."""
+def _activation_overrides(grids: Dict[str, List[float]]) -> Dict[str, Tuple[float, int]]:
+    """``{tensor: (scale, zero point)}`` of the tensors the model quantizes (``grids``: :func:`_quantizer_grids`)."""
     # One tensor feeding several layers gets one grid: the widest, so that none of them clips. Zero point 128 makes
     # the u8 grid clamp at +127 steps as the model's symmetric quantizer does (after a ReLU too, where zero point 0
     # would let values up to 255 steps through that the model clamps).
-    return {t: (max(s), U8_MID) for t, s in _quantizer_grids(graph, model).items()}
+    return {t: (max(s), U8_MID) for t, s in grids.items()}
 
 
 def _quantizer_grids(graph, model: nn.Module) -> Dict[str, List[float]]:
@@ -187,7 +186,7 @@ def ranges_are_the_models(graph, model: nn.Module) -> bool:
     if not grids or any(len(set(s)) > 1 for s in grids.values()):
         return False
     try:
-        _data_free_overrides(graph, _activation_overrides(graph, model), _pooled_tail(graph), exact=True)
+        _data_free_overrides(graph, _activation_overrides(grids), _pooled_tail(graph), exact=True)
     except NotDeployableError:
         return False
     return True
@@ -300,7 +299,7 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
     act_type, weight_type = _int8_types()
     graph = float_model.graph
     overrides: Dict[str, list] = _weight_overrides(graph, folded)
-    acts = _activation_overrides(graph, folded)
+    acts = _activation_overrides(_quantizer_grids(graph, folded))
     float_nodes = _pooled_tail(graph)
     if calibration is None:
         if not acts:
