@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--dataset", default="mnist_demo")
     p.add_argument("--data-dir")
     p.add_argument("--model-kwargs", type=json.loads, default={})
+    p.add_argument("--act-bits", type=int, choices=[8, 4], help="quantize activations as train --act-bits does")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--amp", action="store_true")
@@ -103,7 +104,7 @@ def main() -> None:
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     settings = TrainSettings.from_dict(dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, model_kwargs=args.model_kwargs,
-        batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp, channels_last=args.channels_last,
+        act_bits=args.act_bits, batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp, channels_last=args.channels_last,
         eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator, devices="1", epochs=1,
         progress=False))
     L.seed_everything(0, verbose=False)
@@ -134,7 +135,7 @@ def main() -> None:
     print(f"device: {device_name(accelerator)}; torch {torch.__version__}, precision {trainer.precision}")
     print(f"{args.model} on {args.dataset}{' (synthetic images)' if args.synthetic else ''}, "
           f"batch {args.batch_size}, {args.optimizer}, channels_last={module.hparams.channels_last}, "
-          f"eval_ternary={module.eval_ternary}, compile={args.compile}")
+          f"eval_ternary={module.eval_ternary}, compile={args.compile}, act_bits={settings.act_bits}")
     print(f"training:   {train_ips:9.1f} img/s  ({step_s * 1e3:.1f} ms a step, {args.steps} steps after "
           f"{args.warmup} warm-up)")
     val_what = "Bit + ternary" if module.eval_ternary else "Bit"
