@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from bitnetcnn.data import DatasetNotFoundError, data_root, get_dataset_spec, list_datasets
-from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_elastic, random_hflip
+from bitnetcnn.normalization import normalize
+from bitnetcnn.data.augment import random_affine, random_crop, random_elastic, random_hflip
 from bitnetcnn.data.datamodule import ImageDataModule
 
 rng = np.random.default_rng(0)

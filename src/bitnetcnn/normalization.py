@@ -1,10 +1,14 @@
 """Per-channel mean and std (of pixels / 255) of the data sets the models are made for.
 
-One home for them: the data catalog normalizes with them, and the model registry takes an architecture's default
-input normalization from them (a checkpoint then records its own). A ground-floor module: it imports nothing.
+One home for them and for the arithmetic that applies them: the data catalog normalizes with them, and the model
+registry takes an architecture's default input normalization from them (a checkpoint then records its own).
+Training, evaluation, calibration and a pretrained weight's ``transforms()`` all call :func:`normalize`, so a model
+sees the same floats, to the bit, wherever its images come from. A ground-floor module: it imports only torch.
 """
 
 from __future__ import annotations
+
+import torch
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -13,3 +17,18 @@ FASHION_MNIST: Stats = ((0.2860,), (0.3530,))
 CIFAR10: Stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 IMAGENET: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def standardize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Float ``(N, C, H, W)`` or ``(C, H, W)`` pixels in 0..1 to the model input: ``(x - mean) / std`` per channel
+    (``mean`` and ``std``: tensors or sequences). ``x`` is left as it was."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return x.sub(mean).div_(std)
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (or float in 0..255) ``(N, C, H, W)`` or ``(C, H, W)`` images to the float model input:
+    ``(x / 255 - mean) / std`` per channel. ``images`` is left as it was (a float32 batch too)."""
+    x = images.float()
+    return standardize(x.div_(255) if x is not images else x / 255, mean, std)

@@ -85,6 +85,17 @@ class PretrainedCfg:
         """The last training command: the one that made these weights."""
         return self.training[-1].command if self.training else None
 
+    def transforms(self) -> nn.Module:
+        """The preprocessing these weights expect, as torchvision's ``weights.transforms()``: a PIL image or an
+        image tensor in, the normalized input of ``input_size`` out (:class:`bitnetcnn.preprocess.Preprocess`)."""
+        missing = [name for name in ("input_size", "mean", "std") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{self.name} does not record its {', '.join(missing)}, so its preprocessing is unknown: "
+                             "normalize its inputs as its data set's were in training")
+        from bitnetcnn.preprocess import Preprocess
+
+        return Preprocess(self.input_size, self.mean, self.std)
+
     def to_dict(self) -> dict:
         """JSON-able: lists for tuples, a plain dict for the kwargs (what the checkpoint header stores)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}

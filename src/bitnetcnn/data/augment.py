@@ -1,5 +1,5 @@
 """Augmentation of whole batches at once: random crop with padding, horizontal flip, rotation and zoom, elastic
-distortion, normalization.
+distortion (normalization, shared with evaluation and deployment, is ``bitnetcnn.normalization``).
 
 Random numbers are drawn on the images' device (or a given generator's): a draw on the CPU copied to a GPU would
 wait for every queued kernel, one host synchronization per augmentation per step.
@@ -91,12 +91,3 @@ def random_elastic(images: torch.Tensor, alpha: float, sigma: float = 4.0,
     grid = F.affine_grid(identity, list(x.shape), align_corners=False) + shift
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.clamp_(0, 255)
-
-
-def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 (or float in 0..255) ``(N, C, H, W)`` images to the float model input: ``(x / 255 - mean) / std`` per
-    channel (``mean`` and ``std``: tensors or sequences)."""
-    x = images.float().div_(255)
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub_(mean).div_(std)

@@ -10,7 +10,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from bitnetcnn.data.augment import normalize, random_affine, random_crop, random_elastic, random_hflip
+from bitnetcnn.normalization import normalize
+from bitnetcnn.data.augment import random_affine, random_crop, random_elastic, random_hflip
 from bitnetcnn.data.catalog import DatasetSpec, get_dataset_spec
 from bitnetcnn.settings import data_root
 from bitnetcnn.data.sources import Split

@@ -9,14 +9,14 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
-from bitnetcnn.data.augment import normalize
+from bitnetcnn.normalization import normalize
 
 __all__ = ["as_batches", "dataset_for", "dataset_images", "model_inputs", "normalize_images"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
 
-normalize_images = normalize  # the data floor's: one normalization for training, evaluation and deployment
+normalize_images = normalize  # the ground floor's: one normalization for training, evaluation and deployment
 
 
 def _model_stats(model: Optional[nn.Module]):

@@ -13,7 +13,7 @@ from torch import nn
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of, model_pretrained_cfg
-from bitnetcnn.data.augment import normalize
+from bitnetcnn.normalization import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.settings import data_root
 from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary

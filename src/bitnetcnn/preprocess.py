@@ -1,0 +1,63 @@
+"""A pretrained weight's preprocessing, as torchvision's ``weights.transforms()``: the user's image in, the float
+input the model was trained and evaluated on out.
+
+``bitnetcnn eval`` feeds the test set through :func:`bitnetcnn.normalization.normalize`; so does this, so an image
+already at the model's size gets the same floats, to the bit, and the weight's published accuracy holds for it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from bitnetcnn.normalization import normalize, standardize
+
+
+class Preprocess(nn.Module):
+    """An image to a pretrained model's input: a PIL image (converted to the model's channels), a uint8 tensor
+    (0..255) or a float tensor (0..1, as ``torchvision.transforms.ToTensor`` gives), ``(C, H, W)`` or a batch
+    ``(N, C, H, W)``. One of another size has its shorter side resized to the model's (bilinear, antialiased) and
+    its centre cropped, as torchvision's ImageNet presets do; then ``(x - mean) / std`` per channel."""
+
+    def __init__(self, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(input_size) != 3 or len(mean) != input_size[0] or len(std) != input_size[0]:
+            raise ValueError(f"Preprocess needs input_size (C, H, W) and C values of mean and std, not {input_size}, "
+                             f"{mean}, {std}")
+        self.input_size = tuple(int(v) for v in input_size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+
+    def forward(self, image) -> torch.Tensor:
+        channels, height, width = self.input_size
+        x = self._tensor(image)
+        if x.dim() not in (3, 4) or x.shape[-3] != channels:
+            raise ValueError(f"the model takes {channels}-channel images (C, H, W) or batches (N, C, H, W); got a "
+                             f"tensor of shape {tuple(x.shape)}: convert it first (for a PIL image, pass the image)")
+        if tuple(x.shape[-2:]) != (height, width):
+            from torchvision.transforms.v2 import functional as F
+
+            x = F.center_crop(F.resize(x, min(height, width), antialias=True), [height, width])
+        if x.dtype == torch.uint8:
+            return normalize(x, self.mean, self.std)
+        if x.is_floating_point():
+            return standardize(x, self.mean, self.std)
+        raise TypeError(f"images are uint8 (0..255) or float (0..1) tensors, not {x.dtype}")
+
+    def _tensor(self, image) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            return image
+        try:
+            from PIL import Image
+        except ImportError:  # no PIL: then the image is not one of its images either
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            from torchvision.transforms.v2.functional import pil_to_tensor
+
+            return pil_to_tensor(image.convert("L" if self.input_size[0] == 1 else "RGB"))
+        raise TypeError(f"Preprocess takes a PIL image or a tensor, not {type(image).__name__}")
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, mean={self.mean}, std={self.std}"

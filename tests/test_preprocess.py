@@ -1,0 +1,78 @@
+"""A pretrained weight's ``transforms()``: what a user does with an image of their own before calling the model."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bitnetcnn import PretrainedCfg
+from bitnetcnn.data.catalog import get_dataset_spec
+from bitnetcnn.hub import load
+from bitnetcnn.normalization import CIFAR100, normalize
+from bitnetcnn.preprocess import Preprocess
+from bitnetcnn.settings import data_root
+from bitnetcnn.train.evaluate import evaluate_model
+
+CIFAR_CFG = PretrainedCfg("bit_resnet18", input_size=(3, 32, 32), mean=CIFAR100[0], std=CIFAR100[1])
+
+
+def test_pil_images_through_transforms_score_as_bitnetcnn_eval():
+    """The published MNIST weight, fed the demo test set one PIL image at a time through its own transforms,
+    scores what `bitnetcnn eval` measures: the same floats reach the model."""
+    model = load("bitnet_mnist", pretrained=True)
+    cfg = model.pretrained_cfg
+    split = get_dataset_spec("mnist_demo").reader(data_root(None), False, False)
+    batch = torch.stack([cfg.transforms()(Image.fromarray(img[0].numpy())) for img in split.images])  # mode "L"
+    assert torch.equal(batch, normalize(split.images, cfg.mean, cfg.std))
+    with torch.no_grad():
+        correct = (model(batch).argmax(1) == split.labels).sum().item()
+    assert correct / len(split.labels) == evaluate_model(model, "mnist_demo")["top1"]
+
+
+def test_other_sizes_are_resized_on_the_shorter_side_and_centre_cropped():
+    """A 64x48 photo: its shorter side becomes 32 and the 32x32 centre is kept, so a border only at the left and
+    right edges (outside the centre square) is cropped away and the output is the centre's colour everywhere."""
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+    pixels[:, :] = (200, 100, 50)
+    pixels[:, :4] = pixels[:, -4:] = (0, 255, 0)  # outside the central 48x48 square and its resize filter
+    out = CIFAR_CFG.transforms()(Image.fromarray(pixels))
+    assert out.shape == (3, 32, 32)
+    centre = normalize(torch.tensor([200, 100, 50], dtype=torch.uint8).view(3, 1, 1), *CIFAR100)
+    assert torch.allclose(out, centre.expand(3, 32, 32), atol=1e-5)
+
+
+def test_a_grey_photo_gets_the_channels_of_a_colour_model_and_a_batch_stays_a_batch():
+    grey = Image.fromarray(np.full((32, 32), 128, dtype=np.uint8))
+    assert CIFAR_CFG.transforms()(grey).shape == (3, 32, 32)
+    batch = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    assert CIFAR_CFG.transforms()(batch).shape == (4, 3, 32, 32)
+
+
+def test_float_images_are_read_as_0_to_1_as_torchvision_gives_them():
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    as_float = images.float() / 255
+    kept = as_float.clone()
+    out = CIFAR_CFG.transforms()(as_float)
+    assert torch.allclose(out, normalize(images, *CIFAR100), atol=1e-6)
+    assert torch.equal(as_float, kept)  # the caller's tensor is left as it was
+
+
+def test_normalize_leaves_a_float_batch_as_it_was():
+    """normalize's float path once divided the caller's own tensor in place."""
+    images = torch.full((1, 1, 2, 2), 255.0)
+    normalize(images, [0.5], [0.25])
+    assert torch.equal(images, torch.full((1, 1, 2, 2), 255.0))
+
+
+def test_wrong_inputs_say_what_the_model_takes():
+    preprocess = CIFAR_CFG.transforms()
+    with pytest.raises(ValueError, match="3-channel"):
+        preprocess(torch.zeros(1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="PIL image or a tensor"):
+        preprocess(np.zeros((32, 32, 3), dtype=np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        preprocess(torch.zeros(3, 32, 32, dtype=torch.int64))
+    with pytest.raises(ValueError, match="input_size, mean, std"):
+        PretrainedCfg("bit_resnet18").transforms()
+    with pytest.raises(ValueError, match="C values of mean and std"):
+        Preprocess((3, 32, 32), (0.5,), (0.25,))
