@@ -22,7 +22,8 @@ ALLOWED = {
     "nn": {"quant", "nn"},
     "models": {"quant", "nn", "models"},
     "summary": {"quant", "nn", "models", "summary"},
-    "checkpoint": {"quant", "nn", "models", "checkpoint"},
+    "preprocess": {"preprocess"},  # a weight's transforms(): the ground floor's normalize and torchvision
+    "checkpoint": {"quant", "nn", "models", "checkpoint", "preprocess"},
     "hub": {"quant", "nn", "models", "checkpoint", "hub"},
     # deploy calibrates on images of a named data set: the Lightning-free readers only
     "deploy": {"quant", "nn", "models", "checkpoint", "deploy", "summary", "data_sources"},
