@@ -24,6 +24,7 @@ ALLOWED = {
     "summary": {"quant", "nn", "models", "summary"},
     "preprocess": {"preprocess"},  # a weight's transforms(): the ground floor's normalize and torchvision
     "checkpoint": {"quant", "nn", "models", "checkpoint", "preprocess"},
+    "predict": {"checkpoint", "predict"},  # a weight's transforms and class names, on image files
     "hub": {"quant", "nn", "models", "checkpoint", "hub"},
     # deploy calibrates on images of a named data set: the Lightning-free readers only
     "deploy": {"quant", "nn", "models", "checkpoint", "deploy", "summary", "data_sources"},

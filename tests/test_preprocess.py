@@ -1,4 +1,6 @@
-"""A pretrained weight's ``transforms()``: what a user does with an image of their own before calling the model."""
+"""A pretrained weight's ``transforms()`` and `bitnetcnn predict`: what a user does with an image of their own."""
+
+import json
 
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ import torch
 from PIL import Image
 
 from bitnetcnn import PretrainedCfg
+from bitnetcnn.cli import main
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.hub import load
 from bitnetcnn.normalization import CIFAR100, normalize
@@ -76,3 +79,32 @@ def test_wrong_inputs_say_what_the_model_takes():
         PretrainedCfg("bit_resnet18").transforms()
     with pytest.raises(ValueError, match="C values of mean and std"):
         Preprocess((3, 32, 32), (0.5,), (0.25,))
+
+
+def test_bitnetcnn_predict_names_the_digits_of_image_files(tmp_path, capsys):
+    """`bitnetcnn predict bitnet_mnist FILES`: demo digits saved as RGB PNGs of other sizes come back as their
+    digits' names, most probable first."""
+    split = get_dataset_spec("mnist_demo").reader(data_root(None), False, False)
+    files = []
+    for k in range(10):
+        path = tmp_path / f"digit{k}.png"
+        Image.fromarray(split.images[k, 0].numpy()).resize((56 + k, 56 + k)).convert("RGB").save(path)
+        files.append(str(path))
+    assert main(["predict", "bitnet_mnist", *files, "--top", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == files
+    assert all(len(r["top"]) == 3 for r in results)
+    for r in results:
+        probabilities = [t["probability"] for t in r["top"]]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-5
+    right = sum(r["top"][0]["class"] == str(label.item()) for r, label in zip(results, split.labels[:10]))
+    assert right >= 9
+
+
+def test_bitnetcnn_predict_refuses_what_is_not_an_image(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    assert main(["predict", "bitnet_mnist", str(text)]) == 2
+    assert "is not an image file PIL can read" in capsys.readouterr().err
+    assert main(["predict", "bitnet_mnist", str(tmp_path / "missing.png")]) == 2
+    assert "no such image file" in capsys.readouterr().err

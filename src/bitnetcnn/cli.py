@@ -178,6 +178,15 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from bitnetcnn import load_checkpoint
+    from bitnetcnn.predict import predict_files
+
+    model = load_checkpoint(args.checkpoint)
+    print(json.dumps(predict_files(model, args.images, args.top, source=args.checkpoint), indent=2))
+    return 0
+
+
 def _cmd_convert(args) -> int:
     from bitnetcnn.train.evaluate import convert_file
 
@@ -288,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=positive_int, default=256)
 
+    p = sub.add_parser("predict", help="classify image files: the top classes by name, with probabilities")
+    p.add_argument("checkpoint", help="a checkpoint file, or a published weight by its hub entry name (bitnet_resnet18)")
+    p.add_argument("images", nargs="+", help="image files, any size: resized and centre-cropped to the model's input")
+    p.add_argument("--top", type=positive_int, default=5, help="classes to print for each image (default 5)")
+
     p = sub.add_parser("convert", help="convert a Bit model (run folder's last.ckpt or a checkpoint) to ternary")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", type=output_file, help="default: next to the input, with .ternary.bnc")
@@ -304,13 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "convert": _cmd_convert, "summary": _cmd_summary,
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "convert": _cmd_convert, "summary": _cmd_summary,
             "export": _cmd_export, "bench": _cmd_bench}
 
 
 # The argument naming the model of each command that reads one: a file, or a published weight's hub entry name
 # (``bitnet_resnet18``), and for some a registry name too (untrained weights).
-MODEL_ARGUMENT = {"eval": ("checkpoint", False), "summary": ("model", True), "export": ("model", True),
+MODEL_ARGUMENT = {"eval": ("checkpoint", False), "predict": ("checkpoint", False), "summary": ("model", True), "export": ("model", True),
                   "bench": ("model", True)}
 
 

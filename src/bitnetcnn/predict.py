@@ -1,0 +1,44 @@
+"""Classify a user's image files with a checkpoint or a published weight: the weight's own preprocessing
+(``PretrainedCfg.transforms()``), then its top classes by name. What ``bitnetcnn predict`` prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
+
+
+@torch.no_grad()
+def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str = "the model") -> list[dict]:
+    """For each image file, its ``top`` classes (name, index, probability), most probable first."""
+    cfg = model_pretrained_cfg(model)
+    if cfg is None:
+        raise ValueError(f"{source} records no input size, mean and std, so its preprocessing is unknown: save it "
+                         "with its data set's (bitnetcnn convert writes them from the run that trained it)")
+    preprocess, names = cfg.transforms(), cfg.class_names
+    model.eval()
+    results = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ValueError(f"{path}: no such image file")
+        probabilities = model(preprocess(_open_image(path))[None]).softmax(1)[0]
+        best = probabilities.topk(min(top, len(probabilities)))
+        results.append({"image": str(path), "top": [
+            {"class": names[i] if names else str(i), "index": i, "probability": round(p, 6)}
+            for p, i in zip(best.values.tolist(), best.indices.tolist())]})
+    return results
