@@ -49,11 +49,9 @@ class Preprocess(nn.Module):
     def _tensor(self, image) -> torch.Tensor:
         if isinstance(image, torch.Tensor):
             return image
-        try:
-            from PIL import Image
-        except ImportError:  # no PIL: then the image is not one of its images either
-            Image = None
-        if Image is not None and isinstance(image, Image.Image):
+        from PIL import Image  # torchvision's dependency, so bitnetcnn's too
+
+        if isinstance(image, Image.Image):
             from torchvision.transforms.v2.functional import pil_to_tensor
 
             return pil_to_tensor(image.convert("L" if self.input_size[0] == 1 else "RGB"))
