@@ -318,14 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "convert": _cmd_convert, "summary": _cmd_summary,
-            "export": _cmd_export, "bench": _cmd_bench}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "convert": _cmd_convert,
+            "summary": _cmd_summary, "export": _cmd_export, "bench": _cmd_bench}
 
 
 # The argument naming the model of each command that reads one: a file, or a published weight's hub entry name
 # (``bitnet_resnet18``), and for some a registry name too (untrained weights).
-MODEL_ARGUMENT = {"eval": ("checkpoint", False), "predict": ("checkpoint", False), "summary": ("model", True), "export": ("model", True),
-                  "bench": ("model", True)}
+MODEL_ARGUMENT = {"eval": ("checkpoint", False), "predict": ("checkpoint", False), "summary": ("model", True),
+                  "export": ("model", True), "bench": ("model", True)}
 
 
 def _model_file(text: str, registry_names: bool) -> str:
