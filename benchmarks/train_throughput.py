@@ -104,8 +104,8 @@ def main() -> None:
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     settings = TrainSettings.from_dict(dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, model_kwargs=args.model_kwargs,
-        act_bits=args.act_bits, batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp, channels_last=args.channels_last,
-        eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator, devices="1", epochs=1,
+        act_bits=args.act_bits, batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp,
+        channels_last=args.channels_last, eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator, devices="1", epochs=1,
         progress=False))
     L.seed_everything(0, verbose=False)
     data, module = build(settings)

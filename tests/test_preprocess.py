@@ -25,7 +25,8 @@ def test_pil_images_through_transforms_score_as_bitnetcnn_eval():
     model = load("bitnet_mnist", pretrained=True)
     cfg = model.pretrained_cfg
     split = get_dataset_spec("mnist_demo").reader(data_root(None), False, False)
-    batch = torch.stack([cfg.transforms()(Image.fromarray(img[0].numpy())) for img in split.images])  # mode "L"
+    preprocess = cfg.transforms()
+    batch = torch.stack([preprocess(Image.fromarray(img[0].numpy())) for img in split.images])  # mode "L" images
     assert torch.equal(batch, normalize(split.images, cfg.mean, cfg.std))
     with torch.no_grad():
         correct = (model(batch).argmax(1) == split.labels).sum().item()

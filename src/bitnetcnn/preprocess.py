@@ -36,15 +36,13 @@ class Preprocess(nn.Module):
         if x.dim() not in (3, 4) or x.shape[-3] != channels:
             raise ValueError(f"the model takes {channels}-channel images (C, H, W) or batches (N, C, H, W); got a "
                              f"tensor of shape {tuple(x.shape)}: convert it first (for a PIL image, pass the image)")
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise TypeError(f"images are uint8 (0..255) or float (0..1) tensors, not {x.dtype}")
         if tuple(x.shape[-2:]) != (height, width):
             from torchvision.transforms.v2 import functional as F
 
             x = F.center_crop(F.resize(x, min(height, width), antialias=True), [height, width])
-        if x.dtype == torch.uint8:
-            return normalize(x, self.mean, self.std)
-        if x.is_floating_point():
-            return standardize(x, self.mean, self.std)
-        raise TypeError(f"images are uint8 (0..255) or float (0..1) tensors, not {x.dtype}")
+        return normalize(x, self.mean, self.std) if x.dtype == torch.uint8 else standardize(x, self.mean, self.std)
 
     def _tensor(self, image) -> torch.Tensor:
         if isinstance(image, torch.Tensor):
