@@ -6,6 +6,8 @@ validates) and the epoch time they project, with the device's name.
     python benchmarks/train_throughput.py --model bitnet_cnn --dataset mnist_demo --steps 10          # CPU, ~30 s
     python benchmarks/train_throughput.py --model bit_resnet18 --dataset cifar100 --batch-size 256 --amp \\
         --accelerator gpu --steps 50 --synthetic
+    python benchmarks/train_throughput.py --model bit_mobilenetv2 --dataset cifar100 --batch-size 256 --amp \
+        --accelerator cpu --steps 3 --synthetic --teacher src/bitnetcnn/pretrained/bitnet_resnet18.bnc   # what KD costs
 
 ``--synthetic`` feeds random uint8 images of the data set's shape through the same augmentation, so no data is
 needed; the epoch is then projected for the data set's standard split sizes. ``benchmarks/data_loading.py``
@@ -90,6 +92,8 @@ def main() -> None:
     p.add_argument("--eval-ternary", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (as train --compile; "
                    "compiling happens in the warm-up steps, untimed)")
+    p.add_argument("--teacher", nargs="+", default=[], metavar="CHECKPOINT",
+                   help="distill from these teachers as train --kd --teacher does (their forward passes timed too)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
@@ -105,8 +109,8 @@ def main() -> None:
     settings = TrainSettings.from_dict(dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, model_kwargs=args.model_kwargs,
         act_bits=args.act_bits, batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp,
-        channels_last=args.channels_last, eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator, devices="1", epochs=1,
-        progress=False))
+        channels_last=args.channels_last, eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator,
+        devices="1", epochs=1, progress=False, kd=bool(args.teacher), teacher=args.teacher))
     L.seed_everything(0, verbose=False)
     data, module = build(settings)
     spec = data.spec
@@ -135,7 +139,8 @@ def main() -> None:
     print(f"device: {device_name(accelerator)}; torch {torch.__version__}, precision {trainer.precision}")
     print(f"{args.model} on {args.dataset}{' (synthetic images)' if args.synthetic else ''}, "
           f"batch {args.batch_size}, {args.optimizer}, channels_last={module.hparams.channels_last}, "
-          f"eval_ternary={module.eval_ternary}, compile={args.compile}, act_bits={settings.act_bits}")
+          f"eval_ternary={module.eval_ternary}, compile={args.compile}, act_bits={settings.act_bits}"
+          + (f", distilled from {', '.join(args.teacher)}" if module.teacher is not None else ""))
     print(f"training:   {train_ips:9.1f} img/s  ({step_s * 1e3:.1f} ms a step, {args.steps} steps after "
           f"{args.warmup} warm-up)")
     val_what = "Bit + ternary" if module.eval_ternary else "Bit"

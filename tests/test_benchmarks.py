@@ -1,0 +1,31 @@
+"""The training benchmark (issue 17: "a benchmark prints the training epoch time and images per second on the current
+device") runs end to end, with and without a teacher; its figures are measured, so only their presence is checked."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_TEACHER = ROOT / "src/bitnetcnn/pretrained/bitnet_mnist.bnc"
+
+
+def run_train_throughput(*extra: str) -> str:
+    command = [sys.executable, str(ROOT / "benchmarks/train_throughput.py"), "--model", "bitnet_cnn",
+               "--dataset", "mnist_demo", "--synthetic", "--steps", "2", "--warmup", "1", "--val-batches", "1",
+               "--batch-size", "16", "--accelerator", "cpu", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("teacher", [False, True], ids=["alone", "distilled"])
+def test_train_throughput_prints_the_epoch_time_and_images_per_second(teacher):
+    out = run_train_throughput(*(["--teacher", str(MNIST_TEACHER)] if teacher else []))
+    assert out.startswith("device: ")
+    assert re.search(r"^training: +\d+\.\d img/s +\(\d+\.\d ms a step", out, re.M), out
+    assert re.search(r"^validation: +\d+\.\d img/s", out, re.M), out
+    assert re.search(r"^epoch \(10000 training \+ 2000 test images\): \d+\.\d s projected", out, re.M), out
+    assert ("distilled from " + str(MNIST_TEACHER) in out) == teacher, out
