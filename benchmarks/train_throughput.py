@@ -6,7 +6,7 @@ validates) and the epoch time they project, with the device's name.
     python benchmarks/train_throughput.py --model bitnet_cnn --dataset mnist_demo --steps 10          # CPU, ~30 s
     python benchmarks/train_throughput.py --model bit_resnet18 --dataset cifar100 --batch-size 256 --amp \\
         --accelerator gpu --steps 50 --synthetic
-    python benchmarks/train_throughput.py --model bit_mobilenetv2 --dataset cifar100 --batch-size 256 --amp \
+    python benchmarks/train_throughput.py --model bit_mobilenetv2 --dataset cifar100 --batch-size 256 --amp \\
         --accelerator cpu --steps 3 --synthetic --teacher src/bitnetcnn/pretrained/bitnet_resnet18.bnc   # what KD costs
 
 ``--synthetic`` feeds random uint8 images of the data set's shape through the same augmentation, so no data is
