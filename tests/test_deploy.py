@@ -259,7 +259,10 @@ def test_the_int32_bias_snap_moves_each_bias_by_at_most_half_a_step():
         if isinstance(b, (TernaryConv2d, TernaryLinear)) and b.bias is not None:
             step = int32_bias_step(b.act_quant.running_scale, b.channel_scale())
             units = b.bias.double() / step
-            assert (units - units.round()).abs().max() < 0.01  # on the grid, to float32 precision
+            # On the grid, to float32 precision: folding rounds the bias a few float32 ulps away from it, which is
+            # ~1e-7 of the bias (0.004 of a step for a bias of 37,000 steps; measured up to 0.0104 on an AVX2 CPU).
+            ulps = 8 * torch.finfo(torch.float32).eps * units.abs()
+            assert ((units - units.round()).abs() <= 0.01 + ulps).all()
             assert ((b.bias.double() - a.bias.double()).abs() <= step / 2 * (1 + 1e-3) + 1e-9).all()
             checked += 1
             moved += not torch.equal(a.bias, b.bias)
