@@ -111,6 +111,22 @@ def test_fold_flips_codes_for_negative_gamma():
     assert (folded.codes()[bn.weight == 0] == 0).all()
 
 
+def test_the_graph_input_is_quantized_only_on_the_models_own_grid(mnist_model):
+    """A calibrated graph reads the normalized image in float (its first convolution runs in float): a u8 grid
+    measured on it would round every pixel a second time. A model whose first layer has an 8-bit quantizer reads it
+    on that quantizer's grid, as the converted model does."""
+    from bitnetcnn.deploy.compile import to_onnx_graph
+    from bitnetcnn.deploy.onnx_graph import INPUT_NAME
+
+    models, calib = mnist_model
+
+    def readers(graph):
+        return sorted(n.op_type for n in graph.graph.node if INPUT_NAME in n.input)
+
+    assert readers(to_onnx_graph(models["plain"], calib)[0]) == ["Conv"]
+    assert readers(to_onnx_graph(models["act8"])[0]) == ["QuantizeLinear"]
+
+
 # --- compile: agreement with the converted model ------------------------------------------------------------------------
 
 
