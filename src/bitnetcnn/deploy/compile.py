@@ -61,7 +61,8 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
     """A callable that computes what the converted ``model`` computes, fast, on the CPU (OpenVINO or onnxruntime).
 
     BatchNorm is folded into the per-channel scales and biases; convolutions and linear layers run as int8
-    (QLinearConv / QGemm: u8 activations, the ternary codes as s8 weights, int32 accumulation).
+    (QLinearConv / QGemm: u8 activations, the ternary codes as s8 weights, int32 accumulation); the first one reads
+    the float image unless the model's own 8-bit quantizer fixes the input grid (``deploy/int8.py`` says why).
 
     ``calibration``: images the activation ranges are measured on (a tensor of model inputs, uint8 images, or an
     iterable of batches; a few hundred training images suffice). A model trained with 8-bit activations needs none:
