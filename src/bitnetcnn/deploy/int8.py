@@ -17,7 +17,7 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
   per-tensor u8 grid over channels of different means and stds rounds every pixel a second time, off the image's own
   grid (the published ResNet-18 agreed with its converted model on 0.45 points more of 2,000 CIFAR-100 test images
   with that input in float, ``benchmarks/deploy_sensitivity.py --kinds``), and the first convolution, which then
-  runs in float, is a fraction of a percent of the network's multiply-adds (3 input channels).
+  runs in float, is a fraction of a percent of the network's multiply-adds (an image has 1 or 3 channels).
 - the classifier's output (logits) stays float, and so does everything that only feeds the global pooling (the
   last convolution's output, residual add and activation) with the pooling itself, where the model quantizes the
   pooled mean instead; with or without calibration.
