@@ -62,7 +62,7 @@ def test_published_weights_deploy_with_99_percent_agreement(published, backend):
     deployed = compile(model, calibration, backend="auto" if own_scales and backend == "openvino" else backend)
     if own_scales:
         assert deployed.backend == "onnxruntime", deployed.backend_reason
-    key = (weights.name, deployed.backend, calibration is None)  # one graph on one runtime: its predictions once
+    key = (weights.name, deployed.backend)  # one weight's graph on one runtime: its predictions once
     if key not in _DEPLOYED_PREDICTIONS:
         _DEPLOYED_PREDICTIONS[key] = predictions(deployed, x)
     fast = _DEPLOYED_PREDICTIONS[key]
