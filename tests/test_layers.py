@@ -148,6 +148,32 @@ def test_converted_model_goes_back_to_trainable_bit_model():
     assert back[0].weight.grad is not None
 
 
+@pytest.mark.parametrize("scale_op", ["median", "mean"])
+@pytest.mark.parametrize("pow2", [False, True])
+def test_going_back_to_bit_keeps_the_function_for_every_scale_op(scale_op, pow2):
+    # 'mean' of |codes * scale| is scale * (nonzero fraction): a latent weight of codes * scale came back 25-30%
+    # smaller, so a warm restart or hub's ternary=False started from another model
+    model = nn.Sequential(BitConv2d(3, 8, 3, scale_op=scale_op, pow2=pow2), nn.ReLU(), nn.Flatten(),
+                          BitLinear(8 * 6 * 6, 4, scale_op=scale_op, pow2=pow2))
+    x = torch.randn(8, 3, 8, 8)
+    ternary = convert_to_ternary(model.eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = convert_to_bit(ternary).eval()
+    for a, b in ((ternary[0], back[0]), (ternary[3], back[3])):
+        codes, scale = b.ternary_state()
+        assert torch.equal(codes, a.codes())
+        assert torch.allclose(scale, a.channel_scale(), rtol=1e-6)
+    assert_same_function(ternary, back, x)
+
+
+def test_going_back_to_bit_warns_where_no_latent_weight_fits():
+    codes = torch.tensor([[1, 0, 0, 0], [1, -1, 1, 0]], dtype=torch.int8)  # row 0: 3 zeros of 4, not a median's
+    layer = TernaryLinear(codes, torch.tensor([0.5, 0.25]), scale_op="median")
+    with pytest.warns(UserWarning, match="computes another function"):
+        layer.to_bit()
+
+
 def test_conversion_leaves_the_original_unless_inplace():
     model = nn.Sequential(BitLinear(4, 4))
     converted = convert_to_ternary(model)

@@ -89,7 +89,8 @@ def convert_to_ternary_p2(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 
 def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Turn a converted model back into a trainable Bit model (latent weights ``codes * scale``), to fine-tune it."""
+    """Turn a converted model back into a trainable Bit model that computes the same function, to fine-tune it
+    (latent weights from :func:`bitnetcnn.quant.latent_weight`: ``codes * scale`` for median scales)."""
 
     def rule(_: str, module: nn.Module) -> Optional[nn.Module]:
         if isinstance(module, (TernaryConv2d, TernaryLinear)):

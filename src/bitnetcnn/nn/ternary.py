@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import List, Optional
 
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitnetcnn.nn.bit import BitConv2d, BitLinear, config_field
-from bitnetcnn.quant import TernaryQuant, dequantize, pack_2bit, pow2_exponent, unpack_2bit
+from bitnetcnn.quant import TernaryQuant, dequantize, latent_weight, pack_2bit, pow2_exponent, unpack_2bit
 
 
 class _TernaryMixin:
@@ -156,7 +157,8 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
                    quant=quant, act_quant=_copy_act_quant(like))
 
     def to_bit(self) -> BitConv2d:
-        """A trainable :class:`BitConv2d` whose latent weight is ``codes * scale`` (for fine-tuning)."""
+        """A trainable :class:`BitConv2d` that computes what this layer computes (for fine-tuning); its latent
+        weight is :func:`~bitnetcnn.quant.latent_weight` of the codes and scale."""
         layer = BitConv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
             self.groups, self.bias is not None, self.padding_mode, device=self.weight.device, quant=self.quant,
@@ -222,7 +224,13 @@ def _act_bits(act_quant: nn.Module) -> Optional[int]:
 
 @torch.no_grad()
 def _fill_bit(bit: nn.Module, ternary: _TernaryMixin) -> nn.Module:
-    bit.weight.copy_(ternary.weight.float())
+    codes, scale = ternary.codes(), ternary.channel_scale().float()
+    bit.weight.copy_(latent_weight(codes, scale, ternary.quant.scale_op))
+    again_codes, again_scale = bit.ternary_state()
+    if not (torch.equal(again_codes.cpu(), codes.cpu()) and torch.allclose(again_scale, scale, rtol=1e-5)):
+        warnings.warn(f"{type(ternary).__name__}.to_bit: no latent weight gives back these codes and scales under "
+                      f"scale_op={ternary.quant.scale_op!r} (a channel with more zero codes than the op allows), so "
+                      "the trainable layer computes another function than the converted one", UserWarning, stacklevel=3)
     if ternary.bias is not None:
         bit.bias.copy_(ternary.bias)
     if isinstance(ternary.act_quant, nn.Module) and not isinstance(ternary.act_quant, nn.Identity):

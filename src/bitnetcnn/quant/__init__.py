@@ -12,6 +12,7 @@ from bitnetcnn.quant.ternary import (
     STE_MODES,
     dequantize,
     fake_quantize_weight,
+    latent_weight,
     ternary_codes,
     ternary_quantize,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "dequantize",
     "fake_quantize_activation",
     "fake_quantize_weight",
+    "latent_weight",
     "pack_2bit",
     "pack_base3",
     "pow2_exponent",

@@ -46,6 +46,23 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | No
     return codes.to(dtype) * scale.to(dtype)
 
 
+def latent_weight(codes: torch.Tensor, scale: torch.Tensor, scale_op: str = DEFAULT_SCALE_OP) -> torch.Tensor:
+    """A float weight that :func:`ternary_quantize` maps back to these ``codes`` and ``scale`` (``[O]`` or
+    broadcastable), so a converted layer made trainable again starts from the function it computed.
+
+    ``codes * scale`` does that for 'median' (at most half a channel's codes are 0 after median quantization), not
+    for 'mean': there ``mean|codes * s| = s * nonzero fraction``, so each channel is stretched by ``numel / nonzeros``
+    (the codes survive: ``round(code * stretch)`` clamps back to the code).
+    """
+    scale = scale.reshape((codes.shape[0],) + (1,) * (codes.dim() - 1)).float()
+    weight = codes.float() * scale
+    if scale_op == "mean":
+        flat = codes.reshape(codes.shape[0], -1)
+        stretch = flat.shape[1] / flat.ne(0).sum(dim=1).clamp_min(1)
+        weight = weight * stretch.reshape(scale.shape)
+    return weight
+
+
 def fake_quantize_weight(
     weight: torch.Tensor,
     scale_op: str = DEFAULT_SCALE_OP,
