@@ -207,6 +207,20 @@ def test_bitify_keeps_weights_and_respects_skip():
     assert type(model.layer1[0].conv1) is nn.Conv2d  # original untouched
 
 
+def test_bitify_skip_keeps_a_whole_container_and_warns_on_a_pattern_that_names_nothing():
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(num_classes=10)  # classifier = Sequential(Dropout, Linear)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bit = bitify(model, skip=("classifier", "features.0"))
+    assert type(bit.classifier[1]) is nn.Linear and type(bit.features[0][0]) is nn.Conv2d
+    assert isinstance(bit.features[1].conv[0][0], BitConv2d)
+    with pytest.warns(UserWarning, match=r"\['clasifier'\] name no module.*'classifier'"):
+        bit = bitify(model, skip=("clasifier",))
+    assert isinstance(bit.classifier[1], BitLinear)
+
+
 def test_bitify_resnet18_trains_converts_and_shrinks():
     import torchvision
 

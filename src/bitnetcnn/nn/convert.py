@@ -121,7 +121,9 @@ def bitify(
     """Make any PyTorch model ternary: each ``nn.Conv2d`` / ``nn.Linear`` becomes a Bit layer keeping its weights.
 
     ``skip`` takes module-name patterns (``fnmatch``: ``"conv1"``, ``"fc"``, ``"features.0.*"``) of layers to keep
-    in full precision, e.g. the stem and the classifier as in TWN/TTQ. ``quant`` (a :class:`TernaryQuant`) or its
+    in full precision, e.g. the stem and the classifier as in TWN/TTQ; a pattern that names a container
+    (``"classifier"``, ``"stem"``) keeps everything inside it, and one that names no module warns (a typo would
+    otherwise make the layer ternary without a word). ``quant`` (a :class:`TernaryQuant`) or its
     fields as keywords (``scale_op='mean'``, ``act_bits=8``, ...) configure every layer. Subclasses of
     ``nn.Conv2d`` with their own forward (timm's ``Conv2dSame``, for one) are left as they are, since a Bit layer
     would drop that behaviour.
@@ -130,8 +132,16 @@ def bitify(
     settings = dict(quant=TernaryQuant.from_kwargs(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits,
                                                    **quant_kwargs))  # validated once, before the walk
 
+    matched = set()
+
+    def skipped(name: str) -> bool:
+        parts = name.split(".")
+        hits = {p for p in skip for i in range(1, len(parts) + 1) if fnmatch.fnmatchcase(".".join(parts[:i]), p)}
+        matched.update(hits)
+        return bool(hits)
+
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in skip):
+        if name and skipped(name):
             return None
         if type(module) is nn.Conv2d:
             return BitConv2d.from_float(module, **settings)
@@ -140,6 +150,11 @@ def bitify(
         return None
 
     converted, count = replace_modules(model, rule, inplace)
+    unmatched = [p for p in skip if p not in matched]
+    if unmatched:
+        names = [n for n, _ in model.named_modules() if n and "." not in n]
+        warnings.warn(f"bitify: skip patterns {unmatched} name no module of {type(model).__name__}, so nothing was "
+                      f"kept in full precision for them; its top-level modules are {names}", UserWarning, stacklevel=2)
     if count == 0:
         warnings.warn(
             f"bitify: {type(model).__name__} has no nn.Conv2d or nn.Linear outside the skipped patterns {skip}; "
