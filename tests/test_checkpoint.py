@@ -432,3 +432,33 @@ def test_a_lightning_checkpoint_says_how_to_convert_it(tmp_path):
     message = _raises(path, "this is a Lightning training checkpoint of a run", f"bitnetcnn convert {path}",
                       "--resume")
     assert "model_name" not in message
+
+
+# ------------------------------------------------------------------------------------ quantized layers, by name
+
+
+def test_saving_a_bit_model_that_model_args_would_rebuild_unquantized_is_refused(tmp_path):
+    # a float model made ternary with bitify (float pre-training, then ternary fine-tuning): the tensors fit
+    # create_model(quant='fp'), which would load them into plain convolutions, silently unquantized
+    model = bitnetcnn.bitify(create_model("bitnet_cnn", width=4, quant="fp"))
+    with pytest.raises(ValueError, match="BitConv2d here but not in create_model"):
+        bitnetcnn.save_checkpoint(model, tmp_path / "bitified.bnc")
+
+
+def test_saving_a_bit_model_with_a_layer_quantized_otherwise_is_refused(tmp_path):
+    model = create_model("bitnet_cnn", width=4)
+    layer = next(m for m in model.modules() if isinstance(m, BitConv2d))
+    layer.scale_op = "mean" if layer.scale_op == "median" else "median"
+    with pytest.raises(ValueError, match="quantizes with"):
+        bitnetcnn.save_checkpoint(model, tmp_path / "mixed.bnc")
+
+
+def test_a_file_whose_quantized_layers_are_not_its_architectures_is_refused(tmp_path):
+    good = bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=4), tmp_path / "bit.bnc")
+    assert bitnetcnn.load_checkpoint(good) is not None
+
+    def drop_one(header):
+        header["quantization"]["bit_layers"] = header["quantization"]["bit_layers"][1:]
+        return header
+
+    _raises(_rezip(good, tmp_path / "dropped.bnc", header=drop_one), "quantized layers", "load_state_dict")

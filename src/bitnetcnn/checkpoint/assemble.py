@@ -21,6 +21,26 @@ from bitnetcnn.nn.convert import replace_modules
 from bitnetcnn.quant import TernaryQuant
 
 
+def bit_layer_mismatches(model: nn.Module, rebuilt: nn.Module, built: str) -> List[str]:
+    """Where ``model``'s trainable Bit layers are not ``rebuilt``'s (the same names, each with the same config): the
+    tensors would fit, but the file would load as another function (float layers where the model quantized, or
+    another scale op), which shapes alone do not show."""
+    ours = {n: m for n, m in model.named_modules() if isinstance(m, (BitConv2d, BitLinear))}
+    coded = {n for n, m in model.named_modules() if isinstance(m, (TernaryConv2d, TernaryLinear))}
+    theirs = {n: m for n, m in rebuilt.named_modules() if isinstance(m, (BitConv2d, BitLinear))}
+    problems = []
+    for name, layer in ours.items():
+        other = theirs.get(name)
+        if other is None:
+            problems.append(f"layer {name!r} is a {type(layer).__name__} here but not in {built}")
+        elif layer.quant != other.quant:
+            problems.append(f"layer {name!r} quantizes with {layer.quant} here but {other.quant} in {built}")
+    unquantized = [n for n in theirs if n not in ours and n not in coded]
+    if unquantized:
+        problems.append(f"layers {few(unquantized)} are Bit layers in {built} but not quantized here")
+    return problems
+
+
 def mismatches(model: nn.Module, plain: Dict[str, tuple], coded: Dict[str, tuple], given: str = "the file",
                 built: Optional[str] = None) -> List[str]:
     """How the tensors ``plain`` (state_dict name -> shape) and coded ternary layers ``coded`` (name -> weight

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import limits, pretrained_cfg, ternary_codec
-from bitnetcnn.checkpoint.assemble import assemble, build_model, mismatches
-from bitnetcnn.checkpoint.errors import CheckpointError, short
+from bitnetcnn.checkpoint.assemble import assemble, bit_layer_mismatches, build_model, mismatches
+from bitnetcnn.checkpoint.errors import CheckpointError, few, short
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
@@ -197,6 +197,7 @@ def _check_rebuilds(model: nn.Module, header: dict) -> None:
         raise ValueError(f"model.model_args do not build a model ({type(e).__name__}: {e}); save a model made by "
                          "bitnetcnn.create_model") from None
     problems = mismatches(rebuilt, plain, coded, "the model", "create_model(**model_args)")
+    problems = problems or bit_layer_mismatches(model, rebuilt, "create_model(**model_args)")
     if problems:
         raise ValueError(f"the model no longer matches its model_args {short(header['architecture']['args'])}, so "
                          f"the file could not be loaded: {'; '.join(problems)}. If a layer was replaced (e.g. a new "
@@ -455,6 +456,15 @@ def _build_for(path, header: dict, table: Dict[str, tuple], compressed: int) -> 
     problems = mismatches(model, plain, coded)
     if problems:
         raise CheckpointError(path, f"wrong architecture: {'; '.join(problems)}")
+    quantization = header["quantization"]
+    if "bit_layers" in quantization:  # every file since the header recorded them
+        declared = set(quantization["bit_layers"] or ()) | set(quantization["ternary_layers"])
+        built = {n for n, m in model.named_modules() if isinstance(m, (BitConv2d, BitLinear))}
+        if declared != built:
+            raise CheckpointError(path, f"its quantized layers ({few(sorted(declared)) or 'none'}) are not the ones its "
+                                        f"architecture builds ({few(sorted(built)) or 'none'}): it would load as "
+                                        "another function; rebuild the model it was saved from and load the "
+                                        "weights into it with load_state_dict")
     return model
 
 
