@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import warnings
 import zipfile
 
 import numpy as np
@@ -462,3 +463,17 @@ def test_a_file_whose_quantized_layers_are_not_its_architectures_is_refused(tmp_
         return header
 
     _raises(_rezip(good, tmp_path / "dropped.bnc", header=drop_one), "quantized layers", "load_state_dict")
+
+
+def test_a_named_data_set_gives_its_own_normalization_and_an_unknown_one_warns(tmp_path):
+    from bitnetcnn.normalization import FASHION_MNIST
+
+    model = create_model("bitnet_cnn", width=4)  # the registry's inputs are MNIST's
+    path = bitnetcnn.save_checkpoint(model, tmp_path / "fashion.bnc", {"dataset": "fashion_mnist"})
+    header = read_checkpoint_header(path)
+    assert (tuple(header["input"]["mean"]), tuple(header["input"]["std"])) == FASHION_MNIST
+    with pytest.warns(UserWarning, match="'my_digits' but no 'mean' and 'std'"):
+        bitnetcnn.save_checkpoint(model, tmp_path / "mine.bnc", {"dataset": "my_digits"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bitnetcnn.save_checkpoint(model, tmp_path / "given.bnc", {"dataset": "my_digits", "mean": [0.5], "std": [0.25]})

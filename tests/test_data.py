@@ -346,3 +346,12 @@ def test_cifar100_class_names_are_the_data_sets_own_in_label_order():
 
     with np.load(require_real_data("cifar100.npz")) as d:
         assert get_dataset_spec("cifar100").class_names == tuple(d["fine_label_names"].tolist())
+
+
+def test_the_catalog_normalizes_each_data_set_as_checkpoints_record_it():
+    from bitnetcnn.data.catalog import DATASETS
+    from bitnetcnn.normalization import BY_DATASET
+
+    assert set(BY_DATASET) == set(DATASETS)
+    for name, spec in DATASETS.items():
+        assert (tuple(spec.mean), tuple(spec.std)) == BY_DATASET[name], name

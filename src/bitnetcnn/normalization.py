@@ -18,6 +18,10 @@ CIFAR10: Stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 IMAGENET: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
+# by the data set names bitnetcnn knows (its data catalog's), for a checkpoint that names its data set only
+BY_DATASET: dict[str, Stats] = {"mnist_demo": MNIST, "mnist": MNIST, "fashion_mnist": FASHION_MNIST,
+                                "cifar10": CIFAR10, "cifar100": CIFAR100, "tiny_imagenet": IMAGENET}
+
 
 def standardize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Float ``(N, C, H, W)`` or ``(C, H, W)`` pixels in 0..1 to the model input: ``(x - mean) / std`` per channel

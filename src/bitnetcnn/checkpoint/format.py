@@ -18,6 +18,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitnetcnn import normalization
 from bitnetcnn.checkpoint import limits, pretrained_cfg, ternary_codec
 from bitnetcnn.checkpoint.assemble import assemble, bit_layer_mismatches, build_model, mismatches
 from bitnetcnn.checkpoint.errors import CheckpointError, few, short
@@ -70,8 +72,9 @@ def _jsonable(value: Any, what: str) -> Any:
 def _input_metadata(model: nn.Module, args: dict, cfg, metadata: dict) -> dict:
     """What the model's inputs are (``size``, ``mean``, ``std``, ``class_names``; ``dataset`` put in ``metadata``):
     ``metadata``'s, else the weights' own (``model.pretrained_cfg``: a loaded model saved again keeps its data set's
-    normalization and names), else the registry's for the model's channels and side. Refused when the channels
-    disagree, since such a file would normalize, calibrate and export wrongly."""
+    normalization and names), else the named data set's normalization where bitnetcnn knows it, else the
+    registry's for the model's channels and side (with a warning where another data set is named). Refused when the
+    channels disagree, since such a file would normalize, calibrate and export wrongly."""
     own = pretrained_cfg.model_pretrained_cfg(model)
 
     def pick(key: str, own_value, default):
@@ -83,8 +86,16 @@ def _input_metadata(model: nn.Module, args: dict, cfg, metadata: dict) -> dict:
     side = int(args.get("img_size", cfg.input_size[1]))
     size = [int(v) for v in pick("input_size", own and own.input_size,
                                  [int(args.get("in_chans", cfg.input_size[0])), side, side])]
-    mean = [float(v) for v in pick("mean", own and own.mean, cfg.mean)]
-    std = [float(v) for v in pick("std", own and own.std, cfg.std)]
+    dataset = metadata.get("dataset")
+    default_mean, default_std = normalization.BY_DATASET.get(dataset, (cfg.mean, cfg.std))
+    if (dataset is not None and dataset not in normalization.BY_DATASET and "mean" not in metadata
+            and (own is None or own.mean is None)):
+        warnings.warn(f"save_checkpoint: metadata names the data set {dataset!r} but no 'mean' and 'std', so the file "
+                      f"records {args['name']}'s defaults (mean {list(cfg.mean)}, std {list(cfg.std)}), which "
+                      "prediction, export and calibration will normalize with: pass the data set's own",
+                      UserWarning, stacklevel=4)
+    mean = [float(v) for v in pick("mean", own and own.mean, default_mean)]
+    std = [float(v) for v in pick("std", own and own.std, default_std)]
     names = pick("class_names", own and own.class_names, None)
     channels = args.get("in_chans", size[0])
     if len(size) != 3 or size[0] != channels or len(mean) != channels or len(std) != channels:
@@ -461,9 +472,9 @@ def _build_for(path, header: dict, table: Dict[str, tuple], compressed: int) -> 
         declared = set(quantization["bit_layers"] or ()) | set(quantization["ternary_layers"])
         built = {n for n, m in model.named_modules() if isinstance(m, (BitConv2d, BitLinear))}
         if declared != built:
-            raise CheckpointError(path, f"its quantized layers ({few(sorted(declared)) or 'none'}) are not the ones its "
-                                        f"architecture builds ({few(sorted(built)) or 'none'}): it would load as "
-                                        "another function; rebuild the model it was saved from and load the "
+            raise CheckpointError(path, f"its quantized layers ({few(sorted(declared)) or 'none'}) are not the ones "
+                                        f"its architecture builds ({few(sorted(built)) or 'none'}): it would load "
+                                        "as another function; rebuild the model it was saved from and load the "
                                         "weights into it with load_state_dict")
     return model
 

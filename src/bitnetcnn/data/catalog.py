@@ -8,12 +8,8 @@ from typing import Callable
 
 from bitnetcnn import class_names
 from bitnetcnn.data import sources
-
-from bitnetcnn.normalization import CIFAR10 as CIFAR10_STATS
-from bitnetcnn.normalization import CIFAR100 as CIFAR100_STATS
-from bitnetcnn.normalization import FASHION_MNIST as FASHION_MNIST_STATS
+from bitnetcnn.normalization import BY_DATASET
 from bitnetcnn.normalization import IMAGENET as IMAGENET_STATS
-from bitnetcnn.normalization import MNIST as MNIST_STATS
 
 
 @dataclass(frozen=True)
@@ -45,17 +41,17 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     s.name: s
     for s in [
-        DatasetSpec("mnist_demo", sources.read_mnist_demo, 10, 1, 28, *MNIST_STATS, crop_padding=2, hflip=False,
+        DatasetSpec("mnist_demo", sources.read_mnist_demo, 10, 1, 28, *BY_DATASET["mnist_demo"], crop_padding=2,
+                    hflip=False, class_names=class_names.DIGITS),
+        DatasetSpec("mnist", sources.read_mnist, 10, 1, 28, *BY_DATASET["mnist"], crop_padding=2, hflip=False,
                     class_names=class_names.DIGITS),
-        DatasetSpec("mnist", sources.read_mnist, 10, 1, 28, *MNIST_STATS, crop_padding=2, hflip=False,
-                    class_names=class_names.DIGITS),
-        DatasetSpec("fashion_mnist", sources.read_fashion_mnist, 10, 1, 28, *FASHION_MNIST_STATS, 2, True,
+        DatasetSpec("fashion_mnist", sources.read_fashion_mnist, 10, 1, 28, *BY_DATASET["fashion_mnist"], 2, True,
                     class_names=class_names.FASHION_MNIST),
-        DatasetSpec("cifar10", sources.read_cifar10, 10, 3, 32, *CIFAR10_STATS, crop_padding=4, hflip=True,
+        DatasetSpec("cifar10", sources.read_cifar10, 10, 3, 32, *BY_DATASET["cifar10"], crop_padding=4, hflip=True,
                     class_names=class_names.CIFAR10),
-        DatasetSpec("cifar100", sources.read_cifar100, 100, 3, 32, *CIFAR100_STATS, crop_padding=4, hflip=True,
-                    class_names=class_names.CIFAR100),
-        DatasetSpec("tiny_imagenet", sources.read_tiny_imagenet, 200, 3, 64, *IMAGENET_STATS, 8, True),
+        DatasetSpec("cifar100", sources.read_cifar100, 100, 3, 32, *BY_DATASET["cifar100"], crop_padding=4,
+                    hflip=True, class_names=class_names.CIFAR100),
+        DatasetSpec("tiny_imagenet", sources.read_tiny_imagenet, 200, 3, 64, *BY_DATASET["tiny_imagenet"], 8, True),
     ]
 }
 
