@@ -477,3 +477,15 @@ def test_a_named_data_set_gives_its_own_normalization_and_an_unknown_one_warns(t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bitnetcnn.save_checkpoint(model, tmp_path / "given.bnc", {"dataset": "my_digits", "mean": [0.5], "std": [0.25]})
+
+
+def test_a_scale_edited_in_place_is_refused_until_the_weight_is_refreshed(tiny, tmp_path):
+    model = bitnetcnn.load_checkpoint(tiny[1])
+    layer = next(m for m in model.modules() if isinstance(m, (TernaryConv2d, TernaryLinear)))
+    layer.scale.mul_(2)  # forward still uses the cached weight; the file would record the new scale
+    with pytest.raises(ValueError, match="refresh_weight"):
+        bitnetcnn.save_checkpoint(model, tmp_path / "stale.bnc")
+    layer.refresh_weight()
+    again = bitnetcnn.load_checkpoint(bitnetcnn.save_checkpoint(model, tmp_path / "fresh.bnc"))
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(again(x), model(x))

@@ -197,6 +197,11 @@ def _check_rebuilds(model: nn.Module, header: dict) -> None:
     """Refuse to write a file that load_checkpoint would refuse: the model must be what its model_args build."""
     ternary = header["quantization"]["ternary_layers"]
     modules = dict(model.named_modules())
+    stale = [name for name in ternary if not modules[name].weight_is_current()]
+    if stale:
+        raise ValueError(f"layers {few(stale)} compute with weights that are no longer their codes * scale (edited in "
+                         "place), so the file would hold another function than the model computes: call "
+                         "refresh_weight() on them (or load_state_dict) first")
     coded = {name: tuple(modules[name].weight_shape) for name in ternary}
     skip = {f"{name}.weight_packed" for name in ternary}
     plain = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in skip}

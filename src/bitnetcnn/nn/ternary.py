@@ -64,7 +64,14 @@ class _TernaryMixin:
         scale = self.channel_scale().float().reshape((-1,) + (1,) * (codes.dim() - 1))
         return dequantize(codes, scale, torch.float32)
 
+    def weight_is_current(self) -> bool:
+        """Whether the cached ``weight`` is still ``codes * scale`` (an in-place edit of ``scale`` or
+        ``weight_packed`` leaves it stale until :meth:`refresh_weight`)."""
+        fresh = self._dequantized(self.codes()).to(device=self.weight.device, dtype=self.weight.dtype)
+        return torch.equal(self.weight, fresh)
+
     def refresh_weight(self) -> None:
+        """Rebuild the cached float weight from the stored codes and scale (after editing either in place)."""
         dtype = self.weight.dtype if self.weight.is_floating_point() else torch.float32
         self.weight = self._dequantized(self.codes()).to(dtype)
 
