@@ -487,6 +487,18 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     assert json.loads((run / "results.json").read_text())["command"].endswith("  # resumed with --epochs 3")
 
 
+def test_resuming_a_finished_run_keeps_its_final_figures(tmp_path):
+    # a retry loop that resumes a run which had already finished trains nothing; its results.json kept nulls
+    run = tmp_path / "run"
+    first = train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    assert first["float_acc"] is not None and first["ternary_acc"] is not None
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+    again = json.loads((run / "results.json").read_text())
+    assert again["step"] == first["step"]
+    for key in ("float_acc", "ternary_acc"):  # from metrics.csv, which keeps 6 decimals
+        assert again[key] == pytest.approx(first[key], abs=1e-6)
+
+
 def test_a_resume_keeps_the_runs_progress_setting_unless_given(tmp_path):
     from bitnetcnn.train.run_folder import resumed_settings, write_settings
 

@@ -351,12 +351,22 @@ class RunRecorder(L.Callback):
         sums = trainer.strategy.all_gather(checksum.to(pl_module.device))
         self._write_results(trainer, [float(s) for s in torch.atleast_1d(sums.cpu())])
 
+    def _final(self, trainer: L.Trainer, name: str) -> float | None:
+        """The last validation's ``name``: this fit's, else (a resume that had nothing left to train) the one
+        metrics.csv holds for the run's current step, so results.json keeps the run's figures."""
+        value = _metric(trainer, name)
+        if value is None and self.csv_path.exists():
+            with open(self.csv_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) == trainer.global_step and r.get(name)]
+            value = float(rows[-1][name]) if rows else None
+        return value
+
     @rank_zero_only
     def _write_results(self, trainer: L.Trainer, checksums: list[float]) -> None:
         size = self.model_path.stat().st_size if self.model_path.exists() else None
         results = {
-            "float_acc": _metric(trainer, "val_acc"),
-            "ternary_acc": _metric(trainer, "ternary_acc"),
+            "float_acc": self._final(trainer, "val_acc"),
+            "ternary_acc": self._final(trainer, "ternary_acc"),
             "best_float_acc": self.best_float if self.best_float >= 0 else None,
             "best_ternary_acc": self.best_ternary if self.best_ternary >= 0 else None,
             "epochs": trainer.current_epoch,
