@@ -134,6 +134,27 @@ class TrainSettings:
         self.teacher = list(self.teacher or [])
         self.validate()
 
+    def _refuse_unused_flags(self) -> None:
+        """Flags that the settings around them would leave unused: refused, since the run's command and args.json
+        would record them as if they had shaped it."""
+        default = type(self)
+        if self.optimizer != "sgd" and self.momentum != default.momentum:
+            raise SettingsError(f"--momentum {self.momentum:g} is SGD's: --optimizer {self.optimizer} does not use it; "
+                                "add --optimizer sgd or leave --momentum out")
+        if not self.kd:
+            given = [f"--{k.replace('_', '-')}" for k in ("kd_alpha", "kd_temperature")
+                     if getattr(self, k) != getattr(default, k)]
+            if given:
+                raise SettingsError(f"{' and '.join(given)} shape distillation, which needs --kd and a --teacher: "
+                                    "add them, or leave the flags out")
+        if self.quant == "fp":
+            given = [flag for flag, changed in (("--scale-op", self.scale_op != default.scale_op),
+                                                ("--pow2", bool(self.pow2)), ("--act-bits", bool(self.act_bits)))
+                     if changed]
+            if given:
+                raise SettingsError(f"--quant fp trains full-precision layers, so {' and '.join(given)} would not be "
+                                    "used: leave them out, or train a ternary model")
+
     def validate(self) -> None:
         """Refuse, with one line each, values that would crash later or train something other than asked."""
         at_least(1, epochs=self.epochs, batch_size=self.batch_size, num_nodes=self.num_nodes, img_size=self.img_size,
@@ -172,6 +193,7 @@ class TrainSettings:
         if self.teacher and not self.kd:
             raise SettingsError("--teacher is given without --kd, so it would not be used: add --kd to distill "
                                 "from it, or leave --teacher out")
+        self._refuse_unused_flags()
         if not isinstance(self.model_kwargs, dict):
             raise SettingsError(f"--model-kwargs must be a JSON object such as '{{\"act\": \"relu\"}}', not "
                                 f"{self.model_kwargs!r}")
