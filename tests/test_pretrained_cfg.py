@@ -3,6 +3,7 @@ summary instead of the registry's defaults."""
 
 import io
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -291,3 +292,18 @@ def test_convert_pow2_keeps_the_accuracy_of_a_model_trained_with_pow2_and_refuse
                 "pytorch-lightning_version": lightning.__version__}, tmp_path / "run" / "last.ckpt")
     assert cli.main(["convert", str(tmp_path / "run" / "last.ckpt"), "--pow2", "-o", str(tmp_path / "f.bnc")]) == 2
     assert "holds a full-precision model (--quant fp)" in capsys.readouterr().err
+
+
+def test_a_size_or_data_set_other_than_the_weights_own_is_said_aloud(demo_checkpoint, tmp_path):
+    from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+    from bitnetcnn.deploy.commands import export_command
+
+    model = bitnetcnn.load_checkpoint(demo_checkpoint[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert input_size_of(model, (1, 28, 28)) == (1, 28, 28)
+    with pytest.warns(UserWarning, match=r"input_size \[1, 40, 40\] is not the \[1, 28, 28\]"):
+        assert input_size_of(model, (1, 40, 40)) == (1, 40, 40)
+    said = []
+    export_command(str(demo_checkpoint[1]), str(tmp_path / "m.onnx"), dataset="mnist", check=0, log=said.append)
+    assert any("was trained on mnist_demo, not mnist" in line for line in said), said

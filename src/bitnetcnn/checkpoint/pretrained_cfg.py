@@ -13,6 +13,7 @@ complete object, file size and sha256 included, in ``bitnetcnn/hub.py``; ``bitne
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Tuple
@@ -242,13 +243,18 @@ def input_normalization(model: nn.Module) -> Optional[Tuple[Tuple[float, ...], T
 
 def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple[int, int, int]:
     """``(C, H, W)``: the given size, else the weights' own (``model.pretrained_cfg``), else the registry's default
-    for the model's architecture."""
+    for the model's architecture. A given size other than the weights' own warns: the model was measured at its
+    own, and a graph built at another says the other in its metadata."""
+    weights = model_pretrained_cfg(model)
     if input_size is not None:
         size = tuple(int(v) for v in input_size)
         if len(size) != 3:
             raise ValueError(f"input_size must be (C, H, W), got {input_size!r}")
+        if weights is not None and weights.input_size is not None and size != tuple(weights.input_size):
+            warnings.warn(f"input_size {list(size)} is not the {list(weights.input_size)} these weights were trained "
+                          "and measured at: their accuracy does not carry over; leave input_size out to use theirs",
+                          UserWarning, stacklevel=3)
         return size
-    weights = model_pretrained_cfg(model)
     if weights is not None and weights.input_size is not None:
         return tuple(weights.input_size)
     cfg = getattr(model, "model_config", None)

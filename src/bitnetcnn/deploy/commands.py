@@ -31,6 +31,7 @@ def export_command(
     log: Callable[[str], None] = _say,
 ):
     """Export ``model`` (checkpoint or registry name) to ``output``; returns the :class:`ExportCheck`."""
+    from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
     from bitnetcnn.data.sources import DatasetNotFoundError
     from bitnetcnn.deploy.calibration import dataset_for, model_inputs
     from bitnetcnn.deploy.checks import check_deployable
@@ -48,6 +49,10 @@ def export_command(
         log(f"note: {model} is a registry name, so its weights are untrained (pass a checkpoint to export a model)")
         net = source.converted()
     check_deployable(net, int8=int8)
+    own = getattr(model_pretrained_cfg(net), "dataset", None)
+    if dataset and own and dataset != own:
+        log(f"warning: {model} was trained on {own}, not {dataset}: calibrating and checking on {dataset} images "
+            "measures another input distribution (leave --dataset out to use the checkpoint's)")
     dataset = dataset or dataset_for(net)
     if int8 and calibrate is None and not quantizer_scales(net):
         calibrate = DEFAULT_CALIBRATION
