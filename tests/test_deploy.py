@@ -490,3 +490,10 @@ def test_cli_refuses_a_folder_as_the_file_to_write_before_any_work(argv, capsys,
     with pytest.raises(SystemExit):
         main([str(tmp_path) if a == "DIR" else a for a in argv])
     assert f"{tmp_path} is a folder: give the path of a file to write" in capsys.readouterr().err
+
+
+def test_export_leaves_the_callers_model_in_its_mode(tmp_path):
+    torch.manual_seed(0)
+    model = convert_to_ternary(create_model("bitnet_cnn", width=4).eval()).train()
+    export_onnx(model, tmp_path / "m.onnx", check_inputs=torch.randn(8, 1, 28, 28))
+    assert model.training

@@ -65,8 +65,12 @@ def check_against_model(graph, model: nn.Module, inputs: torch.Tensor, threads: 
     """Run ``graph`` and ``model`` on ``inputs``; return agreement and differences, and check the dynamic batch."""
     session = make_session(graph, threads)
     x = np.ascontiguousarray(inputs.detach().float().cpu().numpy())
-    model = model.eval()
-    ref = torch.cat([model(inputs[i:i + batch].float()) for i in range(0, len(inputs), batch)]).numpy()
+    was_training = model.training
+    model.eval()
+    try:
+        ref = torch.cat([model(inputs[i:i + batch].float()) for i in range(0, len(inputs), batch)]).numpy()
+    finally:
+        model.train(was_training)  # the caller's model keeps its mode
     out = _run(session, x, batch)
     if out.shape != ref.shape:
         raise ValueError(f"ONNX output shape {out.shape} differs from the model's {ref.shape}")
