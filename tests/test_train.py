@@ -727,24 +727,38 @@ def test_epochs_within_a_budget_count_the_epochs_and_the_validations_they_run():
 def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_path, monkeypatch, capsys):
     """--time-budget times epoch 0 (validated, though --val-every would skip it) and ends the run and its cosine
     after the epochs that fit (here 2 of at most 5): the last epoch ends at the schedule's end, and args.json holds
-    the decision, so a resume continues the same run. A budget already spent ends the run after epoch 0, measured."""
+    the decision, so a resume continues the same run. The command's setup (here a data set that takes 2 s to open)
+    counts against the budget: a window holds it too. A budget already spent ends the run after epoch 0, measured."""
+    import time
+
     import bitnetcnn.train.time_budget as time_budget
+    from bitnetcnn.data.datamodule import ImageDataModule
 
     asked = {}
 
     def two_epochs(budget_s, elapsed_s, epoch_s, validation_s, val_every, most, done):
-        asked.update(budget_s=budget_s, epoch_s=epoch_s, validation_s=validation_s, val_every=val_every, most=most,
-                     done=done)
+        asked.update(budget_s=budget_s, elapsed_s=elapsed_s, epoch_s=epoch_s, validation_s=validation_s,
+                     val_every=val_every, most=most, done=done)
         return 2
 
     monkeypatch.setattr(time_budget, "epochs_within", two_epochs)
+    setup, opened = ImageDataModule.setup, []
+
+    def slow_setup(self, *args, **kwargs):
+        if not opened:
+            opened.append(time.sleep(2.0))
+        return setup(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDataModule, "setup", slow_setup)
     run = tmp_path / "fit"
     train(TrainSettings(out=str(run), epochs=5, val_every=3, time_budget=10, optimizer="sgd", lr=0.1,
                         warmup_epochs=1, **QUICK))
     assert asked["epoch_s"] > 0 and asked["validation_s"] > 0
     assert (asked["val_every"], asked["most"], asked["done"]) == (3, 5, 1)
-    assert 0 < asked["budget_s"] < 600
-    assert "\nepoch 0 (epochs 0-1)  lr" in capsys.readouterr().out  # decided before epoch 0's row is written
+    assert 0 < asked["budget_s"] < 600 and asked["elapsed_s"] >= 2.0
+    printed = capsys.readouterr().out
+    assert "\nepoch 0 (epochs 0-1)  lr" in printed  # decided before epoch 0's row is written
+    assert re.search(r"min for epoch 0 after ([2-9]|\d\d+) s of setup; an epoch takes", printed)
     rows = read_metrics(run)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert rows[0]["val_acc"] != "" and rows[1]["val_acc"] != ""

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -231,6 +232,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     set (the command line's flags; default: those that differ from the defaults), which a resume checks.
     ``command``: the command line the run records as its recipe (default: ``s.as_command()``).
     """
+    started = time.perf_counter()  # a --time-budget counts the setup below, not only the training
     named = set(given) if given is not None else set(s.changed())  # the caller's, not a resumed run's args.json
     if resume:
         s = resumed_settings(s, given)
@@ -278,7 +280,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         def record_epochs(epochs: int) -> None:  # a resume continues the run as decided
             write_settings(out, replace(s, epochs=epochs, time_budget=None))
 
-        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs)]
+        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs, started)]
     devices = s.devices if s.devices == "auto" else int(s.devices)
     with _quiet_lightning():
         trainer = L.Trainer(

@@ -52,9 +52,13 @@ class FitToTimeBudget(L.Callback):
     SAFETY = 0.95  # of the time left: steps vary, and the last epoch must end before the budget does
     REFINE_FROM = 10
 
-    def __init__(self, budget_s: float, elapsed, val_every: int, decided) -> None:
+    def __init__(self, budget_s: float, elapsed, val_every: int, decided, started: float | None = None) -> None:
         self.budget_s = budget_s
-        self.elapsed = elapsed  # the run's wall time so far, across resumes
+        self.elapsed = elapsed  # the run's wall time of training so far, across resumes
+        # where this process's command began (time.perf_counter()): its setup (data, model, run folder) is part of
+        # the window the budget sizes the run to, though the run's recorded training time leaves it out
+        self.started = started
+        self._setup_s = 0.0
         self.val_every = val_every
         self.decided = decided
         self._first_batch: int | None = None
@@ -65,6 +69,10 @@ class FitToTimeBudget(L.Callback):
         self._epoch_1_start: float | None = None  # where epoch 1's cycle starts: at epoch 0's decision
         self._most: int | None = None
         self._epochs: int | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.started is not None:
+            self._setup_s = time.perf_counter() - self.started
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._most = trainer.max_epochs
@@ -107,7 +115,7 @@ class FitToTimeBudget(L.Callback):
                          f"epoch 1 took {cycle_s:.1f} s with its checkpoint and metrics")
 
     def _decide(self, trainer, pl_module, done: int, epoch_s: float, validation_s: float, basis: str) -> None:
-        elapsed = self.elapsed()
+        elapsed = self.elapsed() + self._setup_s
         budget = elapsed + (self.budget_s - elapsed) * self.SAFETY
         epochs = epochs_within(budget, elapsed, epoch_s, validation_s, self.val_every, self._most, done)
         if epochs == done and trainer.current_epoch not in self._validated:
@@ -121,6 +129,7 @@ class FitToTimeBudget(L.Callback):
         self.decided(epochs)
         if trainer.is_global_zero:
             cap = " (the most --epochs allows)" if epochs == self._most else ""
-            print(f"\ntime budget {self.budget_s / 60:.1f} min: {basis}; an epoch takes {epoch_s:.1f} s and a "
+            setup = f" after {self._setup_s:.0f} s of setup" if self._setup_s >= 0.5 else ""
+            print(f"\ntime budget {self.budget_s / 60:.1f} min: {basis}{setup}; an epoch takes {epoch_s:.1f} s and a "
                   f"validation {validation_s:.1f} s, so the run takes {epochs} epoch{'s' * (epochs != 1)}{cap}",
                   flush=True)
