@@ -61,6 +61,59 @@ def test_float_images_are_read_as_0_to_1_as_torchvision_gives_them():
     assert torch.equal(as_float, kept)  # the caller's tensor is left as it was
 
 
+def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    """A phone stores a portrait photo sideways with an EXIF orientation tag; viewers turn it upright, and so must
+    the model's preprocessing (PIL's ``Image.open`` does not): read sideways, a digit is another digit."""
+    pixels = np.zeros((28, 28), dtype=np.uint8)
+    pixels[4:24, 12:16] = 255  # a vertical bar, off the diagonal
+    pixels[4:8, 8:20] = 200
+    upright = Image.fromarray(pixels)
+    sideways = upright.rotate(90, expand=True)  # stored turned left; orientation 6 says: turn right to show it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.png"
+    sideways.save(path, exif=exif)
+    preprocess = load("bitnet_mnist", pretrained=True).pretrained_cfg.transforms()
+    with Image.open(path) as opened:
+        assert torch.equal(preprocess(opened), preprocess(upright))
+    assert not torch.equal(preprocess(sideways), preprocess(upright))  # the test image is not symmetric
+
+
+def test_16_bit_and_float_grey_images_are_rescaled_not_clipped(tmp_path):
+    """A 16-bit greyscale PNG (pixels 0..65535) is the 8-bit image with more levels: it must reach the model as the
+    same floats. PIL's ``convert("L")`` clips it to 0/255 instead. A float ("F") image is 0..1 pixels; one outside
+    that range is refused."""
+    pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    path = tmp_path / "deep.png"
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(path)
+    preprocess = load("bitnet_mnist", pretrained=True).pretrained_cfg.transforms()
+    eight_bit = preprocess(Image.fromarray(pixels))
+    with Image.open(path) as opened:
+        assert opened.mode.startswith("I")
+        assert torch.allclose(preprocess(opened), eight_bit, atol=1e-5)
+    assert torch.allclose(preprocess(Image.fromarray(pixels.astype(np.float32) / 255, "F")), eight_bit, atol=1e-5)
+    square = np.arange(32 * 32).reshape(32, 32).astype(np.uint8)  # a colour model's size: no resize to round
+    grey = Image.fromarray(square.astype(np.uint16) * 257)
+    assert torch.allclose(CIFAR_CFG.transforms()(grey), CIFAR_CFG.transforms()(Image.fromarray(square)), atol=1e-5)
+    with pytest.raises(ValueError, match="spans 0..255: scale it"):
+        preprocess(Image.fromarray(pixels.astype(np.float32), "F"))
+
+
+def test_a_weight_that_names_its_data_set_only_still_refuses_another_with_other_labels(tmp_path):
+    """The published MNIST weight's header names its data set but not its classes (saved before they were kept).
+    Fashion-MNIST has MNIST's size, channels and number of classes, so only the names tell them apart: the loader
+    takes the data set's own names, and eval refuses Fashion-MNIST before reading it, as it refuses CIFAR-10 for a
+    CIFAR-100 weight."""
+    from bitnetcnn.checkpoint import load_checkpoint
+    from bitnetcnn.class_names import DIGITS
+    from bitnetcnn.hub import pretrained_path
+
+    model = load_checkpoint(pretrained_path("bitnet_mnist"))  # as `bitnetcnn eval bitnet_mnist` reads it
+    assert model.pretrained_cfg.class_names == DIGITS
+    with pytest.raises(ValueError, match="labels would not mean the same; evaluate it on mnist"):
+        evaluate_model(model, "fashion_mnist", data_dir=str(tmp_path))  # refused before any image is read
+
+
 def test_normalize_leaves_a_float_batch_as_it_was():
     """normalize's float path once divided the caller's own tensor in place."""
     images = torch.full((1, 1, 2, 2), 255.0)

@@ -25,3 +25,7 @@ possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper
 sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale
 willow_tree wolf woman worm
 """.split())
+
+# by the data set names bitnetcnn knows (its data catalog's), for a checkpoint that names its data set only
+BY_DATASET: dict[str, tuple[str, ...]] = {"mnist_demo": DIGITS, "mnist": DIGITS, "fashion_mnist": FASHION_MNIST,
+                                          "cifar10": CIFAR10, "cifar100": CIFAR100}

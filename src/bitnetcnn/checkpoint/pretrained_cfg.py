@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Tuple
 
 from torch import nn
+
+from bitnetcnn import class_names
 
 __all__ = [
     "PretrainedCfg", "TrainingStep", "from_header", "input_normalization", "input_size_of", "model_pretrained_cfg",
@@ -175,7 +177,8 @@ def _lineage(meta: dict) -> list:
 
 
 def from_header(header: dict) -> PretrainedCfg:
-    """The ``pretrained_cfg`` of a checkpoint header: its own section, else derived from the older fields.
+    """The ``pretrained_cfg`` of a checkpoint header: its own section, else derived from the older fields; a
+    built-in data set's class names where the file names the data set but not its classes.
 
     ``save_checkpoint`` calls this on the header it has just built (so the section holds what the file knew when
     written); metadata keys ``tag``, ``hub_entry``, ``licence``, ``test_images`` and ``training`` (a list of
@@ -191,7 +194,7 @@ def from_header(header: dict) -> PretrainedCfg:
             differ = sorted(k for k in set(args) | set(cfg.model_kwargs) if args.get(k) != cfg.model_kwargs.get(k))
             raise ValueError(f"bad pretrained_cfg: its model_kwargs or num_classes are not the architecture's "
                              f"({', '.join(differ) or 'num_classes'} differ)")
-        return cfg
+        return _with_known_class_names(cfg)
     metrics = header.get("metrics") if isinstance(header.get("metrics"), dict) else {}
     meta = header.get("metadata") if isinstance(header.get("metadata"), dict) else {}
     inputs = header.get("input") if isinstance(header.get("input"), dict) else {}
@@ -223,7 +226,18 @@ def from_header(header: dict) -> PretrainedCfg:
         "licence": meta.get("licence"),
     }
     # Older files and free-form metadata may hold anything there: keep what fits, leave the rest unknown.
-    return PretrainedCfg.from_dict({k: v for k, v in data.items() if v is None or _VALID[k][0](v)})
+    return _with_known_class_names(PretrainedCfg.from_dict({k: v for k, v in data.items()
+                                                            if v is None or _VALID[k][0](v)}))
+
+
+def _with_known_class_names(cfg: PretrainedCfg) -> PretrainedCfg:
+    """``cfg`` with its data set's class names where it records none (files saved before they were kept): without
+    them a model trained on MNIST would score on Fashion-MNIST (the same size, channels and number of classes)
+    unchallenged, and ``predict`` could only number its classes."""
+    names = class_names.BY_DATASET.get(cfg.dataset) if cfg.class_names is None else None
+    if names is None or cfg.num_classes not in (None, len(names)):
+        return cfg
+    return replace(cfg, class_names=names)
 
 
 def model_pretrained_cfg(model: nn.Module) -> Optional[PretrainedCfg]:

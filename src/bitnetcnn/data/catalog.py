@@ -42,15 +42,15 @@ DATASETS: dict[str, DatasetSpec] = {
     s.name: s
     for s in [
         DatasetSpec("mnist_demo", sources.read_mnist_demo, 10, 1, 28, *BY_DATASET["mnist_demo"], crop_padding=2,
-                    hflip=False, class_names=class_names.DIGITS),
+                    hflip=False, class_names=class_names.BY_DATASET["mnist_demo"]),
         DatasetSpec("mnist", sources.read_mnist, 10, 1, 28, *BY_DATASET["mnist"], crop_padding=2, hflip=False,
-                    class_names=class_names.DIGITS),
+                    class_names=class_names.BY_DATASET["mnist"]),
         DatasetSpec("fashion_mnist", sources.read_fashion_mnist, 10, 1, 28, *BY_DATASET["fashion_mnist"], 2, True,
-                    class_names=class_names.FASHION_MNIST),
+                    class_names=class_names.BY_DATASET["fashion_mnist"]),
         DatasetSpec("cifar10", sources.read_cifar10, 10, 3, 32, *BY_DATASET["cifar10"], crop_padding=4, hflip=True,
-                    class_names=class_names.CIFAR10),
+                    class_names=class_names.BY_DATASET["cifar10"]),
         DatasetSpec("cifar100", sources.read_cifar100, 100, 3, 32, *BY_DATASET["cifar100"], crop_padding=4,
-                    hflip=True, class_names=class_names.CIFAR100),
+                    hflip=True, class_names=class_names.BY_DATASET["cifar100"]),
         DatasetSpec("tiny_imagenet", sources.read_tiny_imagenet, 200, 3, 64, *BY_DATASET["tiny_imagenet"], 8, True),
     ]
 }
