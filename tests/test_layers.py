@@ -221,6 +221,59 @@ def test_bitify_skip_keeps_a_whole_container_and_warns_on_a_pattern_that_names_n
     assert isinstance(bit.classifier[1], BitLinear)
 
 
+def test_a_layer_used_twice_is_made_ternary_in_both_places_and_stays_one_layer():
+    """``nn.Sequential(conv, act, conv)`` registers one convolution twice; ``named_children`` lists it once, so the
+    second use once stayed float. Both uses must be the same Bit layer (and then the same ternary layer)."""
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    bit = bitify(nn.Sequential(conv, nn.ReLU(), conv))
+    assert isinstance(bit[0], BitConv2d) and bit[2] is bit[0]
+    ternary = convert_to_ternary(bit.eval())
+    assert isinstance(ternary[0], TernaryConv2d) and ternary[2] is ternary[0]
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(ternary(x), bit(x))
+
+
+def test_conversions_keep_forward_hooks_and_refuse_old_style_weight_norms():
+    """A hook registered before bitify or conversion (a feature extractor's, or one that changes the output) acts
+    on the replacement too; torch.nn.utils's old weight and spectral norms recompute ``weight`` from parameters a
+    Bit layer does not have, so they are refused rather than silently frozen."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    model[0].register_forward_hook(lambda module, args, out: out.clamp(max=0.1))
+    bit = bitify(model)
+    x = torch.randn(1, 3, 8, 8)
+    assert bit[0](x).max() <= 0.1
+    assert convert_to_ternary(bit)[0](x).max() <= 0.1
+    with pytest.raises(ValueError, match=r"0 \(Conv2d\) carries torch.nn.utils's SpectralNorm.*remove_spectral_norm"):
+        bitify(nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3))))
+
+
+def test_bitify_names_the_layers_it_keeps_in_float_because_they_are_parametrized():
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(parametrizations.weight_norm(nn.Conv2d(3, 4, 3)), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    with pytest.warns(UserWarning, match=r"1 layer kept in full precision: 0 \(ParametrizedConv2d\)"):
+        bit = bitify(model)
+    assert isinstance(bit[2], BitConv2d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bitify(model, skip=("0",))  # named: kept on purpose, no warning
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_bit_model_and_its_conversion_agree(dtype):
+    """A bf16/fp16 Bit layer once took its mean scale and codes in half precision and conversion in float32: codes
+    near the threshold differed (59 of 73,728 in bf16). Both now take them in float32; the converted layer keeps the
+    model's dtype."""
+    torch.manual_seed(0)
+    bit = BitConv2d(64, 128, 3, padding=1, scale_op="mean").to(dtype).eval()
+    ternary = convert_to_ternary(bit)
+    assert ternary.weight.dtype == dtype
+    x = torch.randn(1, 64, 8, 8, dtype=dtype)
+    with torch.no_grad():
+        assert torch.equal(ternary(x), bit(x))
+
+
 def test_bitify_resnet18_trains_converts_and_shrinks():
     import torchvision
 

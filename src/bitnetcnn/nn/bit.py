@@ -42,15 +42,22 @@ class _BitMixin:
     ste_clip = config_field("ste_clip", settable=True)
 
     def quantized_weight(self) -> torch.Tensor:
-        """The ternary weight ``q * s`` the layer computes with (gradient to the latent weight)."""
-        q = self.quant
-        return fake_quantize_weight_unchecked(self.weight, q.scale_op, q.pow2, q.ste, q.ste_clip)
+        """The ternary weight ``q * s`` the layer computes with (gradient to the latent weight).
+
+        Codes and scale are taken in float32 whatever the weight's dtype, as conversion takes them: a bf16 or fp16
+        mean of |W| rounds otherwise, and codes near the threshold would flip between the two."""
+        q, weight = self.quant, self.weight
+        if weight.dtype in (torch.float32, torch.float64):
+            return fake_quantize_weight_unchecked(weight, q.scale_op, q.pow2, q.ste, q.ste_clip)
+        quantized = fake_quantize_weight_unchecked(weight.float(), q.scale_op, q.pow2, q.ste, q.ste_clip)
+        return quantized.to(weight.dtype)
 
     def ternary_state(self, pow2: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes (int8) and per-channel scale ``[O]`` for conversion; ``pow2=True`` rounds the scale (a layer
         trained with power-of-two scales keeps them either way)."""
         q = self.quant.with_pow2(pow2)
-        codes, scale = ternary_quantize(self.weight.detach().float(), q.scale_op, q.pow2)
+        weight = self.weight.detach()  # in float32 at least, as quantized_weight takes it
+        codes, scale = ternary_quantize(weight.to(torch.promote_types(weight.dtype, torch.float32)), q.scale_op, q.pow2)
         return codes, scale.reshape(-1)
 
     def quant_kwargs(self) -> dict:

@@ -22,26 +22,61 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
     """Apply ``rule(name, module)`` to every submodule; where it returns a module, swap it in.
 
     Returns the (copied unless ``inplace``) model and the number of replacements. A replaced module's children are
-    not visited.
+    not visited. A module registered in several places (``nn.Sequential(conv, act, conv)``, or one block under two
+    parents) is replaced everywhere by one and the same new module, so what was shared stays shared; it counts
+    once. The forward hooks on a replaced module move to its replacement.
     """
     if not inplace:
         model = copy.deepcopy(model)
     root = rule("", model)
     if root is not None:
+        _carry_hooks(model, root, "the model")
         return root, 1
-    count = 0
+    replaced: dict[int, nn.Module] = {}  # id(old module) -> its replacement
+    visited = {id(model)}
     pending = [("", model)]
     while pending:
         prefix, parent = pending.pop()
-        for child_name, child in list(parent.named_children()):
+        # _modules, not named_children(): that lists a module registered twice in one parent only once
+        for child_name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             name = f"{prefix}.{child_name}" if prefix else child_name
+            if id(child) in replaced:
+                setattr(parent, child_name, replaced[id(child)])
+                continue
+            if id(child) in visited:
+                continue
             new = rule(name, child)
             if new is None:
+                visited.add(id(child))
                 pending.append((name, child))
             else:
+                _carry_hooks(child, new, name)
+                replaced[id(child)] = new
                 setattr(parent, child_name, new)
-                count += 1
-    return model, count
+    return model, len(replaced)
+
+
+# the forward hooks a module keeps, with the dicts that flag some of them (by hook id)
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called")
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module, name: str) -> None:
+    """Move ``old``'s forward hooks to ``new``; refuse the old-style weight and spectral norms, which are hooks that
+    recompute ``weight`` from parameters the replacement does not have."""
+    for hook in [*old._forward_pre_hooks.values(), *old._forward_hooks.values()]:
+        if type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
+            norm = type(hook).__name__
+            raise ValueError(f"{name or 'the model'} ({type(old).__name__}) carries torch.nn.utils's {norm}, whose "
+                             f"weight a ternary layer would not recompute: remove it first "
+                             f"(torch.nn.utils.remove_{'weight_norm' if norm == 'WeightNorm' else 'spectral_norm'}"
+                             f"(module)), or keep the layer in full precision (bitify's skip)")
+    for attr in _HOOK_DICTS:
+        hooks = getattr(old, attr, None)
+        if hooks:
+            getattr(new, attr).update(hooks)
 
 
 def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: bool = False,
@@ -125,8 +160,10 @@ def bitify(
     (``"classifier"``, ``"stem"``) keeps everything inside it, and one that names no module warns (a typo would
     otherwise make the layer ternary without a word). ``quant`` (a :class:`TernaryQuant`) or its
     fields as keywords (``scale_op='mean'``, ``act_bits=8``, ...) configure every layer. Subclasses of
-    ``nn.Conv2d`` with their own forward (timm's ``Conv2dSame``, for one) are left as they are, since a Bit layer
-    would drop that behaviour.
+    ``nn.Conv2d`` with their own forward (timm's ``Conv2dSame``, for one) and parametrized layers are left as they
+    are, since a Bit layer would drop that behaviour; a warning names them. A layer whose weight its parent reads
+    itself rather than calling the layer (torchvision's Swin attention reads ``qkv.weight``) would train in float
+    and convert to ternary: keep it in full precision with ``skip``.
     """
     skip = tuple(skip)
     settings = dict(quant=TernaryQuant.from_kwargs(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits,
@@ -140,6 +177,8 @@ def bitify(
         matched.update(hits)
         return bool(hits)
 
+    kept: list[str] = []  # convolutions and linear layers left in float though no skip pattern named them
+
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
         if name and skipped(name):
             return None
@@ -147,9 +186,19 @@ def bitify(
             return BitConv2d.from_float(module, **settings)
         if type(module) is nn.Linear:
             return BitLinear.from_float(module, **settings)
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, (BitConv2d, BitLinear)):
+            kept.append(f"{name} ({type(module).__name__})")
         return None
 
     converted, count = replace_modules(model, rule, inplace)
+    if kept:
+        warnings.warn(f"bitify: {len(kept)} layer{'s' * (len(kept) != 1)} kept in full precision: "
+                      f"{', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}. They are subclasses of nn.Conv2d or "
+                      "nn.Linear with a forward of their own (timm's Conv2dSame) or parametrized "
+                      "(torch.nn.utils.parametrize, parametrizations.weight_norm): a Bit layer would drop that "
+                      "behaviour. Name them in skip= to silence this, or remove the parametrization first "
+                      "(torch.nn.utils.parametrize.remove_parametrizations) to make them ternary", UserWarning,
+                      stacklevel=2)
     unmatched = [p for p in skip if p not in matched]
     if unmatched:
         names = [n for n, _ in model.named_modules() if n and "." not in n]

@@ -150,7 +150,8 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
     @classmethod
     def from_bit(cls, layer: BitConv2d, pow2: Optional[bool] = None) -> "TernaryConv2d":
         codes, scale = layer.ternary_state(pow2)
-        return cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2)).to(layer.weight.device)
+        converted = cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2))
+        return converted.to(layer.weight.device, layer.weight.dtype)  # a bf16 model's layers stay bf16
 
     @classmethod
     def from_codes(cls, like: nn.Conv2d, codes, scale: torch.Tensor, bias: Optional[torch.Tensor],
@@ -203,7 +204,8 @@ class TernaryLinear(_TernaryMixin, nn.Module):
     @classmethod
     def from_bit(cls, layer: BitLinear, pow2: Optional[bool] = None) -> "TernaryLinear":
         codes, scale = layer.ternary_state(pow2)
-        return cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2)).to(layer.weight.device)
+        converted = cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2))
+        return converted.to(layer.weight.device, layer.weight.dtype)  # a bf16 model's layers stay bf16
 
     @classmethod
     def from_codes(cls, like: nn.Linear, codes, scale: torch.Tensor, bias: Optional[torch.Tensor],
