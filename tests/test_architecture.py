@@ -10,7 +10,7 @@ import bitnetcnn
 PACKAGE = Path(bitnetcnn.__file__).parent
 
 # The ground floor: settings (where data and caches live) and the machine's description; any floor may read them.
-GROUND = {"settings", "machine", "normalization", "class_names", "quiet"}
+GROUND = {"settings", "machine", "normalization", "class_names", "quiet", "images"}
 # floor -> the floors it may import (itself and the ground floor included)
 ALLOWED = {
     "settings": set(),
@@ -18,6 +18,7 @@ ALLOWED = {
     "normalization": set(),
     "class_names": set(),
     "quiet": set(),
+    "images": set(),
     "quant": {"quant"},
     "nn": {"quant", "nn"},
     "models": {"quant", "nn", "models"},

@@ -111,6 +111,33 @@ def test_imagefolder_resizes(tmp_path):
     assert dm.train_split.images.shape == (2, 3, 16, 16) and dm.num_classes == 2
 
 
+def test_imagefolder_reads_a_picture_as_the_weights_transforms_do(tmp_path):
+    """An image folder's pictures reach training as `bitnetcnn predict` later shows them to the model: a wide one
+    centre-cropped (its side bars cut, not squashed in), a phone photo turned upright by its EXIF orientation."""
+    from bitnetcnn.preprocess import Preprocess
+
+    wide = np.zeros((30, 40, 3), dtype=np.uint8)
+    wide[:, :] = (200, 100, 50)
+    wide[:, :2] = wide[:, -2:] = (0, 255, 0)  # well outside the central 30x30 square
+    tall = np.zeros((40, 30, 3), dtype=np.uint8)
+    tall[:20] = (255, 255, 255)  # upright: white on top
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down: turn it 180 degrees to show it
+    for split in ("train", "val"):
+        for c in ("wide", "tall"):
+            (tmp_path / split / c).mkdir(parents=True)
+        Image.fromarray(wide).save(tmp_path / split / "wide" / "a.png")
+        Image.fromarray(tall).rotate(180).save(tmp_path / split / "tall" / "a.png", exif=exif)
+    split = get_dataset_spec("imagefolder", 16).reader(tmp_path, True, False)
+    by_class = {split.class_names[int(label)]: image for image, label in zip(split.images, split.labels)}
+    assert by_class["wide"][1].max() <= 100 + 2  # no green bar squashed in
+    assert by_class["tall"][:, :6].min() >= 250 and by_class["tall"][:, -6:].max() <= 5  # white on top
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    with Image.open(tmp_path / "train" / "wide" / "a.png") as opened:
+        shown = Preprocess((3, 16, 16), mean, std)(opened)
+    assert torch.equal(shown, normalize(by_class["wide"], mean, std))
+
+
 def test_imagefolder_numbers_the_classes_of_train_in_both_splits(tmp_path):
     """val/ without a class keeps the labels train/ gave the others (numbering its own folders would shift emu from
     2 to 1, and every score with it); a class of val/ that train/ lacks is refused; a run records the folders as the

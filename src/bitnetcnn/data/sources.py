@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bitnetcnn.images import fit_to_size, pil_to_pixels
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data set is missing: the message says where it was looked for and how to get it."""
@@ -144,13 +146,16 @@ def read_cifar100(root: Path, train: bool, download: bool) -> Split:
 
 
 def _load_rgb(path: Path, size: int) -> np.ndarray:
+    """An image file as ``(size, size, 3)`` uint8 pixels, read as a pretrained weight's ``transforms()`` reads a
+    picture (:mod:`bitnetcnn.images`: upright, centre-cropped, never squashed), so a model trained on an image
+    folder sees at training what ``bitnetcnn predict`` shows it later."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        pixels = pil_to_pixels(im, 3)
+    if pixels.is_floating_point():  # a 16-bit or float greyscale picture, in 0..1
+        pixels = pixels.mul(255).round().to(torch.uint8)
+    return fit_to_size(pixels, size, size).permute(1, 2, 0).numpy()
 
 
 def _stack(paths: list[Path], labels: list[int], size: int) -> Split:

@@ -1,0 +1,48 @@
+"""How a picture becomes the pixels a model reads, in one place for the image-folder data sets a model trains on
+and for a pretrained weight's ``transforms()``, so both see an image alike:
+
+- upright, by its EXIF orientation, as a viewer shows a phone photo (PIL's ``Image.open`` does not turn it);
+- in the model's channels; 16-bit and float greyscale rescaled to 0..1, not clipped as PIL's ``convert`` does;
+- fitted to the model's size as torchvision's presets do: the shorter side resized (bilinear, antialiased), the
+  centre cropped, so no image is squashed.
+
+A ground-floor module: it imports nothing of the package (PIL and torchvision when called).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Pillow's greyscale modes wider than 8 bits: 16-bit (PNG, TIFF) and 32-bit integers, and 32-bit floats
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def pil_to_pixels(image, channels: int) -> torch.Tensor:
+    """A PIL image as a ``(channels, H, W)`` tensor, upright: uint8 (0..255), or float in 0..1 for a wide greyscale
+    image (16-bit pixels 0..65535, floats 0..1; values outside those ranges are refused, not clipped)."""
+    from PIL import ImageOps
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode not in WIDE_GREY_MODES:
+        return pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+    import numpy as np
+
+    pixels = np.asarray(image).astype(np.float32)
+    top = 1.0 if image.mode == "F" else 65535.0
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if low < 0 or high > top:
+        read_as = "0..1 floats" if top == 1 else "16-bit pixels (0..65535)"
+        raise ValueError(f"a {image.mode!r} image is read as {read_as}; this one spans {low:g}..{high:g}: scale it "
+                         "to that range (or to 8 bits) first")
+    return torch.from_numpy(pixels / top)[None].expand(channels, -1, -1)
+
+
+def fit_to_size(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(..., C, H, W)`` images at ``height`` x ``width``: the shorter side resized to the smaller of the two, then
+    the centre cropped; images at that size already come back as they are."""
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    from torchvision.transforms.v2 import functional as F
+
+    return F.center_crop(F.resize(x, min(height, width), antialias=True), [height, width])
