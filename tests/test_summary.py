@@ -80,6 +80,21 @@ def test_full_precision_model_and_a_plain_torch_model():
     assert {r.name: r.macs for r in result.rows} == {"fc": 32, "Scaled": 0}
 
 
+def test_a_tied_weight_counts_once_and_its_layers_both_compute():
+    """``b.weight = a.weight`` ties two layers to one tensor: the parameters, memory and zero share count it once
+    (as ``model.parameters()`` does), the MACs count both layers' work."""
+    a, b = nn.Linear(8, 8), nn.Linear(8, 8)
+    b.weight = a.weight
+    result = bitnetcnn.summary(nn.Sequential(a, b), (8,), print_fn=None)
+    check_totals(result, 8 * 8 + 8 + 8)
+    assert [r.params for r in result.rows] == [72, 8] and result.macs == 2 * 64
+    bit = bitnetcnn.bitify(nn.Sequential(a, b))
+    bit[1].weight = bit[0].weight
+    result = bitnetcnn.summary(bit, (8,), print_fn=None)
+    check_totals(result, n_params(bit))
+    assert result.ternary_weights == 64 and result.packed_bytes == (64 * 2 + 8 * 32 + 2 * 8 * 32) / 8
+
+
 def test_summary_prints_a_table_and_leaves_the_model_as_it_was(bit_model):
     lines = []
     bit_model.train()

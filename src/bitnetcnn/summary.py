@@ -112,7 +112,10 @@ def summary(
     ``model.pretrained_cfg``, else the registry's for the architecture) through ``model`` in eval mode and tabulate
     it layer by layer; print the table unless ``print_fn`` is None.
 
-    Works on Bit models, converted (Ternary) models and plain float models. The model is left as it was.
+    Works on Bit models, converted (Ternary) models and plain float models. The model is left as it was. A weight
+    tied to another layer's counts once, as in ``model.parameters()``. MACs are those of convolution and linear
+    layers, per sample of dimension 0 (a layer fed a folded batch, or attention's functional products, are not
+    what they count).
     """
     if input_size is None:
         input_size = getattr(getattr(model, "pretrained_cfg", None), "input_size", None)
@@ -154,7 +157,8 @@ def summary(
 
     position = {name: i for i, (name, _) in enumerate(rows)}
     rows.sort(key=lambda item: (order.get(item[0], len(order)), position[item[0]]))
-    result = ModelSummary(tuple(_row(name, m, *calls[name]) for name, m in rows), input_size)
+    counted: set[int] = set()  # ids of the parameters earlier rows counted: a tied weight counts once
+    result = ModelSummary(tuple(_row(name, m, *calls[name], counted) for name, m in rows), input_size)
     if print_fn is not None:
         print_fn(str(result))
     return result
@@ -178,19 +182,30 @@ def _row_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return rows
 
 
-def _row(name: str, module: nn.Module, output_shape, macs: int) -> LayerSummary:
+def _row(name: str, module: nn.Module, output_shape, macs: int, counted: set[int]) -> LayerSummary:
+    """The row of ``module``. Parameters in ``counted`` (tied to an earlier row's: ``b.weight = a.weight``) are left
+    out of its counts, and its own go into ``counted``; MACs count every call, tied or not."""
     kind = type(module).__name__
+    is_layer = isinstance(module, LAYER_TYPES)
+    fresh = [p for p in module.parameters(recurse=is_layer) if id(p) not in counted]
+    counted.update(id(p) for p in fresh)
+
+    def own(tensor) -> bool:  # a converted layer's weight is a buffer: never tied
+        return tensor is not None and (not isinstance(tensor, nn.Parameter) or any(tensor is p for p in fresh))
+
+    weight_is_own = is_layer and own(module.weight)
     if isinstance(module, BIT_LAYERS + TERNARY_LAYERS):
         codes = module.codes() if isinstance(module, TERNARY_LAYERS) else module.ternary_state()[0]
-        weights, bias = codes.numel(), (module.bias.numel() if module.bias is not None else 0)
+        weights = codes.numel() if weight_is_own else 0
+        bias = module.bias.numel() if own(module.bias) else 0
         scale_bits = 8 if module.pow2 else FLOAT_BITS  # power-of-two scales are stored as int8 exponents
-        packed_bits = weights * PACKED_BITS + codes.shape[0] * scale_bits + bias * FLOAT_BITS
+        packed_bits = weights * PACKED_BITS + (codes.shape[0] * scale_bits if weights else 0) + bias * FLOAT_BITS
+        zeros = int((codes == 0).sum()) if weights else 0
         return LayerSummary(name, kind, output_shape, weights + bias, weights, PACKED_BITS, (weights + bias) * 4.0,
-                            packed_bits / 8, macs, weights, int((codes == 0).sum()))
-    is_layer = isinstance(module, LAYER_TYPES)
-    params = sum(p.numel() for p in module.parameters(recurse=is_layer))
-    weights = module.weight.numel() if is_layer else 0
-    zeros = int((module.weight == 0).sum()) if is_layer else 0
+                            packed_bits / 8, macs, weights, zeros)
+    params = sum(p.numel() for p in fresh)
+    weights = module.weight.numel() if weight_is_own else 0
+    zeros = int((module.weight == 0).sum()) if weight_is_own else 0
     return LayerSummary(name, kind, output_shape, params, 0, FLOAT_BITS if is_layer else None, params * 4.0,
                         params * 4.0, macs, weights, zeros)
 
