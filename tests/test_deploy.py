@@ -149,6 +149,38 @@ def test_compile_agrees_with_converted_model_on_mnist(mnist_model, deployed_plai
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
 
 
+def test_the_deployed_model_reads_uint8_images_as_calibration_does_and_refuses_unnormalized_floats(
+        mnist_model, deployed_plain, tmp_path):
+    """uint8 images were cast to float and run unnormalized (17% agreement); they are normalized with the model's
+    mean and std, as calibration normalizes them. Calibration pixels 0..255 passed as floats (8.8% agreement, no word)
+    are refused, and so are check images of an export."""
+    from bitnetcnn.deploy.calibration import normalize_images
+
+    models, _ = mnist_model
+    spec, split = _mnist_split(False)
+    pixels = split.images[:200]
+    normalized = normalize_images(pixels, spec.mean, spec.std)
+    assert torch.equal(deployed_plain(pixels), deployed_plain(normalized))
+    assert np.array_equal(deployed_plain.run_numpy(pixels.numpy()), deployed_plain.run_numpy(normalized.numpy()))
+    with pytest.raises(ValueError, match=r"calibration images span 0..255, .* pass uint8 images"):
+        compile(models["plain"], pixels.float())
+    with pytest.raises(ValueError, match=r"check_inputs span 0..255"):
+        export_onnx(models["plain"], tmp_path / "m.onnx", check_inputs=pixels.float())
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_model_without_weights_of_other_channels_than_its_registry_default_records_no_normalization():
+    """A 3-channel bitnet_cnn has no normalization of its own: the registry's is MNIST's one value, which the ONNX
+    metadata recorded and uint8 images were normalized with. None is known now: uint8 images are refused."""
+    from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
+
+    model = convert_to_ternary(create_model("bitnet_cnn", in_chans=3, img_size=32, width=4).eval())
+    assert input_normalization(model) is None
+    assert input_normalization(convert_to_ternary(create_model("bitnet_cnn", width=4).eval())) is not None
+    with pytest.raises(ValueError, match="uint8 images need the model's mean and std"):
+        compile(model, torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8))
+
+
 def test_compile_int8_graph_is_fused_and_weights_are_ternary_codes(mnist_model, deployed_plain):
     from onnx import numpy_helper
 

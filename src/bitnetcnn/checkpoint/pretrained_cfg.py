@@ -247,12 +247,17 @@ def model_pretrained_cfg(model: nn.Module) -> Optional[PretrainedCfg]:
 
 
 def input_normalization(model: nn.Module) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
-    """``(mean, std)`` the model's inputs are normalized with: its weights' own, else the registry's default."""
+    """``(mean, std)`` the model's inputs are normalized with: its weights' own, else the registry's default where
+    it has a value for each of the model's channels (a ``bitnet_cnn`` built for 3-channel images has none: MNIST's
+    one value would normalize its images wrongly)."""
     cfg = model_pretrained_cfg(model)
     if cfg is not None and cfg.mean is not None and cfg.std is not None:
         return cfg.mean, cfg.std
     config = getattr(model, "model_config", None)
-    return (tuple(config.mean), tuple(config.std)) if config is not None else None
+    if config is None:
+        return None
+    channels = getattr(model, "model_args", {}).get("in_chans", len(config.mean))
+    return (tuple(config.mean), tuple(config.std)) if len(config.mean) == channels else None
 
 
 def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple[int, int, int]:

@@ -11,7 +11,7 @@ from torch import nn
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
 from bitnetcnn.normalization import normalize
 
-__all__ = ["as_batches", "dataset_for", "dataset_images", "model_inputs", "normalize_images"]
+__all__ = ["as_batches", "check_normalized", "dataset_for", "dataset_images", "model_inputs", "normalize_images"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
@@ -27,11 +27,28 @@ def _model_stats(model: Optional[nn.Module]):
     return stats
 
 
-def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = 64) -> List[np.ndarray]:
+def check_normalized(x: torch.Tensor, mean, std, what: str = "inputs") -> None:
+    """Refuse float images far outside what normalization with ``mean`` and ``std`` gives pixels in 0..1 (pixels
+    0..255 passed as floats, say): the model would see other images than it was trained on, and say nothing."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return
+    low = min(-m / s for m, s in zip(mean, std))
+    high = max((1 - m) / s for m, s in zip(mean, std))
+    margin = 2 * (high - low)  # noise and augmentation stay well inside it
+    seen_low, seen_high = float(x.min()), float(x.max())
+    if seen_low < low - margin or seen_high > high + margin:
+        raise ValueError(f"{what} span {seen_low:.4g}..{seen_high:.4g}, but the model's inputs, pixels in 0..1 "
+                         f"normalized with mean {tuple(mean)} and std {tuple(std)}, span {low:.3g}..{high:.3g}: pass "
+                         "uint8 images (0..255, normalized here) or images normalized as the model was trained")
+
+
+def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = 64,
+               what: str = "calibration images") -> List[np.ndarray]:
     """Float32 ``(N, C, H, W)`` arrays from a tensor of model inputs or an iterable of batches.
 
     A batch may be a tensor, an array, or a ``(inputs, labels)`` pair as data loaders yield. uint8 images are
-    normalized with the model's mean and std.
+    normalized with the model's mean and std; float images far outside what that normalization gives are refused
+    (``what`` names them in the error).
     """
     if isinstance(calibration, (torch.Tensor, np.ndarray)):
         items = [calibration]
@@ -45,6 +62,8 @@ def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batc
         x = torch.as_tensor(item)
         if x.dtype == torch.uint8:
             x = normalize_images(x, *_model_stats(model))
+        elif model is not None and input_normalization(model) is not None:
+            check_normalized(x, *input_normalization(model), what=what)
         if x.dim() != 4:
             raise ValueError(f"calibration inputs must be (N, C, H, W), got shape {tuple(x.shape)}")
         x = x.detach().to("cpu", torch.float32)

@@ -10,7 +10,7 @@ from torch import nn
 
 from bitnetcnn.deploy.backends import choose_backend, make_runner, measure_backends, pick_faster
 from bitnetcnn.deploy.calibration import Calibration, as_batches
-from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of
 from bitnetcnn.deploy.checks import check_deployable
 from bitnetcnn.deploy.fold import fold_batchnorm
 from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION, quantize_int8, quantizer_scales, ranges_are_the_models
@@ -99,4 +99,5 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
         name, reason = pick_faster(timings)
         runner = runners[name]
         info["backend_timings_ms"] = {k: {str(bs): round(ms, 3) for bs, ms in v.items()} for k, v in timings.items()}
-    return DeployedModel(graph, threads=threads, info=info, backend=name, backend_reason=reason, runner=runner)
+    return DeployedModel(graph, threads=threads, info=info, backend=name, backend_reason=reason, runner=runner,
+                         normalization=input_normalization(model))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from bitnetcnn.deploy.backends import make_runner, make_session
+from bitnetcnn.normalization import normalize
 
 __all__ = ["DeployedModel", "make_session"]
 
@@ -26,8 +27,10 @@ class DeployedModel:
     """
 
     def __init__(self, onnx_model, threads: Optional[int] = None, info: Optional[dict] = None,
-                 backend: str = "onnxruntime", backend_reason: str = "asked for", runner=None) -> None:
+                 backend: str = "onnxruntime", backend_reason: str = "asked for", runner=None,
+                 normalization: Optional[tuple] = None) -> None:
         self.onnx_model = onnx_model
+        self.normalization = normalization  # (mean, std) that uint8 images are normalized with, as in calibration
         self._bytes = onnx_model.SerializeToString()
         self.threads = int(threads or torch.get_num_threads())
         self.runner = runner if runner is not None else make_runner(backend, self._bytes, self.threads)
@@ -38,12 +41,23 @@ class DeployedModel:
         self.info.update(backend=self.backend, backend_version=self.runner.version, backend_reason=backend_reason)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        """Logits of normalized float images, or of uint8 images (0..255), normalized first as calibration does."""
+        array = np.ascontiguousarray(self._normalized(x.detach().to("cpu")).to(torch.float32).numpy())
         return torch.from_numpy(self.runner.run(array)).to(x.device)
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
         """The same call without torch conversions (what a serving process would do)."""
+        if x.dtype == np.uint8:
+            x = self._normalized(torch.from_numpy(x)).numpy()
         return self.runner.run(x)
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return x
+        if self.normalization is None:
+            raise ValueError("uint8 images need the model's mean and std, which this deployed model was not given: "
+                             "pass normalized float images")
+        return normalize(x, *self.normalization)
 
     def eval(self) -> "DeployedModel":
         return self  # already an inference-only object; lets code written for nn.Module call .eval()
