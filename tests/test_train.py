@@ -61,11 +61,12 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
         batch_size=256, optimizer="sgd", lr=0.15, wd=1e-05, momentum=0.8, warmup_epochs=1, label_smoothing=0.1,
         mixup=0.2, cutmix=1.0, rotate=0.0, zoom=0.05, elastic=3.5, ema=0.998, scale_op="mean", pow2=True,
         act_bits=8, fp_ends=True, model_kwargs={"act": "silu", "width_mult": 1.4}, num_classes=100, img_size=32,
-        eval_ternary=False, val_every=4, compile=True, save_every=0.0, time_budget=8.0, kd=True,
+        eval_ternary=False, val_every=4, save_every=0.0, time_budget=8.0, kd=True,
         teacher=["runs/a b/t.bnc", "-t2.bnc"], kd_alpha=0.7, kd_temperature=2.0, kd_hints=0.5, init="-i.bnc",
         amp=True, channels_last=False, accelerator="cpu", devices="2", num_nodes=2, strategy="ddp", seed=3,
         limit_train=100, limit_eval=50, progress=False)
-    teacher = TrainSettings(quant="fp", epochs=3)  # --quant fp refuses the ternary layers' flags
+    # --quant fp refuses the ternary layers' flags; --compile is refused with --kd-hints
+    teacher = TrainSettings(quant="fp", epochs=3, compile=True)
     changed = set(every.changed()) | set(teacher.changed())
     assert changed == {f.name for f in dataclasses.fields(TrainSettings)}  # a new field joins here
     settings = [TrainSettings(), every, teacher, TrainSettings(channels_last=True, pow2=1)]
@@ -81,6 +82,10 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
     (["--momentum", "0.8"], "--momentum 0.8 is SGD's: --optimizer adamw does not use it"),
     (["--kd-temperature", "2"], "--kd-temperature shape distillation, which needs --kd"),
     (["--quant", "fp", "--act-bits", "8", "--pow2"], "--quant fp trains full-precision layers, so --pow2 and --act-bits"),
+    (["--quant", "fp", "--fp-ends"], "--quant fp trains full-precision layers, so --fp-ends would not be used"),
+    (["--kd", "--teacher", "t.bnc", "--kd-alpha", "0"], "--kd-alpha 0 without --kd-hints leaves the teacher out"),
+    (["--kd", "--teacher", "t.bnc", "--kd-hints", "1", "--compile"], "--kd-hints reads the student's features outside"),
+    (["--epochs", "2", "--warmup-epochs", "4"], "--warmup-epochs 4 of a 2-epoch run: the learning rate would never"),
 ])
 def test_flags_the_run_would_leave_unused_are_refused(capsys, flags, message):
     _one_line_error(capsys, ["train", "--no-progress", *flags], message)

@@ -149,11 +149,21 @@ class TrainSettings:
                                     "add them, or leave the flags out")
         if self.quant == "fp":
             given = [flag for flag, changed in (("--scale-op", self.scale_op != default.scale_op),
-                                                ("--pow2", bool(self.pow2)), ("--act-bits", bool(self.act_bits)))
+                                                ("--pow2", bool(self.pow2)), ("--act-bits", bool(self.act_bits)),
+                                                ("--fp-ends", bool(self.fp_ends)))
                      if changed]
             if given:
                 raise SettingsError(f"--quant fp trains full-precision layers, so {' and '.join(given)} would not be "
                                     "used: leave them out, or train a ternary model")
+        if self.kd and self.kd_alpha == 0 and self.kd_hints == 0:
+            raise SettingsError("--kd-alpha 0 without --kd-hints leaves the teacher out of the loss (plain cross-"
+                                "entropy): give --kd-alpha above 0 or --kd-hints, or leave --kd out")
+        if self.compile and self.kd_hints > 0:
+            raise SettingsError("--kd-hints reads the student's features outside its compiled forward, so --compile "
+                                "would not be used: leave one of them out")
+        if self.warmup_epochs >= self.epochs:
+            raise SettingsError(f"--warmup-epochs {self.warmup_epochs:g} of a {self.epochs}-epoch run: the learning "
+                                "rate would never reach its peak, nor decay; give fewer warm-up epochs than --epochs")
 
     def validate(self) -> None:
         """Refuse, with one line each, values that would crash later or train something other than asked."""
