@@ -587,8 +587,24 @@ def test_the_main_command_prints_only_what_a_user_needs(tmp_path):
     assert done.stderr == ""
     lines = [line for line in done.stdout.splitlines() if line]
     assert lines[0].startswith("epoch 0 (epochs 0-0)  lr ")  # --no-progress: a line an epoch instead of the bar
-    assert [line.split(":")[0] for line in lines[1:]] == ["run folder", "best ternary test accuracy", "ternary model",
-                                                          "plot", "metrics", "results"], done.stdout
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "run folder", "best ternary test accuracy on 64 test images (--limit-eval)", "ternary model", "plot", "metrics",
+        "results"], done.stdout
+
+
+def test_a_run_says_what_its_figures_measured_and_a_bit_model_is_not_called_ternary(tmp_path, capsys):
+    """results.json and a converted last.ckpt record how many test images the accuracy counts (a --limit-eval run
+    measured a subset); a --no-eval-ternary run keeps its best Bit model and gives no ternary figure for it."""
+    from bitnetcnn.train.evaluate import convert_file
+
+    results = train(TrainSettings(out=str(tmp_path / "subset"), epochs=1, **QUICK))
+    assert results["test_images"] == 128
+    converted = load_checkpoint(convert_file(str(tmp_path / "subset" / "last.ckpt")))
+    assert converted.pretrained_cfg.test_images == 128
+    capsys.readouterr()
+    results = train(TrainSettings(out=str(tmp_path / "bit"), epochs=1, eval_ternary=False, **QUICK))
+    assert results["best_ternary_acc"] is None and results["best_float_acc"] is not None
+    assert "best Bit-model test accuracy on 128 test images (--limit-eval)" in capsys.readouterr().out
 
 
 def _cli(*args: str) -> list[str]:

@@ -364,11 +364,14 @@ class RunRecorder(L.Callback):
     @rank_zero_only
     def _write_results(self, trainer: L.Trainer, checksums: list[float]) -> None:
         size = self.model_path.stat().st_size if self.model_path.exists() else None
+        # without --eval-ternary the best model is the best Bit model, scored as such: no ternary figure
+        ternary_scored = getattr(trainer.lightning_module, "eval_ternary", True)
         results = {
             "float_acc": self._final(trainer, "val_acc"),
             "ternary_acc": self._final(trainer, "ternary_acc"),
             "best_float_acc": self.best_float if self.best_float >= 0 else None,
-            "best_ternary_acc": self.best_ternary if self.best_ternary >= 0 else None,
+            "best_ternary_acc": self.best_ternary if self.best_ternary >= 0 and ternary_scored else None,
+            "test_images": self.metadata.get("test_images"),  # what the figures were measured on (--limit-eval)
             "epochs": trainer.current_epoch,
             "step": trainer.global_step,  # tells whether a last.ckpt is the model these figures measured
             "model_file": self.model_path.name if size else None,

@@ -165,6 +165,7 @@ def _run_metadata(run: Path, pow2: bool, step: Optional[int]) -> dict:
             meta["accuracy"] = results.get("ternary_acc")
             meta["float_eval"] = {"top1": results.get("float_acc")}
             meta["ternary_eval"] = {"top1": results.get("ternary_acc")}
+            meta["test_images"] = results.get("test_images")  # a run with --limit-eval measured fewer
     return {k: v for k, v in meta.items() if v is not None}
 
 

@@ -308,10 +308,14 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if trainer.is_global_zero:
-        acc = results.get("best_ternary_acc")
+        acc, images = results.get("best_ternary_acc"), results.get("test_images")
+        on = f" on {images:,} test images{' (--limit-eval)' if s.limit_eval else ''}" if images else ""
         print(f"\nrun folder: {out}")
         if acc is not None:
-            print(f"best ternary test accuracy: {100 * acc:.2f}%")
+            print(f"best ternary test accuracy{on}: {100 * acc:.2f}%")
+        elif results.get("best_float_acc") is not None:  # --no-eval-ternary: the Bit model was scored, and kept
+            print(f"best Bit-model test accuracy{on}: {100 * results['best_float_acc']:.2f}% (--no-eval-ternary: "
+                  "the converted model was not evaluated)")
         print(f"ternary model: {out / recorder.model_path.name}")
         print(f"plot: {recorder.plot_path}\nmetrics: {recorder.csv_path}\nresults: {results_path}")
     return results
