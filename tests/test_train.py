@@ -607,6 +607,26 @@ def test_a_run_says_what_its_figures_measured_and_a_bit_model_is_not_called_tern
     assert "best Bit-model test accuracy on 128 test images (--limit-eval)" in capsys.readouterr().out
 
 
+def test_an_image_folders_size_reaches_the_model(tmp_path):
+    """--img-size 96 sized the images but not the model, which kept the 32-px stem (stride 1, no max-pool) its
+    builder chooses by img_size; the run now builds the model for the data's size, which --model-kwargs may not
+    contradict."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (100, 100), (10, 20, 30)).save(tmp_path / split / c / "a.png")
+    _, module = build(TrainSettings(model="bit_resnet18", dataset="imagefolder", data_dir=str(tmp_path), img_size=96,
+                                    batch_size=1))
+    assert module.model.model_args["img_size"] == 96
+    _, small = build(TrainSettings(model="bit_resnet18", dataset="imagefolder", data_dir=str(tmp_path), img_size=32,
+                                   batch_size=1))
+    assert module.model.stem.conv.kernel_size != small.model.stem.conv.kernel_size  # the ImageNet stem at 96 px
+    with pytest.raises(SettingsError, match="--model-kwargs sets img_size, which the run takes from the data set"):
+        TrainSettings(model_kwargs={"img_size": 64})
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "bitnetcnn", "train", "--no-progress", *args]
 

@@ -129,8 +129,9 @@ def build(s: TrainSettings, resume: bool = False):
         raise SettingsError(f"--num-classes {s.num_classes} but data set {s.dataset!r} has {num_classes} classes")
     channels_last = _channels_last(s)
     q = s.weight_quant
+    # img_size: the stem a builder chooses (an image folder's --img-size above 64 px gets the ImageNet stem)
     model_kwargs = dict(quant=s.quant, scale_op=q.scale_op, pow2=q.pow2, act_bits=q.act_bits, fp_ends=s.fp_ends,
-                        **s.model_kwargs)
+                        img_size=spec.img_size, **s.model_kwargs)
     lr = s.lr if s.lr is not None else DEFAULT_LR[s.optimizer]
     module = BitClassifier(
         s.model, num_classes, spec.in_chans, model_kwargs, optimizer=s.optimizer, lr=lr, weight_decay=s.wd,
