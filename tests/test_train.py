@@ -627,6 +627,24 @@ def test_an_image_folders_size_reaches_the_model(tmp_path):
         TrainSettings(model_kwargs={"img_size": 64})
 
 
+def test_a_resume_refuses_image_folders_of_other_classes(tmp_path):
+    """--resume --data-dir OTHER went on training the same outputs on other folders' labels, without a word."""
+    from PIL import Image
+
+    for root, classes in (("a", ("cat", "dog")), ("b", ("ant", "bee"))):
+        for split in ("train", "val"):
+            for c in classes:
+                (tmp_path / root / split / c).mkdir(parents=True)
+                for k in range(4):
+                    Image.new("RGB", (16, 16), (10 * k, 20, 30)).save(tmp_path / root / split / c / f"{k}.png")
+    run = str(tmp_path / "run")
+    train(TrainSettings(out=run, dataset="imagefolder", data_dir=str(tmp_path / "a"), img_size=16, epochs=1,
+                        batch_size=4, progress=False))
+    with pytest.raises(SettingsError, match=r"trained on the classes cat, dog .* but the data has ant, bee"):
+        train(TrainSettings(out=run, epochs=2, data_dir=str(tmp_path / "b"), progress=False), resume=True,
+              given={"out", "epochs", "data_dir"})
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "bitnetcnn", "train", "--no-progress", *args]
 

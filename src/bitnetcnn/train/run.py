@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
+from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.data.datamodule import ImageDataModule
@@ -225,6 +226,19 @@ def _check_shares(data: ImageDataModule, batch_size: int, processes: int) -> Non
                             "processes that validate a share each: raise --limit-eval (or use fewer devices)")
 
 
+def _check_resumed_classes(out: Path, class_names) -> None:
+    """A resumed run reads the classes it trained on (an image folder's, given again with --data-dir): other folders
+    would go on training the same outputs under other labels."""
+    best = out / "best_ternary.bnc"
+    header = native_header(best) if class_names is not None and best.is_file() else None
+    trained = (header or {}).get("class_names")
+    if trained and list(trained) != list(class_names):
+        raise SettingsError(f"--resume: the run trained on the classes {', '.join(trained[:5])}"
+                            f"{', ...' if len(trained) > 5 else ''} ({best}), but the data has "
+                            f"{', '.join(list(class_names)[:5])}{', ...' if len(class_names) > 5 else ''}: give "
+                            "--data-dir the folders the run trained on")
+
+
 def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
           given: Optional[set[str]] = None) -> dict:
     """Train, validate each epoch (Bit and ternary), keep the best ternary model; returns results.json's content.
@@ -260,6 +274,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if resume:
         record = read_resume_record(last)
         module.check_resumed_teacher(record, last)  # before args.json records a teacher given in its place
+        _check_resumed_classes(out, data.class_names)
     command = command or s.as_command()
     metadata = {"dataset": s.dataset, **data.spec.input_metadata()}
     if data.class_names is not None:  # the spec's, or an image folder's (its folders)
