@@ -379,6 +379,24 @@ def test_init_fine_tunes_a_trained_model_and_may_add_8bit_activations(tmp_path):
         build(TrainSettings(init=str(tmp_path / "w16.bnc"), **QUICK))
 
 
+def test_init_with_other_activation_bits_keeps_each_quantizers_range(tmp_path):
+    """An 8-bit checkpoint fine-tuned with --act-bits 4: its scales are 8-bit steps, which on a 4-bit grid clip at
+    7/127 of the range the model saw. Each starts at the step that keeps its range."""
+    from bitnetcnn.train.run import build
+
+    source = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, act_bits=8)
+    quantizers = [m for m in source.modules() if isinstance(m, ActQuantizer)]
+    with torch.no_grad():
+        for k, m in enumerate(quantizers):
+            m.running_scale.fill_(0.01 * (k + 1))
+    bitnetcnn.save_checkpoint(source, tmp_path / "a8.bnc", {})
+    _, module = build(TrainSettings(init=str(tmp_path / "a8.bnc"), act_bits=4, **QUICK))
+    loaded = [m for m in module.model.modules() if isinstance(m, ActQuantizer)]
+    assert [m.bits for m in loaded] == [4] * len(quantizers)
+    for mine, theirs in zip(loaded, quantizers):
+        assert float(mine.running_scale) * 7 == pytest.approx(float(theirs.running_scale) * 127, rel=1e-6)
+
+
 def test_init_refuses_a_checkpoint_whose_architecture_arguments_differ_with_the_same_shapes(tmp_path):
     """A ReLU checkpoint has the tensors of the default SiLU model: without the check it would load silently."""
     from bitnetcnn.train.run import build

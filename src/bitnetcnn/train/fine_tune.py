@@ -14,6 +14,7 @@ from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
 from bitnetcnn.nn import BIT_LAYERS, ActQuantizer
+from bitnetcnn.quant.activation import act_qmax
 from bitnetcnn.train.settings import SettingsError
 
 
@@ -78,6 +79,18 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
     if missing or result.unexpected_keys:
         raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing[:5]}, "
                             f"unexpected {result.unexpected_keys[:5]}")
+    _rescale_to_own_bits(model, source)
+
+
+def _rescale_to_own_bits(model: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Activation scales loaded from quantizers of other bits (``--init`` of an 8-bit checkpoint with
+    ``--act-bits 4``) are steps of another grid: an 8-bit step on a 4-bit grid clips at a sixteenth of the range
+    the model saw. Each is rescaled to keep its range (``absmax = step * qmax``)."""
+    theirs = {name: m.bits for name, m in source.named_modules() if isinstance(m, ActQuantizer)}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, ActQuantizer) and theirs.get(name, m.bits) != m.bits:
+                m.running_scale.mul_(act_qmax(theirs[name]) / act_qmax(m.bits))
 
 
 def init_metadata(path: str) -> dict:
