@@ -474,6 +474,28 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     assert "vs fp32" in capsys.readouterr().out
 
 
+def test_bench_refuses_more_threads_than_cpus_and_skips_what_a_float_model_lacks(tmp_path, capsys, monkeypatch):
+    """OpenVINO caps its threads at the CPUs this process may use, PyTorch and onnxruntime do not: a --threads above
+    them compared unlike runs. A float checkpoint has no Bit or ternary form: those rows timed the float model again."""
+    import json
+
+    import bitnetcnn.deploy.bench as bench_module
+    from bitnetcnn import save_checkpoint
+    from bitnetcnn.cli import main
+
+    monkeypatch.setattr(bench_module, "usable_cores", lambda: 2)
+    assert main(["bench", "bitnet_cnn", "--threads", "3", "--budget", "0"]) == 2
+    assert "--threads 3, but this process may use 2 CPUs" in capsys.readouterr().err
+    path = save_checkpoint(create_model("bitnet_cnn", width=4, quant="fp").eval(), tmp_path / "fp.bnc",
+                           {"dataset": "mnist"})
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(path), "--batch-sizes", "1", "--budget", "0", "--threads", "1", "--variants",
+                 "bit_eval", "ternary", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"][0]["variants"]) == {"fp32_eager"}
+    assert any("bit_eval and ternary skipped" in note for note in report["notes"])
+
+
 def test_cli_bench_deploys_an_act8_model_as_compile_does(tmp_path):
     """``bench`` times the graph ``compile(model)`` builds: an 8-bit-activation model from its own scales (no
     calibration), and it names onnxruntime as "auto"'s choice for it, as compile makes it."""

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from bitnetcnn.machine import usable_cores
 from bitnetcnn.models.layers import QUANT_MODES
 from bitnetcnn.quant import ACT_BITS, DEFAULT_QUANT, SCALE_OPS
 from bitnetcnn.train.schedule import DEFAULT_LR
@@ -258,7 +259,8 @@ def _add_bench(sub) -> None:
                        epilog="example: bitnetcnn bench bit_resnet18 --batch-sizes 1 128 --json bench.json")
     p.add_argument("model", help="registry name, checkpoint or published weight (bitnet_resnet18)")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 128])
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=min(2, usable_cores()),
+                   help="threads of every variant (default 2, or the CPUs this process may use where fewer)")
     p.add_argument("--calibrate", type=positive_int, default=256, metavar="N",
                    help="calibration images for the int8 path (a model with 8-bit activations uses its own scales)")
     p.add_argument("--data-dir")

@@ -51,8 +51,16 @@ def cpu_info() -> dict:
     flags: Optional[Dict[str, bool]] = None
     if raw is not None:
         flags = {name: any(f in raw for f in aliases) for name, aliases in RELEVANT_FLAGS.items()}
-    return {"model": parsed["model"] or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    return {"model": parsed["model"] or platform.processor() or platform.machine(), "cores": usable_cores(),
             "flags": flags}
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity: a container or ``taskset`` limits it below the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def format_cpu(info: Optional[dict] = None) -> str:

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+from bitnetcnn.machine import usable_cores
+from bitnetcnn.nn import TERNARY_LAYERS
 
 __all__ = ["VARIANTS", "bench", "format_report", "model_bytes"]
 
@@ -176,6 +178,11 @@ def bench(
     unknown = set(expanded) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}: choose from {', '.join([*VARIANTS, *ALIASES])}")
+    cores = usable_cores()
+    if threads > cores:
+        raise ValueError(f"--threads {threads}, but this process may use {cores} CPU{'s' * (cores != 1)}: OpenVINO "
+                         f"caps itself at {cores} while PyTorch and onnxruntime would run {threads} threads on them, "
+                         f"so the ratios would compare unlike runs; give --threads {cores} or fewer")
     notes = []
     if "deploy_openvino" in expanded and not openvino_status()[0]:
         expanded.remove("deploy_openvino")
@@ -190,6 +197,12 @@ def bench(
         source = load_model(spec, num_classes=num_classes, model_kwargs=model_kwargs)
         converted = source.converted()
         size = input_size_of(converted)
+        if not any(isinstance(m, TERNARY_LAYERS) for m in converted.modules()):  # a float (--quant fp) model
+            dropped = [k for k in ("bit_eval", "ternary") if k in variants]
+            variants = tuple(k for k in variants if k not in dropped)
+            if dropped:
+                notes.append(f"{' and '.join(dropped)} skipped: {source.label} has no ternary layers, so they would "
+                             "time the float model again")
         models: Dict[str, object] = {"fp32_eager": source.float_twin()}
         if "bit_eval" in variants:
             models["bit_eval"] = source.bit()
