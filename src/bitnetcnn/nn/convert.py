@@ -32,7 +32,7 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
     if root is not None:
         _carry_hooks(model, root, "the model")
         return root, 1
-    replaced: dict[int, nn.Module] = {}  # id(old module) -> its replacement
+    replaced: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(old) -> (old, kept alive so no id is reused; new)
     visited = {id(model)}
     pending = [("", model)]
     while pending:
@@ -43,7 +43,7 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
                 continue
             name = f"{prefix}.{child_name}" if prefix else child_name
             if id(child) in replaced:
-                setattr(parent, child_name, replaced[id(child)])
+                setattr(parent, child_name, replaced[id(child)][1])
                 continue
             if id(child) in visited:
                 continue
@@ -53,7 +53,7 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
                 pending.append((name, child))
             else:
                 _carry_hooks(child, new, name)
-                replaced[id(child)] = new
+                replaced[id(child)] = (child, new)
                 setattr(parent, child_name, new)
     return model, len(replaced)
 
