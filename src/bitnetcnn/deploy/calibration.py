@@ -19,14 +19,6 @@ Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 normalize_images = normalize  # the ground floor's: one normalization for training, evaluation and deployment
 
 
-def _model_stats(model: Optional[nn.Module]):
-    stats = input_normalization(model) if model is not None else None
-    if stats is None:
-        raise ValueError("uint8 images need the model's mean and std (model.pretrained_cfg or model.model_config); "
-                         "pass normalized floats")
-    return stats
-
-
 def check_normalized(x: torch.Tensor, mean, std, what: str = "inputs") -> None:
     """Refuse float images far outside what normalization with ``mean`` and ``std`` gives pixels in 0..1 (pixels
     0..255 passed as floats, say): the model would see other images than it was trained on, and say nothing."""
@@ -55,15 +47,19 @@ def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batc
         split = True
     else:
         items, split = calibration, False
+    stats = input_normalization(model) if model is not None else None
     batches = []
     for item in items:
         if isinstance(item, (tuple, list)):
             item = item[0]
         x = torch.as_tensor(item)
         if x.dtype == torch.uint8:
-            x = normalize_images(x, *_model_stats(model))
-        elif model is not None and input_normalization(model) is not None:
-            check_normalized(x, *input_normalization(model), what=what)
+            if stats is None:
+                raise ValueError("uint8 images need the model's mean and std (model.pretrained_cfg or "
+                                 "model.model_config); pass normalized floats")
+            x = normalize_images(x, *stats)
+        elif stats is not None:
+            check_normalized(x, *stats, what=what)
         if x.dim() != 4:
             raise ValueError(f"calibration inputs must be (N, C, H, W), got shape {tuple(x.shape)}")
         x = x.detach().to("cpu", torch.float32)

@@ -25,6 +25,12 @@ def config_field(name: str, settable: bool = False) -> property:
     return property(get, set if settable else None, doc=f"``self.quant.{name}``")
 
 
+def _at_least_float32(weight: torch.Tensor) -> torch.Tensor:
+    """The weight in the dtype its codes and scale are taken in, for training and conversion alike: bf16 and fp16
+    are widened (their mean of |W| rounds), float32 and float64 stay."""
+    return weight.to(torch.promote_types(weight.dtype, torch.float32))
+
+
 class _BitMixin:
     """What BitConv2d and BitLinear share: the quantization config and the fake-quantized weight."""
 
@@ -47,17 +53,14 @@ class _BitMixin:
         Codes and scale are taken in float32 whatever the weight's dtype, as conversion takes them: a bf16 or fp16
         mean of |W| rounds otherwise, and codes near the threshold would flip between the two."""
         q, weight = self.quant, self.weight
-        if weight.dtype in (torch.float32, torch.float64):
-            return fake_quantize_weight_unchecked(weight, q.scale_op, q.pow2, q.ste, q.ste_clip)
-        quantized = fake_quantize_weight_unchecked(weight.float(), q.scale_op, q.pow2, q.ste, q.ste_clip)
-        return quantized.to(weight.dtype)
+        quantized = fake_quantize_weight_unchecked(_at_least_float32(weight), q.scale_op, q.pow2, q.ste, q.ste_clip)
+        return quantized.to(weight.dtype)  # a no-op for float32 and float64 weights
 
     def ternary_state(self, pow2: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes (int8) and per-channel scale ``[O]`` for conversion; ``pow2=True`` rounds the scale (a layer
         trained with power-of-two scales keeps them either way)."""
         q = self.quant.with_pow2(pow2)
-        weight = self.weight.detach()  # in float32 at least, as quantized_weight takes it
-        codes, scale = ternary_quantize(weight.to(torch.promote_types(weight.dtype, torch.float32)), q.scale_op, q.pow2)
+        codes, scale = ternary_quantize(_at_least_float32(self.weight.detach()), q.scale_op, q.pow2)
         return codes, scale.reshape(-1)
 
     def quant_kwargs(self) -> dict:

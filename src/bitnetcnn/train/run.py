@@ -30,6 +30,7 @@ from bitnetcnn.nn import BIT_LAYERS
 from bitnetcnn.quiet import quiet_loggers
 from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHint, RunRecorder, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
+from bitnetcnn.train.evaluate import few_names
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_processes, default_out,
@@ -233,10 +234,8 @@ def _check_resumed_classes(out: Path, class_names) -> None:
     header = native_header(best) if class_names is not None and best.is_file() else None
     trained = (header or {}).get("class_names")
     if trained and list(trained) != list(class_names):
-        raise SettingsError(f"--resume: the run trained on the classes {', '.join(trained[:5])}"
-                            f"{', ...' if len(trained) > 5 else ''} ({best}), but the data has "
-                            f"{', '.join(list(class_names)[:5])}{', ...' if len(class_names) > 5 else ''}: give "
-                            "--data-dir the folders the run trained on")
+        raise SettingsError(f"--resume: the run trained on the classes {few_names(trained)} ({best}), but the data "
+                            f"has {few_names(list(class_names))}: give --data-dir the folders the run trained on")
 
 
 def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
