@@ -79,6 +79,14 @@ class _TernaryMixin:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.refresh_weight()
 
+    @classmethod
+    def from_bit(cls, layer: nn.Module, pow2: Optional[bool] = None):
+        """The inference twin of a Bit layer: its codes and scale (power-of-two when ``pow2``, else as the layer
+        is configured), its bias and a copy of its activation quantizer, in the layer's dtype and device."""
+        codes, scale = layer.ternary_state(pow2)
+        converted = cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2))
+        return converted.to(layer.weight.device, layer.weight.dtype)  # a bf16 model's layers stay bf16
+
     def _ternary_repr(self) -> str:
         return f", scale_op={self.scale_op}" + (", pow2=True" if self.pow2 else "")
 
@@ -148,12 +156,6 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         return s + self._ternary_repr()
 
     @classmethod
-    def from_bit(cls, layer: BitConv2d, pow2: Optional[bool] = None) -> "TernaryConv2d":
-        codes, scale = layer.ternary_state(pow2)
-        converted = cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2))
-        return converted.to(layer.weight.device, layer.weight.dtype)  # a bf16 model's layers stay bf16
-
-    @classmethod
     def from_codes(cls, like: nn.Conv2d, codes, scale: torch.Tensor, bias: Optional[torch.Tensor],
                    quant: TernaryQuant) -> "TernaryConv2d":
         """The layer that takes the place of ``like`` (a Bit or float convolution, possibly on the meta device:
@@ -200,12 +202,6 @@ class TernaryLinear(_TernaryMixin, nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}" + (
             self._ternary_repr()
         )
-
-    @classmethod
-    def from_bit(cls, layer: BitLinear, pow2: Optional[bool] = None) -> "TernaryLinear":
-        codes, scale = layer.ternary_state(pow2)
-        converted = cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2))
-        return converted.to(layer.weight.device, layer.weight.dtype)  # a bf16 model's layers stay bf16
 
     @classmethod
     def from_codes(cls, like: nn.Linear, codes, scale: torch.Tensor, bias: Optional[torch.Tensor],
