@@ -382,3 +382,102 @@ def test_the_catalog_normalizes_each_data_set_as_checkpoints_record_it():
     assert set(BY_DATASET) == set(DATASETS)
     for name, spec in DATASETS.items():
         assert (tuple(spec.mean), tuple(spec.std)) == BY_DATASET[name], name
+
+
+def _image_tree(root, counts: dict, split="train"):
+    for c, n in counts.items():
+        (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(root / split / c / f"{i}.png")
+
+
+def test_the_limit_flags_take_the_same_sample_of_every_class_not_the_first_class(tmp_path):
+    """Image folders are read class by class: --limit-eval 10 of the first ten images scored one class alone."""
+    counts = {c: 20 for c in ("a", "b", "c", "d")}
+    _image_tree(tmp_path, counts, "train")
+    _image_tree(tmp_path, {c: 10 for c in counts}, "val")
+    dm = ImageDataModule("imagefolder", tmp_path, img_size=8, limit_train=30, limit_eval=10)
+    dm.setup()
+    assert len(dm.train_split.labels) == 30 and len(dm.test_split.labels) == 10
+    assert set(dm.train_split.labels.tolist()) == {0, 1, 2, 3}
+    assert len(set(dm.test_split.labels.tolist())) >= 3
+    again = ImageDataModule("imagefolder", tmp_path, img_size=8, limit_train=30, limit_eval=10)
+    again.setup()  # a resumed run, or another process of a DDP run, trains and scores the same images
+    assert torch.equal(again.train_split.images, dm.train_split.images)
+    assert torch.equal(again.test_split.labels, dm.test_split.labels)
+
+
+def test_labels_that_do_not_fit_the_data_set_are_refused_before_they_score(tmp_path):
+    """Keras' CIFAR-100 arrays hold (N, 1) labels: compared with (N,) predictions they broadcast into an N x N
+    table and eval printed 185%; labels counted from 1 scored against shifted classes with no word."""
+    from bitnetcnn.train.evaluate import evaluate_model
+    from bitnetcnn.models import create_model
+
+    x = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "cifar100.npz", x_train=x, y_train=np.arange(6)[:, None], x_test=x, y_test=np.arange(6)[:, None])
+    split = get_dataset_spec("cifar100").read(tmp_path, False)
+    assert split.labels.tolist() == list(range(6))
+    model = create_model("bit_resnet18", num_classes=100)
+    assert evaluate_model(model, "cifar100", str(tmp_path))["top1"] <= 1.0
+    np.savez(tmp_path / "cifar100.npz", x_train=x, y_train=np.arange(95, 101), x_test=x, y_test=np.arange(95, 101))
+    with pytest.raises(ValueError, match=r"test split of 'cifar100' .* has labels from 95 to 100, but its 100 classes"):
+        evaluate_model(model, "cifar100", str(tmp_path))
+    with pytest.raises(ValueError, match=r"training split of 'cifar100' .* labels from 95 to 100"):
+        ImageDataModule("cifar100", tmp_path).setup()
+    np.savez(tmp_path / "cifar100.npz", x_train=x, y_train=np.zeros(6), x_test=x, y_test=np.zeros(6))
+    with pytest.raises(ValueError, match=r"cifar100.npz is damaged .*labels must be integers"):
+        get_dataset_spec("cifar100").read(tmp_path, True)
+
+
+def test_a_cifar100_npz_in_another_layout_is_refused(tmp_path):
+    """NCHW arrays were permuted into 32x3x32 images (and failed far away); greyscale ones were read as 1-channel."""
+    for x in (np.zeros((2, 3, 32, 32), np.uint8), np.zeros((2, 32, 32), np.uint8)):
+        np.savez(tmp_path / "cifar100.npz", x_train=x, y_train=np.arange(2), x_test=x, y_test=np.arange(2))
+        with pytest.raises(ValueError, match=r"cifar100.npz is damaged .*x_train has the shape .*N x 32 x 32 x 3"):
+            get_dataset_spec("cifar100").read(tmp_path, True)
+
+
+def test_incomplete_or_cut_short_cifar_batches_are_named(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 5)] + ["test_batch"]:
+        _pickle(folder / name, {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+    with pytest.raises(DatasetNotFoundError, match=r"'cifar10' not found; looked in: \S*data_batch_5\. .*--data-dir"):
+        get_dataset_spec("cifar10").read(tmp_path, True)
+    assert len(get_dataset_spec("cifar10").read(tmp_path, False).labels) == 2  # the test split is whole
+    (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes()[:50])
+    with pytest.raises(ValueError, match=r"test_batch is damaged or not the expected file .*a CIFAR batch"):
+        get_dataset_spec("cifar10").read(tmp_path, False)
+    # --download where the network is not: says where it was wanted (a refused local port, nothing downloads)
+    monkeypatch.setattr("torchvision.datasets.CIFAR10.url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py.*--download could not fetch it"):
+        get_dataset_spec("cifar10").read(tmp_path, True, download=True)
+
+
+def test_a_partly_unzipped_tiny_imagenet_is_refused(tmp_path):
+    base = tmp_path / "tiny-imagenet-200"
+    base.mkdir()
+    (base / "wnids.txt").write_text("n01\nn02\nn03\n")
+    for w in ("n01", "n02"):
+        (base / "train" / w / "images").mkdir(parents=True)
+        Image.new("RGB", (64, 64)).save(base / "train" / w / "images" / f"{w}_0.jpeg")  # any case of the extension
+    with pytest.raises(DatasetNotFoundError, match=r"n03.images\. Found no images of this class there"):
+        get_dataset_spec("tiny_imagenet").read(tmp_path, True)
+    (base / "train" / "n03" / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(base / "train" / "n03" / "images" / "n03_0.JPEG")
+    assert get_dataset_spec("tiny_imagenet").read(tmp_path, True).labels.tolist() == [0, 1, 2]
+    with pytest.raises(DatasetNotFoundError, match=r"val_annotations.txt"):
+        get_dataset_spec("tiny_imagenet").read(tmp_path, False)
+
+
+def test_imagefolder_reads_the_subfolders_of_a_class_and_names_a_damaged_picture(tmp_path):
+    """As torchvision's ImageFolder does: a class folder's pictures may sit in folders of their own."""
+    _image_tree(tmp_path, {"cat": 1, "dog": 1}, "train")
+    _image_tree(tmp_path, {"cat/indoor": 2, "dog/2024/june": 3, "dog/.thumbnails": 4}, "train")
+    split = get_dataset_spec("imagefolder", 8).read(tmp_path, True)
+    assert split.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    bad = tmp_path / "train" / "dog" / "2024" / "cut.jpg"
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"cut.jpg is damaged or not the expected file .*an image file"):
+        get_dataset_spec("imagefolder", 8).read(tmp_path, True)

@@ -129,8 +129,8 @@ def _add_train(sub) -> None:
     a("--num-nodes", type=int, default=1)
     a("--strategy", default="auto", help="auto, ddp, ddp_spawn, ...")
     a("--seed", type=int, default=0)
-    a("--limit-train", type=int, help="use only the first N training images (quick checks)")
-    a("--limit-eval", type=int, help="evaluate on only the first N test images (quick checks)")
+    a("--limit-train", type=int, help="use only N training images, the same random sample in every run (quick checks)")
+    a("--limit-eval", type=int, help="evaluate on only N test images, the same random sample in every run (quick checks)")
     a("--progress", action=argparse.BooleanOptionalAction, default=True, help="--no-progress: no progress bar; "
       "each epoch's metrics as a line instead (a background run's log); a resume keeps the run's unless given")
 

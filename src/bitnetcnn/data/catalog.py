@@ -28,6 +28,23 @@ class DatasetSpec:
     elastic: float = 0.0  # elastic distortion of this strength in pixels during training (0: none)
     class_names: tuple[str, ...] | None = None  # label -> name, recorded in the checkpoints trained on it
 
+    def read(self, root, train: bool, download: bool = False) -> sources.Split:
+        """A split, checked against what this spec says of it: images of ``in_chans x img_size x img_size`` and
+        labels among its classes (a file in another layout, or with 1-based labels, would otherwise train or score
+        as something else: an accuracy counted against shifted labels looks like a weak model, not a wrong file)."""
+        split = self.reader(root, train, download)
+        where = f"the {'training' if train else 'test'} split of {self.name!r} (read from {root})"
+        shape, wanted = tuple(split.images.shape[1:]), (self.in_chans, self.img_size, self.img_size)
+        if shape != wanted:
+            raise ValueError(f"{where} has images of {'x'.join(map(str, shape))} where {'x'.join(map(str, wanted))} "
+                             "were expected: the files are in another layout than its reader expects")
+        classes = self.num_classes or len(split.class_names or ()) or None
+        if classes and len(split.labels) and not (0 <= int(split.labels.min()) and int(split.labels.max()) < classes):
+            raise ValueError(f"{where} has labels from {int(split.labels.min())} to {int(split.labels.max())}, but "
+                             f"its {classes} classes are numbered 0 to {classes - 1}: the files hold other labels "
+                             "(1-based ones, or another data set's)")
+        return split
+
     def input_metadata(self) -> dict:
         """What a checkpoint of a model trained on this data set records of its inputs (``save_checkpoint``'s
         metadata keys ``input_size``, ``mean``, ``std``, and ``class_names`` where the spec names them)."""

@@ -34,9 +34,14 @@ class TensorImages(Dataset):
         return self.split.images[idx], self.split.labels[idx]
 
 
-def _first(split: Split, n: int | None) -> Split:
-    """The first ``n`` images of a split (all when ``n`` is None): for quick checks and tests."""
-    return split if not n else Split(split.images[:n], split.labels[:n], split.class_names)
+def _sample(split: Split, n: int | None) -> Split:
+    """``n`` images of a split (all when ``n`` is None), for quick checks: the same ones in every run and process
+    (a fixed seed), in the split's order, drawn at random since some readers list a split class by class (image
+    folders, Tiny ImageNet's training split), where the first ``n`` would be one class."""
+    if not n or n >= len(split.labels):
+        return split
+    chosen = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return Split(split.images[chosen], split.labels[chosen], split.class_names)
 
 
 def _as_batch(batch):
@@ -139,8 +144,8 @@ class ImageDataModule(L.LightningDataModule):
         # --download fetches here: `bitnetcnn train` reads the data before it builds its trainer (a missing data
         # set is reported before anything is made), and the processes a DDP run starts later find it there
         if self.train_split is None:
-            self.train_split = _first(self.spec.reader(self.root, True, self.download), self.limit_train)
-            self.test_split = _first(self.spec.reader(self.root, False, self.download), self.limit_eval)
+            self.train_split = _sample(self.spec.read(self.root, True, self.download), self.limit_train)
+            self.test_split = _sample(self.spec.read(self.root, False, self.download), self.limit_eval)
 
     def _pin_memory(self) -> bool:
         """Pinned batches on a GPU: Lightning then copies them asynchronously, where a copy from pageable memory

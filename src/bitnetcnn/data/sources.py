@@ -31,6 +31,8 @@ class Split:
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dim() != 1 or self.labels.is_floating_point() or self.labels.is_complex():
+            raise ValueError(f"labels must be integers (N,), got {self.labels.dtype} {tuple(self.labels.shape)}")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -41,7 +43,12 @@ def _split(images: np.ndarray, labels: np.ndarray, channels_last: bool) -> Split
         x = x.unsqueeze(1)
     elif channels_last:
         x = x.permute(0, 3, 1, 2)
-    return Split(x.contiguous(), torch.from_numpy(np.asarray(labels).astype(np.int64)))
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:  # Keras' (N, 1) label arrays
+        labels = labels[:, 0]
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    return Split(x.contiguous(), torch.from_numpy(labels.astype(np.int64)))
 
 
 FETCH_HINT = "`bitnetcnn train --download ...` fetches it there where the network allows."
@@ -96,35 +103,46 @@ read_mnist = _torchvision_idx("MNIST", "MNIST")
 read_fashion_mnist = _torchvision_idx("FashionMNIST", "FashionMNIST")
 
 
-def _unpickle(path: Path) -> dict:
-    # The CIFAR "python version" archives are pickles by definition; they hold only numbers and strings.
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+def _unpickle(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR "python version" batch as (images (N, 3, 32, 32) uint8, labels); a cut-short or foreign file is
+    named as damaged. These archives are pickles by definition; they hold only numbers and strings."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+        return np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[label_key])
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise _damaged(path, err, f"a CIFAR batch (a pickled dict with 'data' and {label_key!r})") from None
 
 
-def _cifar_batches(root: Path, folder: str, files: list[str], label_key: str) -> Split:
-    xs, ys = [], []
-    for name in files:
-        d = _unpickle(root / folder / name)
-        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[label_key]))
+def _cifar_batches(root: Path, name: str, cls_name: str, folder: str, files: list[str], label_key: str,
+                   download: bool) -> Split:
+    """The batches ``files`` of torchvision's CIFAR layout, downloaded first where some are missing and
+    ``download`` is set; each one missing is named."""
+    base = root / folder
+    missing = [base / f for f in files if not (base / f).is_file()]
+    if missing and download:
+        _download_cifar(cls_name, root, base)
+        missing = [base / f for f in files if not (base / f).is_file()]
+    if missing:
+        raise _missing(name, missing, f"Expected torchvision's layout ({folder}/ with {', '.join(files)}); "
+                       f"{FETCH_HINT}")
+    xs, ys = zip(*(_unpickle(base / f, label_key) for f in files))
     return _split(np.concatenate(xs), np.concatenate(ys), channels_last=False)
 
 
-def _download_cifar(cls_name: str, root: Path) -> None:
+def _download_cifar(cls_name: str, root: Path, folder: Path) -> None:
     import torchvision
 
-    getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)
+    try:
+        getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)
+    except Exception as err:  # offline, or a bad archive: say where it was wanted
+        raise _missing(cls_name, [folder], f"--download could not fetch it ({' '.join(str(err).split())[:160]}). "
+                       f"{FETCH_HINT}") from err
 
 
 def read_cifar10(root: Path, train: bool, download: bool) -> Split:
-    folder = root / "cifar-10-batches-py"
-    if not folder.is_dir() and download:
-        _download_cifar("CIFAR10", root)
-    if not folder.is_dir():
-        raise _missing("cifar10", [folder], f"Expected torchvision's layout (data_batch_1..5, test_batch); {FETCH_HINT}")
     files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    return _cifar_batches(root, "cifar-10-batches-py", files, "labels")
+    return _cifar_batches(root, "cifar10", "CIFAR10", "cifar-10-batches-py", files, "labels", download)
 
 
 def read_cifar100(root: Path, train: bool, download: bool) -> Split:
@@ -132,17 +150,20 @@ def read_cifar100(root: Path, train: bool, download: bool) -> Split:
     npz, folder = root / "cifar100.npz", root / "cifar-100-python"
     if npz.is_file():
         key = "train" if train else "test"
+        expected = "numpy arrays x_train, y_train, x_test, y_test (x: N x 32 x 32 x 3 uint8, y: N labels)"
         try:
             with np.load(npz) as d:
-                return _split(d[f"x_{key}"], d[f"y_{key}"], channels_last=True)
+                x, y = d[f"x_{key}"], d[f"y_{key}"]
+                if x.shape[1:] != (32, 32, 3):  # NCHW or greyscale would be read as something else
+                    raise ValueError(f"x_{key} has the shape {x.shape}")
+                return _split(x, y, channels_last=True)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # cut short, or another file
-            raise _damaged(npz, err, "numpy arrays x_train, y_train, x_test, y_test (NHWC uint8)") from None
-    if not folder.is_dir() and download:
-        _download_cifar("CIFAR100", root)
-    if not folder.is_dir():
+            raise _damaged(npz, err, expected) from None
+    if not folder.is_dir() and not download:
         raise _missing("cifar100", [npz, folder], "Expected cifar100.npz or torchvision's cifar-100-python folder; "
                        f"{FETCH_HINT}")
-    return _cifar_batches(root, "cifar-100-python", ["train" if train else "test"], "fine_labels")
+    return _cifar_batches(root, "cifar100", "CIFAR100", "cifar-100-python", ["train" if train else "test"],
+                          "fine_labels", download)
 
 
 def _load_rgb(path: Path, size: int) -> np.ndarray:
@@ -151,8 +172,11 @@ def _load_rgb(path: Path, size: int) -> np.ndarray:
     folder sees at training what ``bitnetcnn predict`` shows it later."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        pixels = pil_to_pixels(im, 3)
+    try:
+        with Image.open(path) as im:
+            pixels = pil_to_pixels(im, 3)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # cut short, or not a picture
+        raise _damaged(path, err, "an image file") from None
     if pixels.is_floating_point():  # a 16-bit or float greyscale picture, in 0..1
         pixels = pixels.mul(255).round().to(torch.uint8)
     return fit_to_size(pixels, size, size).permute(1, 2, 0).numpy()
@@ -175,16 +199,33 @@ def read_tiny_imagenet(root: Path, train: bool, download: bool) -> Split:
     paths, labels = [], []
     if train:
         for w in wnids:
-            for p in sorted((base / "train" / w / "images").glob("*.JPEG")):
-                paths.append(p)
-                labels.append(index[w])
+            found = _image_files(base / "train" / w / "images")
+            if not found:  # a class no model could learn: an archive unzipped in part
+                raise _missing("tiny_imagenet", [base / "train" / w / "images"], "Found no images of this class "
+                               "there: unzip tiny-imagenet-200.zip again, whole.")
+            paths += found
+            labels += [index[w]] * len(found)
     else:
-        for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
+        annotations = base / "val" / "val_annotations.txt"
+        if not annotations.is_file():
+            raise _missing("tiny_imagenet", [annotations], "Unzip tiny-imagenet-200.zip again, whole.")
+        for line in annotations.read_text().splitlines():
             fields = line.split("\t")
             if len(fields) >= 2:
                 paths.append(base / "val" / "images" / fields[0])
                 labels.append(index[fields[1]])
     return replace(_stack(paths, labels, 64), class_names=tuple(wnids))  # WordNet ids, as its folders name them
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` and its subfolders, as torchvision's ``ImageFolder`` finds them (its
+    extensions, any case), sorted; hidden files and folders (``.DS_Store``, ``._x.jpg``) are skipped."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _class_folders(folder: Path) -> list[str]:
@@ -217,12 +258,10 @@ def imagefolder_reader(size: int) -> Callable[[Path, bool, bool], Split]:
             raise ValueError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs two or more")
         paths, labels = [], []
         for i, c in enumerate(classes):
-            folder, before = split_dir / c, len(paths)
-            for p in sorted(folder.iterdir()) if folder.is_dir() else ():
-                if p.suffix.lower() in IMG_EXTENSIONS:
-                    paths.append(p)
-                    labels.append(i)
-            if train and len(paths) == before:  # a class no model can learn, though it would be predicted among
+            folder, found = split_dir / c, _image_files(split_dir / c)
+            paths += found
+            labels += [i] * len(found)
+            if train and not found:  # a class no model can learn, though it would be predicted among
                 raise ValueError(f"{folder} has no images ({', '.join(IMG_EXTENSIONS[:4])}, ...): every class needs "
                                  "training images; add some or remove the folder")
         if not paths:

@@ -93,7 +93,7 @@ def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int =
     from bitnetcnn.settings import data_root
 
     spec = get_dataset_spec(dataset, img_size)
-    split = spec.reader(data_root(data_dir), train, False)
+    split = spec.read(data_root(data_dir), train, False)
     images, labels = split.images, split.labels
     if 0 < n < len(images):
         index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]

@@ -68,7 +68,7 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
         raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
     _check_same_inputs(model, cfg, spec, source)
     root = data_root(data_dir)
-    split = spec.reader(root, False, False)
+    split = spec.read(root, False, False)
     if split.class_names is not None:  # an image folder: its folders are the classes
         names = cfg.class_names if cfg is not None else None
         if names and tuple(names) != split.class_names:

@@ -92,8 +92,8 @@ class TrainSettings:
     num_nodes: int = 1
     strategy: str = "auto"
     seed: int = 0
-    limit_train: Optional[int] = None  # use only the first N training images (quick checks)
-    limit_eval: Optional[int] = None  # evaluate on only the first N test images (quick checks)
+    limit_train: Optional[int] = None  # use only N training images, a fixed random sample (quick checks)
+    limit_eval: Optional[int] = None  # evaluate on only N test images, a fixed random sample (quick checks)
     progress: bool = True
 
     @property
