@@ -18,21 +18,25 @@ import argparse
 import contextlib
 import hashlib
 import io
+import os
 import re
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
+# this checkout's package, not another installed or editable copy: the weight is written into its pretrained/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bitnetcnn import class_names as known_names
-from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
-from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg
-from bitnetcnn.data.catalog import get_dataset_spec
-from bitnetcnn.hub import PRETRAINED_DIR, entries
-from bitnetcnn.train.callbacks import BUDGET_NOTE
-from bitnetcnn.train.evaluate import evaluate_model
+import torch  # noqa: E402
+
+from bitnetcnn import class_names as known_names  # noqa: E402
+from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg  # noqa: E402
+from bitnetcnn.data.catalog import get_dataset_spec  # noqa: E402
+from bitnetcnn.hub import PRETRAINED_DIR, entries  # noqa: E402
+from bitnetcnn.train.callbacks import BUDGET_NOTE  # noqa: E402
+from bitnetcnn.train.evaluate import evaluate_model  # noqa: E402
 
 MAX_SHIPPED_BYTES = 4 << 20  # the package ships weights under 4 MiB; larger ones go to a URL
 RUN_PATH_FLAGS = ("--out", "--init", "--teacher")  # a run folder, or a file inside one
@@ -143,27 +147,43 @@ def _mark_early_epoch(metadata: dict) -> dict:
     so in its last training step: rerunning the command trains all the epochs, and the wall time is the time to
     these weights. Said once: a published file published again keeps its note."""
     epoch, epochs = metadata.get("epoch"), run_length(metadata)
-    if epoch is None or epochs is None or epoch + 1 >= epochs or not metadata.get("training"):
-        return metadata
-    *earlier, last = metadata["training"]
-    text, sep, comment = last["command"].partition("  # ")
-    if EARLY_EPOCH in comment:
+    if epoch is None or epochs is None or epoch + 1 >= epochs or not metadata.get("command"):
         return metadata
     note = f"{EARLY_EPOCH} {epoch + 1} of {epochs}, the best of those validated by then"
-    last = dict(last, command=f"{text}  # {comment}; {note}" if sep else f"{text}  # {note}")
+    if not metadata.get("training"):  # a file saved before runs recorded their steps: its last step is its command
+        return dict(metadata, command=_noted(metadata["command"], note))
+    *earlier, last = metadata["training"]
+    last = dict(last, command=_noted(last["command"], note))
     return dict(metadata, command=last["command"], training=[*earlier, last])
 
 
+def _noted(command: str, note: str) -> str:
+    """``command`` with ``note`` added to its comment (once)."""
+    text, sep, comment = command.partition("  # ")
+    if EARLY_EPOCH in comment:
+        return command
+    return f"{text}  # {comment}; {note}" if sep else f"{text}  # {note}"
+
+
 def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: str | None = None,
-            out_dir: Path = PRETRAINED_DIR) -> PretrainedCfg:
-    """Measure ``path`` on its test set, write it as ``out_dir/ENTRY.bnc`` with that metadata, return its cfg."""
+            out_dir: Path = PRETRAINED_DIR, force: bool = False) -> PretrainedCfg:
+    """Measure ``path`` on its test set, write it as ``out_dir/ENTRY.bnc`` with that metadata, return its cfg.
+    An existing ``ENTRY.bnc`` (a published weight, another tag's included) is replaced only with ``force``."""
     known = entries()
     if entry not in known:
         raise ValueError(f"unknown hub entry {entry!r}; the entries are: {', '.join(known)}")
+    target = Path(out_dir) / f"{entry}.bnc"
+    if target.exists() and not force:
+        raise ValueError(f"{target} exists (a published weight: the hub's sha256 names it, and recorded recipes may "
+                         "start from it): pass --force to replace it, or --out-dir to write elsewhere")
     model = load_checkpoint(path)
     own = model.pretrained_cfg
     if own.model != known[entry].model:
         raise ValueError(f"{path} holds a {own.model}, but {entry!r} serves {known[entry].model}")
+    if model.model_args.get("quant") == "fp" or not any(hasattr(m, "weight_packed") for m in model.modules()):
+        raise ValueError(f"{path} holds a {'full-precision' if model.model_args.get('quant') == 'fp' else 'Bit'} "
+                         "model, not a converted ternary one: publish a run's best_ternary.bnc (or bitnetcnn "
+                         "convert's output)")
     if own.dataset is None:
         raise ValueError(f"{path} does not record the data set it was trained on: it cannot be measured")
     header = model.checkpoint_header
@@ -178,7 +198,6 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
         tag=tag, hub_entry=entry, licence=licence, mean=list(own.mean), std=list(own.std),
         input_size=list(own.input_size), class_names=list(names) if names else None,
         evaluated="top-1/top-5 by scripts/publish_weight.py (bitnetcnn eval) on the CPU")
-    target = Path(out_dir) / f"{entry}.bnc"
     with tempfile.TemporaryDirectory() as tmp:
         staged = save_checkpoint(model, Path(tmp) / target.name, metadata)
         rewritten = load_checkpoint(staged)
@@ -188,7 +207,10 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
             raise ValueError(f"{path} takes {len(data):,} bytes written, over the {MAX_SHIPPED_BYTES:,} the package "
                              "ships: publish it at a URL and declare PretrainedCfg(url=..., sha256=...)")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        fd, part = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
+        with os.fdopen(fd, "wb") as out:  # written whole beside it, then moved in: never half a published weight
+            out.write(data)
+        os.replace(part, target)
     return PretrainedCfg(**{**rewritten.pretrained_cfg.to_dict(), "file": target.name, "file_size": len(data),
                             "sha256": hashlib.sha256(data).hexdigest()})
 
@@ -227,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", required=True, help="which weight of the entry, e.g. cifar100")
     parser.add_argument("--licence", default="MIT")
     parser.add_argument("--data-dir", help="data root (default: $BITNETCNN_DATA)")
-    parser.add_argument("--out-dir", type=Path, default=PRETRAINED_DIR, help="default: bitnetcnn/pretrained/")
+    parser.add_argument("--out-dir", type=Path, default=PRETRAINED_DIR, help="default: src/bitnetcnn/pretrained/")
+    parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/ENTRY.bnc")
     args = parser.parse_args(argv)
     try:
-        cfg = publish(args.checkpoint, args.entry, args.tag, args.licence, args.data_dir, args.out_dir)
+        cfg = publish(args.checkpoint, args.entry, args.tag, args.licence, args.data_dir, args.out_dir, args.force)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

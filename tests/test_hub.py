@@ -229,3 +229,64 @@ def test_the_commands_take_a_published_weight_by_its_entry_name(capsys, monkeypa
     result = json.loads(capsys.readouterr().out)
     assert (result["dataset"], result["images"]) == ("mnist", 10000)
     assert abs(result["top1"] - hub.BITNET_MNIST.top1) <= 0.0005
+
+
+def test_pretrained_takes_a_bool_or_the_weights_tag_not_a_file(mnist_checkpoint):
+    """pretrained="mine.bnc" was taken for True: the published weight loaded in the file's place, without a word."""
+    _, path = mnist_checkpoint
+    for wrong in (str(path), "imagenet", "False", 2):
+        with pytest.raises(ValueError, match=r"takes pretrained=True or False \(its published weight's tag is "
+                                             r"'mnist'\); load a file of your own with checkpoint_path="):
+            torch.hub.load(REPO, "bitnet_mnist", source="local", pretrained=wrong)
+    assert hub.load("bitnet_mnist", pretrained="mnist").pretrained_cfg.tag == "mnist"
+    with pytest.raises(ValueError, match="it has no published weight"):
+        hub.load("bitnet_resnet50", pretrained="cifar100")
+
+
+def test_a_new_classifier_drops_the_files_identity_and_figures():
+    model = hub.load("bitnet_mnist", pretrained=True, num_classes=5, ternary=False)
+    cfg = model.pretrained_cfg
+    assert (cfg.file, cfg.sha256, cfg.file_size, cfg.top1, cfg.num_classes) == (None, None, None, None, 5)
+    assert getattr(model, "checkpoint_header", None) is None  # it described the file's 10-class head
+
+
+def test_a_keyword_no_model_takes_gets_create_models_words_not_advice_to_train_it(mnist_checkpoint):
+    with pytest.raises(ValueError, match=r"act_bit=8: bitnet_cnn has no argument 'act_bit'; its arguments"):
+        hub.load("bitnet_mnist", checkpoint_path=mnist_checkpoint[1], act_bit=8)
+    with pytest.raises(ValueError, match=r"act_bits=None .*has act_bits=8.*--init \S+ without --act-bits \.\.\."):
+        hub.load("bitnet_mobilenetv2", pretrained=True, act_bits=None)
+
+
+def test_a_declared_weight_missing_from_the_package_says_the_installation_is_incomplete(monkeypatch, tmp_path):
+    monkeypatch.setattr(hub, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(hub.PretrainedWeightsUnavailable, match=r"should be at \S+bitnet_mnist.bnc, which is missing: "
+                                                               "this installation of bitnetcnn is incomplete"):
+        hub.load("bitnet_mnist", pretrained=True)
+
+
+def test_a_cached_copy_that_fails_its_hash_is_named_when_no_download_can_replace_it(mnist_checkpoint, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "cache"))
+    _with_url(monkeypatch, "http://127.0.0.1:9/remote_mnist.bnc", hashlib.sha256(b"other").hexdigest())
+    cached = tmp_path / "cache" / "hub" / "remote_mnist.bnc"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(mnist_checkpoint[1].read_bytes())
+    with pytest.raises(hub.PretrainedWeightsUnavailable, match="the cached copy at .* does not match the published"):
+        hub.load("bitnet_mnist", pretrained=True)
+
+
+def test_hubconf_warns_when_another_copy_of_bitnetcnn_is_already_imported(tmp_path):
+    """torch.hub would serve the models and weights of the copy imported first, not the checkout's."""
+    import shutil
+    import subprocess
+    import sys
+
+    other = tmp_path / "other"
+    shutil.copytree(Path(REPO) / "src" / "bitnetcnn", other / "bitnetcnn",
+                    ignore=shutil.ignore_patterns("__pycache__", "pretrained", "demo"))
+    code = ("import warnings, torch, bitnetcnn; warnings.simplefilter('always'); "
+            f"torch.hub.load({REPO!r}, 'bitnet_mnist', source='local', num_classes=3)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(other)})
+    assert run.returncode == 0, run.stderr
+    assert f"bitnetcnn was already imported from {other / 'bitnetcnn'}: torch.hub serves that copy's" in run.stderr

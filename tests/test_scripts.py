@@ -239,3 +239,32 @@ def test_a_gpu_window_rehearsed_here_carries_the_data_trains_and_brings_back_the
                             text=True)
     assert failed.returncode != 0
     assert "no_such_model" in (tmp_path / "out" / "bad" / "train.log").read_text()
+
+
+def test_publishing_replaces_a_weight_only_when_told_and_refuses_what_is_not_converted(tmp_path):
+    """A second publish of an entry (another tag too) wrote over the shipped file; a float or Bit model was measured
+    and shipped as if ternary. A file saved before runs recorded their steps gets the early-epoch note too."""
+    import torch
+
+    import bitnetcnn
+
+    publish_weight = _script("publish_weight")
+    torch.manual_seed(0)
+    bit = bitnetcnn.create_model("bitnet_cnn", width=8).eval()
+    converted = bitnetcnn.save_checkpoint(bitnetcnn.convert_to_ternary(bit), tmp_path / "run" / "best_ternary.bnc",
+                                          {"dataset": "mnist_demo", "epoch": 2,
+                                           "command": "bitnetcnn train --dataset mnist_demo --epochs 8"})
+    shipped = tmp_path / "shipped"
+    cfg = publish_weight.publish(converted, "bitnet_mnist", "a", out_dir=shipped)
+    assert cfg.command.endswith("--epochs 8  # the weights of epoch 3 of 8, the best of those validated by then")
+    before = (shipped / "bitnet_mnist.bnc").read_bytes()
+    with pytest.raises(ValueError, match=r"bitnet_mnist.bnc exists .*pass --force to replace it"):
+        publish_weight.publish(converted, "bitnet_mnist", "b", out_dir=shipped)
+    assert (shipped / "bitnet_mnist.bnc").read_bytes() == before
+    assert publish_weight.publish(converted, "bitnet_mnist", "b", out_dir=shipped, force=True).tag == "b"
+    assert sorted(p.name for p in shipped.iterdir()) == ["bitnet_mnist.bnc"]  # no part file left beside it
+    for quant, kind in (("ternary", "Bit"), ("fp", "full-precision")):
+        model = bitnetcnn.create_model("bitnet_cnn", width=8, quant=quant).eval()
+        saved = bitnetcnn.save_checkpoint(model, tmp_path / f"{quant}.bnc", {"dataset": "mnist_demo"})
+        with pytest.raises(ValueError, match=f"holds a {kind} model, not a converted ternary one"):
+            publish_weight.publish(saved, "bitnet_mnist", "c", out_dir=tmp_path / "no")

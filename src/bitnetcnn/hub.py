@@ -110,7 +110,8 @@ BITNET_RESNET18_CIFAR100 = PretrainedCfg(
     ),
 )
 
-# A 20-epoch CPU run (bf16) fine-tuned for 2 epochs with 8-bit activations (docs/recipes.md).
+# Four CPU stages (docs/recipes.md): a 20-epoch bf16 run, 2 epochs fine-tuned with 8-bit activations, an 18-epoch
+# warm restart, and 16 epochs distilled from the published ResNet-18.
 BITNET_MOBILENETV2_CIFAR100 = PretrainedCfg(
     model="bit_mobilenetv2",
     model_kwargs={"num_classes": 100, "in_chans": 3, "quant": "ternary", "scale_op": "median", "pow2": False,
@@ -224,20 +225,24 @@ def pretrained_path(entry: str, progress: bool = True) -> Path:
             if spec.sha256 and _sha256(path) != spec.sha256:
                 raise PretrainedWeightsUnavailable(f"{path}: sha256 does not match the published one; reinstall bitnetcnn")
             return path
-    if spec is None or not spec.url:
-        where = f" (expected at {PRETRAINED_DIR / spec.file})" if spec is not None and spec.file else ""
+    if spec is None:
         raise PretrainedWeightsUnavailable(
-            f"no pretrained weights yet for {entry!r}{where}. Train a model (see docs/training.md), save it with "
+            f"no pretrained weights yet for {entry!r}. Train a model (see docs/training.md), save it with "
             "bitnetcnn.save_checkpoint, and load it with checkpoint_path=..., or use pretrained=False"
         )
+    if not spec.url:  # declared, shipped inside the package, and not there
+        raise PretrainedWeightsUnavailable(
+            f"the pretrained weights of {entry!r} ({spec.name}) should be at {PRETRAINED_DIR / spec.file}, which "
+            "is missing: this installation of bitnetcnn is incomplete; reinstall it")
     target = hub_cache_dir() / (spec.file or Path(spec.url).name)
-    if target.is_file() and (not spec.sha256 or _sha256(target) == spec.sha256):
+    stale = target.is_file()
+    if stale and (not spec.sha256 or _sha256(target) == spec.sha256):
         return target
-    _download(spec.url, target, spec.sha256, progress, entry)
+    _download(spec.url, target, spec.sha256, progress, entry, stale)
     return target
 
 
-def _download(url: str, target: Path, sha256: Optional[str], progress: bool, entry: str) -> None:
+def _download(url: str, target: Path, sha256: Optional[str], progress: bool, entry: str, stale: bool = False) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
     try:
@@ -247,9 +252,11 @@ def _download(url: str, target: Path, sha256: Optional[str], progress: bool, ent
             raise PretrainedWeightsUnavailable(f"{url}: the download's sha256 does not match {sha256}; not kept")
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, ValueError) as e:
+        cached = (f"the cached copy at {target} does not match the published sha256" if stale else
+                  f"there is no cached copy at {target}")
         raise PretrainedWeightsUnavailable(
-            f"cannot download the pretrained weights of {entry!r} from {url} ({e}) and there is no cached copy at "
-            f"{target}. Download the file by hand to that path (or set BITNETCNN_CACHE), or pass checkpoint_path="
+            f"cannot download the pretrained weights of {entry!r} from {url} ({e}) and {cached}. Download the file "
+            "by hand to that path (or set BITNETCNN_CACHE), or pass checkpoint_path="
         ) from None
     finally:
         if os.path.exists(tmp):
@@ -310,6 +317,11 @@ def _refuse_what_the_file_cannot_honour(path, held: dict, kwargs: dict) -> None:
     silently ignored (``act_bits=8`` on a float-activation checkpoint would otherwise give a model without any
     activation quantizer)."""
     name = held.get("name")
+    try:  # an argument no model of this architecture takes, or a value none accepts: create_model's own words
+        with torch.device("meta"):
+            create_model(**{**held, **kwargs})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cannot load {path} with {', '.join(f'{k}={v!r}' for k, v in kwargs.items())}: {err}") from None
     for key, value in kwargs.items():
         if _same(value, held[key]) if key in held else not _changes_the_model(held, key, value):
             continue
@@ -317,7 +329,7 @@ def _refuse_what_the_file_cannot_honour(path, held: dict, kwargs: dict) -> None:
         option = f"--model-kwargs '{json.dumps({key: value}, default=str)}'"
         flag = _FINE_TUNABLE.get(key)
         if flag is not None:
-            option = flag if value is True else f"without {flag}" if value is False else f"{flag} {value}"
+            option = flag if value is True else f"without {flag}" if value in (False, None) else f"{flag} {value}"
         if key in _FINE_TUNABLE:
             todo = (f"Load it without {key}=, or load with ternary=False and fine-tune it with the new setting "
                     f"(bitnetcnn train --model {name} --init {path} {option} ...)")
@@ -341,6 +353,7 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
     if entry not in table:
         raise ValueError(f"unknown hub entry {entry!r}; entries: {', '.join(table)}")
     spec = table[entry]
+    pretrained = _pretrained_flag(entry, spec, pretrained)
     if not pretrained and checkpoint_path is None:
         args = {**spec.kwargs, **kwargs}
         model = create_model(spec.model, num_classes=num_classes, **args)
@@ -377,15 +390,31 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
                              f"{model.model_args.get('num_classes')}: a new classifier must be trained, so load "
                              "with ternary=False, fine-tune, then convert")
         model = _new_classifier(model, num_classes)
-        if cfg is not None:  # same inputs, new untrained classes: the test-set figures no longer apply
+        header = None  # the file's header describes its own classifier, no longer this model's
+        vars(model).pop("checkpoint_header", None)
+        if cfg is not None:  # same inputs, new untrained classes: the file's figures and identity no longer apply
             cfg = dataclasses.replace(cfg, dataset=None, num_classes=num_classes, class_names=None, top1=None,
-                                      top5=None, test_images=None,
+                                      top5=None, test_images=None, file=None, url=None, file_size=None, sha256=None,
                                       model_kwargs={**cfg.model_kwargs, "num_classes": num_classes})
     if header is not None:
         model.checkpoint_header = header
     if cfg is not None:
         model.pretrained_cfg = cfg
     return model.eval()
+
+
+def _pretrained_flag(entry: str, spec: HubEntry, pretrained) -> bool:
+    """``pretrained`` as a bool: ``True``/``False`` (or 1/0), or the tag of the entry's published weight (``"mnist"``,
+    ``"cifar100"``); a file path or another tag is refused, not taken for ``True`` (which would load the published
+    weight in its place)."""
+    if isinstance(pretrained, (bool, int)) and pretrained in (0, 1):
+        return bool(pretrained)
+    published = spec.pretrained
+    if isinstance(pretrained, str) and published is not None and pretrained in (published.tag, published.name):
+        return True
+    tags = f"its published weight's tag is {published.tag!r}" if published is not None else "it has no published weight"
+    raise ValueError(f"pretrained={pretrained!r}: {entry!r} takes pretrained=True or False ({tags}); load a file of "
+                     "your own with checkpoint_path=")
 
 
 def _entrypoint(entry: HubEntry) -> Callable[..., nn.Module]:
