@@ -324,3 +324,30 @@ def test_drop_path_draws_and_scales_as_torchvision_stochastic_depth():
     assert 0 < dropped.sum() < 64  # some samples dropped, not all
     assert torch.allclose(a[~dropped], x[~dropped] / 0.7)
     assert torch.equal(ours.eval()(x), x)
+
+
+def test_a_ternary_layer_configured_with_act_bits_quantizes_its_input():
+    """TernaryConv2d(..., quant=TernaryQuant(act_bits=8)) said act_bits=8 and ran float inputs."""
+    from bitnetcnn.nn import ActQuantizer
+    from bitnetcnn.quant import TernaryQuant
+
+    codes = torch.randint(-1, 2, (4, 3, 3, 3))
+    conv = TernaryConv2d(codes, torch.rand(4), quant=TernaryQuant(act_bits=8))
+    assert isinstance(conv.act_quant, ActQuantizer) and conv.act_quant.bits == 8 and conv.act_bits == 8
+    linear = TernaryLinear.from_codes(nn.Linear(6, 2), torch.randint(-1, 2, (2, 6)), torch.rand(2), None,
+                                      TernaryQuant(act_bits=4))
+    assert isinstance(linear.act_quant, ActQuantizer) and linear.act_quant.bits == 4
+    assert isinstance(TernaryLinear(torch.randint(-1, 2, (2, 6)), torch.rand(2)).act_quant, nn.Identity)
+
+
+def test_a_channel_of_zero_codes_converts_with_scale_one():
+    """Its 1e-8 floor made an int8 runtime's bias step (input scale x weight scale) so fine that the bias overflowed
+    int32; any scale computes the same zeros."""
+    conv = BitConv2d(3, 4, 3, bias=True)
+    with torch.no_grad():
+        conv.weight[2] = 0
+    ternary = TernaryConv2d.from_bit(conv.eval())
+    assert ternary.channel_scale()[2] == 1.0 and not ternary.codes()[2].any()
+    assert_same_function(conv, ternary, torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        assert torch.equal(conv(torch.randn(2, 3, 8, 8))[:, 2], ternary(torch.randn(2, 3, 8, 8))[:, 2])

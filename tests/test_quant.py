@@ -148,3 +148,61 @@ def test_one_quantization_config_validated_where_it_is_made():
     p2 = convert_to_ternary(model, pow2=True)
     assert p2.stem.conv.quant == TernaryQuant(scale_op="mean", pow2=True) and p2.model_args["pow2"] is True
     assert model.model_args["pow2"] is False and converted.model_args["pow2"] is False
+
+
+def test_power_of_two_scales_keep_a_weight_gone_nan_visible():
+    """round(log2(NaN)) cast to int8 was 0: a diverged channel became scale 1 and computed 0 without a word."""
+    w = torch.randn(3, 8)
+    w[1, 2] = float("nan")
+    _, scale = ternary_quantize(w, "mean", pow2=True)
+    assert torch.isnan(scale[1]).all() and torch.isfinite(scale[[0, 2]]).all()
+    with pytest.raises(ValueError, match=r"1 channel\(s\) \(1\) have the scale nan.*not finite"):
+        pow2_exponent(scale.reshape(-1))
+    assert pow2_exponent(torch.tensor([0.3, 1.0, 5.0])).tolist() == [-2, 0, 2]
+
+
+def test_float16_activations_quantize_zeros_to_zero_and_keep_tiny_values():
+    """A float16 step of 1e-8 rounds to 0: zeros became 0/0 = NaN and values under ~4e-6 went to 0."""
+    zeros = torch.zeros(2, 5, dtype=torch.float16)
+    out = fake_quantize_activation(zeros, absmax_scale(zeros, 8), 8)
+    assert out.dtype == torch.float16 and torch.equal(out, zeros)
+    tiny = torch.tensor([1e-6, -2e-6, 3e-7], dtype=torch.float16)
+    expected = fake_quantize_activation(tiny.float(), absmax_scale(tiny, 8), 8).half()
+    assert torch.equal(fake_quantize_activation(tiny, absmax_scale(tiny, 8), 8), expected)
+    assert fake_quantize_activation(tiny, absmax_scale(tiny, 8), 8).abs().min() > 0
+
+
+def test_the_straight_through_forward_is_exactly_the_quantized_value():
+    """``w + (q - w).detach()`` rounds off the grid where |w| > 2s: an eval-mode Bit model run with gradients on
+    differed from its converted twin."""
+    torch.manual_seed(0)
+    w = (torch.randn(16, 288) * torch.rand(16, 1) * 3).requires_grad_()
+    codes, scale = ternary_quantize(w.detach(), "median")
+    out = fake_quantize_weight(w, "median")
+    assert torch.equal(out, codes.float() * scale)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+    x = (torch.randn(4, 300) * 30).requires_grad_()
+    scale = absmax_scale(x, 8)
+    fq = fake_quantize_activation(x, scale, 8)
+    assert torch.equal(fq, fake_quantize_activation(x.detach(), scale, 8))
+    fq.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_codes_outside_the_ternary_set_are_refused_before_any_cast():
+    for bad in (torch.tensor([255, 0, 257]), torch.tensor([0.7, 0.0]), torch.tensor([-2, 1], dtype=torch.int8)):
+        for pack in (pack_2bit, pack_base3):
+            with pytest.raises(ValueError, match=r"ternary packing needs codes in \{-1, 0, 1\}"):
+                pack(bad)
+
+
+def test_activation_bits_must_be_an_int():
+    from bitnetcnn.nn import ActQuantizer
+    from bitnetcnn.quant import TernaryQuant
+
+    for bits in (8.0, True):
+        with pytest.raises(ValueError, match="unsupported act_bits"):
+            TernaryQuant(act_bits=bits)
+        with pytest.raises(ValueError, match="unsupported act_bits"):
+            ActQuantizer(bits)

@@ -61,7 +61,10 @@ class _BitMixin:
         trained with power-of-two scales keeps them either way)."""
         q = self.quant.with_pow2(pow2)
         codes, scale = ternary_quantize(_at_least_float32(self.weight.detach()), q.scale_op, q.pow2)
-        return codes, scale.reshape(-1)
+        # a channel of zero codes computes 0 whatever its scale: 1 instead of the 1e-8 floor keeps an int8
+        # runtime's bias step (input scale x weight scale) wide enough for its bias to fit in int32
+        scale = torch.where(codes.reshape(codes.shape[0], -1).any(dim=1), scale.reshape(-1), 1.0)
+        return codes, scale
 
     def quant_kwargs(self) -> dict:
         """Deprecated (goes in 0.3): ``layer.quant`` is the config; this is its ``to_dict()``."""

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitnetcnn.nn.act_quant import make_act_quantizer
 from bitnetcnn.nn.bit import BitConv2d, BitLinear, config_field
 from bitnetcnn.quant import TernaryQuant, dequantize, latent_weight, pack_2bit, pow2_exponent, unpack_2bit
 
@@ -92,9 +93,14 @@ class _TernaryMixin:
 
 
 def _layer_quant(quant: Optional[TernaryQuant], pow2: Optional[bool], scale_op: Optional[str],
-                 act_quant: Optional[nn.Module]) -> TernaryQuant:
-    """A Ternary layer's config: ``quant`` with the legacy keywords over it, ``act_bits`` from its quantizer."""
-    return TernaryQuant.from_kwargs(quant, pow2=pow2, scale_op=scale_op, act_bits=_act_bits(act_quant))
+                 act_quant: Optional[nn.Module]) -> tuple[TernaryQuant, nn.Module]:
+    """A Ternary layer's config and input quantizer: ``quant`` with the legacy keywords over it, ``act_bits`` from
+    the quantizer given; a config with ``act_bits`` and no quantizer gets a fresh one (as a Bit layer made with it
+    does), so the layer never says it quantizes what it does not."""
+    quant = TernaryQuant.from_kwargs(quant, pow2=pow2, scale_op=scale_op, act_bits=_act_bits(act_quant))
+    if _act_bits(act_quant) is None and quant.act_bits is not None:
+        act_quant = make_act_quantizer(quant.act_bits)
+    return quant, act_quant if act_quant is not None else nn.Identity()
 
 
 class TernaryConv2d(_TernaryMixin, nn.Module):
@@ -131,8 +137,8 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         self.groups = spec.groups
         self.padding_mode = spec.padding_mode
         self._reversed_padding_repeated_twice: List[int] = list(spec._reversed_padding_repeated_twice)
-        self.act_quant = act_quant if act_quant is not None else nn.Identity()
-        self._init_storage(codes, scale, bias, _layer_quant(quant, pow2, scale_op, act_quant))
+        quant, self.act_quant = _layer_quant(quant, pow2, scale_op, act_quant)
+        self._init_storage(codes, scale, bias, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_quant(x)
@@ -192,8 +198,8 @@ class TernaryLinear(_TernaryMixin, nn.Module):
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = int(codes.shape[0]), int(codes.shape[1])
-        self.act_quant = act_quant if act_quant is not None else nn.Identity()
-        self._init_storage(codes, scale, bias, _layer_quant(quant, pow2, scale_op, act_quant))
+        quant, self.act_quant = _layer_quant(quant, pow2, scale_op, act_quant)
+        self._init_storage(codes, scale, bias, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.act_quant(x), self.weight, self.bias)

@@ -8,7 +8,7 @@ ACT_BITS = (None, 8, 4)
 
 
 def validate_act_bits(act_bits: int | None) -> int | None:
-    if act_bits not in ACT_BITS:
+    if act_bits not in ACT_BITS or not (act_bits is None or type(act_bits) is int):  # 8.0 or True: not a bit count
         raise ValueError(f"unsupported act_bits {act_bits!r}: use None (off), 8 or 4")
     return act_bits
 
@@ -25,10 +25,14 @@ def absmax_scale(x: torch.Tensor, bits: int, eps: float = 1e-8) -> torch.Tensor:
 
 
 def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """``clamp(round(x / scale), -qmax, qmax) * scale`` forward, identity gradient backward."""
+    """``clamp(round(x / scale), -qmax, qmax) * scale`` forward, identity gradient backward.
+
+    The grid arithmetic runs in float32 at least (a float16 step of 1e-8 would round to 0 and turn zeros into NaN),
+    and the result is cast back to ``x``'s dtype."""
     qmax = act_qmax(bits)
-    scale = scale.to(x.dtype)
-    quantized = torch.clamp(torch.round(x.detach() / scale), -qmax, qmax) * scale
+    wide = torch.promote_types(x.dtype, torch.float32)
+    scale = scale.to(wide)
+    quantized = (torch.clamp(torch.round(x.detach().to(wide) / scale), -qmax, qmax) * scale).to(x.dtype)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return quantized  # exact grid values when no gradient is needed
-    return x + (quantized - x).detach()
+    return quantized + (x - x.detach())  # exactly the grid values forward (x + (q - x) rounds), x's gradient

@@ -17,8 +17,9 @@ from bitnetcnn.quant.ternary import DEFAULT_STE, DEFAULT_STE_CLIP, STE_MODES
 class TernaryQuant:
     """Ternary weights ``{-1, 0, +1} x scale`` per output channel, and optionally quantized input activations.
 
-    ``scale_op``: 'median' of |W| per channel (the seed's: ignores the long tail, about half the weights non-zero)
-    or 'mean'. ``pow2``: round each scale to a power of two (a shift on integer hardware). ``act_bits``: None (float
+    ``scale_op``: 'median' of |W| per channel (the seed's: ignores the long tail; about three quarters of a
+    bell-shaped channel's weights non-zero, the threshold being half the median) or 'mean'. ``pow2``: round each
+    scale to a power of two (a shift on integer hardware). ``act_bits``: None (float
     activations), 8 or 4 (symmetric absmax with a running scale). ``ste``: 'identity' passes the gradient to every
     latent weight, 'clipped' stops it where ``|W| > ste_clip * scale``.
     """
@@ -34,7 +35,7 @@ class TernaryQuant:
             raise ValueError(f"unknown scale_op {self.scale_op!r}: choose one of {', '.join(map(repr, SCALE_OPS))}")
         if not isinstance(self.pow2, bool):
             raise ValueError(f"pow2 must be True or False, not {self.pow2!r}")
-        if self.act_bits not in ACT_BITS or isinstance(self.act_bits, bool):
+        if self.act_bits not in ACT_BITS or not (self.act_bits is None or type(self.act_bits) is int):
             raise ValueError(f"unsupported act_bits {self.act_bits!r}: use None (off), 8 or 4")
         if self.ste not in STE_MODES:
             raise ValueError(f"unknown ste {self.ste!r}: choose one of {', '.join(map(repr, STE_MODES))}")

@@ -11,12 +11,18 @@ import torch
 _POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
 
 
+def _ternary_flat(codes) -> torch.Tensor:
+    """``codes`` flat, checked to be -1, 0 or 1 before any cast (int8 would wrap 255 to -1, and truncate 0.7 to 0)."""
+    flat = torch.as_tensor(codes).detach().reshape(-1)
+    if flat.numel() and (flat.min() < -1 or flat.max() > 1 or (flat.is_floating_point()
+                                                               and not torch.equal(flat, flat.round()))):
+        raise ValueError("ternary packing needs codes in {-1, 0, 1}")
+    return flat
+
+
 def _digits(codes: torch.Tensor, group: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
     """Codes -1/0/1 as digits 0/1/2, flat, padded with zeros to a multiple of ``group``, one row per byte."""
-    flat = codes.reshape(-1)
-    if flat.numel() and (flat.min() < -1 or flat.max() > 1):
-        raise ValueError("ternary packing needs codes in {-1, 0, 1}")
-    flat = (flat.to(torch.int8) + 1).to(dtype)
+    flat = (_ternary_flat(codes).to(torch.int8) + 1).to(dtype)
     pad = (-flat.numel()) % group
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
@@ -27,10 +33,8 @@ def pack_2bit(codes: torch.Tensor) -> torch.Tensor:
     """Four codes a byte, lowest bits first: a uint8 tensor of ``ceil(n / 4)`` bytes."""
     # numpy, uint8 throughout: several times faster than torch's small-integer ops (loading a checkpoint packs
     # every layer)
-    flat = torch.as_tensor(codes).detach().cpu().reshape(-1).to(torch.int8).numpy()
-    digits = flat.astype(np.uint8) + np.uint8(1)  # -1/0/1 -> 0/1/2; anything else lands outside 0..2
-    if digits.size and digits.max() > 2:
-        raise ValueError("ternary packing needs codes in {-1, 0, 1}")
+    flat = _ternary_flat(codes).cpu().to(torch.int8).numpy()
+    digits = flat.astype(np.uint8) + np.uint8(1)  # -1/0/1 -> 0/1/2
     pad = (-digits.size) % 4
     if pad:
         digits = np.concatenate([digits, np.zeros(pad, np.uint8)])

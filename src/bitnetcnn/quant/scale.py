@@ -15,7 +15,8 @@ def _mean(flat: torch.Tensor) -> torch.Tensor:
     return flat.mean(dim=1)
 
 
-# 'median' is the seed's default: it ignores the long tail of |W| and keeps about half the weights non-zero.
+# 'median' is the seed's default: it ignores the long tail of |W|; with codes round(W / s), about three quarters of
+# the weights of a bell-shaped channel are non-zero (the threshold is half the median).
 DEFAULT_SCALE_OP = "median"
 _SCALE_FNS = {DEFAULT_SCALE_OP: _median, "mean": _mean}
 SCALE_OPS = tuple(_SCALE_FNS)
@@ -38,11 +39,24 @@ def channel_scale(weight: torch.Tensor, scale_op: str = DEFAULT_SCALE_OP, eps: f
     return s.reshape((weight.shape[0],) + (1,) * (weight.dim() - 1))
 
 
+def _nearest_exponent(scale: torch.Tensor) -> torch.Tensor:
+    return torch.round(torch.log2(scale.float())).clamp(-128, 127)
+
+
 def pow2_exponent(scale: torch.Tensor) -> torch.Tensor:
-    """The integer ``e`` with ``2**e`` nearest to ``scale`` in log space, as int8 (scales live in 2**-128..2**127)."""
-    return torch.round(torch.log2(scale.float())).clamp(-128, 127).to(torch.int8)
+    """The integer ``e`` with ``2**e`` nearest to ``scale`` in log space, as int8 (scales live in 2**-128..2**127).
+    A scale that is not a finite positive number (NaN or infinite weights) has none: an error, not exponent 0."""
+    bad = ~(torch.isfinite(scale) & (scale > 0))
+    if bool(bad.any()):
+        channels = bad.reshape(-1).nonzero().reshape(-1).tolist()
+        raise ValueError(f"{len(channels)} channel(s) ({', '.join(map(str, channels[:5]))}"
+                         f"{', ...' if len(channels) > 5 else ''}) have the scale "
+                         f"{scale.reshape(-1)[channels[0]].item()}, which no power of two stands for: their weights "
+                         "are not finite (a training run that diverged)")
+    return _nearest_exponent(scale).to(torch.int8)
 
 
 def pow2_scale(scale: torch.Tensor) -> torch.Tensor:
-    """``2 ** round(log2(scale))`` in the dtype of ``scale``: multiplying by it is a shift on integer hardware."""
-    return torch.exp2(pow2_exponent(scale).to(scale.dtype))
+    """``2 ** round(log2(scale))`` in the dtype of ``scale``: multiplying by it is a shift on integer hardware. A
+    scale that is NaN or infinite stays so (a weight gone NaN gives NaN outputs, as without power-of-two scales)."""
+    return torch.where(torch.isfinite(scale), torch.exp2(_nearest_exponent(scale).to(scale.dtype)), scale)

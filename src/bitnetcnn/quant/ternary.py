@@ -91,4 +91,5 @@ def fake_quantize_weight_unchecked(weight: torch.Tensor, scale_op: str, pow2: bo
     if ste == "clipped":
         exact_scale = channel_scale(weight, scale_op)
         passthrough = torch.where(weight.detach().abs() <= clip * exact_scale, weight, weight.detach())
-    return passthrough + (quantized - passthrough).detach()
+    # exactly the ternary weight forward (``w + (q - w)`` rounds off the grid where |w| > 2s), w's gradient backward
+    return quantized + (passthrough - passthrough.detach())
