@@ -280,7 +280,11 @@ def test_convert_pow2_keeps_the_accuracy_of_a_model_trained_with_pow2_and_refuse
     fp = bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=8, quant="fp"), tmp_path / "fp.bnc")
     capsys.readouterr()
     assert cli.main(["convert", str(fp), "--pow2", "-o", str(tmp_path / "fp2.bnc")]) == 2
-    assert "holds a full-precision model (--quant fp): it has no ternary scales to round" in capsys.readouterr().err
+    assert "holds a full-precision model (--quant fp): it has no ternary layers to convert nor scales to round" in (
+        capsys.readouterr().err)
+    assert cli.main(["convert", str(fp), "-o", str(tmp_path / "fp3.bnc")]) == 2  # nor without --pow2: no "success"
+    assert "it has no ternary layers to convert; it is usable as it is" in capsys.readouterr().err
+    assert not (tmp_path / "fp3.bnc").exists()
     # a float run's last.ckpt too
     import lightning
 

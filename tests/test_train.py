@@ -1185,3 +1185,64 @@ def test_a_run_resumed_inside_an_epoch_keeps_its_validation_schedule_and_progres
     assert f"resumed from {tmp_path / 'cut' / 'last.ckpt'} inside epoch 0 at batch 2 of 4, after" in bar
     rows = read_metrics(tmp_path / "cut")
     assert [r["val_acc"] != "" for r in rows] == [False, True]
+
+
+def test_convert_never_writes_over_its_input_or_another_file_unless_told(tmp_path, capsys):
+    """`convert run/last.ckpt -o run/last.ckpt` turned the resumable checkpoint into a .bnc; the --pow2 conversion
+    had the same default name as the plain one and replaced it."""
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    before = (run / "last.ckpt").read_bytes()
+    _one_line_error(capsys, ["convert", str(run / "last.ckpt"), "-o", str(run / "last.ckpt")],
+                    "last.ckpt is the file being converted: writing over it would lose it")
+    assert main(["convert", str(run / "last.ckpt"), "-o", str(run / "best_ternary.bnc"), "--force"]) == 0  # another
+    _one_line_error(capsys, ["convert", str(run / "last.ckpt"), "-o", str(run / "last.ckpt"), "--force"],
+                    "is the file being converted")  # never the input
+    assert (run / "last.ckpt").read_bytes() == before
+    assert main(["convert", str(run / "last.ckpt")]) == 0 and main(["convert", str(run / "last.ckpt"), "--pow2"]) == 0
+    assert (run / "last.ternary.bnc").is_file() and (run / "last.ternary-pow2.bnc").is_file()
+    _one_line_error(capsys, ["convert", str(run / "last.ckpt")], "last.ternary.bnc exists: give -o another file, or "
+                                                                 "--force to replace it")
+
+
+def test_convert_reads_a_file_by_its_content_and_only_its_own_runs_figures(tmp_path, capsys):
+    """A run's last.ckpt copied as run1.pt was refused as "a Lightning checkpoint: convert it"; a checkpoint moved
+    into another run's folder took that run's command and accuracy; an --ema run's figures were dropped although
+    its last.ckpt holds the average they measured."""
+    import shutil
+
+    run = tmp_path / "ema"
+    results = train(TrainSettings(out=str(run), epochs=1, ema=0.9, **QUICK))
+    shutil.copy(run / "last.ckpt", tmp_path / "run1.pt")
+    assert main(["convert", str(tmp_path / "run1.pt"), "-o", str(tmp_path / "a.bnc")]) == 0
+    assert main(["convert", str(run / "last.ckpt"), "-o", str(tmp_path / "ema.bnc")]) == 0
+    assert load_checkpoint(tmp_path / "ema.bnc").pretrained_cfg.top1 == results["ternary_acc"]
+    shutil.copy(run / "best_ternary.bnc", tmp_path / "m.ckpt")  # a .bnc under another suffix
+    assert main(["convert", str(tmp_path / "m.ckpt"), "-o", str(tmp_path / "b.bnc")]) == 0
+    other = tmp_path / "other"
+    train(TrainSettings(out=str(other), epochs=1, act_bits=8, **QUICK))
+    shutil.copy(run / "last.ckpt", other / "moved.ckpt")
+    with pytest.warns(UserWarning, match=r"args.json is not the run of this checkpoint \(act_bits differ"):
+        assert main(["convert", str(other / "moved.ckpt"), "-o", str(tmp_path / "c.bnc")]) == 0
+    header = load_checkpoint(tmp_path / "c.bnc").checkpoint_header
+    assert "--act-bits" not in json.dumps(header) and header["metrics"].get("accuracy") is None
+
+
+def test_a_bfloat16_converted_model_loads_as_it_was_saved(tmp_path):
+    """Its ternary layers were rebuilt in float32 beside bf16 BatchNorms: the loaded model failed on every input."""
+    for dtype in (torch.bfloat16, torch.float16):
+        for pow2 in (False, True):
+            torch.manual_seed(0)
+            model = bitnetcnn.convert_to_ternary(bitnetcnn.create_model("bitnet_cnn", width=8, pow2=pow2).eval())
+            model = model.to(dtype)
+            loaded = load_checkpoint(bitnetcnn.save_checkpoint(model, tmp_path / f"{dtype}{pow2}.bnc"))
+            x = torch.randn(2, 1, 28, 28, dtype=dtype)
+            with torch.no_grad():
+                assert torch.equal(loaded(x), model(x))
+
+
+def test_summary_of_a_registry_model_at_another_size_has_the_stem_train_builds_for_it(capsys):
+    assert main(["summary", "bit_resnet18", "--input-size", "3", "224", "224"]) == 0
+    printed = capsys.readouterr().out
+    built = bitnetcnn.summary(bitnetcnn.create_model("bit_resnet18", img_size=224), (3, 224, 224), print_fn=None)
+    assert f"{built.params:,}" in printed and built.macs < 2e9  # the ImageNet stem: 1.8 G MACs, not 27 G

@@ -191,7 +191,7 @@ def _cmd_predict(args) -> int:
 def _cmd_convert(args) -> int:
     from bitnetcnn.train.evaluate import convert_file
 
-    out = convert_file(args.checkpoint, args.output, pow2=args.pow2)
+    out = convert_file(args.checkpoint, args.output, pow2=args.pow2, force=args.force)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
 
@@ -213,8 +213,11 @@ def _cmd_summary(args) -> int:
             raise ValueError(f"{args.model} takes {channels}-channel images, not --input-size {args.input_size[0]} "
                              "...: leave --input-size out to use the checkpoint's own")
     else:
-        model = create_model(args.model, num_classes=args.num_classes, in_chans=args.input_size[0] if args.input_size
-                             else None, quant=args.quant or "ternary")
+        size = args.input_size
+        # the stem `bitnetcnn train` builds for that size (above 64 px a ResNet takes its ImageNet stem)
+        at_size = {"img_size": size[1]} if size and size[1] == size[2] else {}
+        model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0] if size else None,
+                             quant=args.quant or "ternary", **at_size)
     if args.ternary and any(isinstance(m, BIT_LAYERS) for m in model.modules()):  # a Bit checkpoint's too
         from bitnetcnn import convert_to_ternary
 
@@ -306,8 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a Bit model (run folder's last.ckpt or a checkpoint) to ternary")
     p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", type=output_file, help="default: next to the input, with .ternary.bnc")
+    p.add_argument("-o", "--output", type=output_file,
+                   help="default: next to the input, with .ternary.bnc (.ternary-pow2.bnc with --pow2)")
     p.add_argument("--pow2", action="store_true", help="power-of-two scales")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (never the input)")
 
     p = sub.add_parser("summary", help="per-layer table: bits, memory, MACs, zero weights")
     p.add_argument("model", help="registry name, checkpoint file or published weight (bitnet_resnet18)")

@@ -1,7 +1,9 @@
 """A per-layer model summary in the manner of Larq's: shapes, parameters, bits, memory, MACs, zero share.
 
 It answers "what does ternary buy me on this model": how many weights are ternary, how large the model is in
-float32 and packed (2 bits a ternary weight plus its float scales), and how much compute each layer costs.
+float32 and packed (2 bits a ternary weight plus its float scales), and how much compute each layer costs. Memory
+counts parameters (weights, biases, BatchNorm's affine) and scales, not buffers such as BatchNorm's running
+statistics, which deployment folds into the scales and biases (a checkpoint file holds them, so it is larger).
 """
 
 from __future__ import annotations

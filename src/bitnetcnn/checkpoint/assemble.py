@@ -114,6 +114,10 @@ def assemble(path, model: nn.Module, tensors: Dict[str, torch.Tensor], codes: Di
     if missing:
         raise CheckpointError(path, f"wrong architecture: the file lacks tensors the model has: {few(missing)}")
 
+    # a bf16 or fp16 model saved as such: its ternary layers are rebuilt in float32 and cast back to it
+    floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    model_dtype = max(set(floating), key=floating.count) if floating else torch.float32
+
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
         if name not in ternary:
             return None
@@ -135,7 +139,9 @@ def assemble(path, model: nn.Module, tensors: Dict[str, torch.Tensor], codes: Di
             quant = TernaryQuant(scale_op=spec["scale_op"], pow2=spec["pow2"],
                                  act_bits=getattr(module, "act_bits", None))
             layer_cls = TernaryConv2d if isinstance(module, nn.Conv2d) else TernaryLinear
-            return layer_cls.from_codes(module, codes[name], scale, bias, quant)
+            layer = layer_cls.from_codes(module, codes[name], scale, bias, quant)
+            dtype = model_dtype if spec["pow2"] else scale.dtype
+            return layer if dtype == torch.float32 else layer.to(dtype)
         except Exception as e:
             raise CheckpointError(path, f"layer {name!r} cannot be built: {e}") from None
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +14,8 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
-from bitnetcnn.checkpoint.format import native_header
+from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
+from bitnetcnn.checkpoint.seed import LIGHTNING_KEY
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of, model_pretrained_cfg
 from bitnetcnn.normalization import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
@@ -118,18 +122,45 @@ def run_model(path: Path) -> nn.Module:
                          "run's last.ckpt or a bitnetcnn checkpoint (.bnc)") from None
 
 
-def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) -> Path:
-    """A run's ``last.ckpt`` (Lightning) or a checkpoint of a Bit model, converted and saved in our format."""
+def _is_run_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a Lightning checkpoint (a torch.save zip whose pickle names Lightning's version), by its
+    content: a run's ``last.ckpt`` copied to ``run1.pt`` is one, a ``.bnc`` saved as ``m.ckpt`` is not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [n for n in z.namelist() if n.endswith("/data.pkl")]
+            return len(pickles) == 1 and LIGHTNING_KEY in z.read(pickles[0])
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def default_converted_path(src: Path, pow2: bool = False) -> Path:
+    """Where ``bitnetcnn convert`` writes without ``-o``: beside the input, ``.ternary.bnc`` (``.ternary-pow2.bnc``
+    with power-of-two scales, so the two conversions of one file do not replace each other)."""
+    return src.with_suffix(".ternary-pow2.bnc" if pow2 else ".ternary.bnc")
+
+
+def convert_file(path: str, output: Optional[str] = None, pow2: bool = False, force: bool = False) -> Path:
+    """A run's ``last.ckpt`` (Lightning) or a checkpoint of a Bit model, converted and saved in our format.
+
+    The output never replaces the input (a run's ``last.ckpt`` is what ``--resume`` needs, a Bit file holds the
+    latent weights), nor another existing file unless ``force``."""
     src = Path(path)
+    out = Path(output) if output else default_converted_path(src, pow2)
+    if out.exists() and src.exists() and os.path.samefile(out, src):
+        raise ValueError(f"{out} is the file being converted: writing over it would lose it (a last.ckpt's "
+                         "optimizer state, a Bit model's latent weights); give -o another file")
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists: give -o another file, or --force to replace it")
     meta = {}
-    if src.suffix == ".ckpt":
+    lightning = not is_bitnetcnn_checkpoint(src) and (_is_run_checkpoint(src) or src.suffix == ".ckpt")
+    if lightning:
         model = run_model(src)
-        _refuse_float_pow2(model, src, pow2)
-        step = torch.load(src, map_location="cpu", mmap=True, weights_only=False).get("global_step")
-        meta = _run_metadata(src.parent, pow2, step)
+        _refuse_float(model, src, pow2)
+        step = torch.load(src, map_location="cpu", mmap=True, weights_only=True).get("global_step")
+        meta = _run_metadata(src.parent, pow2, step, model)
     else:  # its inputs, names and data set travel through model.pretrained_cfg (save_checkpoint reads it)
         model = load_checkpoint(src)
-        _refuse_float_pow2(model, src, pow2)
+        _refuse_float(model, src, pow2)
         if pow2 and not any(isinstance(m, BIT_LAYERS) for m in model.modules()):
             raise ValueError(f"{src} is already converted, its scales fixed: --pow2 rounds them when a Bit model is "
                              "converted, so convert the run's last.ckpt (or a Bit checkpoint) with --pow2")
@@ -138,23 +169,38 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False) ->
         if pow2 and not model.model_args.get("pow2"):  # other scales, another function: to be measured again
             for key in ACCURACY_KEYS:
                 meta.pop(key, None)
-    ternary = convert_to_ternary(model.eval(), pow2=pow2)
-    out = Path(output) if output else src.with_suffix(".ternary.bnc")
+    converted = not any(isinstance(m, BIT_LAYERS) for m in model.modules())  # a .bnc converted before: saved again
+    ternary = model.eval() if converted else convert_to_ternary(model.eval(), pow2=pow2)
     save_checkpoint(ternary, out, meta)
     return out
 
 
-def _refuse_float_pow2(model: nn.Module, src: Path, pow2: bool) -> None:
-    if pow2 and getattr(model, "model_args", {}).get("quant") == "fp":
-        raise ValueError(f"{src} holds a full-precision model (--quant fp): it has no ternary scales to round")
+def _refuse_float(model: nn.Module, src: Path, pow2: bool) -> None:
+    if getattr(model, "model_args", {}).get("quant") == "fp":
+        raise ValueError(f"{src} holds a full-precision model (--quant fp): it has no ternary layers to convert"
+                         f"{' nor scales to round' if pow2 else ''}; it is usable as it is (a run's best_ternary.bnc "
+                         "holds its best model, a teacher for --kd)")
 
 
-def _run_metadata(run: Path, pow2: bool, step: Optional[int]) -> dict:
+# the settings of args.json that the model built from them records in model_args (under these names)
+_BUILT_FROM = {"model": "name", "quant": "quant", "scale_op": "scale_op", "pow2": "pow2", "act_bits": "act_bits",
+               "fp_ends": "fp_ends"}
+
+
+def _run_metadata(run: Path, pow2: bool, step: Optional[int], model: nn.Module) -> dict:
     """What a run folder says about its model: data set, inputs and class names, command and the last accuracies,
     where they measured this model: a checkpoint of the run's last ``step`` (not one written inside an epoch, nor
-    by a run extended since), with the same scales and no weight average (the figures are the average's)."""
+    by a run extended since) with the same scales (a run with ``--ema`` saves and validates its average). A folder
+    whose ``args.json`` built another model (a checkpoint moved there) lends it nothing: a warning says so."""
     meta: dict = {}
     args = json.loads((run / "args.json").read_text()) if (run / "args.json").exists() else {}
+    built = getattr(model, "model_args", {})
+    other = [k for k, name in _BUILT_FROM.items() if k in args and name in built and args[k] != built[name]]
+    if other:
+        warnings.warn(f"{run / 'args.json'} is not the run of this checkpoint ({', '.join(other)} differ: "
+                      f"{', '.join(f'{args[k]!r} there, {built[_BUILT_FROM[k]]!r} here' for k in other)}): its data "
+                      "set, command and accuracy are left out of the converted file", UserWarning, stacklevel=3)
+        return {}
     if args:
         meta["dataset"] = args.get("dataset")
         meta.update(_run_inputs(run, args))
@@ -162,7 +208,7 @@ def _run_metadata(run: Path, pow2: bool, step: Optional[int]) -> dict:
         results = json.loads((run / "results.json").read_text())
         meta["command"] = results.get("command")
         same_scales = not pow2 or args.get("pow2")  # a run trained with --pow2 validated power-of-two scales
-        if same_scales and not args.get("ema") and step is not None and results.get("step") == step:
+        if same_scales and step is not None and results.get("step") == step:
             meta["accuracy"] = results.get("ternary_acc")
             meta["float_eval"] = {"top1": results.get("float_acc")}
             meta["ternary_eval"] = {"top1": results.get("ternary_acc")}
