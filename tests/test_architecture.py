@@ -22,7 +22,7 @@ ALLOWED = {
     "quant": {"quant"},
     "nn": {"quant", "nn"},
     "models": {"quant", "nn", "models"},
-    "summary": {"quant", "nn", "models", "summary"},
+    "summary": {"quant", "nn", "models", "checkpoint", "summary"},  # a weight's own input size (pretrained_cfg)
     "preprocess": {"preprocess"},  # a weight's transforms(): the ground floor's normalize and torchvision
     "checkpoint": {"quant", "nn", "models", "checkpoint", "preprocess"},
     "predict": {"checkpoint", "predict"},  # a weight's transforms and class names, on image files

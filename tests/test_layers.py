@@ -351,3 +351,66 @@ def test_a_channel_of_zero_codes_converts_with_scale_one():
     assert_same_function(conv, ternary, torch.randn(2, 3, 8, 8))
     with torch.no_grad():
         assert torch.equal(conv(torch.randn(2, 3, 8, 8))[:, 2], ternary(torch.randn(2, 3, 8, 8))[:, 2])
+
+
+def test_layers_made_inside_an_eval_model_compute_in_eval_mode():
+    """bitify(model.eval(), act_bits=8) made Bit layers in training mode: an "eval" forward quantized with each batch's
+    absmax and moved the running scales."""
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    model = bitify(float_model, act_bits=8)
+    model(torch.randn(8, 3, 8, 8))  # a training step sets the quantizers' running scales
+    model.eval()
+    again = bitify(copy.deepcopy(float_model).eval(), act_bits=8)  # an eval model in
+    assert not any(m.training for m in again.modules())
+    again.load_state_dict(model.state_dict())  # the trained running scales
+    x = torch.randn(2, 3, 8, 8) * 5
+    before = [q.running_scale.clone() for q in again.modules() if isinstance(q, bitnetcnn.nn.ActQuantizer)]
+    with torch.no_grad():
+        assert torch.equal(again(x), convert_to_ternary(again, int32_biases=False)(x))
+    after = [q.running_scale for q in again.modules() if isinstance(q, bitnetcnn.nn.ActQuantizer)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert not any(m.training for m in convert_to_bit(convert_to_ternary(model)).modules())
+
+
+def test_bitify_keeps_frozen_layers_frozen_and_tied_weights_tied():
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight = a.weight
+    head = nn.Linear(4, 2)
+    head.requires_grad_(False)
+    model = bitify(nn.Sequential(a, nn.ReLU(), b, head))
+    assert model[0].weight is model[2].weight and sum(p.numel() for p in model.parameters()) == 16 + 4 + 4 + 10
+    assert not model[3].weight.requires_grad and not model[3].bias.requires_grad and model[0].weight.requires_grad
+
+
+def test_bitify_records_what_create_model_must_build_again():
+    model = bitify(bitnetcnn.create_model("bitnet_cnn", width=8, quant="fp"), act_bits=8, scale_op="mean")
+    args = model.model_args
+    assert (args["quant"], args["act_bits"], args["scale_op"]) == ("ternary", 8, "mean")
+    rebuilt = bitnetcnn.create_model(**args)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_convert_to_bit_keeps_the_models_dtype():
+    model = convert_to_ternary(bitnetcnn.create_model("bitnet_cnn", width=8).eval()).to(torch.float64)
+    bit = convert_to_bit(model)
+    assert {p.dtype for p in bit.parameters()} == {torch.float64}
+    with torch.no_grad():
+        bit(torch.randn(2, 1, 28, 28, dtype=torch.float64))
+
+
+def test_an_inverted_residuals_shortcut_moves_the_running_scale_once_a_step():
+    """The shortcut and the expansion both ran the expansion's quantizer: a momentum of 0.19, not 0.1."""
+    from bitnetcnn.models.blocks import InvertedResidual
+    from bitnetcnn.models.layers import QuantSpec
+
+    block = InvertedResidual(QuantSpec(act_bits=8), 8, 8, 1)
+    quantizer = block.conv_pw_exp.conv.act_quant
+    quantizer.running_scale.fill_(1.0)
+    x = torch.randn(4, 8, 6, 6)
+    block(x)
+    expected = 0.9 * 1.0 + 0.1 * x.abs().max() / 127
+    assert torch.allclose(quantizer.running_scale, expected)

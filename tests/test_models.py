@@ -197,3 +197,20 @@ def test_registry_models_have_the_seed_checkpoints_layers(filename):
 def test_every_convnextv2_size_builds_on_32px(size):
     model = on_meta(create_model, "bit_convnextv2", size=size)
     assert model.head.out_features == 100
+
+
+def test_create_model_refuses_a_bad_img_size_and_arguments_its_builder_sets():
+    for bad in (0, -224, 2.5, True):
+        with pytest.raises(ValueError, match="img_size must be a positive integer"):
+            create_model("bit_resnet18", img_size=bad)
+    with pytest.raises(ValueError, match=r"bit_resnet18 sets 'depths' itself .*pick another registered model"):
+        create_model("bit_resnet18", depths=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match="has no argument 'spec'"):
+        create_model("bitnet_cnn", spec=None)
+
+
+def test_summary_measures_a_model_at_the_size_it_was_built_for():
+    from bitnetcnn import summary
+
+    built = summary(create_model("bit_resnet18", img_size=128), print_fn=None)
+    assert built.input_size == (3, 128, 128)

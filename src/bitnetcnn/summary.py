@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from bitnetcnn.checkpoint.pretrained_cfg import input_size_of, model_pretrained_cfg
 from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, TernaryLinear
 
 PACKED_BITS = 2  # storage of a ternary weight: four to a byte
@@ -120,12 +121,9 @@ def summary(
     what they count).
     """
     if input_size is None:
-        input_size = getattr(getattr(model, "pretrained_cfg", None), "input_size", None)
-    if input_size is None:
-        config = getattr(model, "model_config", None)
-        if config is None:
+        if model_pretrained_cfg(model) is None and getattr(model, "model_config", None) is None:
             raise ValueError("summary needs input_size for a model that create_model did not build")
-        input_size = config.input_size
+        input_size = input_size_of(model)  # the weights', else the size the model was built for (img_size)
     input_size = tuple(int(d) for d in input_size)
     rows = _row_modules(model)
     calls: dict[str, list] = {name: [None, 0] for name, _ in rows}  # output shape, MACs

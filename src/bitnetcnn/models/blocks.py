@@ -103,7 +103,7 @@ class InvertedResidual(nn.Module):
         if self.quantize_shortcut:
             # With 8-bit activations the shortcut adds the input as the expansion quantizes it, and the branch as
             # its own quantizer does: the two tensors the int8 graph adds (docs/deploy.md). Quantizing the input
-            # twice on one grid changes nothing, but in training its running scale then takes each batch's absmax
-            # twice (a momentum of 0.19 instead of 0.1).
-            x = self.conv_pw_exp.conv.act_quant(x)
+            # twice on one grid changes nothing; the running scale moves once, in the expansion's own forward.
+            quantizer = self.conv_pw_exp.conv.act_quant  # an Identity once deployment strips the quantizers
+            x = quantizer.quantize(x) if isinstance(quantizer, ActQuantizer) else quantizer(x)
         return x + self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))

@@ -85,8 +85,16 @@ def create_model(
     num_classes = cfg.num_classes if num_classes is None else _positive_int("num_classes", num_classes)
     in_chans = cfg.input_size[0] if in_chans is None else _positive_int("in_chans", in_chans)
     _check_kwargs(cfg, kwargs)
+    if "img_size" in kwargs:  # it picks the stem: 0, -224 or 2.5 would build the 32-px one without a word
+        kwargs["img_size"] = _positive_int("img_size", kwargs["img_size"])
     spec = QuantSpec(quant=quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits, fp_ends=fp_ends)
-    model = cfg.builder(num_classes=num_classes, in_chans=in_chans, spec=spec, **kwargs)
+    try:
+        model = cfg.builder(num_classes=num_classes, in_chans=in_chans, spec=spec, **kwargs)
+    except TypeError as e:  # an argument of the model class that the builder sets itself (resnet18's depths)
+        if "multiple values for" not in str(e):
+            raise
+        raise ValueError(f"{name} sets {str(e).rpartition('argument ')[2]} itself (that is what makes it {name}): leave it "
+                         "out, or pick another registered model") from None
     model.model_args = dict(name=name, num_classes=num_classes, in_chans=in_chans, **spec.to_dict(), **kwargs)
     model.model_config = cfg
     return model
@@ -114,7 +122,7 @@ def _check_kwargs(cfg: ModelConfig, kwargs: dict) -> None:
         params.update(inspect.signature(built).parameters)
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for n, p in inspect.signature(built).parameters.items()):
             return
-    named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and n != "spec"}
     unknown = sorted(set(kwargs) - named)
     if unknown:
         valid = sorted(n for n, p in params.items() if p.default is not inspect.Parameter.empty

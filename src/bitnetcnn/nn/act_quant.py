@@ -27,6 +27,14 @@ class ActQuantizer(nn.Module):
         self.momentum = momentum
         self.register_buffer("running_scale", torch.zeros(()))
 
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward` computes, without updating the running scale (a tensor this quantizer also sees
+        through ``forward`` in the same step: a MobileNetV2 shortcut)."""
+        scale = absmax_scale(x, self.bits)
+        if not self.training:
+            scale = torch.where(self.running_scale > 0, self.running_scale, scale)
+        return fake_quantize_activation(x, scale, self.bits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_scale = absmax_scale(x, self.bits)
         if self.training:

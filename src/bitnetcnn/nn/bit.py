@@ -181,6 +181,7 @@ class BitLinear(_BitMixin, nn.Linear):
 
 @torch.no_grad()
 def _copy_params(src: nn.Module, dst: nn.Module) -> None:
-    dst.weight.copy_(src.weight)
+    """The values of ``src``'s weight and bias, and whether they train (a frozen layer stays frozen)."""
+    dst.weight.copy_(src.weight).requires_grad_(src.weight.requires_grad)
     if src.bias is not None:
-        dst.bias.copy_(src.bias)
+        dst.bias.copy_(src.bias).requires_grad_(src.bias.requires_grad)

@@ -31,7 +31,7 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
     root = rule("", model)
     if root is not None:
         _carry_hooks(model, root, "the model")
-        return root, 1
+        return root.train(model.training), 1
     replaced: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(old) -> (old, kept alive so no id is reused; new)
     visited = {id(model)}
     pending = [("", model)]
@@ -53,6 +53,7 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
                 pending.append((name, child))
             else:
                 _carry_hooks(child, new, name)
+                new.train(child.training)  # a layer made inside an eval model computes in eval mode
                 replaced[id(child)] = (child, new)
                 setattr(parent, child_name, new)
     return model, len(replaced)
@@ -178,19 +179,29 @@ def bitify(
         return bool(hits)
 
     kept: list[str] = []  # convolutions and linear layers left in float though no skip pattern named them
+    made: dict[int, nn.Parameter] = {}  # id(float parameter) -> its Bit layer's: a tied weight stays tied
 
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
         if name and skipped(name):
             return None
-        if type(module) is nn.Conv2d:
-            return BitConv2d.from_float(module, **settings)
-        if type(module) is nn.Linear:
-            return BitLinear.from_float(module, **settings)
+        if type(module) in (nn.Conv2d, nn.Linear):
+            new = (BitConv2d if type(module) is nn.Conv2d else BitLinear).from_float(module, **settings)
+            for attr in ("weight", "bias"):
+                old = getattr(module, attr)
+                if old is not None and id(old) in made and made[id(old)].shape == old.shape:
+                    setattr(new, attr, made[id(old)])
+                elif old is not None:
+                    made[id(old)] = getattr(new, attr)
+            return new
         if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, (BitConv2d, BitLinear)):
             kept.append(f"{name} ({type(module).__name__})")
         return None
 
     converted, count = replace_modules(model, rule, inplace)
+    if count and isinstance(getattr(converted, "model_args", None), dict):  # create_model(**model_args) rebuilds it
+        q = settings["quant"]
+        converted.model_args = {**converted.model_args, "quant": "ternary", "scale_op": q.scale_op, "pow2": q.pow2,
+                                "act_bits": q.act_bits}
     if kept:
         warnings.warn(f"bitify: {len(kept)} layer{'s' * (len(kept) != 1)} kept in full precision: "
                       f"{', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}. They are subclasses of nn.Conv2d or "

@@ -246,4 +246,4 @@ def _fill_bit(bit: nn.Module, ternary: _TernaryMixin) -> nn.Module:
         bit.bias.copy_(ternary.bias)
     if isinstance(ternary.act_quant, nn.Module) and not isinstance(ternary.act_quant, nn.Identity):
         bit.act_quant.load_state_dict(ternary.act_quant.state_dict())
-    return bit
+    return bit.to(ternary.weight.dtype)  # a bf16 or float64 model's layers stay in its dtype
