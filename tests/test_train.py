@@ -1246,3 +1246,16 @@ def test_summary_of_a_registry_model_at_another_size_has_the_stem_train_builds_f
     printed = capsys.readouterr().out
     built = bitnetcnn.summary(bitnetcnn.create_model("bit_resnet18", img_size=224), (3, 224, 224), print_fn=None)
     assert f"{built.params:,}" in printed and built.macs < 2e9  # the ImageNet stem: 1.8 G MACs, not 27 G
+
+
+def test_a_time_budget_never_cuts_a_run_inside_its_warm_up(tmp_path, monkeypatch, capsys):
+    """A budget that fitted no more epochs than --warmup-epochs wrote settings its own rule refuses: the run died
+    after epoch 0 with nothing saved, and its resume died the same way."""
+    import bitnetcnn.train.time_budget as time_budget
+
+    monkeypatch.setattr(time_budget, "epochs_within", lambda *args: 1)
+    run = tmp_path / "short"
+    results = train(TrainSettings(out=str(run), epochs=5, time_budget=10, warmup_epochs=1.5, **QUICK))
+    assert "so the run takes 2 epochs (at least 2, to end the warm-up)" in capsys.readouterr().out
+    assert results["epochs"] == 2 and (run / "best_ternary.bnc").is_file()
+    assert json.loads((run / "args.json").read_text())["epochs"] == 2

@@ -295,7 +295,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         def record_epochs(epochs: int) -> None:  # a resume continues the run as decided
             write_settings(out, replace(s, epochs=epochs, time_budget=None))
 
-        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs, started)]
+        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs, started,
+                                  least=math.floor(s.warmup_epochs) + 1)]
     devices = s.devices if s.devices == "auto" else int(s.devices)
     with _quiet_lightning():
         trainer = L.Trainer(

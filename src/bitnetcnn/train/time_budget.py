@@ -52,8 +52,10 @@ class FitToTimeBudget(L.Callback):
     SAFETY = 0.95  # of the time left: steps vary, and the last epoch must end before the budget does
     REFINE_FROM = 10
 
-    def __init__(self, budget_s: float, elapsed, val_every: int, decided, started: float | None = None) -> None:
+    def __init__(self, budget_s: float, elapsed, val_every: int, decided, started: float | None = None,
+                 least: int = 1) -> None:
         self.budget_s = budget_s
+        self.least = least  # the fewest epochs a decision may give: more than the warm-up's (it must end)
         self.elapsed = elapsed  # the run's wall time of training so far, across resumes
         # where this process's command began (time.perf_counter()): its setup (data, model, run folder) is part of
         # the window the budget sizes the run to, though the run's recorded training time leaves it out
@@ -120,6 +122,9 @@ class FitToTimeBudget(L.Callback):
         epochs = epochs_within(budget, elapsed, epoch_s, validation_s, self.val_every, self._most, done)
         if epochs == done and trainer.current_epoch not in self._validated:
             epochs = done + 1  # one more, which validates as the last: a run never ends unmeasured
+        floor = ""
+        if epochs < self.least:  # a run cut inside its warm-up would never peak nor decay: its settings refuse that
+            epochs, floor = self.least, f" (at least {self.least}, to end the warm-up)"
         epochs = trainer.strategy.broadcast(min(epochs, self._most), src=0)  # the first process's decision
         if epochs == self._epochs:
             return
@@ -128,7 +133,7 @@ class FitToTimeBudget(L.Callback):
         pl_module.fit_schedule(epochs)
         self.decided(epochs)
         if trainer.is_global_zero:
-            cap = " (the most --epochs allows)" if epochs == self._most else ""
+            cap = " (the most --epochs allows)" if epochs == self._most else floor
             setup = f" after {self._setup_s:.0f} s of setup" if self._setup_s >= 0.5 else ""
             print(f"\ntime budget {self.budget_s / 60:.1f} min: {basis}{setup}; an epoch takes {epoch_s:.1f} s and a "
                   f"validation {validation_s:.1f} s, so the run takes {epochs} epoch{'s' * (epochs != 1)}{cap}",
