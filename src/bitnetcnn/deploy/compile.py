@@ -19,10 +19,23 @@ from bitnetcnn.deploy.runtime import DeployedModel
 from bitnetcnn.nn import ActQuantizer
 from bitnetcnn.nn.convert import replace_modules
 
-__all__ = ["compile", "to_onnx_graph", "without_act_quantizers"]
+__all__ = ["compile", "in_float32", "to_onnx_graph", "without_act_quantizers"]
 
 OWN_SCALES_REASON = ("auto: every int8 range is one of the model's own 8-bit grids, and onnxruntime computes the "
                      "model's integers; OpenVINO rounds some requantizations otherwise")
+
+
+def in_float32(model: nn.Module) -> nn.Module:
+    """``model``, or a float32 copy of a bf16/fp16/float64 one: the graphs are float32 (a bf16 converted model loads
+    as bf16, and half of its graph would be bf16 beside float32 folded layers)."""
+    import itertools
+
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+        return model
+    import copy
+
+    return copy.deepcopy(model).float()
 
 
 def without_act_quantizers(model: nn.Module) -> nn.Module:
@@ -38,6 +51,7 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
     ``int8=False`` gives the float graph (BN folded, activation quantizers kept as the model has them).
     """
     check_deployable(model, int8=int8)
+    model = in_float32(model)
     size = input_size_of(model, input_size)
     folded = fold_batchnorm(model)
     info = {"int8": int8, "input_size": list(size), "act_scales": "float"}

@@ -17,7 +17,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretr
 from bitnetcnn.deploy.calibration import Calibration, as_batches
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.deploy.checks import example_input
-from bitnetcnn.deploy.compile import to_onnx_graph
+from bitnetcnn.deploy.compile import in_float32, to_onnx_graph
 from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME
 from bitnetcnn.deploy.runtime import make_session
@@ -110,6 +110,7 @@ def export_onnx(
     logit; otherwise a ``ValueError`` says what differed and nothing is written. Without ``check_inputs`` the
     check runs on random inputs, with a warning. ``int8`` takes ``calibration`` as :func:`compile` does.
     """
+    model = in_float32(model)  # the graph is float32: so is the model it is checked against
     graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
     real = check_inputs is not None
     if real:

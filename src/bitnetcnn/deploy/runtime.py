@@ -41,19 +41,25 @@ class DeployedModel:
         self.info.update(backend=self.backend, backend_version=self.runner.version, backend_reason=backend_reason)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of normalized float images, or of uint8 images (0..255), normalized first as calibration does."""
+        """Logits of normalized float images, or of integer images (uint8, or int32/int64 pixels in 0..255),
+        normalized first as calibration does."""
         array = np.ascontiguousarray(self._normalized(x.detach().to("cpu")).to(torch.float32).numpy())
         return torch.from_numpy(self.runner.run(array)).to(x.device)
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
         """The same call without torch conversions (what a serving process would do)."""
-        if x.dtype == np.uint8:
+        if np.issubdtype(x.dtype, np.integer):
             x = self._normalized(torch.from_numpy(x)).numpy()
         return self.runner.run(x)
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.uint8:
+        if x.is_floating_point():
             return x
+        if x.dtype != torch.uint8:  # int64 or int32 pixels (a decoded image, torchvision.io): 0..255 as uint8 is
+            if x.numel() and (x.min() < 0 or x.max() > 255):
+                raise ValueError(f"integer images must be pixels in 0..255, these run from {int(x.min())} to "
+                                 f"{int(x.max())}")
+            x = x.to(torch.uint8)
         if self.normalization is None:
             raise ValueError("uint8 images need the model's mean and std, which this deployed model was not given: "
                              "pass normalized float images")
