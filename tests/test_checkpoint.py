@@ -439,11 +439,18 @@ def test_a_lightning_checkpoint_says_how_to_convert_it(tmp_path):
 
 
 def test_saving_a_bit_model_that_model_args_would_rebuild_unquantized_is_refused(tmp_path):
-    # a float model made ternary with bitify (float pre-training, then ternary fine-tuning): the tensors fit
-    # create_model(quant='fp'), which would load them into plain convolutions, silently unquantized
-    model = bitnetcnn.bitify(create_model("bitnet_cnn", width=4, quant="fp"))
+    # a float model made ternary with bitify (float pre-training, then ternary fine-tuning) records the Bit settings,
+    # so it saves and loads as the same model
+    model = bitnetcnn.bitify(create_model("bitnet_cnn", width=4, quant="fp")).eval()
+    loaded = bitnetcnn.load_checkpoint(bitnetcnn.save_checkpoint(model, tmp_path / "bitified.bnc"))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # model_args that say quant='fp' all the same: the tensors fit create_model(quant='fp'), which would load them
+    # into plain convolutions, silently unquantized
+    model.model_args = {**model.model_args, "quant": "fp"}
     with pytest.raises(ValueError, match="BitConv2d here but not in create_model"):
-        bitnetcnn.save_checkpoint(model, tmp_path / "bitified.bnc")
+        bitnetcnn.save_checkpoint(model, tmp_path / "stale.bnc")
 
 
 def test_saving_a_bit_model_with_a_layer_quantized_otherwise_is_refused(tmp_path):
