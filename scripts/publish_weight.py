@@ -35,6 +35,7 @@ from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg  # noqa: E402
 from bitnetcnn.data.catalog import get_dataset_spec  # noqa: E402
 from bitnetcnn.hub import PRETRAINED_DIR, entries  # noqa: E402
+from bitnetcnn.nn import TERNARY_LAYERS  # noqa: E402
 from bitnetcnn.train.callbacks import BUDGET_NOTE  # noqa: E402
 from bitnetcnn.train.evaluate import evaluate_model  # noqa: E402
 
@@ -180,10 +181,10 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
     own = model.pretrained_cfg
     if own.model != known[entry].model:
         raise ValueError(f"{path} holds a {own.model}, but {entry!r} serves {known[entry].model}")
-    if model.model_args.get("quant") == "fp" or not any(hasattr(m, "weight_packed") for m in model.modules()):
-        raise ValueError(f"{path} holds a {'full-precision' if model.model_args.get('quant') == 'fp' else 'Bit'} "
-                         "model, not a converted ternary one: publish a run's best_ternary.bnc (or bitnetcnn "
-                         "convert's output)")
+    if not any(isinstance(m, TERNARY_LAYERS) for m in model.modules()):
+        kind = "full-precision" if model.model_args.get("quant") == "fp" else "Bit"
+        raise ValueError(f"{path} holds a {kind} model, not a converted ternary one: publish a run's "
+                         "best_ternary.bnc (or bitnetcnn convert's output)")
     if own.dataset is None:
         raise ValueError(f"{path} does not record the data set it was trained on: it cannot be measured")
     header = model.checkpoint_header

@@ -235,10 +235,10 @@ def pretrained_path(entry: str, progress: bool = True) -> Path:
             f"the pretrained weights of {entry!r} ({spec.name}) should be at {PRETRAINED_DIR / spec.file}, which "
             "is missing: this installation of bitnetcnn is incomplete; reinstall it")
     target = hub_cache_dir() / (spec.file or Path(spec.url).name)
-    stale = target.is_file()
-    if stale and (not spec.sha256 or _sha256(target) == spec.sha256):
+    cached = target.is_file()
+    if cached and (not spec.sha256 or _sha256(target) == spec.sha256):
         return target
-    _download(spec.url, target, spec.sha256, progress, entry, stale)
+    _download(spec.url, target, spec.sha256, progress, entry, stale=cached)  # a cached copy here failed its hash
     return target
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import warnings
 from typing import Optional
 
@@ -28,13 +30,9 @@ OWN_SCALES_REASON = ("auto: every int8 range is one of the model's own 8-bit gri
 def in_float32(model: nn.Module) -> nn.Module:
     """``model``, or a float32 copy of a bf16/fp16/float64 one: the graphs are float32 (a bf16 converted model loads
     as bf16, and half of its graph would be bf16 beside float32 folded layers)."""
-    import itertools
-
     tensors = itertools.chain(model.parameters(), model.buffers())
     if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
         return model
-    import copy
-
     return copy.deepcopy(model).float()
 
 

@@ -144,12 +144,9 @@ def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
         scale = layer.channel_scale().float().numpy()
         stored = numpy_helper.to_array(inits[key])
         expected = (codes.astype(np.float32) * scale.reshape((-1,) + (1,) * (codes.ndim - 1))).astype(np.float32)
-        node = nodes[key]
-        axis = 0
-        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
-            expected, axis = expected.T, 1
-        elif node.op_type == "MatMul":
-            expected, axis = expected.T, 1
+        axis = _output_channel_axis(nodes[key])
+        if axis == 1:
+            expected = expected.T
         if stored.shape != expected.shape or not np.array_equal(stored, expected):
             raise NotDeployableError(f"layer {name!r}: the exported weight is not codes * scale; cannot map it "
                                      "exactly to int8 codes")
@@ -160,6 +157,14 @@ def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
     return out
 
 
+def _output_channel_axis(node) -> int:
+    """The axis of a weight initializer that holds its output channels: 1 where the exported node reads it
+    transposed (a MatMul, or a Gemm without ``transB``), else 0."""
+    transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not any(
+        a.name == "transB" and a.i == 1 for a in node.attribute))
+    return 1 if transposed else 0
+
+
 def _float_weight_grid(init, node, qtype) -> list:
     """Per-channel grids of a float layer's weight (an ``fp_ends`` stem or classifier) on the ternary codes' +-64
     range: full-range int8 weights times u8 activations overflow the 16-bit pair sums of AVX2 kernels without VNNI
@@ -167,9 +172,7 @@ def _float_weight_grid(init, node, qtype) -> list:
     from onnx import numpy_helper
 
     stored = numpy_helper.to_array(init)
-    transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not any(
-        a.name == "transB" and a.i == 1 for a in node.attribute))
-    axis = 1 if transposed else 0
+    axis = _output_channel_axis(node)
     absmax = np.abs(np.moveaxis(stored, axis, 0).reshape(stored.shape[axis], -1)).max(axis=1)
     step = np.maximum(absmax, np.finfo(np.float32).tiny) / CODE_GAIN
     channels = [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.int8)} for s in step]

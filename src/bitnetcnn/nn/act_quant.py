@@ -30,10 +30,13 @@ class ActQuantizer(nn.Module):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """What :meth:`forward` computes, without updating the running scale (a tensor this quantizer also sees
         through ``forward`` in the same step: a MobileNetV2 shortcut)."""
-        scale = absmax_scale(x, self.bits)
-        if not self.training:
-            scale = torch.where(self.running_scale > 0, self.running_scale, scale)
-        return fake_quantize_activation(x, scale, self.bits)
+        return fake_quantize_activation(x, self._scale(absmax_scale(x, self.bits)), self.bits)
+
+    def _scale(self, batch_scale: torch.Tensor) -> torch.Tensor:
+        """The batch's in training; in evaluation the running scale, or the batch's before any training batch."""
+        if self.training:
+            return batch_scale
+        return torch.where(self.running_scale > 0, self.running_scale, batch_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_scale = absmax_scale(x, self.bits)
@@ -42,10 +45,7 @@ class ActQuantizer(nn.Module):
                 seen = self.running_scale > 0
                 blended = (1 - self.momentum) * self.running_scale + self.momentum * batch_scale
                 self.running_scale.copy_(torch.where(seen, blended, batch_scale))
-            scale = batch_scale
-        else:
-            scale = torch.where(self.running_scale > 0, self.running_scale, batch_scale)
-        return fake_quantize_activation(x, scale, self.bits)
+        return fake_quantize_activation(x, self._scale(batch_scale), self.bits)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
-from bitnetcnn.quant.activation import ACT_BITS
+from bitnetcnn.quant.activation import validate_act_bits
 from bitnetcnn.quant.scale import DEFAULT_SCALE_OP, SCALE_OPS
 from bitnetcnn.quant.ternary import DEFAULT_STE, DEFAULT_STE_CLIP, STE_MODES
 
@@ -35,8 +35,7 @@ class TernaryQuant:
             raise ValueError(f"unknown scale_op {self.scale_op!r}: choose one of {', '.join(map(repr, SCALE_OPS))}")
         if not isinstance(self.pow2, bool):
             raise ValueError(f"pow2 must be True or False, not {self.pow2!r}")
-        if self.act_bits not in ACT_BITS or not (self.act_bits is None or type(self.act_bits) is int):
-            raise ValueError(f"unsupported act_bits {self.act_bits!r}: use None (off), 8 or 4")
+        validate_act_bits(self.act_bits)
         if self.ste not in STE_MODES:
             raise ValueError(f"unknown ste {self.ste!r}: choose one of {', '.join(map(repr, STE_MODES))}")
         if isinstance(self.ste_clip, bool) or not isinstance(self.ste_clip, (int, float)) \

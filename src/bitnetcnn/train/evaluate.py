@@ -161,7 +161,7 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False, fo
     else:  # its inputs, names and data set travel through model.pretrained_cfg (save_checkpoint reads it)
         model = load_checkpoint(src)
         _refuse_float(model, src, pow2)
-        if pow2 and not any(isinstance(m, BIT_LAYERS) for m in model.modules()):
+        if pow2 and _is_converted(model):
             raise ValueError(f"{src} is already converted, its scales fixed: --pow2 rounds them when a Bit model is "
                              "converted, so convert the run's last.ckpt (or a Bit checkpoint) with --pow2")
         header = getattr(model, "checkpoint_header", {}) or {}
@@ -169,10 +169,14 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False, fo
         if pow2 and not model.model_args.get("pow2"):  # other scales, another function: to be measured again
             for key in ACCURACY_KEYS:
                 meta.pop(key, None)
-    converted = not any(isinstance(m, BIT_LAYERS) for m in model.modules())  # a .bnc converted before: saved again
-    ternary = model.eval() if converted else convert_to_ternary(model.eval(), pow2=pow2)
+    # a .bnc converted before is saved again as it is
+    ternary = model.eval() if _is_converted(model) else convert_to_ternary(model.eval(), pow2=pow2)
     save_checkpoint(ternary, out, meta)
     return out
+
+
+def _is_converted(model: nn.Module) -> bool:
+    return not any(isinstance(m, BIT_LAYERS) for m in model.modules())
 
 
 def _refuse_float(model: nn.Module, src: Path, pow2: bool) -> None:
