@@ -591,3 +591,26 @@ def test_a_bfloat16_converted_model_exports_and_compiles_in_float32(tmp_path):
     assert torch.allclose(torch.as_tensor(deployed(x)), ref, atol=1e-4)
     export_onnx(half, tmp_path / "m.onnx", check_inputs=x)
     assert next(half.parameters()).dtype == torch.bfloat16  # the caller's model is left as it was
+
+
+def test_convnext_pointwise_layers_deploy_as_int8_ternary_codes(capsys):
+    """The exporter stores a channels-last linear layer's weight transposed under a generated name; the int8 pass
+    found no weight named for the layer and refused every ConvNeXt. onnxruntime's calibration also printed its
+    progress into stdout, where a command's own output (--json) goes."""
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    bit = create_model("bit_convnextv2", num_classes=10, act_bits=8).train()
+    with torch.no_grad():
+        for _ in range(2):
+            bit(torch.randn(8, 3, 32, 32))
+    model = convert_to_ternary(bit.eval())
+    x = torch.randn(64, 3, 32, 32)
+    capsys.readouterr()
+    deployed = compile(model, x[:32], backend="onnxruntime")
+    assert capsys.readouterr().out == ""
+    inits = {i.name: numpy_helper.to_array(i) for i in deployed.onnx_model.graph.initializer}
+    pointwise = [name for name, m in model.named_modules() if name.endswith(("pwconv1", "pwconv2"))]
+    assert pointwise and all(set(np.unique(inits[f"{name}.weight_quantized"])) <= {-64, 0, 64} for name in pointwise)
+    with torch.no_grad():
+        assert _agreement(model(x), deployed(x)) >= 0.9

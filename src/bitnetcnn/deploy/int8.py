@@ -26,6 +26,7 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -482,10 +483,13 @@ def keep_in_float(model, tensors: set):
 
 @contextlib.contextmanager
 def _quiet():
+    """quantize_static logs "consider pre-processing" warnings on the root logger, and its calibrators print their
+    progress to stdout, where it would land inside a command's own output (``--json`` included)."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # quantize_static logs "consider pre-processing" warnings on the root logger
+    root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)

@@ -46,9 +46,41 @@ def to_onnx(model: nn.Module, input_size: tuple[int, int, int]):
         raise NotDeployableError(
             f"{type(model).__name__} cannot be mapped to ONNX: torch.onnx.export failed ({first[:300]})"
         ) from err
-    return program.model_proto
+    proto = program.model_proto
+    _name_transposed_weights(proto.graph, model)
+    return proto
 
 
+def _name_transposed_weights(graph, model: nn.Module) -> None:
+    """Give back each linear layer's name to its weight where the exporter stored it transposed under a generated
+    name: ``F.linear`` on a 3-D or 4-D input (ConvNeXt's channels-last pointwise layers) becomes a MatMul whose
+    weight the optimizer folds into an unnamed ``weight.T`` constant, which the int8 pass could not find."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    readers: Dict[str, list] = {}
+    for node in graph.node:
+        for t in node.input:
+            readers.setdefault(t, []).append(node)
+    by_value = {}
+    for name, init in inits.items():
+        nodes = readers.get(name, [])
+        if len(nodes) == 1 and nodes[0].op_type == "MatMul" and list(nodes[0].input).index(name) == 1:
+            value = numpy_helper.to_array(init)
+            by_value.setdefault((value.shape, value.dtype.str, value.tobytes()), []).append(name)
+    for module_name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        key = f"{module_name}.weight"
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or key in inits or not module_name:
+            continue
+        transposed = weight.detach().float().cpu().numpy().T
+        found = by_value.get((transposed.shape, transposed.dtype.str, transposed.tobytes()), [])
+        if len(found) != 1:  # none, or several equal weights: which is whose cannot be told
+            continue
+        old = found.pop()
+        inits[old].name = key
+        for node in readers[old]:
+            node.input[list(node.input).index(old)] = key
 
 
 def weight_nodes(graph) -> Dict[str, object]:
