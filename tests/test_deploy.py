@@ -500,6 +500,25 @@ def test_bench_refuses_more_threads_than_cpus_and_skips_what_a_float_model_lacks
     report = json.loads(out.read_text())
     assert set(report["results"][0]["variants"]) == {"fp32_eager"}
     assert any("bit_eval and ternary skipped" in note for note in report["notes"])
+    # the default variants: the deploy rows are skipped too (compile refuses a model without ternary layers)
+    assert main(["bench", str(path), "--batch-sizes", "1", "--budget", "0", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"][0]["variants"]) == {"fp32_eager"}
+    assert any(note.startswith("deploy_onnxruntime") and "skipped" in note for note in report["notes"])
+
+
+def test_bench_of_one_deploy_backend_does_not_claim_what_auto_picks(tmp_path, capsys):
+    """Timed alone, a backend was reported as "compile(backend='auto') picks auto"."""
+    from bitnetcnn.deploy.backends import choose_backend
+    from bitnetcnn.deploy.bench import bench, format_report
+
+    report = bench("bitnet_cnn", (1,), budget_s=0, calibrate=8, variants=("deploy_onnxruntime",))
+    text = format_report(report)
+    assert "picks auto" not in text
+    if choose_backend("auto")[0] == "auto":  # OpenVINO usable: auto would measure, and the bench did not
+        assert report["auto_backend"] is None and "bench both deploy variants" in text
+    else:
+        assert report["auto_backend"] == "onnxruntime"
 
 
 def test_cli_bench_deploys_an_act8_model_as_compile_does(tmp_path):

@@ -199,10 +199,14 @@ def bench(
         size = input_size_of(converted)
         if not any(isinstance(m, TERNARY_LAYERS) for m in converted.modules()):  # a float (--quant fp) model
             dropped = [k for k in ("bit_eval", "ternary") if k in variants]
-            variants = tuple(k for k in variants if k not in dropped)
+            skipped = [k for k in variants if k in DEPLOY_VARIANTS]
+            variants = tuple(k for k in variants if k not in dropped and k not in skipped)
             if dropped:
                 notes.append(f"{' and '.join(dropped)} skipped: {source.label} has no ternary layers, so they would "
                              "time the float model again")
+            if skipped:
+                notes.append(f"{' and '.join(skipped)} skipped: the deployment path compiles converted ternary "
+                             f"models, and {source.label} has no ternary layers")
         models: Dict[str, object] = {"fp32_eager": source.float_twin()}
         if "bit_eval" in variants:
             models["bit_eval"] = source.bit()
@@ -232,6 +236,10 @@ def bench(
                 with torch.inference_mode():
                     timings = measure_backends({DEPLOY_VARIANTS[k]: models[k].runner for k in deploy}, size)
                 auto_backend, auto_reason = pick_faster(timings)
+        if auto_backend == "auto":  # no deploy variant pair timed here: which one auto picks is not known
+            notes.append("compile(backend='auto') would time onnxruntime against OpenVINO on this machine; bench "
+                         "both deploy variants to see which it picks")
+            auto_backend = auto_reason = None
         sizes = {}
         for k, m in models.items():
             if k in DEPLOY_VARIANTS:
