@@ -173,6 +173,16 @@ def test_the_deployed_model_reads_uint8_images_as_calibration_does_and_refuses_u
     with pytest.raises(ValueError, match=r"check_inputs span 0..255"):
         export_onnx(models["plain"], tmp_path / "m.onnx", check_inputs=pixels.float())
     assert not (tmp_path / "m.onnx").exists()
+    # the deployed model's own call ran float pixels 0..255 unnormalized, without a word
+    with pytest.raises(ValueError, match=r"images span 0..255, .* pass uint8 images"):
+        deployed_plain(pixels.float())
+    with pytest.raises(ValueError, match=r"images span 0..255"):
+        deployed_plain.run_numpy(pixels.numpy().astype(np.float32))
+    # calibration or check images of another size were refused deep inside onnxruntime
+    with pytest.raises(ValueError, match=r"calibration images are 1x32x32 but the model takes 1x28x28"):
+        compile(models["plain"], torch.nn.functional.pad(normalized, (2, 2, 2, 2)))
+    with pytest.raises(ValueError, match=r"check_inputs are 1x32x32 but the model takes 1x28x28"):
+        export_onnx(models["plain"], tmp_path / "m.onnx", check_inputs=torch.nn.functional.pad(normalized, (2,) * 4))
 
 
 def test_a_model_without_weights_of_other_channels_than_its_registry_default_records_no_normalization():

@@ -35,13 +35,15 @@ def check_normalized(x: torch.Tensor, mean, std, what: str = "inputs") -> None:
 
 
 def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = 64,
-               what: str = "calibration images") -> List[np.ndarray]:
+               what: str = "calibration images", input_size: Optional[tuple] = None) -> List[np.ndarray]:
     """Float32 ``(N, C, H, W)`` arrays from a tensor of model inputs or an iterable of batches.
 
     A batch may be a tensor, an array, or a ``(inputs, labels)`` pair as data loaders yield. uint8 images are
-    normalized with the model's mean and std; float images far outside what that normalization gives are refused
-    (``what`` names them in the error).
+    normalized with the model's mean and std; float images far outside what that normalization gives are refused,
+    and so are images of another size than ``input_size`` (default: the model's), which onnxruntime would refuse
+    deep inside calibration (``what`` names them in the error).
     """
+    size = tuple(input_size_of(model, input_size)) if model is not None else None
     if isinstance(calibration, (torch.Tensor, np.ndarray)):
         items = [calibration]
         split = True
@@ -61,7 +63,10 @@ def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batc
         elif stats is not None:
             check_normalized(x, *stats, what=what)
         if x.dim() != 4:
-            raise ValueError(f"calibration inputs must be (N, C, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(f"{what} must be (N, C, H, W), got shape {tuple(x.shape)}")
+        if size is not None and tuple(x.shape[1:]) != size:
+            raise ValueError(f"{what} are {'x'.join(map(str, x.shape[1:]))} but the model takes "
+                             f"{'x'.join(map(str, size))}: resize them to its input size")
         x = x.detach().to("cpu", torch.float32)
         chunks = x.split(batch_size) if split else [x]
         batches += [np.ascontiguousarray(c.numpy()) for c in chunks]

@@ -55,7 +55,7 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
     info = {"int8": int8, "input_size": list(size), "act_scales": "float"}
     if not int8:
         return to_onnx(folded, size), info
-    batches = None if calibration is None else as_batches(calibration, model)
+    batches = None if calibration is None else as_batches(calibration, model, input_size=size)
     has_scales = bool(quantizer_scales(folded))
     info["act_scales"] = ("model quantizers + calibration" if has_scales else "calibration") if batches else (
         "model quantizers")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from bitnetcnn.deploy.backends import make_runner, make_session
+from bitnetcnn.deploy.calibration import check_normalized
 from bitnetcnn.normalization import normalize
 
 __all__ = ["DeployedModel", "make_session"]
@@ -42,18 +43,21 @@ class DeployedModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of normalized float images, or of integer images (uint8, or int32/int64 pixels in 0..255),
-        normalized first as calibration does."""
+        normalized first as calibration does. Float images far outside what the normalization gives (pixels 0..255
+        as floats) are refused, as in calibration."""
         array = np.ascontiguousarray(self._normalized(x.detach().to("cpu")).to(torch.float32).numpy())
         return torch.from_numpy(self.runner.run(array)).to(x.device)
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
         """The same call without torch conversions (what a serving process would do)."""
-        if np.issubdtype(x.dtype, np.integer):
+        if np.issubdtype(x.dtype, np.integer) or self.normalization is not None:
             x = self._normalized(torch.from_numpy(x)).numpy()
         return self.runner.run(x)
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point():
+            if self.normalization is not None:  # pixels 0..255 as floats would run, and be wrong without a word
+                check_normalized(x, *self.normalization, what="images")
             return x
         if x.dtype != torch.uint8:  # int64 or int32 pixels (a decoded image, torchvision.io): 0..255 as uint8 is
             if x.numel() and (x.min() < 0 or x.max() > 255):
