@@ -461,6 +461,21 @@ def test_export_onnx_runs_with_dynamic_batch(mnist_model, tmp_path, int8):
     assert meta["bitnetcnn.int8"] == ("true" if int8 else "false")
 
 
+def test_a_saved_deployed_model_carries_its_input_size_and_normalization(deployed_plain, tmp_path):
+    """``DeployedModel.save`` wrote the bare graph: a user of the file could not tell the mean and std that
+    ``export`` writes into its own files."""
+    import json
+
+    from bitnetcnn.data import get_dataset_spec
+
+    path = deployed_plain.save(tmp_path / "fast.onnx")
+    meta = {p.key: p.value for p in __import__("onnx").load(str(path)).metadata_props}
+    spec = get_dataset_spec("mnist")
+    assert json.loads(meta["bitnetcnn.mean"]) == pytest.approx(list(spec.mean))
+    assert json.loads(meta["bitnetcnn.std"]) == pytest.approx(list(spec.std))
+    assert json.loads(meta["bitnetcnn.input_size"]) == [1, 28, 28] and meta["bitnetcnn.int8"] == "true"
+
+
 def test_export_refuses_to_write_a_model_that_disagrees(mnist_model, tmp_path):
     models, _ = mnist_model
     x, _ = _mnist(False, 100)

@@ -16,7 +16,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_
 from bitnetcnn.deploy.checks import check_deployable
 from bitnetcnn.deploy.fold import fold_batchnorm
 from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION, quantize_int8, quantizer_scales, ranges_are_the_models
-from bitnetcnn.deploy.onnx_graph import to_onnx
+from bitnetcnn.deploy.onnx_graph import add_metadata, to_onnx
 from bitnetcnn.deploy.runtime import DeployedModel
 from bitnetcnn.nn import ActQuantizer
 from bitnetcnn.nn.convert import replace_modules
@@ -44,7 +44,8 @@ def without_act_quantizers(model: nn.Module) -> nn.Module:
 
 def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *, int8: bool = True,
                   input_size: Optional[tuple] = None, method: str = DEFAULT_CALIBRATION):
-    """The deployable ``onnx.ModelProto`` of a converted model and a dict that says how it was made.
+    """The deployable ``onnx.ModelProto`` of a converted model and a dict that says how it was made (also in the
+    graph's metadata, with the input size, mean and std: what a user of the saved file needs).
 
     ``int8=False`` gives the float graph (BN folded, activation quantizers kept as the model has them).
     """
@@ -54,7 +55,7 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
     folded = fold_batchnorm(model)
     info = {"int8": int8, "input_size": list(size), "act_scales": "float"}
     if not int8:
-        return to_onnx(folded, size), info
+        return add_metadata(to_onnx(folded, size), model, info), info
     batches = None if calibration is None else as_batches(calibration, model, input_size=size)
     has_scales = bool(quantizer_scales(folded))
     info["act_scales"] = ("model quantizers + calibration" if has_scales else "calibration") if batches else (
@@ -64,7 +65,7 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
     graph = to_onnx(without_act_quantizers(folded), size)
     # the graph computes the model's own integers (8-bit activations on every point it requantizes, no calibration)
     info["model_integers"] = batches is None and ranges_are_the_models(graph.graph, folded)
-    return quantize_int8(graph, folded, batches, method=method), info
+    return add_metadata(quantize_int8(graph, folded, batches, method=method), model, info), info
 
 
 def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8: bool = True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -13,7 +12,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretrained_cfg
 from bitnetcnn.deploy.calibration import Calibration, as_batches
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.deploy.checks import example_input
@@ -131,7 +129,6 @@ def export_onnx(
         raise ValueError(f"the exported {'int8' if int8 else 'float'} ONNX model does not match the PyTorch model on "
                          f"{len(inputs)} {'real' if real else 'random'} images ({'; '.join(problems)}); nothing was "
                          "written" + ("" if not int8 else ". Try more calibration images (--calibrate N)"))
-    _add_metadata(graph, model, info)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = graph.SerializeToString()
@@ -144,34 +141,3 @@ def _has_act_quant(model: nn.Module) -> bool:
     from bitnetcnn.nn import ActQuantizer
 
     return any(isinstance(m, ActQuantizer) for m in model.modules())
-
-
-def _add_metadata(graph, model: nn.Module, info: dict) -> None:
-    """What a user of the file needs: how to prepare inputs (size, mean, std) and what the model is."""
-    import bitnetcnn
-
-    meta = {
-        "bitnetcnn.version": bitnetcnn.__version__,
-        "bitnetcnn.input_size": json.dumps(info.get("input_size")),
-        "bitnetcnn.int8": json.dumps(bool(info.get("int8"))),
-        "bitnetcnn.act_scales": str(info.get("act_scales", "")),
-    }
-    stats = input_normalization(model)  # the checkpoint's own (model.pretrained_cfg), else the registry's
-    if stats is not None:
-        meta["bitnetcnn.mean"], meta["bitnetcnn.std"] = json.dumps(list(stats[0])), json.dumps(list(stats[1]))
-    weights = model_pretrained_cfg(model)
-    if weights is not None:
-        if weights.dataset:
-            meta["bitnetcnn.dataset"] = weights.dataset
-        meta["bitnetcnn.pretrained_cfg"] = json.dumps(weights.to_dict(), default=str)
-    args = getattr(model, "model_args", None)
-    if args:
-        meta["bitnetcnn.model_args"] = json.dumps(args, default=str)
-    meta = {**{e.key: e.value for e in graph.metadata_props}, **meta}  # keeps the int8 graph's own notes
-    del graph.metadata_props[:]
-    for key, value in meta.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    graph.doc_string = "Exported by bitnetcnn: inputs are (N, C, H, W) float32 images, normalized (x/255 - mean)/std"
-    if stats is not None:
-        graph.doc_string += f" with mean {list(stats[0])} and std {list(stats[1])}"

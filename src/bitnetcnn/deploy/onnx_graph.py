@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import warnings
 from typing import Dict
@@ -11,12 +12,13 @@ from typing import Dict
 import torch
 from torch import nn
 
+from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretrained_cfg
 from bitnetcnn.deploy.checks import NotDeployableError, example_input
 from bitnetcnn.quiet import quiet_loggers
 
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "torch._export")
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "to_onnx", "weight_nodes"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "add_metadata", "to_onnx", "weight_nodes"]
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 OPSET = 18
@@ -91,3 +93,36 @@ def weight_nodes(graph) -> Dict[str, object]:
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits:
             out[node.input[1]] = node
     return out
+
+
+def add_metadata(graph, model: nn.Module, info: dict):
+    """``graph`` (an ``onnx.ModelProto``) with what a user of its file needs in its metadata: how to prepare inputs
+    (size, mean, std) and what the model is (``info``: how the graph was made, ``to_onnx_graph``'s)."""
+    import bitnetcnn
+
+    meta = {
+        "bitnetcnn.version": bitnetcnn.__version__,
+        "bitnetcnn.input_size": json.dumps(info.get("input_size")),
+        "bitnetcnn.int8": json.dumps(bool(info.get("int8"))),
+        "bitnetcnn.act_scales": str(info.get("act_scales", "")),
+    }
+    stats = input_normalization(model)  # the checkpoint's own (model.pretrained_cfg), else the registry's
+    if stats is not None:
+        meta["bitnetcnn.mean"], meta["bitnetcnn.std"] = json.dumps(list(stats[0])), json.dumps(list(stats[1]))
+    weights = model_pretrained_cfg(model)
+    if weights is not None:
+        if weights.dataset:
+            meta["bitnetcnn.dataset"] = weights.dataset
+        meta["bitnetcnn.pretrained_cfg"] = json.dumps(weights.to_dict(), default=str)
+    args = getattr(model, "model_args", None)
+    if args:
+        meta["bitnetcnn.model_args"] = json.dumps(args, default=str)
+    meta = {**{e.key: e.value for e in graph.metadata_props}, **meta}  # keeps the int8 graph's own notes
+    del graph.metadata_props[:]
+    for key, value in meta.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    graph.doc_string = "Exported by bitnetcnn: inputs are (N, C, H, W) float32 images, normalized (x/255 - mean)/std"
+    if stats is not None:
+        graph.doc_string += f" with mean {list(stats[0])} and std {list(stats[1])}"
+    return graph
