@@ -414,3 +414,21 @@ def test_an_inverted_residuals_shortcut_moves_the_running_scale_once_a_step():
     block(x)
     expected = 0.9 * 1.0 + 0.1 * x.abs().max() / 127
     assert torch.allclose(quantizer.running_scale, expected)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_an_empty_batch_passes_an_act_quantized_model_as_torch_layers_take_it(training):
+    """An empty batch (the last shard of a split, a filter that kept nothing) raised in the quantizer's absmax,
+    where torch.nn's own layers return an empty output; nor may it move the running scale."""
+    from bitnetcnn.nn import ActQuantizer
+
+    torch.manual_seed(0)
+    model = bitnetcnn.create_model("bitnet_cnn", width=4, act_bits=8).train()
+    model(torch.randn(4, 1, 28, 28))
+    model.train(training)
+    scales = [q.running_scale.clone() for q in model.modules() if isinstance(q, ActQuantizer)]
+    with torch.no_grad():
+        out = model(torch.randn(0, 1, 28, 28))
+    assert out.shape == (0, 10)
+    assert all(torch.equal(a, q.running_scale) for a, q in zip(scales, [q for q in model.modules()
+                                                                       if isinstance(q, ActQuantizer)]))

@@ -30,6 +30,8 @@ class ActQuantizer(nn.Module):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """What :meth:`forward` computes, without updating the running scale (a tensor this quantizer also sees
         through ``forward`` in the same step: a MobileNetV2 shortcut)."""
+        if x.numel() == 0:
+            return x
         return fake_quantize_activation(x, self._scale(absmax_scale(x, self.bits)), self.bits)
 
     def _scale(self, batch_scale: torch.Tensor) -> torch.Tensor:
@@ -39,6 +41,8 @@ class ActQuantizer(nn.Module):
         return torch.where(self.running_scale > 0, self.running_scale, batch_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0:  # an empty batch has no absmax (and moves no running scale), as torch.nn layers take it
+            return x
         batch_scale = absmax_scale(x, self.bits)
         if self.training:
             with torch.no_grad():
