@@ -1259,3 +1259,12 @@ def test_a_time_budget_never_cuts_a_run_inside_its_warm_up(tmp_path, monkeypatch
     assert "so the run takes 2 epochs (at least 2, to end the warm-up)" in capsys.readouterr().out
     assert results["epochs"] == 2 and (run / "best_ternary.bnc").is_file()
     assert json.loads((run / "args.json").read_text())["epochs"] == 2
+
+
+def test_the_metrics_plot_numbers_epochs_as_the_csv_and_the_log_do():
+    """The plot counted epochs from 1 while metrics.csv and the log lines count from 0: epoch 3 on the plot was the
+    row and the log line of epoch 2."""
+    from bitnetcnn.train.plot import series
+
+    rows = [{"epoch": "0", "val_acc": "0.5"}, {"epoch": "1", "val_acc": ""}, {"epoch": "2", "val_acc": "0.7"}]
+    assert series(rows, "val_acc") == ([0, 2], [0.5, 0.7])

@@ -6,6 +6,13 @@ import csv
 from pathlib import Path
 
 
+def series(rows: list, key: str) -> tuple:
+    """``(epochs, values)`` of one metrics.csv column, epochs numbered as the file, the log and Lightning number
+    them (from 0), so that a point on the plot reads as the row and the log line of that epoch."""
+    pts = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def plot_metrics(csv_path: Path, png_path: Path) -> Path:
     import matplotlib
 
@@ -15,20 +22,16 @@ def plot_metrics(csv_path: Path, png_path: Path) -> Path:
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
 
-    def series(key: str):
-        pts = [(int(r["epoch"]) + 1, float(r[key])) for r in rows if r.get(key) not in (None, "")]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        ax_loss.plot(*series(key), marker="o", label=label)
+        ax_loss.plot(*series(rows, key), marker="o", label=label)
     for key, label in (("train_acc", "train (bit)"), ("val_acc", "validation (bit)"),
                        ("ternary_acc", "validation (ternary)")):
-        xs, ys = series(key)
+        xs, ys = series(rows, key)
         if xs:
             ax_acc.plot(xs, [100 * y for y in ys], marker="o", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel="epoch (from 0, as in metrics.csv)", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch (from 0, as in metrics.csv)", ylabel="top-1 accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
