@@ -234,6 +234,7 @@ def test_a_layer_used_twice_is_made_ternary_in_both_places_and_stays_one_layer()
         assert torch.equal(ternary(x), bit(x))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
 def test_conversions_keep_forward_hooks_and_refuse_old_style_weight_norms():
     """A hook registered before bitify or conversion (a feature extractor's, or one that changes the output) acts
     on the replacement too; torch.nn.utils's old weight and spectral norms recompute ``weight`` from parameters a
@@ -246,6 +247,11 @@ def test_conversions_keep_forward_hooks_and_refuse_old_style_weight_norms():
     assert convert_to_ternary(bit)[0](x).max() <= 0.1
     with pytest.raises(ValueError, match=r"0 \(Conv2d\) carries torch.nn.utils's SpectralNorm.*remove_spectral_norm"):
         bitify(nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3))))
+    # the old weight norm made copy.deepcopy fail first, with torch's words about graph leaves
+    with pytest.raises(ValueError, match=r"0 \(Conv2d\) carries torch.nn.utils's WeightNorm.*remove_weight_norm"):
+        bitify(nn.Sequential(nn.utils.weight_norm(nn.Conv2d(3, 4, 3))))
+    with pytest.raises(ValueError, match=r"carries torch.nn.utils's WeightNorm.*remove_weight_norm"):
+        bitify(nn.Sequential(nn.utils.weight_norm(nn.Conv2d(3, 4, 3))), inplace=True)
 
 
 def test_bitify_names_the_layers_it_keeps_in_float_because_they_are_parametrized():

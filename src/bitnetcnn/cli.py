@@ -72,7 +72,8 @@ def _add_train(sub) -> None:
     a("--model", default="bitnet_cnn", help="registry name (bitnetcnn.list_models())")
     a("--dataset", default="mnist_demo", help="mnist_demo (bundled), mnist, fashion_mnist, cifar10, cifar100, "
       "tiny_imagenet, imagefolder")
-    a("--data-dir", help="data root (default: $BITNETCNN_DATA, else ~/.cache/bitnetcnn/data)")
+    a("--data-dir", help="data root (default: $BITNETCNN_DATA, else data/ in the cache: $BITNETCNN_CACHE, "
+                            "else $XDG_CACHE_HOME/bitnetcnn, else ~/.cache/bitnetcnn)")
     a("--download", action="store_true", help="let torchvision fetch a missing data set where the network allows")
     a("--out", help="run folder (default: runs/MODEL-DATASET[-N])")
     a("--resume", action="store_true", help="continue the run in --out from its last.ckpt, with its saved settings")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir`` if given, else ``$BITNETCNN_DATA``, else ``~/.cache/bitnetcnn/data``."""
+    """``data_dir`` if given, else ``$BITNETCNN_DATA``, else ``data`` in :func:`cache_root`."""
     if data_dir:
         return Path(data_dir).expanduser()
     env = os.environ.get("BITNETCNN_DATA")

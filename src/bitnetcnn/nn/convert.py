@@ -27,7 +27,7 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
     once. The forward hooks on a replaced module move to its replacement.
     """
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _copy(model)
     root = rule("", model)
     if root is not None:
         _carry_hooks(model, root, "the model")
@@ -64,16 +64,34 @@ _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_
                "_forward_hooks_always_called")
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, which fails with torch's own words on an old-style weight norm (its ``weight`` is
+    computed, not a leaf tensor): that one is named instead."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError:
+        for name, module in model.named_modules():
+            _refuse_old_norms(module, name, "which copy.deepcopy cannot copy (its weight is computed, not a leaf)",
+                              "or pass inplace=True")
+        raise
+
+
+def _refuse_old_norms(module: nn.Module, name: str, why: str, other_way: str) -> None:
+    """Refuse torch.nn.utils's old-style weight and spectral norms: hooks that recompute ``weight`` from parameters
+    of their own."""
+    for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:
+        if type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
+            norm = type(hook).__name__
+            raise ValueError(f"{name or 'the model'} ({type(module).__name__}) carries torch.nn.utils's {norm}, "
+                             f"{why}: remove it first (torch.nn.utils.remove_"
+                             f"{'weight_norm' if norm == 'WeightNorm' else 'spectral_norm'}(module)), {other_way}")
+
+
 def _carry_hooks(old: nn.Module, new: nn.Module, name: str) -> None:
     """Move ``old``'s forward hooks to ``new``; refuse the old-style weight and spectral norms, which are hooks that
     recompute ``weight`` from parameters the replacement does not have."""
-    for hook in [*old._forward_pre_hooks.values(), *old._forward_hooks.values()]:
-        if type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
-            norm = type(hook).__name__
-            raise ValueError(f"{name or 'the model'} ({type(old).__name__}) carries torch.nn.utils's {norm}, whose "
-                             f"weight a ternary layer would not recompute: remove it first "
-                             f"(torch.nn.utils.remove_{'weight_norm' if norm == 'WeightNorm' else 'spectral_norm'}"
-                             f"(module)), or keep the layer in full precision (bitify's skip)")
+    _refuse_old_norms(old, name, "whose weight a ternary layer would not recompute",
+                      "or keep the layer in full precision (bitify's skip)")
     for attr in _HOOK_DICTS:
         hooks = getattr(old, attr, None)
         if hooks:
