@@ -481,3 +481,16 @@ def test_imagefolder_reads_the_subfolders_of_a_class_and_names_a_damaged_picture
     bad.write_bytes(bad.read_bytes()[:200])
     with pytest.raises(ValueError, match=r"cut.jpg is damaged or not the expected file .*an image file"):
         get_dataset_spec("imagefolder", 8).read(tmp_path, True)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_channel_training_batches_have_standard_strides(channels_last):
+    """The crop's permute left a one-channel batch with strides (HW, 1, W, 1), which .contiguous() keeps and on
+    which PyTorch 2.14's oneDNN convolution backward corrupted memory: `bitnetcnn train --model-kwargs
+    '{"width": 4}'` died in its first step (SIGSEGV, or "free(): invalid next size")."""
+    dm = ImageDataModule("mnist_demo", batch_size=8, limit_train=8, limit_eval=8, channels_last=channels_last)
+    dm.setup()
+    x, _ = next(iter(dm.val_dataloader()))
+    for training in (True, False):
+        out = dm.transform(x, training=training)
+        assert out.stride() == (28 * 28, 28 * 28, 28, 1), (training, out.stride())

@@ -207,4 +207,18 @@ class ImageDataModule(L.LightningDataModule):
             if self.elastic > 0:
                 images = random_elastic(images, self.elastic)
         x = normalize(images, self._mean.to(images.device), self._std.to(images.device))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        if self.channels_last and x.shape[1] > 1:
+            return x.contiguous(memory_format=torch.channels_last)
+        # Standard strides, one channel too, where both layouts hold the same bytes: the crop's permute leaves
+        # (HW, 1, W, 1), on which PyTorch 2.14's oneDNN convolution backward corrupts memory (a native crash in
+        # the first step of a bitnet_cnn of width 2 to 6), and .contiguous() keeps them.
+        return x if x.stride() == _standard_strides(x.shape) else x.clone(memory_format=torch.contiguous_format)
+
+
+def _standard_strides(shape) -> tuple:
+    """The strides of a tensor of ``shape`` laid out row-major (NCHW)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
