@@ -658,3 +658,12 @@ def test_convnext_pointwise_layers_deploy_as_int8_ternary_codes(capsys):
     assert pointwise and all(set(np.unique(inits[f"{name}.weight_quantized"])) <= {-64, 0, 64} for name in pointwise)
     with torch.no_grad():
         assert _agreement(model(x), deployed(x)) >= 0.9
+
+
+def test_calibration_on_a_number_of_images_that_is_no_multiple_of_the_batch(mnist_model):
+    """`export --int8 --calibrate 100` failed inside onnxruntime's percentile calibrator ("inhomogeneous shape"):
+    the images went in as batches of 64 and 36."""
+    models, calib = mnist_model
+    for n in (100, 67):  # batches of 50; of 1 (67 is prime)
+        deployed = compile(models["plain"], calib[:n], backend="onnxruntime")
+        assert deployed.info["calibration_images"] == n

@@ -299,11 +299,18 @@ def _pooled_tail(graph) -> set:
     return tail
 
 
+CALIBRATION_BATCH = 64
+
+
 class _Batches:
-    """onnxruntime's CalibrationDataReader protocol over a list of float32 arrays."""
+    """onnxruntime's CalibrationDataReader protocol over a list of float32 arrays, given back as batches of one
+    size: the percentile and entropy calibrators stack each tensor's outputs across batches, and a shorter last
+    batch (100 images in batches of 64) failed there with numpy's "inhomogeneous shape"."""
 
     def __init__(self, batches: Iterable[np.ndarray]) -> None:
-        self._batches = list(batches)
+        images = np.concatenate(list(batches))
+        size = max(d for d in range(1, min(CALIBRATION_BATCH, len(images)) + 1) if len(images) % d == 0)
+        self._batches = np.split(images, len(images) // size)
         self._it = iter(self._batches)
 
     def get_next(self):
