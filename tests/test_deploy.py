@@ -596,6 +596,39 @@ def test_cli_refuses_a_folder_as_the_file_to_write_before_any_work(argv, capsys,
     assert f"{tmp_path} is a folder: give the path of a file to write" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["bench", "bitnet_mnist", "--json", "OUT"], ["export", "bitnet_mnist", "-o", "OUT"]])
+def test_cli_refuses_a_path_under_a_file_before_any_work(argv, capsys, tmp_path):
+    """The calibration or the timing ran first, then writing failed with "[Errno 17] File exists"."""
+    from bitnetcnn.cli import main
+
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "notes.txt" / "sub" / "x.out") if a == "OUT" else a for a in argv])
+    assert f"{tmp_path / 'notes.txt'} is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_cli_export_and_bench_never_write_over_the_model_they_read_nor_a_checkpoint(command, capsys, tmp_path):
+    """`export m.bnc -o m.bnc` replaced the checkpoint by its ONNX graph, `bench m.bnc --json m.bnc` by JSON, and
+    either replaced a run's last.ckpt without a word."""
+    from bitnetcnn import save_checkpoint
+    from bitnetcnn.cli import main
+
+    torch.manual_seed(0)
+    model = convert_to_ternary(create_model("bitnet_cnn", width=4).eval())
+    path = save_checkpoint(model, tmp_path / "m.bnc", {"dataset": "mnist"})
+    other = tmp_path / "last.ckpt"
+    other.write_bytes(b"a run's checkpoint")
+    before = path.read_bytes()
+    flag = "-o" if command == "export" else "--json"
+    extra = ["--check", "0"] if command == "export" else ["--budget", "0", "--batch-sizes", "1"]
+    assert main([command, str(path), flag, str(path), *extra]) == 2
+    assert "is the model being read" in capsys.readouterr().err
+    assert main([command, str(path), flag, str(other), *extra]) == 2
+    assert "exists and is not a" in capsys.readouterr().err
+    assert path.read_bytes() == before and other.read_bytes() == b"a run's checkpoint"
+
+
 def test_export_leaves_the_callers_model_in_its_mode(tmp_path):
     torch.manual_seed(0)
     model = convert_to_ternary(create_model("bitnet_cnn", width=4).eval()).train()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import shlex
 import signal
 import sys
@@ -44,10 +45,28 @@ def json_object(text: str) -> dict:
 
 
 def output_file(text: str) -> str:
-    """argparse type: a file to write, refused up front where it is a folder (not after the work is done)."""
-    if Path(text).is_dir():
+    """argparse type: a file to write, refused up front where it is a folder or lies under a file (not after the
+    work is done)."""
+    path = Path(text)
+    if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder: give the path of a file to write")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {parent} is a file, not a folder")
     return text
+
+
+def refuse_overwriting(output: str, source: str, suffix: str, flag: str) -> None:
+    """An ``export`` or ``bench`` output may replace an earlier one (a file ending in ``suffix``), never the model it
+    reads nor another kind of file (a checkpoint, a run's ``last.ckpt``): those were lost without a word."""
+    out = Path(output)
+    if not out.exists():
+        return
+    if Path(source).exists() and os.path.samefile(out, source):
+        raise ValueError(f"{flag} {output} is the model being read: give another file to write")
+    if out.suffix.lower() != suffix:
+        raise ValueError(f"{flag} {output} exists and is not a {suffix} file (a checkpoint, say): give another path, "
+                         "or remove it first")
 
 
 def fraction(text: str) -> float:
@@ -250,6 +269,7 @@ def _add_export(sub) -> None:
 def _cmd_export(args) -> int:
     from bitnetcnn.deploy.commands import export_command
 
+    refuse_overwriting(args.output, args.model, ".onnx", "-o")
     result = export_command(args.model, args.output, fmt=args.fmt, int8=args.int8, calibrate=args.calibrate,
                             dataset=args.dataset, data_dir=args.data_dir, check=args.check,
                             min_agreement=args.min_agreement, threads=args.threads)
@@ -278,6 +298,8 @@ def _add_bench(sub) -> None:
 def _cmd_bench(args) -> int:
     from bitnetcnn.deploy.commands import bench_command
 
+    if args.json_path:
+        refuse_overwriting(args.json_path, args.model, ".json", "--json")
     bench_command(args.model, args.batch_sizes, threads=args.threads, calibrate=args.calibrate,
                   data_dir=args.data_dir, budget_s=args.budget, json_path=args.json_path, variants=args.variants)
     return 0
