@@ -162,3 +162,38 @@ def test_bitnetcnn_predict_refuses_what_is_not_an_image(tmp_path, capsys):
     assert "is not an image file PIL can read" in capsys.readouterr().err
     assert main(["predict", "bitnet_mnist", str(tmp_path / "missing.png")]) == 2
     assert "no such image file" in capsys.readouterr().err
+
+
+def test_pixels_a_model_cannot_read_as_they_are_are_refused_not_guessed(tmp_path, capsys):
+    """A digit drawn on a transparent canvas lost its alpha and was classified as a blank (p=0.999); a float TIFF
+    with a NaN gave "probability": NaN; float pixels 0..255 and float64 pixels passed transforms() as something
+    else; a damaged file and a folder were not named as such."""
+    from bitnetcnn.images import UnreadablePixels, pil_to_pixels
+
+    digit = get_dataset_spec("mnist_demo").reader(data_root(None), False, False).images[0, 0].numpy()
+    ink = np.zeros((28, 28, 4), np.uint8)
+    ink[..., 3] = digit
+    with pytest.raises(UnreadablePixels, match="transparent pixels"):
+        pil_to_pixels(Image.fromarray(ink, "RGBA"), 1)
+    opaque = np.dstack([np.repeat(digit[..., None], 3, -1), np.full((28, 28), 255, np.uint8)])
+    assert torch.equal(pil_to_pixels(Image.fromarray(opaque, "RGBA"), 1)[0], torch.from_numpy(digit))
+    nan = digit.astype(np.float32) / 255
+    nan[0, 0] = np.nan
+    with pytest.raises(UnreadablePixels, match="NaN"):
+        pil_to_pixels(Image.fromarray(nan, "F"), 1)
+
+    mnist = load("bitnet_mnist", pretrained=True).pretrained_cfg.transforms()
+    with pytest.raises(ValueError, match=r"float images are pixels in 0..1 .* span 0..255"):
+        mnist(torch.from_numpy(digit).float()[None])
+    with pytest.raises(ValueError, match="float images are pixels in 0..1"):
+        mnist(torch.full((1, 28, 28), float("nan")))
+    as_float64 = torch.from_numpy(digit[None] / 255.0)
+    assert as_float64.dtype == torch.float64 and mnist(as_float64).dtype == torch.float32
+
+    Image.fromarray(ink, "RGBA").save(tmp_path / "drawn.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "drawn.png").read_bytes()[:60])
+    for name, words in (("drawn.png", "has transparent pixels"), ("cut.png", "cannot be read as an image"),
+                        ("", "is a folder")):
+        assert main(["predict", "bitnet_mnist", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and str(tmp_path / name) in err, err

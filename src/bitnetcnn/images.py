@@ -13,29 +13,50 @@ from __future__ import annotations
 
 import torch
 
+class UnreadablePixels(ValueError):
+    """A whole picture whose pixels a model cannot read as they are (transparent, NaN, out of range): the file is
+    fine, the image needs preparing first."""
+
+
 # Pillow's greyscale modes wider than 8 bits: 16-bit (PNG, TIFF) and 32-bit integers, and 32-bit floats
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def pil_to_pixels(image, channels: int) -> torch.Tensor:
     """A PIL image as a ``(channels, H, W)`` tensor, upright: uint8 (0..255), or float in 0..1 for a wide greyscale
-    image (16-bit pixels 0..65535, floats 0..1; values outside those ranges are refused, not clipped)."""
+    image (16-bit pixels 0..65535, floats 0..1; values outside those ranges, NaN and infinities are refused, not
+    clipped). An image with transparent pixels is refused; an opaque alpha channel is dropped."""
     from PIL import ImageOps
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    image = ImageOps.exif_transpose(image)
-    if image.mode not in WIDE_GREY_MODES:
-        return pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
     import numpy as np
 
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        image = _opaque(image.convert("RGBA"))
+    if image.mode not in WIDE_GREY_MODES:
+        return pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
     pixels = np.asarray(image).astype(np.float32)
     top = 1.0 if image.mode == "F" else 65535.0
+    if not np.isfinite(pixels).all():
+        raise UnreadablePixels(f"a {image.mode!r} image with NaN or infinite pixels: a model's answer on it means nothing")
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if low < 0 or high > top:
         read_as = "0..1 floats" if top == 1 else "16-bit pixels (0..65535)"
-        raise ValueError(f"a {image.mode!r} image is read as {read_as}; this one spans {low:g}..{high:g}: scale it "
+        raise UnreadablePixels(f"a {image.mode!r} image is read as {read_as}; this one spans {low:g}..{high:g}: scale it "
                          "to that range (or to 8 bits) first")
     return torch.from_numpy(pixels / top)[None].expand(channels, -1, -1)
+
+
+def _opaque(image):
+    """An RGBA image whose every pixel is opaque, refused where some are not: dropping the alpha shows what lies
+    under it (a drawing on a transparent canvas reads as a blank), and which background was meant is not known."""
+    import numpy as np
+
+    if (np.asarray(image.getchannel("A")) < 255).any():
+        raise UnreadablePixels("the image has transparent pixels, and which background they stand for is not known: "
+                         "flatten it onto its background first (PIL: Image.alpha_composite(background, image))")
+    return image
 
 
 def fit_to_size(x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
+from bitnetcnn.images import UnreadablePixels
 
 
 def _open_image(path: Path):
@@ -21,6 +22,9 @@ def _open_image(path: Path):
             return image
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # cut short, too big, odd mode
+        detail = " ".join(str(err).split())[:160] or type(err).__name__
+        raise ValueError(f"{path} cannot be read as an image ({detail})") from None
 
 
 @torch.no_grad()
@@ -34,9 +38,15 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
     model.eval()
     results = []
     for path in map(Path, paths):
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder: give the image files in it ({path}/*.png)")
         if not path.is_file():
             raise ValueError(f"{path}: no such image file")
-        probabilities = model(preprocess(_open_image(path))[None]).softmax(1)[0]
+        try:
+            x = preprocess(_open_image(path))
+        except UnreadablePixels as err:
+            raise ValueError(f"{path}: {err}") from None
+        probabilities = model(x[None]).softmax(1)[0]
         best = probabilities.topk(min(top, len(probabilities)))
         results.append({"image": str(path), "top": [
             {"class": names[i] if names else str(i), "index": i, "probability": round(p, 6)}

@@ -40,6 +40,12 @@ class Preprocess(nn.Module):
                              f"tensor of shape {tuple(x.shape)}: convert it first (for a PIL image, pass the image)")
         if x.dtype != torch.uint8 and not x.is_floating_point():
             raise TypeError(f"images are uint8 (0..255) or float (0..1) tensors, not {x.dtype}")
+        if x.is_floating_point():
+            x = x.float() if x.dtype == torch.float64 else x  # numpy's / 255. gives float64; the model is float32
+            if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+                low, high = float(x.min()), float(x.max())
+                raise ValueError(f"float images are pixels in 0..1 (as ToTensor gives); these span {low:g}..{high:g}: "
+                                 "pass uint8 pixels (0..255) or divide by 255 first")
         x = fit_to_size(x, height, width)
         return normalize(x, self.mean, self.std) if x.dtype == torch.uint8 else standardize(x, self.mean, self.std)
 
