@@ -148,6 +148,21 @@ def test_bitnet_cnn_depths_add_residual_blocks_and_keep_the_seed_layout_at_one()
             create_model("bitnet_cnn", depths=bad)
 
 
+@pytest.mark.parametrize("name, kwargs, words", [
+    ("bitnet_cnn", dict(width=0), "width is the stem's number of channels"),
+    ("bitnet_cnn", dict(width=-2), "width is the stem's number of channels"),
+    ("bitnet_cnn", dict(width="8"), "width is the stem's number of channels"),
+    ("bitnet_cnn", dict(expand_ratio=0), "expand_ratio must be a number above 0"),
+    ("bit_mobilenetv2", dict(width_mult=0), "width_mult scales every layer's channels"),
+    ("bit_mobilenetv2", dict(width_mult="1.4"), "width_mult scales every layer's channels"),
+])
+def test_widths_that_build_no_network_are_refused_in_words(name, kwargs, words):
+    """`train --model-kwargs '{"width": 0}'` (or -2, or "8") ended in a traceback from torch, width 0 only in the
+    first training step."""
+    with pytest.raises(ValueError, match=words):
+        create_model(name, **kwargs)
+
+
 def test_model_args_rebuild_the_same_architecture():
     model = on_meta(create_model, "bit_mobilenetv2", num_classes=10, width_mult=1.4, act="silu")
     again = on_meta(create_model, **model.model_args)

@@ -35,6 +35,11 @@ class BitNetCNN(nn.Module):
     ) -> None:
         super().__init__()
         del img_size  # global pooling takes any size; accepted so every builder has the same interface
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width is the stem's number of channels (the stages take 2x, 4x and 8x), a whole number "
+                             f"of at least 1; got {width!r}")
+        if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)) or not expand_ratio > 0:
+            raise ValueError(f"expand_ratio must be a number above 0 (2.0: blocks widen twice); got {expand_ratio!r}")
         depths = tuple(depths)
         if len(depths) != 3 or any(not isinstance(d, int) or d < 1 for d in depths):
             raise ValueError(f"depths must be three block counts of at least 1, one per stage; got {depths!r}")

@@ -35,6 +35,9 @@ class MobileNetV2(nn.Module):
         downsample_at: str = "dw",
     ) -> None:
         super().__init__()
+        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not 0 < width_mult < 1e3:
+            raise ValueError(f"width_mult scales every layer's channels (1.0, 1.4, 0.5): a number above 0; got "
+                             f"{width_mult!r}")
         in_ch = make_divisible(32 * width_mult)
         last_ch = make_divisible(1280 * max(1.0, width_mult))
         self.stem = ConvNormAct(spec, in_chans, in_ch, 3, 1 if img_size <= SMALL_INPUT_MAX else 2, bias=True, act=act,
