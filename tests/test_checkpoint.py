@@ -431,7 +431,7 @@ def test_a_lightning_checkpoint_says_how_to_convert_it(tmp_path):
     torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}, "epoch": 3,
                 "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"model": "bitnet_cnn"}}, path)
     message = _raises(path, "this is a Lightning training checkpoint of a run", f"bitnetcnn convert {path}",
-                      "--resume")
+                      "--resume", f"{path.parent}/best_ternary.bnc")  # what a --quant fp run's user can read
     assert "model_name" not in message
 
 

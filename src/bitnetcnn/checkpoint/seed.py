@@ -76,8 +76,9 @@ def _read_foreign(path, data: bytes) -> Tuple[Dict[str, torch.Tensor], dict]:
         raise CheckpointError(path, "the file is empty (0 bytes); copy or download it again")
     if LIGHTNING_KEY in data:
         run = str(Path(path).parent) if path else "RUN"
-        raise CheckpointError(path, f"this is a Lightning training checkpoint of a run; convert it with `bitnetcnn "
-                              f"convert {path or 'RUN/last.ckpt'}` (or resume training with --resume --out {run})")
+        raise CheckpointError(path, f"this is a Lightning training checkpoint of a run, which resumes it (--resume "
+                              f"--out {run}); the run's best model is {run}/best_ternary.bnc, and a Bit run's "
+                              f"checkpoint becomes a model file with `bitnetcnn convert {path or 'RUN/last.ckpt'}`")
     limits.check_zip_entries(path, data)
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
@@ -232,8 +233,9 @@ def load_foreign(name, data: bytes, model_name: Optional[str] = None, **model_kw
     if is_seed_state(state):
         return _load_seed_state(name, state, extra, model_name, model_kwargs)
     if model_name is None:
-        raise CheckpointError(name, "is a plain state_dict, which does not say its architecture: pass "
-                              "model_name= (and the create_model arguments it was built with)")
+        raise CheckpointError(name, "is a plain state_dict, which does not say its architecture: load it with "
+                              "bitnetcnn.load_checkpoint(path, model_name=..., **the create_model arguments it was "
+                              "built with), and save_checkpoint it for the command line, which then reads them")
     return load_state_dict_into(name, state, model_name, **model_kwargs)
 
 
