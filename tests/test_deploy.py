@@ -700,3 +700,23 @@ def test_calibration_on_a_number_of_images_that_is_no_multiple_of_the_batch(mnis
     for n in (100, 67):  # batches of 50; of 1 (67 is prime)
         deployed = compile(models["plain"], calib[:n], backend="onnxruntime")
         assert deployed.info["calibration_images"] == n
+
+
+def test_cli_export_says_what_was_asked_for_once_and_knows_mnist_demo_is_mnist(tmp_path, capsys, monkeypatch):
+    """`--check 0` (asked for) still raised a Python UserWarning; `--dataset mnist_demo` on an MNIST weight warned
+    of another input distribution; without MNIST, int8 export did not point at the bundled sample."""
+    import warnings
+
+    from bitnetcnn.cli import main
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["export", "bitnet_mnist", "-o", str(tmp_path / "m.onnx"), "--check", "0"]) == 0
+        assert main(["export", "bitnet_mnist", "-o", str(tmp_path / "m.onnx"), "--dataset", "mnist_demo",
+                     "--check", "20"]) == 0
+    assert not [w for w in seen if issubclass(w.category, UserWarning)], [str(w.message) for w in seen]
+    err = capsys.readouterr().err
+    assert "--check 0: the export is checked on random inputs only" in err and "another input distribution" not in err
+    monkeypatch.setenv("BITNETCNN_DATA", str(tmp_path / "nothing"))
+    assert main(["export", "bitnet_mnist", "-o", str(tmp_path / "q.onnx"), "--int8"]) == 2
+    assert "or --dataset mnist_demo, the bundled sample of MNIST" in capsys.readouterr().err

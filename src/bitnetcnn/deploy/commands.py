@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -50,7 +51,7 @@ def export_command(
         net = source.converted()
     check_deployable(net, int8=int8)
     own = getattr(model_pretrained_cfg(net), "dataset", None)
-    if dataset and own and dataset != own:
+    if dataset and own and dataset != own and not _same_images(dataset, own):
         log(f"warning: {model} was trained on {own}, not {dataset}: calibrating and checking on {dataset} images "
             "measures another input distribution (leave --dataset out to use the checkpoint's)")
     dataset = dataset or dataset_for(net)
@@ -65,11 +66,24 @@ def export_command(
             check_inputs, _ = model_inputs(net, dataset, check, False, data_dir)
     except DatasetNotFoundError as err:
         if int8 and calibrate:
-            raise ValueError(f"calibration needs the {dataset} training images: {err}") from None
+            bundled = " (or --dataset mnist_demo, the bundled sample of MNIST)" if _same_images(dataset, "mnist_demo") \
+                and dataset != "mnist_demo" else ""
+            raise ValueError(f"calibration needs the {dataset} training images{bundled}: {err}") from None
         log(f"warning: no {dataset} test images ({str(err).splitlines()[0][:120]}...); checking on random inputs")
-    result = export_onnx(net, output, int8=int8, calibration=calibration, check_inputs=check_inputs,
-                         min_agreement=min_agreement, threads=threads)
-    return result
+    with warnings.catch_warnings():
+        if check == 0:  # asked for: said once here, not as a Python warning
+            log("note: --check 0: the export is checked on random inputs only")
+            warnings.filterwarnings("ignore", "export_onnx: no check_inputs given", UserWarning)
+        return export_onnx(net, output, int8=int8, calibration=calibration, check_inputs=check_inputs,
+                           min_agreement=min_agreement, threads=threads)
+
+
+def _same_images(a: str, b: str) -> bool:
+    """Whether data sets ``a`` and ``b`` hold the same kind of images: one normalization (mnist_demo is a sample
+    of MNIST)."""
+    from bitnetcnn.normalization import BY_DATASET
+
+    return a in BY_DATASET and BY_DATASET.get(a) == BY_DATASET.get(b)
 
 
 def bench_command(model: str, batch_sizes: Sequence[int], *, threads: int = 2, calibrate: int = DEFAULT_CALIBRATION,
