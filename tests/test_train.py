@@ -1268,3 +1268,14 @@ def test_the_metrics_plot_numbers_epochs_as_the_csv_and_the_log_do():
 
     rows = [{"epoch": "0", "val_acc": "0.5"}, {"epoch": "1", "val_acc": ""}, {"epoch": "2", "val_acc": "0.7"}]
     assert series(rows, "val_acc") == ([0, 2], [0.5, 0.7])
+
+
+def test_the_seeds_gpus_0_means_the_cpu(monkeypatch):
+    """`--gpus 0` (the CPU in the seed and in Lightning 1.x) was refused as "--devices 0", a flag not typed."""
+    import bitnetcnn.train.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "train", lambda settings, **kw: seen.update(settings=settings, given=kw["given"]) or {})
+    main(["train", "--gpus", "0", "--no-progress"])
+    assert seen["settings"].accelerator == "cpu" and seen["settings"].devices == "auto"
+    assert "accelerator" in seen["given"]

@@ -145,7 +145,7 @@ def _add_train(sub) -> None:
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     a("--accelerator", default="auto", help="cpu, gpu, auto")
     a("--devices", default="auto", help="number of devices (processes) per node")
-    a("--gpus", type=int, help="the seed's flag: N GPUs (-1: all)")
+    a("--gpus", type=int, help="the seed's flag: N GPUs (-1: all, 0: the CPU)")
     a("--num-nodes", type=int, default=1)
     a("--strategy", default="auto", help="auto, ddp, ddp_spawn, ...")
     a("--seed", type=int, default=0)
@@ -166,7 +166,10 @@ def _cmd_train(args) -> int:
     command = values.pop("command_line")
     gpus = values.pop("gpus")
     resume = values.pop("resume")
-    if gpus is not None:
+    if gpus == 0:  # the seed's (and Lightning 1.x's) way to say "on the CPU"
+        values["accelerator"] = "cpu"
+        given |= {"accelerator"}
+    elif gpus is not None:
         values["accelerator"], values["devices"] = "gpu", str(gpus)
         given |= {"accelerator", "devices"}
     try:
