@@ -23,6 +23,7 @@ import time
 import lightning as L
 import torch
 
+from bitnetcnn.cli import count, positive_int
 from bitnetcnn.machine import describe_device
 from bitnetcnn.data.sources import Split
 from bitnetcnn.train.run import TrainSettings, _precision, _quiet_lightning, build
@@ -39,7 +40,7 @@ class Timer(L.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.train_start = self.train_end = self.val_start = self.val_end = None
-        self.train_images = self.val_images = 0
+        self.train_images = self.val_images = self.train_steps = 0
 
     @staticmethod
     def _now(module) -> float:
@@ -53,6 +54,7 @@ class Timer(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if batch_idx >= self.warmup:
+            self.train_steps += 1
             self.train_images += len(batch[1])
             self.train_end = self._now(module)
 
@@ -95,8 +97,8 @@ def main() -> None:
     p.add_argument("--teacher", nargs="+", default=[], metavar="CHECKPOINT",
                    help="distill from these teachers as train --kd --teacher does (their forward passes timed too)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
-    p.add_argument("--steps", type=int, default=20, help="timed training steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
+    p.add_argument("--steps", type=positive_int, default=20, help="timed training steps")
+    p.add_argument("--warmup", type=count, default=3, help="untimed training steps first")
     p.add_argument("--val-batches", type=int, default=8, help="validation batches timed (0: the whole test split)")
     p.add_argument("--synthetic", action="store_true", help="random images of the data set's shape (no data needed)")
     p.add_argument("--train-images", type=int, help="images an epoch trains on (default: the split's size)")
@@ -133,7 +135,12 @@ def main() -> None:
             enable_model_summary=False, callbacks=[timer])
         trainer.fit(module, datamodule=data)
 
-    step_s = (timer.train_end - timer.train_start) / args.steps
+    if not timer.train_steps:
+        raise SystemExit(f"no training step was timed: the training split holds {trainer.num_training_batches} "
+                         f"batches of {args.batch_size}, all of them in the {args.warmup} warm-up steps; lower "
+                         "--warmup or --batch-size")
+    # the steps that ran: a split shorter than --warmup + --steps ends the epoch early
+    step_s = (timer.train_end - timer.train_start) / timer.train_steps
     train_ips = timer.train_images / (timer.train_end - timer.train_start)
     val_ips = timer.val_images / (timer.val_end - timer.val_start)
     print(f"device: {device_name(accelerator)}; torch {torch.__version__}, precision {trainer.precision}")
@@ -141,7 +148,8 @@ def main() -> None:
           f"batch {args.batch_size}, {args.optimizer}, channels_last={module.hparams.channels_last}, "
           f"eval_ternary={module.eval_ternary}, compile={args.compile}, act_bits={settings.act_bits}"
           + (f", distilled from {', '.join(args.teacher)}" if module.teacher is not None else ""))
-    print(f"training:   {train_ips:9.1f} img/s  ({step_s * 1e3:.1f} ms a step, {args.steps} steps after "
+    short = f", all the split holds of the {args.steps} asked for" if timer.train_steps < args.steps else ""
+    print(f"training:   {train_ips:9.1f} img/s  ({step_s * 1e3:.1f} ms a step, {timer.train_steps} steps{short} after "
           f"{args.warmup} warm-up)")
     val_what = "Bit + ternary" if module.eval_ternary else "Bit"
     print(f"validation: {val_ips:9.1f} img/s  ({val_what} model, {timer.val_images} images, conversion included)")

@@ -29,3 +29,14 @@ def test_train_throughput_prints_the_epoch_time_and_images_per_second(teacher):
     assert re.search(r"^validation: +\d+\.\d img/s", out, re.M), out
     assert re.search(r"^epoch \(10000 training \+ 2000 test images\): \d+\.\d s projected", out, re.M), out
     assert ("distilled from " + str(MNIST_TEACHER) in out) == teacher, out
+
+
+def test_train_throughput_divides_by_the_steps_that_ran():
+    """A split shorter than --warmup + --steps ended the epoch early, but the time was divided by --steps: a step
+    4x faster than it was, and the epoch as much shorter."""
+    command = [sys.executable, str(ROOT / "benchmarks/train_throughput.py"), "--model", "bitnet_cnn",
+               "--model-kwargs", '{"width": 8}', "--dataset", "mnist_demo", "--steps", "20", "--warmup", "0",
+               "--val-batches", "1", "--batch-size", "2500", "--accelerator", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"ms a step, 4 steps, all the split holds of the 20 asked for", done.stdout), done.stdout
