@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             for calibrate in calibrations:
                 deployed = compile(model, train_x[:512] if calibrate else None, backend=args.backend)
                 error = ((logits(deployed, test) - ref).norm(dim=1) / ref.norm(dim=1)).mean().item()
-                how = "512 calibration images" if calibrate else "its own quantizers"
+                how = f"{len(train_x[:512])} calibration images" if calibrate else "its own quantizers"
                 print(f"  act={act}, act_bits={bits}, deployed from {how}: relative logit error {error:.4f}",
                       flush=True)
     return 0

@@ -21,14 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import bitnetcnn  # noqa: E402
 from bitnetcnn.checkpoint.fuzz import FUZZ_MODES, fuzz  # noqa: E402
+from bitnetcnn.cli import positive_int  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--model", default="bitnet_cnn")
-    parser.add_argument("--width", type=int, default=4, help="bitnet_cnn width (small: fast iterations)")
-    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--width", type=positive_int, default=4, help="bitnet_cnn width (small: fast iterations)")
+    parser.add_argument("--batch", type=positive_int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -52,7 +53,7 @@ def main() -> int:
                 stats = fuzz(data, mode, args.batch, seed=args.seed * 1_000_003 + round_)
                 counts["checkpoint_error"] += stats["checkpoint_error"]
                 counts["loaded"] += stats["loaded"]
-                counts["iterations"] += args.batch
+                counts["iterations"] += stats["loaded"] + stats["checkpoint_error"] + len(stats["other"])
                 other += [f"{form}: {line}" for line in stats["other"]]
                 round_ += 1
                 if time.monotonic() >= deadline:

@@ -7,6 +7,8 @@ Every model is built for 100 classes and 3x32x32 inputs and measured with bitnet
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from bitnetcnn import create_model, summary
@@ -23,6 +25,7 @@ VARIANTS = [
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(2)
     print("| model | arguments | parameters | ternary weights | float32 MB | packed MB | MACs at 32x32 |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bitnetcnn.checkpoint.seed import load_seed_checkpoint  # noqa: E402
+from bitnetcnn.settings import data_root  # noqa: E402
 
 
 def mnist(root: Path):
@@ -44,8 +46,15 @@ def accuracy(model, x, y, batch=256):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", help="data root holding seed-checkpoints/, MNIST/ and cifar100.npz (default: "
+                                           "$BITNETCNN_DATA, else the cache's data/)")
+    args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-    root = Path(os.environ["BITNETCNN_DATA"])
+    root = data_root(args.data_dir)
+    if not (root / "seed-checkpoints").is_dir():
+        raise SystemExit(f"no seed-checkpoints/ under {root}: point --data-dir (or BITNETCNN_DATA) at the data root "
+                         "that holds the seed's checkpoints")
     print("| seed checkpoint | registry model | claimed | measured here | test images |")
     print("|---|---|---:|---:|---:|")
     for name, data in (("bit_netcnn_small_mnist_ternary.zip", mnist), ("bit_resnet_18_c100_ternary.zip", cifar100),

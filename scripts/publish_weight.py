@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from bitnetcnn import class_names as known_names  # noqa: E402
-from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from bitnetcnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg  # noqa: E402
 from bitnetcnn.data.catalog import get_dataset_spec  # noqa: E402
 from bitnetcnn.hub import PRETRAINED_DIR, entries  # noqa: E402
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = publish(args.checkpoint, args.entry, args.tag, args.licence, args.data_dir, args.out_dir, args.force)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"# wrote {args.out_dir / cfg.file}: top-1 {cfg.top1:.2%}, top-5 {cfg.top5:.2%} on {cfg.test_images:,} "

@@ -101,7 +101,8 @@ class ModelSummary:
             f"Memory: {_mib(self.fp32_bytes)} MiB in float32, {_mib(self.packed_bytes)} MiB packed ({ratio:.1f}x "
             "smaller).",
             f"Packed: {PACKED_BITS} bits per ternary weight (4 a byte; their information is log2(3) = "
-            f"{TERNARY_INFO_BITS:.2f} bits) plus one float scale per output channel; everything else float32.",
+            f"{TERNARY_INFO_BITS:.2f} bits) plus one scale per output channel (float32, or an 8-bit exponent where "
+            "the scales are powers of two); everything else float32.",
         ]
         return "\n".join([line(head), rule, *map(line, body), rule, line(total), "", *footer])
 
