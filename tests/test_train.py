@@ -236,11 +236,14 @@ def test_mixup_and_cutmix_touch_training_batches_only():
     assert calls == [1]
 
 
-def test_distillation_from_a_full_precision_teacher_changes_the_loss_and_gradients_by_kd_alpha(tmp_path):
+def test_distillation_from_a_full_precision_teacher_changes_the_loss_and_gradients_by_kd_alpha(tmp_path, capsys):
     """The student's loss is (1 - a) * cross-entropy + a * T^2 * KL(teacher || student), and so are its gradients."""
     import torch.nn.functional as F
 
     train(TrainSettings(out=str(tmp_path / "teacher"), epochs=1, quant="fp", **QUICK))
+    said = capsys.readouterr().out  # a --quant fp run was summed up as a Bit model run with --no-eval-ternary
+    assert "best full-precision test accuracy" in said and "full-precision model: " in said
+    assert "--no-eval-ternary" not in said and "Bit-model" not in said
     teacher = str(tmp_path / "teacher" / "best_ternary.bnc")  # an fp run saves its (float) model under this name
     data = ImageDataModule("mnist_demo", limit_train=32)
     data.setup()

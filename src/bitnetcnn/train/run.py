@@ -329,9 +329,11 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         print(f"\nrun folder: {out}")
         if acc is not None:
             print(f"best ternary test accuracy{on}: {100 * acc:.2f}%")
+        elif results.get("best_float_acc") is not None and s.quant == "fp":  # a full-precision model, kept as is
+            print(f"best full-precision test accuracy{on}: {100 * results['best_float_acc']:.2f}% (--quant fp)")
         elif results.get("best_float_acc") is not None:  # --no-eval-ternary: the Bit model was scored, and kept
             print(f"best Bit-model test accuracy{on}: {100 * results['best_float_acc']:.2f}% (--no-eval-ternary: "
                   "the converted model was not evaluated)")
-        print(f"ternary model: {out / recorder.model_path.name}")
+        print(f"{'full-precision' if s.quant == 'fp' else 'ternary'} model: {out / recorder.model_path.name}")
         print(f"plot: {recorder.plot_path}\nmetrics: {recorder.csv_path}\nresults: {results_path}")
     return results

@@ -135,6 +135,6 @@ class FitToTimeBudget(L.Callback):
         if trainer.is_global_zero:
             cap = " (the most --epochs allows)" if epochs == self._most else floor
             setup = f" after {self._setup_s:.0f} s of setup" if self._setup_s >= 0.5 else ""
-            print(f"\ntime budget {self.budget_s / 60:.1f} min: {basis}{setup}; an epoch takes {epoch_s:.1f} s and a "
+            print(f"\ntime budget {self.budget_s / 60:.3g} min: {basis}{setup}; an epoch takes {epoch_s:.1f} s and a "
                   f"validation {validation_s:.1f} s, so the run takes {epochs} epoch{'s' * (epochs != 1)}{cap}",
                   flush=True)
