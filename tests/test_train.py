@@ -85,6 +85,10 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
     (["--quant", "fp", "--fp-ends"], "--quant fp trains full-precision layers, so --fp-ends would not be used"),
     (["--kd", "--teacher", "t.bnc", "--kd-alpha", "0"], "--kd-alpha 0 without --kd-hints leaves the teacher out"),
     (["--kd", "--teacher", "t.bnc", "--kd-hints", "1", "--compile"], "--kd-hints reads the student's features outside"),
+    (["--kd", "--teacher", "t.bnc", "--kd-alpha", "0", "--kd-hints", "1", "--kd-temperature", "2"],
+     "--kd-temperature 2 softens the logits of --kd-alpha's term, which --kd-alpha 0 leaves out"),
+    (["--kd", "--teacher", "t.bnc", "--kd-alpha", "1", "--label-smoothing", "0.1"],
+     "--label-smoothing 0.1 smooths the cross-entropy, which --kd-alpha 1 leaves out of the loss"),
     (["--epochs", "2", "--warmup-epochs", "4"], "--warmup-epochs 4 of a 2-epoch run: the learning rate would never"),
 ])
 def test_flags_the_run_would_leave_unused_are_refused(capsys, flags, message):

@@ -155,6 +155,13 @@ class TrainSettings:
             if given:
                 raise SettingsError(f"--quant fp trains full-precision layers, so {' and '.join(given)} would not be "
                                     "used: leave them out, or train a ternary model")
+        if self.kd and self.kd_alpha == 0 and self.kd_temperature != default.kd_temperature:
+            raise SettingsError(f"--kd-temperature {self.kd_temperature:g} softens the logits of --kd-alpha's term, "
+                                "which --kd-alpha 0 leaves out: leave --kd-temperature out, or give --kd-alpha above 0")
+        if self.kd and self.kd_alpha == 1 and self.label_smoothing != default.label_smoothing:
+            raise SettingsError(f"--label-smoothing {self.label_smoothing:g} smooths the cross-entropy, which "
+                                "--kd-alpha 1 leaves out of the loss: leave --label-smoothing out, or give --kd-alpha "
+                                "below 1")
         if self.kd and self.kd_alpha == 0 and self.kd_hints == 0:
             raise SettingsError("--kd-alpha 0 without --kd-hints leaves the teacher out of the loss (plain cross-"
                                 "entropy): give --kd-alpha above 0 or --kd-hints, or leave --kd out")
