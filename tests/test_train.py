@@ -529,6 +529,17 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     assert json.loads((run / "results.json").read_text())["command"].endswith("  # resumed with --epochs 3")
 
 
+def test_a_resume_given_some_of_the_runs_own_flags_reads_the_others_from_the_run(tmp_path, capsys):
+    """`--resume --out RUN --momentum 0.8` of an SGD run was refused as "SGD's: --optimizer adamw does not use
+    it": the flags not given were checked at the parser's defaults, not the run's."""
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, optimizer="sgd", momentum=0.8, **QUICK))
+    assert main(["train", "--resume", "--out", str(run), "--no-progress", "--momentum", "0.8", "--epochs", "2"]) == 0
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1]
+    _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--momentum", "0.7"],
+                    "--momentum 0.7 (saved: 0.8) cannot take effect")
+
+
 def test_resuming_a_finished_run_keeps_its_final_figures(tmp_path):
     # a retry loop that resumes a run which had already finished trains nothing; its results.json kept nulls
     run = tmp_path / "run"

@@ -160,6 +160,7 @@ def _cmd_train(args) -> int:
 
     from bitnetcnn.train.callbacks import TrainingDiverged
     from bitnetcnn.train.run import TrainSettings, train
+    from bitnetcnn.train.run_folder import saved_run_values
 
     values = vars(args).copy()
     given = values.pop("given")
@@ -172,6 +173,8 @@ def _cmd_train(args) -> int:
     elif gpus is not None:
         values["accelerator"], values["devices"] = "gpu", str(gpus)
         given |= {"accelerator", "devices"}
+    if resume:  # what was not given is the run's own, not the parser's default (which may not fit what was given)
+        values.update({k: v for k, v in saved_run_values(values.get("out")).items() if k not in given})
     try:
         train(TrainSettings.from_dict(values), resume=resume, command=command, given=given)
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1

@@ -35,6 +35,16 @@ RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "de
                                "val_every", "compile", "save_every"})
 
 
+def saved_run_values(out) -> dict:
+    """The settings a run folder's args.json holds, as saved; {} where there is none to read (``resumed_settings``
+    then says what is wrong)."""
+    try:
+        saved = json.loads((Path(out) / "args.json").read_text()) if out else {}
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettings:
     """The saved settings of the run in ``s.out``, with what may change on a resume; anything else given that
     differs from the saved value is refused, since it could not take effect."""
