@@ -404,6 +404,24 @@ def test_init_with_other_activation_bits_keeps_each_quantizers_range(tmp_path):
         assert float(mine.running_scale) * 7 == pytest.approx(float(theirs.running_scale) * 127, rel=1e-6)
 
 
+def test_init_may_drop_activation_quantizers_and_start_a_float_run_from_a_converted_file(tmp_path):
+    """Both changes are among the fine-tunable arguments, but --init of an --act-bits 8 file into a float-activation
+    run, and of a converted file into a --quant fp run, were refused with a raw list of state-dict keys."""
+    from bitnetcnn.train.run import build
+
+    torch.manual_seed(0)
+    bit = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, act_bits=8).train()
+    bit(torch.randn(4, 1, 28, 28))
+    converted = bitnetcnn.convert_to_ternary(bit.eval())
+    bitnetcnn.save_checkpoint(converted, tmp_path / "a8.bnc", {})
+    _, module = build(TrainSettings(init=str(tmp_path / "a8.bnc"), **QUICK))  # float activations
+    assert not any(isinstance(m, ActQuantizer) for m in module.model.modules())
+    latent = converted.stem.conv.codes().float() * converted.stem.conv.channel_scale().view(-1, 1, 1, 1)
+    assert torch.equal(module.model.stem.conv.weight, latent)
+    _, module = build(TrainSettings(init=str(tmp_path / "a8.bnc"), quant="fp", **QUICK))  # a float model
+    assert type(module.model.stem.conv) is torch.nn.Conv2d and torch.equal(module.model.stem.conv.weight, latent)
+
+
 def test_init_refuses_a_checkpoint_whose_architecture_arguments_differ_with_the_same_shapes(tmp_path):
     """A ReLU checkpoint has the tensors of the default SiLU model: without the check it would load silently."""
     from bitnetcnn.train.run import build

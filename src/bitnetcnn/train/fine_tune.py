@@ -13,7 +13,7 @@ import torch
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
-from bitnetcnn.nn import BIT_LAYERS, ActQuantizer
+from bitnetcnn.nn import TERNARY_LAYERS, ActQuantizer
 from bitnetcnn.quant.activation import act_qmax
 from bitnetcnn.train.settings import SettingsError
 
@@ -65,8 +65,8 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
                                 f"{detail}") from None
     from bitnetcnn.nn import convert_to_bit
 
-    if not any(isinstance(m, BIT_LAYERS) for m in source.modules()) and ours["quant"] == "ternary":
-        source = convert_to_bit(source)
+    if any(isinstance(m, TERNARY_LAYERS) for m in source.modules()):  # a converted file: latent codes * scale, the
+        source = convert_to_bit(source)  # start of a ternary run and of a float one (--quant fp) alike
     try:
         result = model.load_state_dict(source.state_dict(), strict=False)
     except RuntimeError as e:  # tensors of other shapes: another width or depth
@@ -74,11 +74,15 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
         raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: {first}") from None
     # Activation quantizers this run adds (--act-bits on a float-activation checkpoint) start unset and take their
     # scale from the first batches: quantization-aware fine-tuning of a trained model.
+    # Quantizers the checkpoint has and this run drops (an --act-bits 8 model fine-tuned with float activations)
+    # leave their running scales unused.
     new_quantizers = {f"{name}.running_scale" for name, m in model.named_modules() if isinstance(m, ActQuantizer)}
+    dropped = {f"{name}.running_scale" for name, m in source.named_modules() if isinstance(m, ActQuantizer)}
     missing = [k for k in result.missing_keys if k not in new_quantizers]
-    if missing or result.unexpected_keys:
+    unexpected = [k for k in result.unexpected_keys if k not in dropped]
+    if missing or unexpected:
         raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing[:5]}, "
-                            f"unexpected {result.unexpected_keys[:5]}")
+                            f"unexpected {unexpected[:5]}")
     _rescale_to_own_bits(model, source)
 
 
