@@ -927,6 +927,23 @@ def test_a_time_budget_run_killed_in_epoch_0_decides_when_resumed(tmp_path, monk
     assert [r["val_acc"] != "" for r in rows] == [True, True]  # epoch 0 validated for the timing (--val-every 2)
 
 
+def test_an_undecided_budget_run_resumed_with_more_epochs_records_what_the_budget_gave(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Killed before its budget decided, resumed with --epochs 8: the budget then gave 1 epoch, but the recipe said
+    "the time budget gave 2 epochs; resumed with --epochs 8" (the cap it was killed under, and the new cap)."""
+    import bitnetcnn.train.time_budget as time_budget
+
+    monkeypatch.setattr(time_budget, "epochs_within", lambda *args: 1)
+    settings = dict(QUICK, save_every=1e-6, epochs=2, time_budget=30)
+    _train_killed_at(TrainSettings(out=str(tmp_path / "cut"), **settings), epoch=0, batch=2)
+    capsys.readouterr()
+    train(TrainSettings(out=str(tmp_path / "cut"), epochs=8, progress=False), resume=True, given={"epochs"})
+    assert "its time budget decides it within 8 epochs" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cut" / "args.json").read_text())["epochs"] == 1
+    command = json.loads((tmp_path / "cut" / "results.json").read_text())["command"]
+    assert command.endswith("  # the time budget gave 1 epochs") and "resumed with" not in command, command
+
+
 def test_a_budgeted_run_records_the_epochs_it_took_however_the_flag_was_typed_and_across_a_resume(tmp_path,
                                                                                                 monkeypatch):
     """The recipe of a budgeted run says how many epochs the budget gave, though the command says it by an

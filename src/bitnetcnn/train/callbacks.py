@@ -270,6 +270,11 @@ class RunRecorder(L.Callback):
         device = "gpu" if trainer.strategy.root_device.type == "cuda" else "cpu"
         self.hardware = f"{describe_device(device, trainer.num_devices, trainer.num_nodes)}, {trainer.precision}"
 
+    def budget_decided(self, epochs: int) -> None:
+        """The time budget set the run's length: an undecided run's ``--resume --epochs N`` was only the cap it
+        decided within, not an extension of what it gave."""
+        self.epochs, self.extended = epochs, None
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.epochs is not None and trainer.max_epochs > self.epochs:  # resumed with more epochs
             self.extended = [self.extended[0] if self.extended else self.epochs, trainer.max_epochs]

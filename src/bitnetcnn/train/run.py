@@ -292,8 +292,12 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     budget = []
     if s.time_budget is not None:
         @rank_zero_only
-        def record_epochs(epochs: int) -> None:  # a resume continues the run as decided
+        def write_decided(epochs: int) -> None:  # a resume continues the run as decided
             write_settings(out, replace(s, epochs=epochs, time_budget=None))
+
+        def record_epochs(epochs: int) -> None:
+            recorder.budget_decided(epochs)
+            write_decided(epochs)
 
         budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs, started,
                                   least=math.floor(s.warmup_epochs) + 1)]
