@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,13 @@ from pathlib import Path
 import torch
 
 from bitnetcnn import convert_to_ternary, load_checkpoint
+from bitnetcnn.cli import count, positive_int
 from bitnetcnn.deploy import compile
 from bitnetcnn.deploy.backends import make_session
 from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION
 from bitnetcnn.deploy.calibration import dataset_for, model_inputs
 from bitnetcnn.nn import TERNARY_LAYERS
+from bitnetcnn.settings import data_root
 
 # name: (seed checkpoint file, data set, create_model arguments of the seed's architecture)
 SEED = {
@@ -151,8 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
                    help="a bitnetcnn checkpoint or a run's last.ckpt to check (repeatable)")
     p.add_argument("--checkpoints", help="folder of the seed checkpoints (default $BITNETCNN_DATA/seed-checkpoints)")
-    p.add_argument("--limit", type=int, default=0, help="first N test images of a fixed shuffle (0: all)")
-    p.add_argument("--calibrate", type=int, default=512,
+    p.add_argument("--limit", type=count, default=0, help="first N test images of a fixed shuffle (0: all)")
+    p.add_argument("--calibrate", type=count, default=512,
                    help="training images for int8 calibration (0: the model's own 8-bit activation quantizers)")
     p.add_argument("--method", default=DEFAULT_CALIBRATION, choices=CALIBRATION_METHODS,
                    help="onnxruntime calibration method for the activation ranges")
@@ -164,18 +165,23 @@ def main(argv=None) -> int:
                    help="also run the int8 graph's own arithmetic (onnxruntime, graph optimizations off)")
     p.add_argument("--trained-biases", action="store_true",
                    help="convert a Bit checkpoint (last.ckpt) keeping its biases as trained, not on the int32 grid")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--data-dir")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    folder = Path(args.checkpoints or Path(args.data_dir or os.environ.get("BITNETCNN_DATA", ".")) / "seed-checkpoints")
+    folder = Path(args.checkpoints or data_root(args.data_dir) / "seed-checkpoints")
     jobs = [(name, folder / SEED[name][0], SEED[name][1]) for name in args.models]
     for item in args.checkpoint:
         label, sep, path = item.partition("=")
         if not sep:
             p.error(f"--checkpoint {item!r}: expected LABEL=PATH")
         jobs.append((label, Path(path), None))
+    if not jobs:
+        p.error("nothing to check: give --models, or --checkpoint LABEL=PATH")
+    for name, path, _ in jobs:  # before any work: a missing file was a traceback after the first model's checks
+        if not path.is_file():
+            p.error(f"{name}: {path} not found (--checkpoints / --data-dir / BITNETCNN_DATA name the seed's folder)")
     rows = []
     for name, path, dataset in jobs:
         print(f"{name}: {path}", flush=True)

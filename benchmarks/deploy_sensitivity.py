@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,12 @@ from pathlib import Path
 import torch
 
 from bitnetcnn import load_checkpoint
+from bitnetcnn.cli import count, positive_int
 from bitnetcnn.deploy.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION, _graph_maps, keep_in_float
 from bitnetcnn.deploy.calibration import dataset_for, model_inputs
 from bitnetcnn.deploy.compile import to_onnx_graph
 from bitnetcnn.deploy.runtime import DeployedModel
+from bitnetcnn.settings import data_root
 
 sys.path.insert(0, str(Path(__file__).parent))
 from deploy_agreement import SEED, convert_if_needed, load_seed, predict  # noqa: E402
@@ -73,22 +74,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", choices=list(SEED), help="a seed checkpoint (from $BITNETCNN_DATA/seed-checkpoints)")
     p.add_argument("--checkpoint", help="a bitnetcnn checkpoint")
-    p.add_argument("--limit", type=int, default=1000, help="test images (first N of a fixed shuffle)")
-    p.add_argument("--calibrate", type=int, default=512,
+    p.add_argument("--limit", type=positive_int, default=1000, help="test images (first N of a fixed shuffle)")
+    p.add_argument("--calibrate", type=count, default=512,
                    help="training images for calibration (0: the model's own 8-bit activation quantizers)")
     p.add_argument("--method", default=DEFAULT_CALIBRATION, choices=CALIBRATION_METHODS)
-    p.add_argument("--top", type=int, default=8, help="keep up to this many of the costliest points in float")
+    p.add_argument("--top", type=positive_int, default=8, help="keep up to this many of the costliest points in float")
     p.add_argument("--kinds", action="store_true", help="keep whole kinds of points in float (point_kinds), not "
                    "one point at a time")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
     if bool(args.seed) == bool(args.checkpoint):
         p.error("give --seed NAME or --checkpoint PATH")
+    path = data_root(args.data_dir) / "seed-checkpoints" / SEED[args.seed][0] if args.seed else Path(args.checkpoint)
+    if not path.is_file():
+        p.error(f"{path} not found (--data-dir or BITNETCNN_DATA names the folder of the seed's checkpoints)")
     torch.set_num_threads(args.threads)
     if args.seed:
-        root = Path(args.data_dir or os.environ.get("BITNETCNN_DATA", "."))
-        model, dataset = load_seed(args.seed, root / "seed-checkpoints" / SEED[args.seed][0]), SEED[args.seed][1]
+        model, dataset = load_seed(args.seed, path), SEED[args.seed][1]
     else:
         model = convert_if_needed(load_checkpoint(args.checkpoint))
         dataset = dataset_for(model)
