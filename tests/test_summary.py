@@ -122,3 +122,6 @@ def test_the_summary_command_takes_a_checkpoint_as_saved(tmp_path, capsys):
     assert "TernaryConv2d" in capsys.readouterr().out
     assert main(["summary", str(path), "--num-classes", "5", "--quant", "fp"]) == 2
     assert "--num-classes and --quant build a registry model;" in capsys.readouterr().err
+    # a full-precision model has nothing --ternary converts: it printed the float table without a word
+    assert main(["summary", "bitnet_cnn", "--quant", "fp", "--ternary"]) == 2
+    assert "--ternary converts Bit layers, and bitnet_cnn is a full-precision model" in capsys.readouterr().err

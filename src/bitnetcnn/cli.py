@@ -224,7 +224,7 @@ def _cmd_convert(args) -> int:
 
 def _cmd_summary(args) -> int:
     from bitnetcnn import create_model, summary
-    from bitnetcnn.nn import BIT_LAYERS
+    from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS
 
     if Path(args.model).exists():
         from bitnetcnn import load_checkpoint
@@ -248,6 +248,9 @@ def _cmd_summary(args) -> int:
         from bitnetcnn import convert_to_ternary
 
         model = convert_to_ternary(model.eval())
+    elif args.ternary and not any(isinstance(m, TERNARY_LAYERS) for m in model.modules()):
+        raise ValueError(f"--ternary converts Bit layers, and {args.model} is a full-precision model without any: "
+                         "leave --ternary out, or summarize a ternary one")
     summary(model, tuple(args.input_size) if args.input_size else None)  # default: the weights' own input size
     return 0
 
