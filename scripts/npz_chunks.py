@@ -96,7 +96,10 @@ def join(folder: Path, npz: Path) -> Path:
             if _sha256(path) != part["sha256"]:
                 raise SystemExit(f"npz_chunks: {path} is damaged (sha256 differs from {MANIFEST}); send it again")
             pieces.append(np.load(path, allow_pickle=False))
-        array = np.concatenate(pieces) if spec["shape"] else pieces[0]
+        if not pieces:  # an empty array has no rows to cut: the manifest alone rebuilds it
+            array = np.empty(spec["shape"], np.dtype(spec["dtype"]))
+        else:
+            array = np.concatenate(pieces) if spec["shape"] else pieces[0]
         if list(array.shape) != spec["shape"] or array.dtype.str != spec["dtype"]:
             raise SystemExit(f"npz_chunks: {key} joined to {array.shape} {array.dtype.str}, not {spec}")
         arrays[key] = array
