@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import lzma
-import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import bitnetcnn  # noqa: E402
 from bitnetcnn.checkpoint import checkpoint_size_report, ternary_codec  # noqa: E402
 from bitnetcnn.checkpoint.seed import _read_foreign, load_seed_checkpoint  # noqa: E402
+from bitnetcnn.cli import positive_int  # noqa: E402
 from bitnetcnn.quant import pack_2bit, pack_base3, unpack_2bit, unpack_base3  # noqa: E402
+from bitnetcnn.settings import data_root  # noqa: E402
 
 COMPRESSORS = {
     "raw": (lambda b: b, lambda b: b),
@@ -116,15 +117,20 @@ def whole_file(label: str, seed_zip: Path | None, model, repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=positive_int, default=5)
     parser.add_argument("--only", default="", help="substring of the checkpoint file names to measure")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    root = Path(os.environ.get("BITNETCNN_DATA", "")) / "seed-checkpoints"
+    root = data_root(None) / "seed-checkpoints"
     files = sorted(root.glob("*.zip")) if root.is_dir() else []
     if not files:
         print(f"no seed checkpoints under {root}; set BITNETCNN_DATA", file=sys.stderr)
+    from bitnetcnn.hub import PRETRAINED_DIR
+
+    shipped = sorted(PRETRAINED_DIR.glob("*.bnc"))
+    if not any(args.only in path.name for path in [*files, *shipped]):
+        parser.error(f"--only {args.only!r} names none of {', '.join(p.name for p in [*files, *shipped])}")
     for path in files:
         if args.only not in path.name:
             continue
@@ -132,9 +138,7 @@ def main() -> None:
         layers = [(k[:-7], v.numpy()) for k, v in state.items() if k.endswith(".weight") and v.dtype == torch.int8]
         measure(path.name, layers, args.repeat)
         whole_file(path.name, path, load_seed_checkpoint(path), args.repeat)
-    from bitnetcnn.hub import PRETRAINED_DIR
-
-    for path in sorted(PRETRAINED_DIR.glob("*.bnc")):
+    for path in shipped:
         if args.only not in path.name:
             continue
         model = bitnetcnn.load_checkpoint(path)

@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from bitnetcnn.cli import positive_int
+
 
 def _session(op: str, x_type, w: np.ndarray, out_type, n: int, threads: int):
     import onnxruntime as ort
@@ -46,9 +48,9 @@ def main() -> None:
     from onnx import TensorProto
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--size", type=positive_int, default=1024)
+    p.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    p.add_argument("--repeat", type=positive_int, default=5)
     args = p.parse_args()
     n, rng = args.size, np.random.default_rng(0)
     w_float = rng.standard_normal((n, n), dtype=np.float32)
