@@ -39,12 +39,13 @@ def pil_to_pixels(image, channels: int) -> torch.Tensor:
     pixels = np.asarray(image).astype(np.float32)
     top = 1.0 if image.mode == "F" else 65535.0
     if not np.isfinite(pixels).all():
-        raise UnreadablePixels(f"a {image.mode!r} image with NaN or infinite pixels: a model's answer on it means nothing")
+        raise UnreadablePixels(f"a {image.mode!r} image with NaN or infinite pixels: a model's answer on it would "
+                               "mean nothing")
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if low < 0 or high > top:
         read_as = "0..1 floats" if top == 1 else "16-bit pixels (0..65535)"
-        raise UnreadablePixels(f"a {image.mode!r} image is read as {read_as}; this one spans {low:g}..{high:g}: scale it "
-                         "to that range (or to 8 bits) first")
+        raise UnreadablePixels(f"a {image.mode!r} image is read as {read_as}; this one spans {low:g}..{high:g}: "
+                               "scale it to that range (or to 8 bits) first")
     return torch.from_numpy(pixels / top)[None].expand(channels, -1, -1)
 
 
@@ -55,7 +56,7 @@ def _opaque(image):
 
     if (np.asarray(image.getchannel("A")) < 255).any():
         raise UnreadablePixels("the image has transparent pixels, and which background they stand for is not known: "
-                         "flatten it onto its background first (PIL: Image.alpha_composite(background, image))")
+                               "flatten it onto its background first (PIL: Image.alpha_composite(background, image))")
     return image
 
 

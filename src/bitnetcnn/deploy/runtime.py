@@ -21,8 +21,8 @@ class DeployedModel:
     """Callable like the model it came from: ``logits = deployed(images)`` with torch tensors in and out.
 
     ``onnx_model`` is the graph it runs (QDQ int8 or float), ``save(path)`` writes it as a ``.onnx`` file that any
-    onnxruntime (or OpenVINO) loads, with the input size, mean and std in its metadata as ``export`` writes them. ``info`` says how it was made (int8 or float, where the activation scales came
-    from, the backend). ``backend`` is the runtime that executes it ("onnxruntime" or "openvino") and
+    onnxruntime (or OpenVINO) loads, with the input size, mean and std in its metadata as ``export`` writes them.
+    ``info`` says how it was made (int8 or float, where the activation scales came from, the backend). ``backend`` is the runtime that executes it ("onnxruntime" or "openvino") and
     ``backend_reason`` why that one (see :func:`bitnetcnn.deploy.backends.choose_backend`). ``session`` is the
     onnxruntime session (None on OpenVINO).
     """
