@@ -22,9 +22,9 @@ class DeployedModel:
 
     ``onnx_model`` is the graph it runs (QDQ int8 or float), ``save(path)`` writes it as a ``.onnx`` file that any
     onnxruntime (or OpenVINO) loads, with the input size, mean and std in its metadata as ``export`` writes them.
-    ``info`` says how it was made (int8 or float, where the activation scales came from, the backend). ``backend`` is the runtime that executes it ("onnxruntime" or "openvino") and
-    ``backend_reason`` why that one (see :func:`bitnetcnn.deploy.backends.choose_backend`). ``session`` is the
-    onnxruntime session (None on OpenVINO).
+    ``info`` says how it was made (int8 or float, where the activation scales came from, the backend). ``backend``
+    is the runtime that executes it ("onnxruntime" or "openvino") and ``backend_reason`` why that one (see
+    :func:`bitnetcnn.deploy.backends.choose_backend`). ``session`` is the onnxruntime session (None on OpenVINO).
     """
 
     def __init__(self, onnx_model, threads: Optional[int] = None, info: Optional[dict] = None,
