@@ -6,8 +6,8 @@ For each seed checkpoint in ``$BITNETCNN_DATA/seed-checkpoints`` (and each shipp
 ``bitnetcnn/pretrained/``) it prints one table: the ternary codes packed 2 bits a weight and 5 a byte (base 3),
 each raw and through zlib / bz2 / LZMA, their order-0 entropy per layer, and bitnetcnn's coder (3-weight symbols,
 per-layer statistics, optional previous-row context, interleaved rANS), with bits per ternary weight and the time to
-decode back to int8 codes. Then the whole checkpoint: the seed's zip, a float32 state_dict, and bitnetcnn's file, with the
-time from file to ready model (median of ``--repeat`` runs) next to ``torch.load`` of the float state_dict.
+decode back to int8 codes. Then the whole checkpoint: the seed's zip, a float32 state_dict, and bitnetcnn's file,
+with the time from file to ready model (median of ``--repeat`` runs) next to ``torch.load`` of the float state_dict.
 """
 
 from __future__ import annotations
