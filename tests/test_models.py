@@ -149,9 +149,9 @@ def test_bitnet_cnn_depths_add_residual_blocks_and_keep_the_seed_layout_at_one()
 
 
 @pytest.mark.parametrize("name, kwargs, words", [
-    ("bitnet_cnn", dict(width=0), "width is the stem's number of channels"),
-    ("bitnet_cnn", dict(width=-2), "width is the stem's number of channels"),
-    ("bitnet_cnn", dict(width="8"), "width is the stem's number of channels"),
+    ("bitnet_cnn", dict(width=0), r"width \(the stem's channels.*must be a positive integer"),
+    ("bitnet_cnn", dict(width=-2), r"width \(the stem's channels.*must be a positive integer"),
+    ("bitnet_cnn", dict(width="8"), r"width \(the stem's channels.*must be a positive integer"),
     ("bitnet_cnn", dict(expand_ratio=0), "expand_ratio must be a number above 0"),
     ("bit_mobilenetv2", dict(width_mult=0), "width_mult scales every layer's channels"),
     ("bit_mobilenetv2", dict(width_mult="1.4"), "width_mult scales every layer's channels"),

@@ -18,6 +18,14 @@ class UnreadablePixels(ValueError):
     fine, the image needs preparing first."""
 
 
+def read_errors() -> tuple:
+    """What reading a picture file raises when the file is cut short, damaged, not a picture or too big (a
+    decompression bomb): the exceptions a reader names the file for."""
+    from PIL import Image
+
+    return OSError, ValueError, SyntaxError, Image.DecompressionBombError
+
+
 # Pillow's greyscale modes wider than 8 bits: 16-bit (PNG, TIFF) and 32-bit integers, and 32-bit floats
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
-from bitnetcnn.images import UnreadablePixels
+from bitnetcnn.images import UnreadablePixels, read_errors
 
 
 def _open_image(path: Path):
@@ -22,7 +22,7 @@ def _open_image(path: Path):
             return image
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # cut short, too big, odd mode
+    except read_errors() as err:
         detail = " ".join(str(err).split())[:160] or type(err).__name__
         raise ValueError(f"{path} cannot be read as an image ({detail})") from None
 

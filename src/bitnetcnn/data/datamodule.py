@@ -212,13 +212,5 @@ class ImageDataModule(L.LightningDataModule):
         # Standard strides, one channel too, where both layouts hold the same bytes: the crop's permute leaves
         # (HW, 1, W, 1), on which PyTorch 2.14's oneDNN convolution backward corrupts memory (a native crash in
         # the first step of a bitnet_cnn of width 2 to 6), and .contiguous() keeps them.
-        return x if x.stride() == _standard_strides(x.shape) else x.clone(memory_format=torch.contiguous_format)
-
-
-def _standard_strides(shape) -> tuple:
-    """The strides of a tensor of ``shape`` laid out row-major (NCHW)."""
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
+        standard = torch.empty(x.shape, device="meta").stride()  # row-major NCHW, nothing allocated
+        return x if x.stride() == standard else x.clone(memory_format=torch.contiguous_format)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bitnetcnn.images import UnreadablePixels, fit_to_size, pil_to_pixels
+from bitnetcnn.images import UnreadablePixels, fit_to_size, pil_to_pixels, read_errors
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -177,7 +177,7 @@ def _load_rgb(path: Path, size: int) -> np.ndarray:
             pixels = pil_to_pixels(im, 3)
     except UnreadablePixels as err:
         raise ValueError(f"{path}: {err}") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # cut short, or not a picture
+    except read_errors() as err:
         raise _damaged(path, err, "an image file") from None
     if pixels.is_floating_point():  # a 16-bit or float greyscale picture, in 0..1
         pixels = pixels.mul(255).round().to(torch.uint8)

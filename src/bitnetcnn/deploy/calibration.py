@@ -16,6 +16,8 @@ __all__ = ["as_batches", "check_normalized", "dataset_for", "dataset_images", "m
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
 
+CALIBRATION_BATCH = 64  # images a calibration batch holds (onnxruntime's calibrators want batches of one size)
+
 normalize_images = normalize  # the ground floor's: one normalization for training, evaluation and deployment
 
 
@@ -34,7 +36,7 @@ def check_normalized(x: torch.Tensor, mean, std, what: str = "inputs") -> None:
                          "uint8 images (0..255, normalized here) or images normalized as the model was trained")
 
 
-def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = 64,
+def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = CALIBRATION_BATCH,
                what: str = "calibration images", input_size: Optional[tuple] = None) -> List[np.ndarray]:
     """Float32 ``(N, C, H, W)`` arrays from a tensor of model inputs or an iterable of batches.
 

@@ -36,6 +36,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 from torch import nn
 
+from bitnetcnn.deploy.calibration import CALIBRATION_BATCH
 from bitnetcnn.deploy.checks import NotDeployableError
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME, weight_nodes
 from bitnetcnn.nn import TERNARY_LAYERS
@@ -297,9 +298,6 @@ def _pooled_tail(graph) -> set:
                 tail.add(node.name)
                 grew = True
     return tail
-
-
-CALIBRATION_BATCH = 64
 
 
 class _Batches:

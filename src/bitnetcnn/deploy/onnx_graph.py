@@ -79,7 +79,7 @@ def _name_transposed_weights(graph, model: nn.Module) -> None:
         found = by_value.get((transposed.shape, transposed.dtype.str, transposed.tobytes()), [])
         if len(found) != 1:  # none, or several equal weights: which is whose cannot be told
             continue
-        old = found.pop()
+        (old,) = found
         inits[old].name = key
         for node in readers[old]:
             node.input[list(node.input).index(old)] = key

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from bitnetcnn.models.blocks import ConvNormAct, InvertedResidual
 from bitnetcnn.models.layers import QuantSpec
-from bitnetcnn.models.registry import MNIST_MEAN, MNIST_STD, register_model
+from bitnetcnn.models.registry import MNIST_MEAN, MNIST_STD, register_model, require_positive_int
 
 
 class BitNetCNN(nn.Module):
@@ -35,9 +35,7 @@ class BitNetCNN(nn.Module):
     ) -> None:
         super().__init__()
         del img_size  # global pooling takes any size; accepted so every builder has the same interface
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width is the stem's number of channels (the stages take 2x, 4x and 8x), a whole number "
-                             f"of at least 1; got {width!r}")
+        require_positive_int("width (the stem's channels; the stages take 2x, 4x and 8x)", width)
         if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)) or not expand_ratio > 0:
             raise ValueError(f"expand_ratio must be a number above 0 (2.0: blocks widen twice); got {expand_ratio!r}")
         depths = tuple(depths)

@@ -82,11 +82,11 @@ def create_model(
     ``create_model(**model.model_args)`` builds the same architecture again.
     """
     cfg = get_model_config(name)
-    num_classes = cfg.num_classes if num_classes is None else _positive_int("num_classes", num_classes)
-    in_chans = cfg.input_size[0] if in_chans is None else _positive_int("in_chans", in_chans)
+    num_classes = cfg.num_classes if num_classes is None else require_positive_int("num_classes", num_classes)
+    in_chans = cfg.input_size[0] if in_chans is None else require_positive_int("in_chans", in_chans)
     _check_kwargs(cfg, kwargs)
     if "img_size" in kwargs:  # it picks the stem: 0, -224 or 2.5 would build the 32-px one without a word
-        kwargs["img_size"] = _positive_int("img_size", kwargs["img_size"])
+        kwargs["img_size"] = require_positive_int("img_size", kwargs["img_size"])
     spec = QuantSpec(quant=quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits, fp_ends=fp_ends)
     try:
         model = cfg.builder(num_classes=num_classes, in_chans=in_chans, spec=spec, **kwargs)
@@ -100,7 +100,7 @@ def create_model(
     return model
 
 
-def _positive_int(what: str, value) -> int:
+def require_positive_int(what: str, value) -> int:
     """A count given by a user (CLI, header, hub): an int >= 1, not a float or bool that ``int()`` would bend."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive integer, not {value!r}")

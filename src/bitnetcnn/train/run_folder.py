@@ -81,13 +81,14 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
             raise SettingsError(f"--resume continues the run in {s.out} with its saved settings, so {flag} {mine!r} "
                                 f"(saved: {theirs!r}) cannot take effect: leave it out, or start a new run with a "
                                 f"fresh --out (--init {Path(s.out) / 'best_ternary.bnc'} fine-tunes from this one)")
-    if changes.get("epochs", saved.epochs) > saved.epochs and saved.time_budget is not None and first_process():
-        print(f"--resume --epochs {changes['epochs']}: the run in {s.out} has not decided its length yet; its time "
-              f"budget decides it within {changes['epochs']} epochs", flush=True)
-    elif changes.get("epochs", saved.epochs) > saved.epochs and first_process():
-        # said aloud (once nothing was refused): repeating a budgeted run's original --epochs cap lands here too
-        print(f"--resume --epochs {changes['epochs']}: the run in {s.out} was set for {saved.epochs} epochs; it now "
-              f"runs to {changes['epochs']}, its learning-rate schedule stretched over them", flush=True)
+    if changes.get("epochs", saved.epochs) > saved.epochs and first_process():
+        # said aloud (once nothing was refused); a budget that has not decided yet decides within the new cap
+        if saved.time_budget is not None:
+            print(f"--resume --epochs {changes['epochs']}: the run in {s.out} has not decided its length yet; its "
+                  f"time budget decides it within {changes['epochs']} epochs", flush=True)
+        else:  # repeating a decided run's original --epochs cap lands here too
+            print(f"--resume --epochs {changes['epochs']}: the run in {s.out} was set for {saved.epochs} epochs; it "
+                  f"now runs to {changes['epochs']}, its learning-rate schedule stretched over them", flush=True)
     # a background run resumed with the command its interruption printed stays without a progress bar in its log
     progress = s.progress if "progress" in given else saved.progress
     return replace(saved, out=s.out, progress=progress, **changes)
