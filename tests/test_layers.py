@@ -438,3 +438,18 @@ def test_an_empty_batch_passes_an_act_quantized_model_as_torch_layers_take_it(tr
     assert out.shape == (0, 10)
     assert all(torch.equal(a, q.running_scale) for a, q in zip(scales, [q for q in model.modules()
                                                                        if isinstance(q, ActQuantizer)]))
+
+
+@pytest.mark.parametrize("scale_op, bad, pow2", [("median", "nan", False), ("mean", "inf", False),
+                                                  ("median", "-inf", False), ("mean", "nan", True)])
+def test_a_weight_with_nan_or_infinity_is_refused_by_conversion_with_its_layer(scale_op, bad, pow2):
+    """A non-finite weight became a channel of zero codes and scale 1: the Bit model answered NaN, the converted
+    one finite numbers from its bias alone, and saving and loading it raised nothing."""
+    model = nn.Sequential(nn.Identity(), BitConv2d(3, 4, 3, scale_op=scale_op, pow2=pow2)).eval()
+    with torch.no_grad():
+        model[1].weight[2, 0, 0, 0] = float(bad)
+    with pytest.raises(ValueError, match=r"layer '1': the weight has NaN or infinite values in output channel\(s\) "
+                                         r"\[2\]: it has no ternary codes"):
+        convert_to_ternary(model)
+    with pytest.raises(ValueError, match=r"^the model: the weight has NaN"):
+        convert_to_ternary(model[1])

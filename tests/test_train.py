@@ -1333,3 +1333,81 @@ def test_the_seeds_gpus_0_means_the_cpu(monkeypatch):
     main(["train", "--gpus", "0", "--no-progress"])
     assert seen["settings"].accelerator == "cpu" and seen["settings"].devices == "auto"
     assert "accelerator" in seen["given"]
+
+
+def test_init_on_other_classes_loads_every_layer_but_a_fresh_classifier(tmp_path, capsys):
+    """Transfer learning: --init of a file trained on 5 classes into a 10-class run was refused ("has num_classes=5
+    but this run needs 10") with no way forward. Every other layer now starts from the file, the classifier afresh."""
+    source = bitnetcnn.create_model("bitnet_cnn", num_classes=5, in_chans=1)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1.0)
+    bitnetcnn.save_checkpoint(source, tmp_path / "five.bnc", {})
+    torch.manual_seed(0)
+    fresh = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1)
+    torch.manual_seed(0)
+    _, module = build(TrainSettings(init=str(tmp_path / "five.bnc"), **QUICK))
+    from bitnetcnn.models.classifier import classifier_name
+
+    theirs, ours, new = source.state_dict(), module.model.state_dict(), fresh.state_dict()
+    head = classifier_name(fresh)
+    assert ours[f"{head}.weight"].shape[0] == 10
+    assert all(torch.equal(ours[k], new[k]) for k in ours if k.startswith(f"{head}."))  # as a fresh model's
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith(f"{head}."))
+    assert f"predicts 5 classes and this run 10: its classifier ({head}) starts afresh" in capsys.readouterr().err
+    with pytest.raises(SettingsError, match=r"has in_chans=1 but this run needs in_chans=3 .*--img-channels"):
+        build(TrainSettings(init=str(tmp_path / "five.bnc"), dataset="cifar10", data_dir=str(tmp_path / "none")))
+
+
+def test_a_greyscale_image_folder_fine_tunes_a_one_channel_model_and_evaluates(tmp_path):
+    """Image folders were always read as RGB, so a one-channel weight (the MNIST models) could not be fine-tuned on
+    greyscale pictures: --img-channels 1 reads them as one channel, and eval and deployment read them alike."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, c in enumerate(("dark", "light")):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(8):
+                Image.new("L", (28, 28), 30 + 180 * k + i).save(tmp_path / "d" / split / c / f"{i}.png")
+    source = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, width=8)
+    bitnetcnn.save_checkpoint(source, tmp_path / "mnist.bnc", {"dataset": "mnist"})
+    settings = dict(dataset="imagefolder", data_dir=str(tmp_path / "d"), img_size=28, batch_size=4, epochs=1,
+                    progress=False, model_kwargs={"width": 8}, init=str(tmp_path / "mnist.bnc"))
+    with pytest.raises(SettingsError, match="has in_chans=1 but this run needs in_chans=3"):
+        build(TrainSettings(**settings))
+    train(TrainSettings(out=str(tmp_path / "run"), img_channels=1, **settings))
+    model = load_checkpoint(tmp_path / "run" / "best_ternary.bnc")
+    assert model.pretrained_cfg.input_size == (1, 28, 28) and len(model.pretrained_cfg.mean) == 1
+    run = str(tmp_path / "run" / "best_ternary.bnc")
+    assert evaluate_checkpoint(run, data_dir=str(tmp_path / "d"))["images"] == 16
+    with pytest.raises(SettingsError, match="--img-channels 2: an image folder is read as RGB .3. or greyscale .1."):
+        TrainSettings(img_channels=2)
+    with pytest.raises(SettingsError, match="--img-channels sets how an imagefolder's pictures are read"):
+        train(TrainSettings(img_channels=1, out=str(tmp_path / "x"), **QUICK), given={"img_channels"})
+
+
+def test_init_and_teacher_take_a_published_weights_hub_name(tmp_path, capsys):
+    """`train --init bitnet_mnist` failed with "cannot read the file" where eval and export take the name."""
+    assert main(["train", "--init", "bitnet_mnst", "--out", str(tmp_path / "x")]) == 2
+    assert "'bitnet_mnst' is not a file or a published weight (did you mean bitnet_mnist?)" in capsys.readouterr().err
+    assert main(["train", "--init", "bitnet_mnist", "--epochs", "1", "--limit-train", "64", "--limit-eval", "32",
+                 "--batch-size", "32", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    header = load_checkpoint(tmp_path / "run" / "best_ternary.bnc").checkpoint_header["metadata"]
+    assert header["init"]["file"] == "bitnet_mnist.bnc" and "--init bitnet_mnist" in header["command"]
+
+
+def test_convert_of_a_fine_tunes_last_ckpt_keeps_its_recipe(tmp_path):
+    """`convert RUN/last.ckpt` of a fine-tune wrote no `init` and one training step, where the run's own
+    best_ternary.bnc holds both stages: the recipe is read from the checkpoint's own record."""
+    from bitnetcnn.train.evaluate import convert_file
+
+    train(TrainSettings(out=str(tmp_path / "a"), epochs=1, **QUICK), command="bitnetcnn train STAGE-1")
+    train(TrainSettings(out=str(tmp_path / "b"), epochs=1, init=str(tmp_path / "a" / "best_ternary.bnc"), **QUICK),
+          command="bitnetcnn train STAGE-2")
+    best = load_checkpoint(tmp_path / "b" / "best_ternary.bnc").pretrained_cfg
+    converted = load_checkpoint(convert_file(str(tmp_path / "b" / "last.ckpt"))).pretrained_cfg
+    assert [s.command for s in converted.training] == [s.command for s in best.training] == [
+        "bitnetcnn train STAGE-1", "bitnetcnn train STAGE-2"]
+    assert converted.training[1].hardware == best.training[1].hardware and converted.training[1].wall_time_s > 0
+    assert load_checkpoint(tmp_path / "b" / "last.ternary.bnc").checkpoint_header["metadata"]["init"]["command"] == (
+        "bitnetcnn train STAGE-1")

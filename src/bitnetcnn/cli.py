@@ -122,6 +122,8 @@ def _add_train(sub) -> None:
     a("--model-kwargs", type=json_object, default={}, help='extra model arguments as JSON, e.g. \'{"act": "silu"}\'')
     a("--num-classes", type=int, help="check that the data set has this many classes")
     a("--img-size", type=int, default=64, help="image side for --dataset imagefolder")
+    a("--img-channels", type=int, choices=(1, 3), default=3, help="--dataset imagefolder: read the pictures as RGB "
+      "(3) or greyscale (1, as the MNIST models take them)")
     a("--eval-ternary", action=argparse.BooleanOptionalAction, default=True,
       help="also evaluate the converted ternary model every epoch")
     a("--val-every", type=int, default=1, metavar="N", help="validate every N epochs and in the last one (default 1)")
@@ -134,13 +136,15 @@ def _add_train(sub) -> None:
       "minute of compiling)")
     a("--kd", action="store_true", help="distill from --teacher")
     a("--teacher", action="append", default=[], help="checkpoint of the full-precision teacher (bitnetcnn train "
-      "--quant fp); repeat it to distill an ensemble (the mean of the teachers' logits)")
+      "--quant fp), or a published weight's hub name; repeat it to distill an ensemble (the mean of the teachers' "
+      "logits)")
     a("--kd-alpha", type=float, default=0.5)
     a("--kd-temperature", type=float, default=4.0)
     a("--kd-hints", type=float, default=0.0, metavar="WEIGHT", help="add WEIGHT x a feature hint loss (FitNets: "
       "standardized MSE between student and teacher feature maps before the pooling; 0: off)")
-    a("--init", help="start from the weights of this checkpoint (fine-tuning): a bitnetcnn file, or the seed's zip "
-      "or a state dict read into --model with --model-kwargs")
+    a("--init", help="start from the weights of this checkpoint (fine-tuning): a bitnetcnn file or a published "
+      "weight's hub name (bitnet_resnet18), or the seed's zip or a state dict read into --model with --model-kwargs; "
+      "on other classes its classifier starts afresh")
     a("--amp", action="store_true", help="bf16 autocast on the CPU, mixed precision on CUDA")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     a("--accelerator", default="auto", help="cpu, gpu, auto")
@@ -175,6 +179,11 @@ def _cmd_train(args) -> int:
         given |= {"accelerator", "devices"}
     if resume:  # what was not given is the run's own, not the parser's default (which may not fit what was given)
         values.update({k: v for k, v in saved_run_values(values.get("out")).items() if k not in given})
+    # a published weight by its hub entry name, as the other commands take it (the run records the name as typed)
+    if values.get("init") and "init" in given:
+        values["init"] = _model_file(values["init"], registry_names=False)
+    if "teacher" in given:
+        values["teacher"] = [_model_file(path, registry_names=False) for path in values["teacher"]]
     try:
         train(TrainSettings.from_dict(values), resume=resume, command=command, given=given)
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1

@@ -42,7 +42,8 @@ from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep, model_pretrained_cfg
 from bitnetcnn.settings import cache_root
 from bitnetcnn.models import create_model, list_models
-from bitnetcnn.nn import BitLinear, TernaryConv2d, TernaryLinear, convert_to_bit, convert_to_ternary
+from bitnetcnn.models.classifier import new_classifier
+from bitnetcnn.nn import TernaryConv2d, TernaryLinear, convert_to_bit, convert_to_ternary
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -263,28 +264,6 @@ def _download(url: str, target: Path, sha256: Optional[str], progress: bool, ent
             os.unlink(tmp)
 
 
-def _last_linear(model: nn.Module) -> Optional[str]:
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, TernaryLinear))]
-    return names[-1] if names else None
-
-
-def _new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
-    """Replace the last linear layer by a fresh one with ``num_classes`` outputs (to fine-tune on new classes)."""
-    name = _last_linear(model)
-    if name is None:
-        raise ValueError(f"{type(model).__name__} has no linear classifier to resize")
-    old = model.get_submodule(name)
-    if isinstance(old, BitLinear):
-        new = BitLinear(old.in_features, num_classes, old.bias is not None, quant=old.quant)
-    else:
-        new = nn.Linear(old.in_features, num_classes, old.bias is not None)
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new.to(next(old.parameters()).device))
-    if isinstance(getattr(model, "model_args", None), dict):
-        model.model_args = {**model.model_args, "num_classes": num_classes}
-    return model
-
-
 # Settings a trained model can be fine-tuned into (bitnetcnn train --init), with their flags; others change the
 # architecture (layer shapes, activations, strides): the weights do not carry over.
 _FINE_TUNABLE = {"act_bits": "--act-bits", "pow2": "--pow2", "scale_op": "--scale-op", "fp_ends": "--fp-ends",
@@ -389,7 +368,7 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
             raise ValueError(f"num_classes={num_classes} differs from the checkpoint's "
                              f"{model.model_args.get('num_classes')}: a new classifier must be trained, so load "
                              "with ternary=False, fine-tune, then convert")
-        model = _new_classifier(model, num_classes)
+        model = new_classifier(model, num_classes)
         header = None  # the file's header describes its own classifier, no longer this model's
         vars(model).pop("checkpoint_header", None)
         if cfg is not None:  # same inputs, new untrained classes: the file's figures and identity no longer apply

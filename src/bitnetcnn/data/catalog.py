@@ -73,15 +73,27 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def _average(values: tuple[float, ...]) -> float:
+    return round(sum(values) / len(values), 4)
+
+
 def list_datasets() -> list[str]:
     return sorted([*DATASETS, "imagefolder"])
 
 
-def get_dataset_spec(name: str, img_size: int = 64, num_classes: int | None = None) -> DatasetSpec:
-    """The spec of a named data set; ``imagefolder`` is built for ``img_size`` (its classes come from the tree)."""
+IMAGE_FOLDER_CHANNELS = (1, 3)
+
+
+def get_dataset_spec(name: str, img_size: int = 64, num_classes: int | None = None, in_chans: int = 3) -> DatasetSpec:
+    """The spec of a named data set; ``imagefolder`` is built for ``img_size`` and ``in_chans`` (its classes come from
+    the tree): RGB pictures normalized with ImageNet's statistics, or greyscale ones with their channel mean (as timm
+    does for one-channel models)."""
     if name == "imagefolder":
-        return DatasetSpec("imagefolder", sources.imagefolder_reader(img_size), num_classes or 0, 3, img_size,
-                           *IMAGENET_STATS, crop_padding=img_size // 8, hflip=True)
+        if in_chans not in IMAGE_FOLDER_CHANNELS:
+            raise ValueError(f"an image folder is read with 1 (greyscale) or 3 (RGB) channels, not {in_chans}")
+        mean, std = IMAGENET_STATS if in_chans == 3 else ((_average(IMAGENET_STATS[0]),), (_average(IMAGENET_STATS[1]),))
+        return DatasetSpec("imagefolder", sources.imagefolder_reader(img_size, in_chans), num_classes or 0, in_chans,
+                           img_size, mean, std, crop_padding=img_size // 8, hflip=True)
     try:
         return DATASETS[name]
     except KeyError:

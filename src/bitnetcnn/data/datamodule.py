@@ -94,6 +94,7 @@ class ImageDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         download: bool = False,
         img_size: int = 64,
+        img_channels: int = 3,
         augment: bool = True,
         channels_last: bool = False,
         limit_train: int | None = None,
@@ -106,7 +107,7 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.seed = seed  # of the training order (EpochShuffle)
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained in it) from a mid-epoch checkpoint
-        self.spec: DatasetSpec = get_dataset_spec(dataset, img_size)
+        self.spec: DatasetSpec = get_dataset_spec(dataset, img_size, in_chans=img_channels)
         self.root = data_root(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)

@@ -166,15 +166,15 @@ def read_cifar100(root: Path, train: bool, download: bool) -> Split:
                           "fine_labels", download)
 
 
-def _load_rgb(path: Path, size: int) -> np.ndarray:
-    """An image file as ``(size, size, 3)`` uint8 pixels, read as a pretrained weight's ``transforms()`` reads a
+def _load_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
+    """An image file as ``(size, size, channels)`` uint8 pixels, read as a pretrained weight's ``transforms()`` reads a
     picture (:mod:`bitnetcnn.images`: upright, centre-cropped, never squashed), so a model trained on an image
     folder sees at training what ``bitnetcnn predict`` shows it later."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            pixels = pil_to_pixels(im, 3)
+            pixels = pil_to_pixels(im, channels)
     except UnreadablePixels as err:
         raise ValueError(f"{path}: {err}") from None
     except read_errors() as err:
@@ -184,8 +184,9 @@ def _load_rgb(path: Path, size: int) -> np.ndarray:
     return fit_to_size(pixels, size, size).permute(1, 2, 0).numpy()
 
 
-def _stack(paths: list[Path], labels: list[int], size: int) -> Split:
-    images = np.stack([_load_rgb(p, size) for p in paths]) if paths else np.zeros((0, size, size, 3), np.uint8)
+def _stack(paths: list[Path], labels: list[int], size: int, channels: int = 3) -> Split:
+    images = (np.stack([_load_image(p, size, channels) for p in paths]) if paths
+              else np.zeros((0, size, size, channels), np.uint8))
     return _split(images, np.asarray(labels, dtype=np.int64), channels_last=True)
 
 
@@ -235,8 +236,9 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def imagefolder_reader(size: int) -> Callable[[Path, bool, bool], Split]:
-    """A generic ``root/{train,val}/<class>/*.jpg`` tree, resized to ``size`` (for small data sets). The classes are
+def imagefolder_reader(size: int, channels: int = 3) -> Callable[[Path, bool, bool], Split]:
+    """A generic ``root/{train,val}/<class>/*.jpg`` tree, resized to ``size``, with ``channels`` (3: RGB, 1:
+    greyscale; for small data sets). The classes are
     the folders of ``train/``, in both splits: a ``val/`` without some class keeps the others' labels (each split
     numbering its own folders would shift them, and every score with them)."""
 
@@ -269,6 +271,6 @@ def imagefolder_reader(size: int) -> Callable[[Path, bool, bool], Split]:
         if not paths:
             raise ValueError(f"{split_dir} has no images in its class folders ({', '.join(IMG_EXTENSIONS[:4])}, ...): "
                              "nothing to evaluate on; put each class's test images in val/<class>/")
-        return replace(_stack(paths, labels, size), class_names=tuple(classes))
+        return replace(_stack(paths, labels, size, channels), class_names=tuple(classes))
 
     return read

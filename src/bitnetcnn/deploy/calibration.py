@@ -92,14 +92,15 @@ def dataset_for(model: nn.Module) -> str:
     return "cifar10" if classes == 10 else "cifar100"
 
 
-def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int = 0, img_size: int = 64):
+def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int = 0, img_size: int = 64,
+                   in_chans: int = 3):
     """``(images, labels, spec)``: ``n`` uint8 images and labels of a data set split, a fixed random sample (the
-    whole split for ``n <= 0``), and the data set's spec (its mean and std normalize the images). ``img_size``: the
-    size an image folder is read at, the model's (a named data set has its own)."""
+    whole split for ``n <= 0``), and the data set's spec (its mean and std normalize the images). ``img_size``,
+    ``in_chans``: the size and channels an image folder is read with, the model's (a named data set has its own)."""
     from bitnetcnn.data.catalog import get_dataset_spec
     from bitnetcnn.settings import data_root
 
-    spec = get_dataset_spec(dataset, img_size)
+    spec = get_dataset_spec(dataset, img_size, in_chans=in_chans if dataset == "imagefolder" else 3)
     split = spec.read(data_root(data_dir), train, False)
     images, labels = split.images, split.labels
     if 0 < n < len(images):
@@ -112,7 +113,7 @@ def model_inputs(model: nn.Module, dataset: str, n: int, train: bool, data_dir=N
     """``(inputs, labels)``: :func:`dataset_images` as ``model`` takes them: read at its input size (an image
     folder's; a named data set has its own) and normalized with its weights' own mean and std, else the data set's."""
     size = input_size_of(model)
-    images, labels, spec = dataset_images(dataset, n, train, data_dir, seed, img_size=size[-1])
+    images, labels, spec = dataset_images(dataset, n, train, data_dir, seed, img_size=size[-1], in_chans=size[0])
     if tuple(images.shape[1:]) != tuple(size):  # else a runtime's shape error, far from the cause
         raise ValueError(f"{dataset!r} has {'x'.join(map(str, images.shape[1:]))} images but the model takes "
                          f"{'x'.join(map(str, size))}: give images of its size (calibration=...) or its own data set")

@@ -449,8 +449,8 @@ def _float_convolution_outputs(model, float_nodes: set):
 
 
 def keep_in_float(model, tensors: set):
-    """``model`` (a QDQ graph, changed in place) with the Q/DQ pairs on ``tensors`` removed: whatever read their
-    dequantized values reads the float tensors instead. Where the pair stood for a folded ReLU or Clip (see
+    """``model`` (a QDQ graph, changed in place) with the Q/DQ pairs on ``tensors`` removed, and their scales and zero
+    points: whatever read their dequantized values reads the float tensors instead. Where the pair stood for a folded ReLU or Clip (see
     ``_record_folded_activations``), that activation takes its place."""
     graph = model.graph
     _, consumers = _graph_maps(graph)
@@ -483,6 +483,9 @@ def keep_in_float(model, tensors: set):
                 node.input[i] = rewire[name]
     del graph.node[:]
     graph.node.extend(kept)
+    read = {name for node in kept for name in node.input}  # the dropped pairs' scales and zero points: a runtime
+    for unread in [t for t in graph.initializer if t.name not in read]:  # warns of each when it loads the file
+        graph.initializer.remove(unread)
     return model
 
 

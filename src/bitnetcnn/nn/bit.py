@@ -58,9 +58,17 @@ class _BitMixin:
 
     def ternary_state(self, pow2: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes (int8) and per-channel scale ``[O]`` for conversion; ``pow2=True`` rounds the scale (a layer
-        trained with power-of-two scales keeps them either way)."""
+        trained with power-of-two scales keeps them either way). A weight with NaN or infinite values is refused:
+        its channel's codes would come out zero (NaN rounds to 0 in int8), and the converted layer would answer
+        finite numbers where the Bit layer answers NaN."""
         q = self.quant.with_pow2(pow2)
-        codes, scale = ternary_quantize(_at_least_float32(self.weight.detach()), q.scale_op, q.pow2)
+        weight = _at_least_float32(self.weight.detach())
+        bad = (~torch.isfinite(weight)).reshape(weight.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"the weight has NaN or infinite values in output channel(s) {bad[:8]}"
+                             f"{' ...' if len(bad) > 8 else ''}: it has no ternary codes (a diverged training run; "
+                             "go back to a checkpoint from before it diverged)")
+        codes, scale = ternary_quantize(weight, q.scale_op, q.pow2)
         # a channel of zero codes computes 0 whatever its scale: 1 instead of the 1e-8 floor keeps an int8
         # runtime's bias step (input scale x weight scale) wide enough for its bias to fit in int32
         scale = torch.where(codes.reshape(codes.shape[0], -1).any(dim=1), scale.reshape(-1), 1.0)

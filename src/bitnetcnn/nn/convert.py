@@ -109,12 +109,14 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
     that the converted model computes what the deployed one does; ``int32_biases=False`` keeps them as trained.
     """
 
-    def rule(_: str, module: nn.Module) -> Optional[nn.Module]:
-        if isinstance(module, BitConv2d):
-            return TernaryConv2d.from_bit(module, pow2)
-        if isinstance(module, BitLinear):
-            return TernaryLinear.from_bit(module, pow2)
-        return None
+    def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
+        twin = TernaryConv2d if isinstance(module, BitConv2d) else TernaryLinear if isinstance(module, BitLinear) else None
+        if twin is None:
+            return None
+        try:
+            return twin.from_bit(module, pow2)
+        except ValueError as e:  # which layer, in a model of many
+            raise ValueError(f"{f'layer {name!r}' if name else 'the model'}: {e}") from None
 
     converted, count = replace_modules(model, rule, inplace)
     if int32_biases:

@@ -241,7 +241,7 @@ class RunRecorder(L.Callback):
     def state_dict(self) -> dict:
         return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self.elapsed_s(),
                 "command": self.command, "budgeted": self.budgeted, "epochs": self.epochs, "extended": self.extended,
-                "lineage": self._lineage(), "rng": random_states()}
+                "lineage": self._lineage(), "hardware": self.hardware, "rng": random_states()}
 
     def _lineage(self) -> dict:
         """What the run started from (``--init``'s recipe, ``fine_tune.init_metadata``), as it was when it started."""

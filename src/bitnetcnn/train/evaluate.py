@@ -65,8 +65,9 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
     dataset = dataset or (cfg.dataset if cfg is not None else None)
     if not dataset:
         raise ValueError(f"{source} does not record its data set; pass --dataset")
-    # an image folder is read at the size the model was trained at (a named data set has its own)
-    spec = get_dataset_spec(dataset, input_size_of(model)[-1])
+    # an image folder is read at the size and channels the model was trained at (a named data set has its own)
+    size = input_size_of(model)
+    spec = get_dataset_spec(dataset, size[-1], in_chans=size[0] if dataset == "imagefolder" else 3)
     classes = getattr(model, "model_args", {}).get("num_classes")
     if classes is not None and spec.num_classes and classes != spec.num_classes:  # told before the data is read
         raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
@@ -156,8 +157,9 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False, fo
     if lightning:
         model = run_model(src)
         _refuse_float(model, src, pow2)
-        step = torch.load(src, map_location="cpu", mmap=True, weights_only=True).get("global_step")
-        meta = _run_metadata(src.parent, pow2, step, model)
+        saved = torch.load(src, map_location="cpu", mmap=True, weights_only=True)
+        meta = _run_metadata(src.parent, pow2, saved.get("global_step"), model)
+        meta.update(_recipe(saved, meta.get("command")))  # the checkpoint's own, wherever it lies
     else:  # its inputs, names and data set travel through model.pretrained_cfg (save_checkpoint reads it)
         model = load_checkpoint(src)
         _refuse_float(model, src, pow2)
@@ -220,6 +222,19 @@ def _run_metadata(run: Path, pow2: bool, step: Optional[int], model: nn.Module) 
     return {k: v for k, v in meta.items() if v is not None}
 
 
+def _recipe(saved: dict, command: Optional[str]) -> dict:
+    """What a run's ``last.ckpt`` (``saved``) records of its recipe (RunRecorder's state): the stages before it
+    (``--init``'s ``init`` and ``training``) and this one up to the checkpoint, as its best_ternary.bnc records
+    them (a run saved before they were kept records none)."""
+    state = (saved.get("callbacks") or {}).get("RunRecorder")
+    if not state:
+        return {}
+    lineage = state.get("lineage") or {}
+    step = {"command": command or state.get("command"), "wall_time_s": round(state.get("elapsed", 0.0), 1),
+            "hardware": state.get("hardware")}
+    return {**lineage, "training": [*lineage.get("training", []), step]}
+
+
 def _run_inputs(run: Path, args: dict) -> dict:
     """The inputs a run trained on: as its best_ternary.bnc records them (image folders' class names included),
     else as its data set's spec says."""
@@ -231,4 +246,5 @@ def _run_inputs(run: Path, args: dict) -> dict:
         return {k: v for k, v in found.items() if v is not None}
     if not args.get("dataset"):
         return {}
-    return get_dataset_spec(args["dataset"], int(args.get("img_size") or 64)).input_metadata()
+    return get_dataset_spec(args["dataset"], int(args.get("img_size") or 64),
+                            in_chans=int(args.get("img_channels") or 3)).input_metadata()

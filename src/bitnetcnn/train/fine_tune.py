@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
+from bitnetcnn.models.classifier import classifier_name
 from bitnetcnn.nn import TERNARY_LAYERS, ActQuantizer
 from bitnetcnn.quant.activation import act_qmax
 from bitnetcnn.train.settings import SettingsError
@@ -23,15 +25,16 @@ FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends
 
 
 def _check_init_args(model: torch.nn.Module, args: dict, path: str) -> None:
-    """Refuse an --init checkpoint built for another model, data set or architecture, including arguments that keep
-    the tensor shapes (the activation, where the stride sits): those weights would load without error into a
+    """Refuse an --init checkpoint built for another model, input channels or architecture, including arguments
+    that keep the tensor shapes (the activation, where the stride sits): those weights would load without error into a
     different network."""
     ours = model.model_args
     identity = ("name", "num_classes", "in_chans")
-    for key in identity:
+    for key in ("name", "in_chans"):  # num_classes may differ: the classifier then starts afresh (load_init_weights)
         if key in args and args[key] != ours[key]:
+            hint = "; an image folder is read with --img-channels 1 or 3" if key == "in_chans" else ""
             raise SettingsError(f"--init {path} has {key}={args[key]!r} but this run needs {key}={ours[key]!r} "
-                                f"(model {ours['name']} on the chosen data set)")
+                                f"(model {ours['name']} on the chosen data set{hint})")
     defaults = {name: p.default for name, p in inspect.signature(type(model)).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for key in sorted((set(args) | set(ours)) - FINE_TUNABLE_ARGS - set(identity)):
@@ -67,8 +70,16 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
 
     if any(isinstance(m, TERNARY_LAYERS) for m in source.modules()):  # a converted file: latent codes * scale, the
         source = convert_to_bit(source)  # start of a ternary run and of a float one (--quant fp) alike
+    saved = source.state_dict()
+    state = saved
+    theirs = getattr(source, "model_args", {}).get("num_classes")
+    if theirs is not None and theirs != ours["num_classes"]:  # transfer learning: all but the classifier
+        head = classifier_name(model)
+        state = {k: v for k, v in saved.items() if not k.startswith(f"{head}.")}
+        print(f"note: --init {path} predicts {theirs} classes and this run {ours['num_classes']}: its classifier "
+              f"({head}) starts afresh, every other layer from the file", file=sys.stderr)
     try:
-        result = model.load_state_dict(source.state_dict(), strict=False)
+        result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # tensors of other shapes: another width or depth
         first = str(e).strip().splitlines()[-1].strip()
         raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: {first}") from None
@@ -78,7 +89,8 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
     # leave their running scales unused.
     new_quantizers = {f"{name}.running_scale" for name, m in model.named_modules() if isinstance(m, ActQuantizer)}
     dropped = {f"{name}.running_scale" for name, m in source.named_modules() if isinstance(m, ActQuantizer)}
-    missing = [k for k in result.missing_keys if k not in new_quantizers]
+    fresh = new_quantizers | (saved.keys() - state.keys())  # and a new classifier's weights
+    missing = [k for k in result.missing_keys if k not in fresh]
     unexpected = [k for k in result.unexpected_keys if k not in dropped]
     if missing or unexpected:
         raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing[:5]}, "

@@ -123,6 +123,7 @@ def build(s: TrainSettings, resume: bool = False):
     get_model_config(s.model)  # unknown model: error with the valid names, before any data is read
     _check_accelerator(s)
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
+                           img_channels=s.img_channels,
                            limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom,
                            elastic=s.elastic, seed=s.seed)
     spec = data.spec
@@ -253,6 +254,9 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if "img_size" in named and s.dataset != "imagefolder":
         raise SettingsError(f"--img-size sizes an imagefolder's images; {s.dataset!r} has its own size "
                             f"({get_dataset_spec(s.dataset).img_size} px): leave --img-size out")
+    if "img_channels" in named and s.dataset != "imagefolder":
+        raise SettingsError(f"--img-channels sets how an imagefolder's pictures are read; {s.dataset!r} has its own "
+                            f"({get_dataset_spec(s.dataset).in_chans}): leave --img-channels out")
     out = Path(s.out) if s.out else default_out(s)
     s.out = str(out)
     if first_process():

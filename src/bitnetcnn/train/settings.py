@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from bitnetcnn.data.catalog import IMAGE_FOLDER_CHANNELS
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.train.schedule import DEFAULT_LR
 
@@ -18,8 +19,8 @@ class SettingsError(ValueError):
 
 
 # Model arguments a run sets from its data set and flags: --model-kwargs may not give them too.
-MODEL_KWARGS_FROM_FLAGS = {"num_classes": "the data set (--num-classes checks it)", "in_chans": "the data set",
-                           "quant": "--quant", "scale_op": "--scale-op", "pow2": "--pow2", "act_bits": "--act-bits",
+MODEL_KWARGS_FROM_FLAGS = {"num_classes": "the data set (--num-classes checks it)",
+                           "in_chans": "the data set (an image folder's: --img-channels)", "quant": "--quant", "scale_op": "--scale-op", "pow2": "--pow2", "act_bits": "--act-bits",
                            "fp_ends": "--fp-ends", "img_size": "the data set (an image folder's: --img-size)"}
 
 
@@ -74,6 +75,7 @@ class TrainSettings:
     model_kwargs: dict = field(default_factory=dict)
     num_classes: Optional[int] = None
     img_size: int = 64  # for imagefolder only
+    img_channels: int = 3  # for imagefolder only: 3 reads pictures as RGB, 1 as greyscale
     eval_ternary: bool = True
     val_every: int = 1  # validate every N epochs (and always the last): validation costs a GPU epoch a second
     compile: bool = False  # torch.compile the training forward (fuses the fake quantization's elementwise ops)
@@ -219,6 +221,9 @@ class TrainSettings:
             raise SettingsError(f"--model-kwargs sets {', '.join(reserved)}, which the run takes from "
                                 f"{', '.join(MODEL_KWARGS_FROM_FLAGS[k] for k in reserved)}: leave "
                                 f"{'them' if len(reserved) > 1 else 'it'} out of --model-kwargs")
+        if self.img_channels not in IMAGE_FOLDER_CHANNELS:
+            raise SettingsError(f"--img-channels {self.img_channels}: an image folder is read as RGB (3) or greyscale "
+                                "(1)")
         if self.devices != "auto":
             try:
                 devices = int(self.devices)

@@ -1,0 +1,33 @@
+"""A model's classifier, the last linear layer: found and replaced by a fresh one, to fine-tune on new classes (the
+hub's ``num_classes=``, ``bitnetcnn train --init`` of a file trained on other classes)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from bitnetcnn.nn import BitLinear, TernaryLinear
+
+
+def classifier_name(model: nn.Module) -> Optional[str]:
+    """The qualified name of the last linear layer (``fc``, ``head``, ``classifier.1``), or None."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, TernaryLinear))]
+    return names[-1] if names else None
+
+
+def new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the last linear layer by a fresh one with ``num_classes`` outputs (to fine-tune on new classes)."""
+    name = classifier_name(model)
+    if name is None:
+        raise ValueError(f"{type(model).__name__} has no linear classifier to resize")
+    old = model.get_submodule(name)
+    if isinstance(old, BitLinear):
+        new = BitLinear(old.in_features, num_classes, old.bias is not None, quant=old.quant)
+    else:
+        new = nn.Linear(old.in_features, num_classes, old.bias is not None)
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new.to(next(old.parameters()).device))
+    if isinstance(getattr(model, "model_args", None), dict):
+        model.model_args = {**model.model_args, "num_classes": num_classes}
+    return model
