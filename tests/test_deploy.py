@@ -724,3 +724,25 @@ def test_cli_export_says_what_was_asked_for_once_and_knows_mnist_demo_is_mnist(t
     monkeypatch.setenv("BITNETCNN_DATA", str(tmp_path / "nothing"))
     assert main(["export", "bitnet_mnist", "-o", str(tmp_path / "q.onnx"), "--int8"]) == 2
     assert "or --dataset mnist_demo, the bundled sample of MNIST" in capsys.readouterr().err
+
+
+def test_a_full_disk_leaves_an_earlier_export_and_bench_report_whole(tmp_path, monkeypatch):
+    """`export -o` and `bench --json` wrote in place: a full disk left a cut file where a good one had been."""
+    import errno
+    import pathlib
+
+    from bitnetcnn.deploy.bench import write_json
+
+    report = tmp_path / "bench.json"
+    report.write_text('{"good": 1}')
+
+    def half(self, data, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half)
+    with pytest.raises(OSError, match=f"No space left on device .writing {report}"):
+        write_json({"new": list(range(100))}, report)
+    monkeypatch.undo()
+    assert report.read_text() == '{"good": 1}' and [p.name for p in tmp_path.iterdir()] == ["bench.json"]

@@ -61,7 +61,7 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
         batch_size=256, optimizer="sgd", lr=0.15, wd=1e-05, momentum=0.8, warmup_epochs=1, label_smoothing=0.1,
         mixup=0.2, cutmix=1.0, rotate=0.0, zoom=0.05, elastic=3.5, ema=0.998, scale_op="mean", pow2=True,
         act_bits=8, fp_ends=True, model_kwargs={"act": "silu", "width_mult": 1.4}, num_classes=100, img_size=32,
-        eval_ternary=False, val_every=4, save_every=0.0, time_budget=8.0, kd=True,
+        img_channels=1, eval_ternary=False, val_every=4, save_every=0.0, time_budget=8.0, kd=True,
         teacher=["runs/a b/t.bnc", "-t2.bnc"], kd_alpha=0.7, kd_temperature=2.0, kd_hints=0.5, init="-i.bnc",
         amp=True, channels_last=False, accelerator="cpu", devices="2", num_nodes=2, strategy="ddp", seed=3,
         limit_train=100, limit_eval=50, progress=False)
@@ -604,7 +604,7 @@ def test_a_damaged_last_checkpoint_or_foreign_ckpt_is_named(tmp_path, capsys):
 def test_a_diverging_run_stops_and_never_saves_a_nan_model(tmp_path, capsys):
     _one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), "--lr", "1e30", "--epochs", "2",
                              "--batch-size", "32", "--limit-train", "128", "--limit-eval", "64", "--no-progress"],
-                    "training diverged in epoch 0: the loss is nan", code=1)
+                    "training diverged in epoch 0: the weights are not finite", code=1)
     assert not (tmp_path / "run" / "best_ternary.bnc").exists() and not (tmp_path / "run" / "last.ckpt").exists()
     # nor inside an epoch: a mid-epoch save after the weights turned to NaN stops the run instead
     _one_line_error(capsys, ["train", "--out", str(tmp_path / "often"), "--lr", "1e30", "--save-every", "1e-6",
@@ -1388,8 +1388,9 @@ def test_a_greyscale_image_folder_fine_tunes_a_one_channel_model_and_evaluates(t
 
 def test_init_and_teacher_take_a_published_weights_hub_name(tmp_path, capsys):
     """`train --init bitnet_mnist` failed with "cannot read the file" where eval and export take the name."""
-    assert main(["train", "--init", "bitnet_mnst", "--out", str(tmp_path / "x")]) == 2
-    assert "'bitnet_mnst' is not a file or a published weight (did you mean bitnet_mnist?)" in capsys.readouterr().err
+    assert main(["train", "--kd", "--teacher", "bitnet_mnist", "--init", "bitnet_mnist", "--epochs", "1",
+                 "--limit-train", "64", "--limit-eval", "32", "--batch-size", "32", "--no-progress", "--out",
+                 str(tmp_path / "kd")]) == 0
     assert main(["train", "--init", "bitnet_mnist", "--epochs", "1", "--limit-train", "64", "--limit-eval", "32",
                  "--batch-size", "32", "--no-progress", "--out", str(tmp_path / "run")]) == 0
     header = load_checkpoint(tmp_path / "run" / "best_ternary.bnc").checkpoint_header["metadata"]
@@ -1411,3 +1412,77 @@ def test_convert_of_a_fine_tunes_last_ckpt_keeps_its_recipe(tmp_path):
     assert converted.training[1].hardware == best.training[1].hardware and converted.training[1].wall_time_s > 0
     assert load_checkpoint(tmp_path / "b" / "last.ternary.bnc").checkpoint_header["metadata"]["init"]["command"] == (
         "bitnetcnn train STAGE-1")
+
+
+def _disk_fills_after(monkeypatch, target, nbytes: int = 10):
+    """``torch.save`` in ``target``'s module writes ``nbytes`` and then fails as a full disk does."""
+    import errno
+
+    def save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"x" * nbytes)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(f"{target}.torch.save", save)
+
+
+def test_last_ckpt_is_written_beside_itself_and_a_failed_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    """Lightning's writer moved a temporary file from $TMPDIR into place: across file systems that is a copy into
+    last.ckpt itself, which a kill or a full disk cut short, the previous checkpoint with it (the run could not
+    resume). The run's writer replaces the file whole, and a full disk names the file it was writing."""
+    from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
+
+    used = []
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint",
+                        lambda self, c, path, **kw: used.append(Path(path).name) or torch.save(c, path))
+    train(TrainSettings(out=str(tmp_path / "run"), epochs=1, **QUICK))
+    assert used == ["last.ckpt"]  # the run's checkpoints go through it
+    monkeypatch.undo()
+    last = tmp_path / "run" / "last.ckpt"
+    before = last.read_bytes()
+    _disk_fills_after(monkeypatch, "bitnetcnn.train.atomic_checkpoint")
+    with pytest.raises(OSError, match=f"No space left on device .writing {re.escape(str(last))}"):
+        AtomicCheckpointIO().save_checkpoint({"state": 1}, last)
+    assert last.read_bytes() == before and sorted(p.name for p in last.parent.iterdir() if "part" in p.name) == []
+
+
+def test_an_out_folder_given_with_a_tilde_holds_the_whole_run(tmp_path, monkeypatch):
+    """`--out "~/runs/x"` (quoted, or from Python) put last.ckpt in $HOME/runs/x (Lightning expands it) and every other
+    file in a folder named "~" under the working folder: neither path could resume the run."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    train(TrainSettings(out="~/runs/x", epochs=1, **QUICK))
+    run = tmp_path / "home" / "runs" / "x"
+    assert {"last.ckpt", "args.json", "results.json", "best_ternary.bnc"} <= {p.name for p in run.iterdir()}
+    assert not (tmp_path / "~").exists()
+
+
+def test_a_run_folder_in_use_is_refused_to_a_second_run_and_to_a_resume(tmp_path):
+    """Two runs started into one --out at once both ran, and the folder mixed their files (args.json and metrics of
+    one, last.ckpt and best model of the other); a --resume of a run still training in the background did the same."""
+    from bitnetcnn.train.run_folder import hold_run_folder
+
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    with hold_run_folder(run, resume=True):  # as the run in the background holds it
+        with pytest.raises(SettingsError, match=rf"{re.escape(str(run))} is in use by another `bitnetcnn train` "
+                                                rf"\(process {os.getpid()}\), still training there"):
+            train(TrainSettings(out=str(run), epochs=2, progress=False), resume=True, given={"epochs"})
+    results = train(TrainSettings(out=str(run), epochs=2, progress=False), resume=True, given={"epochs"})
+    assert results["epochs"] == 2
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with hold_run_folder(fresh, resume=False), pytest.raises(SettingsError, match="is in use by another"):
+        train(TrainSettings(out=str(fresh), epochs=1, **QUICK))
+
+
+def test_a_run_stopped_between_two_epochs_says_which_one_ended(tmp_path, capsys, monkeypatch):
+    """Stopped after an epoch's end, the message named the next epoch, which never began, "after 4 of 4 batches"."""
+
+    def stop_at_epoch_1(self):
+        if self.current_epoch == 1:
+            raise Killed
+
+    monkeypatch.setattr(BitClassifier, "on_train_epoch_start", stop_at_epoch_1, raising=False)
+    with pytest.raises(Killed):
+        train(TrainSettings(out=str(tmp_path / "run"), epochs=2, **QUICK))
+    assert "the run stopped on an error after epoch 0 ended; continue it with" in capsys.readouterr().err

@@ -181,9 +181,9 @@ def _cmd_train(args) -> int:
         values.update({k: v for k, v in saved_run_values(values.get("out")).items() if k not in given})
     # a published weight by its hub entry name, as the other commands take it (the run records the name as typed)
     if values.get("init") and "init" in given:
-        values["init"] = _model_file(values["init"], registry_names=False)
+        values["init"] = _published_file(values["init"])
     if "teacher" in given:
-        values["teacher"] = [_model_file(path, registry_names=False) for path in values["teacher"]]
+        values["teacher"] = [_published_file(path) for path in values["teacher"]]
     try:
         train(TrainSettings.from_dict(values), resume=resume, command=command, given=given)
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1
@@ -380,21 +380,30 @@ def _model_file(text: str, registry_names: bool) -> str:
     """``text`` as the command reads it: a file as it is; a published weight's hub entry name as the package's file
     (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
     command takes one. Anything else is refused with the names it could have been."""
-    if Path(text).is_file():
-        return text
-    from bitnetcnn.hub import list_pretrained, pretrained_path
+    found = _published_file(text)
+    if found != text or Path(text).exists():  # a folder: the command's own error says what it needs
+        return found
+    from bitnetcnn.hub import list_pretrained
     from bitnetcnn.models import list_models
 
     published = [w.hub_entry for w in list_pretrained()]
     registry = list_models() if registry_names else []
-    if text in published:
-        return str(pretrained_path(text))
-    if Path(text).exists() or text in registry:  # a folder: the command's own error says what it needs
+    if text in registry:
         return text
     close = difflib.get_close_matches(text, published + registry, n=1, cutoff=0.4)
     raise ValueError(f"{text!r} is not a file{', a registry name' if registry else ''} or a published weight"
                      f"{f' (did you mean {close[0]}?)' if close else ''}: published weights: {', '.join(published)}"
                      + (f"; registry names: {', '.join(registry)}" if registry else ""))
+
+
+def _published_file(text: str) -> str:
+    """A published weight's hub entry name as the package's file; anything else as it is (train's own checks name
+    a missing file)."""
+    from bitnetcnn.hub import list_pretrained, pretrained_path
+
+    if Path(text).exists() or text not in [w.hub_entry for w in list_pretrained()]:
+        return text
+    return str(pretrained_path(text))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from bitnetcnn import class_names
+from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint import load_checkpoint
 from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep, model_pretrained_cfg
@@ -245,13 +245,12 @@ def pretrained_path(entry: str, progress: bool = True) -> Path:
 
 def _download(url: str, target: Path, sha256: Optional[str], progress: bool, entry: str, stale: bool = False) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
-            shutil.copyfileobj(response, out)
-        if sha256 and _sha256(Path(tmp)) != sha256:
-            raise PretrainedWeightsUnavailable(f"{url}: the download's sha256 does not match {sha256}; not kept")
-        os.replace(tmp, target)
+        with replacing(target) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
+                shutil.copyfileobj(response, out)
+            if sha256 and _sha256(tmp) != sha256:
+                raise ValueError(f"the download's sha256 does not match {sha256}; not kept")
     except (urllib.error.URLError, OSError, ValueError) as e:
         cached = (f"the cached copy at {target} does not match the published sha256" if stale else
                   f"there is no cached copy at {target}")
@@ -259,9 +258,6 @@ def _download(url: str, target: Path, sha256: Optional[str], progress: bool, ent
             f"cannot download the pretrained weights of {entry!r} from {url} ({e}) and {cached}. Download the file "
             "by hand to that path (or set BITNETCNN_CACHE), or pass checkpoint_path="
         ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # Settings a trained model can be fine-tuned into (bitnetcnn train --init), with their flags; others change the

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from bitnetcnn import normalization
+from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint import limits, pretrained_cfg, ternary_codec
 from bitnetcnn.checkpoint.assemble import assemble, bit_layer_mismatches, build_model, mismatches
 from bitnetcnn.checkpoint.errors import CheckpointError, few, short
@@ -177,19 +177,9 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Optional[dict] =
         raise ValueError(f"the checkpoint header would be {len(head):,} bytes, over the {MAX_HEADER_BYTES:,} that "
                          "load_checkpoint reads: keep metadata (class_names, ...) smaller")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as z:
-            z.writestr(_entry(HEADER_NAME), head, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
-            z.writestr(_entry(TENSORS_NAME), data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as tmp, zipfile.ZipFile(tmp, "w") as z:
+        z.writestr(_entry(HEADER_NAME), head, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+        z.writestr(_entry(TENSORS_NAME), data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
     return path
 
 

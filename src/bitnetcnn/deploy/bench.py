@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.nn import TERNARY_LAYERS
@@ -359,5 +360,6 @@ def format_report(report: dict) -> str:
 def write_json(report: dict, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
     return path

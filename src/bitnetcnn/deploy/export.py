@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitnetcnn.atomic import replacing
 from bitnetcnn.deploy.calibration import Calibration, as_batches
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.deploy.checks import example_input
@@ -132,7 +133,8 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = graph.SerializeToString()
-    path.write_bytes(data)
+    with replacing(path) as tmp:  # an earlier export there stays whole until this one is
+        tmp.write_bytes(data)
     return ExportCheck(path=str(path), int8=int8, images=len(inputs), real_images=real, bytes=len(data),
                        act_scales=info.get("act_scales", ""), **result)
 

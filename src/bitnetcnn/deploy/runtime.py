@@ -10,6 +10,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from bitnetcnn.atomic import replacing
 from bitnetcnn.deploy.backends import make_runner, make_session
 from bitnetcnn.deploy.calibration import check_normalized
 from bitnetcnn.normalization import normalize
@@ -80,7 +81,8 @@ class DeployedModel:
     def save(self, path: Union[str, os.PathLike]) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self._bytes)
+        with replacing(path) as tmp:
+            tmp.write_bytes(self._bytes)
         return path
 
     def __repr__(self) -> str:

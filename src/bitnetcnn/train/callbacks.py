@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bitnetcnn.atomic import replacing
 from bitnetcnn.machine import describe_device
 from bitnetcnn.train.plot import plot_metrics
 
@@ -123,10 +124,13 @@ class ResumeHint(L.Callback):
         how = ("was interrupted" if isinstance(exception, KeyboardInterrupt) else
                "was stopped by SIGTERM" if isinstance(exception, SIGTERMException) else "stopped on an error")
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        epochs = trainer.fit_loop.epoch_progress.current
         if trainer.validating:
             where = f"while validating epoch {trainer.current_epoch}"
-        elif math.isinf(trainer.num_training_batches):  # the data and the checkpoint were not loaded yet
+        elif math.isinf(trainer.num_training_batches) or epochs.started == 0:  # before the data or first epoch
             where = "before its first batch"
+        elif epochs.started == epochs.completed:  # between two epochs: the batch count is still the last one's
+            where = f"after epoch {epochs.completed - 1} ended"
         else:
             where = f"in epoch {trainer.current_epoch} after {done} of {trainer.num_training_batches} batches"
         last = self.out / "last.ckpt"
@@ -289,12 +293,15 @@ class RunRecorder(L.Callback):
         print(f"resumed from {trainer.ckpt_path} {where}, after {self.elapsed:.0f} s of training", flush=True)
 
     def _write(self, rows: list[dict]) -> None:
-        tmp = self.csv_path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
+        with replacing(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["epoch", "step", "lr", "elapsed_s", *METRIC_COLUMNS])
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(self.csv_path)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # before the module converts its weights for the ternary score (NaN weights have no ternary codes)
+        if not trainer.sanity_checking:
+            _stop_if_diverged(trainer, pl_module, None)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -386,4 +393,5 @@ class RunRecorder(L.Callback):
             "param_checksums": checksums,
             "command": self._command_as_run(trainer),
         }
-        (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        with replacing(self.out / "results.json") as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")

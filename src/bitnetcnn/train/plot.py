@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from bitnetcnn.atomic import replacing
+
 
 def series(rows: list, key: str) -> tuple:
     """``(epochs, values)`` of one metrics.csv column, epochs numbered as the file, the log and Lightning number
@@ -36,6 +38,7 @@ def plot_metrics(csv_path: Path, png_path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    with replacing(png_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return png_path

@@ -31,10 +31,12 @@ from bitnetcnn.quiet import quiet_loggers
 from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHint, RunRecorder, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.evaluate import few_names
+from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_processes, default_out,
-                                        first_process, read_resume_record, resumed_settings, write_settings)
+                                        first_process, hold_run_folder, read_resume_record, resumed_settings,
+                                        write_settings)
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 from bitnetcnn.train.time_budget import FitToTimeBudget
@@ -249,6 +251,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     """
     started = time.perf_counter()  # a --time-budget counts the setup below, not only the training
     named = set(given) if given is not None else set(s.changed())  # the caller's, not a resumed run's args.json
+    if s.out:  # "~/runs/x" quoted, or from Python: else last.ckpt (Lightning expands it) and the rest part ways
+        s = replace(s, out=str(Path(s.out).expanduser()))
     if resume:
         s = resumed_settings(s, given)
     if "img_size" in named and s.dataset != "imagefolder":
@@ -289,7 +293,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     metadata["test_images"] = len(data.test_split.labels)
     recorder = RunRecorder(out, save_checkpoint, command, metadata, echo=not s.progress,
                            budgeted=s.time_budget is not None)
-    # last.ckpt, overwritten (atomically, by Lightning's fsspec transaction) at the end of every epoch
+    # last.ckpt, replaced (atomically: AtomicCheckpointIO) at the end of every epoch
     checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
     mid_epoch = [MidEpochCheckpoint(out, s.save_every)] if s.save_every > 0 else []
@@ -316,6 +320,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             callbacks=[*budget, recorder, checkpoint, *mid_epoch, ResumeHint(out),
                        ValidateEvery(s.val_every, first=bool(budget)),
                        *averaging, *_progress_bar(s)],
+            plugins=[AtomicCheckpointIO()],
             logger=False,
             num_sanity_val_steps=0,
             enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
@@ -325,9 +330,10 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             check_resumed_processes(record, trainer.world_size)
         # only now, when Lightning has taken the strategy and accelerator: refused settings leave no empty folder
         out.mkdir(parents=True, exist_ok=True)
-        if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
-            write_settings(out, s)
-        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+        with hold_run_folder(out, resume) if trainer.is_global_zero else contextlib.nullcontext():
+            if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
+                write_settings(out, s)
+            trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     _leave_process_group()
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

@@ -3,13 +3,15 @@ change, and the saved settings it continues with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
+from bitnetcnn.atomic import replacing
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 
 
@@ -54,7 +56,10 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
     if not saved_path.exists():
         raise SettingsError(f"--resume: {saved_path} not found; is {s.out} a run folder?")
     try:
-        saved = TrainSettings.from_dict(json.loads(saved_path.read_text()))
+        values = json.loads(saved_path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"it holds a JSON {type(values).__name__}, not an object of settings")
+        saved = TrainSettings.from_dict(values)
     except (ValueError, TypeError) as e:
         raise SettingsError(f"--resume: {saved_path} is not a readable settings file ({e})") from None
     given = set(s.changed()) if given is None else set(given) & {f.name for f in fields(TrainSettings)}
@@ -96,9 +101,8 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
 
 def write_settings(out: Path, s: TrainSettings) -> None:
     """args.json, replaced atomically: a run killed while writing it keeps the previous one, and can resume."""
-    tmp = out / "args.json.tmp"
-    tmp.write_text(json.dumps(asdict(s), indent=2) + "\n")
-    os.replace(tmp, out / "args.json")
+    with replacing(out / "args.json") as tmp:
+        tmp.write_text(json.dumps(asdict(s), indent=2) + "\n")
 
 
 # What last.ckpt records for the resume's checks (BitClassifier writes them): which teacher the run distils from, and
@@ -157,3 +161,34 @@ def check_new_run_folder(out: Path) -> None:
     if out.is_dir() and any((out / name).exists() for name in RUN_RESULTS):
         raise SettingsError(f"--out {out} already holds a run: continue it with --resume --out {out}, or give a "
                             "fresh --out (without --out, a new folder runs/MODEL-DATASET-N is picked)")
+
+
+LOCK_NAME = ".lock"  # held (flock) by the process that trains in the folder, released by the kernel when it ends
+
+
+@contextlib.contextmanager
+def hold_run_folder(out: Path, resume: bool) -> Iterator[None]:
+    """The training process's hold on its run folder for as long as it trains: a second run started into the same
+    ``--out`` at the same time, or a ``--resume`` of a run still going (in the background), is refused instead of
+    writing its files among the first one's. A killed run's hold ends with it."""
+    try:
+        import fcntl
+    except ImportError:  # not on this system (Windows): no hold
+        yield
+        return
+    with open(out / LOCK_NAME, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip()
+            raise SettingsError(f"{out} is in use by another `bitnetcnn train` (process {holder or '?'}), still "
+                                "training there: wait for it to end (or stop it, then --resume), or give another "
+                                "--out") from None
+        if not resume:  # a run that took the folder since this one checked it, and ended
+            check_new_run_folder(out)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
