@@ -1,16 +1,19 @@
 """The floors of docs/architecture.md: each part of the package imports only the parts below it, without circles."""
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import bitnetcnn
 
 PACKAGE = Path(bitnetcnn.__file__).parent
 
 # The ground floor: settings (where data and caches live) and the machine's description; any floor may read them.
-GROUND = {"settings", "machine", "normalization", "class_names", "quiet", "images"}
+GROUND = {"settings", "machine", "normalization", "class_names", "quiet", "images", "atomic", "extras"}
 # floor -> the floors it may import (itself and the ground floor included)
 ALLOWED = {
     "settings": set(),
@@ -19,6 +22,8 @@ ALLOWED = {
     "class_names": set(),
     "quiet": set(),
     "images": set(),
+    "atomic": set(),  # files replaced whole
+    "extras": set(),  # which extra installs a missing package
     "quant": {"quant"},
     "nn": {"quant", "nn"},
     "models": {"quant", "nn", "models"},
@@ -126,3 +131,29 @@ def test_the_subpackages_the_docs_use_are_attributes_of_bitnetcnn_imported_on_fi
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("argv, module, extra", [
+    (["train", "--epochs", "1"], "lightning", "train"),
+    (["export", "bitnet_mnist", "-o", "m.onnx"], "onnx", "deploy"),
+])
+def test_a_command_whose_extra_is_not_installed_names_it_in_one_line(argv, module, extra, tmp_path):
+    """A base install (`pip install bitnetcnn`) gave a ModuleNotFoundError traceback for `train` and `export`."""
+    blocked = f"import sys; sys.modules[{module!r}] = None; from bitnetcnn.cli import main; sys.exit(main({argv!r}))"
+    run = subprocess.run([sys.executable, "-c", blocked], cwd=tmp_path, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(PACKAGE.parent)})  # as if not installed
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"needs {module}, which comes with the {extra} extra: pip install 'bitnetcnn[{extra}]'" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_on_a_base_install_times_the_pytorch_rows_and_says_why_no_deploy_row(monkeypatch, capsys, tmp_path):
+    from bitnetcnn.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    out = tmp_path / "b.json"
+    assert main(["bench", "bitnet_cnn", "--batch-sizes", "1", "--budget", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"][0]["variants"]) == {"fp32_eager", "bit_eval", "ternary"}
+    assert report["auto_backend"] is None
+    assert "deploy rows skipped: deployment needs onnxruntime, which comes with the deploy extra" in capsys.readouterr().out

@@ -1486,3 +1486,16 @@ def test_a_run_stopped_between_two_epochs_says_which_one_ended(tmp_path, capsys,
     with pytest.raises(Killed):
         train(TrainSettings(out=str(tmp_path / "run"), epochs=2, **QUICK))
     assert "the run stopped on an error after epoch 0 ended; continue it with" in capsys.readouterr().err
+
+
+def test_convert_of_a_run_whose_results_json_is_damaged_converts_and_names_the_file(tmp_path):
+    """A results.json cut short (a full disk) made `convert RUN/last.ckpt` fail with "Expecting value: line 1 column
+    1 (char 0)", naming no file; the model itself was whole."""
+    from bitnetcnn.train.evaluate import convert_file
+
+    train(TrainSettings(out=str(tmp_path / "run"), epochs=1, **QUICK))
+    (tmp_path / "run" / "results.json").write_text("")
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(tmp_path / 'run' / 'results.json'))} is damaged \(not "
+                                         "readable JSON"):
+        out = convert_file(str(tmp_path / "run" / "last.ckpt"))
+    assert load_checkpoint(out).pretrained_cfg.dataset == "mnist_demo"

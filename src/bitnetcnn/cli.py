@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from bitnetcnn.extras import extra_of, install_hint
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.models.layers import QUANT_MODES
 from bitnetcnn.quant import ACT_BITS, DEFAULT_QUANT, SCALE_OPS
@@ -424,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[command](args)
     except (ValueError, OSError, CheckpointError, PretrainedWeightsUnavailable) as err:  # bad input: one clear line
         print(f"bitnetcnn {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an extra not installed (a base install trains nor deploys)
+        if extra_of(err) is None:
+            raise
+        hint = str(err) if "bitnetcnn[" in str(err) else install_hint(err.name.split(".")[0], f"bitnetcnn {command}")
+        print(f"bitnetcnn {command}: error: {hint}", file=sys.stderr)
         return 2
     except Exception as err:
         if type(err).__name__ != "MisconfigurationException":  # Lightning's word for settings it cannot run

@@ -31,6 +31,7 @@ from torch import nn
 
 from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+from bitnetcnn.extras import install_hint, missing
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.nn import TERNARY_LAYERS
 
@@ -185,13 +186,17 @@ def bench(
                          f"caps itself at {cores} while PyTorch and onnxruntime would run {threads} threads on them, "
                          f"so the ratios would compare unlike runs; give --threads {cores} or fewer")
     notes = []
+    absent = missing("deploy")
+    if absent and any(k in DEPLOY_VARIANTS for k in expanded):  # a base install: the PyTorch rows still compare
+        expanded = [k for k in expanded if k not in DEPLOY_VARIANTS]
+        notes.append(f"deploy rows skipped: {install_hint(absent[0], 'deployment')}")
     if "deploy_openvino" in expanded and not openvino_status()[0]:
         expanded.remove("deploy_openvino")
         notes.append(f"deploy_openvino skipped: {openvino_status()[1]}")
     variants = tuple(expanded)
     if "fp32_eager" not in variants:
         variants = ("fp32_eager", *variants)
-    auto_backend, auto_reason = choose_backend("auto")  # ("auto", ...) when it takes a measurement
+    auto_backend, auto_reason = choose_backend("auto") if not absent else (None, None)  # ("auto", ...): measure
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

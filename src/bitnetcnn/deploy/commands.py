@@ -39,9 +39,11 @@ def export_command(
     from bitnetcnn.deploy.export import export_onnx
     from bitnetcnn.deploy.int8 import quantizer_scales
     from bitnetcnn.deploy.source import load_model
+    from bitnetcnn.extras import require
 
     if fmt != "onnx":
         raise ValueError(f"unknown format {fmt!r}: only 'onnx' is supported")
+    require("deploy", "bitnetcnn export")  # before the model is loaded and calibrated
     torch.set_num_threads(threads)
     source = load_model(model)
     if source.from_checkpoint:

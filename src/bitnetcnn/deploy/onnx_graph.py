@@ -14,6 +14,7 @@ from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretrained_cfg
 from bitnetcnn.deploy.checks import NotDeployableError, example_input
+from bitnetcnn.extras import require
 from bitnetcnn.quiet import quiet_loggers
 
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "torch._export")
@@ -30,7 +31,7 @@ def to_onnx(model: nn.Module, input_size: tuple[int, int, int]):
     Module buffers and parameters keep their names as initializers (``stem.conv.weight``), which is how the int8
     pass finds each layer's weight.
     """
-    import onnx  # noqa: F401  (a clear ImportError before the exporter's own)
+    require("deploy", "an ONNX export")  # a clear error before the exporter's own
 
     model = model.eval()
     x = example_input(input_size, batch=2)

@@ -199,7 +199,7 @@ def _run_metadata(run: Path, pow2: bool, step: Optional[int], model: nn.Module) 
     by a run extended since) with the same scales (a run with ``--ema`` saves and validates its average). A folder
     whose ``args.json`` built another model (a checkpoint moved there) lends it nothing: a warning says so."""
     meta: dict = {}
-    args = json.loads((run / "args.json").read_text()) if (run / "args.json").exists() else {}
+    args = _run_record(run / "args.json")
     built = getattr(model, "model_args", {})
     other = [k for k, name in _BUILT_FROM.items() if k in args and name in built and args[k] != built[name]]
     if other:
@@ -210,8 +210,8 @@ def _run_metadata(run: Path, pow2: bool, step: Optional[int], model: nn.Module) 
     if args:
         meta["dataset"] = args.get("dataset")
         meta.update(_run_inputs(run, args))
-    if (run / "results.json").exists():
-        results = json.loads((run / "results.json").read_text())
+    results = _run_record(run / "results.json")
+    if results:
         meta["command"] = results.get("command")
         same_scales = not pow2 or args.get("pow2")  # a run trained with --pow2 validated power-of-two scales
         if same_scales and step is not None and results.get("step") == step:
@@ -233,6 +233,22 @@ def _recipe(saved: dict, command: Optional[str]) -> dict:
     step = {"command": command or state.get("command"), "wall_time_s": round(state.get("elapsed", 0.0), 1),
             "hardware": state.get("hardware")}
     return {**lineage, "training": [*lineage.get("training", []), step]}
+
+
+def _run_record(path: Path) -> dict:
+    """A run folder's ``args.json`` or ``results.json``; {} where there is none, and where it is damaged (a copy cut
+    short) with a warning: the model converts all the same, without what the file would have told."""
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        record = f"not readable JSON ({e})"
+    if not isinstance(record, dict):
+        warnings.warn(f"{path} is damaged ({record if isinstance(record, str) else 'not a JSON object'}): what it "
+                      "records of the run is left out of the converted file", UserWarning, stacklevel=4)
+        return {}
+    return record
 
 
 def _run_inputs(run: Path, args: dict) -> dict:
