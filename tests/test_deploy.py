@@ -631,6 +631,11 @@ def test_cli_export_and_bench_never_write_over_the_model_they_read_nor_a_checkpo
     assert main([command, str(path), flag, str(other), *extra]) == 2
     assert "exists and is not a" in capsys.readouterr().err
     assert path.read_bytes() == before and other.read_bytes() == b"a run's checkpoint"
+    if command == "bench":  # nor the record of a run beside its last.ckpt, though it ends in .json
+        (tmp_path / "args.json").write_text("{}")
+        assert main([command, str(path), flag, str(tmp_path / "args.json"), *extra]) == 2
+        assert "is a training run's record (--resume reads it)" in capsys.readouterr().err
+        assert (tmp_path / "args.json").read_text() == "{}"
 
 
 def test_export_leaves_the_callers_model_in_its_mode(tmp_path):

@@ -68,6 +68,8 @@ def refuse_overwriting(output: str, source: str, suffix: str, flag: str) -> None
     if out.suffix.lower() != suffix:
         raise ValueError(f"{flag} {output} exists and is not a {suffix} file (a checkpoint, say): give another path, "
                          "or remove it first")
+    if out.name in ("args.json", "results.json") and (out.parent / "last.ckpt").exists():
+        raise ValueError(f"{flag} {output} is a training run's record (--resume reads it): give another path")
 
 
 def fraction(text: str) -> float:
