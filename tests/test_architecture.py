@@ -136,6 +136,7 @@ def test_the_subpackages_the_docs_use_are_attributes_of_bitnetcnn_imported_on_fi
 @pytest.mark.parametrize("argv, module, extra", [
     (["train", "--epochs", "1"], "lightning", "train"),
     (["export", "bitnet_mnist", "-o", "m.onnx"], "onnx", "deploy"),
+    (["train", "--epochs", "1"], "matplotlib", "train"),  # first needed after epoch 0: refused before it
 ])
 def test_a_command_whose_extra_is_not_installed_names_it_in_one_line(argv, module, extra, tmp_path):
     """A base install (`pip install bitnetcnn`) gave a ModuleNotFoundError traceback for `train` and `export`."""

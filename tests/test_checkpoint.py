@@ -496,3 +496,27 @@ def test_a_scale_edited_in_place_is_refused_until_the_weight_is_refreshed(tiny, 
     again = bitnetcnn.load_checkpoint(bitnetcnn.save_checkpoint(model, tmp_path / "fresh.bnc"))
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(again(x), model(x))
+
+
+def test_saving_over_a_file_keeps_its_link_and_its_permissions(tmp_path):
+    """Files are replaced whole (written beside, renamed in): a link given as the path was replaced by a file (its
+    target kept the old model), and a private file became world-readable."""
+    import os
+
+    from bitnetcnn import create_model, load_checkpoint, save_checkpoint
+
+    first, second = (create_model("bitnet_cnn", width=4) for _ in range(2))
+    target = save_checkpoint(first, tmp_path / "real.bnc")
+    os.chmod(target, 0o600)
+    link = tmp_path / "link.bnc"
+    link.symlink_to(target)
+    save_checkpoint(second, link)
+    assert link.is_symlink() and (target.stat().st_mode & 0o777) == 0o600
+    assert torch.equal(load_checkpoint(target).stem.conv.weight, second.stem.conv.weight)
+    umask = os.umask(0o022)
+    try:
+        fresh = save_checkpoint(first, tmp_path / "fresh.bnc")
+    finally:
+        os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.bnc", "link.bnc", "real.bnc"]  # no temporary left

@@ -290,3 +290,13 @@ def test_hubconf_warns_when_another_copy_of_bitnetcnn_is_already_imported(tmp_pa
                          env={**__import__("os").environ, "PYTHONPATH": str(other)})
     assert run.returncode == 0, run.stderr
     assert f"bitnetcnn was already imported from {other / 'bitnetcnn'}: torch.hub serves that copy's" in run.stderr
+
+
+def test_a_folder_named_like_a_published_weight_does_not_hide_it(tmp_path, monkeypatch, capsys):
+    """Only a file of that name is read instead (docs/hub.md); a folder made `summary bitnet_mnist` fail."""
+    from bitnetcnn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bitnet_mnist").mkdir()
+    assert main(["summary", "bitnet_mnist"]) == 0
+    assert "Packed KiB" in capsys.readouterr().out

@@ -453,3 +453,5 @@ def test_a_weight_with_nan_or_infinity_is_refused_by_conversion_with_its_layer(s
         convert_to_ternary(model)
     with pytest.raises(ValueError, match=r"^the model: the weight has NaN"):
         convert_to_ternary(model[1])
+    with pytest.raises(ValueError, match=r"layer '1': the weight has NaN or infinite values"):
+        bitnetcnn.summary(model, input_size=(3, 8, 8))

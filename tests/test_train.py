@@ -1355,7 +1355,7 @@ def test_init_on_other_classes_loads_every_layer_but_a_fresh_classifier(tmp_path
     assert all(torch.equal(ours[k], new[k]) for k in ours if k.startswith(f"{head}."))  # as a fresh model's
     assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith(f"{head}."))
     assert f"predicts 5 classes and this run 10: its classifier ({head}) starts afresh" in capsys.readouterr().err
-    with pytest.raises(SettingsError, match=r"has in_chans=1 but this run needs in_chans=3 .*--img-channels"):
+    with pytest.raises(SettingsError, match=r"has in_chans=1 but this run needs in_chans=3"):
         build(TrainSettings(init=str(tmp_path / "five.bnc"), dataset="cifar10", data_dir=str(tmp_path / "none")))
 
 
@@ -1414,15 +1414,16 @@ def test_convert_of_a_fine_tunes_last_ckpt_keeps_its_recipe(tmp_path):
         "bitnetcnn train STAGE-1")
 
 
-def _disk_fills_after(monkeypatch, target, nbytes: int = 10):
-    """``torch.save`` in ``target``'s module writes ``nbytes`` and then fails as a full disk does."""
+def _disk_fills_after(monkeypatch, nbytes: int = 10):
+    """``Path.write_bytes`` writes ``nbytes`` and then fails as a full disk does."""
     import errno
 
-    def save(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"x" * nbytes)
+    def write_bytes(self, data):
+        with open(self, "wb") as f:
+            f.write(bytes(data[:nbytes]))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(f"{target}.torch.save", save)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
 
 
 def test_last_ckpt_is_written_beside_itself_and_a_failed_write_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -1439,7 +1440,7 @@ def test_last_ckpt_is_written_beside_itself_and_a_failed_write_keeps_the_previou
     monkeypatch.undo()
     last = tmp_path / "run" / "last.ckpt"
     before = last.read_bytes()
-    _disk_fills_after(monkeypatch, "bitnetcnn.train.atomic_checkpoint")
+    _disk_fills_after(monkeypatch)
     with pytest.raises(OSError, match=f"No space left on device .writing {re.escape(str(last))}"):
         AtomicCheckpointIO().save_checkpoint({"state": 1}, last)
     assert last.read_bytes() == before and sorted(p.name for p in last.parent.iterdir() if "part" in p.name) == []
@@ -1473,6 +1474,10 @@ def test_a_run_folder_in_use_is_refused_to_a_second_run_and_to_a_resume(tmp_path
     fresh.mkdir()
     with hold_run_folder(fresh, resume=False), pytest.raises(SettingsError, match="is in use by another"):
         train(TrainSettings(out=str(fresh), epochs=1, **QUICK))
+    with hold_run_folder(fresh, resume=False), pytest.raises(SettingsError, match="started at the same moment took "
+                                                             ".*: start this one again .it takes the next free one."):
+        with hold_run_folder(fresh, resume=False, picked=True):  # two runs without --out pick the same folder
+            pass
 
 
 def test_a_run_stopped_between_two_epochs_says_which_one_ended(tmp_path, capsys, monkeypatch):
@@ -1499,3 +1504,29 @@ def test_convert_of_a_run_whose_results_json_is_damaged_converts_and_names_the_f
                                          "readable JSON"):
         out = convert_file(str(tmp_path / "run" / "last.ckpt"))
     assert load_checkpoint(out).pretrained_cfg.dataset == "mnist_demo"
+    # a damaged args.json too: the data set and inputs come from the run's best model, not the registry's defaults
+    (tmp_path / "run" / "args.json").write_text("[]")
+    with pytest.warns(UserWarning, match="args.json is damaged"):
+        cfg = load_checkpoint(convert_file(str(tmp_path / "run" / "last.ckpt"), force=True)).pretrained_cfg
+    assert cfg.dataset == "mnist_demo" and cfg.class_names == tuple("0123456789")
+
+
+def test_init_on_as_many_classes_of_other_names_starts_a_fresh_classifier(tmp_path, capsys):
+    """Only the count was compared: ten folders named ant ... yak kept the digits' classifier without a word."""
+    from PIL import Image
+
+    names = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "ibex", "jay"]
+    for split in ("train", "val"):
+        for c in names:
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            Image.new("L", (8, 8), 20).save(tmp_path / "d" / split / c / "a.png")
+    source = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, width=8, img_size=8)
+    bitnetcnn.save_checkpoint(source, tmp_path / "digits.bnc", {"dataset": "mnist"})
+    _, module = build(TrainSettings(dataset="imagefolder", data_dir=str(tmp_path / "d"), img_size=8, img_channels=1,
+                                    batch_size=2, model_kwargs={"width": 8}, init=str(tmp_path / "digits.bnc")))
+    assert "names its classes otherwise than this run ('0' where this run has 'ant', ...): its classifier (head.3) " \
+           "starts afresh" in capsys.readouterr().err
+    assert not torch.equal(module.model.head[3].weight, source.head[3].weight)
+    assert torch.equal(module.model.stem.conv.weight, source.stem.conv.weight)
+    with pytest.raises(SettingsError, match=r"needs in_chans=3 \(model bitnet_cnn on the chosen data set\)$"):
+        build(TrainSettings(dataset="cifar10", data_dir=str(tmp_path / "none"), init=str(tmp_path / "digits.bnc")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -13,20 +13,24 @@ from typing import Iterator, Union
 @contextlib.contextmanager
 def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """A temporary path beside ``path`` (the same file system, so the final rename is atomic) to write the new
-    content to; it replaces ``path`` when the block ends, and is removed if the block raises. Its name keeps the
-    suffix (writers that pick the format by it: matplotlib) behind a dot (hidden where a kill leaves it)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=path.parent)
-    os.close(fd)
+    content to; it replaces ``path`` when the block ends, and is removed if the block raises.
+
+    A symbolic link's target is replaced, the link kept; an existing file keeps its permissions, a new one gets
+    the umask's (the kernel applies it: the process-wide umask is never changed, which would race other threads).
+    The temporary name keeps the suffix (writers that pick the format by it: matplotlib) behind a dot (hidden where
+    a kill leaves it)."""
+    path = Path(os.path.realpath(path))
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part{path.suffix}")
+    mode = path.stat().st_mode & 0o7777 if path.exists() else None
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the result is an ordinary file
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # "No space left on device" names no file
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # "No space left" names no file
             raise type(e)(e.errno, f"{e.strerror} (writing {path})") from None
         raise

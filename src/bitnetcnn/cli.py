@@ -163,6 +163,9 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
+    from bitnetcnn.extras import require
+
+    require("train", "bitnetcnn train")  # all of it, before any work (matplotlib is first needed after epoch 0)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from bitnetcnn.train.callbacks import TrainingDiverged
@@ -404,7 +407,7 @@ def _published_file(text: str) -> str:
     a missing file)."""
     from bitnetcnn.hub import list_pretrained, pretrained_path
 
-    if Path(text).exists() or text not in [w.hub_entry for w in list_pretrained()]:
+    if Path(text).is_file() or text not in [w.hub_entry for w in list_pretrained()]:
         return text
     return str(pretrained_path(text))
 

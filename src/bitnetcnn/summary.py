@@ -196,7 +196,10 @@ def _row(name: str, module: nn.Module, output_shape, macs: int, counted: set[int
 
     weight_is_own = is_layer and own(module.weight)
     if isinstance(module, BIT_LAYERS + TERNARY_LAYERS):
-        codes = module.codes() if isinstance(module, TERNARY_LAYERS) else module.ternary_state()[0]
+        try:
+            codes = module.codes() if isinstance(module, TERNARY_LAYERS) else module.ternary_state()[0]
+        except ValueError as e:  # a diverged weight has no codes: which layer, in a model of many
+            raise ValueError(f"layer {name!r}: {e}") from None
         weights = codes.numel() if weight_is_own else 0
         bias = module.bias.numel() if own(module.bias) else 0
         scale_bits = 8 if module.pow2 else FLOAT_BITS  # power-of-two scales are stored as int8 exponents

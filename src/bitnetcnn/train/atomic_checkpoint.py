@@ -3,6 +3,7 @@ cannot resume."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,5 +23,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        data = io.BytesIO()  # torch.save's own write errors are RuntimeErrors that name no file; Python's say which
+        torch.save(checkpoint, data)
         with replacing(path) as tmp:
-            torch.save(checkpoint, tmp)
+            tmp.write_bytes(data.getbuffer())

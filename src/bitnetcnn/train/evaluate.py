@@ -207,9 +207,7 @@ def _run_metadata(run: Path, pow2: bool, step: Optional[int], model: nn.Module) 
                       f"{', '.join(f'{args[k]!r} there, {built[_BUILT_FROM[k]]!r} here' for k in other)}): its data "
                       "set, command and accuracy are left out of the converted file", UserWarning, stacklevel=3)
         return {}
-    if args:
-        meta["dataset"] = args.get("dataset")
-        meta.update(_run_inputs(run, args))
+    meta.update(_run_inputs(run, args))
     results = _run_record(run / "results.json")
     if results:
         meta["command"] = results.get("command")
@@ -252,15 +250,17 @@ def _run_record(path: Path) -> dict:
 
 
 def _run_inputs(run: Path, args: dict) -> dict:
-    """The inputs a run trained on: as its best_ternary.bnc records them (image folders' class names included),
-    else as its data set's spec says."""
+    """The data set and inputs a run trained on: as its best_ternary.bnc records them (image folders' class names
+    included; where its args.json is damaged, all there is), else as its data set's spec says."""
     header = native_header(run / "best_ternary.bnc") if (run / "best_ternary.bnc").exists() else None
     if header is not None:
         inputs = header.get("input", {})
-        found = {"input_size": inputs.get("size"), "mean": inputs.get("mean"), "std": inputs.get("std"),
+        found = {"dataset": args.get("dataset") or (header.get("metadata") or {}).get("dataset"),
+                 "input_size": inputs.get("size"), "mean": inputs.get("mean"), "std": inputs.get("std"),
                  "class_names": header.get("class_names")}
         return {k: v for k, v in found.items() if v is not None}
     if not args.get("dataset"):
         return {}
-    return get_dataset_spec(args["dataset"], int(args.get("img_size") or 64),
-                            in_chans=int(args.get("img_channels") or 3)).input_metadata()
+    spec = get_dataset_spec(args["dataset"], int(args.get("img_size") or 64),
+                            in_chans=int(args.get("img_channels") or 3))
+    return {"dataset": args["dataset"], **spec.input_metadata()}

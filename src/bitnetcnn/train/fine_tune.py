@@ -24,7 +24,7 @@ from bitnetcnn.train.settings import SettingsError
 FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
 
 
-def _check_init_args(model: torch.nn.Module, args: dict, path: str) -> None:
+def _check_init_args(model: torch.nn.Module, args: dict, path: str, image_folder: bool = False) -> None:
     """Refuse an --init checkpoint built for another model, input channels or architecture, including arguments
     that keep the tensor shapes (the activation, where the stride sits): those weights would load without error into a
     different network."""
@@ -32,7 +32,7 @@ def _check_init_args(model: torch.nn.Module, args: dict, path: str) -> None:
     identity = ("name", "num_classes", "in_chans")
     for key in ("name", "in_chans"):  # num_classes may differ: the classifier then starts afresh (load_init_weights)
         if key in args and args[key] != ours[key]:
-            hint = "; an image folder is read with --img-channels 1 or 3" if key == "in_chans" else ""
+            hint = "; an image folder is read with --img-channels 1 or 3" if key == "in_chans" and image_folder else ""
             raise SettingsError(f"--init {path} has {key}={args[key]!r} but this run needs {key}={ours[key]!r} "
                                 f"(model {ours['name']} on the chosen data set{hint})")
     defaults = {name: p.default for name, p in inspect.signature(type(model)).parameters.items()
@@ -41,19 +41,23 @@ def _check_init_args(model: torch.nn.Module, args: dict, path: str) -> None:
         # JSON headers hold sequences as lists, builders take tuples: (1, 2, 2) and [1, 2, 2] are the same argument
         theirs, mine = (_as_tuple(a.get(key, defaults.get(key))) for a in (args, ours))
         if theirs != mine:
+            fits = (f"--img-size {theirs}" if key == "img_size" and image_folder else
+                    "its own data set's size" if key == "img_size" else f"--model-kwargs '{json.dumps({key: theirs})}'")
             raise SettingsError(f"--init {path} was built with {key}={theirs!r} but this run builds {key}={mine!r}: "
-                                f"pass --model-kwargs '{json.dumps({key: theirs})}' to fine-tune it")
+                                f"train with {fits} to fine-tune it")
 
 
 def _as_tuple(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def load_init_weights(model: torch.nn.Module, path: str) -> None:
+def load_init_weights(model: torch.nn.Module, path: str, class_names=None, image_folder: bool = False) -> None:
+    """``path``'s weights into ``model`` (checked to be its architecture). On other classes than the file's (another
+    count, or ``class_names`` that differ from those it records) the classifier starts afresh."""
     ours = model.model_args
     if is_bitnetcnn_checkpoint(path):  # it names its architecture, which must be this run's
         source = load_checkpoint(path)
-        _check_init_args(model, getattr(source, "model_args", {}), path)
+        _check_init_args(model, getattr(source, "model_args", {}), path, image_folder)
     else:  # the seed's zip or a state dict: read into this run's architecture (the quantization is the run's)
         architecture = {k: v for k, v in ours.items() if k != "name" and k not in FINE_TUNABLE_ARGS}
         try:
@@ -72,12 +76,12 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
         source = convert_to_bit(source)  # start of a ternary run and of a float one (--quant fp) alike
     saved = source.state_dict()
     state = saved
-    theirs = getattr(source, "model_args", {}).get("num_classes")
-    if theirs is not None and theirs != ours["num_classes"]:  # transfer learning: all but the classifier
+    other = _other_classes(source, ours["num_classes"], class_names)
+    if other:  # transfer learning: all but the classifier
         head = classifier_name(model)
         state = {k: v for k, v in saved.items() if not k.startswith(f"{head}.")}
-        print(f"note: --init {path} predicts {theirs} classes and this run {ours['num_classes']}: its classifier "
-              f"({head}) starts afresh, every other layer from the file", file=sys.stderr)
+        print(f"note: --init {path} {other}: its classifier ({head}) starts afresh, every other layer from the file",
+              file=sys.stderr)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # tensors of other shapes: another width or depth
@@ -96,6 +100,19 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
         raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing[:5]}, "
                             f"unexpected {unexpected[:5]}")
     _rescale_to_own_bits(model, source)
+
+
+def _other_classes(source: torch.nn.Module, num_classes: int, class_names) -> str | None:
+    """How the file's classes differ from the run's, or None where they are the same (as far as both say)."""
+    theirs = getattr(source, "model_args", {}).get("num_classes")
+    if theirs is not None and theirs != num_classes:
+        return f"predicts {theirs} classes and this run {num_classes}"
+    cfg = getattr(source, "pretrained_cfg", None)
+    names = getattr(cfg, "class_names", None)
+    if names and class_names and tuple(names) != tuple(class_names):
+        differ = next(f"{a!r} where this run has {b!r}" for a, b in zip(names, class_names) if a != b)
+        return f"names its classes otherwise than this run ({differ}, ...)"
+    return None
 
 
 def _rescale_to_own_bits(model: torch.nn.Module, source: torch.nn.Module) -> None:

@@ -160,7 +160,7 @@ def build(s: TrainSettings, resume: bool = False):
             _check_hints(module.model, teachers, s.teacher, (spec.in_chans, spec.img_size, spec.img_size))
         module.set_teacher(teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers), ', '.join(s.teacher))
     if s.init and not resume:
-        load_init_weights(module.model, s.init)
+        load_init_weights(module.model, s.init, data.class_names, image_folder=s.dataset == "imagefolder")
     return data, module
 
 
@@ -261,6 +261,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if "img_channels" in named and s.dataset != "imagefolder":
         raise SettingsError(f"--img-channels sets how an imagefolder's pictures are read; {s.dataset!r} has its own "
                             f"({get_dataset_spec(s.dataset).in_chans}): leave --img-channels out")
+    picked = not s.out  # the folder is this command's choice, not the user's
     out = Path(s.out) if s.out else default_out(s)
     s.out = str(out)
     if first_process():
@@ -330,7 +331,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             check_resumed_processes(record, trainer.world_size)
         # only now, when Lightning has taken the strategy and accelerator: refused settings leave no empty folder
         out.mkdir(parents=True, exist_ok=True)
-        with hold_run_folder(out, resume) if trainer.is_global_zero else contextlib.nullcontext():
+        with hold_run_folder(out, resume, picked) if trainer.is_global_zero else contextlib.nullcontext():
             if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
                 write_settings(out, s)
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)

@@ -167,10 +167,11 @@ LOCK_NAME = ".lock"  # held (flock) by the process that trains in the folder, re
 
 
 @contextlib.contextmanager
-def hold_run_folder(out: Path, resume: bool) -> Iterator[None]:
+def hold_run_folder(out: Path, resume: bool, picked: bool = False) -> Iterator[None]:
     """The training process's hold on its run folder for as long as it trains: a second run started into the same
     ``--out`` at the same time, or a ``--resume`` of a run still going (in the background), is refused instead of
-    writing its files among the first one's. A killed run's hold ends with it."""
+    writing its files among the first one's. A killed run's hold ends with it. ``picked``: no ``--out`` was given
+    (two such runs started at once pick the same free folder)."""
     try:
         import fcntl
     except ImportError:  # not on this system (Windows): no hold
@@ -182,6 +183,10 @@ def hold_run_folder(out: Path, resume: bool) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip()
+            if picked:
+                raise SettingsError(f"another `bitnetcnn train` (process {holder or '?'}) started at the same moment "
+                                    f"took {out}, the free folder both picked: start this one again (it takes the "
+                                    "next free one), or give --out") from None
             raise SettingsError(f"{out} is in use by another `bitnetcnn train` (process {holder or '?'}), still "
                                 "training there: wait for it to end (or stop it, then --resume), or give another "
                                 "--out") from None
