@@ -105,5 +105,6 @@ class InvertedResidual(nn.Module):
             # its own quantizer does: the two tensors the int8 graph adds (docs/deploy.md). Quantizing the input
             # twice on one grid changes nothing; the running scale moves once, in the expansion's own forward.
             quantizer = self.conv_pw_exp.conv.act_quant  # an Identity once deployment strips the quantizers
-            x = quantizer.quantize(x) if isinstance(quantizer, ActQuantizer) else quantizer(x)
+            # hasattr, not isinstance: TorchScript resolves it while compiling, and scripts the branch taken only
+            x = quantizer.quantize(x) if hasattr(quantizer, "quantize") else quantizer(x)
         return x + self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
