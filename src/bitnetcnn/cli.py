@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bitnetcnn.extras import extra_of, install_hint
+from bitnetcnn.extras import extra_of, install_hint, require
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.models.layers import QUANT_MODES
 from bitnetcnn.quant import ACT_BITS, DEFAULT_QUANT, SCALE_OPS
@@ -163,8 +163,6 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from bitnetcnn.extras import require
-
     require("train", "bitnetcnn train")  # all of it, before any work (matplotlib is first needed after epoch 0)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
