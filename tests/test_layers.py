@@ -440,6 +440,7 @@ def test_an_empty_batch_passes_an_act_quantized_model_as_torch_layers_take_it(tr
                                                                        if isinstance(q, ActQuantizer)]))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # summary's forward of inf * 0
 @pytest.mark.parametrize("scale_op, bad, pow2", [("median", "nan", False), ("mean", "inf", False),
                                                   ("median", "-inf", False), ("mean", "nan", True)])
 def test_a_weight_with_nan_or_infinity_is_refused_by_conversion_with_its_layer(scale_op, bad, pow2):

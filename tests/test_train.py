@@ -1506,6 +1506,7 @@ def test_convert_of_a_run_whose_results_json_is_damaged_converts_and_names_the_f
     assert load_checkpoint(out).pretrained_cfg.dataset == "mnist_demo"
     # a damaged args.json too: the data set and inputs come from the run's best model, not the registry's defaults
     (tmp_path / "run" / "args.json").write_text("[]")
+    (tmp_path / "run" / "results.json").write_text("{}")  # (read: its warning is the one above)
     with pytest.warns(UserWarning, match="args.json is damaged"):
         cfg = load_checkpoint(convert_file(str(tmp_path / "run" / "last.ckpt"), force=True)).pretrained_cfg
     assert cfg.dataset == "mnist_demo" and cfg.class_names == tuple("0123456789")
