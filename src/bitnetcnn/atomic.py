@@ -34,3 +34,12 @@ def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
         if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # "No space left" names no file
             raise type(e)(e.errno, f"{e.strerror} (writing {path})") from None
         raise
+
+
+def write_atomically(path: Union[str, os.PathLike], data: Union[str, bytes, memoryview]) -> Path:
+    """``data`` as the whole new content of ``path`` (its folder made where missing), replaced in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp:
+        tmp.write_text(data) if isinstance(data, str) else tmp.write_bytes(data)
+    return path

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bitnetcnn.extras import extra_of, install_hint, require
+from bitnetcnn.extras import MissingExtra, extra_of, install_hint, require
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.models.layers import QUANT_MODES
 from bitnetcnn.quant import ACT_BITS, DEFAULT_QUANT, SCALE_OPS
@@ -432,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as err:  # an extra not installed (a base install trains nor deploys)
         if extra_of(err) is None:
             raise
-        hint = str(err) if "bitnetcnn[" in str(err) else install_hint(err.name.split(".")[0], f"bitnetcnn {command}")
+        what = f"bitnetcnn {command}"
+        hint = str(err) if isinstance(err, MissingExtra) else install_hint(err.name.split(".")[0], what)
         print(f"bitnetcnn {command}: error: {hint}", file=sys.stderr)
         return 2
     except Exception as err:

@@ -10,6 +10,10 @@ EXTRAS = {"train": ("lightning", "torchmetrics", "matplotlib"), "deploy": ("onnx
 _EXTRA_OF = {module: extra for extra, modules in EXTRAS.items() for module in modules}
 
 
+class MissingExtra(ModuleNotFoundError):
+    """A package of an extra is not installed; the message names the extra to install."""
+
+
 def missing(extra: str) -> list[str]:
     """The packages of ``extra`` that are not installed."""
     return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
@@ -19,7 +23,7 @@ def require(extra: str, what: str) -> None:
     """Raise ``ModuleNotFoundError`` naming ``extra`` when one of its packages is missing, before any work."""
     absent = missing(extra)
     if absent:
-        raise ModuleNotFoundError(install_hint(absent[0], what), name=absent[0])
+        raise MissingExtra(install_hint(absent[0], what), name=absent[0])
 
 
 def install_hint(module: str, what: str) -> str:

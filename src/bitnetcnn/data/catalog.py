@@ -91,7 +91,7 @@ def get_dataset_spec(name: str, img_size: int = 64, num_classes: int | None = No
     if name == "imagefolder":
         if in_chans not in IMAGE_FOLDER_CHANNELS:
             raise ValueError(f"an image folder is read with 1 (greyscale) or 3 (RGB) channels, not {in_chans}")
-        mean, std = IMAGENET_STATS if in_chans == 3 else ((_average(IMAGENET_STATS[0]),), (_average(IMAGENET_STATS[1]),))
+        mean, std = IMAGENET_STATS if in_chans == 3 else tuple((_average(stat),) for stat in IMAGENET_STATS)
         return DatasetSpec("imagefolder", sources.imagefolder_reader(img_size, in_chans), num_classes or 0, in_chans,
                            img_size, mean, std, crop_padding=img_size // 8, hflip=True)
     try:

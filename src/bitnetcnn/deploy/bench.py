@@ -29,7 +29,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from bitnetcnn.atomic import replacing
+from bitnetcnn.atomic import write_atomically
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.extras import install_hint, missing
 from bitnetcnn.machine import usable_cores
@@ -363,8 +363,4 @@ def format_report(report: dict) -> str:
 
 
 def write_json(report: dict, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    return path
+    return write_atomically(path, json.dumps(report, indent=2))

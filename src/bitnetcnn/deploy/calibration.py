@@ -100,7 +100,7 @@ def dataset_images(dataset: str, n: int, train: bool, data_dir=None, seed: int =
     from bitnetcnn.data.catalog import get_dataset_spec
     from bitnetcnn.settings import data_root
 
-    spec = get_dataset_spec(dataset, img_size, in_chans=in_chans if dataset == "imagefolder" else 3)
+    spec = get_dataset_spec(dataset, img_size, in_chans=in_chans)
     split = spec.read(data_root(data_dir), train, False)
     images, labels = split.images, split.labels
     if 0 < n < len(images):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from bitnetcnn.atomic import replacing
+from bitnetcnn.atomic import write_atomically
 from bitnetcnn.deploy.calibration import Calibration, as_batches
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.deploy.checks import example_input
@@ -130,11 +129,8 @@ def export_onnx(
         raise ValueError(f"the exported {'int8' if int8 else 'float'} ONNX model does not match the PyTorch model on "
                          f"{len(inputs)} {'real' if real else 'random'} images ({'; '.join(problems)}); nothing was "
                          "written" + ("" if not int8 else ". Try more calibration images (--calibrate N)"))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = graph.SerializeToString()
-    with replacing(path) as tmp:  # an earlier export there stays whole until this one is
-        tmp.write_bytes(data)
+    path = write_atomically(path, data)  # an earlier export there stays whole until this one is
     return ExportCheck(path=str(path), int8=int8, images=len(inputs), real_images=real, bytes=len(data),
                        act_scales=info.get("act_scales", ""), **result)
 

@@ -449,9 +449,9 @@ def _float_convolution_outputs(model, float_nodes: set):
 
 
 def keep_in_float(model, tensors: set):
-    """``model`` (a QDQ graph, changed in place) with the Q/DQ pairs on ``tensors`` removed, and their scales and zero
-    points: whatever read their dequantized values reads the float tensors instead. Where the pair stood for a folded ReLU or Clip (see
-    ``_record_folded_activations``), that activation takes its place."""
+    """``model`` (a QDQ graph, changed in place) with the Q/DQ pairs on ``tensors`` removed, and their scales and
+    zero points: whatever read their dequantized values reads the float tensors instead. Where the pair stood for a
+    folded ReLU or Clip (see ``_record_folded_activations``), that activation takes its place."""
     graph = model.graph
     _, consumers = _graph_maps(graph)
     outputs = {o.name for o in graph.output}

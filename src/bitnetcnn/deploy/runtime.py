@@ -10,7 +10,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from bitnetcnn.atomic import replacing
+from bitnetcnn.atomic import write_atomically
 from bitnetcnn.deploy.backends import make_runner, make_session
 from bitnetcnn.deploy.calibration import check_normalized
 from bitnetcnn.normalization import normalize
@@ -79,11 +79,7 @@ class DeployedModel:
         return len(self._bytes)
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp:
-            tmp.write_bytes(self._bytes)
-        return path
+        return write_atomically(path, self._bytes)
 
     def __repr__(self) -> str:
         kind = "int8" if self.info.get("int8") else "float"

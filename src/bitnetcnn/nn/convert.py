@@ -110,9 +110,9 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
     """
 
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
-        twin = TernaryConv2d if isinstance(module, BitConv2d) else TernaryLinear if isinstance(module, BitLinear) else None
-        if twin is None:
+        if not isinstance(module, (BitConv2d, BitLinear)):
             return None
+        twin = TernaryConv2d if isinstance(module, BitConv2d) else TernaryLinear
         try:
             return twin.from_bit(module, pow2)
         except ValueError as e:  # which layer, in a model of many

@@ -4,13 +4,12 @@ cannot resume."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from bitnetcnn.atomic import replacing
+from bitnetcnn.atomic import write_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -22,8 +21,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         data = io.BytesIO()  # torch.save's own write errors are RuntimeErrors that name no file; Python's say which
         torch.save(checkpoint, data)
-        with replacing(path) as tmp:
-            tmp.write_bytes(data.getbuffer())
+        write_atomically(path, data.getbuffer())

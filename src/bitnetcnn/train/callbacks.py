@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from bitnetcnn.atomic import replacing
+from bitnetcnn.atomic import replacing, write_atomically
 from bitnetcnn.machine import describe_device
 from bitnetcnn.train.plot import plot_metrics
 
@@ -393,5 +393,4 @@ class RunRecorder(L.Callback):
             "param_checksums": checksums,
             "command": self._command_as_run(trainer),
         }
-        with replacing(self.out / "results.json") as tmp:
-            tmp.write_text(json.dumps(results, indent=2) + "\n")
+        write_atomically(self.out / "results.json", json.dumps(results, indent=2) + "\n")

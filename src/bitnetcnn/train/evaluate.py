@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import warnings
@@ -20,6 +19,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import input_size_of, model_pretrained_
 from bitnetcnn.normalization import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.settings import data_root
+from bitnetcnn.train.run_folder import read_run_record
 from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
 
 ACCURACY_KEYS = ("accuracy", "float_eval", "ternary_eval", "test_images")  # what a converted file's header measured
@@ -67,7 +67,7 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
         raise ValueError(f"{source} does not record its data set; pass --dataset")
     # an image folder is read at the size and channels the model was trained at (a named data set has its own)
     size = input_size_of(model)
-    spec = get_dataset_spec(dataset, size[-1], in_chans=size[0] if dataset == "imagefolder" else 3)
+    spec = get_dataset_spec(dataset, size[-1], in_chans=size[0])
     classes = getattr(model, "model_args", {}).get("num_classes")
     if classes is not None and spec.num_classes and classes != spec.num_classes:  # told before the data is read
         raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
@@ -239,14 +239,11 @@ def _run_record(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        record = json.loads(path.read_text())
+        return read_run_record(path)
     except (OSError, ValueError) as e:
-        record = f"not readable JSON ({e})"
-    if not isinstance(record, dict):
-        warnings.warn(f"{path} is damaged ({record if isinstance(record, str) else 'not a JSON object'}): what it "
-                      "records of the run is left out of the converted file", UserWarning, stacklevel=4)
+        warnings.warn(f"{path} is damaged ({e}): what it records of the run is left out of the converted file",
+                      UserWarning, stacklevel=4)
         return {}
-    return record
 
 
 def _run_inputs(run: Path, args: dict) -> dict:

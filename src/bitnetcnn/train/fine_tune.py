@@ -26,8 +26,8 @@ FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends
 
 def _check_init_args(model: torch.nn.Module, args: dict, path: str, image_folder: bool = False) -> None:
     """Refuse an --init checkpoint built for another model, input channels or architecture, including arguments
-    that keep the tensor shapes (the activation, where the stride sits): those weights would load without error into a
-    different network."""
+    that keep the tensor shapes (the activation, where the stride sits): those weights would load without error
+    into a different network."""
     ours = model.model_args
     identity = ("name", "num_classes", "in_chans")
     for key in ("name", "in_chans"):  # num_classes may differ: the classifier then starts afresh (load_init_weights)

@@ -11,7 +11,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
-from bitnetcnn.atomic import replacing
+from bitnetcnn.atomic import write_atomically
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 
 
@@ -37,14 +37,25 @@ RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "de
                                "val_every", "compile", "save_every"})
 
 
+def read_run_record(path: Path) -> dict:
+    """A run folder's ``args.json`` or ``results.json``: a JSON object, else a ``ValueError`` saying what it holds
+    (a copy cut short, a hand edit)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ValueError(f"not readable JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"it holds a JSON {type(record).__name__}, not an object")
+    return record
+
+
 def saved_run_values(out) -> dict:
     """The settings a run folder's args.json holds, as saved; {} where there is none to read (``resumed_settings``
     then says what is wrong)."""
     try:
-        saved = json.loads((Path(out) / "args.json").read_text()) if out else {}
+        return read_run_record(Path(out) / "args.json") if out else {}
     except (OSError, ValueError):
         return {}
-    return saved if isinstance(saved, dict) else {}
 
 
 def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettings:
@@ -56,10 +67,7 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
     if not saved_path.exists():
         raise SettingsError(f"--resume: {saved_path} not found; is {s.out} a run folder?")
     try:
-        values = json.loads(saved_path.read_text())
-        if not isinstance(values, dict):
-            raise ValueError(f"it holds a JSON {type(values).__name__}, not an object of settings")
-        saved = TrainSettings.from_dict(values)
+        saved = TrainSettings.from_dict(read_run_record(saved_path))
     except (ValueError, TypeError) as e:
         raise SettingsError(f"--resume: {saved_path} is not a readable settings file ({e})") from None
     given = set(s.changed()) if given is None else set(given) & {f.name for f in fields(TrainSettings)}
@@ -101,8 +109,7 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
 
 def write_settings(out: Path, s: TrainSettings) -> None:
     """args.json, replaced atomically: a run killed while writing it keeps the previous one, and can resume."""
-    with replacing(out / "args.json") as tmp:
-        tmp.write_text(json.dumps(asdict(s), indent=2) + "\n")
+    write_atomically(out / "args.json", json.dumps(asdict(s), indent=2) + "\n")
 
 
 # What last.ckpt records for the resume's checks (BitClassifier writes them): which teacher the run distils from, and

@@ -20,7 +20,8 @@ class SettingsError(ValueError):
 
 # Model arguments a run sets from its data set and flags: --model-kwargs may not give them too.
 MODEL_KWARGS_FROM_FLAGS = {"num_classes": "the data set (--num-classes checks it)",
-                           "in_chans": "the data set (an image folder's: --img-channels)", "quant": "--quant", "scale_op": "--scale-op", "pow2": "--pow2", "act_bits": "--act-bits",
+                           "in_chans": "the data set (an image folder's: --img-channels)", "quant": "--quant",
+                           "scale_op": "--scale-op", "pow2": "--pow2", "act_bits": "--act-bits",
                            "fp_ends": "--fp-ends", "img_size": "the data set (an image folder's: --img-size)"}
 
 
