@@ -520,3 +520,30 @@ def test_saving_over_a_file_keeps_its_link_and_its_permissions(tmp_path):
         os.umask(umask)
     assert fresh.stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.bnc", "link.bnc", "real.bnc"]  # no temporary left
+
+
+def test_a_part_file_left_by_a_killed_writer_goes_with_the_next_write(tmp_path):
+    """A SIGKILL inside a write leaves its hidden temporary file; the next write of the same file removes it, and
+    keeps one of a writer still alive."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bitnetcnn.atomic import replacing, write_atomically
+
+    target = tmp_path / "results.json"
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal
+from bitnetcnn.atomic import replacing
+with replacing({str(target)!r}) as tmp:
+    tmp.write_text("half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert killed.returncode == -signal.SIGKILL
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".results.json.") and ".part" in left[0], left
+    with replacing(target) as alive:  # this process's own, still writing: kept by the write below
+        write_atomically(target, "{}")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "results.json"])
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -220,8 +220,13 @@ def test_damaged_data_files_are_named_as_damaged_not_missing(tmp_path, monkeypat
         write_idx(raw / f"{prefix}-images-idx3-ubyte", np.zeros((3, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.zeros(3))
     (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"MNIST.raw is damaged or not the expected file .*the four IDX files"):
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is damaged or not the expected file .*the four "
+                                         r"IDX files"):
         get_dataset_spec("mnist").reader(tmp_path, True, False)
+    write_idx(raw / "train-images-idx3-ubyte", np.zeros((3, 28, 28)))  # whole again; the cut file is another now
+    (raw / "t10k-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte is damaged"):
+        get_dataset_spec("mnist").reader(tmp_path, False, False)
     # a download that failed leaves the files missing, not damaged (a refused local port: no network needed)
     monkeypatch.setattr("torchvision.datasets.MNIST.mirrors", ["http://127.0.0.1:9/"])
     with pytest.raises(DatasetNotFoundError, match="--download could not fetch them"):

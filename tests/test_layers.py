@@ -456,3 +456,11 @@ def test_a_weight_with_nan_or_infinity_is_refused_by_conversion_with_its_layer(s
         convert_to_ternary(model[1])
     with pytest.raises(ValueError, match=r"layer '1': the weight has NaN or infinite values"):
         bitnetcnn.summary(model, input_size=(3, 8, 8))
+
+
+@pytest.mark.parametrize("build", [lambda: BitLinear(4, 0), lambda: BitLinear(0, 3),
+                                   lambda: BitConv2d(3, 0, 3), lambda: BitLinear(4, 0, scale_op="median")])
+def test_a_layer_without_weights_is_refused_when_built(build):
+    """torch allows a Linear of zero features; a ternary one failed later in torch's reshape or median."""
+    with pytest.raises(ValueError, match="at least one input and one output channel"):
+        build()

@@ -941,7 +941,7 @@ def test_an_undecided_budget_run_resumed_with_more_epochs_records_what_the_budge
     assert "its time budget decides it within 8 epochs" in capsys.readouterr().out
     assert json.loads((tmp_path / "cut" / "args.json").read_text())["epochs"] == 1
     command = json.loads((tmp_path / "cut" / "results.json").read_text())["command"]
-    assert command.endswith("  # the time budget gave 1 epochs") and "resumed with" not in command, command
+    assert command.endswith("  # the time budget gave 1 epoch") and "resumed with" not in command, command
 
 
 def test_a_budgeted_run_records_the_epochs_it_took_however_the_flag_was_typed_and_across_a_resume(tmp_path,

@@ -4,10 +4,37 @@ finds the old file or the new one, never a part of either."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import socket
 import uuid
+import zlib
 from pathlib import Path
 from typing import Iterator, Union
+
+
+# who writes a temporary file: this machine (a short hash of its name, for folders other machines share) and process
+_WRITER = f"{zlib.crc32(socket.gethostname().encode()):08x}-{os.getpid()}"
+
+
+def _remove_parts_of_the_dead(path: Path) -> None:
+    """Temporary files of ``path`` left by writers on this machine that were killed (their process is gone)."""
+    host = _WRITER.split("-")[0]
+    for part in path.parent.glob(f".{glob.escape(path.name)}.{host}-*.part*"):
+        pid = part.name[len(path.name) + len(host) + 3:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                part.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -17,10 +44,11 @@ def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
 
     A symbolic link's target is replaced, the link kept; an existing file keeps its permissions, a new one gets
     the umask's (the kernel applies it: the process-wide umask is never changed, which would race other threads).
-    The temporary name keeps the suffix (writers that pick the format by it: matplotlib) behind a dot (hidden where
-    a kill leaves it)."""
+    The temporary name keeps the suffix (writers that pick the format by it: matplotlib) behind a dot, and names its
+    machine and process: one a kill leaves behind is removed by the next write of the same file.
+    """
     path = Path(os.path.realpath(path))
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{_WRITER}.{uuid.uuid4().hex[:12]}.part{path.suffix}")
     mode = path.stat().st_mode & 0o7777 if path.exists() else None
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
@@ -28,6 +56,7 @@ def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
+        _remove_parts_of_the_dead(path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

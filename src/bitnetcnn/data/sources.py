@@ -78,6 +78,19 @@ def read_mnist_demo(root: Path, train: bool, download: bool) -> Split:
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+def _idx_file_at_fault(raw: Path) -> Path:
+    """The first IDX file whose size is not what its header says (a download cut short), else the folder."""
+    for name in IDX_FILES:
+        path = raw / name
+        with path.open("rb") as f:
+            head = f.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            dims = np.frombuffer(f.read(4 * ndim), dtype=">u4")
+        if len(head) < 4 or len(dims) < ndim or path.stat().st_size != 4 + 4 * ndim + int(np.prod(dims)):
+            return path
+    return raw
+
+
 def _torchvision_idx(cls_name: str, folder: str):
     def read(root: Path, train: bool, download: bool) -> Split:
         import torchvision
@@ -88,7 +101,7 @@ def _torchvision_idx(cls_name: str, folder: str):
         except Exception as err:  # torchvision: "Dataset not found. You can use download=True ..."
             raw = root / folder / "raw"
             if all((raw / name).is_file() for name in IDX_FILES):  # there, but unreadable
-                raise _damaged(raw, err, f"the four IDX files of {cls_name}") from None
+                raise _damaged(_idx_file_at_fault(raw), err, f"the four IDX files of {cls_name}") from None
             tried = f" --download could not fetch them ({' '.join(str(err).split())[:160]})." if download else ""
             raise _missing(
                 cls_name, [raw],

@@ -37,6 +37,10 @@ class _BitMixin:
     quant: TernaryQuant
 
     def _init_quant(self, quant: Optional[TernaryQuant], **overrides) -> None:
+        if self.weight.numel() == 0:  # torch allows it; a per-channel scale of nothing fails later, less clearly
+            raise ValueError(f"{type(self).__name__} got a weight of shape {tuple(self.weight.shape)}: a ternary "
+                             "layer needs at least one input and one output channel (its scale is the mean or "
+                             "median of each output channel's weights)")
         self.quant = TernaryQuant.from_kwargs(quant, **overrides)  # validated here, once
         self.act_quant = make_act_quantizer(self.quant.act_bits)
 

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import random
+import re
 import shlex
 import sys
 import time
@@ -196,8 +197,13 @@ def _row_line(row: dict, epochs: int) -> str:
     return line + f"  {row['elapsed_s']:.0f} s"
 
 
-# What a budgeted run's recorded command adds (scripts/publish_weight.py reads the number back from older files)
-BUDGET_NOTE = "the time budget gave {} epochs"
+def budget_note(epochs: int) -> str:
+    """What a budgeted run's recorded command adds."""
+    return f"the time budget gave {epochs} epoch{'' if epochs == 1 else 's'}"
+
+
+# budget_note's number, read back (scripts/publish_weight.py reads it from older files)
+BUDGET_GAVE = re.compile(r"the time budget gave (\d+) epochs?\b")
 
 
 class RunRecorder(L.Callback):
@@ -340,7 +346,7 @@ class RunRecorder(L.Callback):
         lengthened by ``--resume --epochs N`` its new length."""
         notes = []
         if self.budgeted:
-            notes.append(BUDGET_NOTE.format(self.extended[0] if self.extended else trainer.max_epochs))
+            notes.append(budget_note(self.extended[0] if self.extended else trainer.max_epochs))
         if self.extended:
             notes.append(f"resumed with --epochs {self.extended[1]}")
         return f"{self.command}  # {'; '.join(notes)}" if notes else self.command
