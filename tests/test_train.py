@@ -536,6 +536,15 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     _one_line_error(capsys, [*resume, "--epochs", "0"], "--epochs must be an integer >= 1")
     (run / "args.json").write_text(json.dumps(dict(json.loads((run / "args.json").read_text()), epochs=2)))
     _one_line_error(capsys, [*resume, "--epochs", "1"], "was set for 2 epochs; give more than 2 to extend it")
+    saved = (run / "args.json").read_text()
+    (run / "args.json").write_text(json.dumps(dict(json.loads(saved), model_kwargs={"width": 8})))
+    # it was Lightning's "size mismatch" for every layer
+    assert main([*resume, "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"last.ckpt holds another model than .*args.json describes \(\d+ tensor\(s\) differ; "
+                     r"model.stem.conv.weight: \(\d+, 1, 3, 3\) saved, \(8, 1, 3, 3\) built", err), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    (run / "args.json").write_text(saved)
     assert main([*resume, "--epochs", "3", "--time-budget", "8"]) == 2  # refused: no word of an extension
     assert "now runs to" not in capsys.readouterr().out
     capsys.readouterr()

@@ -34,9 +34,9 @@ from bitnetcnn.train.evaluate import few_names
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
 from bitnetcnn.train.module import BitClassifier
-from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_processes, default_out,
-                                        first_process, hold_run_folder, read_resume_record, resumed_settings,
-                                        write_settings)
+from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_model,
+                                        check_resumed_processes, default_out, first_process, hold_run_folder,
+                                        read_resume_record, resumed_settings, write_settings)
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 from bitnetcnn.train.time_budget import FitToTimeBudget
@@ -282,6 +282,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if resume:
         record = read_resume_record(last)
         module.check_resumed_teacher(record, last)  # before args.json records a teacher given in its place
+        check_resumed_model(record, module, last)
         _check_resumed_classes(out, data.class_names)
     command = command or s.as_command()
     metadata = {"dataset": s.dataset, **data.spec.input_metadata()}

@@ -134,7 +134,24 @@ def read_resume_record(path: Path) -> dict:
     import torch  # mmap: only the small entries are read, not the weights and optimizer state beside them
 
     saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    return {key: saved.get(key) for key in (TEACHER_KEY, PROCESSES_KEY)}
+    shapes = {name: tuple(t.shape) for name, t in saved.get("state_dict", {}).items() if hasattr(t, "shape")}
+    return {**{key: saved.get(key) for key in (TEACHER_KEY, PROCESSES_KEY)}, "shapes": shapes}
+
+
+def check_resumed_model(record: dict, module, path: Path) -> None:
+    """The model args.json describes is the one ``path`` holds (``record``: :func:`read_resume_record`'s): an
+    args.json edited to another width or depth ended in Lightning's "size mismatch" for dozens of tensors."""
+    saved, built = record.get("shapes") or {}, {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if not saved:
+        return
+    differ = [f"{k}: {saved[k]} saved, {built[k]} built" for k in built if k in saved and saved[k] != built[k]]
+    missing, extra = [k for k in built if k not in saved], [k for k in saved if k not in built]
+    problems = differ + [f"{k} is not in the checkpoint" for k in missing] + [f"{k} is not built" for k in extra]
+    if problems:
+        raise SettingsError(
+            f"--resume: {path} holds another model than {path.parent / 'args.json'} describes ({len(problems)} "
+            f"tensor(s) differ; {'; '.join(problems[:3])}): restore the run's settings in args.json (was it "
+            f"edited?), or start a new run with --init {path.parent / 'best_ternary.bnc'}")
 
 
 def check_resumed_processes(record: dict, processes: int) -> None:
