@@ -33,5 +33,15 @@ def test_ternary_layer_builds_what_from_codes_builds():
 def test_old_positional_and_module_names():
     model = bitify(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), (), "mean", True, 8)
     assert model[0].quant.scale_op == "mean" and model[0].pow2 and model[0].act_bits == 8
-    assert paths.data_root("x") == data_root("x")
+    with pytest.warns(DeprecationWarning, match="bitnetcnn.settings.data_root"):
+        assert paths.data_root("x") == data_root("x")
+
+
+def test_deprecated_helpers_say_what_replaces_them():
+    from bitnetcnn.quant import validate_scale_op
+
+    with pytest.warns(DeprecationWarning, match=r"layer.quant.to_dict\(\)"):
+        assert BitConv2d(1, 2, 3, scale_op="mean").quant_kwargs()["scale_op"] == "mean"
+    with pytest.warns(DeprecationWarning, match="TernaryQuant"):
+        assert validate_scale_op("mean") == "mean"
     assert create_model("bitnet_cnn", width=4, scale_op="mean").stem.conv.scale_op == "mean"

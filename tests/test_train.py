@@ -1540,3 +1540,17 @@ def test_init_on_as_many_classes_of_other_names_starts_a_fresh_classifier(tmp_pa
     assert torch.equal(module.model.stem.conv.weight, source.stem.conv.weight)
     with pytest.raises(SettingsError, match=r"needs in_chans=3 \(model bitnet_cnn on the chosen data set\)$"):
         build(TrainSettings(dataset="cifar10", data_dir=str(tmp_path / "none"), init=str(tmp_path / "digits.bnc")))
+
+
+def test_the_lightning_module_takes_the_run_settings_defaults():
+    """BitClassifier built from Python had its own defaults (warmup 1.0 epochs, kd_alpha 0: a teacher set on it
+    taught nothing); they are TrainSettings' now, as the command line's are."""
+    import inspect
+
+    from bitnetcnn.train.module import BitClassifier
+
+    defaults = TrainSettings()
+    names = {"model_name": "model", "weight_decay": "wd"}
+    for name, p in inspect.signature(BitClassifier).parameters.items():
+        if names.get(name, name) in defaults.__dataclass_fields__ and name not in ("channels_last", "num_classes", "model_kwargs"):
+            assert p.default == getattr(defaults, names.get(name, name)), name

@@ -14,8 +14,9 @@ from pathlib import Path
 from bitnetcnn.extras import MissingExtra, extra_of, install_hint, require
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.models.layers import QUANT_MODES
-from bitnetcnn.quant import ACT_BITS, DEFAULT_QUANT, SCALE_OPS
+from bitnetcnn.quant import ACT_BITS, SCALE_OPS
 from bitnetcnn.train.schedule import DEFAULT_LR
+from bitnetcnn.train.settings import TrainSettings
 
 TRAIN_EXAMPLE = ("bitnetcnn train --model bit_resnet18 --dataset cifar100 --epochs 100 --batch-size 128 --lr 0.1 "
                  "--optimizer sgd --wd 5e-4 --amp --out runs/r18")
@@ -91,46 +92,46 @@ def seconds(text: str) -> float:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a ternary (or full-precision) model", epilog=f"example: {TRAIN_EXAMPLE}")
     a = p.add_argument
-    a("--model", default="bitnet_cnn", help="registry name (bitnetcnn.list_models())")
-    a("--dataset", default="mnist_demo", help="mnist_demo (bundled), mnist, fashion_mnist, cifar10, cifar100, "
+    a("--model", help="registry name (bitnetcnn.list_models())")
+    a("--dataset", help="mnist_demo (bundled), mnist, fashion_mnist, cifar10, cifar100, "
       "tiny_imagenet, imagefolder")
     a("--data-dir", help="data root (default: $BITNETCNN_DATA, else data/ in the cache: $BITNETCNN_CACHE, "
                             "else $XDG_CACHE_HOME/bitnetcnn, else ~/.cache/bitnetcnn)")
     a("--download", action="store_true", help="let torchvision fetch a missing data set where the network allows")
     a("--out", help="run folder (default: runs/MODEL-DATASET[-N])")
     a("--resume", action="store_true", help="continue the run in --out from its last.ckpt, with its saved settings")
-    a("--epochs", type=int, default=4)
-    a("--batch-size", type=int, default=128)
-    a("--optimizer", choices=list(DEFAULT_LR), default="adamw", help="sgd means Nesterov momentum")
+    a("--epochs", type=int)
+    a("--batch-size", type=int)
+    a("--optimizer", choices=list(DEFAULT_LR), help="sgd means Nesterov momentum")
     a("--lr", type=float, help="peak learning rate (default " + ", ".join(f"{lr:g} for {opt}" for opt, lr in
                                                                         DEFAULT_LR.items()) + ")")
-    a("--wd", type=float, default=5e-4, help="weight decay (never on norms, biases, scales)")
-    a("--momentum", type=float, default=0.9)
-    a("--warmup-epochs", type=float, default=0.3)
-    a("--label-smoothing", type=float, default=0.0)
-    a("--mixup", type=float, default=0.0, help="MixUp alpha on training batches (0: off)")
-    a("--cutmix", type=float, default=0.0, help="CutMix alpha on training batches (0: off)")
+    a("--wd", type=float, help="weight decay (never on norms, biases, scales)")
+    a("--momentum", type=float)
+    a("--warmup-epochs", type=float)
+    a("--label-smoothing", type=float)
+    a("--mixup", type=float, help="MixUp alpha on training batches (0: off)")
+    a("--cutmix", type=float, help="CutMix alpha on training batches (0: off)")
     a("--rotate", type=float, help="random rotation in degrees on training batches (default: the data set's)")
     a("--zoom", type=float, help="random scaling by 1 +- ZOOM on training batches (default: the data set's)")
     a("--elastic", type=float, metavar="ALPHA", help="elastic distortion of strength ALPHA pixels (Gaussian sigma 4) "
       "on training batches (MNIST: 34; default: off)")
     a("--ema", type=float, metavar="DECAY", help="validate and ship an exponential moving average of the weights "
       "(e.g. 0.999; default: off)")
-    a("--quant", choices=QUANT_MODES, default=QUANT_MODES[0], help="fp trains the full-precision twin (teacher)")
-    a("--scale-op", choices=SCALE_OPS, default=DEFAULT_QUANT.scale_op, help="per-channel scale: op(|W|)")
+    a("--quant", choices=QUANT_MODES, help="fp trains the full-precision twin (teacher)")
+    a("--scale-op", choices=SCALE_OPS, help="per-channel scale: op(|W|)")
     a("--pow2", action="store_true", help="train with power-of-two scales")
-    a("--act-bits", type=int, choices=[b for b in ACT_BITS if b], default=DEFAULT_QUANT.act_bits,
+    a("--act-bits", type=int, choices=[b for b in ACT_BITS if b],
       help="quantize activations too (default: float activations)")
     a("--fp-ends", action="store_true", help="keep the first and last layers in full precision")
-    a("--model-kwargs", type=json_object, default={}, help='extra model arguments as JSON, e.g. \'{"act": "silu"}\'')
+    a("--model-kwargs", type=json_object, help='extra model arguments as JSON, e.g. \'{"act": "silu"}\'')
     a("--num-classes", type=int, help="check that the data set has this many classes")
-    a("--img-size", type=int, default=64, help="image side for --dataset imagefolder")
-    a("--img-channels", type=int, choices=(1, 3), default=3, help="--dataset imagefolder: read the pictures as RGB "
+    a("--img-size", type=int, help="image side for --dataset imagefolder")
+    a("--img-channels", type=int, choices=(1, 3), help="--dataset imagefolder: read the pictures as RGB "
       "(3) or greyscale (1, as the MNIST models take them)")
-    a("--eval-ternary", action=argparse.BooleanOptionalAction, default=True,
+    a("--eval-ternary", action=argparse.BooleanOptionalAction,
       help="also evaluate the converted ternary model every epoch")
-    a("--val-every", type=int, default=1, metavar="N", help="validate every N epochs and in the last one (default 1)")
-    a("--save-every", type=float, default=10.0, metavar="MINUTES", help="also write last.ckpt every MINUTES of "
+    a("--val-every", type=int, metavar="N", help="validate every N epochs and in the last one (default 1)")
+    a("--save-every", type=float, metavar="MINUTES", help="also write last.ckpt every MINUTES of "
       "training inside an epoch, so an interruption loses at most that much (0: at epoch ends only; default 10)")
     a("--time-budget", type=float, metavar="MINUTES", help="size the run to MINUTES of wall time: epoch 0 is timed "
       "(and validated), then the run takes as many epochs as fit, at most --epochs, its learning-rate schedule "
@@ -138,28 +139,33 @@ def _add_train(sub) -> None:
     a("--compile", action="store_true", help="torch.compile the training forward (pays on GPUs after its first "
       "minute of compiling)")
     a("--kd", action="store_true", help="distill from --teacher")
-    a("--teacher", action="append", default=[], help="checkpoint of the full-precision teacher (bitnetcnn train "
+    a("--teacher", action="append", help="checkpoint of the full-precision teacher (bitnetcnn train "
       "--quant fp), or a published weight's hub name; repeat it to distill an ensemble (the mean of the teachers' "
       "logits)")
-    a("--kd-alpha", type=float, default=0.5)
-    a("--kd-temperature", type=float, default=4.0)
-    a("--kd-hints", type=float, default=0.0, metavar="WEIGHT", help="add WEIGHT x a feature hint loss (FitNets: "
+    a("--kd-alpha", type=float)
+    a("--kd-temperature", type=float)
+    a("--kd-hints", type=float, metavar="WEIGHT", help="add WEIGHT x a feature hint loss (FitNets: "
       "standardized MSE between student and teacher feature maps before the pooling; 0: off)")
     a("--init", help="start from the weights of this checkpoint (fine-tuning): a bitnetcnn file or a published "
       "weight's hub name (bitnet_resnet18), or the seed's zip or a state dict read into --model with --model-kwargs; "
       "on other classes its classifier starts afresh")
     a("--amp", action="store_true", help="bf16 autocast on the CPU, mixed precision on CUDA")
-    a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    a("--accelerator", default="auto", help="cpu, gpu, auto")
-    a("--devices", default="auto", help="number of devices (processes) per node")
+    a("--channels-last", action=argparse.BooleanOptionalAction)
+    a("--accelerator", help="cpu, gpu, auto")
+    a("--devices", help="number of devices (processes) per node")
     a("--gpus", type=int, help="the seed's flag: N GPUs (-1: all, 0: the CPU)")
-    a("--num-nodes", type=int, default=1)
-    a("--strategy", default="auto", help="auto, ddp, ddp_spawn, ...")
-    a("--seed", type=int, default=0)
+    a("--num-nodes", type=int)
+    a("--strategy", help="auto, ddp, ddp_spawn, ...")
+    a("--seed", type=int)
     a("--limit-train", type=int, help="use only N training images, the same random sample in every run (quick checks)")
     a("--limit-eval", type=int, help="evaluate on only N test images, the same random sample in every run (quick checks)")
-    a("--progress", action=argparse.BooleanOptionalAction, default=True, help="--no-progress: no progress bar; "
+    a("--progress", action=argparse.BooleanOptionalAction, help="--no-progress: no progress bar; "
       "each epoch's metrics as a line instead (a background run's log); a resume keeps the run's unless given")
+    # the defaults are TrainSettings' own: a flag left out and a run started from Python take the same value
+    defaults = TrainSettings()
+    for action in p._actions:
+        if action.dest in defaults.__dataclass_fields__:
+            action.default = getattr(defaults, action.dest)
 
 
 def _cmd_train(args) -> int:
@@ -167,7 +173,7 @@ def _cmd_train(args) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from bitnetcnn.train.callbacks import TrainingDiverged
-    from bitnetcnn.train.run import TrainSettings, train
+    from bitnetcnn.train.run import train
     from bitnetcnn.train.run_folder import saved_run_values
 
     values = vars(args).copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Optional
 
@@ -80,6 +81,7 @@ class _BitMixin:
 
     def quant_kwargs(self) -> dict:
         """Deprecated (goes in 0.3): ``layer.quant`` is the config; this is its ``to_dict()``."""
+        warnings.warn("quant_kwargs() is deprecated: use layer.quant.to_dict()", DeprecationWarning, stacklevel=2)
         return self.quant.to_dict()
 
     def _quant_repr(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 EPS = 1e-8  # floor of a scale: an all-zero channel gets codes 0 instead of NaN
@@ -24,6 +26,8 @@ SCALE_OPS = tuple(_SCALE_FNS)
 
 def validate_scale_op(scale_op: str) -> str:
     """Deprecated (goes in 0.3): :class:`bitnetcnn.quant.TernaryQuant` validates its settings when it is made."""
+    warnings.warn("validate_scale_op is deprecated: TernaryQuant(scale_op=...) validates it", DeprecationWarning,
+                  stacklevel=2)
     if scale_op not in SCALE_OPS:
         raise ValueError(f"unknown scale_op {scale_op!r}: choose one of {', '.join(map(repr, SCALE_OPS))}")
     return scale_op

@@ -18,7 +18,7 @@ from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
 from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
 from bitnetcnn.train.run_folder import PROCESSES_KEY, TEACHER_KEY
-from bitnetcnn.train.settings import SettingsError
+from bitnetcnn.train.settings import SettingsError, TrainSettings
 
 
 
@@ -33,24 +33,25 @@ class BitClassifier(L.LightningModule):
 
     def __init__(
         self,
-        model_name: str = "bitnet_cnn",
+        model_name: str = TrainSettings.model,
         num_classes: int = 10,
         in_chans: int = 1,
         model_kwargs: Optional[dict] = None,
-        optimizer: str = "adamw",
-        lr: Optional[float] = None,  # None: DEFAULT_LR of the optimizer
-        weight_decay: float = 5e-4,
-        momentum: float = 0.9,
-        warmup_epochs: float = 1.0,
-        label_smoothing: float = 0.0,
-        mixup: float = 0.0,
-        cutmix: float = 0.0,
-        eval_ternary: bool = True,
-        kd_alpha: float = 0.0,
-        kd_temperature: float = 4.0,
-        kd_hints: float = 0.0,
+        # the run's settings, with TrainSettings' defaults (the command line's): one recipe, however it is started
+        optimizer: str = TrainSettings.optimizer,
+        lr: Optional[float] = TrainSettings.lr,  # None: DEFAULT_LR of the optimizer
+        weight_decay: float = TrainSettings.wd,
+        momentum: float = TrainSettings.momentum,
+        warmup_epochs: float = TrainSettings.warmup_epochs,
+        label_smoothing: float = TrainSettings.label_smoothing,
+        mixup: float = TrainSettings.mixup,
+        cutmix: float = TrainSettings.cutmix,
+        eval_ternary: bool = TrainSettings.eval_ternary,
+        kd_alpha: float = TrainSettings.kd_alpha,  # with a teacher (set_teacher); without one it is unused
+        kd_temperature: float = TrainSettings.kd_temperature,
+        kd_hints: float = TrainSettings.kd_hints,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool = TrainSettings.compile,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
