@@ -464,3 +464,45 @@ def test_a_layer_without_weights_is_refused_when_built(build):
     """torch allows a Linear of zero features; a ternary one failed later in torch's reshape or median."""
     with pytest.raises(ValueError, match="at least one input and one output channel"):
         build()
+
+
+def test_a_converted_layer_in_training_mode_keeps_its_activation_grid():
+    """A converted model is for inference: .train() moved its 8-bit running scale, which the bias was aligned to."""
+    bit = warm_up(BitConv2d(3, 4, 3, act_bits=8), torch.randn(8, 3, 6, 6))
+    ternary = TernaryConv2d.from_bit(bit)
+    x = 5 * torch.randn(2, 3, 6, 6)
+    before, scale = ternary(x), ternary.act_quant.running_scale.clone()
+    ternary.train()
+    assert ternary.training and torch.equal(ternary(x), before)
+    assert torch.equal(ternary.act_quant.running_scale, scale)
+
+
+def test_option_strings_are_refused_not_read_as_true():
+    """bool("False") is True: pow2="False" gave power-of-two scales and fp_ends="False" float ends."""
+    with pytest.raises(ValueError, match="pow2 must be True or False, not 'False'"):
+        BitLinear(4, 4, pow2="False")
+    with pytest.raises(ValueError, match="pow2 must be True or False"):
+        bitify(nn.Sequential(nn.Linear(4, 4)), pow2="False")
+    with pytest.raises(ValueError, match="fp_ends must be True or False, not 'False'"):
+        bitnetcnn.create_model("bitnet_cnn", width=4, fp_ends="False")
+    assert BitLinear(4, 4, pow2=1).pow2 is True and bitnetcnn.create_model("bitnet_cnn", width=4, fp_ends=0)
+
+
+@pytest.mark.parametrize("codes", [torch.full((2, 3), 0.7), torch.full((2, 3), 255), torch.full((2, 3), 2)])
+def test_a_layer_built_from_codes_refuses_codes_that_are_not_ternary(codes):
+    """int8 wrapped 255 to -1 and truncated 0.7 to 0 before the check."""
+    with pytest.raises(ValueError, match=r"codes in \{-1, 0, 1\}"):
+        TernaryLinear(codes, torch.ones(2), None)
+
+
+def test_bitify_takes_one_skip_name_and_names_what_it_leaves():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv1d(2, 2, 1), nn.Flatten(), nn.LazyLinear(3))
+    model[3] = nn.Linear(2, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bit = bitify(model, skip="3")  # one pattern, not the letters of a string
+    said = " ".join(str(w.message) for w in caught)
+    assert type(bit[3]) is nn.Linear and isinstance(bit[0], BitConv2d), bit
+    assert "1 layer of other kinds stay in full precision: 1 (Conv1d)" in said, said
+    with pytest.warns(UserWarning, match=r"ternary already \(1 Bit layers\) and bitify leaves their settings"):
+        bitify(bit, skip="3", act_bits=8)

@@ -249,3 +249,22 @@ def test_a_converted_model_scripts_and_computes_the_same(name, kwargs, act_bits)
         scripted = torch.jit.script(model)
     with torch.no_grad():
         assert torch.equal(scripted(x), model(x))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5, True])
+def test_convnext_names_the_drop_path_rate_it_was_given(rate):
+    """It quoted one block's rate (1.5 read "not 1.0909...")."""
+    with pytest.raises(ValueError, match=rf"drop_path_rate must be in \[0, 1\], not {rate!r}"):
+        create_model("bit_convnextv2", drop_path_rate=rate)
+
+
+def test_register_model_says_what_a_builder_takes():
+    """A builder without ``spec`` registered, then create_model failed with "unexpected keyword argument 'spec'"."""
+    from bitnetcnn.models.registry import _REGISTRY, register_model
+
+    def lacks_spec(num_classes, in_chans):
+        return nn.Linear(in_chans, num_classes)
+
+    with pytest.raises(TypeError, match="must take the keyword argument.s. spec"):
+        register_model(lacks_spec)
+    assert "lacks_spec" not in _REGISTRY

@@ -83,6 +83,9 @@ class ConvNeXtV2(nn.Module):
         super().__init__()
         patch = 2 if img_size <= SMALL_INPUT_MAX else 4
         self.stem = nn.Sequential(spec.conv(in_chans, dims[0], patch, patch, edge=True), LayerNorm2d(dims[0], eps=1e-6))
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
+                or not 0.0 <= drop_path_rate <= 1.0:  # here, not per block: the last block's rate is the whole one
+            raise ValueError(f"drop_path_rate must be in [0, 1], not {drop_path_rate!r}")
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # stochastic depth grows linearly
         self.downsample = nn.ModuleList(

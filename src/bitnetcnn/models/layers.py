@@ -9,6 +9,7 @@ from torch import nn
 
 from bitnetcnn.nn import BitConv2d, BitLinear
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
+from bitnetcnn.quant.config import as_flag
 
 QUANT_MODES = ("ternary", "fp")
 
@@ -34,6 +35,7 @@ class QuantSpec:
         if self.quant not in QUANT_MODES:
             raise ValueError(f"unknown quant {self.quant!r}: choose one of {', '.join(map(repr, QUANT_MODES))}")
         config = TernaryQuant.from_kwargs(self.config, scale_op=self.scale_op, pow2=self.pow2, act_bits=self.act_bits)
+        object.__setattr__(self, "fp_ends", as_flag("fp_ends", self.fp_ends))
         # one source of truth: the shorthand fields mirror the config
         for name, value in (("config", config), ("scale_op", config.scale_op), ("pow2", config.pow2),
                             ("act_bits", config.act_bits)):

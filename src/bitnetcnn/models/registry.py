@@ -36,12 +36,22 @@ _REGISTRY: dict[str, ModelConfig] = {}
 
 
 def register_model(fn: Optional[Callable] = None, **config) -> Callable:
-    """Register a builder under its function name; keyword arguments fill its :class:`ModelConfig`."""
+    """Register a builder under its function name; keyword arguments fill its :class:`ModelConfig`.
+
+    A builder takes ``num_classes``, ``in_chans`` and ``spec`` (a :class:`QuantSpec`: build each convolution and
+    linear layer with ``spec.conv(...)`` / ``spec.linear(...)``, so one builder gives the ternary model and its
+    full-precision twin), and its own keywords."""
 
     def wrap(builder: Callable) -> Callable:
         name = builder.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
+        params = inspect.signature(builder).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        lacking = [a for a in ("num_classes", "in_chans", "spec") if a not in params and not takes_any]
+        if lacking:
+            raise TypeError(f"register_model: the builder {name} must take the keyword argument(s) "
+                            f"{', '.join(lacking)} (spec: a QuantSpec whose .conv() and .linear() build its layers)")
         doc = (builder.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = ModelConfig(name=name, builder=builder, description=doc[0] if doc else "", **config)
         return builder

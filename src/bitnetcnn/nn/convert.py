@@ -128,7 +128,13 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
         if dataclasses.is_dataclass(weights) and not trained_pow2:  # its accuracy was measured with other scales
             converted.pretrained_cfg = dataclasses.replace(
                 weights, top1=None, top5=None, test_images=None, model_kwargs={**weights.model_kwargs, "pow2": True})
-    if count == 0:
+    already = sum(isinstance(m, (BitConv2d, BitLinear)) for m in model.modules())
+    if count == 0 and already:
+        warnings.warn(f"bitify: {type(model).__name__} is ternary already ({already} Bit layers) and bitify leaves "
+                      "their settings as they are; to quantize otherwise, bitify the float model with the new "
+                      "settings (or convert_to_bit a converted one and set each layer's .quant)", UserWarning,
+                      stacklevel=2)
+    elif count == 0:
         warnings.warn(
             f"convert_to_ternary: {type(model).__name__} has no BitConv2d or BitLinear layer, so nothing was "
             "converted. Make the model ternary first with bitnetcnn.bitify(model) or build it with "
@@ -154,7 +160,13 @@ def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
         return None
 
     converted, count = replace_modules(model, rule, inplace)
-    if count == 0:
+    already = sum(isinstance(m, (BitConv2d, BitLinear)) for m in model.modules())
+    if count == 0 and already:
+        warnings.warn(f"bitify: {type(model).__name__} is ternary already ({already} Bit layers) and bitify leaves "
+                      "their settings as they are; to quantize otherwise, bitify the float model with the new "
+                      "settings (or convert_to_bit a converted one and set each layer's .quant)", UserWarning,
+                      stacklevel=2)
+    elif count == 0:
         warnings.warn(
             f"convert_to_bit: {type(model).__name__} has no TernaryConv2d or TernaryLinear layer; nothing changed.",
             UserWarning,
@@ -186,7 +198,7 @@ def bitify(
     itself rather than calling the layer (torchvision's Swin attention reads ``qkv.weight``) would train in float
     and convert to ternary: keep it in full precision with ``skip``.
     """
-    skip = tuple(skip)
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)  # "fc" is one pattern, not "f" and "c"
     settings = dict(quant=TernaryQuant.from_kwargs(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits,
                                                    **quant_kwargs))  # validated once, before the walk
 
@@ -199,6 +211,7 @@ def bitify(
         return bool(hits)
 
     kept: list[str] = []  # convolutions and linear layers left in float though no skip pattern named them
+    other: list[str] = []  # layers of kinds bitify does not make ternary (Conv1d, Conv3d, ConvTranspose2d, ...)
     made: dict[int, nn.Parameter] = {}  # id(float parameter) -> its Bit layer's: a tied weight stays tied
 
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
@@ -215,6 +228,8 @@ def bitify(
             return new
         if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, (BitConv2d, BitLinear)):
             kept.append(f"{name} ({type(module).__name__})")
+        elif isinstance(module, (nn.modules.conv._ConvNd, nn.Bilinear)) and not isinstance(module, nn.Conv2d):
+            other.append(f"{name} ({type(module).__name__})")
         return None
 
     converted, count = replace_modules(model, rule, inplace)
@@ -230,12 +245,22 @@ def bitify(
                       "behaviour. Name them in skip= to silence this, or remove the parametrization first "
                       "(torch.nn.utils.parametrize.remove_parametrizations) to make them ternary", UserWarning,
                       stacklevel=2)
+    if other:
+        warnings.warn(f"bitify makes nn.Conv2d and nn.Linear ternary; {len(other)} layer{'s' * (len(other) != 1)} of "
+                      f"other kinds stay in full precision: {', '.join(other[:5])}{', ...' if len(other) > 5 else ''}",
+                      UserWarning, stacklevel=2)
     unmatched = [p for p in skip if p not in matched]
     if unmatched:
         names = [n for n, _ in model.named_modules() if n and "." not in n]
         warnings.warn(f"bitify: skip patterns {unmatched} name no module of {type(model).__name__}, so nothing was "
                       f"kept in full precision for them; its top-level modules are {names}", UserWarning, stacklevel=2)
-    if count == 0:
+    already = sum(isinstance(m, (BitConv2d, BitLinear)) for m in model.modules())
+    if count == 0 and already:
+        warnings.warn(f"bitify: {type(model).__name__} is ternary already ({already} Bit layers) and bitify leaves "
+                      "their settings as they are; to quantize otherwise, bitify the float model with the new "
+                      "settings (or convert_to_bit a converted one and set each layer's .quant)", UserWarning,
+                      stacklevel=2)
+    elif count == 0:
         warnings.warn(
             f"bitify: {type(model).__name__} has no nn.Conv2d or nn.Linear outside the skipped patterns {skip}; "
             "nothing changed.",

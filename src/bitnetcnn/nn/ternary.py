@@ -29,14 +29,23 @@ class _TernaryMixin:
     pow2 = config_field("pow2")  # the stored scale's form follows it: convert again to change it
     act_bits = config_field("act_bits")
 
+    def train(self, mode: bool = True):
+        """The layer's mode; its activation quantizer stays in eval mode. A converted layer is for inference (its
+        weights are buffers, which no optimizer moves; ``convert_to_bit`` gives a trainable one), and its int8 grid
+        is fixed: conversion aligned the bias to it, and a training-mode batch would move it."""
+        super().train(mode)
+        self.act_quant.train(False)
+        return self
+
     def _init_storage(self, codes: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
                       quant: TernaryQuant) -> None:
         """Pack the codes, keep the scale (or its power-of-two exponent) and the bias, and compute the float weight
         from the codes at hand (no unpacking: loading a checkpoint builds every layer this way)."""
-        codes = torch.as_tensor(codes, dtype=torch.int8)
+        packed = pack_2bit(codes)  # refuses codes other than -1, 0 and 1 before the cast (int8 wraps 255 to -1)
+        codes = torch.as_tensor(codes).to(torch.int8)
         self.quant = quant
         self.weight_shape = tuple(codes.shape)
-        self.register_buffer("weight_packed", pack_2bit(codes).to(codes.device))
+        self.register_buffer("weight_packed", packed.to(codes.device))
         scale = scale.detach().reshape(-1).float()
         if scale.shape != (codes.shape[0],):
             raise ValueError(f"scale has {tuple(scale.shape)} values for {codes.shape[0]} output channels")

@@ -13,6 +13,16 @@ from bitnetcnn.quant.scale import DEFAULT_SCALE_OP, SCALE_OPS
 from bitnetcnn.quant.ternary import DEFAULT_STE, DEFAULT_STE_CLIP, STE_MODES
 
 
+def as_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool where it is one (True, False, 1 or 0); a string such as "False" is refused, where
+    ``bool()`` would have turned the option on."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, (str, bytes)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, not {value!r}")
+
+
 @dataclass(frozen=True)
 class TernaryQuant:
     """Ternary weights ``{-1, 0, +1} x scale`` per output channel, and optionally quantized input activations.
@@ -61,7 +71,7 @@ class TernaryQuant:
             raise TypeError(f"unknown quantization argument(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         given = {k: v for k, v in overrides.items() if v is not None}
         if "pow2" in given:
-            given["pow2"] = bool(given["pow2"])
+            given["pow2"] = as_flag("pow2", given["pow2"])
         base = base or DEFAULT_QUANT
         return replace(base, **given) if given else base
 
