@@ -107,13 +107,14 @@ def _with_url(monkeypatch, url, sha256):
     monkeypatch.setattr(hub, "SEED_ENTRIES", (entry,) + hub.SEED_ENTRIES[1:])
 
 
-def test_download_verify_and_cache(mnist_checkpoint, tmp_path, monkeypatch):
+def test_download_verify_and_cache(mnist_checkpoint, tmp_path, monkeypatch, capsys):
     _, path = mnist_checkpoint
     monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "cache"))
     good = hashlib.sha256(path.read_bytes()).hexdigest()
     _with_url(monkeypatch, path.as_uri(), good)
     model = hub.load("bitnet_mnist", pretrained=True)
     cached = tmp_path / "cache" / "hub" / "remote_mnist.bnc"
+    assert f'Downloading: "{path.as_uri()}" to {cached}' in capsys.readouterr().err  # progress=True, the default
     assert cached.read_bytes() == path.read_bytes()
     assert isinstance(model.stem.conv, TernaryConv2d)
     # offline now: the cached copy is used

@@ -243,7 +243,7 @@ def _cmd_convert(args) -> int:
 
 def _cmd_summary(args) -> int:
     from bitnetcnn import create_model, summary
-    from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS
+    from bitnetcnn.nn import model_form
 
     if Path(args.model).exists():
         from bitnetcnn import load_checkpoint
@@ -263,11 +263,11 @@ def _cmd_summary(args) -> int:
         at_size = {"img_size": size[1]} if size and size[1] == size[2] else {}
         model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0] if size else None,
                              quant=args.quant or "ternary", **at_size)
-    if args.ternary and any(isinstance(m, BIT_LAYERS) for m in model.modules()):  # a Bit checkpoint's too
+    if args.ternary and model_form(model) == "bit":  # a Bit checkpoint's too
         from bitnetcnn import convert_to_ternary
 
         model = convert_to_ternary(model.eval())
-    elif args.ternary and not any(isinstance(m, TERNARY_LAYERS) for m in model.modules()):
+    elif args.ternary and model_form(model) == "float":
         raise ValueError(f"--ternary converts Bit layers, and {args.model} is a full-precision model without any: "
                          "leave --ternary out, or summarize a ternary one")
     summary(model, tuple(args.input_size) if args.input_size else None)  # default: the weights' own input size

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -43,7 +44,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep, mod
 from bitnetcnn.settings import cache_root
 from bitnetcnn.models import create_model, list_models
 from bitnetcnn.models.classifier import new_classifier
-from bitnetcnn.nn import TernaryConv2d, TernaryLinear, convert_to_bit, convert_to_ternary
+from bitnetcnn.nn import convert_to_bit, convert_to_ternary, model_form
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -245,6 +246,8 @@ def pretrained_path(entry: str, progress: bool = True) -> Path:
 
 def _download(url: str, target: Path, sha256: Optional[str], progress: bool, entry: str, stale: bool = False) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    if progress:  # as torch.hub says it
+        print(f'Downloading: "{url}" to {target}', file=sys.stderr)
     try:
         with replacing(target) as tmp:
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
@@ -348,7 +351,7 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
         if built != spec.model:
             raise ValueError(f"{path} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
         _refuse_what_the_file_cannot_honour(path, model.model_args, kwargs)
-    is_ternary = any(isinstance(m, (TernaryConv2d, TernaryLinear)) for m in model.modules())
+    is_ternary = model_form(model) == "ternary"
     header = getattr(model, "checkpoint_header", None)
     # The published weight's registry object is the complete one (file size, sha256, every training command);
     # a checkpoint_path file carries what its header says.

@@ -33,7 +33,7 @@ from bitnetcnn.checkpoint.assemble import assemble, bit_layer_mismatches, build_
 from bitnetcnn.checkpoint.errors import CheckpointError, few, short
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, get_model_config
-from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
+from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear, model_form
 
 FORMAT = "bitnetcnn.checkpoint"
 FORMAT_VERSION = 1
@@ -51,15 +51,6 @@ def _library_version() -> str:
         return version("bitnetcnn")
     except Exception:  # pragma: no cover - not installed
         return "unknown"
-
-
-def _form(model: nn.Module) -> str:
-    kinds = {type(m) for m in model.modules()}
-    if kinds & {TernaryConv2d, TernaryLinear}:
-        return "ternary"
-    if kinds & {BitConv2d, BitLinear}:
-        return "bit"
-    return "float"
 
 
 def _jsonable(value: Any, what: str) -> Any:
@@ -138,7 +129,7 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
         "library_version": _library_version(),
         "torch_version": torch.__version__.split("+")[0],
         "architecture": {"name": args["name"], "args": args},
-        "form": _form(model),
+        "form": model_form(model),
         "num_classes": args.get("num_classes", cfg.num_classes),
         "class_names": inputs.pop("class_names"),
         "input": inputs,
@@ -395,12 +386,6 @@ def _decode(path, header: dict, tensors: Dict[str, torch.Tensor]) -> Optional[Di
         return ternary_codec.decode_ternary(arrays, coding)
     except (ValueError, IndexError, TypeError, OverflowError, MemoryError) as e:
         raise CheckpointError(path, f"ternary weights cannot be decoded: {e}") from None
-
-
-def read_checkpoint(data: bytes, path=None) -> Tuple[dict, Dict[str, torch.Tensor], Optional[Dict[str, np.ndarray]]]:
-    """Header, stored tensors and decoded ternary codes of a bitnetcnn checkpoint given as bytes (all checked)."""
-    header, tensors = _checked_parts(path, data)
-    return header, tensors, _decode(path, header, tensors)
 
 
 def _checked_parts(path, data: bytes) -> Tuple[dict, Dict[str, torch.Tensor]]:

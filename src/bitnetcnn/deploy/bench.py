@@ -33,7 +33,7 @@ from bitnetcnn.atomic import write_atomically
 from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.extras import install_hint, missing
 from bitnetcnn.machine import usable_cores
-from bitnetcnn.nn import TERNARY_LAYERS
+from bitnetcnn.nn import model_form
 
 __all__ = ["VARIANTS", "bench", "format_report", "model_bytes"]
 
@@ -78,7 +78,7 @@ def _disk_bytes(model: nn.Module, compact: bool) -> int:
     return buf.tell()
 
 
-def _calibration(source, model: nn.Module, n: int, data_dir=None):
+def _calibration(model: nn.Module, n: int, data_dir=None):
     """``n`` real training images where the data set is on disk, else random inputs (speed does not care)."""
     from bitnetcnn.deploy.calibration import dataset_for, model_inputs
 
@@ -203,7 +203,7 @@ def bench(
         source = load_model(spec, num_classes=num_classes, model_kwargs=model_kwargs)
         converted = source.converted()
         size = input_size_of(converted)
-        if not any(isinstance(m, TERNARY_LAYERS) for m in converted.modules()):  # a float (--quant fp) model
+        if model_form(converted) == "float":  # a --quant fp model
             dropped = [k for k in ("bit_eval", "ternary") if k in variants]
             skipped = [k for k in variants if k in DEPLOY_VARIANTS]
             variants = tuple(k for k in variants if k not in dropped and k not in skipped)
@@ -229,7 +229,7 @@ def bench(
                     graph, info = to_onnx_graph(converted, None)
                     calib_note = "nothing: the model's own 8-bit activation scales"
             if graph is None:
-                images, calib_note = _calibration(source, converted, calibrate, data_dir)
+                images, calib_note = _calibration(converted, calibrate, data_dir)
                 graph, info = to_onnx_graph(converted, images)
             log(f"  int8 graph in {time.perf_counter() - t0:.1f} s, calibrated on {calib_note}")
             for k in deploy:  # one graph, each backend's runtime on it

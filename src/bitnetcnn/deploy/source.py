@@ -8,7 +8,7 @@ from typing import Optional
 
 from torch import nn
 
-from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, convert_to_bit, convert_to_ternary
+from bitnetcnn.nn import convert_to_bit, convert_to_ternary, model_form
 
 __all__ = ["ModelSource", "load_model"]
 
@@ -26,12 +26,12 @@ class ModelSource:
         return dict(getattr(self.model, "model_args", {}) or {})
 
     def converted(self) -> nn.Module:
-        if any(isinstance(m, BIT_LAYERS) for m in self.model.modules()):
+        if model_form(self.model) == "bit":
             return convert_to_ternary(self.model)
         return self.model
 
     def bit(self) -> nn.Module:
-        if any(isinstance(m, TERNARY_LAYERS) for m in self.model.modules()):
+        if model_form(self.model) == "ternary":
             return convert_to_bit(self.model).eval()
         return self.model
 
@@ -53,10 +53,8 @@ def load_model(spec: str, num_classes: Optional[int] = None, in_chans: Optional[
                model_kwargs: Optional[dict] = None) -> ModelSource:
     """``spec`` is a checkpoint path (anything that exists on disk) or a registry name."""
     if Path(spec).exists():
-        try:
-            from bitnetcnn.checkpoint import load_checkpoint
-        except ImportError as err:  # the checkpoint module is optional at this floor
-            raise ValueError(f"cannot read checkpoint {spec}: bitnetcnn.checkpoint is unavailable ({err})") from err
+        from bitnetcnn.checkpoint import load_checkpoint
+
         return ModelSource(load_checkpoint(os.fspath(spec), **(model_kwargs or {})), Path(spec).name, True)
     from bitnetcnn.models import create_model
 

@@ -2,7 +2,7 @@
 
 from bitnetcnn.nn.act_quant import ActQuantizer
 from bitnetcnn.nn.bit import BitConv2d, BitLinear
-from bitnetcnn.nn.convert import bitify, convert_to_bit, convert_to_ternary, convert_to_ternary_p2
+from bitnetcnn.nn.convert import bitify, convert_to_bit, convert_to_ternary, convert_to_ternary_p2, model_form
 from bitnetcnn.nn.ternary import TernaryConv2d, TernaryLinear
 
 BIT_LAYERS = (BitConv2d, BitLinear)
@@ -20,4 +20,5 @@ __all__ = [
     "convert_to_bit",
     "convert_to_ternary",
     "convert_to_ternary_p2",
+    "model_form",
 ]

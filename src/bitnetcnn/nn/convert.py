@@ -175,6 +175,15 @@ def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
     return converted
 
 
+def model_form(model: nn.Module) -> str:
+    """Which form ``model`` is in: 'ternary' (converted layers: inference), 'bit' (fake-quantized layers: training)
+    or 'float' (neither: a full-precision twin or any other model)."""
+    kinds = [m for m in model.modules() if isinstance(m, (BitConv2d, BitLinear, TernaryConv2d, TernaryLinear))]
+    if any(isinstance(m, (TernaryConv2d, TernaryLinear)) for m in kinds):
+        return "ternary"
+    return "bit" if kinds else "float"
+
+
 def bitify(
     model: nn.Module,
     skip: Iterable[str] = (),

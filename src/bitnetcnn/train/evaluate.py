@@ -20,7 +20,7 @@ from bitnetcnn.normalization import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.settings import data_root
 from bitnetcnn.train.run_folder import read_run_record
-from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
+from bitnetcnn.nn import convert_to_ternary, model_form
 
 ACCURACY_KEYS = ("accuracy", "float_eval", "ternary_eval", "test_images")  # what a converted file's header measured
 
@@ -163,7 +163,7 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False, fo
     else:  # its inputs, names and data set travel through model.pretrained_cfg (save_checkpoint reads it)
         model = load_checkpoint(src)
         _refuse_float(model, src, pow2)
-        if pow2 and _is_converted(model):
+        if pow2 and model_form(model) != "bit":
             raise ValueError(f"{src} is already converted, its scales fixed: --pow2 rounds them when a Bit model is "
                              "converted, so convert the run's last.ckpt (or a Bit checkpoint) with --pow2")
         header = getattr(model, "checkpoint_header", {}) or {}
@@ -172,13 +172,9 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False, fo
             for key in ACCURACY_KEYS:
                 meta.pop(key, None)
     # a .bnc converted before is saved again as it is
-    ternary = model.eval() if _is_converted(model) else convert_to_ternary(model.eval(), pow2=pow2)
+    ternary = model.eval() if model_form(model) != "bit" else convert_to_ternary(model.eval(), pow2=pow2)
     save_checkpoint(ternary, out, meta)
     return out
-
-
-def _is_converted(model: nn.Module) -> bool:
-    return not any(isinstance(m, BIT_LAYERS) for m in model.modules())
 
 
 def _refuse_float(model: nn.Module, src: Path, pow2: bool) -> None:

@@ -15,7 +15,7 @@ from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
 from bitnetcnn.models.classifier import classifier_name
-from bitnetcnn.nn import TERNARY_LAYERS, ActQuantizer
+from bitnetcnn.nn import ActQuantizer, model_form
 from bitnetcnn.quant.activation import act_qmax
 from bitnetcnn.train.settings import SettingsError
 
@@ -72,7 +72,7 @@ def load_init_weights(model: torch.nn.Module, path: str, class_names=None, image
                                 f"{detail}") from None
     from bitnetcnn.nn import convert_to_bit
 
-    if any(isinstance(m, TERNARY_LAYERS) for m in source.modules()):  # a converted file: latent codes * scale, the
+    if model_form(source) == "ternary":  # a converted file: latent codes * scale, the
         source = convert_to_bit(source)  # start of a ternary run and of a float one (--quant fp) alike
     saved = source.state_dict()
     state = saved

@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from bitnetcnn.models import create_model
-from bitnetcnn.nn import BIT_LAYERS, convert_to_ternary
+from bitnetcnn.nn import convert_to_ternary, model_form
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
 from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
 from bitnetcnn.train.run_folder import PROCESSES_KEY, TEACHER_KEY
@@ -59,7 +59,7 @@ class BitClassifier(L.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.teacher: Optional[nn.Module] = None
-        self.eval_ternary = eval_ternary and any(isinstance(m, BIT_LAYERS) for m in self.model.modules())
+        self.eval_ternary = eval_ternary and model_form(self.model) == "bit"
         self._ternary: Optional[nn.Module] = None
         self._validated: Optional[nn.Module] = None
         self._mix = _batch_mixer(num_classes, mixup, cutmix)

@@ -26,7 +26,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
-from bitnetcnn.nn import BIT_LAYERS
+from bitnetcnn.nn import model_form
 from bitnetcnn.quiet import quiet_loggers
 from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHint, RunRecorder, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
@@ -78,7 +78,7 @@ def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path
         differ = [f"{i}: {a} / {b}" for i, (a, b) in enumerate(zip(cfg.class_names, class_names)) if a != b]
         raise SettingsError(f"teacher {path} names its classes otherwise than this data set ({', '.join(differ[:3])}"
                             f"{', ...' if len(differ) > 3 else ''}): its labels would teach the wrong classes")
-    if any(isinstance(m, BIT_LAYERS) for m in teacher.modules()):
+    if model_form(teacher) == "bit":
         print(f"note: teacher {path} is itself a Bit model; a full-precision teacher (--quant fp) usually helps more",
               file=sys.stderr)
     return teacher
