@@ -43,6 +43,7 @@ from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep, model_pretrained_cfg
 from bitnetcnn.settings import cache_root
 from bitnetcnn.models import create_model, list_models
+from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, same_model_arg
 from bitnetcnn.models.classifier import new_classifier
 from bitnetcnn.nn import convert_to_bit, convert_to_ternary, model_form
 
@@ -263,10 +264,9 @@ def _download(url: str, target: Path, sha256: Optional[str], progress: bool, ent
         ) from None
 
 
-# Settings a trained model can be fine-tuned into (bitnetcnn train --init), with their flags; others change the
-# architecture (layer shapes, activations, strides): the weights do not carry over.
-_FINE_TUNABLE = {"act_bits": "--act-bits", "pow2": "--pow2", "scale_op": "--scale-op", "fp_ends": "--fp-ends",
-                 "quant": "--quant", "drop_rate": None, "drop_path_rate": None}
+# The flags of bitnetcnn train that set the fine-tunable arguments (FINE_TUNABLE_ARGS), for the advice
+_TRAIN_FLAGS = {"act_bits": "--act-bits", "pow2": "--pow2", "scale_op": "--scale-op", "fp_ends": "--fp-ends",
+                "quant": "--quant"}
 
 
 def _changes_the_model(held: dict, key: str, value) -> bool:
@@ -283,13 +283,6 @@ def _changes_the_model(held: dict, key: str, value) -> bool:
     return repr(saved) != repr(asked) or shapes(saved) != shapes(asked)
 
 
-def _same(a, b) -> bool:
-    try:  # the file's values come from JSON: a tuple argument equals the list it was saved as
-        return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
-    except (TypeError, ValueError):
-        return a == b
-
-
 def _refuse_what_the_file_cannot_honour(path, held: dict, kwargs: dict) -> None:
     """A saved model has one architecture and quantization: keyword arguments that differ from it are refused, not
     silently ignored (``act_bits=8`` on a float-activation checkpoint would otherwise give a model without any
@@ -301,14 +294,14 @@ def _refuse_what_the_file_cannot_honour(path, held: dict, kwargs: dict) -> None:
     except (TypeError, ValueError) as err:
         raise ValueError(f"cannot load {path} with {', '.join(f'{k}={v!r}' for k, v in kwargs.items())}: {err}") from None
     for key, value in kwargs.items():
-        if _same(value, held[key]) if key in held else not _changes_the_model(held, key, value):
+        if same_model_arg(value, held[key]) if key in held else not _changes_the_model(held, key, value):
             continue
         has = f"has {key}={held[key]!r}" if key in held else f"was built without {key}={value!r}"
         option = f"--model-kwargs '{json.dumps({key: value}, default=str)}'"
-        flag = _FINE_TUNABLE.get(key)
+        flag = _TRAIN_FLAGS.get(key)
         if flag is not None:
             option = flag if value is True else f"without {flag}" if value in (False, None) else f"{flag} {value}"
-        if key in _FINE_TUNABLE:
+        if key in FINE_TUNABLE_ARGS:
             todo = (f"Load it without {key}=, or load with ternary=False and fine-tune it with the new setting "
                     f"(bitnetcnn train --model {name} --init {path} {option} ...)")
         else:

@@ -33,6 +33,7 @@ from bitnetcnn.checkpoint.assemble import assemble, bit_layer_mismatches, build_
 from bitnetcnn.checkpoint.errors import CheckpointError, few, short
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, get_model_config
+from bitnetcnn.models.registry import same_model_arg
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear, model_form
 
 FORMAT = "bitnetcnn.checkpoint"
@@ -336,13 +337,9 @@ def _check_request(path, header: dict, model_name: Optional[str], model_kwargs: 
         raise CheckpointError(path, f"holds a {arch['name']} model, not the {model_name} asked for (model_name=)")
     differ = []
     for key, value in model_kwargs.items():
-        try:
-            value = json.loads(json.dumps(value))  # tuples as lists, as the header stores them
-        except (TypeError, ValueError):
-            pass
         if key not in arch["args"]:
             differ.append(f"{key}={short(repr(value))} (the file's model does not set {key})")
-        elif value != arch["args"][key]:
+        elif not same_model_arg(value, arch["args"][key]):
             differ.append(f"{key}={short(repr(value))} (the file's model has {key}={short(repr(arch['args'][key]))})")
     if differ:
         raise CheckpointError(path, f"the file's {arch['name']} model cannot be built with {', '.join(differ)}: a bitnetcnn "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import json
 import typing
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -108,6 +109,20 @@ def create_model(
     model.model_args = dict(name=name, num_classes=num_classes, in_chans=in_chans, **spec.to_dict(), **kwargs)
     model.model_config = cfg
     return model
+
+
+# Arguments a trained model can be fine-tuned into (its weights carry over); every other one changes the
+# architecture (layer shapes, activations, strides), which the weights do not fit.
+FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
+
+
+def same_model_arg(a, b) -> bool:
+    """Whether two values of a ``create_model`` argument are the same: a checkpoint's JSON header holds a tuple
+    argument as a list, so (1, 2, 2) and [1, 2, 2] are."""
+    try:
+        return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+    except (TypeError, ValueError):
+        return a == b
 
 
 def require_positive_int(what: str, value) -> int:

@@ -15,13 +15,10 @@ from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
 from bitnetcnn.models.classifier import classifier_name
+from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, same_model_arg
 from bitnetcnn.nn import ActQuantizer, model_form
 from bitnetcnn.quant.activation import act_qmax
 from bitnetcnn.train.settings import SettingsError
-
-
-# Model arguments a fine-tune may change; every other one must match the --init checkpoint.
-FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
 
 
 def _check_init_args(model: torch.nn.Module, args: dict, path: str, image_folder: bool = False) -> None:
@@ -38,17 +35,12 @@ def _check_init_args(model: torch.nn.Module, args: dict, path: str, image_folder
     defaults = {name: p.default for name, p in inspect.signature(type(model)).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for key in sorted((set(args) | set(ours)) - FINE_TUNABLE_ARGS - set(identity)):
-        # JSON headers hold sequences as lists, builders take tuples: (1, 2, 2) and [1, 2, 2] are the same argument
-        theirs, mine = (_as_tuple(a.get(key, defaults.get(key))) for a in (args, ours))
-        if theirs != mine:
+        theirs, mine = (a.get(key, defaults.get(key)) for a in (args, ours))
+        if not same_model_arg(theirs, mine):
             fits = (f"--img-size {theirs}" if key == "img_size" and image_folder else
                     "its own data set's size" if key == "img_size" else f"--model-kwargs '{json.dumps({key: theirs})}'")
             raise SettingsError(f"--init {path} was built with {key}={theirs!r} but this run builds {key}={mine!r}: "
                                 f"train with {fits} to fine-tune it")
-
-
-def _as_tuple(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def load_init_weights(model: torch.nn.Module, path: str, class_names=None, image_folder: bool = False) -> None:
