@@ -60,6 +60,8 @@ def _fold_ternary(conv: TernaryConv2d, bn: nn.BatchNorm2d) -> Optional[TernaryCo
 
 
 def _fold_float(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Optional[nn.Conv2d]:
+    """A float convolution (a --fp-ends stem) with ``bn`` folded in: ``torch.nn.utils.fusion.fuse_conv_bn_eval``'s
+    arithmetic, in float64 with the same ``bn_factors`` as the ternary layers, so both fold alike."""
     if conv.out_channels != bn.num_features:
         return None
     f, shift = bn_factors(bn)

@@ -42,6 +42,7 @@ from bitnetcnn.deploy.onnx_graph import INPUT_NAME, weight_nodes
 from bitnetcnn.nn import TERNARY_LAYERS
 from bitnetcnn.nn.act_quant import int8_scale
 from bitnetcnn.quant.integer import CODE_GAIN
+from bitnetcnn.quiet import quiet_loggers
 
 __all__ = ["CALIBRATION_METHODS", "DEFAULT_CALIBRATION", "QUANTIZED_OPS", "quantize_int8", "quantizer_scales",
            "ranges_are_the_models"]
@@ -493,11 +494,5 @@ def keep_in_float(model, tensors: set):
 def _quiet():
     """quantize_static logs "consider pre-processing" warnings on the root logger, and its calibrators print their
     progress to stdout, where it would land inside a command's own output (``--json`` included)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
+    with quiet_loggers([""], logging.ERROR), contextlib.redirect_stdout(io.StringIO()):
+        yield

@@ -28,7 +28,8 @@ ACCURACY_KEYS = ("accuracy", "float_eval", "ternary_eval", "test_images")  # wha
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
              batch_size: int = 256) -> dict:
-    """Top-1 and top-5 accuracy of ``model`` on uint8 images (N, C, H, W)."""
+    """Top-1 and top-5 accuracy of ``model`` on uint8 images (N, C, H, W). Counted here, not by torchmetrics as in
+    training: ``bitnetcnn eval`` works in a base install, without the [train] extra."""
     model.eval()
     mean_t, std_t = torch.tensor(mean), torch.tensor(std)
     top1 = top5 = 0
