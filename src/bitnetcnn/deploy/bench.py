@@ -166,20 +166,10 @@ def bench(
     ``budget_s`` bounds the timing of each batch size (at least 3 rounds, at most 100).
     """
     from bitnetcnn.deploy.backends import choose_backend, measure_backends, openvino_status, pick_faster
-    from bitnetcnn.deploy.checks import NotDeployableError
-    from bitnetcnn.deploy.compile import OWN_SCALES_REASON, to_onnx_graph
-    from bitnetcnn.deploy.int8 import quantizer_scales
-    from bitnetcnn.deploy.runtime import DeployedModel
+    from bitnetcnn.deploy.compile import OWN_SCALES_REASON
     from bitnetcnn.deploy.source import load_model
 
-    expanded = []
-    for v in variants:
-        for k in ALIASES.get(v, (v,)):
-            if k not in expanded:
-                expanded.append(k)
-    unknown = set(expanded) - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)}: choose from {', '.join([*VARIANTS, *ALIASES])}")
+    expanded = _expanded(variants)
     cores = usable_cores()
     if threads > cores:
         raise ValueError(f"--threads {threads}, but this process may use {cores} CPU{'s' * (cores != 1)}: OpenVINO "
@@ -221,21 +211,8 @@ def bench(
         calib_note = None
         deploy = [k for k in variants if k in DEPLOY_VARIANTS]
         if deploy:
-            log("compiling the deployment path (BN folding, ONNX export, int8 calibration) ...")
-            t0 = time.perf_counter()
-            graph = None
-            if quantizer_scales(converted):  # 8-bit activations deploy from their own scales, as compile(model) does
-                with contextlib.suppress(NotDeployableError):  # unless they leave a range open
-                    graph, info = to_onnx_graph(converted, None)
-                    calib_note = "nothing: the model's own 8-bit activation scales"
-            if graph is None:
-                images, calib_note = _calibration(converted, calibrate, data_dir)
-                graph, info = to_onnx_graph(converted, images)
-            log(f"  int8 graph in {time.perf_counter() - t0:.1f} s, calibrated on {calib_note}")
-            for k in deploy:  # one graph, each backend's runtime on it
-                t0 = time.perf_counter()
-                models[k] = DeployedModel(graph, threads=threads, info=info, backend=DEPLOY_VARIANTS[k])
-                log(f"  {k}: loaded in {time.perf_counter() - t0:.1f} s")
+            deployed, info, calib_note = _deployed(converted, deploy, threads, calibrate, data_dir, log)
+            models.update(deployed)
             if info.get("model_integers"):
                 auto_backend, auto_reason = "onnxruntime", OWN_SCALES_REASON
             if auto_backend == "auto" and len(deploy) == 2:  # what compile(backend="auto") would choose here
@@ -254,26 +231,8 @@ def bench(
                 sizes[k] = {"memory_bytes": model_bytes(m), "disk_bytes": _disk_bytes(m, compact=k == "ternary")}
         results = []
         for bs in batch_sizes:
-            x = torch.randn(bs, *size, generator=torch.Generator().manual_seed(bs))
             log(f"timing batch size {bs} ...")
-            times, foreign = _time({k: models[k] for k in variants}, x, budget_s, 3, 100)
-            quiet = _quiet_rounds(foreign)
-            used = quiet if quiet is not None else list(range(len(foreign)))
-            base = statistics.median(times["fp32_eager"][i] for i in used)
-            row = {}
-            for k in variants:
-                med = statistics.median(times[k][i] for i in used)
-                row[k] = {
-                    "latency_ms": med * 1e3,
-                    "min_ms": min(times[k]) * 1e3,
-                    "throughput_ips": bs / med,
-                    "speedup_vs_fp32": base / med,
-                    "rounds": len(used),
-                }
-            known = [f for f in foreign if f is not None]
-            results.append({"batch_size": int(bs), "variants": row, "rounds": len(foreign),
-                            "quiet_rounds": None if quiet is None else len(quiet),
-                            "other_processes_cores_median": round(statistics.median(known), 3) if known else None})
+            results.append(_timed_batch({k: models[k] for k in variants}, bs, size, budget_s))
         return {
             "model": source.label,
             "model_args": source.args,
@@ -290,6 +249,65 @@ def bench(
         }
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _expanded(variants: Sequence[str]) -> list:
+    """The variants asked for, aliases expanded, each once; unknown ones refused."""
+    expanded = []
+    for v in variants:
+        for k in ALIASES.get(v, (v,)):
+            if k not in expanded:
+                expanded.append(k)
+    unknown = set(expanded) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)}: choose from {', '.join([*VARIANTS, *ALIASES])}")
+    return expanded
+
+
+def _deployed(converted: nn.Module, deploy: list, threads: int, calibrate: int, data_dir, log) -> tuple:
+    """One int8 graph of ``converted`` and each deploy variant's runtime on it: ``(models, graph info, what it was
+    calibrated on)``."""
+    from bitnetcnn.deploy.checks import NotDeployableError
+    from bitnetcnn.deploy.compile import to_onnx_graph
+    from bitnetcnn.deploy.int8 import quantizer_scales
+    from bitnetcnn.deploy.runtime import DeployedModel
+
+    log("compiling the deployment path (BN folding, ONNX export, int8 calibration) ...")
+    t0 = time.perf_counter()
+    graph = None
+    if quantizer_scales(converted):  # 8-bit activations deploy from their own scales, as compile(model) does
+        with contextlib.suppress(NotDeployableError):  # unless they leave a range open
+            graph, info = to_onnx_graph(converted, None)
+            calib_note = "nothing: the model's own 8-bit activation scales"
+    if graph is None:
+        images, calib_note = _calibration(converted, calibrate, data_dir)
+        graph, info = to_onnx_graph(converted, images)
+    log(f"  int8 graph in {time.perf_counter() - t0:.1f} s, calibrated on {calib_note}")
+    models = {}
+    for k in deploy:
+        t0 = time.perf_counter()
+        models[k] = DeployedModel(graph, threads=threads, info=info, backend=DEPLOY_VARIANTS[k])
+        log(f"  {k}: loaded in {time.perf_counter() - t0:.1f} s")
+    return models, info, calib_note
+
+
+def _timed_batch(models: Dict[str, object], bs: int, size: tuple, budget_s: float) -> dict:
+    """One batch size's row: each model's median latency over the rounds in which other processes were quiet (all
+    rounds when too few were), and its speed-up over fp32_eager in the same rounds."""
+    x = torch.randn(bs, *size, generator=torch.Generator().manual_seed(bs))
+    times, foreign = _time(models, x, budget_s, 3, 100)
+    quiet = _quiet_rounds(foreign)
+    used = quiet if quiet is not None else list(range(len(foreign)))
+    base = statistics.median(times["fp32_eager"][i] for i in used)
+    row = {}
+    for k in models:
+        med = statistics.median(times[k][i] for i in used)
+        row[k] = {"latency_ms": med * 1e3, "min_ms": min(times[k]) * 1e3, "throughput_ips": bs / med,
+                  "speedup_vs_fp32": base / med, "rounds": len(used)}
+    known = [f for f in foreign if f is not None]
+    return {"batch_size": int(bs), "variants": row, "rounds": len(foreign),
+            "quiet_rounds": None if quiet is None else len(quiet),
+            "other_processes_cores_median": round(statistics.median(known), 3) if known else None}
 
 
 def _machine() -> dict:
