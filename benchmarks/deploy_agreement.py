@@ -59,7 +59,7 @@ def convert_if_needed(model: torch.nn.Module, int32_biases: bool = True) -> torc
 def load_file(path: Path, int32_biases: bool = True) -> torch.nn.Module:
     """A checkpoint, or a run's ``last.ckpt`` (the Bit model as trained), as a converted model."""
     if path.suffix == ".ckpt":
-        from bitnetcnn.train.evaluate import run_model
+        from bitnetcnn.train.convert_file import run_model
 
         return convert_if_needed(run_model(path), int32_biases)
     return convert_if_needed(load_checkpoint(path), int32_biases)

@@ -660,7 +660,7 @@ def test_the_main_command_prints_only_what_a_user_needs(tmp_path):
 def test_a_run_says_what_its_figures_measured_and_a_bit_model_is_not_called_ternary(tmp_path, capsys):
     """results.json and a converted last.ckpt record how many test images the accuracy counts (a --limit-eval run
     measured a subset); a --no-eval-ternary run keeps its best Bit model and gives no ternary figure for it."""
-    from bitnetcnn.train.evaluate import convert_file
+    from bitnetcnn.train.convert_file import convert_file
 
     results = train(TrainSettings(out=str(tmp_path / "subset"), epochs=1, **QUICK))
     assert results["test_images"] == 128
@@ -1409,7 +1409,7 @@ def test_init_and_teacher_take_a_published_weights_hub_name(tmp_path, capsys):
 def test_convert_of_a_fine_tunes_last_ckpt_keeps_its_recipe(tmp_path):
     """`convert RUN/last.ckpt` of a fine-tune wrote no `init` and one training step, where the run's own
     best_ternary.bnc holds both stages: the recipe is read from the checkpoint's own record."""
-    from bitnetcnn.train.evaluate import convert_file
+    from bitnetcnn.train.convert_file import convert_file
 
     train(TrainSettings(out=str(tmp_path / "a"), epochs=1, **QUICK), command="bitnetcnn train STAGE-1")
     train(TrainSettings(out=str(tmp_path / "b"), epochs=1, init=str(tmp_path / "a" / "best_ternary.bnc"), **QUICK),
@@ -1505,7 +1505,7 @@ def test_a_run_stopped_between_two_epochs_says_which_one_ended(tmp_path, capsys,
 def test_convert_of_a_run_whose_results_json_is_damaged_converts_and_names_the_file(tmp_path):
     """A results.json cut short (a full disk) made `convert RUN/last.ckpt` fail with "Expecting value: line 1 column
     1 (char 0)", naming no file; the model itself was whole."""
-    from bitnetcnn.train.evaluate import convert_file
+    from bitnetcnn.train.convert_file import convert_file
 
     train(TrainSettings(out=str(tmp_path / "run"), epochs=1, **QUICK))
     (tmp_path / "run" / "results.json").write_text("")

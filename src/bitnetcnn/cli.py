@@ -234,7 +234,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from bitnetcnn.train.evaluate import convert_file
+    from bitnetcnn.train.convert_file import convert_file
 
     out = convert_file(args.checkpoint, args.output, pow2=args.pow2, force=args.force)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
