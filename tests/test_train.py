@@ -1228,7 +1228,7 @@ def test_a_run_stopped_by_ctrl_c_or_an_error_says_how_to_continue_it(tmp_path, c
         with pytest.raises(OSError):
             train(TrainSettings(out=str(tmp_path / "unread"), epochs=2, **QUICK))
     assert "the run stopped on an error before its first batch; it wrote no last.ckpt" in capsys.readouterr().err
-    from bitnetcnn.train.callbacks import TrainingDiverged
+    from bitnetcnn.train.divergence import TrainingDiverged
     with pytest.MonkeyPatch.context() as m:
         m.setattr(BitClassifier, "on_train_batch_start", stop_with(TrainingDiverged("nan"), 0, 1), raising=False)
         with pytest.raises(TrainingDiverged):

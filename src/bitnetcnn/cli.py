@@ -172,7 +172,7 @@ def _cmd_train(args) -> int:
     require("train", "bitnetcnn train")  # all of it, before any work (matplotlib is first needed after epoch 0)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from bitnetcnn.train.callbacks import TrainingDiverged
+    from bitnetcnn.train.divergence import TrainingDiverged
     from bitnetcnn.train.run import train
     from bitnetcnn.train.run_folder import saved_run_values
 

@@ -28,7 +28,7 @@ from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import model_form
 from bitnetcnn.quiet import quiet_loggers
-from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHint, RunRecorder, ValidateEvery
+from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHint, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.evaluate import few_names
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
@@ -37,6 +37,7 @@ from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_model,
                                         check_resumed_processes, default_out, first_process, hold_run_folder,
                                         read_resume_record, resumed_settings, write_settings)
+from bitnetcnn.train.run_recorder import RunRecorder
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 from bitnetcnn.train.time_budget import FitToTimeBudget
