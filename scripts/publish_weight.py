@@ -7,8 +7,8 @@
 2. Writes it to ``bitnetcnn/pretrained/ENTRY.bnc`` with those figures, the tag, hub entry, licence, class names and
    test-set size in its header (the weights are copied bit for bit), refusing a file over 4 MiB: larger weights
    are published at a URL. The recorded commands lose this machine's paths (``portable_command``).
-3. Prints the ``PretrainedCfg`` to paste into ``bitnetcnn/hub.py`` (the entry's ``pretrained=``), sha256 and size
-   included. ``tests/test_hub.py`` and ``tests/test_pretrained_zoo.py`` then check the weight through torch.hub on
+3. Prints the ``PretrainedCfg`` to paste into ``bitnetcnn/pretrained/__init__.py`` (and to name as the entry's
+   ``pretrained=`` in ``bitnetcnn/hub.py``), sha256 and size included. ``tests/test_hub.py`` and ``tests/test_pretrained_zoo.py`` then check the weight through torch.hub on
    the full test set and deployed.
 """
 
@@ -222,7 +222,7 @@ def _same_weights(before: torch.nn.Module, after: torch.nn.Module, path: Path) -
 
 
 def render(cfg: PretrainedCfg, name: str) -> str:
-    """``cfg`` as the Python source of ``bitnetcnn/hub.py`` (class names by their constant where there is one)."""
+    """``cfg`` as the Python source of ``bitnetcnn/pretrained/__init__.py`` (class names by their constant where there is one)."""
     lines = [f"{name} = PretrainedCfg("]
     for key, value in cfg.to_dict().items():
         if value is None or key == "url":
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"# wrote {args.out_dir / cfg.file}: top-1 {cfg.top1:.2%}, top-5 {cfg.top5:.2%} on {cfg.test_images:,} "
-          f"test images, {cfg.file_size:,} bytes. Paste into bitnetcnn/hub.py and set the entry's pretrained=:")
+          f"test images, {cfg.file_size:,} bytes. Paste into bitnetcnn/pretrained/__init__.py and name it as the entry's pretrained= in bitnetcnn/hub.py:")
     print(render(cfg, f"{args.entry.upper()}_{args.tag.upper()}"))
     return 0
 

@@ -31,7 +31,8 @@ ALLOWED = {
     "preprocess": {"preprocess"},  # a weight's transforms(): the ground floor's normalize and torchvision
     "checkpoint": {"quant", "nn", "models", "checkpoint", "preprocess"},
     "predict": {"checkpoint", "predict"},  # a weight's transforms and class names, on image files
-    "hub": {"quant", "nn", "models", "checkpoint", "hub"},
+    "pretrained": {"checkpoint", "pretrained"},  # the published weights' PretrainedCfg, beside their files
+    "hub": {"quant", "nn", "models", "checkpoint", "pretrained", "hub"},
     # deploy calibrates on images of a named data set: the Lightning-free readers only
     "deploy": {"quant", "nn", "models", "checkpoint", "deploy", "summary", "data_sources"},
     "data": {"data", "data_sources"},

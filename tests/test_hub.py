@@ -284,7 +284,7 @@ def test_hubconf_warns_when_another_copy_of_bitnetcnn_is_already_imported(tmp_pa
 
     other = tmp_path / "other"
     shutil.copytree(Path(REPO) / "src" / "bitnetcnn", other / "bitnetcnn",
-                    ignore=shutil.ignore_patterns("__pycache__", "pretrained", "demo"))
+                    ignore=shutil.ignore_patterns("__pycache__", "*.bnc", "demo"))
     code = ("import warnings, torch, bitnetcnn; warnings.simplefilter('always'); "
             f"torch.hub.load({REPO!r}, 'bitnet_mnist', source='local', num_classes=3)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

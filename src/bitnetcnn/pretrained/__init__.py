@@ -1,0 +1,112 @@
+"""The published weights: the files in this folder, each described by a frozen :class:`PretrainedCfg` (in the manner
+of torchvision's ``Weights``, kept beside the files they describe). A hub entry serves one (``bitnetcnn/hub.py``,
+``SEED_ENTRIES``); ``scripts/publish_weight.py`` writes a file here and prints its ``PretrainedCfg`` for this module.
+"""
+
+from pathlib import Path
+
+from bitnetcnn import class_names
+from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, TrainingStep
+
+PRETRAINED_DIR = Path(__file__).parent
+
+# Where the figures come from: the file's own header (metrics, input, architecture) and bitnetcnn/pretrained/
+# README.md (the two commands and their wall times); file_size and sha256 are the shipped file's
+# (tests/test_hub.py checks both, and every field the header also holds).
+_MNIST_CPU = "2-core development CPU, float32"
+BITNET_MNIST = PretrainedCfg(
+    model="bitnet_cnn",
+    model_kwargs={"num_classes": 10, "in_chans": 1, "quant": "ternary", "scale_op": "median", "pow2": False,
+                  "act_bits": None, "fp_ends": False},
+    tag="mnist",
+    hub_entry="bitnet_mnist",
+    dataset="mnist",
+    input_size=(1, 28, 28),
+    mean=(0.1307,),
+    std=(0.3081,),
+    num_classes=10,
+    class_names=class_names.DIGITS,
+    top1=0.9962999820709229,
+    top5=1.0,
+    test_images=10000,
+    file="bitnet_mnist.bnc",
+    file_size=60492,
+    sha256="75eae7fff9ca4faec3f38a93cbc6b1839ead82f945770930bd763ddc4973b280",
+    training=(
+        TrainingStep("bitnetcnn train --dataset mnist --epochs 40 --lr 5e-3 --wd 5e-4 --label-smoothing 0.1 "
+                     "--warmup-epochs 0.3 --rotate 10 --zoom 0.1 --out runs/mnist-stage1", 5028.0, _MNIST_CPU),
+        TrainingStep("bitnetcnn train --dataset mnist --epochs 8 --lr 2e-3 --wd 5e-4 --warmup-epochs 0.1 --rotate 0 "
+                     "--zoom 0 --ema 0.998 --init runs/mnist-stage1/best_ternary.bnc --out runs/mnist-stage2 "
+                     "--no-progress", 668.0, _MNIST_CPU),
+    ),
+    licence="MIT",
+)
+
+
+# What every published CIFAR-100 weight shares: its inputs, normalization, classes, test set and licence.
+CIFAR100_WEIGHTS = dict(tag="cifar100", dataset="cifar100", input_size=(3, 32, 32), mean=(0.5071, 0.4865, 0.4409),
+                        std=(0.2673, 0.2564, 0.2762), num_classes=100, class_names=class_names.CIFAR100,
+                        test_images=10000, licence="MIT")
+
+# One 8-minute run on an H200 (a lent GPU window, docs/recipes.md); its best validated model (epoch 90 of 100).
+BITNET_RESNET18_CIFAR100 = PretrainedCfg(
+    model="bit_resnet18",
+    model_kwargs={"num_classes": 100, "in_chans": 3, "quant": "ternary", "scale_op": "median", "pow2": False,
+                  "act_bits": None, "fp_ends": False},
+    hub_entry="bitnet_resnet18",
+    **CIFAR100_WEIGHTS,
+    top1=0.7564,
+    top5=0.9227,
+    file="bitnet_resnet18.bnc",
+    file_size=1861014,
+    sha256="d8caee0957a4a4d7c396d41bd35ade6d1b3ac1c61e02ddc9f8abee797acad027",
+    training=(
+        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/r18 --no-progress --model bit_resnet18 "
+                     "--epochs 200 --time-budget 8 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 "
+                     "--warmup-epochs 1 --label-smoothing 0.1 --amp --accelerator gpu --devices 1  # the time budget "
+                     "gave 100 epochs; the weights of epoch 90 of 100, the best of those validated by then",
+                     419.1, "1x NVIDIA H200, bf16-mixed"),
+    ),
+)
+
+# Four CPU stages (docs/recipes.md): a 20-epoch bf16 run, 2 epochs fine-tuned with 8-bit activations, an 18-epoch
+# warm restart, and 16 epochs distilled from the published ResNet-18.
+BITNET_MOBILENETV2_CIFAR100 = PretrainedCfg(
+    model="bit_mobilenetv2",
+    model_kwargs={"num_classes": 100, "in_chans": 3, "quant": "ternary", "scale_op": "median", "pow2": False,
+                  "act_bits": 8, "fp_ends": False},
+    hub_entry="bitnet_mobilenetv2",
+    **CIFAR100_WEIGHTS,
+    top1=0.6033,
+    top5=0.8621,
+    file="bitnet_mobilenetv2.bnc",
+    file_size=782627,
+    sha256="f13549fb2fec45fbb4ddfb552ff8164bbe7ef7f17c8f5dc50ac914a40c9c69ef",
+    training=(
+        TrainingStep("bitnetcnn train --model bit_mobilenetv2 --dataset cifar100 --epochs 40 --time-budget 100 "
+                     "--batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 --warmup-epochs 1 --label-smoothing 0.1 "
+                     "--amp --accelerator cpu --val-every 2 --no-progress --out runs/mnv2-bf16  # the time budget "
+                     "gave 14 epochs; resumed with --epochs 20", 5718.5,
+                     "AMD EPYC, 2 cores: avx2 yes, avx512f yes, avx512_vnni yes, avx_vnni no, amx no, bf16-mixed"),
+        TrainingStep("bitnetcnn train --model bit_mobilenetv2 --dataset cifar100 --init runs/mnv2-bf16/best_ternary.bnc "
+                     "--act-bits 8 --epochs 2 --batch-size 256 --optimizer sgd --lr 0.005 --wd 5e-4 --warmup-epochs 0 "
+                     "--label-smoothing 0.1 --accelerator cpu --val-every 1 --no-progress --out runs/mnv2-a8b", 1140.3,
+                     "AMD EPYC, 2 cores: avx2 yes, avx512f yes, avx512_vnni yes, avx_vnni no, amx no, 32-true"),
+        TrainingStep("bitnetcnn train --model bit_mobilenetv2 --dataset cifar100 --init runs/mnv2-a8b/best_ternary.bnc "
+                     "--act-bits 8 --epochs 20 --time-budget 110 --batch-size 256 --optimizer sgd --lr 0.03 --wd 5e-4 "
+                     "--warmup-epochs 0 --label-smoothing 0.1 --accelerator cpu --val-every 2 --no-progress "
+                     "--out runs/mnv2-restart  # the time budget gave 18 epochs; the init file was its published "
+                     "copy (53.68%)", 5263.0,
+                     "Intel(R) Xeon(R) Processor, 2 cores: avx2 yes, avx512f yes, avx512_vnni yes, avx_vnni yes, "
+                     "amx yes, 32-true"),
+        TrainingStep("bitnetcnn train --model bit_mobilenetv2 --dataset cifar100 --init "
+                     "src/bitnetcnn/pretrained/bitnet_mobilenetv2.bnc --act-bits 8 --kd --teacher "
+                     "src/bitnetcnn/pretrained/bitnet_resnet18.bnc --kd-alpha 0.5 --epochs 24 --time-budget 128 "
+                     "--batch-size 256 --optimizer sgd --lr 0.02 --wd 5e-4 --warmup-epochs 0 --label-smoothing 0.1 "
+                     "--amp --accelerator cpu --val-every 2 --no-progress --out runs/mnv2-kd  # the time budget gave "
+                     "16 epochs; the init file and the teacher were the published 58.70% MobileNetV2 and 75.64% "
+                     "ResNet-18", 6940.1,
+                     "Intel(R) Xeon(R) Processor, 2 cores: avx2 yes, avx512f yes, avx512_vnni yes, avx_vnni yes, "
+                     "amx yes, bf16-mixed"),
+    ),
+)
