@@ -13,7 +13,7 @@ import bitnetcnn
 PACKAGE = Path(bitnetcnn.__file__).parent
 
 # The ground floor: settings (where data and caches live) and the machine's description; any floor may read them.
-GROUND = {"settings", "machine", "normalization", "class_names", "quiet", "images", "atomic", "extras"}
+GROUND = {"settings", "machine", "normalization", "class_names", "quiet", "images", "atomic", "extras", "version"}
 # floor -> the floors it may import (itself and the ground floor included)
 ALLOWED = {
     "settings": set(),
@@ -24,6 +24,7 @@ ALLOWED = {
     "images": set(),
     "atomic": set(),  # files replaced whole
     "extras": set(),  # which extra installs a missing package
+    "version": set(),
     "quant": {"quant"},
     "nn": {"quant", "nn"},
     "models": {"quant", "nn", "models"},

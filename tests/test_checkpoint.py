@@ -1,6 +1,7 @@
 """Checkpoints: bit-identical round trips for every registered model and form, strict errors, other file kinds."""
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import warnings
@@ -120,7 +121,7 @@ def test_header_holds_what_the_issue_asks(tiny):
     assert header["quantization"]["scale_op"] == "median"
     assert "stem.conv" in header["quantization"]["ternary_layers"]
     assert header["metrics"] == {"dataset": "mnist", "accuracy": 0.5, "command": "bitnetcnn train"}
-    assert header["library_version"]
+    assert header["library_version"] == bitnetcnn.__version__ == importlib.metadata.version("bitnetcnn")
     with zipfile.ZipFile(path) as z:
         assert sorted(z.namelist()) == sorted([HEADER_NAME, TENSORS_NAME])
         assert hashlib.sha256(z.read(TENSORS_NAME)).hexdigest() == header["tensors"]["sha256"]

@@ -37,7 +37,7 @@ def __getattr__(name: str):
         return importlib.import_module(f"bitnetcnn.{name}")
     raise AttributeError(f"module 'bitnetcnn' has no attribute {name!r}")
 
-__version__ = "0.1.0"
+from bitnetcnn.version import __version__  # noqa: E402
 
 __all__ = [
     "BitConv2d",

@@ -35,6 +35,7 @@ from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.models.registry import same_model_arg
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear, model_form
+from bitnetcnn.version import __version__
 
 FORMAT = "bitnetcnn.checkpoint"
 FORMAT_VERSION = 1
@@ -43,15 +44,6 @@ TENSORS_NAME = "tensors.safetensors"
 TERNARY_PREFIX = "__ternary__."
 MAX_HEADER_BYTES = 4 << 20  # a 4 MiB JSON of empty lists parses to ~100 MB of Python objects; real headers: < 100 kB
 PathLike = Union[str, os.PathLike]
-
-
-def _library_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("bitnetcnn")
-    except Exception:  # pragma: no cover - not installed
-        return "unknown"
 
 
 def _jsonable(value: Any, what: str) -> Any:
@@ -127,7 +119,7 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "library_version": _library_version(),
+        "library_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "architecture": {"name": args["name"], "args": args},
         "form": model_form(model),

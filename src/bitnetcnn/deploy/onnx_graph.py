@@ -16,6 +16,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, model_pretr
 from bitnetcnn.deploy.checks import NotDeployableError, example_input
 from bitnetcnn.extras import require
 from bitnetcnn.quiet import quiet_loggers
+from bitnetcnn.version import __version__
 
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "torch._export")
 
@@ -99,10 +100,8 @@ def weight_nodes(graph) -> Dict[str, object]:
 def add_metadata(graph, model: nn.Module, info: dict):
     """``graph`` (an ``onnx.ModelProto``) with what a user of its file needs in its metadata: how to prepare inputs
     (size, mean, std) and what the model is (``info``: how the graph was made, ``to_onnx_graph``'s)."""
-    import bitnetcnn
-
     meta = {
-        "bitnetcnn.version": bitnetcnn.__version__,
+        "bitnetcnn.version": __version__,
         "bitnetcnn.input_size": json.dumps(info.get("input_size")),
         "bitnetcnn.int8": json.dumps(bool(info.get("int8"))),
         "bitnetcnn.act_scales": str(info.get("act_scales", "")),
