@@ -45,3 +45,10 @@ def test_deprecated_helpers_say_what_replaces_them():
     with pytest.warns(DeprecationWarning, match="TernaryQuant"):
         assert validate_scale_op("mean") == "mean"
     assert create_model("bitnet_cnn", width=4, scale_op="mean").stem.conv.scale_op == "mean"
+
+
+def test_models_layers_became_quant_spec():
+    from bitnetcnn.models import layers, quant_spec
+
+    with pytest.warns(DeprecationWarning, match="bitnetcnn.models.quant_spec.QuantSpec"):
+        assert layers.QuantSpec is quant_spec.QuantSpec

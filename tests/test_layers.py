@@ -411,7 +411,7 @@ def test_convert_to_bit_keeps_the_models_dtype():
 def test_an_inverted_residuals_shortcut_moves_the_running_scale_once_a_step():
     """The shortcut and the expansion both ran the expansion's quantizer: a momentum of 0.19, not 0.1."""
     from bitnetcnn.models.blocks import InvertedResidual
-    from bitnetcnn.models.layers import QuantSpec
+    from bitnetcnn.models.quant_spec import QuantSpec
 
     block = InvertedResidual(QuantSpec(act_bits=8), 8, 8, 1)
     quantizer = block.conv_pw_exp.conv.act_quant

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bitnetcnn.extras import MissingExtra, extra_of, install_hint, require
 from bitnetcnn.machine import usable_cores
-from bitnetcnn.models.layers import QUANT_MODES
+from bitnetcnn.models.quant_spec import QUANT_MODES
 from bitnetcnn.quant import ACT_BITS, SCALE_OPS
 from bitnetcnn.train.schedule import DEFAULT_LR
 from bitnetcnn.train.settings import TrainSettings

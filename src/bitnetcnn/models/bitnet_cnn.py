@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from bitnetcnn.models.blocks import ConvNormAct, InvertedResidual
-from bitnetcnn.models.layers import QuantSpec
+from bitnetcnn.models.quant_spec import QuantSpec
 from bitnetcnn.models.registry import MNIST_MEAN, MNIST_STD, register_model, require_positive_int
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from bitnetcnn.models.layers import QuantSpec
+from bitnetcnn.models.quant_spec import QuantSpec
 from bitnetcnn.nn import ActQuantizer
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from bitnetcnn.models.layers import QuantSpec
+from bitnetcnn.models.quant_spec import QuantSpec
 from bitnetcnn.nn.drop_path import DropPath
 from bitnetcnn.models.registry import register_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from bitnetcnn.models.blocks import ConvNormAct, InvertedResidual, make_divisible
-from bitnetcnn.models.layers import QuantSpec
+from bitnetcnn.models.quant_spec import QuantSpec
 from bitnetcnn.models.registry import register_model
 
 # (expansion t, channels c, blocks n, first stride s), as in the MobileNetV2 paper

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from bitnetcnn import normalization
-from bitnetcnn.models.layers import QuantSpec
+from bitnetcnn.models.quant_spec import QuantSpec
 
 CIFAR_MEAN, CIFAR_STD = normalization.CIFAR100  # an architecture's default input, until a checkpoint says otherwise
 MNIST_MEAN, MNIST_STD = normalization.MNIST

@@ -7,7 +7,7 @@ from typing import Sequence, Type, Union
 from torch import Tensor, nn
 
 from bitnetcnn.models.blocks import ConvNormAct, make_act
-from bitnetcnn.models.layers import QuantSpec
+from bitnetcnn.models.quant_spec import QuantSpec
 from bitnetcnn.models.registry import register_model
 
 SMALL_INPUT_MAX = 64  # up to this side the stem keeps full resolution (3x3 stride 1, no max-pool)
