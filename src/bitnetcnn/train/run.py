@@ -251,17 +251,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     ``command``: the command line the run records as its recipe (default: ``s.as_command()``).
     """
     started = time.perf_counter()  # a --time-budget counts the setup below, not only the training
-    named = set(given) if given is not None else set(s.changed())  # the caller's, not a resumed run's args.json
-    if s.out:  # "~/runs/x" quoted, or from Python: else last.ckpt (Lightning expands it) and the rest part ways
-        s = replace(s, out=str(Path(s.out).expanduser()))
-    if resume:
-        s = resumed_settings(s, given)
-    if "img_size" in named and s.dataset != "imagefolder":
-        raise SettingsError(f"--img-size sizes an imagefolder's images; {s.dataset!r} has its own size "
-                            f"({get_dataset_spec(s.dataset).img_size} px): leave --img-size out")
-    if "img_channels" in named and s.dataset != "imagefolder":
-        raise SettingsError(f"--img-channels sets how an imagefolder's pictures are read; {s.dataset!r} has its own "
-                            f"({get_dataset_spec(s.dataset).in_chans}): leave --img-channels out")
+    s = _settled(s, resume, given)
     picked = not s.out  # the folder is this command's choice, not the user's
     out = Path(s.out) if s.out else default_out(s)
     s.out = str(out)
@@ -296,33 +286,13 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     metadata["test_images"] = len(data.test_split.labels)
     recorder = RunRecorder(out, save_checkpoint, command, metadata, echo=not s.progress,
                            budgeted=s.time_budget is not None)
-    # last.ckpt, replaced (atomically: AtomicCheckpointIO) at the end of every epoch
-    checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
-                                 enable_version_counter=False)
-    mid_epoch = [MidEpochCheckpoint(out, s.save_every)] if s.save_every > 0 else []
-    budget = []
-    if s.time_budget is not None:
-        @rank_zero_only
-        def write_decided(epochs: int) -> None:  # a resume continues the run as decided
-            write_settings(out, replace(s, epochs=epochs, time_budget=None))
-
-        def record_epochs(epochs: int) -> None:
-            recorder.budget_decided(epochs)
-            write_decided(epochs)
-
-        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs, started,
-                                  least=math.floor(s.warmup_epochs) + 1)]
     devices = s.devices if s.devices == "auto" else int(s.devices)
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=s.epochs, accelerator=s.accelerator, devices=devices, num_nodes=s.num_nodes,
             strategy=s.strategy,
             precision=_precision(s, s.accelerator if s.accelerator != "auto" else ("cpu" if _on_cpu(s) else "gpu")),
-            # the budget decides before the recorder writes epoch 0's row and best model, which then name the
-            # run's length
-            callbacks=[*budget, recorder, checkpoint, *mid_epoch, ResumeHint(out),
-                       ValidateEvery(s.val_every, first=bool(budget)),
-                       *averaging, *_progress_bar(s)],
+            callbacks=[*_callbacks(s, out, recorder, started), *averaging, *_progress_bar(s)],
             plugins=[AtomicCheckpointIO()],
             logger=False,
             num_sanity_val_steps=0,
@@ -341,16 +311,60 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if trainer.is_global_zero:
-        acc, images = results.get("best_ternary_acc"), results.get("test_images")
-        on = f" on {images:,} test images{' (--limit-eval)' if s.limit_eval else ''}" if images else ""
-        print(f"\nrun folder: {out}")
-        if acc is not None:
-            print(f"best ternary test accuracy{on}: {100 * acc:.2f}%")
-        elif results.get("best_float_acc") is not None and s.quant == "fp":  # a full-precision model, kept as is
-            print(f"best full-precision test accuracy{on}: {100 * results['best_float_acc']:.2f}% (--quant fp)")
-        elif results.get("best_float_acc") is not None:  # --no-eval-ternary: the Bit model was scored, and kept
-            print(f"best Bit-model test accuracy{on}: {100 * results['best_float_acc']:.2f}% (--no-eval-ternary: "
-                  "the converted model was not evaluated)")
-        print(f"{'full-precision' if s.quant == 'fp' else 'ternary'} model: {out / recorder.model_path.name}")
-        print(f"plot: {recorder.plot_path}\nmetrics: {recorder.csv_path}\nresults: {results_path}")
+        _print_outcome(s, out, results, recorder)
     return results
+
+
+def _settled(s: TrainSettings, resume: bool, given: Optional[set[str]]) -> TrainSettings:
+    """The settings the run takes: ``--out`` expanded, a resumed run's own, and the image-folder flags refused
+    for named data sets. ``given``: as :func:`train` takes it."""
+    named = set(given) if given is not None else set(s.changed())  # the caller's, not a resumed run's args.json
+    if s.out:  # "~/runs/x" quoted, or from Python: else last.ckpt (Lightning expands it) and the rest part ways
+        s = replace(s, out=str(Path(s.out).expanduser()))
+    if resume:
+        s = resumed_settings(s, given)
+    if "img_size" in named and s.dataset != "imagefolder":
+        raise SettingsError(f"--img-size sizes an imagefolder's images; {s.dataset!r} has its own size "
+                            f"({get_dataset_spec(s.dataset).img_size} px): leave --img-size out")
+    if "img_channels" in named and s.dataset != "imagefolder":
+        raise SettingsError(f"--img-channels sets how an imagefolder's pictures are read; {s.dataset!r} has its own "
+                            f"({get_dataset_spec(s.dataset).in_chans}): leave --img-channels out")
+    return s
+
+
+def _callbacks(s: TrainSettings, out: Path, recorder: RunRecorder, started: float) -> list:
+    """The run folder's callbacks, in the order they must run: the time budget decides before the recorder writes
+    epoch 0's row and best model (which then name the run's length), and last.ckpt (replaced whole at the end of
+    every epoch: AtomicCheckpointIO) follows the recorder, whose state it saves."""
+    checkpoint = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, save_on_train_epoch_end=True,
+                                 enable_version_counter=False)
+    mid_epoch = [MidEpochCheckpoint(out, s.save_every)] if s.save_every > 0 else []
+    budget = []
+    if s.time_budget is not None:
+        @rank_zero_only
+        def write_decided(epochs: int) -> None:  # a resume continues the run as decided
+            write_settings(out, replace(s, epochs=epochs, time_budget=None))
+
+        def record_epochs(epochs: int) -> None:
+            recorder.budget_decided(epochs)
+            write_decided(epochs)
+
+        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs, started,
+                                  least=math.floor(s.warmup_epochs) + 1)]
+    return [*budget, recorder, checkpoint, *mid_epoch, ResumeHint(out), ValidateEvery(s.val_every, first=bool(budget))]
+
+
+def _print_outcome(s: TrainSettings, out: Path, results: dict, recorder: RunRecorder) -> None:
+    """Where the run's files are, and the best test accuracy of the model it keeps."""
+    acc, images = results.get("best_ternary_acc"), results.get("test_images")
+    on = f" on {images:,} test images{' (--limit-eval)' if s.limit_eval else ''}" if images else ""
+    print(f"\nrun folder: {out}")
+    if acc is not None:
+        print(f"best ternary test accuracy{on}: {100 * acc:.2f}%")
+    elif results.get("best_float_acc") is not None and s.quant == "fp":  # a full-precision model, kept as is
+        print(f"best full-precision test accuracy{on}: {100 * results['best_float_acc']:.2f}% (--quant fp)")
+    elif results.get("best_float_acc") is not None:  # --no-eval-ternary: the Bit model was scored, and kept
+        print(f"best Bit-model test accuracy{on}: {100 * results['best_float_acc']:.2f}% (--no-eval-ternary: "
+              "the converted model was not evaluated)")
+    print(f"{'full-precision' if s.quant == 'fp' else 'ternary'} model: {out / recorder.model_path.name}")
+    print(f"plot: {recorder.plot_path}\nmetrics: {recorder.csv_path}\nresults: {out / 'results.json'}")
