@@ -4,6 +4,7 @@ after SIGKILL, two-process DDP on the CPU."""
 import csv
 import json
 import os
+import pickle
 import re
 import shlex
 import signal
@@ -1554,3 +1555,78 @@ def test_the_lightning_module_takes_the_run_settings_defaults():
     for name, p in inspect.signature(BitClassifier).parameters.items():
         if names.get(name, name) in defaults.__dataclass_fields__ and name not in ("channels_last", "num_classes", "model_kwargs"):
             assert p.default == getattr(defaults, names.get(name, name)), name
+
+
+def test_a_ddp_run_records_what_its_saved_model_scores_and_each_image_once_in_its_loss(tmp_path):
+    """Two processes: each scored its share of the test images with the ternary model converted before DDP had
+    copied rank 0's batch-norm statistics to it (the recorded accuracy was not the saved model's: 57.75% recorded,
+    57.20% by `bitnetcnn eval`), and val_loss averaged the processes' means over an uneven split (1001 images)."""
+    from bitnetcnn.train.convert_file import run_model
+    from bitnetcnn.train.evaluate import accuracy
+    from bitnetcnn.train.run import build
+
+    run = tmp_path / "run"
+    settings = dict(model="bitnet_cnn", model_kwargs={"width": 8}, dataset="mnist_demo", limit_train=4000,
+                    limit_eval=1001, batch_size=16, epochs=1, seed=0)
+    done = subprocess.run(_cli("--out", str(run), *shlex.split(TrainSettings(**settings).as_command())[2:],
+                               "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data, _ = build(TrainSettings(**settings))
+    data.setup()
+    images, labels = data.test_split.images, data.test_split.labels
+    mean, std = data.spec.mean, data.spec.std
+    recorded = json.loads((run / "results.json").read_text())
+    assert recorded["world_size"] == 2 and recorded["test_images"] == 1001
+    saved = bitnetcnn.load_checkpoint(run / "best_ternary.bnc")
+    assert accuracy(saved, images, labels, mean, std)["top1"] == pytest.approx(recorded["best_ternary_acc"], abs=1e-6)
+    bit = run_model(run / "last.ckpt").eval()
+    with torch.no_grad():
+        x = (images.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        loss = torch.nn.functional.cross_entropy(bit(x), labels).item()
+    assert float(read_metrics(run)[-1]["val_loss"]) == pytest.approx(loss, rel=1e-4)
+
+
+def test_the_run_callbacks_pickle_for_ddp_spawn(tmp_path):
+    """``--strategy ddp_spawn`` pickles the Trainer with its callbacks: the time budget's record of the epochs it
+    gave and the EMA's averaging function were closures, and such a run stopped before its first step."""
+    from bitnetcnn.train.run import _callbacks, _weight_averaging
+    from bitnetcnn.train.run_recorder import RunRecorder
+
+    s = TrainSettings(model="bitnet_cnn", dataset="mnist_demo", time_budget=1.0, ema=0.9)
+    recorder = RunRecorder(tmp_path, None, "bitnetcnn train", {}, budgeted=True)
+    callbacks = pickle.loads(pickle.dumps([*_callbacks(s, tmp_path, recorder, 0.0), *_weight_averaging(s)]))
+    averaged = callbacks[-1]._kwargs["avg_fn"](torch.zeros(2), torch.ones(2), torch.tensor(0))  # the ramp: 1/10 of the first
+    assert torch.allclose(averaged, torch.full((2,), 0.9))
+
+
+def test_a_ddp_run_stopped_by_sigterm_sets_its_flag_without_a_collective_in_the_signal_handler(monkeypatch):
+    """Lightning's SIGTERM handler broadcasts from inside the signal handler; with two processes that broadcast met
+    no partner (the others were inside another collective) and 4 of 16 stopped runs hung or aborted. The handler
+    train() installs only sets the flag, which the training loop broadcasts from rank 0 at the next step."""
+    import lightning as L
+
+    from bitnetcnn.train.run import _flag_sigterm_only
+
+    def collective(*args, **kwargs):
+        raise RuntimeError("a collective inside the signal handler")
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    monkeypatch.setattr(type(trainer), "world_size", property(lambda self: 2))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "broadcast", collective)
+    connector = trainer._signal_connector
+    connector.register_signal_handlers()
+    try:
+        with pytest.raises(RuntimeError, match="collective"):  # Lightning's own
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    finally:
+        connector.teardown()
+    _flag_sigterm_only(trainer)
+    connector.register_signal_handlers()  # as fit() does: it reads the handler then
+    try:
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    finally:
+        connector.teardown()
+    assert connector.received_sigterm

@@ -174,7 +174,7 @@ def _cmd_train(args) -> int:
 
     from bitnetcnn.train.divergence import TrainingDiverged
     from bitnetcnn.train.run import train
-    from bitnetcnn.train.run_folder import saved_run_values
+    from bitnetcnn.train.run_folder import first_process, saved_run_values
 
     values = vars(args).copy()
     given = values.pop("given")
@@ -197,7 +197,8 @@ def _cmd_train(args) -> int:
     try:
         train(TrainSettings.from_dict(values), resume=resume, command=command, given=given)
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1
-        print(f"bitnetcnn train: error: {err}", file=sys.stderr)
+        if first_process():  # every process of a DDP run stops on it; one says why
+            print(f"bitnetcnn train: error: {err}", file=sys.stderr)
         return 1
     except SIGTERMException:  # Lightning's SystemExit without a code: a stopped run must not read as a finished one
         return 128 + signal.SIGTERM

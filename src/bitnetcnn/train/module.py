@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bitnetcnn.models import create_model
@@ -65,6 +66,7 @@ class BitClassifier(L.LightningModule):
         self._mix = _batch_mixer(num_classes, mixup, cutmix)
         # no per-update argument checks: each one waits for the GPU, and cross_entropy has already checked the labels
         metric = dict(num_classes=num_classes, average="micro", validate_args=False)
+        self.val_loss = MeanMetric()
         self.val_acc1 = MulticlassAccuracy(top_k=1, **metric)
         self.val_acc5 = MulticlassAccuracy(top_k=min(5, num_classes), **metric)
         self.ternary_acc1 = MulticlassAccuracy(top_k=1, **metric)
@@ -161,6 +163,7 @@ class BitClassifier(L.LightningModule):
 
     # --- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        _buffers_from_rank_0(self.model)
         # kept out of the module tree: not submodules, so never in a checkpoint or the optimizer
         if self.eval_ternary:
             self.__dict__["_ternary"] = convert_to_ternary(self.model).eval()
@@ -169,7 +172,10 @@ class BitClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
-        self.log("val_loss", F.cross_entropy(logits.float(), y), sync_dist=True)
+        # weighted by the images of each process's share, which may differ by one (EachImageOnce): Lightning's
+        # sync_dist averaged the processes' means and rounded their image counts down
+        self.val_loss(F.cross_entropy(logits.float(), y), weight=len(y))
+        self.log("val_loss", self.val_loss)
         self.val_acc1(logits, y)
         self.val_acc5(logits, y)
         self.log("val_acc", self.val_acc1, prog_bar=True)
@@ -214,3 +220,15 @@ def _batch_mixer(num_classes: int, mixup: float, cutmix: float):
     if cutmix > 0:
         choices.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
     return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+def _buffers_from_rank_0(model: nn.Module) -> None:
+    """Every process takes rank 0's buffers (BatchNorm's running statistics, the activation quantizers' scales)
+    before validation converts the model. DDP copies them only at the start of a forward, so each process would
+    otherwise score its share of the test images with the statistics of its own last training batch, and the
+    accuracy recorded would not be that of the model rank 0 saves."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_world_size() > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)

@@ -4,6 +4,7 @@ callbacks (settings.py holds the settings, run_folder.py the folder's and resume
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -299,6 +300,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
             enable_progress_bar=s.progress, enable_model_summary=False, default_root_dir=out,
         )
         _check_shares(data, s.batch_size, trainer.world_size)
+        if trainer.world_size > 1:
+            _flag_sigterm_only(trainer)
         if resume:
             check_resumed_processes(record, trainer.world_size)
         # only now, when Lightning has taken the strategy and accelerator: refused settings leave no empty folder
@@ -341,17 +344,41 @@ def _callbacks(s: TrainSettings, out: Path, recorder: RunRecorder, started: floa
     mid_epoch = [MidEpochCheckpoint(out, s.save_every)] if s.save_every > 0 else []
     budget = []
     if s.time_budget is not None:
-        @rank_zero_only
-        def write_decided(epochs: int) -> None:  # a resume continues the run as decided
-            write_settings(out, replace(s, epochs=epochs, time_budget=None))
-
-        def record_epochs(epochs: int) -> None:
-            recorder.budget_decided(epochs)
-            write_decided(epochs)
-
-        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every, record_epochs, started,
+        budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every,
+                                  functools.partial(_record_decided, s, out, recorder), started,
                                   least=math.floor(s.warmup_epochs) + 1)]
     return [*budget, recorder, checkpoint, *mid_epoch, ResumeHint(out), ValidateEvery(s.val_every, first=bool(budget))]
+
+
+class _SigtermFlag:
+    """Lightning's SIGTERM handler without its broadcast: a collective inside a signal handler meets no partner on
+    the other processes (they are inside another collective, or in their own handler's), and the run hung or
+    aborted in 4 of 16 stops. The flag alone suffices: the training loop broadcasts rank 0's every step, and every
+    process then saves and stops. A class, not a closure: ``--strategy ddp_spawn`` pickles the Trainer."""
+
+    def __init__(self, trainer: L.Trainer) -> None:
+        self.trainer = trainer
+
+    def __call__(self, signum, frame) -> None:
+        connector = self.trainer._signal_connector
+        launcher = self.trainer.strategy.launcher
+        if not connector.received_sigterm and launcher is not None:
+            launcher.kill(signum)  # the processes this one started, as Lightning's handler does
+        connector.received_sigterm = True
+
+
+def _flag_sigterm_only(trainer: L.Trainer) -> None:
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is not None and hasattr(connector, "_sigterm_notifier_fn"):  # Lightning 2.x's private name
+        connector._sigterm_notifier_fn = _SigtermFlag(trainer)
+
+
+def _record_decided(s: TrainSettings, out: Path, recorder: RunRecorder, epochs: int) -> None:
+    """The epochs the time budget gave, in the run's record and its args.json (a resume continues the run as
+    decided). Module-level, not a closure: ``--strategy ddp_spawn`` pickles the callbacks."""
+    recorder.budget_decided(epochs)
+    if rank_zero_only.rank == 0:
+        write_settings(out, replace(s, epochs=epochs, time_budget=None))
 
 
 def _print_outcome(s: TrainSettings, out: Path, results: dict, recorder: RunRecorder) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 from torch import Tensor, nn
@@ -34,11 +35,11 @@ def warmup_ema(decay: float):
 
     Without the ramp the average keeps the first steps' batch-norm statistics for thousands of steps (the running
     variance starts at 1 and falls by 10-50x early on), and the averaged model scores near chance (timm's ModelEmaV3
-    ramps the same way).
+    ramps the same way). A partial of a module-level function, not a closure: ``--strategy ddp_spawn`` pickles it.
     """
+    return functools.partial(_ramped_ema, decay=decay)
 
-    def average(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
-        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
-        return averaged * d + current * (1.0 - d)
 
-    return average
+def _ramped_ema(averaged: Tensor, current: Tensor, num_averaged: Tensor, decay: float) -> Tensor:
+    d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+    return averaged * d + current * (1.0 - d)
