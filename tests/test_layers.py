@@ -185,6 +185,9 @@ def test_conversion_leaves_the_original_unless_inplace():
 def test_conversion_of_a_model_without_bit_layers_warns():
     with pytest.warns(UserWarning, match="nothing was converted"):
         convert_to_ternary(nn.Sequential(nn.Linear(2, 2)))
+    # a Bit model given back to convert_to_bit: its own name and what it needs, not bitify's advice
+    with pytest.warns(UserWarning, match=r"^convert_to_bit: Sequential has no TernaryConv2d or TernaryLinear"):
+        convert_to_bit(nn.Sequential(BitLinear(2, 2)))
 
 
 def test_bad_layer_settings_are_named():

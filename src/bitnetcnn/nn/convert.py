@@ -128,13 +128,7 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
         if dataclasses.is_dataclass(weights) and not trained_pow2:  # its accuracy was measured with other scales
             converted.pretrained_cfg = dataclasses.replace(
                 weights, top1=None, top5=None, test_images=None, model_kwargs={**weights.model_kwargs, "pow2": True})
-    already = sum(isinstance(m, (BitConv2d, BitLinear)) for m in model.modules())
-    if count == 0 and already:
-        warnings.warn(f"bitify: {type(model).__name__} is ternary already ({already} Bit layers) and bitify leaves "
-                      "their settings as they are; to quantize otherwise, bitify the float model with the new "
-                      "settings (or convert_to_bit a converted one and set each layer's .quant)", UserWarning,
-                      stacklevel=2)
-    elif count == 0:
+    if count == 0:
         warnings.warn(
             f"convert_to_ternary: {type(model).__name__} has no BitConv2d or BitLinear layer, so nothing was "
             "converted. Make the model ternary first with bitnetcnn.bitify(model) or build it with "
@@ -160,13 +154,7 @@ def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
         return None
 
     converted, count = replace_modules(model, rule, inplace)
-    already = sum(isinstance(m, (BitConv2d, BitLinear)) for m in model.modules())
-    if count == 0 and already:
-        warnings.warn(f"bitify: {type(model).__name__} is ternary already ({already} Bit layers) and bitify leaves "
-                      "their settings as they are; to quantize otherwise, bitify the float model with the new "
-                      "settings (or convert_to_bit a converted one and set each layer's .quant)", UserWarning,
-                      stacklevel=2)
-    elif count == 0:
+    if count == 0:
         warnings.warn(
             f"convert_to_bit: {type(model).__name__} has no TernaryConv2d or TernaryLinear layer; nothing changed.",
             UserWarning,
