@@ -529,6 +529,8 @@ def test_a_new_run_never_overwrites_a_run_folder(tmp_path, capsys):
 
 
 def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_path, capsys):
+    from bitnetcnn.train.schedule import DEFAULT_LR, warmup_cosine
+
     run = tmp_path / "run"
     train(TrainSettings(out=str(run), epochs=1, **QUICK))
     resume = ["train", "--resume", "--out", str(run), "--no-progress"]
@@ -549,8 +551,17 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     assert main([*resume, "--epochs", "3", "--time-budget", "8"]) == 2  # refused: no word of an extension
     assert "now runs to" not in capsys.readouterr().out
     capsys.readouterr()
-    assert main([*resume, "--epochs", "3"]) == 0  # extends the run: epochs 1 and 2 follow epoch 0
+    rates = []  # each step's rate: the first after the extension is the stretched cosine's, not the old end's 0
+    with pytest.MonkeyPatch.context() as m:
+        step = torch.optim.AdamW.step
+        m.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (rates.append(self.param_groups[0]["lr"]),
+                                                                   step(self, *a, **k))[1])
+        assert main([*resume, "--epochs", "3"]) == 0  # extends the run: epochs 1 and 2 follow epoch 0
     assert "was set for 2 epochs; it now runs to 3" in capsys.readouterr().out  # an extension is said aloud
+    steps, s = len(rates) // 2, TrainSettings()  # the steps of an epoch; the run's (default) schedule
+    expected = [DEFAULT_LR[s.optimizer] * warmup_cosine(k, 3 * steps, int(s.warmup_epochs * steps))
+                for k in range(steps, 3 * steps)]
+    assert rates == pytest.approx(expected, rel=1e-6), rates[:2]
     assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
     assert json.loads((run / "args.json").read_text())["epochs"] == 3
     # the recipe says so: the command alone reads --epochs 1 (args.json's 2 was never run)

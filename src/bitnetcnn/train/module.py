@@ -156,6 +156,19 @@ class BitClassifier(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, self._schedule_steps, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """Each optimizer's rate from the schedule at the step it stands at: a resume restores the rate the saved
+        run computed last, which a run extended with ``--epochs`` must not keep (its schedule then ended at 0, and
+        the first step after the extension ran at that 0 instead of on the stretched cosine). For any other run
+        the same value."""
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                rates = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+                for group, rate in zip(sched.optimizer.param_groups, rates):
+                    group["lr"] = rate
+                sched._last_lr = rates
+
     def fit_schedule(self, epochs: int) -> None:
         """End the learning-rate schedule after ``epochs`` epochs instead (a run sized to a time budget). Steps
         taken keep their rates; with a warm-up of one epoch or more, the cosine has not started when epoch 0 ends."""
