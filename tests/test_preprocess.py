@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bitnetcnn import PretrainedCfg
+from bitnetcnn import PretrainedCfg, list_pretrained
 from bitnetcnn.cli import main
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.hub import load
@@ -153,6 +153,29 @@ def test_bitnetcnn_predict_names_the_digits_of_image_files(tmp_path, capsys):
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-5
     right = sum(r["top"][0]["class"] == str(label.item()) for r, label in zip(results, split.labels[:10]))
     assert right >= 9
+    # each result says what was done to fit the model: resized (grey pixels in an RGB file: nothing converted)
+    assert [r["resized_from"] for r in results] == [[56 + k, 56 + k] for k in range(10)]
+    assert not any("cropped" in r or "converted" in r for r in results), results
+
+
+def test_bitnetcnn_predict_says_what_it_changed_of_an_image_and_answers_as_on_its_tensor(tmp_path, capsys):
+    """A colour photo given to the digit model was turned grey, and a strip of ten digits cropped to one, without a
+    word; and the PIL image's channels-last view made bitnet_mobilenetv2 (8-bit activations) round some ties the
+    other way than on the same pixels as a tensor (CIFAR-100 test image 522: lobster against crab)."""
+    rng = torch.Generator().manual_seed(0)
+    photo, strip, square = tmp_path / "photo.png", tmp_path / "strip.png", tmp_path / "digit.png"
+    Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8).numpy()).save(photo)
+    Image.fromarray(torch.randint(0, 256, (28, 280), generator=rng, dtype=torch.uint8).numpy()).save(strip)
+    Image.fromarray(torch.randint(0, 256, (28, 28), generator=rng, dtype=torch.uint8).numpy()).save(square)
+    assert main(["predict", "bitnet_mnist", str(photo), str(strip), str(square), "--top", "1"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said[0]["converted"] == "RGB colour image to greyscale" and said[0]["resized_from"] == [32, 32]
+    assert said[1]["resized_from"] == [28, 280] and said[1]["cropped"] is True and "converted" not in said[1]
+    assert set(said[2]) == {"image", "top"}  # at the model's size and grey: nothing done
+    assert main(["predict", "bitnet_resnet18", str(square), "--top", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["converted"] == "greyscale image to 3 equal channels"
+    cfg = next(c for c in list_pretrained() if c.hub_entry == "bitnet_mobilenetv2")
+    assert cfg.transforms()(Image.open(photo)).is_contiguous()
 
 
 def test_bitnetcnn_predict_refuses_what_is_not_an_image(tmp_path, capsys):

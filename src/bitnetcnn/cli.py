@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files: the top classes by name, with probabilities")
     p.add_argument("checkpoint", help="a checkpoint file, or a published weight by its hub entry name (bitnet_resnet18)")
-    p.add_argument("images", nargs="+", help="image files, any size: resized and centre-cropped to the model's input")
+    p.add_argument("images", nargs="+", help="image files, any size: resized and centre-cropped to the model's input, and turned greyscale (or grey to 3 channels) as it needs; each result says what was done (resized_from, cropped, converted)")
     p.add_argument("--top", type=positive_int, default=5, help="classes to print for each image (default 5)")
 
     p = sub.add_parser("convert", help="convert a Bit model (run folder's last.ckpt or a checkpoint) to ternary")

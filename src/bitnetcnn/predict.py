@@ -42,13 +42,44 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
             raise ValueError(f"{path} is a folder: give the image files in it ({path}/*.png)")
         if not path.is_file():
             raise ValueError(f"{path}: no such image file")
+        image = _open_image(path)
         try:
-            x = preprocess(_open_image(path))
+            x = preprocess(image)
         except UnreadablePixels as err:
             raise ValueError(f"{path}: {err}") from None
         probabilities = model(x[None]).softmax(1)[0]
         best = probabilities.topk(min(top, len(probabilities)))
         results.append({"image": str(path), "top": [
             {"class": names[i] if names else str(i), "index": i, "probability": round(p, 6)}
-            for p, i in zip(best.values.tolist(), best.indices.tolist())]})
+            for p, i in zip(best.values.tolist(), best.indices.tolist())], **_what_was_done(image, cfg.input_size)})
     return results
+
+
+def _what_was_done(image, input_size) -> dict:
+    """What the preprocessing changed of an image to fit the model, said in its result: an answer about a picture
+    resized, cropped or turned grey should not read as one about the picture given. ``{}`` when nothing."""
+    from PIL import ImageOps
+
+    channels, height, width = input_size
+    done = {}
+    w, h = ImageOps.exif_transpose(image).size
+    if (h, w) != (height, width):
+        done["resized_from"] = [h, w]  # the shorter side to the model's, then the centre cropped (fit_to_size)
+        if w * height != h * width:
+            done["cropped"] = True
+    colour = _in_colour(image)
+    if channels == 1 and colour:
+        done["converted"] = f"{image.mode} colour image to greyscale"
+    elif channels == 3 and not colour:
+        done["converted"] = "greyscale image to 3 equal channels"
+    return done
+
+
+def _in_colour(image) -> bool:
+    """Whether some pixel's channels differ (an RGB file of a grey picture is grey: turning it grey loses nothing)."""
+    import numpy as np
+
+    if image.mode in ("1", "L", "LA", "La", "I", "F") or image.mode.startswith("I;"):
+        return False
+    rgb = np.asarray(image.convert("RGB"))
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
