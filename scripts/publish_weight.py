@@ -36,7 +36,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg  # noqa: E402
 from bitnetcnn.data.catalog import get_dataset_spec  # noqa: E402
 from bitnetcnn.hub import PRETRAINED_DIR, entries  # noqa: E402
 from bitnetcnn.nn import TERNARY_LAYERS  # noqa: E402
-from bitnetcnn.train.run_recorder import BUDGET_GAVE  # noqa: E402
+from bitnetcnn.train.run_recorder import BUDGET_GAVE, command_with_note  # noqa: E402
 from bitnetcnn.train.evaluate import evaluate_model  # noqa: E402
 
 MAX_SHIPPED_BYTES = 4 << 20  # the package ships weights under 4 MiB; larger ones go to a URL
@@ -159,10 +159,7 @@ def _mark_early_epoch(metadata: dict) -> dict:
 
 def _noted(command: str, note: str) -> str:
     """``command`` with ``note`` added to its comment (once)."""
-    text, sep, comment = command.partition("  # ")
-    if EARLY_EPOCH in comment:
-        return command
-    return f"{text}  # {comment}; {note}" if sep else f"{text}  # {note}"
+    return command if EARLY_EPOCH in command.partition("  # ")[2] else command_with_note(command, note)
 
 
 def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: str | None = None,

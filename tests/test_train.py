@@ -2,6 +2,7 @@
 after SIGKILL, two-process DDP on the CPU."""
 
 import csv
+import hashlib
 import json
 import os
 import pickle
@@ -289,6 +290,15 @@ def test_distillation_from_a_full_precision_teacher_changes_the_loss_and_gradien
     # and a whole run with distillation trains
     results = train(TrainSettings(out=str(tmp_path / "student"), epochs=1, kd=True, teacher=[teacher], **QUICK))
     assert results["epochs"] == 1
+    # its header names the teacher by hash (a hub name's file changes when republished), and its recipe trains the
+    # teacher first, that step noting the teacher it made
+    recipe = load_checkpoint(tmp_path / "student" / "best_ternary.bnc").checkpoint_header["metadata"]
+    taught = hashlib.sha256(Path(teacher).read_bytes()).hexdigest()
+    assert [(t["file"], t["sha256"]) for t in recipe["teachers"]] == [("best_ternary.bnc", taught)]
+    made_teacher, own = recipe["training"]
+    assert made_teacher["command"].startswith(load_checkpoint(teacher).pretrained_cfg.command)
+    assert made_teacher["command"].endswith(f"the teacher best_ternary.bnc (sha256 {taught[:12]}...)")
+    assert "--kd" in own["command"] and "the teacher" not in own["command"]
     with pytest.raises(SettingsError, match="--kd needs --teacher"):
         train(TrainSettings(out=str(tmp_path / "x"), epochs=1, kd=True, **QUICK))
 

@@ -3,6 +3,7 @@ network, and recorded in the new checkpoint's header so a multi-stage recipe rea
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import sys
@@ -18,6 +19,7 @@ from bitnetcnn.models.classifier import classifier_name
 from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, same_model_arg
 from bitnetcnn.nn import ActQuantizer, model_form
 from bitnetcnn.quant.activation import act_qmax
+from bitnetcnn.train.run_recorder import command_with_note
 from bitnetcnn.train.settings import SettingsError
 
 
@@ -134,3 +136,34 @@ def init_metadata(path: str) -> dict:
     if meta.get("init"):
         lineage["init"] = meta["init"]
     return {"init": lineage, "training": [asdict(step) for step in from_header(header).training]}
+
+
+def teacher_metadata(paths: list[str], training: list[dict]) -> dict:
+    """What a distillation learned from, for its checkpoint's header:
+
+    - ``teachers``: each teacher's file, sha256, accuracy and command. A hub name (``--teacher bitnet_resnet18``)
+      reads the weight published then; once another replaces it, the hash still says which one taught;
+    - ``training``: ``training`` (the recipe so far: ``--init``'s) after the steps that made each teacher, the last
+      of them noting the teacher it made; a step already there (a teacher that shares stages with ``--init``) is
+      not repeated. The recipe then reruns from the header alone, the teacher's training first.
+    """
+    teachers, steps = [], []
+    for path in paths:
+        header = native_header(path)
+        meta = (header or {}).get("metadata") or {}
+        sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        name = Path(path).name
+        teachers.append({"file": name, "sha256": sha256, "accuracy": meta.get("accuracy"),
+                         "command": meta.get("command")})
+        own = [asdict(step) for step in from_header(header).training] if header is not None else []
+        if own:
+            own[-1] = dict(own[-1], command=command_with_note(own[-1]["command"],
+                                                              f"the teacher {name} (sha256 {sha256[:12]}...)"))
+        steps += own
+
+    def key(step: dict) -> tuple:  # the same step, with or without a note
+        return step["command"].partition("  # ")[0], step.get("wall_time_s"), step.get("hardware")
+
+    seen = {key(step) for step in training}
+    first = [step for step in steps if key(step) not in seen and not seen.add(key(step))]
+    return {"teachers": teachers, "training": [*first, *training]}

@@ -33,7 +33,7 @@ from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHin
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.evaluate import few_names
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
-from bitnetcnn.train.fine_tune import init_metadata, load_init_weights
+from bitnetcnn.train.fine_tune import init_metadata, load_init_weights, teacher_metadata
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_model,
                                         check_resumed_processes, default_out, first_process, hold_run_folder,
@@ -284,6 +284,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     # changed; reading it then serves runs saved before that record was kept
     if s.init and (not resume or Path(s.init).is_file()):
         metadata.update(init_metadata(s.init))
+    if s.kd:  # the teachers are there (build checked): their hashes and recipes join the run's
+        metadata.update(teacher_metadata(s.teacher, metadata.get("training", [])))
     metadata["test_images"] = len(data.test_split.labels)
     recorder = RunRecorder(out, save_checkpoint, command, metadata, echo=not s.progress,
                            budgeted=s.time_budget is not None)

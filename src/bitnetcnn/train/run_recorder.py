@@ -40,6 +40,13 @@ def budget_note(epochs: int) -> str:
     return f"the time budget gave {epochs} epoch{'' if epochs == 1 else 's'}"
 
 
+def command_with_note(command: str, note: str) -> str:
+    """``command`` with ``note`` added to its comment (``COMMAND  # NOTE; NOTE``), as recorded commands carry what
+    the command alone does not say."""
+    text, sep, comment = command.partition("  # ")
+    return f"{text}  # {comment}; {note}" if sep else f"{text}  # {note}"
+
+
 # budget_note's number, read back (scripts/publish_weight.py reads it from older files)
 BUDGET_GAVE = re.compile(r"the time budget gave (\d+) epochs?\b")
 
@@ -92,8 +99,9 @@ class RunRecorder(L.Callback):
                 "lineage": self._lineage(), "hardware": self.hardware, "rng": random_states()}
 
     def _lineage(self) -> dict:
-        """What the run started from (``--init``'s recipe, ``fine_tune.init_metadata``), as it was when it started."""
-        return {k: self.metadata[k] for k in ("init", "training") if k in self.metadata}
+        """What the run started from (``--init``'s recipe and the teachers', ``fine_tune.init_metadata`` and
+        ``teacher_metadata``), as it was when it started."""
+        return {k: self.metadata[k] for k in ("init", "teachers", "training") if k in self.metadata}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_ternary = state["best_ternary"]
