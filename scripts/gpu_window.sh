@@ -7,9 +7,11 @@
 #   bash scripts/gpu_window.sh train NAME [TRAIN FLAGS]   # bitnetcnn train on CIFAR-100 into ~/runs/NAME, then
 #                                                         # bitnetcnn eval; what comes back is copied to $OUT/NAME
 #
-# Only files of at most 16 MiB come back from a call: a larger one (a full-precision teacher) is cut into
-# FILE.part.aa, .ab, ... (join with `cat FILE.part.* > FILE`; FILE.sha256 checks it). last.ckpt stays there. They
-# are copied every 30 s too, so a call killed at its limit brings back the last copies.
+# A call brings back at most 8 files of at most 16 MiB each: a run brings four (best_ternary.bnc, metrics.csv,
+# results.json, and train.log, which ends with the evaluation), so a call trains two runs at most and writes nothing
+# else to $OUT. A larger file (a full-precision teacher) is cut into FILE.part.aa, .ab, ... (join with
+# `cat FILE.part.* > FILE`; FILE.sha256 checks it). last.ckpt, args.json and metrics.png (redrawn from metrics.csv)
+# stay there. They are copied every 30 s too, so a call killed at its limit brings back the last copies.
 # BITNETCNN_WINDOW_DATA, _RUNS, _CARRY, _PART_MB and _COPY_S change those (tests/test_scripts.py rehearses a window).
 set -euo pipefail
 script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -42,7 +44,7 @@ case "${1:-}" in
     back="${OUT:?OUT must name the folder whose files come back}/$name"
     mkdir -p "$back"
     bring_back() {  # on any exit, so a failed run comes back too: its metrics and log say how far it got
-      for f in "$run"/{best_ternary.bnc,metrics.csv,metrics.png,results.json,args.json,eval.json,train.log}; do
+      for f in "$run"/{best_ternary.bnc,metrics.csv,results.json,train.log}; do
         [ -f "$f" ] || continue
         name="$(basename "$f")"
         if [ "$(stat -c %s "$f")" -gt $((part_mb * 1024 * 1024)) ]; then
@@ -68,7 +70,7 @@ case "${1:-}" in
     mkdir -p "$run"
     "$python" -m bitnetcnn train --dataset cifar100 --data-dir "$data" --out "$run" --no-progress "$@" \
       2>&1 | tee -a "$run/train.log"
-    "$python" -m bitnetcnn eval "$run/best_ternary.bnc" --data-dir "$data" | tee "$run/eval.json"
+    "$python" -m bitnetcnn eval "$run/best_ternary.bnc" --data-dir "$data" 2>&1 | tee -a "$run/train.log"
     ;;
   *)
     sed -n '2,12p' "$script" | sed 's/^# \{0,1\}//'

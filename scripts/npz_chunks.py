@@ -2,11 +2,12 @@
 
 A lent GPU machine takes at most 64 MiB a call (at most 8 paths), and CIFAR-100's npz is 160 MiB: ``split`` cuts
 its arrays into ``.npy`` chunks and packs them into folders ``carry.0``, ``carry.1``, ... of at most ``--max-mb``
-each, filling every folder before the next (CIFAR-100 at 62 MB: three folders, so three calls). Send one folder a
-call, copying its files into one folder there, then ``join`` and train in the next call.
+each, filling every folder before the next (CIFAR-100 at 56 MB: four folders, so four calls; a call's 64 MiB
+counts the project's tracked files too). Send one folder a call, copying its files into one folder there, then
+``join`` and train in the next call.
 
-    python scripts/npz_chunks.py split ../shared/data/cifar100.npz .devdata/cifar100 --max-mb 62
-    # each call, K = 0, 1, 2 (carry: .devdata/cifar100/carry.K):
+    python scripts/npz_chunks.py split ../shared/data/cifar100.npz .devdata/cifar100 --max-mb 56
+    # each call, K = 0, 1, 2, 3 (carry: .devdata/cifar100/carry.K):
     mkdir -p ~/data/cifar100 && cp .devdata/cifar100/carry.K/* ~/data/cifar100/
     python scripts/npz_chunks.py join ~/data/cifar100 ~/data/cifar100.npz   # on the other machine
 
