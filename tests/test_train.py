@@ -1426,6 +1426,14 @@ def test_init_and_teacher_take_a_published_weights_hub_name(tmp_path, capsys):
                  "--batch-size", "32", "--no-progress", "--out", str(tmp_path / "run")]) == 0
     header = load_checkpoint(tmp_path / "run" / "best_ternary.bnc").checkpoint_header["metadata"]
     assert header["init"]["file"] == "bitnet_mnist.bnc" and "--init bitnet_mnist" in header["command"]
+    # the hub name's file today, by hash: a weight published later under the name is another file
+    published = next(w for w in bitnetcnn.list_pretrained() if w.hub_entry == "bitnet_mnist")
+    assert header["init"]["sha256"] == published.sha256
+    kd = load_checkpoint(tmp_path / "kd" / "best_ternary.bnc").checkpoint_header["metadata"]
+    assert [(t["file"], t["sha256"]) for t in kd["teachers"]] == [("bitnet_mnist.bnc", published.sha256)]
+    # the teacher's recipe is the --init's: its steps once (as the run with --init alone has them), then this run's
+    assert len(header["training"]) == 3 and kd["training"][:-1] == header["training"][:-1]
+    assert kd["training"][-1]["command"] == kd["command"]
 
 
 def test_convert_of_a_fine_tunes_last_ckpt_keeps_its_recipe(tmp_path):

@@ -120,19 +120,27 @@ def _rescale_to_own_bits(model: torch.nn.Module, source: torch.nn.Module) -> Non
                 m.running_scale.mul_(act_qmax(theirs[name]) / act_qmax(m.bits))
 
 
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def init_metadata(path: str) -> dict:
     """What a fine-tune started from, for its checkpoint's header (its header read once):
 
-    - ``init``: the file, its accuracy and the command that made it (and, recursively, what that one started
-      from), so a multi-stage recipe can be rerun from the header alone;
+    - ``init``: the file, its sha256 (a hub name's file is replaced when its weight is republished), its accuracy
+      and the command that made it (and, recursively, what that one started from), so a multi-stage recipe can be
+      rerun from the header alone;
     - ``training``: the recipe's earlier commands with their wall times and hardware (RunRecorder appends this
       run's).
     """
     header = native_header(path)
+    sha256 = _sha256(path)
     if header is None:  # the seed's zip or a state dict: no header, no recipe
-        return {"init": {"file": Path(path).name, "accuracy": None, "command": None}, "training": []}
+        return {"init": {"file": Path(path).name, "sha256": sha256, "accuracy": None, "command": None}, "training": []}
     meta = header.get("metadata") or {}
-    lineage = {"file": Path(path).name, "accuracy": meta.get("accuracy"), "command": meta.get("command")}
+    lineage = {"file": Path(path).name, "sha256": sha256, "accuracy": meta.get("accuracy"),
+               "command": meta.get("command")}
     if meta.get("init"):
         lineage["init"] = meta["init"]
     return {"init": lineage, "training": [asdict(step) for step in from_header(header).training]}
@@ -151,8 +159,7 @@ def teacher_metadata(paths: list[str], training: list[dict]) -> dict:
     for path in paths:
         header = native_header(path)
         meta = (header or {}).get("metadata") or {}
-        sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        name = Path(path).name
+        sha256, name = _sha256(path), Path(path).name
         teachers.append({"file": name, "sha256": sha256, "accuracy": meta.get("accuracy"),
                          "command": meta.get("command")})
         own = [asdict(step) for step in from_header(header).training] if header is not None else []
