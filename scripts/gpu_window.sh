@@ -42,7 +42,10 @@ case "${1:-}" in
     shift 2
     run="$runs/$name"
     back="${OUT:?OUT must name the folder whose files come back}/$name"
-    mkdir -p "$back"
+    # copies are made beside $OUT and moved in whole: a copy cut short by the call's end never comes back, and no
+    # temporary file takes one of the eight places
+    staging="$(dirname "$OUT")/.window-staging/$name"
+    mkdir -p "$back" "$staging"
     bring_back() {  # on any exit, so a failed run comes back too: its metrics and log say how far it got
       for f in "$run"/{best_ternary.bnc,metrics.csv,results.json,train.log}; do
         [ -f "$f" ] || continue
@@ -52,7 +55,7 @@ case "${1:-}" in
           split -b "${part_mb}M" "$f" "$back/$name.part."
           sha256sum "$f" | cut -d" " -f1 > "$back/$name.sha256"
         else
-          cp "$f" "$back/.$name.tmp" && mv -f "$back/.$name.tmp" "$back/$name"  # whole, even if killed
+          cp "$f" "$staging/$name" && mv -f "$staging/$name" "$back/$name"  # whole, even if killed
         fi
       done
     }

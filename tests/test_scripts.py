@@ -238,6 +238,8 @@ def test_a_gpu_window_rehearsed_here_carries_the_data_trains_and_brings_back_the
     from bitnetcnn import load_checkpoint
 
     load_checkpoint(tmp_path / "out" / "cut" / "best_ternary.bnc")  # a whole file, not one cut short
+    # and no temporary copy in $OUT, where it would take one of the eight files a call brings back
+    assert not [f for f in (tmp_path / "out").rglob("*") if f.name.startswith(".") or f.suffix == ".tmp"]
     # a run that fails still brings back what it wrote (its log says why), and the call fails
     failed = subprocess.run([*window, "train", "bad", "--model", "no_such_model"], env=env, capture_output=True,
                             text=True)
