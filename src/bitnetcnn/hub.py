@@ -106,7 +106,8 @@ def list_pretrained() -> List[PretrainedCfg]:
     return [e.pretrained for e in entries().values() if e.pretrained is not None]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes, as a published weight declares it."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -122,7 +123,7 @@ def pretrained_path(entry: str, progress: bool = True) -> Path:
     if spec is not None and spec.file:
         path = PRETRAINED_DIR / spec.file
         if path.is_file():
-            if spec.sha256 and _sha256(path) != spec.sha256:
+            if spec.sha256 and file_sha256(path) != spec.sha256:
                 raise PretrainedWeightsUnavailable(f"{path}: sha256 does not match the published one; reinstall bitnetcnn")
             return path
     if spec is None:
@@ -136,7 +137,7 @@ def pretrained_path(entry: str, progress: bool = True) -> Path:
             "is missing: this installation of bitnetcnn is incomplete; reinstall it")
     target = hub_cache_dir() / (spec.file or Path(spec.url).name)
     cached = target.is_file()
-    if cached and (not spec.sha256 or _sha256(target) == spec.sha256):
+    if cached and (not spec.sha256 or file_sha256(target) == spec.sha256):
         return target
     _download(spec.url, target, spec.sha256, progress, entry, stale=cached)  # a cached copy here failed its hash
     return target
@@ -150,7 +151,7 @@ def _download(url: str, target: Path, sha256: Optional[str], progress: bool, ent
         with replacing(target) as tmp:
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
                 shutil.copyfileobj(response, out)
-            if sha256 and _sha256(tmp) != sha256:
+            if sha256 and file_sha256(tmp) != sha256:
                 raise ValueError(f"the download's sha256 does not match {sha256}; not kept")
     except (urllib.error.URLError, OSError, ValueError) as e:
         cached = (f"the cached copy at {target} does not match the published sha256" if stale else

@@ -3,7 +3,6 @@ network, and recorded in the new checkpoint's header so a multi-stage recipe rea
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import sys
@@ -15,6 +14,7 @@ import torch
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
+from bitnetcnn.hub import file_sha256
 from bitnetcnn.models.classifier import classifier_name
 from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, same_model_arg
 from bitnetcnn.nn import ActQuantizer, model_form
@@ -120,52 +120,48 @@ def _rescale_to_own_bits(model: torch.nn.Module, source: torch.nn.Module) -> Non
                 m.running_scale.mul_(act_qmax(theirs[name]) / act_qmax(m.bits))
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _recorded(path: str) -> tuple[dict, list[dict], dict]:
+    """A file a run learned from (``--init`` or a teacher), as its header records it (read once): its name, sha256
+    (a hub name's file is replaced when its weight is republished), accuracy and command; the steps that trained it;
+    and its metadata. A file without a header (the seed's zip, a state dict) records no recipe."""
+    header = native_header(path)
+    meta = (header or {}).get("metadata") or {}
+    record = {"file": Path(path).name, "sha256": file_sha256(path), "accuracy": meta.get("accuracy"),
+              "command": meta.get("command")}
+    steps = [asdict(step) for step in from_header(header).training] if header is not None else []
+    return record, steps, meta
 
 
 def init_metadata(path: str) -> dict:
-    """What a fine-tune started from, for its checkpoint's header (its header read once):
+    """What a fine-tune started from, for its checkpoint's header:
 
-    - ``init``: the file, its sha256 (a hub name's file is replaced when its weight is republished), its accuracy
-      and the command that made it (and, recursively, what that one started from), so a multi-stage recipe can be
-      rerun from the header alone;
+    - ``init``: the file (``_recorded``) and, recursively, what that one started from, so a multi-stage recipe can
+      be rerun from the header alone;
     - ``training``: the recipe's earlier commands with their wall times and hardware (RunRecorder appends this
       run's).
     """
-    header = native_header(path)
-    sha256 = _sha256(path)
-    if header is None:  # the seed's zip or a state dict: no header, no recipe
-        return {"init": {"file": Path(path).name, "sha256": sha256, "accuracy": None, "command": None}, "training": []}
-    meta = header.get("metadata") or {}
-    lineage = {"file": Path(path).name, "sha256": sha256, "accuracy": meta.get("accuracy"),
-               "command": meta.get("command")}
+    lineage, steps, meta = _recorded(path)
     if meta.get("init"):
         lineage["init"] = meta["init"]
-    return {"init": lineage, "training": [asdict(step) for step in from_header(header).training]}
+    return {"init": lineage, "training": steps}
 
 
 def teacher_metadata(paths: list[str], training: list[dict]) -> dict:
     """What a distillation learned from, for its checkpoint's header:
 
-    - ``teachers``: each teacher's file, sha256, accuracy and command. A hub name (``--teacher bitnet_resnet18``)
-      reads the weight published then; once another replaces it, the hash still says which one taught;
+    - ``teachers``: each teacher's file (``_recorded``). A hub name (``--teacher bitnet_resnet18``) reads the weight
+      published then; once another replaces it, the hash still says which one taught;
     - ``training``: ``training`` (the recipe so far: ``--init``'s) after the steps that made each teacher, the last
       of them noting the teacher it made; a step already there (a teacher that shares stages with ``--init``) is
       not repeated. The recipe then reruns from the header alone, the teacher's training first.
     """
     teachers, steps = [], []
     for path in paths:
-        header = native_header(path)
-        meta = (header or {}).get("metadata") or {}
-        sha256, name = _sha256(path), Path(path).name
-        teachers.append({"file": name, "sha256": sha256, "accuracy": meta.get("accuracy"),
-                         "command": meta.get("command")})
-        own = [asdict(step) for step in from_header(header).training] if header is not None else []
+        teacher, own, _ = _recorded(path)
+        teachers.append(teacher)
         if own:
-            own[-1] = dict(own[-1], command=command_with_note(own[-1]["command"],
-                                                              f"the teacher {name} (sha256 {sha256[:12]}...)"))
+            own[-1] = dict(own[-1], command=command_with_note(
+                own[-1]["command"], f"the teacher {teacher['file']} (sha256 {teacher['sha256'][:12]}...)"))
         steps += own
 
     def key(step: dict) -> tuple:  # the same step, with or without a note

@@ -195,7 +195,10 @@ class RunRecorder(L.Callback):
             notes.append(budget_note(self.extended[0] if self.extended else trainer.max_epochs))
         if self.extended:
             notes.append(f"resumed with --epochs {self.extended[1]}")
-        return f"{self.command}  # {'; '.join(notes)}" if notes else self.command
+        command = self.command
+        for note in notes:
+            command = command_with_note(command, note)
+        return command
 
     def _save_best(self, pl_module, values: dict, epoch: int) -> None:
         model = copy.deepcopy(pl_module.validated_model())
