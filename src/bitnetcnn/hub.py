@@ -21,7 +21,6 @@ size, normalization, accuracy, file, sha256, training commands); the loaded mode
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from torch import nn
 
 from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint import load_checkpoint
+from bitnetcnn.checkpoint.format import file_sha256
 from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, model_pretrained_cfg
 from bitnetcnn.settings import cache_root
@@ -104,12 +104,6 @@ def entries() -> Dict[str, HubEntry]:
 def list_pretrained() -> List[PretrainedCfg]:
     """The published weights, one :class:`PretrainedCfg` each (what ``pretrained=True`` loads)."""
     return [e.pretrained for e in entries().values() if e.pretrained is not None]
-
-
-def file_sha256(path) -> str:
-    """The sha256 of a file's bytes, as a published weight declares it."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def hub_cache_dir() -> Path:

@@ -259,6 +259,12 @@ def _read_entry(path, z: zipfile.ZipFile, name: str, limit: int) -> bytes:
     return limits.read_exactly(path, stream, info.file_size, repr(name))
 
 
+def file_sha256(path: PathLike) -> str:
+    """The sha256 of a file's bytes: what a published weight declares, and how a run names the files it learned from."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def is_bitnetcnn_checkpoint(source: Union[bytes, PathLike]) -> bool:
     """Whether the bytes, or the file at a path, are a bitnetcnn checkpoint (a zip holding our header). For a path
     only the zip's directory is read, not the file."""

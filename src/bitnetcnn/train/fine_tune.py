@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
-from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
+from bitnetcnn.checkpoint.format import file_sha256, is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
-from bitnetcnn.hub import file_sha256
 from bitnetcnn.models.classifier import classifier_name
 from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, same_model_arg
 from bitnetcnn.nn import ActQuantizer, model_form
