@@ -26,6 +26,7 @@ from bitnetcnn.nn import ActQuantizer
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.train.run import SettingsError, TrainSettings, build, train
+from bitnetcnn.train.run_recorder import command_with_note
 
 QUICK = dict(dataset="mnist_demo", batch_size=32, limit_train=128, limit_eval=128, progress=False)
 
@@ -1431,8 +1432,11 @@ def test_init_and_teacher_take_a_published_weights_hub_name(tmp_path, capsys):
     assert header["init"]["sha256"] == published.sha256
     kd = load_checkpoint(tmp_path / "kd" / "best_ternary.bnc").checkpoint_header["metadata"]
     assert [(t["file"], t["sha256"]) for t in kd["teachers"]] == [("bitnet_mnist.bnc", published.sha256)]
-    # the teacher's recipe is the --init's: its steps once (as the run with --init alone has them), then this run's
-    assert len(header["training"]) == 3 and kd["training"][:-1] == header["training"][:-1]
+    # the teacher's recipe is the --init's: its steps once (as the run with --init alone has them), the last noting
+    # the teacher it made (kept in --init's copy, which dropped the note before), then this run's
+    assert len(header["training"]) == 3 and kd["training"][:-2] == header["training"][:-2]
+    assert kd["training"][-2]["command"] == command_with_note(
+        header["training"][-2]["command"], f"the teacher bitnet_mnist.bnc (sha256 {published.sha256[:12]}...)")
     assert kd["training"][-1]["command"] == kd["command"]
 
 

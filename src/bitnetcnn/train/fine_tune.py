@@ -152,20 +152,26 @@ def teacher_metadata(paths: list[str], training: list[dict]) -> dict:
       published then; once another replaces it, the hash still says which one taught;
     - ``training``: ``training`` (the recipe so far: ``--init``'s) after the steps that made each teacher, the last
       of them noting the teacher it made; a step already there (a teacher that shares stages with ``--init``) is
-      not repeated. The recipe then reruns from the header alone, the teacher's training first.
+      not repeated, but takes the note. The recipe then reruns from the header alone, the teacher's training first.
     """
-    teachers, steps = [], []
+    def key(step: dict) -> tuple:  # the same step, with or without a note
+        return step["command"].partition("  # ")[0], step.get("wall_time_s"), step.get("hardware")
+
+    teachers, steps, notes = [], [], {}
     for path in paths:
         teacher, own, _ = _recorded(path)
         teachers.append(teacher)
         if own:
-            own[-1] = dict(own[-1], command=command_with_note(
-                own[-1]["command"], f"the teacher {teacher['file']} (sha256 {teacher['sha256'][:12]}...)"))
+            notes.setdefault(key(own[-1]), []).append(
+                f"the teacher {teacher['file']} (sha256 {teacher['sha256'][:12]}...)")
         steps += own
 
-    def key(step: dict) -> tuple:  # the same step, with or without a note
-        return step["command"].partition("  # ")[0], step.get("wall_time_s"), step.get("hardware")
+    def noted(step: dict) -> dict:  # a step that made a teacher says so, wherever it is kept (--init's copy too)
+        for note in notes.get(key(step), []):
+            if note not in step["command"]:
+                step = dict(step, command=command_with_note(step["command"], note))
+        return step
 
     seen = {key(step) for step in training}
     first = [step for step in steps if key(step) not in seen and not seen.add(key(step))]
-    return {"teachers": teachers, "training": [*first, *training]}
+    return {"teachers": teachers, "training": [noted(step) for step in [*first, *training]]}
