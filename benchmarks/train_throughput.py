@@ -12,6 +12,11 @@ validates) and the epoch time they project, with the device's name.
 ``--synthetic`` feeds random uint8 images of the data set's shape through the same augmentation, so no data is
 needed; the epoch is then projected for the data set's standard split sizes. ``benchmarks/data_loading.py``
 separates the data pipeline's cost from the model's.
+
+``--profile N`` runs the timed steps under ``torch.profiler`` (their time then includes its overhead) and prints how
+busy the GPU was (its kernels' time over the steps' wall time) and the N operations that took the most host time:
+a GPU run whose GPU is idle most of a step is bound by the host side of its steps (Python, Lightning, kernel
+launches), which a larger batch or fewer, fused kernels (``--compile``) relieve, not a faster GPU.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ class Timer(L.Callback):
     """Wall time of the training steps after ``warmup`` and of the validation pass (ternary conversion included),
     with the device synchronized at each mark so that queued GPU work is counted where it ran."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, profile: bool = False) -> None:
         self.warmup = warmup
+        self.profiler = torch.profiler.profile(activities=_activities()) if profile else None
+        self._profiling = False
         self.train_start = self.train_end = self.val_start = self.val_end = None
         self.train_images = self.val_images = self.train_steps = 0
 
@@ -50,6 +57,9 @@ class Timer(L.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if batch_idx == self.warmup:
+            if self.profiler is not None:
+                self.profiler.__enter__()
+                self._profiling = True
             self.train_start = self._now(module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -58,14 +68,46 @@ class Timer(L.Callback):
             self.train_images += len(batch[1])
             self.train_end = self._now(module)
 
+    def _stop_profiling(self) -> None:
+        if self._profiling:  # after the last timed step's synchronization: its kernels are in
+            self.profiler.__exit__(None, None, None)
+            self._profiling = False
+
     def on_validation_epoch_start(self, trainer, module):
+        self._stop_profiling()
         self.val_start = self._now(module)
+
+    def on_train_epoch_end(self, trainer, module):
+        self._stop_profiling()
 
     def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
         self.val_images += len(batch[1])
 
     def on_validation_epoch_end(self, trainer, module):
         self.val_end = self._now(module)
+
+
+def _activities() -> list:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return activities
+
+
+def profile_report(profiler, wall_s: float, steps: int, rows: int) -> str:
+    """How busy the device was over the profiled steps, and the operations that took the most host time."""
+    events = profiler.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    lines = []
+    if device_us:
+        lines.append(f"GPU busy {device_us / 1e6 / wall_s:.0%} of the timed steps: kernels {device_us / 1e3 / steps:.1f} "
+                     f"ms a step of {wall_s * 1e3 / steps:.1f} ms (the profiler's overhead included)")
+    else:
+        lines.append(f"no GPU kernels profiled (a CPU run): {wall_s * 1e3 / steps:.1f} ms a step, the profiler's "
+                     "overhead included")
+    lines.append(f"the {rows} operations with the most host time over {steps} steps:")
+    lines.append(events.table(sort_by="self_cpu_time_total", row_limit=rows))
+    return "\n".join(lines)
 
 
 def device_name(accelerator: str) -> str:
@@ -103,6 +145,8 @@ def main() -> None:
     p.add_argument("--synthetic", action="store_true", help="random images of the data set's shape (no data needed)")
     p.add_argument("--train-images", type=int, help="images an epoch trains on (default: the split's size)")
     p.add_argument("--test-images", type=int, help="images an epoch validates on (default: the split's size)")
+    p.add_argument("--profile", type=count, default=0, metavar="N",
+                   help="profile the timed steps: the GPU's busy share and the N operations with the most host time")
     args = p.parse_args()
 
     accelerator = args.accelerator
@@ -126,7 +170,7 @@ def main() -> None:
         train_n, test_n = len(data.train_split.labels), len(data.test_split.labels)
     train_n, test_n = args.train_images or train_n, args.test_images or test_n
 
-    timer = Timer(args.warmup)
+    timer = Timer(args.warmup, profile=args.profile > 0)
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=1, accelerator=accelerator, devices=1, precision=_precision(settings, accelerator),
@@ -160,6 +204,8 @@ def main() -> None:
               f"= {train_s:.1f} s training + {val_s:.1f} s validation")
     else:
         print("epoch: pass --train-images and --test-images to project it")
+    if args.profile:
+        print(profile_report(timer.profiler, timer.train_end - timer.train_start, timer.train_steps, args.profile))
 
 
 if __name__ == "__main__":

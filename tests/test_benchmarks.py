@@ -40,3 +40,15 @@ def test_train_throughput_divides_by_the_steps_that_ran():
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"ms a step, 4 steps, all the split holds of the 20 asked for", done.stdout), done.stdout
+
+
+def test_train_throughput_profiles_the_timed_steps():
+    """--profile N: where a step's time goes (the GPU's busy share on a GPU; here the CPU's) and the N operations
+    with the most host time, the convolutions among them."""
+    out = run_train_throughput("--profile", "5")
+    assert re.search(r"^no GPU kernels profiled \(a CPU run\): \d+\.\d ms a step", out, re.M), out
+    assert "the 5 operations with the most host time over 2 steps:" in out, out
+    table = out.split("over 2 steps:", 1)[1]
+    assert "Self CPU" in table and "convolution" in table, out
+    rows = [line for line in table.splitlines() if line.strip().startswith(("aten::", "Optimizer", "cuda"))]
+    assert 1 <= len(rows) <= 5, out
