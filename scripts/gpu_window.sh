@@ -12,7 +12,10 @@
 # else to $OUT. A larger file (a full-precision teacher) is cut into FILE.part.aa, .ab, ... (join with
 # `cat FILE.part.* > FILE`; FILE.sha256 checks it). last.ckpt, args.json and metrics.png (redrawn from metrics.csv)
 # stay there. They are copied every 30 s too, so a call killed at its limit brings back the last copies.
-# BITNETCNN_WINDOW_DATA, _RUNS, _CARRY, _PART_MB and _COPY_S change those (tests/test_scripts.py rehearses a window).
+# Every 15 s train.log also gets a line of how busy the GPU is (`nvidia-smi`): a run that leaves it idle is bound by
+# the host side of its steps (docs/recipes.md, the third window).
+# BITNETCNN_WINDOW_DATA, _RUNS, _CARRY, _PART_MB, _COPY_S, _GPU_S and _SMI (the probe's command) change those
+# (tests/test_scripts.py rehearses a window).
 set -euo pipefail
 script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$script")/.."
@@ -22,6 +25,8 @@ runs="${BITNETCNN_WINDOW_RUNS:-$HOME/runs}"
 carried="${BITNETCNN_WINDOW_CARRY:-.devdata/cifar100}"
 part_mb="${BITNETCNN_WINDOW_PART_MB:-15}"
 copy_s="${BITNETCNN_WINDOW_COPY_S:-30}"
+gpu_s="${BITNETCNN_WINDOW_GPU_S:-15}"
+smi="${BITNETCNN_WINDOW_SMI:-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader}"
 python="${PYTHON:-$(command -v python3 || command -v python || true)}"
 [ -n "$python" ] || { echo "gpu_window.sh: no python3 or python on the PATH (set PYTHON)" >&2; exit 2; }
 
@@ -60,19 +65,28 @@ case "${1:-}" in
       done
     }
     # a call cut at its limit by SIGKILL runs no trap, but what is already in $OUT comes back: copy as it goes
-    copier=""
+    copier="" sampler=""
+    stop() { [ -z "$1" ] || { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null || true; }; }
     finish() {  # the copier stopped first, so the last copy is whole; the call keeps the run's exit status
       local status=$?
-      [ -z "$copier" ] || { kill "$copier" 2>/dev/null; wait "$copier" 2>/dev/null || true; }
+      stop "$sampler"
+      stop "$copier"
       bring_back
       exit "$status"
     }
     trap finish EXIT
+    mkdir -p "$run"
     ( while sleep "$copy_s"; do bring_back; done ) >/dev/null 2>&1 &
     copier=$!
-    mkdir -p "$run"
+    if command -v "${smi%% *}" >/dev/null 2>&1; then  # appended beside tee's lines: each a write of its own
+      ( while sleep "$gpu_s"; do echo "gpu busy, memory at $(date +%T): $($smi 2>&1 | head -n 1)"; done \
+        >> "$run/train.log" ) &
+      sampler=$!
+    fi
     "$python" -m bitnetcnn train --dataset cifar100 --data-dir "$data" --out "$run" --no-progress "$@" \
       2>&1 | tee -a "$run/train.log"
+    stop "$sampler"  # the log ends with the evaluation
+    sampler=""
     "$python" -m bitnetcnn eval "$run/best_ternary.bnc" --data-dir "$data" 2>&1 | tee -a "$run/train.log"
     ;;
   *)

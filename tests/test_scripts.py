@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -208,15 +209,19 @@ def test_a_gpu_window_rehearsed_here_carries_the_data_trains_and_brings_back_the
     for k in range(3):
         done = subprocess.run([*window, "carry", str(k)], env=env, capture_output=True, text=True, check=True)
     assert "wrote" in done.stdout and (tmp_path / "home" / "data" / "cifar100.npz").is_file()
+    # a stand-in for nvidia-smi: how busy the GPU is goes into the log while the run trains
+    probe = {"BITNETCNN_WINDOW_SMI": "echo 42 %, 1965 MiB", "BITNETCNN_WINDOW_GPU_S": "0.2"}
     done = subprocess.run([*window, "train", "r18", "--model", "bit_resnet18", "--epochs", "1", "--batch-size", "32",
-                           "--accelerator", "cpu", "--save-every", "0"], env=env, capture_output=True, text=True)
+                           "--accelerator", "cpu", "--save-every", "0"], env={**env, **probe}, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     back = tmp_path / "out" / "r18"
     # four files a run, so that two runs fit the eight files a call brings back; the log ends with the evaluation
     assert {f.name for f in back.iterdir() if ".part." not in f.name} == {"metrics.csv", "results.json", "train.log",
                                                                           "best_ternary.bnc.sha256"}
     log = (back / "train.log").read_text()
-    assert json.loads(log[log.rindex("\n{"):])["images"] == 32  # the joined test set, all of it
+    assert json.loads(log[log.rindex("\n{"):])["images"] == 32  # the joined test set, all of it: nothing after it
+    assert re.search(r"^gpu busy, memory at \d\d:\d\d:\d\d: 42 %, 1965 MiB$", log, re.M), log[-2000:]
     model = tmp_path / "runs" / "r18" / "best_ternary.bnc"
     parts = sorted(back.glob("best_ternary.bnc.part.*"))
     assert model.stat().st_size > 1024 * 1024 and len(parts) >= 2  # the ternary ResNet-18 takes about 2 MB
