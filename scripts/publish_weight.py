@@ -6,7 +6,8 @@
    a user reproduces, where a run's own figures may come from a GPU's arithmetic.
 2. Writes it to ``bitnetcnn/pretrained/ENTRY.bnc`` with those figures, the tag, hub entry, licence, class names and
    test-set size in its header (the weights are copied bit for bit), refusing a file over 4 MiB: larger weights
-   are published at a URL. The recorded commands lose this machine's paths (``portable_command``).
+   are published at a URL. The recorded commands lose this machine's paths (``portable_command``), and a step
+   that took a weight by its hub name which an earlier step made names that step's file (``_hub_names_as_steps``).
 3. Prints the ``PretrainedCfg`` to paste into ``bitnetcnn/pretrained/__init__.py`` (and to name as the entry's
    ``pretrained=`` in ``bitnetcnn/hub.py``), sha256 and size included. ``tests/test_hub.py`` and ``tests/test_pretrained_zoo.py`` then check the weight through torch.hub on
    the full test set and deployed.
@@ -103,6 +104,51 @@ def portable_command(command: str, folders: dict[Path, Path] | None = None) -> s
     return shlex.join(out) + sep + comment
 
 
+# the note a step that made a teacher carries (fine_tune.teacher_metadata): "the teacher FILE (sha256 PREFIX...)"
+MADE_TEACHER = re.compile(r"the teacher (\S+) \(sha256 ([0-9a-f]+)\.\.\.\)")
+
+
+def _flag_values(words: list[str], flags: tuple[str, ...]):
+    """(index, flag, value, joined) for each ``FLAG VALUE`` or ``FLAG=VALUE`` in ``words``; ``index`` holds VALUE."""
+    for k, word in enumerate(words):
+        flag, eq, value = word.partition("=")
+        if flag in flags and (eq or k + 1 < len(words)):
+            yield (k, flag, value, True) if eq else (k + 1, flag, words[k + 1], False)
+
+
+def _hub_names_as_steps(metadata: dict) -> dict:
+    """A step that took a published weight by its hub name (``--teacher bitnet_resnet18``) where an earlier step of
+    the recipe made that file (noted "the teacher bitnet_resnet18.bnc (sha256 ...)") names that step's file instead,
+    saying what it ran with: the name serves whatever is published now, so the recipe rerun as recorded would learn
+    from another model than the one that taught it."""
+    steps = metadata.get("training") or []
+    made: dict[str, tuple[str, str]] = {}  # a file's name -> (the run file an earlier step wrote, sha256 prefix)
+    rewritten = []
+    for step in steps:
+        text, sep, comment = step["command"].partition("  # ")
+        words, notes = shlex.split(text), []
+        for index, flag, value, joined in list(_flag_values(words, ("--init", "--teacher"))):
+            if "/" in value or "\\" in value or value.endswith(".bnc") or f"{value}.bnc" not in made:
+                continue  # a path, or a name no earlier step made
+            path, sha = made[f"{value}.bnc"]
+            words[index] = f"{flag}={path}" if joined else path
+            notes.append(f"it ran with {flag} {value}, which named that file then (sha256 {sha}...)")
+        command = step["command"]
+        if notes:
+            command = shlex.join(words) + sep + comment
+            for note in notes:
+                command = command_with_note(command, note)
+        out = [value for _, _, value, _ in _flag_values(words, ("--out",))]
+        for name, sha in MADE_TEACHER.findall(comment):
+            if out:
+                made[name] = (f"{out[-1]}/best_ternary.bnc", sha)
+        rewritten.append(dict(step, command=command))
+    if not steps:
+        return metadata
+    last = metadata.get("command") == steps[-1]["command"]
+    return dict(metadata, training=rewritten, **({"command": rewritten[-1]["command"]} if last else {}))
+
+
 def _portable(metadata: dict) -> dict:
     """``metadata`` with every recorded command portable (this run's, its recipe's steps, what it started from)."""
     folders: dict[Path, Path] = {}
@@ -185,7 +231,8 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
         raise ValueError(f"{path} does not record the data set it was trained on: it cannot be measured")
     header = model.checkpoint_header
     # refused before the long part
-    recorded = _portable(_mark_early_epoch(dict(header.get("metadata") or {}, command=own.command)))
+    recorded = _hub_names_as_steps(_portable(_mark_early_epoch(dict(header.get("metadata") or {},
+                                                                     command=own.command))))
     measured = evaluate_model(model, data_dir=data_dir, source=str(path))
     names = own.class_names or get_dataset_spec(own.dataset).class_names
     scores = {"top1": measured["top1"], "top5": measured["top5"]}

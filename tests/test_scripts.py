@@ -279,3 +279,34 @@ def test_publishing_replaces_a_weight_only_when_told_and_refuses_what_is_not_con
         saved = bitnetcnn.save_checkpoint(model, tmp_path / f"{quant}.bnc", {"dataset": "mnist_demo"})
         with pytest.raises(ValueError, match=f"holds a {kind} model, not a converted ternary one"):
             publish_weight.publish(saved, "bitnet_mnist", "c", out_dir=tmp_path / "no")
+
+
+def test_a_step_that_took_a_hub_name_names_the_file_an_earlier_step_made(tmp_path):
+    """`--teacher bitnet_resnet18` serves whatever is published now: a recipe whose earlier step made the file the
+    name served then (its note says so, with the sha256) names that step's file, so that rerunning the recipe
+    distils from the rerun's model and not from the one published since."""
+    import bitnetcnn
+
+    publish_weight = _script("publish_weight")
+    a = "bitnetcnn train --dataset mnist_demo --out /home/me/runs/a  # the teacher bitnet_mnist.bnc (sha256 aaaa...)"
+    b = ("bitnetcnn train --dataset mnist_demo --kd --teacher bitnet_mnist --out /home/me/runs/b  # the time budget "
+         "gave 3 epochs; the teacher bitnet_mnist.bnc (sha256 bbbb...)")
+    c = "bitnetcnn train --dataset mnist_demo --init bitnet_mnist --kd --teacher=bitnet_mnist --out /home/me/runs/c"  # = too
+    d = "bitnetcnn train --dataset mnist_demo --kd --teacher bitnet_resnet18 --out /home/me/runs/d"
+    model = bitnetcnn.convert_to_ternary(bitnetcnn.create_model("bitnet_cnn", width=8).eval())
+    trained = bitnetcnn.save_checkpoint(model, tmp_path / "best_ternary.bnc", {
+        "dataset": "mnist_demo", "command": d, "epoch": 0, "epochs": 1,
+        "training": [{"command": step, "wall_time_s": 1.0} for step in (a, b, c, d)]})
+    cfg = publish_weight.publish(trained, "bitnet_mnist", "demo", out_dir=tmp_path / "shipped")
+    assert [step.command for step in cfg.training] == [
+        "bitnetcnn train --dataset mnist_demo --out runs/a  # the teacher bitnet_mnist.bnc (sha256 aaaa...)",
+        "bitnetcnn train --dataset mnist_demo --kd --teacher runs/a/best_ternary.bnc --out runs/b  # the time budget "
+        "gave 3 epochs; the teacher bitnet_mnist.bnc (sha256 bbbb...); it ran with --teacher bitnet_mnist, which "
+        "named that file then (sha256 aaaa...)",
+        "bitnetcnn train --dataset mnist_demo --init runs/b/best_ternary.bnc --kd --teacher runs/b/best_ternary.bnc "
+        "--out runs/c  # it ran with --init bitnet_mnist, which named that file then (sha256 bbbb...); it ran with "
+        "--teacher bitnet_mnist, which named that file then (sha256 bbbb...)",
+        # no step made bitnet_resnet18's file: the name stays
+        "bitnetcnn train --dataset mnist_demo --kd --teacher bitnet_resnet18 --out runs/d",
+    ]
+    assert cfg.command == cfg.training[-1].command

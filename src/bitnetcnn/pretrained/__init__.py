@@ -60,29 +60,31 @@ BITNET_RESNET18_CIFAR100 = PretrainedCfg(
     top1=0.7856,
     top5=0.9437,
     file="bitnet_resnet18.bnc",
-    file_size=1883615,
-    sha256="befbc1bb109680c1feb68fa361e9d2fe4845328229e6b3ecbe2fb91cd2625431",
+    file_size=1883667,
+    sha256="a3e21897012f755eed4b424c86a591b7971fd0bf2c9d7d837ddfb643a72a0780",
     training=(
-        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/r18 --no-progress --model bit_resnet18 "
-                     "--epochs 200 --time-budget 8 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 "
+        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/r18 --no-progress --model bit_resnet18 --epochs "
+                     "200 --time-budget 8 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 "
                      "--warmup-epochs 1 --label-smoothing 0.1 --amp --accelerator gpu --devices 1  # the time budget "
                      "gave 100 epochs; the weights of epoch 90 of 100, the best of those validated by then; the "
                      "teacher bitnet_resnet18.bnc (sha256 d8caee0957a4...)",
                      419.1, "1x NVIDIA H200, bf16-mixed"),
-        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/kdcm --no-progress --model bit_resnet18 "
-                     "--epochs 300 --time-budget 8.9 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 "
-                     "--wd 5e-4 --warmup-epochs 1 --label-smoothing 0.1 --cutmix 1.0 --compile --amp --accelerator gpu "
-                     "--devices 1 --kd --teacher bitnet_resnet18 --kd-alpha 0.5  # the time budget gave 55 epochs; the "
-                     "teacher bitnet_resnet18.bnc (sha256 e503f28b1a0d...)",
+        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/kdcm --no-progress --model bit_resnet18 --epochs "
+                     "300 --time-budget 8.9 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 "
+                     "--warmup-epochs 1 --label-smoothing 0.1 --cutmix 1.0 --compile --amp --accelerator gpu --devices "
+                     "1 --kd --teacher runs/r18/best_ternary.bnc --kd-alpha 0.5  # the time budget gave 55 epochs; the "
+                     "teacher bitnet_resnet18.bnc (sha256 e503f28b1a0d...); it ran with --teacher bitnet_resnet18, "
+                     "which named that file then (sha256 d8caee0957a4...)",
                      508.7, "1x NVIDIA H200, bf16-mixed"),
-        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/kd3 --no-progress --model bit_resnet18 "
-                     "--epochs 300 --time-budget 8.3 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 "
-                     "--wd 5e-4 --warmup-epochs 1 --label-smoothing 0.1 --cutmix 1.0 --compile --amp --accelerator gpu "
-                     "--devices 1 --kd --teacher bitnet_resnet18 --kd-alpha 0.5  # the time budget gave 68 epochs; the "
-                     "teacher best_ternary.bnc (sha256 64745ae42d1c...)",
+        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/kd3 --no-progress --model bit_resnet18 --epochs "
+                     "300 --time-budget 8.3 --val-every 10 --batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 "
+                     "--warmup-epochs 1 --label-smoothing 0.1 --cutmix 1.0 --compile --amp --accelerator gpu --devices "
+                     "1 --kd --teacher runs/kdcm/best_ternary.bnc --kd-alpha 0.5  # the time budget gave 68 epochs; "
+                     "the teacher best_ternary.bnc (sha256 64745ae42d1c...); it ran with --teacher bitnet_resnet18, "
+                     "which named that file then (sha256 e503f28b1a0d...)",
                      403.2, "1x NVIDIA H200, bf16-mixed"),
-        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/kd4 --no-progress --model bit_resnet18 "
-                     "--init runs/kd3/best_ternary.bnc --epochs 300 --time-budget 4.4 --val-every 10 --batch-size 256 "
+        TrainingStep("bitnetcnn train --dataset cifar100 --out runs/kd4 --no-progress --model bit_resnet18 --init "
+                     "runs/kd3/best_ternary.bnc --epochs 300 --time-budget 4.4 --val-every 10 --batch-size 256 "
                      "--optimizer sgd --lr 0.04 --wd 5e-4 --warmup-epochs 0.5 --label-smoothing 0.1 --cutmix 1.0 "
                      "--compile --amp --accelerator gpu --devices 1 --kd --teacher runs/kd3/best_ternary.bnc "
                      "--kd-alpha 0.5  # the time budget gave 40 epochs",
