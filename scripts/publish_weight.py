@@ -37,6 +37,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg  # noqa: E402
 from bitnetcnn.data.catalog import get_dataset_spec  # noqa: E402
 from bitnetcnn.hub import PRETRAINED_DIR, entries  # noqa: E402
 from bitnetcnn.nn import TERNARY_LAYERS  # noqa: E402
+from bitnetcnn.train.fine_tune import TEACHER_NOTE  # noqa: E402
 from bitnetcnn.train.run_recorder import BUDGET_GAVE, command_with_note  # noqa: E402
 from bitnetcnn.train.evaluate import evaluate_model  # noqa: E402
 
@@ -104,21 +105,14 @@ def portable_command(command: str, folders: dict[Path, Path] | None = None) -> s
     return shlex.join(out) + sep + comment
 
 
-# the note a step that made a teacher carries (fine_tune.teacher_metadata): "the teacher FILE (sha256 PREFIX...)"
-MADE_TEACHER = re.compile(r"the teacher (\S+) \(sha256 ([0-9a-f]+)\.\.\.\)")
-
-
-def _flag_values(words: list[str], flags: tuple[str, ...]):
-    """(index, flag, value, joined) for each ``FLAG VALUE`` or ``FLAG=VALUE`` in ``words``; ``index`` holds VALUE."""
-    for k, word in enumerate(words):
-        flag, eq, value = word.partition("=")
-        if flag in flags and (eq or k + 1 < len(words)):
-            yield (k, flag, value, True) if eq else (k + 1, flag, words[k + 1], False)
+def _flag_values(words: list[str], flag: str):
+    """(index of the value, value) for each ``FLAG VALUE`` in ``words`` (portable commands: ``FLAG=VALUE`` split)."""
+    return [(k + 1, words[k + 1]) for k, word in enumerate(words[:-1]) if word == flag]
 
 
 def _hub_names_as_steps(metadata: dict) -> dict:
     """A step that took a published weight by its hub name (``--teacher bitnet_resnet18``) where an earlier step of
-    the recipe made that file (noted "the teacher bitnet_resnet18.bnc (sha256 ...)") names that step's file instead,
+    the recipe made that file (its ``TEACHER_NOTE``: "the teacher bitnet_resnet18.bnc (sha256 ...)") names that step's file instead,
     saying what it ran with: the name serves whatever is published now, so the recipe rerun as recorded would learn
     from another model than the one that taught it."""
     steps = metadata.get("training") or []
@@ -127,19 +121,20 @@ def _hub_names_as_steps(metadata: dict) -> dict:
     for step in steps:
         text, sep, comment = step["command"].partition("  # ")
         words, notes = shlex.split(text), []
-        for index, flag, value, joined in list(_flag_values(words, ("--init", "--teacher"))):
-            if "/" in value or "\\" in value or value.endswith(".bnc") or f"{value}.bnc" not in made:
-                continue  # a path, or a name no earlier step made
-            path, sha = made[f"{value}.bnc"]
-            words[index] = f"{flag}={path}" if joined else path
-            notes.append(f"it ran with {flag} {value}, which named that file then (sha256 {sha}...)")
+        for flag in ("--init", "--teacher"):
+            for index, value in _flag_values(words, flag):
+                if "/" in value or "\\" in value or value.endswith(".bnc") or f"{value}.bnc" not in made:
+                    continue  # a path, or a name no earlier step made
+                path, sha = made[f"{value}.bnc"]
+                words[index] = path
+                notes.append(f"it ran with {flag} {value}, which named that file then (sha256 {sha}...)")
         command = step["command"]
         if notes:
             command = shlex.join(words) + sep + comment
             for note in notes:
                 command = command_with_note(command, note)
-        out = [value for _, _, value, _ in _flag_values(words, ("--out",))]
-        for name, sha in MADE_TEACHER.findall(comment):
+        out = [value for _, value in _flag_values(words, "--out")]
+        for name, sha in TEACHER_NOTE.findall(comment):
             if out:
                 made[name] = (f"{out[-1]}/best_ternary.bnc", sha)
         rewritten.append(dict(step, command=command))

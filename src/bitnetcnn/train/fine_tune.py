@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -145,6 +146,14 @@ def init_metadata(path: str) -> dict:
     return {"init": lineage, "training": steps}
 
 
+# what a step that made a teacher notes; scripts/publish_weight.py reads it back (TEACHER_NOTE)
+TEACHER_NOTE = re.compile(r"the teacher (\S+) \(sha256 ([0-9a-f]+)\.\.\.\)")
+
+
+def teacher_note(file: str, sha256: str) -> str:
+    return f"the teacher {file} (sha256 {sha256[:12]}...)"
+
+
 def teacher_metadata(paths: list[str], training: list[dict]) -> dict:
     """What a distillation learned from, for its checkpoint's header:
 
@@ -162,8 +171,7 @@ def teacher_metadata(paths: list[str], training: list[dict]) -> dict:
         teacher, own, _ = _recorded(path)
         teachers.append(teacher)
         if own:
-            notes.setdefault(key(own[-1]), []).append(
-                f"the teacher {teacher['file']} (sha256 {teacher['sha256'][:12]}...)")
+            notes.setdefault(key(own[-1]), []).append(teacher_note(teacher["file"], teacher["sha256"]))
         steps += own
 
     def noted(step: dict) -> dict:  # a step that made a teacher says so, wherever it is kept (--init's copy too)
