@@ -16,7 +16,8 @@ separates the data pipeline's cost from the model's.
 ``--profile N`` runs the timed steps under ``torch.profiler`` (their time then includes its overhead) and prints how
 busy the GPU was (its kernels' time over the steps' wall time) and the N operations that took the most host time:
 a GPU run whose GPU is idle most of a step is bound by the host side of its steps (Python, Lightning, kernel
-launches), which a larger batch or fewer, fused kernels (``--compile``) relieve, not a faster GPU.
+launches), which a larger batch, fewer, fused kernels (``--compile``) or one launch for all of them (CUDA graphs:
+``--compile --compile-mode reduce-overhead``) relieve, not a faster GPU.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bitnetcnn.cli import count, positive_int
 from bitnetcnn.machine import describe_device
 from bitnetcnn.data.sources import Split
 from bitnetcnn.train.run import TrainSettings, _precision, _quiet_lightning, build
+from bitnetcnn.train.settings import COMPILE_MODES
 
 # Standard split sizes (train, test), to project an epoch on synthetic data.
 SPLIT_SIZES = {"mnist_demo": (10000, 2000), "mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
@@ -136,6 +138,8 @@ def main() -> None:
     p.add_argument("--eval-ternary", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (as train --compile; "
                    "compiling happens in the warm-up steps, untimed)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="torch.compile's mode, as train --compile-mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--teacher", nargs="+", default=[], metavar="CHECKPOINT",
                    help="distill from these teachers as train --kd --teacher does (their forward passes timed too)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
@@ -155,7 +159,8 @@ def main() -> None:
     settings = TrainSettings.from_dict(dict(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, model_kwargs=args.model_kwargs,
         act_bits=args.act_bits, batch_size=args.batch_size, optimizer=args.optimizer, amp=args.amp,
-        channels_last=args.channels_last, eval_ternary=args.eval_ternary, compile=args.compile, accelerator=accelerator,
+        channels_last=args.channels_last, eval_ternary=args.eval_ternary, compile=args.compile,
+        compile_mode=args.compile_mode, accelerator=accelerator,
         devices="1", epochs=1, progress=False, kd=bool(args.teacher), teacher=args.teacher))
     L.seed_everything(0, verbose=False)
     data, module = build(settings)
@@ -190,7 +195,7 @@ def main() -> None:
     print(f"device: {device_name(accelerator)}; torch {torch.__version__}, precision {trainer.precision}")
     print(f"{args.model} on {args.dataset}{' (synthetic images)' if args.synthetic else ''}, "
           f"batch {args.batch_size}, {args.optimizer}, channels_last={module.hparams.channels_last}, "
-          f"eval_ternary={module.eval_ternary}, compile={args.compile}, act_bits={settings.act_bits}"
+          f"eval_ternary={module.eval_ternary}, compile={args.compile and args.compile_mode}, act_bits={settings.act_bits}"
           + (f", distilled from {', '.join(args.teacher)}" if module.teacher is not None else ""))
     short = f", all the split holds of the {args.steps} asked for" if timer.train_steps < args.steps else ""
     print(f"training:   {train_ips:9.1f} img/s  ({step_s * 1e3:.1f} ms a step, {timer.train_steps} steps{short} after "

@@ -68,6 +68,9 @@ def test_builds_for_each_input_size_and_class_count(name, in_chans, side, classe
 def test_training_lowers_the_loss_and_conversion_keeps_the_function(name):
     in_chans = get_model_config(name).input_size[0]
     model = create_model(name, num_classes=10).train()
+    for m in model.modules():  # one function before and after the step: two dropout masks made MobileNetV2's loss
+        if isinstance(m, nn.Dropout):  # rise after the step for 3 seeds in 10 (on an AVX-512 EPYC for seed 0)
+            m.p = 0.0
     x, y = torch.randn(4, in_chans, 16, 16), torch.arange(4)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss = nn.functional.cross_entropy(model(x), y)

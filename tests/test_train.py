@@ -69,7 +69,7 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
         amp=True, channels_last=False, accelerator="cpu", devices="2", num_nodes=2, strategy="ddp", seed=3,
         limit_train=100, limit_eval=50, progress=False)
     # --quant fp refuses the ternary layers' flags; --compile is refused with --kd-hints
-    teacher = TrainSettings(quant="fp", epochs=3, compile=True)
+    teacher = TrainSettings(quant="fp", epochs=3, compile=True, compile_mode="reduce-overhead")
     changed = set(every.changed()) | set(teacher.changed())
     assert changed == {f.name for f in dataclasses.fields(TrainSettings)}  # a new field joins here
     settings = [TrainSettings(), every, teacher, TrainSettings(channels_last=True, pow2=1)]
@@ -88,6 +88,7 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
     (["--quant", "fp", "--fp-ends"], "--quant fp trains full-precision layers, so --fp-ends would not be used"),
     (["--kd", "--teacher", "t.bnc", "--kd-alpha", "0"], "--kd-alpha 0 without --kd-hints leaves the teacher out"),
     (["--kd", "--teacher", "t.bnc", "--kd-hints", "1", "--compile"], "--kd-hints reads the student's features outside"),
+    (["--compile-mode", "reduce-overhead"], "--compile-mode reduce-overhead chooses how --compile compiles: add"),
     (["--kd", "--teacher", "t.bnc", "--kd-alpha", "0", "--kd-hints", "1", "--kd-temperature", "2"],
      "--kd-temperature 2 softens the logits of --kd-alpha's term, which --kd-alpha 0 leaves out"),
     (["--kd", "--teacher", "t.bnc", "--kd-alpha", "1", "--label-smoothing", "0.1"],
@@ -1051,6 +1052,42 @@ def test_compile_wraps_the_training_forward_only_and_never_a_copy_of_another_mod
     assert twin._training_forward()._orig_mod is twin.model
     plain = BitClassifier("bitnet_cnn", 10, 1)
     assert plain._training_forward() is plain.model
+
+
+def test_compile_compiles_the_teacher_too_in_the_runs_mode_and_marks_each_cuda_graph_step(tmp_path, monkeypatch):
+    """With --compile the teacher's forward is compiled as the student's is (eager, it is a launch per layer each
+    step), both in --compile-mode; in a CUDA-graph mode each training step first tells the graphs a new step began,
+    so they may reuse the memory of the last step's outputs. The loss is the eager module's."""
+    teacher = tmp_path / "teacher.bnc"
+    bitnetcnn.save_checkpoint(bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, quant="fp"), teacher, {})
+    compiled, steps = [], []
+
+    class Compiled(torch.nn.Module):  # what torch.compile returns, without compiling: the test is about the wiring
+        def __init__(self, model, mode):
+            super().__init__()
+            self._orig_mod, self.mode = model, mode
+            compiled.append(self)
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: Compiled(model, mode))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    batch = (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    losses = {}
+    for mode in ("eager", "default", "reduce-overhead"):
+        flags = dict(compile=True, compile_mode=mode) if mode != "eager" else {}
+        torch.manual_seed(0)
+        _, module = build(TrainSettings(kd=True, teacher=[str(teacher)], model_kwargs={"drop_rate": 0.0}, **flags,
+                                        **QUICK))
+        compiled.clear(), steps.clear()
+        losses[mode] = [module.training_step(batch, i).detach() for i in range(2)]
+        if mode == "eager":
+            assert compiled == []
+            continue
+        assert [(c._orig_mod, c.mode) for c in compiled] == [(module.model, mode), (module.teacher, mode)]
+        assert len(steps) == (2 if mode == "reduce-overhead" else 0)
+        assert all(torch.equal(a, b) for a, b in zip(losses[mode], losses["eager"]))
 
 
 def test_init_reads_a_plain_state_dict_into_the_runs_architecture(tmp_path):

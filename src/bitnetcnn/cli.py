@@ -16,7 +16,7 @@ from bitnetcnn.machine import usable_cores
 from bitnetcnn.models.quant_spec import QUANT_MODES
 from bitnetcnn.quant import ACT_BITS, SCALE_OPS
 from bitnetcnn.train.schedule import DEFAULT_LR
-from bitnetcnn.train.settings import TrainSettings
+from bitnetcnn.train.settings import COMPILE_MODES, TrainSettings
 
 TRAIN_EXAMPLE = ("bitnetcnn train --model bit_resnet18 --dataset cifar100 --epochs 100 --batch-size 128 --lr 0.1 "
                  "--optimizer sgd --wd 5e-4 --amp --out runs/r18")
@@ -138,6 +138,8 @@ def _add_train(sub) -> None:
       "fitted to them (recorded in args.json, so --resume continues that run)")
     a("--compile", action="store_true", help="torch.compile the training forward (pays on GPUs after its first "
       "minute of compiling)")
+    a("--compile-mode", choices=COMPILE_MODES, help="how --compile compiles (torch.compile's mode; default: "
+      "default): reduce-overhead replays each step as CUDA graphs, for a GPU that waits on the host's launches")
     a("--kd", action="store_true", help="distill from --teacher")
     a("--teacher", action="append", help="checkpoint of the full-precision teacher (bitnetcnn train "
       "--quant fp), or a published weight's hub name; repeat it to distill an ensemble (the mean of the teachers' "

@@ -22,6 +22,9 @@ from bitnetcnn.train.run_folder import PROCESSES_KEY, TEACHER_KEY
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 
 
+# torch.compile's modes that replay CUDA graphs: each training step must say where it starts
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 
 class BitClassifier(L.LightningModule):
     """Image classification with a registry model.
@@ -53,6 +56,7 @@ class BitClassifier(L.LightningModule):
         kd_hints: float = TrainSettings.kd_hints,
         channels_last: bool = False,
         compile: bool = TrainSettings.compile,
+        compile_mode: str = TrainSettings.compile_mode,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,6 +108,9 @@ class BitClassifier(L.LightningModule):
     # --- training -------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.hparams.compile and self.hparams.compile_mode in CUDA_GRAPH_MODES:
+            # a new step: the CUDA graphs may reuse the memory of the last step's outputs, which nothing holds
+            torch.compiler.cudagraph_mark_step_begin()
         targets = y
         if self._mix is not None:
             x, targets = self._mix(x, y)
@@ -116,7 +123,8 @@ class BitClassifier(L.LightningModule):
                 self.teacher.to(x.device).eval()
             with torch.no_grad():
                 teacher_features = self.teacher.forward_features(x) if hints else None
-                teacher_logits = self.teacher.forward_head(teacher_features) if hints else self.teacher(x)
+                teacher = self._compiled("_compiled_teacher", self.teacher)
+                teacher_logits = self.teacher.forward_head(teacher_features) if hints else teacher(x)
             if self.hparams.kd_alpha > 0:
                 loss = distillation_loss(logits, teacher_logits, loss, self.hparams.kd_alpha,
                                          self.hparams.kd_temperature)
@@ -129,14 +137,19 @@ class BitClassifier(L.LightningModule):
         return loss
 
     def _training_forward(self) -> nn.Module:
-        """The model, or with ``compile`` its ``torch.compile`` wrapper. The wrapper is kept out of the module tree,
-        so the state dict keeps the model's own names; it is rebuilt if it wraps another model than ``self.model``
-        (in a deep copy), so a copy never runs the original's weights."""
+        """The model, or with ``compile`` its ``torch.compile`` wrapper (see :meth:`_compiled`)."""
+        return self._compiled("_compiled_model", self.model)
+
+    def _compiled(self, key: str, model: nn.Module) -> nn.Module:
+        """``model``, or with ``compile`` its ``torch.compile`` wrapper (the teacher's too: its eager forward is a
+        launch per layer, each step). The wrapper is kept out of the module tree, so the state dict keeps the model's
+        own names; it is rebuilt if it wraps another model than ``model`` (in a deep copy), so a copy never runs the
+        original's weights."""
         if not self.hparams.compile:
-            return self.model
-        compiled = self.__dict__.get("_compiled")
-        if compiled is None or compiled._orig_mod is not self.model:
-            compiled = self.__dict__["_compiled"] = torch.compile(self.model)
+            return model
+        compiled = self.__dict__.get(key)
+        if compiled is None or compiled._orig_mod is not model:
+            compiled = self.__dict__[key] = torch.compile(model, mode=self.hparams.compile_mode)
         return compiled
 
     def configure_optimizers(self):

@@ -145,7 +145,7 @@ def build(s: TrainSettings, resume: bool = False):
         momentum=s.momentum, warmup_epochs=s.warmup_epochs, label_smoothing=s.label_smoothing, mixup=s.mixup,
         cutmix=s.cutmix, eval_ternary=s.eval_ternary, kd_alpha=s.kd_alpha if s.kd else 0.0,
         kd_temperature=s.kd_temperature, kd_hints=s.kd_hints if s.kd else 0.0, channels_last=channels_last,
-        compile=s.compile,
+        compile=s.compile, compile_mode=s.compile_mode,
     )
     data.channels_last = channels_last
     if s.kd:

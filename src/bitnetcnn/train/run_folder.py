@@ -34,7 +34,7 @@ def default_out(s: TrainSettings) -> Path:
 
 # What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
 RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy",
-                               "val_every", "compile", "save_every"})
+                               "val_every", "compile", "compile_mode", "save_every"})
 
 
 def read_run_record(path: Path) -> dict:

@@ -24,6 +24,10 @@ MODEL_KWARGS_FROM_FLAGS = {"num_classes": "the data set (--num-classes checks it
                            "scale_op": "--scale-op", "pow2": "--pow2", "act_bits": "--act-bits",
                            "fp_ends": "--fp-ends", "img_size": "the data set (an image folder's: --img-size)"}
 
+# torch.compile's modes: "reduce-overhead" replays each step's kernels as CUDA graphs, one launch instead of hundreds,
+# for a GPU step bound by its host side; on a CPU it compiles as "default" does.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def at_least(low: int, optional: bool = False, **values) -> None:
     """Each value an int >= ``low`` (None allowed when ``optional``)."""
@@ -80,6 +84,7 @@ class TrainSettings:
     eval_ternary: bool = True
     val_every: int = 1  # validate every N epochs (and always the last): validation costs a GPU epoch a second
     compile: bool = False  # torch.compile the training forward (fuses the fake quantization's elementwise ops)
+    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" replays CUDA graphs (fewer launches)
     save_every: float = 10.0  # minutes: last.ckpt in the middle of long epochs too (0: at epoch ends only)
     time_budget: Optional[float] = None  # minutes: after epoch 0, take as many epochs as fit (at most `epochs`)
     kd: bool = False
@@ -168,6 +173,9 @@ class TrainSettings:
         if self.kd and self.kd_alpha == 0 and self.kd_hints == 0:
             raise SettingsError("--kd-alpha 0 without --kd-hints leaves the teacher out of the loss (plain cross-"
                                 "entropy): give --kd-alpha above 0 or --kd-hints, or leave --kd out")
+        if self.compile_mode != default.compile_mode and not self.compile:
+            raise SettingsError(f"--compile-mode {self.compile_mode} chooses how --compile compiles: add --compile, "
+                                "or leave --compile-mode out")
         if self.compile and self.kd_hints > 0:
             raise SettingsError("--kd-hints reads the student's features outside its compiled forward, so --compile "
                                 "would not be used: leave one of them out")
@@ -206,6 +214,8 @@ class TrainSettings:
             self.weight_quant  # noqa: B018 - validates scale_op, pow2, act_bits
         except ValueError as e:
             raise SettingsError(str(e)) from None
+        if self.compile_mode not in COMPILE_MODES:
+            raise SettingsError(f"unknown --compile-mode {self.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
         if self.optimizer not in DEFAULT_LR:
             raise SettingsError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(DEFAULT_LR)}")
         if self.kd_hints > 0 and not self.kd:
