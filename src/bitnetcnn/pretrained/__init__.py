@@ -99,14 +99,14 @@ BITNET_RESNET18_CIFAR100 = PretrainedCfg(
 BITNET_MOBILENETV2_CIFAR100 = PretrainedCfg(
     model="bit_mobilenetv2",
     model_kwargs={"num_classes": 100, "in_chans": 3, "quant": "ternary", "scale_op": "median", "pow2": False,
-                  "act_bits": 8, "fp_ends": False},
+                  "act_bits": 8, "fp_ends": False, "img_size": 32},
     hub_entry="bitnet_mobilenetv2",
     **CIFAR100_WEIGHTS,
     top1=0.6147,
     top5=0.8676,
     file="bitnet_mobilenetv2.bnc",
-    file_size=783056,
-    sha256="0b6f63d5a5e01d46f5bc0ee820564fba3e89bb94bf8425b3474b608ff15c70b9",
+    file_size=783070,
+    sha256="388ebdbe80d243c39720c0d1aaebd84cbb6dab3d7de0d6cb41f08545d4c3abf4",
     training=(
         TrainingStep("bitnetcnn train --model bit_mobilenetv2 --dataset cifar100 --epochs 40 --time-budget 100 "
                      "--batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 --warmup-epochs 1 --label-smoothing 0.1 "
