@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from bitnetcnn.quant.activation import absmax_scale, fake_quantize_activation, validate_act_bits
+from bitnetcnn.quant.activation import absmax_scale, activation_codes, fake_quantize_activation, validate_act_bits
 
 
 class ActQuantizer(nn.Module):
@@ -33,6 +33,12 @@ class ActQuantizer(nn.Module):
         if x.numel() == 0:
             return x
         return fake_quantize_activation(x, self._scale(absmax_scale(x, self.bits)), self.bits)
+
+    def grid(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(``x``'s integer codes as floats, the grid's step): ``codes * step`` is what :meth:`quantize` returns.
+        A converted layer computes on the codes, exactly, as an int8 runtime does."""
+        scale = self._scale(absmax_scale(x, self.bits))
+        return activation_codes(x, scale, self.bits), scale
 
     def _scale(self, batch_scale: torch.Tensor) -> torch.Tensor:
         """The batch's in training; in evaluation the running scale, or the batch's before any training batch."""

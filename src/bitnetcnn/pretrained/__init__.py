@@ -102,11 +102,11 @@ BITNET_MOBILENETV2_CIFAR100 = PretrainedCfg(
                   "act_bits": 8, "fp_ends": False, "img_size": 32},
     hub_entry="bitnet_mobilenetv2",
     **CIFAR100_WEIGHTS,
-    top1=0.6147,
-    top5=0.8676,
+    top1=0.6154,
+    top5=0.8682,
     file="bitnet_mobilenetv2.bnc",
-    file_size=783070,
-    sha256="388ebdbe80d243c39720c0d1aaebd84cbb6dab3d7de0d6cb41f08545d4c3abf4",
+    file_size=783074,
+    sha256="9a0885b7f79eb2490b0bbdd2557b3ed82d3329b79a400951c2a3e84a74ed4f69",
     training=(
         TrainingStep("bitnetcnn train --model bit_mobilenetv2 --dataset cifar100 --epochs 40 --time-budget 100 "
                      "--batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 --warmup-epochs 1 --label-smoothing 0.1 "

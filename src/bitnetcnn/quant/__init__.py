@@ -5,7 +5,13 @@ and scales here, so that a fake-quantized model and its converted twin agree by 
 """
 
 from bitnetcnn.quant.config import DEFAULT_QUANT, TernaryQuant
-from bitnetcnn.quant.activation import ACT_BITS, act_qmax, fake_quantize_activation, validate_act_bits
+from bitnetcnn.quant.activation import (
+    ACT_BITS,
+    act_qmax,
+    activation_codes,
+    fake_quantize_activation,
+    validate_act_bits,
+)
 from bitnetcnn.quant.packing import pack_2bit, pack_base3, unpack_2bit, unpack_base3
 from bitnetcnn.quant.scale import EPS, SCALE_OPS, channel_scale, pow2_exponent, pow2_scale, validate_scale_op
 from bitnetcnn.quant.ternary import (
@@ -27,6 +33,7 @@ __all__ = [
     "act_qmax",
     "channel_scale",
     "dequantize",
+    "activation_codes",
     "fake_quantize_activation",
     "fake_quantize_weight",
     "latent_weight",

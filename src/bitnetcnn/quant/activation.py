@@ -24,15 +24,20 @@ def absmax_scale(x: torch.Tensor, bits: int, eps: float = 1e-8) -> torch.Tensor:
     return (x.detach().abs().amax(dim=list(range(x.dim()))).float() / act_qmax(bits)).clamp_min(eps)
 
 
-def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """``clamp(round(x / scale), -qmax, qmax) * scale`` forward, identity gradient backward.
+def activation_codes(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``clamp(round(x / scale), -qmax, qmax)``: the integers of ``x`` on the grid of step ``scale``, as floats.
 
-    The grid arithmetic runs in float32 at least (a float16 step of 1e-8 would round to 0 and turn zeros into NaN),
-    and the result is cast back to ``x``'s dtype."""
+    The grid arithmetic runs in float32 at least (a float16 step of 1e-8 would round to 0 and turn zeros into NaN);
+    the codes come back in that wider dtype, no gradient."""
     qmax = act_qmax(bits)
     wide = torch.promote_types(x.dtype, torch.float32)
-    scale = scale.to(wide)
-    quantized = (torch.clamp(torch.round(x.detach().to(wide) / scale), -qmax, qmax) * scale).to(x.dtype)
+    return torch.clamp(torch.round(x.detach().to(wide) / scale.to(wide)), -qmax, qmax)
+
+
+def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``activation_codes(x, scale, bits) * scale`` forward, identity gradient backward, in ``x``'s dtype."""
+    wide = torch.promote_types(x.dtype, torch.float32)
+    quantized = (activation_codes(x, scale, bits) * scale.to(wide)).to(x.dtype)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return quantized  # exact grid values when no gradient is needed
     return quantized + (x - x.detach())  # exactly the grid values forward (x + (q - x) rounds), x's gradient
