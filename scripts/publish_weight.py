@@ -190,12 +190,8 @@ def _mark_early_epoch(metadata: dict) -> dict:
     epoch, epochs = metadata.get("epoch"), run_length(metadata)
     if epoch is None or epochs is None or epoch + 1 >= epochs or not metadata.get("command"):
         return metadata
-    note = f"{EARLY_EPOCH} {epoch + 1} of {epochs}, the best of those validated by then"
-    if not metadata.get("training"):  # a file saved before runs recorded their steps: its last step is its command
-        return dict(metadata, command=_noted(metadata["command"], note))
-    *earlier, last = metadata["training"]
-    last = dict(last, command=_noted(last["command"], note))
-    return dict(metadata, command=last["command"], training=[*earlier, last])
+    return _with_last_step_note(metadata, f"{EARLY_EPOCH} {epoch + 1} of {epochs}, the best of those validated by then",
+                                _noted)
 
 
 def _noted(command: str, note: str) -> str:
@@ -203,10 +199,21 @@ def _noted(command: str, note: str) -> str:
     return command if EARLY_EPOCH in command.partition("  # ")[2] else command_with_note(command, note)
 
 
+def _with_last_step_note(metadata: dict, note: str, add=command_with_note) -> dict:
+    """``metadata`` with ``note`` in the comment of its last training step, which is also its ``command``."""
+    if not metadata.get("training"):  # a file saved before runs recorded their steps: its last step is its command
+        return dict(metadata, command=add(metadata["command"], note))
+    *earlier, last = metadata["training"]
+    last = dict(last, command=add(last["command"], note))
+    return dict(metadata, command=last["command"], training=[*earlier, last])
+
+
 def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: str | None = None,
-            out_dir: Path = PRETRAINED_DIR, force: bool = False) -> PretrainedCfg:
+            out_dir: Path = PRETRAINED_DIR, force: bool = False, note: str | None = None) -> PretrainedCfg:
     """Measure ``path`` on its test set, write it as ``out_dir/ENTRY.bnc`` with that metadata, return its cfg.
-    An existing ``ENTRY.bnc`` (a published weight, another tag's included) is replaced only with ``force``."""
+    An existing ``ENTRY.bnc`` (a published weight, another tag's included) is replaced only with ``force``.
+    ``note`` is added to the last command's comment: what the command does not say, such as which published files
+    its ``--init`` and ``--teacher`` paths held then (publishing replaces them)."""
     known = entries()
     if entry not in known:
         raise ValueError(f"unknown hub entry {entry!r}; the entries are: {', '.join(known)}")
@@ -228,6 +235,8 @@ def publish(path: Path, entry: str, tag: str, licence: str = "MIT", data_dir: st
     # refused before the long part
     recorded = _hub_names_as_steps(_portable(_mark_early_epoch(dict(header.get("metadata") or {},
                                                                      command=own.command))))
+    if note:
+        recorded = _with_last_step_note(recorded, note)
     measured = evaluate_model(model, data_dir=data_dir, source=str(path))
     names = own.class_names or get_dataset_spec(own.dataset).class_names
     scores = {"top1": measured["top1"], "top5": measured["top5"]}
@@ -290,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="data root (default: $BITNETCNN_DATA)")
     parser.add_argument("--out-dir", type=Path, default=PRETRAINED_DIR, help="default: src/bitnetcnn/pretrained/")
     parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/ENTRY.bnc")
+    parser.add_argument("--note", help="added to the last command's comment, e.g. which published files its --init "
+                                       "and --teacher paths held then")
     args = parser.parse_args(argv)
     try:
-        cfg = publish(args.checkpoint, args.entry, args.tag, args.licence, args.data_dir, args.out_dir, args.force)
+        cfg = publish(args.checkpoint, args.entry, args.tag, args.licence, args.data_dir, args.out_dir, args.force,
+                      args.note)
     except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -82,7 +82,7 @@ def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(
         "command": "bitnetcnn train --dataset mnist_demo",
         "training": [{"command": "bitnetcnn train --dataset mnist_demo", "wall_time_s": 12.5, "hardware": "a CPU"}]})
     assert publish_weight.main([str(trained), "--entry", "bitnet_mnist", "--tag", "demo",
-                                "--out-dir", str(tmp_path / "shipped")]) == 0
+                                "--out-dir", str(tmp_path / "shipped"), "--note", "the init file was X"]) == 0
     printed = capsys.readouterr().out
     shipped = tmp_path / "shipped" / "bitnet_mnist.bnc"
     cfg = eval(printed.split("\n", 1)[1].split(" = ", 1)[1],  # noqa: S307 - the source it prints for hub.py
@@ -92,7 +92,8 @@ def test_publishing_measures_the_weight_ships_it_and_prints_its_registry_object(
     assert (cfg.top1, cfg.top5, cfg.test_images) == (measured["top1"], measured["top5"], measured["images"])
     assert (cfg.sha256, cfg.file_size, cfg.file) == (hashlib.sha256(data).hexdigest(), len(data), shipped.name)
     assert (cfg.tag, cfg.hub_entry, cfg.licence, cfg.class_names) == ("demo", "bitnet_mnist", "MIT", class_names.DIGITS)
-    assert cfg.training == (TrainingStep("bitnetcnn train --dataset mnist_demo", 12.5, "a CPU"),)
+    noted = "bitnetcnn train --dataset mnist_demo  # the init file was X"  # --note: in the last step and the command
+    assert cfg.training == (TrainingStep(noted, 12.5, "a CPU"),) and cfg.command == noted
     assert "class_names=class_names.DIGITS," in printed
     loaded = bitnetcnn.load_checkpoint(shipped)
     own = loaded.pretrained_cfg  # the header says the same as the registry object, but for the file's own bytes
