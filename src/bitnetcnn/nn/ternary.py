@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitnetcnn.nn.act_quant import ActQuantizer, make_act_quantizer
+from bitnetcnn.nn.act_quant import make_act_quantizer
 from bitnetcnn.nn.bit import BitConv2d, BitLinear, config_field
 from bitnetcnn.quant import TernaryQuant, dequantize, latent_weight, pack_2bit, pow2_exponent, unpack_2bit
 
@@ -168,7 +168,7 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         self._init_storage(codes, scale, bias, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.act_quant, ActQuantizer):
+        if hasattr(self.act_quant, "grid"):  # an ActQuantizer; hasattr, which TorchScript resolves (models/blocks.py)
             if self._codes_sum_exactly(x):
                 codes, step = self.act_quant.grid(x)
                 y = self._conv(codes.to(x.dtype), torch.sign(self.weight).to(x.dtype), None)
@@ -236,7 +236,7 @@ class TernaryLinear(_TernaryMixin, nn.Module):
         self._init_storage(codes, scale, bias, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.act_quant, ActQuantizer):
+        if hasattr(self.act_quant, "grid"):  # an ActQuantizer; hasattr, which TorchScript resolves (models/blocks.py)
             if self._codes_sum_exactly(x):
                 codes, step = self.act_quant.grid(x)
                 return self._rescaled(F.linear(codes.to(x.dtype), torch.sign(self.weight).to(x.dtype)), step, -1)
