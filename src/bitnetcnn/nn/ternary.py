@@ -64,8 +64,9 @@ class _TernaryMixin:
         return unpack_2bit(self.weight_packed, numel).reshape(self.weight_shape)
 
     def channel_scale(self) -> torch.Tensor:
-        """Per-output-channel scale ``[O]`` as a float tensor (``2 ** scale_exp`` for power-of-two layers)."""
-        if self.pow2:
+        """Per-output-channel scale ``[O]`` as a float tensor (``2 ** scale_exp`` for power-of-two layers). It asks
+        which buffer the layer stores (``_init_storage`` keeps one of the two), which TorchScript resolves."""
+        if hasattr(self, "scale_exp"):
             return torch.exp2(self.scale_exp.float())
         return self.scale
 
@@ -106,13 +107,10 @@ class _TernaryMixin:
         return x.numel() > 0 and (x.dtype == torch.float32 or x.dtype == torch.float64)
 
     def _rescaled(self, y: torch.Tensor, step: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        """``y`` (sums of codes) times each output channel's ``step * scale``, plus the bias: the layer's output.
-        The scale is read from the cached weight (its largest magnitude per channel, as codes are -1, 0 and 1; 0 in a
-        channel of zeros, which sums to 0 anyway), so the layer stays scriptable."""
+        """``y`` (sums of codes) times each output channel's ``step * scale``, plus the bias: the layer's output."""
         shape = [1] * y.dim()
         shape[channel_dim] = -1
-        scale = self.weight.detach().abs().flatten(1).amax(1).to(y.dtype)
-        y = y * (step.to(y.dtype) * scale).reshape(shape)
+        y = y * (step.to(y.dtype) * self.channel_scale().to(y.dtype)).reshape(shape)
         return y if self.bias is None else y + self.bias.to(y.dtype).reshape(shape)
 
     def _ternary_repr(self) -> str:
