@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,16 @@ class _TernaryMixin:
         float64, and than onnxruntime's exact int8 graph, on 0.9% of the CIFAR-100 test images. On codes: 0%."""
         return x.numel() > 0 and (x.dtype == torch.float32 or x.dtype == torch.float64)
 
+    def _input_codes(self, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(codes of x, sign(weight), step)`` in ``x``'s dtype where the layer computes on integer codes (an input
+        quantizer, see :meth:`_codes_sum_exactly`), else ``None``. ``hasattr``, which TorchScript resolves
+        (models/blocks.py), asks whether ``act_quant`` is an ``ActQuantizer``."""
+        if hasattr(self.act_quant, "grid"):
+            if self._codes_sum_exactly(x):
+                codes, step = self.act_quant.grid(x)
+                return codes.to(x.dtype), torch.sign(self.weight).to(x.dtype), step
+        return None
+
     def _rescaled(self, y: torch.Tensor, step: torch.Tensor, channel_dim: int) -> torch.Tensor:
         """``y`` (sums of codes) times each output channel's ``step * scale``, plus the bias: the layer's output."""
         shape = [1] * y.dim()
@@ -166,11 +176,10 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         self._init_storage(codes, scale, bias, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self.act_quant, "grid"):  # an ActQuantizer; hasattr, which TorchScript resolves (models/blocks.py)
-            if self._codes_sum_exactly(x):
-                codes, step = self.act_quant.grid(x)
-                y = self._conv(codes.to(x.dtype), torch.sign(self.weight).to(x.dtype), None)
-                return self._rescaled(y, step, 1)
+        exact = self._input_codes(x)
+        if exact is not None:
+            codes, signs, step = exact
+            return self._rescaled(self._conv(codes, signs, None), step, 1)
         return self._conv(self.act_quant(x), self.weight, self.bias)
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -234,10 +243,10 @@ class TernaryLinear(_TernaryMixin, nn.Module):
         self._init_storage(codes, scale, bias, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self.act_quant, "grid"):  # an ActQuantizer; hasattr, which TorchScript resolves (models/blocks.py)
-            if self._codes_sum_exactly(x):
-                codes, step = self.act_quant.grid(x)
-                return self._rescaled(F.linear(codes.to(x.dtype), torch.sign(self.weight).to(x.dtype)), step, -1)
+        exact = self._input_codes(x)
+        if exact is not None:
+            codes, signs, step = exact
+            return self._rescaled(F.linear(codes, signs), step, -1)
         return F.linear(self.act_quant(x), self.weight, self.bias)
 
     def extra_repr(self) -> str:
