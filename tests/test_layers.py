@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -50,7 +50,12 @@ conv_cases = st.fixed_dictionaries(
 
 @settings(max_examples=60, deadline=None)
 @given(case=conv_cases, seed=st.integers(0, 10_000))
+@example(case=dict(kernel=5, stride=2, padding=0, dilation=1, depthwise=True, bias=False, padding_mode="zeros",
+                   scale_op="mean", pow2=True, act_bits=4), seed=4095)  # a rounding tie that float32 flipped
 def test_random_conv_models_match_after_conversion(case, seed):
+    """In float64: a converted layer with an input quantizer sums integer codes exactly, while the Bit layer sums
+    dequantized floats, so in float32 a value on the next quantizer's rounding boundary may round one step apart
+    (the example above did); in float64 both are exact to far below a step."""
     torch.manual_seed(seed)
     if case["padding"] == "same":
         case["stride"] = 1
@@ -70,6 +75,7 @@ def test_random_conv_models_match_after_conversion(case, seed):
     )
     x = torch.randn(5, 3, 12, 12)
     warm_up(model, x)
+    model, x = model.double(), x.double()
     assert_same_function(model, convert_to_ternary(model, int32_biases=False), x)
     if case["pow2"]:
         assert_same_function(model, convert_to_ternary(model, pow2=True, int32_biases=False), x)
