@@ -382,8 +382,12 @@ def test_layers_made_inside_an_eval_model_compute_in_eval_mode():
     again.load_state_dict(model.state_dict())  # the trained running scales
     x = torch.randn(2, 3, 8, 8) * 5
     before = [q.running_scale.clone() for q in again.modules() if isinstance(q, bitnetcnn.nn.ActQuantizer)]
-    with torch.no_grad():  # the converted model sums integer codes, the Bit model dequantized floats
-        assert torch.allclose(again(x), convert_to_ternary(again, int32_biases=False)(x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        again(x)  # an eval forward, which must not move the running scales (checked below)
+        # in float64: the converted model sums integer codes exactly, the Bit model dequantized floats, and in
+        # float32 a value on the next quantizer's rounding boundary may round one step apart on some CPU's kernels
+        as64, x64 = copy.deepcopy(again).double(), x.double()
+        assert torch.allclose(as64(x64), convert_to_ternary(as64, int32_biases=False)(x64), rtol=1e-7, atol=1e-9)
     after = [q.running_scale for q in again.modules() if isinstance(q, bitnetcnn.nn.ActQuantizer)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     assert not any(m.training for m in convert_to_bit(convert_to_ternary(model)).modules())
