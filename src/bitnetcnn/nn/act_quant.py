@@ -32,13 +32,17 @@ class ActQuantizer(nn.Module):
         through ``forward`` in the same step: a MobileNetV2 shortcut)."""
         if x.numel() == 0:
             return x
-        return fake_quantize_activation(x, self._scale(absmax_scale(x, self.bits)), self.bits)
+        return fake_quantize_activation(x, self._step(x), self.bits)
 
     def grid(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(``x``'s integer codes as floats, the grid's step): ``codes * step`` is what :meth:`quantize` returns.
         A converted layer computes on the codes, exactly, as an int8 runtime does."""
-        scale = self._scale(absmax_scale(x, self.bits))
-        return activation_codes(x, scale, self.bits), scale
+        step = self._step(x)
+        return activation_codes(x, step, self.bits), step
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid's step for ``x`` without updating the running scale (see :meth:`_scale`)."""
+        return self._scale(absmax_scale(x, self.bits))
 
     def _scale(self, batch_scale: torch.Tensor) -> torch.Tensor:
         """The batch's in training; in evaluation the running scale, or the batch's before any training batch."""
