@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -106,20 +106,21 @@ class _TernaryMixin:
         float64, and than onnxruntime's exact int8 graph, on 0.9% of the CIFAR-100 test images. On codes: 0%."""
         return x.numel() > 0 and (x.dtype == torch.float32 or x.dtype == torch.float64)
 
-    def _input_codes(self, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """``(codes of x, sign(weight), step)`` in ``x``'s dtype where the layer computes on integer codes (an input
-        quantizer, see :meth:`_codes_sum_exactly`), else ``None``. ``hasattr``, which TorchScript resolves
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on its input quantizer's integer codes where they sum exactly (:meth:`_codes_sum_exactly`),
+        scaled once; else on the (fake-quantized) input with the float weight. ``hasattr``, which TorchScript resolves
         (models/blocks.py), asks whether ``act_quant`` is an ``ActQuantizer``."""
         if hasattr(self.act_quant, "grid"):
             if self._codes_sum_exactly(x):
                 codes, step = self.act_quant.grid(x)
-                return codes.to(x.dtype), torch.sign(self.weight).to(x.dtype), step
-        return None
+                sums = self._weighted(codes.to(x.dtype), torch.sign(self.weight).to(x.dtype), None)
+                return self._rescaled(sums, step)
+        return self._weighted(self.act_quant(x), self.weight, self.bias)
 
-    def _rescaled(self, y: torch.Tensor, step: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    def _rescaled(self, y: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """``y`` (sums of codes) times each output channel's ``step * scale``, plus the bias: the layer's output."""
         shape = [1] * y.dim()
-        shape[channel_dim] = -1
+        shape[self._channel_dim] = -1
         y = y * (step.to(y.dtype) * self.channel_scale().to(y.dtype)).reshape(shape)
         return y if self.bias is None else y + self.bias.to(y.dtype).reshape(shape)
 
@@ -172,17 +173,12 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         self.groups = spec.groups
         self.padding_mode = spec.padding_mode
         self._reversed_padding_repeated_twice: List[int] = list(spec._reversed_padding_repeated_twice)
+        self._channel_dim = 1  # where the output channels are, for the per-channel scale
         quant, self.act_quant = _layer_quant(quant, pow2, scale_op, act_quant)
         self._init_storage(codes, scale, bias, quant)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        exact = self._input_codes(x)
-        if exact is not None:
-            codes, signs, step = exact
-            return self._rescaled(self._conv(codes, signs, None), step, 1)
-        return self._conv(self.act_quant(x), self.weight, self.bias)
-
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def _weighted(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """``nn.Conv2d``'s function with this layer's geometry (what the shared ``forward`` applies)."""
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
@@ -239,15 +235,12 @@ class TernaryLinear(_TernaryMixin, nn.Module):
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = int(codes.shape[0]), int(codes.shape[1])
+        self._channel_dim = -1  # where the output features are, for the per-channel scale
         quant, self.act_quant = _layer_quant(quant, pow2, scale_op, act_quant)
         self._init_storage(codes, scale, bias, quant)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        exact = self._input_codes(x)
-        if exact is not None:
-            codes, signs, step = exact
-            return self._rescaled(F.linear(codes, signs), step, -1)
-        return F.linear(self.act_quant(x), self.weight, self.bias)
+    def _weighted(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}" + (
