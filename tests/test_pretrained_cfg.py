@@ -12,7 +12,7 @@ import torch
 
 import bitnetcnn
 from bitnetcnn import PretrainedCfg, cli, convert_to_ternary, create_model, hub
-from bitnetcnn.checkpoint.format import HEADER_NAME
+from bitnetcnn.checkpoint.format import HEADER_NAME, read_checkpoint_header
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.deploy.calibration import dataset_for
 from bitnetcnn.train.evaluate import accuracy
@@ -168,6 +168,43 @@ def test_saving_or_converting_a_loaded_model_keeps_its_data_sets_inputs(tmp_path
     assert _inputs(p2) == _inputs(source) and p2.top1 is None and p2.model_kwargs["pow2"] is True
     in_memory = bitnetcnn.convert_to_ternary_p2(bitnetcnn.load_checkpoint(bit)).pretrained_cfg
     assert in_memory.top1 is None and in_memory.model_kwargs["pow2"] is True
+
+
+def test_a_loaded_model_saved_for_another_data_set_takes_that_data_sets_inputs_and_names(tmp_path):
+    """Fine-tuned from Fashion-MNIST weights and saved as MNIST, a model kept Fashion's mean and labels: predict named
+    digits "T-shirt/top", and export and calibration normalized with the wrong mean, without a word."""
+    from bitnetcnn.class_names import DIGITS
+    from bitnetcnn.normalization import BY_DATASET
+
+    loaded = bitnetcnn.load_checkpoint(_fashion_bit_checkpoint(tmp_path))
+    assert loaded.pretrained_cfg.class_names[0] == "T-shirt/top"
+    mnist = bitnetcnn.load_checkpoint(bitnetcnn.save_checkpoint(loaded, tmp_path / "m.bnc", {"dataset": "mnist"}))
+    cfg = mnist.pretrained_cfg
+    assert cfg.dataset == "mnist" and (cfg.mean, cfg.std) == tuple(tuple(v) for v in BY_DATASET["mnist"])
+    assert cfg.class_names == DIGITS and cfg.input_size == (1, 28, 28)
+    # None in the metadata records nothing (names) or the default (inputs), not the weights' own
+    header = read_checkpoint_header(bitnetcnn.save_checkpoint(loaded, tmp_path / "n.bnc", {
+        "dataset": "fashion_mnist", "class_names": None}))
+    assert header.get("class_names") is None  # loading gives Fashion-MNIST's, which bitnetcnn knows
+    assert header["input"]["mean"] == [0.286]  # the same data set: the weights' own inputs stay
+
+
+def test_eval_and_predict_run_a_bfloat16_checkpoint_in_its_own_dtype(tmp_path):
+    """A bf16 model loads as bf16; its float32 inputs made every forward fail in eval and predict."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8).eval())
+    path = bitnetcnn.save_checkpoint(model.to(torch.bfloat16), tmp_path / "half.bnc", {"dataset": "mnist"})
+    loaded = bitnetcnn.load_checkpoint(path)
+    images, labels = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (16,))
+    result = accuracy(loaded, images, labels, (0.1307,), (0.3081,))
+    assert result["images"] == 16 and 0 <= result["top1"] <= result["top5"] <= 1
+    Image.fromarray(images[0, 0].numpy()).save(tmp_path / "digit.png")
+    from bitnetcnn.predict import predict_files
+
+    (top,) = predict_files(loaded, [tmp_path / "digit.png"], top=3)
+    assert len(top["top"]) == 3 and abs(sum(c["probability"] for c in top["top"])) <= 1.0 + 1e-3
 
 
 def test_convert_pow2_refuses_a_model_whose_scales_are_already_fixed(tmp_path, capsys):

@@ -9,7 +9,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, model_pretrained_cfg
 from bitnetcnn.images import UnreadablePixels, read_errors
 
 
@@ -34,7 +34,7 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
     if cfg is None:
         raise ValueError(f"{source} records no input size, mean and std, so its preprocessing is unknown: save it "
                          "with its data set's (bitnetcnn convert writes them from the run that trained it)")
-    preprocess, names = cfg.transforms(), cfg.class_names
+    preprocess, names, dtype = cfg.transforms(), cfg.class_names, input_dtype_of(model)
     model.eval()
     results = []
     for path in map(Path, paths):
@@ -47,7 +47,7 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
             x = preprocess(image)
         except UnreadablePixels as err:
             raise ValueError(f"{path}: {err}") from None
-        probabilities = model(x[None]).softmax(1)[0]
+        probabilities = model(x[None].to(dtype)).float().softmax(1)[0]
         best = probabilities.topk(min(top, len(probabilities)))
         results.append({"image": str(path), "top": [
             {"class": names[i] if names else str(i), "index": i, "probability": round(p, 6)}

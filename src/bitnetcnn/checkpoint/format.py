@@ -55,24 +55,29 @@ def _jsonable(value: Any, what: str) -> Any:
 
 def _input_metadata(model: nn.Module, args: dict, cfg, metadata: dict) -> dict:
     """What the model's inputs are (``size``, ``mean``, ``std``, ``class_names``; ``dataset`` put in ``metadata``):
-    ``metadata``'s, else the weights' own (``model.pretrained_cfg``: a loaded model saved again keeps its data set's
-    normalization and names), else the named data set's normalization where bitnetcnn knows it, else the
-    registry's for the model's channels and side (with a warning where another data set is named). Refused when the
-    channels disagree, since such a file would normalize, calibrate and export wrongly."""
+    ``metadata``'s (``None``: not recorded, or the default), else the weights' own where ``metadata`` names no other
+    data set (``model.pretrained_cfg``: a loaded model saved again keeps its data set's normalization and names; one
+    fine-tuned on another data set must not), else the named data set's normalization where bitnetcnn knows it, else
+    the registry's for the model's channels and side (with a warning where another data set is named). Refused when
+    the channels disagree, since such a file would normalize, calibrate and export wrongly."""
     own = pretrained_cfg.model_pretrained_cfg(model)
-
-    def pick(key: str, own_value, default):
-        value = metadata.pop(key, None)
-        return value if value is not None else own_value if own_value is not None else default
-
     if own is not None and own.dataset is not None:
         metadata.setdefault("dataset", own.dataset)
+    if own is not None and metadata.get("dataset") != own.dataset:
+        own = None  # saved as trained on another data set: its inputs and labels are that one's, not these weights'
+
+    def pick(key: str, own_value, default):
+        if key in metadata:
+            value = metadata.pop(key)
+            return default if value is None else value
+        return own_value if own_value is not None else default
+
     side = int(args.get("img_size", cfg.input_size[1]))
     size = [int(v) for v in pick("input_size", own and own.input_size,
                                  [int(args.get("in_chans", cfg.input_size[0])), side, side])]
     dataset = metadata.get("dataset")
     default_mean, default_std = normalization.BY_DATASET.get(dataset, (cfg.mean, cfg.std))
-    if (dataset is not None and dataset not in normalization.BY_DATASET and "mean" not in metadata
+    if (dataset is not None and dataset not in normalization.BY_DATASET and metadata.get("mean") is None
             and (own is None or own.mean is None)):
         warnings.warn(f"save_checkpoint: metadata names the data set {dataset!r} but no 'mean' and 'std', so the file "
                       f"records {args['name']}'s defaults (mean {list(cfg.mean)}, std {list(cfg.std)}), which "

@@ -12,12 +12,14 @@ complete object, file size and sha256 included, in ``bitnetcnn/hub.py``; ``bitne
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Tuple
 
+import torch
 from torch import nn
 
 from bitnetcnn import class_names
@@ -258,6 +260,15 @@ def input_normalization(model: nn.Module) -> Optional[Tuple[Tuple[float, ...], T
         return None
     channels = getattr(model, "model_args", {}).get("in_chans", len(config.mean))
     return (tuple(config.mean), tuple(config.std)) if len(config.mean) == channels else None
+
+
+def input_dtype_of(model: nn.Module) -> torch.dtype:
+    """The floating dtype ``model`` computes in (its first floating parameter or buffer's; float32 if none): a bf16
+    checkpoint loads as bf16, and its normalized inputs must be cast to match."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
 
 
 def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple[int, int, int]:

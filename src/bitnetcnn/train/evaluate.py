@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import load_checkpoint
-from bitnetcnn.checkpoint.pretrained_cfg import input_size_of, model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of, model_pretrained_cfg
 from bitnetcnn.normalization import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.settings import data_root
@@ -20,10 +20,10 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean,
     """Top-1 and top-5 accuracy of ``model`` on uint8 images (N, C, H, W). Counted here, not by torchmetrics as in
     training: ``bitnetcnn eval`` works in a base install, without the [train] extra."""
     model.eval()
-    mean_t, std_t = torch.tensor(mean), torch.tensor(std)
+    mean_t, std_t, dtype = torch.tensor(mean), torch.tensor(std), input_dtype_of(model)
     top1 = top5 = 0
     for i in range(0, len(labels), batch_size):
-        x = normalize(images[i: i + batch_size], mean_t, std_t)
+        x = normalize(images[i: i + batch_size], mean_t, std_t).to(dtype)
         y = labels[i: i + batch_size]
         logits = model(x)
         k = min(5, logits.shape[1])
