@@ -548,3 +548,28 @@ with replacing({str(target)!r}) as tmp:
         write_atomically(target, "{}")
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "results.json"])
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_replaced_file_and_its_folder_are_flushed_to_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    """A rename is atomic against a kill, not a host crash: on a file system that does not flush on rename (XFS) an
+    unflushed last.ckpt renamed over the old one could come back empty, both versions lost."""
+    import os
+
+    from bitnetcnn.atomic import write_atomically
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = write_atomically(tmp_path / "last.ckpt", b"weights")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert ".part" in events[0][1] and events[2][1] == str(tmp_path.resolve())
+    assert target.read_bytes() == b"weights"

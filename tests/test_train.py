@@ -1535,6 +1535,28 @@ def test_an_out_folder_given_with_a_tilde_holds_the_whole_run(tmp_path, monkeypa
     run = tmp_path / "home" / "runs" / "x"
     assert {"last.ckpt", "args.json", "results.json", "best_ternary.bnc"} <= {p.name for p in run.iterdir()}
     assert not (tmp_path / "~").exists()
+    # a resume reads that run's settings through the same path (the parser's defaults were taken instead)
+    from bitnetcnn.train.run_folder import saved_run_values
+
+    assert saved_run_values("~/runs/x")["limit_train"] == QUICK["limit_train"]
+
+
+def test_a_resume_refuses_other_data_than_the_run_trained_and_tested_on(tmp_path):
+    """A run resumed on half its images (another --data-dir) went past its schedule's end: the learning rate is
+    counted in steps of the first data, and a run killed at 60% of its steps trained the rest at a rate of 0."""
+    from bitnetcnn.train.run_folder import IMAGES_KEY, check_resumed_images, read_resume_record, resumed_settings
+
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    record = read_resume_record(run / "last.ckpt")
+    assert record[IMAGES_KEY] == [QUICK["limit_train"], QUICK["limit_eval"]]
+    check_resumed_images(record, QUICK["limit_train"], QUICK["limit_eval"])
+    with pytest.raises(SettingsError, match="the run trained on 128 images and tested on 128, and this resume reads "
+                                            "64 and 128: give the --data-dir"):
+        check_resumed_images(record, 64, QUICK["limit_eval"])
+    check_resumed_images({IMAGES_KEY: None}, 64, 1)  # a run saved before the counts were kept
+    # --download only fetches what is missing: a run moved to another machine may take it
+    assert resumed_settings(TrainSettings(out=str(run), download=True), {"out", "download"}).download is True
 
 
 def test_a_run_folder_in_use_is_refused_to_a_second_run_and_to_a_resume(tmp_path):

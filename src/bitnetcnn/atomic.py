@@ -55,7 +55,9 @@ def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
         yield tmp
         if mode is not None:
             os.chmod(tmp, mode)
+        _flush_to_disk(tmp)
         os.replace(tmp, path)
+        _flush_to_disk(path.parent)
         _remove_parts_of_the_dead(path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -63,6 +65,22 @@ def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
         if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # "No space left" names no file
             raise type(e)(e.errno, f"{e.strerror} (writing {path})") from None
         raise
+
+
+def _flush_to_disk(path: Path) -> None:
+    """``fsync``: the rename is atomic against a killed process, but only what is on the disk survives a host crash
+    (a preempted VM): on file systems that do not flush on rename (XFS), an unflushed file renamed over the old one can
+    come back empty, both versions lost. The folder is flushed too, for the rename itself."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot flush a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_atomically(path: Union[str, os.PathLike], data: Union[str, bytes, memoryview]) -> Path:

@@ -18,7 +18,7 @@ from bitnetcnn.models import create_model
 from bitnetcnn.nn import convert_to_ternary, model_form
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
 from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
-from bitnetcnn.train.run_folder import PROCESSES_KEY, TEACHER_KEY
+from bitnetcnn.train.run_folder import IMAGES_KEY, PROCESSES_KEY, TEACHER_KEY
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 
 
@@ -88,6 +88,9 @@ class BitClassifier(L.LightningModule):
         if self.teacher is not None:
             checkpoint[TEACHER_KEY] = self._teacher_sha256
         checkpoint[PROCESSES_KEY] = self.trainer.world_size
+        data = getattr(self.trainer, "datamodule", None)
+        if getattr(data, "train_split", None) is not None:
+            checkpoint[IMAGES_KEY] = [len(data.train_split.labels), len(data.test_split.labels)]
 
     def check_resumed_teacher(self, record: dict, checkpoint: Path) -> None:
         """A resumed distillation goes on with the teacher it started with: a teacher given where the first one

@@ -35,9 +35,9 @@ from bitnetcnn.train.evaluate import few_names
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
 from bitnetcnn.train.fine_tune import init_metadata, load_init_weights, teacher_metadata
 from bitnetcnn.train.module import BitClassifier
-from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_model,
-                                        check_resumed_processes, default_out, first_process, hold_run_folder,
-                                        read_resume_record, resumed_settings, write_settings)
+from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_images,
+                                        check_resumed_model, check_resumed_processes, default_out, first_process,
+                                        hold_run_folder, read_resume_record, resumed_settings, write_settings)
 from bitnetcnn.train.run_recorder import RunRecorder
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
@@ -276,6 +276,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         module.check_resumed_teacher(record, last)  # before args.json records a teacher given in its place
         check_resumed_model(record, module, last)
         _check_resumed_classes(out, data.class_names)
+        check_resumed_images(record, len(data.train_split.labels), len(data.test_split.labels))
     command = command or s.as_command()
     metadata = {"dataset": s.dataset, **data.spec.input_metadata()}
     if data.class_names is not None:  # the spec's, or an image folder's (its folders)

@@ -34,7 +34,7 @@ def default_out(s: TrainSettings) -> Path:
 
 # What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
 RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy",
-                               "val_every", "compile", "compile_mode", "save_every"})
+                               "val_every", "compile", "compile_mode", "save_every", "download"})
 
 
 def read_run_record(path: Path) -> dict:
@@ -53,7 +53,7 @@ def saved_run_values(out) -> dict:
     """The settings a run folder's args.json holds, as saved; {} where there is none to read (``resumed_settings``
     then says what is wrong)."""
     try:
-        return read_run_record(Path(out) / "args.json") if out else {}
+        return read_run_record(Path(out).expanduser() / "args.json") if out else {}
     except (OSError, ValueError):
         return {}
 
@@ -113,15 +113,16 @@ def write_settings(out: Path, s: TrainSettings) -> None:
 
 
 # What last.ckpt records for the resume's checks (BitClassifier writes them): which teacher the run distils from, and
-# how many processes shared each step.
+# how many processes shared each step, and how many images the training and test splits held.
 TEACHER_KEY = "teacher_weights_sha256"
 PROCESSES_KEY = "training_processes"
+IMAGES_KEY = "split_images"
 
 
 def read_resume_record(path: Path) -> dict:
-    """What ``path`` (a run's last.ckpt) records for the resume's checks (``TEACHER_KEY``, ``PROCESSES_KEY``; None
-    in runs saved before they were kept), read once; a damaged file (a full disk, a copy cut short) is named as
-    such, before Lightning's unpickling error."""
+    """What ``path`` (a run's last.ckpt) records for the resume's checks (``TEACHER_KEY``, ``PROCESSES_KEY``,
+    ``IMAGES_KEY``; None in runs saved before they were kept), read once; a damaged file (a full disk, a copy cut
+    short) is named as such, before Lightning's unpickling error."""
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
@@ -135,7 +136,7 @@ def read_resume_record(path: Path) -> dict:
 
     saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     shapes = {name: tuple(t.shape) for name, t in saved.get("state_dict", {}).items() if hasattr(t, "shape")}
-    return {**{key: saved.get(key) for key in (TEACHER_KEY, PROCESSES_KEY)}, "shapes": shapes}
+    return {**{key: saved.get(key) for key in (TEACHER_KEY, PROCESSES_KEY, IMAGES_KEY)}, "shapes": shapes}
 
 
 def check_resumed_model(record: dict, module, path: Path) -> None:
@@ -165,6 +166,19 @@ def check_resumed_processes(record: dict, processes: int) -> None:
             f"--resume: the run trained in {saved} process{'es' * (saved != 1)} (devices x nodes) and this resume "
             f"starts {processes}: give --devices and --num-nodes that make {saved}, since its learning-rate schedule "
             "and place in the epoch are counted in steps of that many batches (or start a new run with --init)")
+
+
+def check_resumed_images(record: dict, train: int, test: int) -> None:
+    """A resume reads as many training and test images as the run did (``record``: :func:`read_resume_record`'s): the
+    learning-rate schedule is counted in steps of the first (half the images, and a run killed at 60% of its steps
+    resumed past the schedule's end, at a rate of 0 for the rest), and the best model is chosen on the second."""
+    saved = record.get(IMAGES_KEY)
+    if saved is not None and list(saved) != [train, test]:
+        raise SettingsError(
+            f"--resume: the run trained on {saved[0]} images and tested on {saved[1]}, and this resume reads {train} "
+            f"and {test}: give the --data-dir (and --limit-train / --limit-eval) it read, since its learning-rate "
+            "schedule is counted in steps of those images and its best model chosen on those (or start a new run "
+            "with --init)")
 
 
 def first_process() -> bool:
