@@ -403,6 +403,48 @@ def test_bitify_keeps_frozen_layers_frozen_and_tied_weights_tied():
     assert not model[3].weight.requires_grad and not model[3].bias.requires_grad and model[0].weight.requires_grad
 
 
+def test_bitify_keeps_a_weight_tied_to_a_layer_it_leaves_in_float_and_leaves_the_input_model_alone():
+    """The tie map covered converted layers only: a weight shared with a skipped layer got its own copy, and the two
+    drifted apart in training without a word."""
+    float_model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    float_model[2].weight = float_model[0].weight
+    model = bitify(float_model, skip=["0"])
+    assert isinstance(model[2], BitLinear) and type(model[0]) is nn.Linear
+    assert model[2].weight is model[0].weight and sum(p.numel() for p in model.parameters()) == 64 + 8 + 8
+    assert model[0].weight is not float_model[0].weight  # a copy unless inplace
+    assert float_model[2].weight is float_model[0].weight and type(float_model[2]) is nn.Linear
+
+
+def test_a_converted_layer_built_from_a_training_bit_layer_uses_the_trained_running_scale():
+    """The input quantizer came over in training mode, so the layer scaled each batch by its own max until someone
+    called .eval() (convert_to_ternary and loading did; from_bit and the constructor did not)."""
+    torch.manual_seed(0)
+    bit = BitLinear(16, 4, act_bits=8)
+    bit(torch.randn(32, 16))  # a training step sets the running scale
+    ternary = TernaryLinear.from_bit(bit)
+    assert not ternary.act_quant.training
+    x = 3 * torch.randn(2, 16)  # a batch whose max is not the running one
+    with torch.no_grad():
+        torch.testing.assert_close(ternary(x), bit.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act_bits", [None, 8])
+def test_a_converted_convolution_takes_an_unbatched_image_as_its_bit_layer_does(act_bits):
+    """nn.Conv2d takes (C, H, W); the integer path scaled dimension 1 of it (H, not the channels): wrong values,
+    a wrong shape, or an error, depending on the sizes."""
+    torch.manual_seed(0)
+    bit = BitConv2d(4, 6, 3, padding=1, act_bits=act_bits)
+    bit(torch.randn(8, 4, 6, 6))
+    bit.eval()
+    ternary = TernaryConv2d.from_bit(bit)
+    for size in [(4, 6, 6), (4, 6, 1), (4, 6, 5)]:
+        x = torch.randn(*size)
+        with torch.no_grad():
+            y = ternary(x)
+            torch.testing.assert_close(y, ternary(x[None])[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(y, bit(x), rtol=1e-4, atol=1e-4)
+
+
 def test_bitify_records_what_create_model_must_build_again():
     model = bitify(bitnetcnn.create_model("bitnet_cnn", width=8, quant="fp"), act_bits=8, scale_op="mean")
     args = model.model_args

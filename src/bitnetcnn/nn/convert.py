@@ -209,19 +209,15 @@ def bitify(
 
     kept: list[str] = []  # convolutions and linear layers left in float though no skip pattern named them
     other: list[str] = []  # layers of kinds bitify does not make ternary (Conv1d, Conv3d, ConvTranspose2d, ...)
-    made: dict[int, nn.Parameter] = {}  # id(float parameter) -> its Bit layer's: a tied weight stays tied
 
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
         if name and skipped(name):
             return None
         if type(module) in (nn.Conv2d, nn.Linear):
             new = (BitConv2d if type(module) is nn.Conv2d else BitLinear).from_float(module, **settings)
-            for attr in ("weight", "bias"):
-                old = getattr(module, attr)
-                if old is not None and id(old) in made and made[id(old)].shape == old.shape:
-                    setattr(new, attr, made[id(old)])
-                elif old is not None:
-                    made[id(old)] = getattr(new, attr)
+            for attr in ("weight", "bias"):  # the model's own parameters (a copy of the model's, unless inplace), so
+                if isinstance(getattr(module, attr), nn.Parameter):  # a tied weight stays tied, to a float layer too
+                    setattr(new, attr, getattr(module, attr))
             return new
         if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, (BitConv2d, BitLinear)):
             kept.append(f"{name} ({type(module).__name__})")

@@ -136,7 +136,9 @@ def _layer_quant(quant: Optional[TernaryQuant], pow2: Optional[bool], scale_op: 
     quant = TernaryQuant.from_kwargs(quant, pow2=pow2, scale_op=scale_op, act_bits=_act_bits(act_quant))
     if _act_bits(act_quant) is None and quant.act_bits is not None:
         act_quant = make_act_quantizer(quant.act_bits)
-    return quant, act_quant if act_quant is not None else nn.Identity()
+    # in eval mode from the start, as train() keeps it: a quantizer copied from a training Bit layer scaled each batch
+    # by its own max, not the trained running scale, until someone called .eval()
+    return quant, (act_quant if act_quant is not None else nn.Identity()).train(False)
 
 
 class TernaryConv2d(_TernaryMixin, nn.Module):
@@ -173,7 +175,7 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
         self.groups = spec.groups
         self.padding_mode = spec.padding_mode
         self._reversed_padding_repeated_twice: List[int] = list(spec._reversed_padding_repeated_twice)
-        self._channel_dim = 1  # where the output channels are, for the per-channel scale
+        self._channel_dim = -3  # where the output channels are, for the per-channel scale: (N, C, H, W) or (C, H, W)
         quant, self.act_quant = _layer_quant(quant, pow2, scale_op, act_quant)
         self._init_storage(codes, scale, bias, quant)
 
