@@ -456,6 +456,16 @@ def test_bitify_records_what_create_model_must_build_again():
         assert torch.equal(rebuilt.eval()(x), model.eval()(x))
 
 
+def test_a_float64_model_converts_without_rounding_its_scales_and_biases_to_float32():
+    torch.manual_seed(0)
+    bit = BitLinear(64, 8, dtype=torch.float64).eval()
+    ternary = TernaryLinear.from_bit(bit)
+    x = torch.randn(4, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ternary(x), bit(x), rtol=1e-12, atol=1e-12)  # 3.6e-8 off through float32
+    assert ternary.scale.dtype == ternary.bias.dtype == torch.float64
+
+
 def test_convert_to_bit_keeps_the_models_dtype():
     model = convert_to_ternary(bitnetcnn.create_model("bitnet_cnn", width=8).eval()).to(torch.float64)
     bit = convert_to_bit(model)

@@ -46,14 +46,16 @@ class _TernaryMixin:
         self.quant = quant
         self.weight_shape = tuple(codes.shape)
         self.register_buffer("weight_packed", packed.to(codes.device))
-        scale = scale.detach().reshape(-1).float()
+        scale = scale.detach().reshape(-1)
+        scale = scale.to(torch.promote_types(scale.dtype, torch.float32))  # float32, or a float64 model's float64
         if scale.shape != (codes.shape[0],):
             raise ValueError(f"scale has {tuple(scale.shape)} values for {codes.shape[0]} output channels")
         if quant.pow2:
             self.register_buffer("scale_exp", pow2_exponent(scale))
         else:
             self.register_buffer("scale", scale.clone())
-        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+        self.register_buffer("bias", None if bias is None else
+                             bias.detach().clone().to(torch.promote_types(bias.dtype, torch.float32)))
         self.register_buffer("weight", self._dequantized(codes), persistent=False)
 
     def codes(self) -> torch.Tensor:
@@ -71,9 +73,10 @@ class _TernaryMixin:
         return self.scale
 
     def _dequantized(self, codes: torch.Tensor) -> torch.Tensor:
-        """The float32 weight ``codes * scale`` (the stored scale: ``2 ** scale_exp`` for power-of-two layers)."""
-        scale = self.channel_scale().float().reshape((-1,) + (1,) * (codes.dim() - 1))
-        return dequantize(codes, scale, torch.float32)
+        """The float weight ``codes * scale`` in the stored scale's dtype (``2 ** scale_exp`` in float32 for
+        power-of-two layers, exact there)."""
+        scale = self.channel_scale()
+        return dequantize(codes, scale.reshape((-1,) + (1,) * (codes.dim() - 1)), scale.dtype)
 
     def weight_is_current(self) -> bool:
         """Whether the cached ``weight`` is still ``codes * scale`` (an in-place edit of ``scale`` or
