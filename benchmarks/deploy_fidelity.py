@@ -78,9 +78,10 @@ def main(argv=None) -> int:
             model = bitnetcnn.convert_to_ternary(settled(bit, x))
             ref = logits(model, test)
             for calibrate in calibrations:
-                deployed = compile(model, train_x[:512] if calibrate else None, backend=args.backend)
+                # the calibration images normalized as the test images (the model's own defaults may be another's)
+                deployed = compile(model, x[:512] if calibrate else None, backend=args.backend)
                 error = ((logits(deployed, test) - ref).norm(dim=1) / ref.norm(dim=1)).mean().item()
-                how = f"{len(train_x[:512])} calibration images" if calibrate else "its own quantizers"
+                how = f"{len(x[:512])} calibration images" if calibrate else "its own quantizers"
                 print(f"  act={act}, act_bits={bits}, deployed from {how}: relative logit error {error:.4f}",
                       flush=True)
     return 0

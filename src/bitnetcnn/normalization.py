@@ -36,3 +36,16 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     ``(x / 255 - mean) / std`` per channel. ``images`` is left as it was (a float32 batch too)."""
     x = images.float()
     return standardize(x.div_(255) if x is not images else x / 255, mean, std)
+
+
+def as_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Integer images (int32 or int64 from a decoder, ``torch.tensor(list)``, ``randint``) as the uint8 pixels they
+    are, so that everything which normalizes uint8 normalizes them too (calibration once measured raw 0..255 ranges
+    from int64 images, and the int8 graph fell to chance); refused outside 0..255. Other tensors are returned as
+    they are."""
+    if images.is_floating_point() or images.dtype == torch.uint8 or images.dtype == torch.bool:
+        return images
+    if images.numel() and (images.min() < 0 or images.max() > 255):
+        raise ValueError(f"integer images must be pixels in 0..255, these run from {int(images.min())} to "
+                         f"{int(images.max())}")
+    return images.to(torch.uint8)

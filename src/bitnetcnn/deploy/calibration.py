@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
-from bitnetcnn.normalization import normalize
+from bitnetcnn.normalization import as_pixels, normalize
 
 __all__ = ["as_batches", "check_normalized", "dataset_for", "dataset_images", "model_inputs", "normalize_images"]
 
@@ -56,7 +56,7 @@ def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batc
     for item in items:
         if isinstance(item, (tuple, list)):
             item = item[0]
-        x = torch.as_tensor(item)
+        x = as_pixels(torch.as_tensor(item))  # int64 pixels are images too, as the deployed model takes them
         if x.dtype == torch.uint8:
             if stats is None:
                 raise ValueError("uint8 images need the model's mean and std (model.pretrained_cfg or "

@@ -13,7 +13,7 @@ import torch
 from bitnetcnn.atomic import write_atomically
 from bitnetcnn.deploy.backends import make_runner, make_session
 from bitnetcnn.deploy.calibration import check_normalized
-from bitnetcnn.normalization import normalize
+from bitnetcnn.normalization import as_pixels, normalize
 
 __all__ = ["DeployedModel", "make_session"]
 
@@ -60,11 +60,7 @@ class DeployedModel:
             if self.normalization is not None:  # pixels 0..255 as floats would run, and be wrong without a word
                 check_normalized(x, *self.normalization, what="images")
             return x
-        if x.dtype != torch.uint8:  # int64 or int32 pixels (a decoded image, torchvision.io): 0..255 as uint8 is
-            if x.numel() and (x.min() < 0 or x.max() > 255):
-                raise ValueError(f"integer images must be pixels in 0..255, these run from {int(x.min())} to "
-                                 f"{int(x.max())}")
-            x = x.to(torch.uint8)
+        x = as_pixels(x)  # int64 or int32 pixels (a decoded image, torchvision.io), as calibration takes them
         if self.normalization is None:
             raise ValueError("uint8 images need the model's mean and std, which this deployed model was not given: "
                              "pass normalized float images")
