@@ -271,3 +271,20 @@ def test_register_model_says_what_a_builder_takes():
     with pytest.raises(TypeError, match="must take the keyword argument.s. spec"):
         register_model(lacks_spec)
     assert "lacks_spec" not in _REGISTRY
+
+
+def test_convnextv2_at_28_px_covers_every_position_and_keeps_a_2x2_last_stage():
+    """Its unpadded 2x2 stride-2 downsamples took 28 px through 14 -> 7 -> 3 -> 1: the 7x7 map's last row and column
+    were dropped and the last stage saw one position, what the 2x2 stem is there to avoid."""
+    torch.manual_seed(0)
+    model = create_model("bit_convnextv2", num_classes=10, in_chans=1, img_size=28, quant="fp").eval()
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 1, 28, 28)).shape[-2:] == (2, 2)
+    # even sides are left as they were: 32 px goes 16 -> 8 -> 4 -> 2 through the plain downsamples
+    model32 = create_model("bit_convnextv2", num_classes=10, img_size=32, quant="fp").eval()
+    y = torch.randn(2, 3, 32, 32)
+    plain = model32.stages[0](model32.stem(y))
+    for down, stage in zip(model32.downsample, model32.stages[1:]):
+        plain = stage(down(plain))
+    with torch.no_grad():
+        assert torch.equal(model32.forward_features(y), plain)

@@ -63,6 +63,13 @@ class Block(nn.Module):
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
+def _pad_to_even(x: Tensor) -> Tensor:
+    """An odd side padded with one zero row or column, so a 2x2 stride-2 downsample covers every position: at 28 px
+    the maps went 14 -> 7 -> 3 -> 1, the last row and column of the 7x7 map dropped and a 1x1 last stage (now
+    14 -> 7 -> 4 -> 2). Even sides (32 and 64 px) are left as they are."""
+    return torch.nn.functional.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+
+
 class ConvNeXtV2(nn.Module):
     """ConvNeXt V2: a patchify stem, four stages of blocks with 2x downsampling between them, pooled LayerNorm head.
 
@@ -107,7 +114,7 @@ class ConvNeXtV2(nn.Module):
         """The feature map before the global pooling (where distillation's feature hints compare)."""
         x = self.stages[0](self.stem(x))
         for down, stage in zip(self.downsample, self.stages[1:]):
-            x = stage(down(x))
+            x = stage(down[1](_pad_to_even(down[0](x))))  # norm, pad, 2x2 stride-2 conv
         return x
 
     def forward_head(self, x: Tensor) -> Tensor:
