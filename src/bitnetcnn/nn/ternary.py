@@ -46,16 +46,14 @@ class _TernaryMixin:
         self.quant = quant
         self.weight_shape = tuple(codes.shape)
         self.register_buffer("weight_packed", packed.to(codes.device))
-        scale = scale.detach().reshape(-1)
-        scale = scale.to(torch.promote_types(scale.dtype, torch.float32))  # float32, or a float64 model's float64
+        scale = _at_least_float32(scale.detach().reshape(-1))
         if scale.shape != (codes.shape[0],):
             raise ValueError(f"scale has {tuple(scale.shape)} values for {codes.shape[0]} output channels")
         if quant.pow2:
             self.register_buffer("scale_exp", pow2_exponent(scale))
         else:
             self.register_buffer("scale", scale.clone())
-        self.register_buffer("bias", None if bias is None else
-                             bias.detach().clone().to(torch.promote_types(bias.dtype, torch.float32)))
+        self.register_buffer("bias", None if bias is None else _at_least_float32(bias.detach().clone()))
         self.register_buffer("weight", self._dequantized(codes), persistent=False)
 
     def codes(self) -> torch.Tensor:
@@ -129,6 +127,12 @@ class _TernaryMixin:
 
     def _ternary_repr(self) -> str:
         return f", scale_op={self.scale_op}" + (", pow2=True" if self.pow2 else "")
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or float64 where it is (a float64 model's scales and biases are not rounded through float32;
+    a bf16 one's are stored in float32 and the layer is cast to bf16 after)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _layer_quant(quant: Optional[TernaryQuant], pow2: Optional[bool], scale_op: Optional[str],

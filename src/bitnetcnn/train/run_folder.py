@@ -176,9 +176,8 @@ def check_resumed_images(record: dict, train: int, test: int) -> None:
     if saved is not None and list(saved) != [train, test]:
         raise SettingsError(
             f"--resume: the run trained on {saved[0]} images and tested on {saved[1]}, and this resume reads {train} "
-            f"and {test}: give the --data-dir (and --limit-train / --limit-eval) it read, since its learning-rate "
-            "schedule is counted in steps of those images and its best model chosen on those (or start a new run "
-            "with --init)")
+            f"and {test}: give the --data-dir it read, since its learning-rate schedule is counted in steps of those "
+            "images and its best model chosen on those (or start a new run with --init)")
 
 
 def first_process() -> bool:
