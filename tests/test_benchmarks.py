@@ -52,3 +52,33 @@ def test_train_throughput_profiles_the_timed_steps():
     assert "Self CPU" in table and "convolution" in table, out
     rows = [line for line in table.splitlines() if line.strip().startswith(("aten::", "Optimizer", "cuda"))]
     assert 1 <= len(rows) <= 5, out
+
+
+def test_bn_reestimation_sets_each_batchnorm_to_the_statistics_of_the_given_images_and_nothing_else():
+    """benchmarks/bn_reestimation.py's figure rests on this: the running mean and (unbiased) variance become those of
+    all images' activations, whatever the earlier statistics and however the batches split them (a short last
+    batch counts by its size); other modules stay in eval mode."""
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    spec = importlib.util.spec_from_file_location("bn_reestimation", ROOT / "benchmarks/bn_reestimation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    torch.manual_seed(0)
+    dropout = nn.Dropout(0.5)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), dropout, nn.BatchNorm2d(4)).eval()
+    model[2].running_mean.fill_(5.0)
+    model[2].running_var.fill_(9.0)
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    bench.reestimate_bn(model, images, mean, std, batch=3, hflip=False, seed=0)
+
+    with torch.no_grad():
+        features = model[0](bench.normalize(images, mean, std)).transpose(0, 1).reshape(4, -1)
+    torch.testing.assert_close(model[2].running_mean, features.mean(1), rtol=1e-4, atol=1e-5)
+    assert not model[2].training and not dropout.training
+    # batches of 3 average per-batch unbiased variances; their mean is within a few percent of the whole set's
+    torch.testing.assert_close(model[2].running_var, features.var(1), rtol=0.05, atol=1e-4)
