@@ -595,6 +595,16 @@ def test_cli_export_refuses_a_bit_checkpoint_in_one_line(tmp_path, capsys):
     assert "convert_to_ternary" in err and "Traceback" not in err
 
 
+def test_cli_export_refuses_calibration_for_a_float_graph(tmp_path, capsys):
+    """--calibrate without --int8 was parsed and then ignored: a user asking for calibration got none."""
+    from bitnetcnn.cli import main
+
+    assert main(["export", "bitnet_mnist", "-o", str(tmp_path / "m.onnx"), "--calibrate", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--calibrate 64 sets the int8 graph's activation ranges: add --int8" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 @pytest.mark.parametrize("value", ["2", "0", "-1", "nan"])
 def test_cli_export_refuses_an_agreement_that_is_not_a_fraction(value, capsys, tmp_path):
     """--min-agreement 2 would blame the model for missing 200%; 0, -1 and nan would turn the check off."""

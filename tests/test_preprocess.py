@@ -1,6 +1,7 @@
 """A pretrained weight's ``transforms()`` and `bitnetcnn predict`: what a user does with an image of their own."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,17 @@ def test_16_bit_and_float_grey_images_are_rescaled_not_clipped(tmp_path):
     assert torch.allclose(CIFAR_CFG.transforms()(grey), CIFAR_CFG.transforms()(Image.fromarray(square)), atol=1e-5)
     with pytest.raises(ValueError, match="spans 0..255: scale it"):
         preprocess(Image.fromarray(pixels.astype(np.float32), "F"))
+    # a transparent grey level (PNG tRNS) no pixel has: the same floats (it went through RGBA, clipped to 8 bits:
+    # almost white); one some pixels have is refused like any transparency
+    for level, refused in ((1, False), (257, True)):
+        Image.fromarray(pixels.astype(np.uint16) * 257).save(path, transparency=level)
+        with Image.open(path) as opened:
+            assert opened.info["transparency"] == level
+            if refused:
+                with pytest.raises(ValueError, match="transparent pixels"):
+                    preprocess(opened)
+            else:
+                assert torch.allclose(preprocess(opened), eight_bit, atol=1e-5)
 
 
 def test_a_weight_that_names_its_data_set_only_still_refuses_another_with_other_labels(tmp_path):
@@ -156,6 +168,15 @@ def test_bitnetcnn_predict_names_the_digits_of_image_files(tmp_path, capsys):
     # each result says what was done to fit the model: resized (grey pixels in an RGB file: nothing converted)
     assert [r["resized_from"] for r in results] == [[56 + k, 56 + k] for k in range(10)]
     assert not any("cropped" in r or "converted" in r for r in results), results
+    # a damaged file among them costs its own answer only (all were lost to its error), and is named
+    (tmp_path / "cut.png").write_bytes(Path(files[0]).read_bytes()[:60])
+    assert main(["predict", "bitnet_mnist", files[0], str(tmp_path / "cut.png"), files[1], "--top", "3"]) == 2
+    out, err = capsys.readouterr()
+    answered = json.loads(out)
+    assert [r["top"] for r in answered[::2]] == [results[0]["top"], results[1]["top"]]
+    assert answered[1]["image"] == str(tmp_path / "cut.png") and set(answered[1]) == {"image", "error"}
+    assert "cannot be read as an image" in answered[1]["error"]
+    assert f"bitnetcnn predict: error: {tmp_path / 'cut.png'} cannot be read" in err
 
 
 def test_bitnetcnn_predict_says_what_it_changed_of_an_image_and_answers_as_on_its_tensor(tmp_path, capsys):

@@ -69,11 +69,19 @@ def test_older_files_get_it_from_their_other_header_fields(demo_checkpoint, tmp_
     shipped = bitnetcnn.load_checkpoint(hub.PRETRAINED_DIR / "bitnet_mnist.bnc").pretrained_cfg
     assert shipped.dataset == "mnist" and len(shipped.training) == 2
     assert "--epochs 40" in shipped.training[0].command and "--init" in shipped.training[1].command
+    # an older file's class names that do not fit its classes are left out (its data set's own take their place)
+    def misnamed(header):
+        header.pop("pretrained_cfg")
+        header["class_names"] = ["zero", "one"]
+    cfg = bitnetcnn.load_checkpoint(_rezip_header(demo_checkpoint[1], tmp_path / "misnamed.bnc", misnamed)).pretrained_cfg
+    assert len(cfg.class_names) == cfg.num_classes == 10
 
 
 def test_a_malformed_section_is_a_checkpoint_error(demo_checkpoint, tmp_path):
     for change in ({"model": 3}, {"top1": "high"}, {"mean": []}, {"training": ["cmd"]}, {"model": "bit_resnet18"},
-                   {"model_kwargs": {"width": 16}}, {"num_classes": 100}):
+                   {"model_kwargs": {"width": 16}}, {"num_classes": 100},
+                   # names that do not fit the classes (predict failed on its first image: an IndexError)
+                   {"class_names": ["zero", "one"]}):
         bad = _rezip_header(demo_checkpoint[1], tmp_path / "bad.bnc", lambda h: h["pretrained_cfg"].update(change))
         with pytest.raises(bitnetcnn.CheckpointError, match="pretrained_cfg"):
             bitnetcnn.load_checkpoint(bad)

@@ -232,8 +232,13 @@ def _cmd_predict(args) -> int:
     from bitnetcnn.predict import predict_files
 
     model = load_checkpoint(args.checkpoint)
-    print(json.dumps(predict_files(model, args.images, args.top, source=args.checkpoint), indent=2))
-    return 0
+    several = len(args.images) > 1  # answer the readable ones, name the others (one image: its error alone)
+    results = predict_files(model, args.images, args.top, source=args.checkpoint, keep_going=several)
+    print(json.dumps(results, indent=2))
+    failed = [r["error"] for r in results if "error" in r]
+    for error in failed:
+        print(f"bitnetcnn predict: error: {_one_line(error)}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _cmd_convert(args) -> int:

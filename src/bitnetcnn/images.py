@@ -30,6 +30,10 @@ def read_errors() -> tuple:
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
+TRANSPARENT = ("the image has transparent pixels, and which background they stand for is not known: flatten it onto "
+               "its background first (PIL: Image.alpha_composite(background, image))")
+
+
 def pil_to_pixels(image, channels: int) -> torch.Tensor:
     """A PIL image as a ``(channels, H, W)`` tensor, upright: uint8 (0..255), or float in 0..1 for a wide greyscale
     image (16-bit pixels 0..65535, floats 0..1; values outside those ranges, NaN and infinities are refused, not
@@ -40,7 +44,11 @@ def pil_to_pixels(image, channels: int) -> torch.Tensor:
     import numpy as np
 
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+    if image.mode in WIDE_GREY_MODES and "transparency" in image.info:
+        # a 16-bit PNG's transparent grey level (tRNS): converting to RGBA would clip every pixel to 8 bits first
+        if (np.asarray(image) == image.info["transparency"]).any():
+            raise UnreadablePixels(TRANSPARENT)
+    elif image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
         image = _opaque(image.convert("RGBA"))
     if image.mode not in WIDE_GREY_MODES:
         # contiguous: the view pil_to_tensor gives is channels-last, and a model with 8-bit activations may round a
@@ -65,8 +73,7 @@ def _opaque(image):
     import numpy as np
 
     if (np.asarray(image.getchannel("A")) < 255).any():
-        raise UnreadablePixels("the image has transparent pixels, and which background they stand for is not known: "
-                               "flatten it onto its background first (PIL: Image.alpha_composite(background, image))")
+        raise UnreadablePixels(TRANSPARENT)
     return image
 
 

@@ -28,8 +28,11 @@ def _open_image(path: Path):
 
 
 @torch.no_grad()
-def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str = "the model") -> list[dict]:
-    """For each image file, its ``top`` classes (name, index, probability), most probable first."""
+def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str = "the model",
+                  keep_going: bool = False) -> list[dict]:
+    """For each image file, its ``top`` classes (name, index, probability), most probable first. A file that is no
+    readable image raises ``ValueError`` naming it, or with ``keep_going`` gets ``{"image", "error"}`` in its place
+    (one damaged photo among a thousand should not cost the other answers)."""
     cfg = model_pretrained_cfg(model)
     if cfg is None:
         raise ValueError(f"{source} records no input size, mean and std, so its preprocessing is unknown: save it "
@@ -38,21 +41,32 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
     model.eval()
     results = []
     for path in map(Path, paths):
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder: give the image files in it ({path}/*.png)")
-        if not path.is_file():
-            raise ValueError(f"{path}: no such image file")
-        image = _open_image(path)
         try:
-            x = preprocess(image)
-        except UnreadablePixels as err:
-            raise ValueError(f"{path}: {err}") from None
+            image, x = _read(path, preprocess)
+        except ValueError as err:
+            if not keep_going:
+                raise
+            results.append({"image": str(path), "error": str(err)})
+            continue
         probabilities = model(x[None].to(dtype)).float().softmax(1)[0]
         best = probabilities.topk(min(top, len(probabilities)))
         results.append({"image": str(path), "top": [
             {"class": names[i] if names else str(i), "index": i, "probability": round(p, 6)}
             for p, i in zip(best.values.tolist(), best.indices.tolist())], **_what_was_done(image, cfg.input_size)})
     return results
+
+
+def _read(path: Path, preprocess):
+    """The opened image and the model input made of it; ``ValueError`` naming the file where there is none."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give the image files in it ({path}/*.png)")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such image file")
+    image = _open_image(path)
+    try:
+        return image, preprocess(image)
+    except UnreadablePixels as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def _what_was_done(image, input_size) -> dict:

@@ -43,6 +43,9 @@ def export_command(
 
     if fmt != "onnx":
         raise ValueError(f"unknown format {fmt!r}: only 'onnx' is supported")
+    if calibrate is not None and not int8:  # a float graph has no activation ranges: the images would go unused
+        raise ValueError(f"--calibrate {calibrate} sets the int8 graph's activation ranges: add --int8, or leave "
+                         "--calibrate out for a float graph")
     require("deploy", "bitnetcnn export")  # before the model is loaded and calibrated
     torch.set_num_threads(threads)
     source = load_model(model)
