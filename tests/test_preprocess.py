@@ -195,6 +195,10 @@ def test_bitnetcnn_predict_says_what_it_changed_of_an_image_and_answers_as_on_it
     assert set(said[2]) == {"image", "top"}  # at the model's size and grey: nothing done
     assert main(["predict", "bitnet_resnet18", str(square), "--top", "1"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["converted"] == "greyscale image to 3 equal channels"
+    grey_rgb = tmp_path / "grey_rgb.png"  # an RGB file of a grey picture: nothing to convert for a colour model
+    Image.open(square).convert("RGB").resize((32, 32)).save(grey_rgb)
+    assert main(["predict", "bitnet_resnet18", str(grey_rgb), "--top", "1"]) == 0
+    assert set(json.loads(capsys.readouterr().out)[0]) == {"image", "top"}
     cfg = next(c for c in list_pretrained() if c.hub_entry == "bitnet_mobilenetv2")
     assert cfg.transforms()(Image.open(photo)).is_contiguous()
 

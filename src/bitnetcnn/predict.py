@@ -81,10 +81,9 @@ def _what_was_done(image, input_size) -> dict:
         done["resized_from"] = [h, w]  # the shorter side to the model's, then the centre cropped (fit_to_size)
         if w * height != h * width:
             done["cropped"] = True
-    colour = _in_colour(image)
-    if channels == 1 and colour:
+    if channels == 1 and _in_colour(image):
         done["converted"] = f"{image.mode} colour image to greyscale"
-    elif channels == 3 and not colour:
+    elif channels == 3 and _grey_mode(image):  # an RGB file of a grey picture has its 3 channels already
         done["converted"] = "greyscale image to 3 equal channels"
     return done
 
@@ -93,7 +92,12 @@ def _in_colour(image) -> bool:
     """Whether some pixel's channels differ (an RGB file of a grey picture is grey: turning it grey loses nothing)."""
     import numpy as np
 
-    if image.mode in ("1", "L", "LA", "La", "I", "F") or image.mode.startswith("I;"):
+    if _grey_mode(image):
         return False
     rgb = np.asarray(image.convert("RGB"))
     return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+
+
+def _grey_mode(image) -> bool:
+    """Whether the file stores one grey channel (its pixels, not what they show)."""
+    return image.mode in ("1", "L", "LA", "La", "I", "F") or image.mode.startswith("I;")
