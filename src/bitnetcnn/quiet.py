@@ -13,8 +13,8 @@ def quiet_loggers(names: Iterable[str], level: int = logging.WARNING) -> Iterato
     """Raise the level of the named loggers to ``level`` inside the block, and put back what they had after it."""
     loggers = [logging.getLogger(name) for name in names]
     levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(level)
+    for log in loggers:  # never lower: a logger its user set to ERROR keeps its WARNINGs silenced
+        log.setLevel(max(level, log.getEffectiveLevel()))
     try:
         yield
     finally:
