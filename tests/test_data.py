@@ -289,6 +289,10 @@ def test_data_root_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("BITNETCNN_DATA")
     monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "cache"))
     assert data_root() == tmp_path / "cache" / "data"
+    # an empty folder name (--data-dir "$UNSET") fell back to the default without a word
+    for empty in ("", " "):
+        with pytest.raises(ValueError, match="the data folder given is empty"):
+            data_root(empty)
 
 
 def test_random_crop_is_a_window_of_the_padded_image():

@@ -10,7 +10,11 @@ from pathlib import Path
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir`` if given, else ``$BITNETCNN_DATA``, else ``data`` in :func:`cache_root`."""
+    """``data_dir`` if given, else ``$BITNETCNN_DATA``, else ``data`` in :func:`cache_root`. An empty ``data_dir``
+    (``--data-dir "$UNSET"``) is refused: it used to fall back to the default without a word."""
+    if data_dir is not None and not str(data_dir).strip():
+        raise ValueError("the data folder given is empty: name the folder that holds the data sets, or leave it out "
+                         "for $BITNETCNN_DATA, else data/ in the cache")
     if data_dir:
         return Path(data_dir).expanduser()
     env = os.environ.get("BITNETCNN_DATA")
