@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, model_pretrained_cfg
-from bitnetcnn.images import UnreadablePixels, read_errors
+from bitnetcnn.images import read_errors
 
 
 def _open_image(path: Path):
@@ -65,7 +65,7 @@ def _read(path: Path, preprocess):
     image = _open_image(path)
     try:
         return image, preprocess(image)
-    except UnreadablePixels as err:
+    except ValueError as err:  # UnreadablePixels, or any other from PIL's conversion: the file is named
         raise ValueError(f"{path}: {err}") from None
 
 
