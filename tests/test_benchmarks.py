@@ -74,7 +74,7 @@ def test_bn_reestimation_sets_each_batchnorm_to_the_statistics_of_the_given_imag
     model[2].running_var.fill_(9.0)
     images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    bench.reestimate_bn(model, images, mean, std, batch=3, hflip=False, seed=0)
+    bench.reestimate_bn(model, images, mean, std, batch=3)
 
     with torch.no_grad():
         features = model[0](bench.normalize(images, mean, std)).transpose(0, 1).reshape(4, -1)

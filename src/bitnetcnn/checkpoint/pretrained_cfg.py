@@ -196,7 +196,9 @@ def from_header(header: dict) -> PretrainedCfg:
             differ = sorted(k for k in set(args) | set(cfg.model_kwargs) if args.get(k) != cfg.model_kwargs.get(k))
             raise ValueError(f"bad pretrained_cfg: its model_kwargs or num_classes are not the architecture's "
                              f"({', '.join(differ) or 'num_classes'} differ)")
-        _check_class_names_fit(cfg, header.get("num_classes"))
+        classes = cfg.num_classes if cfg.num_classes is not None else header.get("num_classes")
+        if not _names_every_class(cfg.class_names, classes):  # save_checkpoint never writes such names
+            raise ValueError(f"bad pretrained_cfg: {len(cfg.class_names)} class names for a model of {classes} classes")
         return _with_known_class_names(cfg)
     metrics = header.get("metrics") if isinstance(header.get("metrics"), dict) else {}
     meta = header.get("metadata") if isinstance(header.get("metadata"), dict) else {}
@@ -228,20 +230,18 @@ def from_header(header: dict) -> PretrainedCfg:
         "training": training,
         "licence": meta.get("licence"),
     }
-    if isinstance(data["class_names"], list) and len(data["class_names"]) != data["num_classes"]:
+    if isinstance(data["class_names"], list) and not _names_every_class(data["class_names"], data["num_classes"]):
         data["class_names"] = None  # names that do not fit the classes name none of them
     # Older files and free-form metadata may hold anything there: keep what fits, leave the rest unknown.
     return _with_known_class_names(PretrainedCfg.from_dict({k: v for k, v in data.items()
                                                             if v is None or _VALID[k][0](v)}))
 
 
-def _check_class_names_fit(cfg: PretrainedCfg, num_classes) -> None:
-    """Refuse a section whose class names do not name every class (``save_checkpoint`` never writes one):
-    ``predict`` would fail on its first image, an index past the names. (Inputs that do not fit the model are
-    left to ``eval``, which says how to repair files written before they were checked.)"""
-    classes = cfg.num_classes if cfg.num_classes is not None else num_classes
-    if cfg.class_names is not None and classes is not None and len(cfg.class_names) != classes:
-        raise ValueError(f"bad pretrained_cfg: {len(cfg.class_names)} class names for a model of {classes} classes")
+def _names_every_class(names, classes) -> bool:
+    """Whether ``names`` (if any) name each of ``classes`` (if known): ``predict`` indexes them by the model's output,
+    and names that do not fit failed on the first image. (Inputs that do not fit the model are left to ``eval``, which
+    says how to repair files written before they were checked.)"""
+    return names is None or classes is None or len(names) == classes
 
 
 def _with_known_class_names(cfg: PretrainedCfg) -> PretrainedCfg:
