@@ -595,3 +595,28 @@ def test_a_converted_8bit_layer_computes_its_integer_sums_exactly_in_float32(lay
     bias = layer.bias.double().view(shape)
     error = (layer(x).double() - (scaled + bias)).abs()
     assert (error <= 4 * torch.finfo(torch.float32).eps * (scaled.abs() + bias.abs())).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_8bit_model_and_its_conversion_agree(dtype):
+    """A half-precision Bit model with 8-bit activations once changed its function at conversion: the activation
+    grid's step (trained in float32) was cast to the model's dtype (0.0900591 -> 0.0898438 in bf16), and the biases
+    were snapped to an int32 grid that half precision cannot hold (a BatchNorm shift moved by a whole bf16 step).
+    The step now stays float32 and half-precision biases keep their trained values."""
+    torch.manual_seed(0)
+    bit = nn.Sequential(BitConv2d(8, 16, 3, padding=1, bias=False, act_bits=8, device=None, dtype=dtype),
+                        nn.BatchNorm2d(16, dtype=dtype), nn.ReLU(), nn.Flatten(),
+                        BitLinear(16 * 6 * 6, 10, act_bits=8, dtype=dtype))
+    with torch.no_grad():
+        for _ in range(3):  # training batches set the running scales and BatchNorm statistics
+            bit(torch.randn(32, 8, 6, 6, dtype=dtype) * 3.3)
+    bit.eval()
+    ternary = convert_to_ternary(bit)
+    assert ternary[0].act_quant.running_scale.dtype == torch.float32
+    assert torch.equal(ternary[0].act_quant.running_scale, bit[0].act_quant.running_scale)
+    x = torch.randn(64, 8, 6, 6, dtype=dtype)
+    with torch.no_grad():
+        assert torch.equal(ternary(x), bit(x))
+    # a model cast after it was built keeps its grid's step in float32 too (the step of a float64 model: float64)
+    assert bit.to(dtype)[0].act_quant.running_scale.dtype == torch.float32
+    assert bit.double()[0].act_quant.running_scale.dtype == torch.float64

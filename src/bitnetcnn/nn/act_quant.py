@@ -61,6 +61,16 @@ class ActQuantizer(nn.Module):
                 self.running_scale.copy_(torch.where(seen, blended, batch_scale))
         return fake_quantize_activation(x, self._scale(batch_scale), self.bits)
 
+    def _apply(self, fn, recurse=True):
+        """Moves and casts as any module, but the grid's step stays at least float32: cast to a half-precision
+        model's dtype it would move the grid (0.0900591 is 0.0898438 in bf16), and a converted copy of a half-precision
+        Bit model would compute another function than the model (the step is float32 where it is used anyway)."""
+        step = self.running_scale
+        super()._apply(fn, recurse)
+        if self.running_scale.dtype in (torch.float16, torch.bfloat16):
+            self.running_scale = step.to(self.running_scale.device, torch.promote_types(step.dtype, torch.float32))
+        return self
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
 

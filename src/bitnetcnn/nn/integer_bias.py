@@ -5,7 +5,8 @@ one: a value that rounds one way in one implementation and the other way in anot
 of a step) moves a code in the next layer, which moves more codes after it, until the two differ as much as
 independent quantization noise would. onnxruntime's rounding of the biases to int32 is such a difference; with each
 bias on that grid already, the runtime and the PyTorch model compute the same integers (docs/deploy.md has the
-measurements).
+measurements). A half-precision bias cannot hold that grid (its own step is coarser), so it keeps its trained value:
+snapped and rounded back, it would move by a whole step of its own instead.
 
 The snap moves each bias by at most half a step of ``input scale * weight scale / 64`` (a few millionths of the
 activations), so the converted model's accuracy does not move; layers without an 8-bit activation quantizer with a
@@ -36,7 +37,7 @@ def snap_biases_to_int32_grid(model: nn.Module) -> int:
         if not isinstance(conv, TernaryConv2d) or not scale or conv.out_channels != bn.num_features:
             continue  # not a pair deploy.fold_batchnorm folds, or no 8-bit input
         followed.add(id(conv))  # its own bias is not the one deployment uses: the folded one is
-        if bn.bias is None:  # an affine-free BatchNorm has no shift to move
+        if bn.bias is None or _half(bn.bias):  # no shift to move, or none that can hold the grid
             continue
         folded_scale, bias, _ = fold_ternary_affine(conv.channel_scale(), conv.bias, bn)  # as deployment folds
         moved = snap_to_grid(bias, int32_bias_step(torch.tensor(scale), folded_scale)) - bias
@@ -44,9 +45,15 @@ def snap_biases_to_int32_grid(model: nn.Module) -> int:
         count += 1
     for layer in model.modules():
         if isinstance(layer, (TernaryConv2d, TernaryLinear)) and id(layer) not in followed and layer.bias is not None:
+            if _half(layer.bias):
+                continue
             scale = int8_scale(layer.act_quant)
             if scale:
                 step = int32_bias_step(torch.tensor(scale), layer.channel_scale())
                 layer.bias.copy_(snap_to_grid(layer.bias, step.to(layer.bias.device)).to(layer.bias.dtype))
                 count += 1
     return count
+
+
+def _half(bias: torch.Tensor) -> bool:
+    return bias.dtype in (torch.float16, torch.bfloat16)
