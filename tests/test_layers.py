@@ -245,7 +245,7 @@ def test_a_layer_used_twice_is_made_ternary_in_both_places_and_stays_one_layer()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
-def test_conversions_keep_forward_hooks_and_refuse_old_style_weight_norms():
+def test_conversions_keep_forward_hooks_and_refuse_old_style_weight_norms_and_pruning():
     """A hook registered before bitify or conversion (a feature extractor's, or one that changes the output) acts
     on the replacement too; torch.nn.utils's old weight and spectral norms recompute ``weight`` from parameters a
     Bit layer does not have, so they are refused rather than silently frozen."""
@@ -262,6 +262,16 @@ def test_conversions_keep_forward_hooks_and_refuse_old_style_weight_norms():
         bitify(nn.Sequential(nn.utils.weight_norm(nn.Conv2d(3, 4, 3))))
     with pytest.raises(ValueError, match=r"carries torch.nn.utils's WeightNorm.*remove_weight_norm"):
         bitify(nn.Sequential(nn.utils.weight_norm(nn.Conv2d(3, 4, 3))), inplace=True)
+    from torch.nn.utils import prune
+
+    # pruning is such a hook too (weight_orig * weight_mask): the Bit layer failed at its first forward, naming
+    # an attribute, or copy.deepcopy failed with torch's words
+    for inplace in (False, True):
+        pruned = nn.Sequential(nn.Conv2d(3, 4, 3))
+        prune.l1_unstructured(pruned[0], "weight", 0.5)
+        with pytest.raises(ValueError, match=r"0 \(Conv2d\) carries torch.nn.utils's pruning.*prune.remove\(module, "
+                                             r"'weight'\)"):
+            bitify(pruned, inplace=inplace)
 
 
 def test_bitify_names_the_layers_it_keeps_in_float_because_they_are_parametrized():

@@ -77,14 +77,20 @@ def _copy(model: nn.Module) -> nn.Module:
 
 
 def _refuse_old_norms(module: nn.Module, name: str, why: str, other_way: str) -> None:
-    """Refuse torch.nn.utils's old-style weight and spectral norms: hooks that recompute ``weight`` from parameters
-    of their own."""
+    """Refuse torch.nn.utils's old-style weight and spectral norms and its pruning: hooks that recompute ``weight``
+    from parameters of their own (``weight_g``/``weight_v``, ``weight_orig``/``weight_mask``)."""
+    from torch.nn.utils.prune import BasePruningMethod
+
     for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:
-        if type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
-            norm = type(hook).__name__
-            raise ValueError(f"{name or 'the model'} ({type(module).__name__}) carries torch.nn.utils's {norm}, "
-                             f"{why}: remove it first (torch.nn.utils.remove_"
-                             f"{'weight_norm' if norm == 'WeightNorm' else 'spectral_norm'}(module)), {other_way}")
+        if isinstance(hook, BasePruningMethod):
+            what, remove = "pruning", f"torch.nn.utils.prune.remove(module, {getattr(hook, '_tensor_name', 'weight')!r})"
+        elif type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
+            what = type(hook).__name__
+            remove = f"torch.nn.utils.remove_{'weight_norm' if what == 'WeightNorm' else 'spectral_norm'}(module)"
+        else:
+            continue
+        raise ValueError(f"{name or 'the model'} ({type(module).__name__}) carries torch.nn.utils's {what}, "
+                         f"{why}: remove it first ({remove}), {other_way}")
 
 
 def _carry_hooks(old: nn.Module, new: nn.Module, name: str) -> None:
