@@ -1038,6 +1038,36 @@ def test_a_time_budget_is_refined_after_epoch_1_and_decided_by_a_run_resumed_und
     assert [int(r["epoch"]) for r in read_metrics(undecided)] == [0, 1, 2]
 
 
+def test_a_budget_raised_after_epoch_1_and_killed_before_its_checkpoint_records_what_the_budget_gave(tmp_path,
+                                                                                                    monkeypatch):
+    """The budget's second decision (here 2 epochs, then 3) reaches args.json before epoch 1's last.ckpt: a run
+    killed between the two resumed with 3 epochs from args.json against 2 in its checkpoint, and recorded "the time
+    budget gave 2 epochs; resumed with --epochs 3", a --resume --epochs nobody gave and a recipe other than the run."""
+    import bitnetcnn.train.run as run_module
+    import bitnetcnn.train.time_budget as time_budget
+
+    monkeypatch.setattr(time_budget.FitToTimeBudget, "REFINE_FROM", 2)
+    monkeypatch.setattr(time_budget, "epochs_within", lambda budget_s, elapsed_s, epoch_s, validation_s, val_every,
+                        most, done: 2 if done == 1 else 3)
+    written = run_module.write_settings
+
+    def killed_after_the_second_decision(out, settings):
+        written(out, settings)
+        if settings.epochs == 3:
+            raise Killed
+
+    run = tmp_path / "raised"
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "write_settings", killed_after_the_second_decision)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(run), epochs=20, time_budget=30, **QUICK))
+    assert json.loads((run / "args.json").read_text())["epochs"] == 3
+    train(TrainSettings(out=str(run), progress=False), resume=True)
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
+    command = json.loads((run / "results.json").read_text())["command"]
+    assert command.endswith("  # the time budget gave 3 epochs"), command
+
+
 def test_compile_wraps_the_training_forward_only_and_never_a_copy_of_another_model():
     """The compiled wrapper stays out of the state dict (checkpoints keep the model's names), and a deep copy of the
     module (as weight averaging makes) compiles its own model instead of calling the original's."""

@@ -37,7 +37,8 @@ from bitnetcnn.train.fine_tune import init_metadata, load_init_weights, teacher_
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_images,
                                         check_resumed_model, check_resumed_processes, default_out, first_process,
-                                        hold_run_folder, read_resume_record, resumed_settings, write_settings)
+                                        hold_run_folder, read_resume_record, read_run_record, resumed_settings,
+                                        write_settings)
 from bitnetcnn.train.run_recorder import RunRecorder
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
@@ -272,6 +273,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
                             "start it again without --resume")
     if resume:
+        length_before = read_run_record(out / "args.json")["epochs"]  # before this command writes it
         record = read_resume_record(last)
         module.check_resumed_teacher(record, last)  # before args.json records a teacher given in its place
         check_resumed_model(record, module, last)
@@ -290,6 +292,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     metadata["test_images"] = len(data.test_split.labels)
     recorder = RunRecorder(out, save_checkpoint, command, metadata, echo=not s.progress,
                            budgeted=s.time_budget is not None)
+    if resume:
+        recorder.resumed(length_before)
     devices = s.devices if s.devices == "auto" else int(s.devices)
     with _quiet_lightning():
         trainer = L.Trainer(

@@ -69,6 +69,7 @@ class RunRecorder(L.Callback):
         self.budgeted = budgeted  # sized by --time-budget: the command alone does not say how many epochs it took
         self.epochs: int | None = None  # the run's length as last saved
         self.extended: list[int] | None = None  # [from, to]: `--resume --epochs` lengthened the run
+        self._length_before: int | None = None  # a resumed run's length before this command (:meth:`resumed`)
         self.metadata = metadata
         self.best_ternary = -1.0
         self.best_float = -1.0
@@ -131,9 +132,16 @@ class RunRecorder(L.Callback):
         decided within, not an extension of what it gave."""
         self.epochs, self.extended = epochs, None
 
+    def resumed(self, length: int) -> None:
+        """The run's length before this resume, as its args.json says: a time budget's decision reaches args.json
+        before last.ckpt, so a run killed between the two has a longer one there than the checkpoint's."""
+        self._length_before = length
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.epochs is not None and trainer.max_epochs > self.epochs:  # resumed with more epochs
-            self.extended = [self.extended[0] if self.extended else self.epochs, trainer.max_epochs]
+        if self.epochs is not None:  # resumed: with more epochs than the run had, or as the budget left it
+            before = max(self.epochs, self._length_before or 0)
+            if trainer.max_epochs > before:
+                self.extended = [self.extended[0] if self.extended else before, trainer.max_epochs]
         self.epochs = trainer.max_epochs
         if trainer.ckpt_path is None or not trainer.is_global_zero:
             return
