@@ -192,6 +192,12 @@ def test_ema_run_saves_the_averaged_model_it_validated(tmp_path):
     ckpt = torch.load(tmp_path / "ema" / "last.ckpt", weights_only=False)
     raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]
     assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
+    # a resume with nothing left to train (a finished run, or one killed before its results.json) writes the same
+    # results: its checksums were once the raw weights' (Lightning loads them, and only a training end averages)
+    (tmp_path / "ema" / "results.json").unlink()
+    again = train(TrainSettings(out=str(tmp_path / "ema"), progress=False), resume=True)
+    assert again["param_checksums"] == results["param_checksums"]
+    assert again["ternary_acc"] == pytest.approx(results["ternary_acc"], abs=1e-6)  # read back from metrics.csv
     with pytest.raises(SettingsError, match="--ema 1.5"):
         train(TrainSettings(out=str(tmp_path / "bad"), epochs=1, ema=1.5, **QUICK))
     assert not (tmp_path / "bad").exists()

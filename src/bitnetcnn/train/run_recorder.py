@@ -70,6 +70,7 @@ class RunRecorder(L.Callback):
         self.epochs: int | None = None  # the run's length as last saved
         self.extended: list[int] | None = None  # [from, to]: `--resume --epochs` lengthened the run
         self._length_before: int | None = None  # a resumed run's length before this command (:meth:`resumed`)
+        self._loaded_checksum: torch.Tensor | None = None  # a resumed run's saved parameters' (on_load_checkpoint)
         self.metadata = metadata
         self.best_ternary = -1.0
         self.best_float = -1.0
@@ -138,6 +139,7 @@ class RunRecorder(L.Callback):
         self._length_before = length
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._loaded_checksum = None  # this fit trains: its own weights are the run's at its end
         if self.epochs is not None:  # resumed: with more epochs than the run had, or as the budget left it
             before = max(self.epochs, self._length_before or 0)
             if trainer.max_epochs > before:
@@ -221,8 +223,16 @@ class RunRecorder(L.Callback):
                     command=command, training=[*self.metadata.get("training", []), step])
         self.save_model(model.float().to(memory_format=torch.contiguous_format), self.model_path, meta)
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # the saved model's parameters: with --ema they are the average, and the module gets the raw weights (only
+        # a training end copies the average back, and a resume with nothing left to train has none)
+        names = {"model." + n for n, _ in pl_module.model.named_parameters()}
+        self._loaded_checksum = _checksum(v for k, v in checkpoint["state_dict"].items() if k in names)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        checksum = torch.stack([p.detach().double().sum() for p in pl_module.model.parameters()]).sum()
+        checksum = self._loaded_checksum
+        if checksum is None:
+            checksum = _checksum(pl_module.model.parameters())
         sums = trainer.strategy.all_gather(checksum.to(pl_module.device))
         self._write_results(trainer, [float(s) for s in torch.atleast_1d(sums.cpu())])
 
@@ -257,3 +267,8 @@ class RunRecorder(L.Callback):
             "command": self._command_as_run(trainer),
         }
         write_atomically(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+
+
+def _checksum(tensors) -> torch.Tensor:
+    """The sum of every value, in float64: results.json's fingerprint of the weights (equal across DDP processes)."""
+    return torch.stack([t.detach().double().sum() for t in tensors]).sum()
