@@ -115,6 +115,9 @@ def _add_train(sub) -> None:
     a("--zoom", type=float, help="random scaling by 1 +- ZOOM on training batches (default: the data set's)")
     a("--elastic", type=float, metavar="ALPHA", help="elastic distortion of strength ALPHA pixels (Gaussian sigma 4) "
       "on training batches (MNIST: 34; default: off)")
+    a("--hflip", action=argparse.BooleanOptionalAction, help="random horizontal flips of training images "
+      "(default: the data set's: on for pictures and image folders, off for digits; --no-hflip for text, digits, "
+      "signs)")
     a("--ema", type=float, metavar="DECAY", help="validate and ship an exponential moving average of the weights "
       "(e.g. 0.999; default: off)")
     a("--quant", choices=QUANT_MODES, help="fp trains the full-precision twin (teacher)")

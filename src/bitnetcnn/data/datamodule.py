@@ -102,6 +102,7 @@ class ImageDataModule(L.LightningDataModule):
         rotate: float | None = None,
         zoom: float | None = None,
         elastic: float | None = None,
+        hflip: bool | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -119,6 +120,7 @@ class ImageDataModule(L.LightningDataModule):
         self.rotate = self.spec.rotate if rotate is None else rotate
         self.zoom = self.spec.zoom if zoom is None else zoom
         self.elastic = self.spec.elastic if elastic is None else elastic
+        self.hflip = self.spec.hflip if hflip is None else hflip
         self.train_split: Split | None = None
         self.test_split: Split | None = None
         self._mean = torch.tensor(self.spec.mean)
@@ -201,7 +203,7 @@ class ImageDataModule(L.LightningDataModule):
         """uint8 batch to the model's float input; crop, flip, rotate, zoom and distort only while training."""
         if training and self.augment:
             images = random_crop(images, self.spec.crop_padding)
-            if self.spec.hflip:
+            if self.hflip:
                 images = random_hflip(images)
             if self.rotate > 0 or self.zoom > 0:
                 images = random_affine(images, self.rotate, self.zoom)

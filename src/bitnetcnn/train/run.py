@@ -130,7 +130,7 @@ def build(s: TrainSettings, resume: bool = False):
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
                            img_channels=s.img_channels,
                            limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom,
-                           elastic=s.elastic, seed=s.seed)
+                           elastic=s.elastic, hflip=s.hflip, seed=s.seed)
     spec = data.spec
     num_classes = data.num_classes
     if s.num_classes is not None and s.num_classes != num_classes:

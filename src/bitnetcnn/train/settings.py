@@ -71,6 +71,7 @@ class TrainSettings:
     rotate: Optional[float] = None  # None: the data set's default (docs/training.md)
     zoom: Optional[float] = None
     elastic: Optional[float] = None  # None: the data set's default (off)
+    hflip: Optional[bool] = None  # random horizontal flips; None: the data set's (pictures yes, digits no)
     ema: Optional[float] = None  # decay of an exponential moving average of the weights; None: off
     quant: str = "ternary"
     scale_op: str = DEFAULT_QUANT.scale_op  # the fields of the layers' TernaryQuant (see weight_quant)
@@ -118,7 +119,7 @@ class TrainSettings:
         """The ``bitnetcnn train`` command line that gives these settings (the fields that differ from their
         defaults, in field order): what a run started from Python records as its recipe."""
         words = ["bitnetcnn", "train"]
-        switches = {f.name for f in fields(self) if isinstance(f.default, bool)} | {"channels_last"}
+        switches = {f.name for f in fields(self) if isinstance(f.default, bool)} | {"channels_last", "hflip"}
         for name in self.changed():
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
