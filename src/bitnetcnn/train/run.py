@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.format import native_header
-from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import from_header, model_pretrained_cfg
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
@@ -130,7 +130,7 @@ def build(s: TrainSettings, resume: bool = False):
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
                            img_channels=s.img_channels,
                            limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom,
-                           elastic=s.elastic, hflip=s.hflip, seed=s.seed)
+                           elastic=s.elastic, hflip=s.hflip, mean=s.mean, std=s.std, seed=s.seed)
     spec = data.spec
     num_classes = data.num_classes
     if s.num_classes is not None and s.num_classes != num_classes:
@@ -254,6 +254,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     """
     started = time.perf_counter()  # a --time-budget counts the setup below, not only the training
     s = _settled(s, resume, given)
+    if not resume:
+        s = _init_normalization(s)
     picked = not s.out  # the folder is this command's choice, not the user's
     out = Path(s.out) if s.out else default_out(s)
     s.out = str(out)
@@ -323,6 +325,24 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if trainer.is_global_zero:
         _print_outcome(s, out, results, recorder)
     return results
+
+
+def _init_normalization(s: TrainSettings) -> TrainSettings:
+    """An image folder fine-tuned with ``--init`` normalizes its pictures as the file's model was trained to see them
+    (as timm takes a pretrained model's mean and std), unless ``--mean``/``--std`` say otherwise: with the folder's
+    generic statistics the published MNIST model scored 26% on digits it scores 100% on with its own, and the
+    fine-tune would first spend epochs relearning its input. args.json records them, so a resume keeps them."""
+    if s.dataset != "imagefolder" or not s.init or s.mean is not None or s.std is not None:
+        return s
+    header = native_header(s.init) if Path(s.init).is_file() else None  # the seed's files record none
+    cfg = from_header(header) if header is not None else None
+    if cfg is None or cfg.mean is None or cfg.std is None or len(cfg.mean) != s.img_channels:
+        return s
+    mean, std = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+    if first_process():
+        print(f"note: --init {s.init} was trained on inputs normalized with mean {mean} and std {std}: the image "
+              "folder's pictures are normalized so too (--mean/--std say otherwise)", file=sys.stderr)
+    return replace(s, mean=mean, std=std)
 
 
 def _settled(s: TrainSettings, resume: bool, given: Optional[set[str]]) -> TrainSettings:

@@ -82,6 +82,8 @@ class TrainSettings:
     num_classes: Optional[int] = None
     img_size: int = 64  # for imagefolder only
     img_channels: int = 3  # for imagefolder only: 3 reads pictures as RGB, 1 as greyscale
+    mean: Optional[list[float]] = None  # input normalization, one value a channel; None: the data set's (an image
+    std: Optional[list[float]] = None  # folder fine-tuned with --init: the init file's, see run._init_normalization)
     eval_ternary: bool = True
     val_every: int = 1  # validate every N epochs (and always the last): validation costs a GPU epoch a second
     compile: bool = False  # torch.compile the training forward (fuses the fake quantization's elementwise ops)
@@ -125,6 +127,9 @@ class TrainSettings:
             flag = "--" + name.replace("_", "-")
             if name in switches:  # --no-FLAG turns one off
                 words.append(flag if value else f"--no-{flag[2:]}")
+                continue
+            if name in ("mean", "std"):  # one flag, a value a channel
+                words += [flag, *map(str, value)]
                 continue
             for item in value if isinstance(value, list) else [value]:
                 text = json.dumps(item) if isinstance(item, dict) else str(item)
@@ -207,6 +212,8 @@ class TrainSettings:
                 in_range(getattr(self, name), name, low=0.0)
         if self.zoom is not None:
             in_range(self.zoom, "zoom", low=0.0, high=1.0, high_open=True)
+        for std in self.std or ():
+            in_range(std, "std", low=0.0, low_open=True)
         if self.ema is not None:
             in_range(self.ema, "ema", low=0.0, high=1.0, low_open=True, high_open=True)
         in_range(self.kd_alpha, "kd_alpha", low=0.0, high=1.0)
