@@ -28,6 +28,10 @@ def standardize(x: torch.Tensor, mean, std) -> torch.Tensor:
     (``mean`` and ``std``: tensors or sequences). ``x`` is left as it was."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    if x.dim() < 3 or x.shape[-3] != len(mean):  # else broadcast: a grey image ran on an RGB model, no word said
+        raise ValueError(f"images of shape {tuple(x.shape)} have {x.shape[-3] if x.dim() >= 3 else 'no'} channels "
+                         f"where the model's normalization has {len(mean)}: give (N, {len(mean)}, H, W) images "
+                         f"({'a greyscale picture repeated over 3 channels' if len(mean) == 3 else 'one channel'})")
     return x.sub(mean).div_(std)
 
 
@@ -41,9 +45,12 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
 def as_pixels(images: torch.Tensor) -> torch.Tensor:
     """Integer images (int32 or int64 from a decoder, ``torch.tensor(list)``, ``randint``) as the uint8 pixels they
     are, so that everything which normalizes uint8 normalizes them too (calibration once measured raw 0..255 ranges
-    from int64 images, and the int8 graph fell to chance); refused outside 0..255. Other tensors are returned as
-    they are."""
-    if images.is_floating_point() or images.dtype == torch.uint8 or images.dtype == torch.bool:
+    from int64 images, and the int8 graph fell to chance); refused outside 0..255, and bool ones
+    (0 and 1 would run as pixels). Float and uint8 tensors are returned as they are."""
+    if images.dtype == torch.bool:  # a mask or a binarized picture would run as pixels 0 and 1 of 255
+        raise ValueError("bool images are not pixels: give uint8 pixels 0..255 (images.to(torch.uint8) * 255 for a "
+                         "binarized picture)")
+    if images.is_floating_point() or images.dtype == torch.uint8:
         return images
     if images.numel() and (images.min() < 0 or images.max() > 255):
         raise ValueError(f"integer images must be pixels in 0..255, these run from {int(images.min())} to "
