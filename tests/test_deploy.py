@@ -777,3 +777,27 @@ def test_a_full_disk_leaves_an_earlier_export_and_bench_report_whole(tmp_path, m
         write_json({"new": list(range(100))}, report)
     monkeypatch.undo()
     assert report.read_text() == '{"good": 1}' and [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+
+
+def test_a_bitified_torchvision_resnet_folds_its_batchnorms_and_deploys_in_int8():
+    """torchvision's BasicBlock keeps conv1 and bn1 as attributes, not in an nn.Sequential: BatchNorm folding found
+    no pair there, the ONNX optimizer fused each BatchNorm into its ternary weight, and int8 compilation refused
+    with "the exported weight is not codes * scale". Pairs now come from the forward's data flow too (torch.fx)."""
+    import torchvision
+
+    from bitnetcnn import bitify
+
+    torch.manual_seed(0)
+    model = bitify(torchvision.models.resnet18(num_classes=10))
+    with torch.no_grad():
+        for _ in range(3):  # training batches settle the BatchNorm statistics
+            model(torch.randn(16, 3, 32, 32))
+    ternary = convert_to_ternary(model.eval())
+    folded = fold_batchnorm(ternary)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(32, 3, 32, 32)
+    with torch.no_grad():
+        ref = ternary(x)
+        assert torch.allclose(folded(x), ref, rtol=0, atol=1e-5 * ref.abs().max())
+    deployed = compile(ternary, torch.randn(64, 3, 32, 32), input_size=(3, 32, 32))
+    assert _agreement(ref, deployed(x)) >= 0.95

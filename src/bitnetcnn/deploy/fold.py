@@ -24,8 +24,10 @@ __all__ = ["fold_batchnorm"]
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in which every BatchNorm2d that directly follows a convolution is folded into it.
 
-    "Directly follows" means the two are consecutive children of an ``nn.Sequential`` (``ConvNormAct`` and any
-    plain ``nn.Sequential(conv, bn, ...)``); the BatchNorm is replaced by ``nn.Identity``. Ternary convolutions fold
+    "Directly follows" means the two are children of one module, consecutive in an ``nn.Sequential`` (``ConvNormAct``,
+    ``nn.Sequential(conv, bn, ...)``) or, where torch.fx traces the forward, the BatchNorm the only reader of the
+    convolution's output (torchvision's ``BasicBlock``: ``nn.batchnorm.conv_bn_pairs``); the BatchNorm is replaced by
+    ``nn.Identity``. Ternary convolutions fold
     into their per-channel scale and bias, float ``nn.Conv2d`` into their weight and bias. The input model is not
     changed; the result is in eval mode.
     """

@@ -19,16 +19,54 @@ def foldable_bn(module: Optional[nn.Module]) -> bool:
     )
 
 
-def conv_bn_pairs(model: nn.Module) -> Iterator[Tuple[nn.Sequential, str, str]]:
-    """``(parent, conv name, bn name)`` for every foldable BatchNorm2d that directly follows another module in an
-    ``nn.Sequential`` (``ConvNormAct`` and any plain ``nn.Sequential(conv, bn, ...)``); the caller checks the first."""
+def conv_bn_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
+    """``(parent, conv name, bn name)`` for every foldable BatchNorm2d that directly follows another module of the
+    same parent: in an ``nn.Sequential`` (``ConvNormAct``, ``nn.Sequential(conv, bn, ...)``), or by the data flow of
+    the model's forward where torch.fx traces it (torchvision's ``BasicBlock`` keeps ``conv1`` and ``bn1`` as
+    attributes; unfolded, its ternary weights could not be deployed in int8), the first module's output read by the
+    BatchNorm alone. The caller checks the first."""
+    seen = set()
     for parent in list(model.modules()):
         if not isinstance(parent, nn.Sequential):
             continue
         names = list(parent._modules)
         for first, second in zip(names, names[1:]):
             if foldable_bn(parent._modules[second]):
+                seen.add((id(parent), first, second))
                 yield parent, first, second
+    for parent, first, second in _traced_pairs(model):
+        if (id(parent), first, second) not in seen:
+            yield parent, first, second
+
+
+class _LayerTracer(torch.fx.Tracer):
+    """Traces to the layers: a convolution (which may hold an activation quantizer) or a module without children is
+    one node."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return hasattr(m, "kernel_size") or not any(m.children()) or super().is_leaf_module(m, qualname)
+
+
+def _traced_pairs(model: nn.Module) -> list:
+    """The pairs torch.fx finds by data flow; none where the forward does not trace (Python control flow on
+    tensors)."""
+    try:
+        graph = _LayerTracer().trace(model)
+    except Exception:  # noqa: BLE001 - any failure to trace only means no pairs from the data flow
+        return []
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        source = node.args[0]
+        if source.op != "call_module" or len(source.users) != 1:
+            continue
+        parent_name, _, second = node.target.rpartition(".")
+        source_parent, _, first = source.target.rpartition(".")
+        if parent_name != source_parent or not foldable_bn(model.get_submodule(node.target)):
+            continue
+        pairs.append((model.get_submodule(parent_name) if parent_name else model, first, second))
+    return pairs
 
 
 def bn_factors(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
