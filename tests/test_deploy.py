@@ -801,3 +801,22 @@ def test_a_bitified_torchvision_resnet_folds_its_batchnorms_and_deploys_in_int8(
         assert torch.allclose(folded(x), ref, rtol=0, atol=1e-5 * ref.abs().max())
     deployed = compile(ternary, torch.randn(64, 3, 32, 32), input_size=(3, 32, 32))
     assert _agreement(ref, deployed(x)) >= 0.95
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_batchnorm_folding_keeps_the_models_dtype(dtype):
+    """The folded ternary layers were float32 in any model: a float64 or bf16 model failed on its first input
+    ("Input type (double) and bias type (float) should be the same")."""
+    torch.manual_seed(0)
+    model = create_model("bitnet_cnn", width=8)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 1, 28, 28))
+    ternary = convert_to_ternary(model.eval()).to(dtype)
+    folded = fold_batchnorm(ternary)
+    x = torch.randn(8, 1, 28, 28, dtype=dtype)
+    with torch.no_grad():
+        ref, out = ternary(x), folded(x)
+    assert out.dtype == dtype
+    tolerance = 1e-9 if dtype == torch.float64 else 0.05
+    assert (out - ref).abs().max() <= tolerance * ref.abs().max()

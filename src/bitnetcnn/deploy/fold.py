@@ -54,11 +54,12 @@ def _fold_ternary(conv: TernaryConv2d, bn: nn.BatchNorm2d) -> Optional[TernaryCo
         return None
     scale, bias, sign = fold_ternary_affine(conv.channel_scale(), conv.bias, bn)
     codes = conv.codes() * sign.to(torch.int8).view(-1, *([1] * (len(conv.weight_shape) - 1)))
+    wide = torch.promote_types(conv.weight.dtype, torch.float32)  # a float64 layer's scale is not rounded to float32
     folded = TernaryConv2d(
-        codes, scale.float(), bias.float(), conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode,
+        codes, scale.to(wide), bias.to(wide), conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode,
         pow2=False, scale_op=conv.scale_op, act_quant=copy.deepcopy(conv.act_quant),
     )
-    return folded.to(conv.weight.device)
+    return folded.to(conv.weight.device, conv.weight.dtype)  # the model's dtype: a float64 model ran into float32
 
 
 def _fold_float(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Optional[nn.Conv2d]:
