@@ -560,6 +560,9 @@ def test_bench_of_one_deploy_backend_does_not_claim_what_auto_picks(tmp_path, ca
     report = bench("bitnet_cnn", (1,), budget_s=0, calibrate=8, variants=("deploy_onnxruntime",))
     text = format_report(report)
     assert "picks auto" not in text
+    # a deployed model's size is its graph's: its runtime's memory was reported as that, unmeasured
+    assert report["sizes"]["deploy_onnxruntime"]["memory_bytes"] is None
+    assert "the memory its runtime holds is not measured" in text
     if choose_backend("auto")[0] == "auto":  # OpenVINO usable: auto would measure, and the bench did not
         assert report["auto_backend"] is None and "bench both deploy variants" in text
     else:
