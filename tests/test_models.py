@@ -225,6 +225,11 @@ def test_create_model_refuses_a_bad_img_size_and_arguments_its_builder_sets():
         create_model("bit_resnet18", depths=[1, 1, 1, 1])
     with pytest.raises(ValueError, match="has no argument 'spec'"):
         create_model("bitnet_cnn", spec=None)
+    # the list of valid arguments named depths and dims for ConvNeXt V2, which its builder sets from size
+    with pytest.raises(ValueError, match=r"its arguments: drop_path_rate, img_size, size \(and num_classes"):
+        create_model("bit_convnextv2", act="silu")
+    with pytest.raises(ValueError, match=r"bit_convnextv2 sets 'dims' itself"):
+        create_model("bit_convnextv2", dims=(8, 16, 32, 64))
 
 
 def test_summary_measures_a_model_at_the_size_it_was_built_for():

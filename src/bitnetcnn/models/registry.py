@@ -137,6 +137,7 @@ def _check_kwargs(cfg: ModelConfig, kwargs: dict) -> None:
 
     Builders that pass ``**kwargs`` on to their model class are checked against that class (their return type)."""
     params = dict(inspect.signature(cfg.builder).parameters)
+    own = dict(params)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         try:
             built = typing.get_type_hints(cfg.builder).get("return")
@@ -150,7 +151,9 @@ def _check_kwargs(cfg: ModelConfig, kwargs: dict) -> None:
     named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD and n != "spec"}
     unknown = sorted(set(kwargs) - named)
     if unknown:
+        # a class argument the builder computes itself (bit_convnextv2's depths and dims, from size) is refused
+        sets = set(cfg.builder.__code__.co_varnames) - set(own)
         valid = sorted(n for n, p in params.items() if p.default is not inspect.Parameter.empty
-                       and n not in ("num_classes", "in_chans", "spec"))
+                       and n not in ("num_classes", "in_chans", "spec") and n not in sets)
         raise ValueError(f"{cfg.name} has no argument {', '.join(map(repr, unknown))}; its arguments: "
                          f"{', '.join(valid)} (and num_classes, in_chans, quant, scale_op, pow2, act_bits, fp_ends)")
