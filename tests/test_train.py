@@ -1398,6 +1398,17 @@ def test_a_bfloat16_converted_model_loads_as_it_was_saved(tmp_path):
             x = torch.randn(2, 1, 28, 28, dtype=dtype)
             with torch.no_grad():
                 assert torch.equal(loaded(x), model(x))
+            # mixed precision, bf16 layers beside float32 BatchNorms: a power-of-two layer (whose file holds no
+            # float tensor of its own) took the file's most common float dtype, float32, and the loaded model
+            # failed on its first input
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.float()
+            with torch.no_grad():
+                expected = model(x)
+            loaded = load_checkpoint(bitnetcnn.save_checkpoint(model, tmp_path / f"mixed{dtype}{pow2}.bnc"))
+            with torch.no_grad():
+                assert torch.equal(loaded(x), expected)
 
 
 def test_summary_of_a_registry_model_at_another_size_has_the_stem_train_builds_for_it(capsys):

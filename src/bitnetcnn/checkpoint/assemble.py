@@ -21,6 +21,12 @@ from bitnetcnn.nn.convert import replace_modules
 from bitnetcnn.quant import TernaryQuant
 
 
+# a power-of-two layer stores no float tensor of its own (int8 exponents, and often no bias): its header entry says
+# its dtype where it is not float32 (bf16 layers beside float32 BatchNorms reloaded in float32, and failed)
+LAYER_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "float64": torch.float64}
+
+
 def bit_layer_mismatches(model: nn.Module, rebuilt: nn.Module, built: str) -> List[str]:
     """Where ``model``'s trainable Bit layers are not ``rebuilt``'s (the same names, each with the same config): the
     tensors would fit, but the file would load as another function (float layers where the model quantized, or
@@ -140,7 +146,8 @@ def assemble(path, model: nn.Module, tensors: Dict[str, torch.Tensor], codes: Di
                                  act_bits=getattr(module, "act_bits", None))
             layer_cls = TernaryConv2d if isinstance(module, nn.Conv2d) else TernaryLinear
             layer = layer_cls.from_codes(module, codes[name], scale, bias, quant)
-            dtype = model_dtype if spec["pow2"] else scale.dtype
+            # a power-of-two layer's own dtype, else (files before it was recorded) the file's most common one
+            dtype = (LAYER_DTYPES[spec["dtype"]] if "dtype" in spec else model_dtype) if spec["pow2"] else scale.dtype
             return layer if dtype == torch.float32 else layer.to(dtype)
         except Exception as e:
             raise CheckpointError(path, f"layer {name!r} cannot be built: {e}") from None

@@ -29,7 +29,7 @@ from torch import nn
 from bitnetcnn import normalization
 from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint import limits, pretrained_cfg, ternary_codec
-from bitnetcnn.checkpoint.assemble import assemble, bit_layer_mismatches, build_model, mismatches
+from bitnetcnn.checkpoint.assemble import LAYER_DTYPES, assemble, bit_layer_mismatches, build_model, mismatches
 from bitnetcnn.checkpoint.errors import CheckpointError, few, short
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, get_model_config
@@ -101,6 +101,12 @@ def _input_metadata(model: nn.Module, args: dict, cfg, metadata: dict) -> dict:
     return {"size": size, "mean": mean, "std": std, "class_names": list(names) if names is not None else None}
 
 
+def _pow2_dtype(layer: nn.Module) -> dict:
+    """``{"dtype": name}`` for a power-of-two layer in another dtype than float32, else nothing."""
+    dtype = str(layer.weight.dtype).removeprefix("torch.")
+    return {"dtype": dtype} if layer.pow2 and dtype != "float32" else {}
+
+
 def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
     """The JSON header for ``model`` (without the tensor hash and the ternary coding, which saving adds)."""
     args = getattr(model, "model_args", None)
@@ -115,7 +121,7 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
     if cfg is None:
         cfg = get_model_config(args["name"])
     ternary_layers = {
-        name: {"pow2": bool(m.pow2), "scale_op": m.scale_op}
+        name: {"pow2": bool(m.pow2), "scale_op": m.scale_op, **_pow2_dtype(m)}
         for name, m in model.named_modules()
         if isinstance(m, (TernaryConv2d, TernaryLinear))
     }
@@ -298,8 +304,8 @@ def _check_header(path, header: Any) -> dict:
     quant = header.get("quantization")
     need(isinstance(quant, dict) and isinstance(quant.get("ternary_layers"), dict), "no quantization.ternary_layers")
     for name, spec in quant["ternary_layers"].items():
-        need(isinstance(spec, dict) and isinstance(spec.get("pow2"), bool) and isinstance(spec.get("scale_op"), str),
-             f"bad ternary layer entry {name!r}")
+        need(isinstance(spec, dict) and isinstance(spec.get("pow2"), bool) and isinstance(spec.get("scale_op"), str)
+             and spec.get("dtype", "float32") in LAYER_DTYPES, f"bad ternary layer entry {name!r}")
     tensors = header.get("tensors")
     need(isinstance(tensors, dict) and tensors.get("file") == TENSORS_NAME and isinstance(tensors.get("sha256"), str)
          and isinstance(tensors.get("bytes"), int), "bad tensors entry")
