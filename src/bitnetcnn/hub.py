@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.atomic import replacing
-from bitnetcnn.checkpoint import load_checkpoint
+from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.format import file_sha256
 from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, model_pretrained_cfg
@@ -209,6 +209,22 @@ def _bitnetcnn_header(path) -> Optional[dict]:
     return native_header(path) if isinstance(path, (str, os.PathLike)) else None
 
 
+def _load_other_format(path, spec: HubEntry, kwargs: dict) -> nn.Module:
+    """A seed zip or a state_dict, built with the entry's arguments (those of the weights published for it) and the
+    caller's; where the entry's own do not fit the file (the seed's MobileNetV2 has float activations, the entry's
+    published weights 8-bit ones), with the caller's alone, as the file's format infers the rest."""
+    try:
+        return load_checkpoint(path, model_name=spec.model, **{**spec.kwargs, **kwargs})
+    except CheckpointError as error:
+        first = error
+    if set(spec.kwargs) <= set(kwargs):  # the caller asked for the entry's arguments
+        raise first
+    try:
+        return load_checkpoint(path, model_name=spec.model, **kwargs)
+    except CheckpointError:
+        raise first from None  # the file against the entry's arguments: what the caller asked for
+
+
 def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bool = True,
          num_classes: Optional[int] = None, progress: bool = True, **kwargs) -> nn.Module:
     """What every entry point does; see the module docstring."""
@@ -231,7 +247,7 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
         _refuse_what_the_file_cannot_honour(path, header["architecture"]["args"], kwargs)
         model = load_checkpoint(path)
     else:  # a seed zip or a state_dict: the kwargs say how to build the model the tensors go into
-        model = load_checkpoint(path, model_name=spec.model, **{**spec.kwargs, **kwargs})
+        model = _load_other_format(path, spec, kwargs)
         built = getattr(model, "model_args", {}).get("name")
         if built != spec.model:
             raise ValueError(f"{path} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
