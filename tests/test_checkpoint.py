@@ -573,3 +573,24 @@ def test_a_replaced_file_and_its_folder_are_flushed_to_the_disk_before_and_after
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
     assert ".part" in events[0][1] and events[2][1] == str(tmp_path.resolve())
     assert target.read_bytes() == b"weights"
+
+
+def test_a_tensor_of_another_kind_than_the_models_is_refused(tiny, tmp_path):
+    """Names and shapes were checked, not types: a BatchNorm's running variance stored as int64 (with the hash
+    made to fit) loaded, and the model failed at its first input with torch's words, no file named."""
+    import hashlib
+
+    from safetensors.torch import load as read_tensors, save as write_tensors
+
+    with zipfile.ZipFile(tiny[1]) as z:
+        tensors = read_tensors(z.read(TENSORS_NAME))
+    name = next(k for k in tensors if k.endswith("running_var"))
+    tensors[name] = tensors[name].long()
+    data = write_tensors(tensors)
+
+    def fitting_hash(h):
+        h["tensors"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        return h
+
+    _raises(_rezip(tiny[1], tmp_path / "k.bnc", header=fitting_hash, tensors=lambda _: data), name, "int64",
+            "float32")

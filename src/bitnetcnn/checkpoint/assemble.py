@@ -109,6 +109,13 @@ def assemble(path, model: nn.Module, tensors: Dict[str, torch.Tensor], codes: Di
     for name in ternary:
         for suffix in (".scale", ".scale_exp", ".bias"):
             own.add(name + suffix)
+    expected = model.state_dict()  # meta tensors: the types the model computes with
+    # another float type is a model saved in it (bf16, mixed precision); integers for floats, or the reverse, are not
+    wrong = [f"{k} is {str(v.dtype).removeprefix('torch.')} where {model.model_args['name']} has "
+             f"{str(expected[k].dtype).removeprefix('torch.')}" for k, v in tensors.items()
+             if k in expected and k not in own and v.is_floating_point() != expected[k].is_floating_point()]
+    if wrong:
+        raise CheckpointError(path, f"wrong tensor types: {few(wrong)}")
     try:
         result = model.load_state_dict({k: v for k, v in tensors.items() if k not in own}, strict=False, assign=True)
     except Exception as e:
