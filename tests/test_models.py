@@ -293,3 +293,16 @@ def test_convnextv2_at_28_px_covers_every_position_and_keeps_a_2x2_last_stage():
         plain = stage(down(plain))
     with torch.no_grad():
         assert torch.equal(model32.forward_features(y), plain)
+
+
+def test_a_full_precision_model_records_no_ternary_settings_it_does_not_use():
+    """quant='fp' built float layers and recorded act_bits=8, pow2=True in model_args (and so in a checkpoint's
+    header): a model without a quantizer described as 8-bit. The hub's fp twin of bitnet_mobilenetv2 (whose entry
+    says act_bits=8) is one such model."""
+    from bitnetcnn.nn import ActQuantizer
+
+    model = create_model("bit_mobilenetv2", quant="fp", act_bits=8, pow2=True, fp_ends=True, scale_op="mean")
+    assert not any(isinstance(m, ActQuantizer) for m in model.modules())
+    args = model.model_args
+    assert (args["quant"], args["act_bits"], args["pow2"], args["fp_ends"]) == ("fp", None, False, False)
+    assert create_model(**{k: v for k, v in args.items()}).model_args == args

@@ -36,6 +36,9 @@ class QuantSpec:
             raise ValueError(f"unknown quant {self.quant!r}: choose one of {', '.join(map(repr, QUANT_MODES))}")
         config = TernaryQuant.from_kwargs(self.config, scale_op=self.scale_op, pow2=self.pow2, act_bits=self.act_bits)
         object.__setattr__(self, "fp_ends", as_flag("fp_ends", self.fp_ends))
+        if self.quant == "fp":  # no ternary layer takes them: model_args (and a header) then say what the model is
+            config = DEFAULT_QUANT
+            object.__setattr__(self, "fp_ends", False)
         # one source of truth: the shorthand fields mirror the config
         for name, value in (("config", config), ("scale_op", config.scale_op), ("pow2", config.pow2),
                             ("act_bits", config.act_bits)):
