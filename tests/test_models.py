@@ -230,6 +230,9 @@ def test_create_model_refuses_a_bad_img_size_and_arguments_its_builder_sets():
         create_model("bit_convnextv2", act="silu")
     with pytest.raises(ValueError, match=r"bit_convnextv2 sets 'dims' itself"):
         create_model("bit_convnextv2", dims=(8, 16, 32, 64))
+    for name in ("bit_resnet18", "bit_mobilenetv2", "bitnet_cnn"):  # it built every block linear, without a word
+        with pytest.raises(ValueError, match=r"act=None would build .* without a nonlinearity"):
+            create_model(name, act=None)
 
 
 def test_summary_measures_a_model_at_the_size_it_was_built_for():

@@ -96,6 +96,9 @@ def create_model(
     num_classes = cfg.num_classes if num_classes is None else require_positive_int("num_classes", num_classes)
     in_chans = cfg.input_size[0] if in_chans is None else require_positive_int("in_chans", in_chans)
     _check_kwargs(cfg, kwargs)
+    if "act" in kwargs and kwargs["act"] is None:  # the blocks' "no activation" (a projection), for a whole model
+        raise ValueError(f"act=None would build {name} without a nonlinearity, a linear model: name an activation "
+                         "(relu, relu6, silu or gelu), or leave act out for the model's own")
     if "img_size" in kwargs:  # it picks the stem: 0, -224 or 2.5 would build the 32-px one without a word
         kwargs["img_size"] = require_positive_int("img_size", kwargs["img_size"])
     spec = QuantSpec(quant=quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits, fp_ends=fp_ends)
