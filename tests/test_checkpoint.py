@@ -594,3 +594,22 @@ def test_a_tensor_of_another_kind_than_the_models_is_refused(tiny, tmp_path):
 
     _raises(_rezip(tiny[1], tmp_path / "k.bnc", header=fitting_hash, tensors=lambda _: data), name, "int64",
             "float32")
+
+
+def test_a_zip_that_is_no_checkpoint_or_a_damaged_one_says_so(tiny, tmp_path):
+    """Zips that are not checkpoints were refused with torch's internals ("torch.load failed: KeyError: 101",
+    "file in archive is not in a subdirectory"), and so was a bitnetcnn file whose zip directory lost a name."""
+    one = tmp_path / "one.bnc"
+    with zipfile.ZipFile(one, "w") as z:
+        z.writestr("readme.txt", "hello")
+    _raises(one, "a zip holding one file, 'readme.txt', which is not a torch.save file")
+    two = tmp_path / "two.bnc"
+    with zipfile.ZipFile(two, "w") as z:
+        z.writestr("a.txt", "a")
+        z.writestr("b.txt", "b")
+    _raises(two, "a zip that is neither a bitnetcnn checkpoint nor a torch.save file: it holds a.txt, b.txt")
+    renamed = tmp_path / "renamed.bnc"
+    with zipfile.ZipFile(tiny[1]) as src, zipfile.ZipFile(renamed, "w") as z:
+        z.writestr("bitnetcnn.jsoX", src.read(HEADER_NAME))
+        z.writestr(TENSORS_NAME, src.read(TENSORS_NAME))
+    _raises(renamed, "a damaged bitnetcnn checkpoint", "copy or download it again")

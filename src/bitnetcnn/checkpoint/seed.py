@@ -27,7 +27,8 @@ from torch import nn
 from bitnetcnn.checkpoint import limits
 from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.checkpoint.assemble import assemble
-from bitnetcnn.checkpoint.errors import short
+from bitnetcnn.checkpoint.errors import few, short
+from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import convert_to_ternary
@@ -99,9 +100,19 @@ def _read_foreign(path, data: bytes) -> Tuple[Dict[str, torch.Tensor], dict]:
         except Exception as e:
             raise CheckpointError(path, f"cannot read {info.filename!r} from the zip (truncated or damaged?): "
                                   f"{short(str(e), 120)}") from None
+        if inner[:2] != b"PK" and inner[:1] != b"\x80":  # neither torch.save's zip nor its legacy pickle
+            raise CheckpointError(path, f"a zip holding one file, {info.filename!r}, which is not a torch.save file: "
+                                  "not a checkpoint")
         state, extra = _unwrap(path, _torch_load(path, inner))
         extra.setdefault("source_name", info.filename)
         return state, extra
+    if z is not None and not any(n.filename.endswith("/data.pkl") for n in names):  # torch.save's zip has one
+        entries = [n.filename for n in names]
+        if TENSORS_NAME in entries or HEADER_NAME in entries:
+            raise CheckpointError(path, f"a damaged bitnetcnn checkpoint (its zip holds {few(entries)}, not "
+                                  f"{HEADER_NAME} and {TENSORS_NAME}): copy or download it again")
+        raise CheckpointError(path, f"a zip that is neither a bitnetcnn checkpoint nor a torch.save file: it holds "
+                              f"{few(entries)}")
     return _unwrap(path, _torch_load(path, data))
 
 
