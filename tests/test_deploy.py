@@ -504,6 +504,29 @@ def test_export_refuses_to_write_a_model_that_disagrees(mnist_model, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_export_of_an_8bit_model_refuses_a_graph_that_keeps_the_top_1_but_not_the_logits(mnist_model, tmp_path,
+                                                                                        monkeypatch):
+    """With activation quantizers only top-1 agreement was checked (a near-tie may round otherwise in onnxruntime),
+    so a graph that shifted every logit by the same amount, which keeps every top-1, was written without a word. The
+    median image must match to 0.1% of the largest logit."""
+    import copy
+
+    import bitnetcnn.deploy.export as export
+
+    models, _ = mnist_model
+    model = models["act8"]
+    x, _ = _mnist(False, 200)
+    export_onnx(model, tmp_path / "ok.onnx", check_inputs=x)  # the model's own graph passes
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        shifted.head[3].bias += 1.0  # every logit one higher (the classifier): the same top-1 everywhere
+    graph_of = export.to_onnx_graph
+    monkeypatch.setattr(export, "to_onnx_graph", lambda m, *args, **kwargs: graph_of(shifted, *args, **kwargs))
+    with pytest.raises(ValueError, match=r"the median image differs by .* nothing was written"):
+        export_onnx(model, tmp_path / "m.onnx", check_inputs=x)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 # --- CLI ---------------------------------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ class ExportCheck:
     batch_sizes: list
     bytes: int = 0
     act_scales: str = ""
+    median_rel_diff: float = 0.0  # the median image's largest difference, of max |logit|
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,10 +81,12 @@ def check_against_model(graph, model: nn.Module, inputs: torch.Tensor, threads: 
     if not (np.allclose(singles, out[:few], atol=tol) and np.allclose(odd, out[:few], atol=tol)):
         raise ValueError("the ONNX model's outputs depend on the batch size; the dynamic batch axis is broken")
     diff = float(np.abs(out - ref).max())
+    scale = float(np.abs(ref).max() + 1e-12)
     return {
         "agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
         "max_abs_diff": diff,
-        "rel_diff": diff / float(np.abs(ref).max() + 1e-12),
+        "rel_diff": diff / scale,
+        "median_rel_diff": float(np.median(np.abs(out - ref).max(1))) / scale,
         "batch_sizes": sorted({1, few, min(batch, len(x))}),
     }
 
@@ -106,7 +109,7 @@ def export_onnx(
     that are normalized with the model's mean and std) and is compared with the PyTorch model: top-1 agreement must
     reach ``min_agreement`` (default 0.99 float, 0.95 int8) and float outputs must match to 0.1% of the largest
     logit (for a model without activation quantizers: with them, a value on a rounding boundary may round one step
-    the other way in onnxruntime, so agreement alone is checked); otherwise a ``ValueError`` says what differed and
+    the other way in onnxruntime, so the median image must match so and agreement is checked); otherwise a ``ValueError`` says what differed and
     nothing is written. Without ``check_inputs`` the
     check runs on random inputs, with a warning. ``int8`` takes ``calibration`` as :func:`compile` does.
     """
@@ -127,6 +130,11 @@ def export_onnx(
         problems.append(f"top-1 agreement {result['agreement']:.2%} < {need:.0%}")
     if not int8 and result["rel_diff"] > FLOAT_MAX_REL_DIFF and not _has_act_quant(model):
         problems.append(f"max |diff| {result['max_abs_diff']:.3g} is {result['rel_diff']:.2%} of the largest logit")
+    # with activation quantizers a few images near rounding ties may differ (18% of the published MobileNetV2's, by
+    # up to 3.4%); most must still match, or the graph computes something else (a shift of every logit keeps the
+    # top-1 and passed the agreement alone)
+    if not int8 and _has_act_quant(model) and result["median_rel_diff"] > FLOAT_MAX_REL_DIFF:
+        problems.append(f"the median image differs by {result['median_rel_diff']:.2%} of the largest logit")
     if problems:
         raise ValueError(f"the exported {'int8' if int8 else 'float'} ONNX model does not match the PyTorch model on "
                          f"{len(inputs)} {'real' if real else 'random'} images ({'; '.join(problems)}); nothing was "
