@@ -50,7 +50,8 @@ class ExportCheck:
         kind = "int8" if self.int8 else "float"
         src = "real" if self.real_images else "random"
         return (f"{kind} ONNX vs PyTorch on {self.images} {src} images: top-1 agreement {self.agreement:.2%}, "
-                f"max |diff| {self.max_abs_diff:.3g} ({self.rel_diff:.2%} of max |logit|), batch sizes "
+                f"max |diff| {self.max_abs_diff:.3g} ({self.rel_diff:.2%} of max |logit|; the median image's "
+                f"{self.median_rel_diff:.2%}), batch sizes "
                 f"{self.batch_sizes} agree")
 
 
