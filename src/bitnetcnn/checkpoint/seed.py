@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import limits
-from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.checkpoint.assemble import assemble
-from bitnetcnn.checkpoint.errors import few, short
+from bitnetcnn.checkpoint.errors import CheckpointError, few, short
 from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.models import create_model, get_model_config

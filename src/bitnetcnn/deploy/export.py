@@ -109,10 +109,9 @@ def export_onnx(
     Before writing, the graph runs in onnxruntime on ``check_inputs`` (real images: model inputs, or uint8 images
     that are normalized with the model's mean and std) and is compared with the PyTorch model: top-1 agreement must
     reach ``min_agreement`` (default 0.99 float, 0.95 int8) and float outputs must match to 0.1% of the largest
-    logit (for a model without activation quantizers: with them, a value on a rounding boundary may round one step
-    the other way in onnxruntime, so the median image must match so and agreement is checked); otherwise a ``ValueError`` says what differed and
-    nothing is written. Without ``check_inputs`` the
-    check runs on random inputs, with a warning. ``int8`` takes ``calibration`` as :func:`compile` does.
+    logit (with activation quantizers, where a value on a rounding boundary may round one step the other way in
+    onnxruntime, the median image must); otherwise a ``ValueError`` says what differed and nothing is written.
+    Without ``check_inputs`` the check runs on random inputs, with a warning. ``int8`` takes ``calibration`` as :func:`compile` does.
     """
     model = in_float32(model)  # the graph is float32: so is the model it is checked against
     graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
