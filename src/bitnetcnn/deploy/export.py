@@ -111,7 +111,8 @@ def export_onnx(
     reach ``min_agreement`` (default 0.99 float, 0.95 int8) and float outputs must match to 0.1% of the largest
     logit (with activation quantizers, where a value on a rounding boundary may round one step the other way in
     onnxruntime, the median image must); otherwise a ``ValueError`` says what differed and nothing is written.
-    Without ``check_inputs`` the check runs on random inputs, with a warning. ``int8`` takes ``calibration`` as :func:`compile` does.
+    Without ``check_inputs`` the check runs on random inputs, with a warning. ``int8`` takes ``calibration`` as
+    :func:`compile` does.
     """
     model = in_float32(model)  # the graph is float32: so is the model it is checked against
     graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
@@ -125,15 +126,15 @@ def export_onnx(
         inputs = example_input(input_size_of(model, input_size), batch=16)
     result = check_against_model(graph, model, inputs, threads)
     need = min_agreement if min_agreement is not None else (INT8_MIN_AGREEMENT if int8 else FLOAT_MIN_AGREEMENT)
-    problems = []
+    problems, quantized = [], _has_act_quant(model)
     if result["agreement"] < need:
         problems.append(f"top-1 agreement {result['agreement']:.2%} < {need:.0%}")
-    if not int8 and result["rel_diff"] > FLOAT_MAX_REL_DIFF and not _has_act_quant(model):
+    if not int8 and result["rel_diff"] > FLOAT_MAX_REL_DIFF and not quantized:
         problems.append(f"max |diff| {result['max_abs_diff']:.3g} is {result['rel_diff']:.2%} of the largest logit")
     # with activation quantizers a few images near rounding ties may differ (18% of the published MobileNetV2's, by
     # up to 3.4%); most must still match, or the graph computes something else (a shift of every logit keeps the
     # top-1 and passed the agreement alone)
-    if not int8 and _has_act_quant(model) and result["median_rel_diff"] > FLOAT_MAX_REL_DIFF:
+    if not int8 and quantized and result["median_rel_diff"] > FLOAT_MAX_REL_DIFF:
         problems.append(f"the median image differs by {result['median_rel_diff']:.2%} of the largest logit")
     if problems:
         raise ValueError(f"the exported {'int8' if int8 else 'float'} ONNX model does not match the PyTorch model on "

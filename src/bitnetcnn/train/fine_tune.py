@@ -9,6 +9,7 @@ import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -130,6 +131,16 @@ def _recorded(path: str) -> tuple[dict, list[dict], dict]:
               "command": meta.get("command")}
     steps = [asdict(step) for step in from_header(header).training] if header is not None else []
     return record, steps, meta
+
+
+def init_normalization(path: str, channels: int) -> Optional[tuple[list[float], list[float]]]:
+    """The mean and std ``path``'s model was trained on, where its header records them for ``channels`` channels
+    (the seed's files and state dicts record none)."""
+    header = native_header(path) if Path(path).is_file() else None
+    cfg = from_header(header) if header is not None else None
+    if cfg is None or cfg.mean is None or cfg.std is None or len(cfg.mean) != channels:
+        return None
+    return [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
 
 
 def init_metadata(path: str) -> dict:

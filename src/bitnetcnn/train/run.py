@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.format import native_header
-from bitnetcnn.checkpoint.pretrained_cfg import from_header, model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.models import get_model_config
@@ -33,7 +33,7 @@ from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHin
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.evaluate import few_names
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
-from bitnetcnn.train.fine_tune import init_metadata, load_init_weights, teacher_metadata
+from bitnetcnn.train.fine_tune import init_metadata, init_normalization, load_init_weights, teacher_metadata
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_images,
                                         check_resumed_model, check_resumed_processes, default_out, first_process,
@@ -334,11 +334,10 @@ def _init_normalization(s: TrainSettings) -> TrainSettings:
     fine-tune would first spend epochs relearning its input. args.json records them, so a resume keeps them."""
     if s.dataset != "imagefolder" or not s.init or s.mean is not None or s.std is not None:
         return s
-    header = native_header(s.init) if Path(s.init).is_file() else None  # the seed's files record none
-    cfg = from_header(header) if header is not None else None
-    if cfg is None or cfg.mean is None or cfg.std is None or len(cfg.mean) != s.img_channels:
+    recorded = init_normalization(s.init, s.img_channels)
+    if recorded is None:
         return s
-    mean, std = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+    mean, std = recorded
     if first_process():
         print(f"note: --init {s.init} was trained on inputs normalized with mean {mean} and std {std}: the image "
               "folder's pictures are normalized so too (--mean/--std say otherwise)", file=sys.stderr)
