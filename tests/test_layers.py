@@ -571,6 +571,13 @@ def test_a_layer_built_from_codes_refuses_codes_that_are_not_ternary(codes):
         TernaryLinear(codes, torch.ones(2), None)
 
 
+@pytest.mark.parametrize("cls, like", [(TernaryLinear, nn.Linear(3, 2)), (TernaryConv2d, nn.Conv2d(3, 2, 1))])
+def test_codes_of_another_shape_than_the_replaced_layer_are_refused(cls, like):
+    with pytest.raises(ValueError, match=r"codes \(3, 2.*do not fit the layer's weight \(2, 3"):
+        cls.from_codes(like, torch.zeros(3, 2, *like.weight.shape[2:], dtype=torch.int8), torch.ones(3), None,
+                       bitnetcnn.quant.TernaryQuant())
+
+
 def test_bitify_takes_one_skip_name_and_names_what_it_leaves():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv1d(2, 2, 1), nn.Flatten(), nn.LazyLinear(3))
     model[3] = nn.Linear(2, 3)

@@ -212,9 +212,7 @@ class TernaryConv2d(_TernaryMixin, nn.Module):
                    quant: TernaryQuant) -> "TernaryConv2d":
         """The layer that takes the place of ``like`` (a Bit or float convolution, possibly on the meta device:
         its geometry and activation quantizer are used, not its weights) with these codes, scale and bias."""
-        codes = torch.as_tensor(codes)
-        if tuple(codes.shape) != tuple(like.weight.shape):
-            raise ValueError(f"codes {tuple(codes.shape)} do not fit the layer's weight {tuple(like.weight.shape)}")
+        codes = _codes_fitting(like, codes)
         return cls(codes, scale, bias, like.stride, like.padding, like.dilation, like.groups, like.padding_mode,
                    quant=quant, act_quant=_copy_act_quant(like))
 
@@ -260,15 +258,21 @@ class TernaryLinear(_TernaryMixin, nn.Module):
     def from_codes(cls, like: nn.Linear, codes, scale: torch.Tensor, bias: Optional[torch.Tensor],
                    quant: TernaryQuant) -> "TernaryLinear":
         """The layer that takes the place of ``like`` (see :meth:`TernaryConv2d.from_codes`)."""
-        codes = torch.as_tensor(codes)
-        if tuple(codes.shape) != tuple(like.weight.shape):
-            raise ValueError(f"codes {tuple(codes.shape)} do not fit the layer's weight {tuple(like.weight.shape)}")
+        codes = _codes_fitting(like, codes)
         return cls(codes, scale, bias, quant=quant, act_quant=_copy_act_quant(like))
 
     def to_bit(self) -> BitLinear:
         layer = BitLinear(self.in_features, self.out_features, self.bias is not None, device=self.weight.device,
                           quant=self.quant)
         return _fill_bit(layer, self)
+
+
+def _codes_fitting(like: nn.Module, codes) -> torch.Tensor:
+    """``codes`` as a tensor, refused unless shaped like the weight of the layer they replace."""
+    codes = torch.as_tensor(codes)
+    if tuple(codes.shape) != tuple(like.weight.shape):
+        raise ValueError(f"codes {tuple(codes.shape)} do not fit the layer's weight {tuple(like.weight.shape)}")
+    return codes
 
 
 def _copy_act_quant(layer: nn.Module) -> nn.Module:
