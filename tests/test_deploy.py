@@ -1,6 +1,7 @@
 """The deployment path: BN folding, int8 compile (onnxruntime), ONNX export and its refusals, the CLI commands."""
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -194,6 +195,17 @@ def test_the_deployed_model_reads_uint8_images_as_calibration_does_and_refuses_u
         deployed_plain(pixels.float())
     with pytest.raises(ValueError, match=r"images span 0..255"):
         deployed_plain.run_numpy(pixels.numpy().astype(np.float32))
+    # pixels in 0..1 not normalized (ToTensor's output) lie inside MNIST's normalized range: they ran (14%), no word
+    with pytest.warns(UserWarning, match=r"images all lie in 0..1, as pixels not yet normalized do"):
+        deployed_plain(pixels.float() / 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        deployed_plain(normalized)
+    # one image (C, H, W), or images of another size, reached onnxruntime ("Invalid rank for input: 3")
+    with pytest.raises(ValueError, match=r"batches shaped \(N, 1, 28, 28\), not \(1, 28, 28\): add the batch"):
+        deployed_plain(normalized[0])
+    with pytest.raises(ValueError, match=r"not \(2, 1, 32, 32\): resize them first"):
+        deployed_plain.run_numpy(np.zeros((2, 1, 32, 32), np.float32))
     # calibration or check images of another size were refused deep inside onnxruntime
     with pytest.raises(ValueError, match=r"calibration images are 1x32x32 but the model takes 1x28x28"):
         compile(models["plain"], torch.nn.functional.pad(normalized, (2, 2, 2, 2)))

@@ -237,6 +237,15 @@ def test_pixels_a_model_cannot_read_as_they_are_are_refused_not_guessed(tmp_path
         mnist(torch.full((1, 28, 28), float("nan")))
     as_float64 = torch.from_numpy(digit[None] / 255.0)
     assert as_float64.dtype == torch.float64 and mnist(as_float64).dtype == torch.float32
+    # a half-precision decode reached the model as float16, which failed there naming no input
+    assert torch.equal(mnist(as_float64.half()), mnist(as_float64.half().float()))
+    # 8-bit values in a 16- or 32-bit integer file were read as 16 bits, 257 times too dark ("1" at 0.83 for a 7)
+    for wide in (digit.astype(np.uint16), digit.astype(np.int32)):
+        with pytest.raises(UnreadablePixels, match=r"spans only 0..255: 8-bit values in a 16-bit file"):
+            pil_to_pixels(Image.fromarray(wide), 1)
+    Image.fromarray(digit.astype(np.int32)).save(tmp_path / "wide.tif")
+    assert main(["predict", "bitnet_mnist", str(tmp_path / "wide.tif")]) == 2
+    assert "8-bit values in a 16-bit file" in capsys.readouterr().err
 
     Image.fromarray(ink, "RGBA").save(tmp_path / "drawn.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "drawn.png").read_bytes()[:60])

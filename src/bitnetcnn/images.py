@@ -37,7 +37,7 @@ TRANSPARENT = ("the image has transparent pixels, and which background they stan
 def pil_to_pixels(image, channels: int) -> torch.Tensor:
     """A PIL image as a ``(channels, H, W)`` tensor, upright: uint8 (0..255), or float in 0..1 for a wide greyscale
     image (16-bit pixels 0..65535, floats 0..1; values outside those ranges, NaN and infinities are refused, not
-    clipped). An image with transparent pixels is refused; an opaque alpha channel is dropped."""
+    clipped, and so is a wide integer image no pixel of which exceeds 255: 8-bit values it would darken 257-fold). An image with transparent pixels is refused; an opaque alpha channel is dropped."""
     from PIL import ImageOps
     from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -64,6 +64,10 @@ def pil_to_pixels(image, channels: int) -> torch.Tensor:
         read_as = "0..1 floats" if top == 1 else "16-bit pixels (0..65535)"
         raise UnreadablePixels(f"a {image.mode!r} image is read as {read_as}; this one spans {low:g}..{high:g}: "
                                "scale it to that range (or to 8 bits) first")
+    if top > 1 and 0 < high <= 255:  # 8-bit values in a wide file (numpy's int32 array saved as is, say)
+        raise UnreadablePixels(f"a {image.mode!r} image is read as 16-bit pixels (0..65535), but this one spans only "
+                               f"{low:g}..{high:g}: 8-bit values in a 16-bit file, which read as 16 bits would be "
+                               "nearly black; save it as an 8-bit image (mode 'L'), or scale it to 0..65535")
     return torch.from_numpy(pixels / top)[None].expand(channels, -1, -1).contiguous()
 
 

@@ -41,7 +41,7 @@ class Preprocess(nn.Module):
         if x.dtype != torch.uint8 and not x.is_floating_point():
             raise TypeError(f"images are uint8 (0..255) or float (0..1) tensors, not {x.dtype}")
         if x.is_floating_point():
-            x = x.float() if x.dtype == torch.float64 else x  # numpy's / 255. gives float64; the model is float32
+            x = x.float()  # numpy's / 255. gives float64, a half-precision decode float16; the model is float32
             if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
                 low, high = float(x.min()), float(x.max())
                 raise ValueError(f"float images are pixels in 0..1 (as ToTensor gives); these span {low:g}..{high:g}: "

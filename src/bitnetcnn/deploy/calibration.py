@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, List, Optional, Union
 
 import numpy as np
@@ -23,17 +24,25 @@ normalize_images = normalize  # the ground floor's: one normalization for traini
 
 def check_normalized(x: torch.Tensor, mean, std, what: str = "inputs") -> None:
     """Refuse float images far outside what normalization with ``mean`` and ``std`` gives pixels in 0..1 (pixels
-    0..255 passed as floats, say): the model would see other images than it was trained on, and say nothing."""
+    0..255 passed as floats, say), and warn of images all in 0..1 (pixels not normalized yet): the model would see
+    other images than it was trained on, and say nothing."""
     if not x.is_floating_point() or x.numel() == 0:
         return
     low = min(-m / s for m, s in zip(mean, std))
     high = max((1 - m) / s for m, s in zip(mean, std))
     margin = 2 * (high - low)  # noise and augmentation stay well inside it
     seen_low, seen_high = float(x.min()), float(x.max())
+    advice = "pass uint8 images (0..255, normalized here) or images normalized as the model was trained"
     if seen_low < low - margin or seen_high > high + margin:
         raise ValueError(f"{what} span {seen_low:.4g}..{seen_high:.4g}, but the model's inputs, pixels in 0..1 "
-                         f"normalized with mean {tuple(mean)} and std {tuple(std)}, span {low:.3g}..{high:.3g}: pass "
-                         "uint8 images (0..255, normalized here) or images normalized as the model was trained")
+                         f"normalized with mean {tuple(mean)} and std {tuple(std)}, span {low:.3g}..{high:.3g}: "
+                         + advice)
+    if low < 0 and 0 <= seen_low and seen_high <= 1:
+        # pixels in 0..1 not yet normalized (ToTensor's output) lie inside the normalized range, so the check above
+        # passes them; a normalized batch has nothing below 0 only where every pixel is at least the mean
+        warnings.warn(f"{what} all lie in 0..1, as pixels not yet normalized do (ToTensor's output): the model takes "
+                      f"pixels normalized with mean {tuple(mean)} and std {tuple(std)}; {advice}", UserWarning,
+                      stacklevel=3)
 
 
 def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = CALIBRATION_BATCH,

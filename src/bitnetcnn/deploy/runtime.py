@@ -46,14 +46,30 @@ class DeployedModel:
         """Logits of normalized float images, or of integer images (uint8, or int32/int64 pixels in 0..255),
         normalized first as calibration does. Float images far outside what the normalization gives (pixels 0..255
         as floats) are refused, as in calibration."""
+        self._check_shape(x.shape)
         array = np.ascontiguousarray(self._normalized(x.detach().to("cpu")).to(torch.float32).numpy())
         return torch.from_numpy(self.runner.run(array)).to(x.device)
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
         """The same call without torch conversions (what a serving process would do)."""
+        self._check_shape(x.shape)
         if np.issubdtype(x.dtype, np.integer) or self.normalization is not None:
             x = self._normalized(torch.from_numpy(x)).numpy()
         return self.runner.run(x)
+
+    def _check_shape(self, shape) -> None:
+        """Refuse what the graph's input does not take before the runtime does, in its own words ("Invalid rank for
+        input", "Got invalid dimensions"), which name neither the shape expected nor what to do."""
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in self.onnx_model.graph.input[0].type.tensor_type.shape.dim]
+        if len(shape) == len(dims) and all(d is None or d == n for d, n in zip(dims[1:], shape[1:])):
+            return
+        if len(shape) == len(dims) - 1:
+            advice = "add the batch dimension (x[None])"
+        else:
+            advice = "resize them first (a pretrained model's pretrained_cfg.transforms() does)"
+        expected = ", ".join("N" if i == 0 else str(d) for i, d in enumerate(dims))
+        raise ValueError(f"the deployed model takes batches shaped ({expected}), not {tuple(shape)}: {advice}")
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point():
