@@ -1,6 +1,7 @@
 """A pretrained weight's ``transforms()`` and `bitnetcnn predict`: what a user does with an image of their own."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,18 @@ def test_pixels_a_model_cannot_read_as_they_are_are_refused_not_guessed(tmp_path
     for wide in (digit.astype(np.uint16), digit.astype(np.int32)):
         with pytest.raises(UnreadablePixels, match=r"spans only 0..255: 8-bit values in a 16-bit file"):
             pil_to_pixels(Image.fromarray(wide), 1)
+    # a palette whose transparent entry no pixel uses reads as it is, and predict said so with PIL's warning
+    palette = Image.new("P", (28, 28))
+    palette.putpalette([0, 0, 0, 255, 255, 255, 10, 200, 30] + [0] * 759)
+    palette.putpixel((5, 9), 2)
+    palette.info["transparency"] = bytes([255, 255, 255, 0] + [255] * 252)
+    palette.save(tmp_path / "palette.png", transparency=palette.info["transparency"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["predict", "bitnet_mnist", str(tmp_path / "palette.png")]) == 0
+        assert "P colour image to greyscale" in capsys.readouterr().out
+        from bitnetcnn.predict import _in_colour
+        assert _in_colour(palette)
     Image.fromarray(digit.astype(np.int32)).save(tmp_path / "wide.tif")
     assert main(["predict", "bitnet_mnist", str(tmp_path / "wide.tif")]) == 2
     assert "8-bit values in a 16-bit file" in capsys.readouterr().err
