@@ -21,7 +21,9 @@ class Preprocess(nn.Module):
     upright, in the model's channels, wide greyscale rescaled), a uint8 tensor (0..255) or a float tensor (0..1, as
     ``torchvision.transforms.ToTensor`` gives), ``(C, H, W)`` or a batch ``(N, C, H, W)``. One of another size has
     its shorter side resized to the model's (bilinear, antialiased) and its centre cropped, as torchvision's ImageNet
-    presets do; then ``(x - mean) / std`` per channel."""
+    presets do; then ``(x - mean) / std`` per channel. A tensor is taken as it stands: a photo's EXIF orientation,
+    which a PIL image is turned by, is not known to it (``torchvision.io.decode_image(path,
+    apply_exif_orientation=True)`` applies it)."""
 
     def __init__(self, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
