@@ -858,3 +858,23 @@ def test_batchnorm_folding_keeps_the_models_dtype(dtype):
     assert out.dtype == dtype
     tolerance = 1e-9 if dtype == torch.float64 else 0.05
     assert (out - ref).abs().max() <= tolerance * ref.abs().max()
+
+
+def test_a_calibration_that_cannot_fit_in_memory_is_refused_before_its_images_are_read(mnist_model, monkeypatch,
+                                                                                        capsys, tmp_path):
+    """onnxruntime's calibrator keeps every image's activations: `export --int8 --calibrate 99999999` read 60,000
+    MNIST images and was killed by the kernel with 21 GB in use, no word; bench's random inputs failed allocating."""
+    from bitnetcnn.cli import main
+    from bitnetcnn.deploy import calibration
+
+    models, _ = mnist_model
+    with monkeypatch.context() as patch:  # first: without the check, the commands below would fill the memory
+        patch.setattr(calibration, "available_memory", lambda: 2**20)
+        with pytest.raises(ValueError, match=r"calibration on 64 images would keep about .* MiB an image"):
+            compile(models["plain"], torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8))
+    for argv in (["export", "bitnet_mnist", "-o", str(tmp_path / "m.onnx"), "--int8", "--calibrate", "99999999"],
+                 ["bench", "bitnet_mnist", "--variants", "deploy_onnxruntime", "--calibrate", "99999999"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "calibration on 99,999,999 images would keep about" in err and "calibrate on fewer images" in err, err
+    assert not (tmp_path / "m.onnx").exists()

@@ -80,8 +80,9 @@ def _disk_bytes(model: nn.Module, compact: bool) -> int:
 
 def _calibration(model: nn.Module, n: int, data_dir=None):
     """``n`` real training images where the data set is on disk, else random inputs (speed does not care)."""
-    from bitnetcnn.deploy.calibration import dataset_for, model_inputs
+    from bitnetcnn.deploy.calibration import check_calibration_memory, dataset_for, model_inputs
 
+    check_calibration_memory(model, n)  # before the images are read or made
     try:
         name = dataset_for(model)
         images, _ = model_inputs(model, name, n, True, data_dir)

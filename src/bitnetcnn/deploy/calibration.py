@@ -12,7 +12,7 @@ from torch import nn
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
 from bitnetcnn.normalization import as_pixels, normalize
 
-__all__ = ["as_batches", "check_normalized", "dataset_for", "dataset_images", "model_inputs", "normalize_images"]
+__all__ = ["as_batches", "check_calibration_memory", "check_normalized", "dataset_for", "dataset_images", "model_inputs", "normalize_images"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
@@ -43,6 +43,45 @@ def check_normalized(x: torch.Tensor, mean, std, what: str = "inputs") -> None:
         warnings.warn(f"{what} all lie in 0..1, as pixels not yet normalized do (ToTensor's output): the model takes "
                       f"pixels normalized with mean {tuple(mean)} and std {tuple(std)}; {advice}", UserWarning,
                       stacklevel=3)
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the system can still give (Linux's MemAvailable), or None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_calibration_memory(model: nn.Module, count: int, input_size: Optional[tuple] = None) -> None:
+    """Refuse a calibration that cannot fit: onnxruntime's calibrator keeps every activation of every image until
+    it has seen them all (about 1.1 MB an MNIST image for BitNetCNN, 6 to 10 MB a CIFAR one for ResNet-18), so 60,000
+    images were killed by the kernel, with no word, after filling the memory. One image's activations are measured
+    here (the outputs of the model's layers, an upper bound of what the calibrator keeps)."""
+    available = available_memory()
+    if available is None:
+        return
+    per_image = 0
+
+    def count_outputs(module, inputs, output):
+        nonlocal per_image
+        per_image += output.numel() * 4 if isinstance(output, torch.Tensor) else 0
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count_outputs) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size_of(model, input_size)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if count * per_image > 0.8 * available:
+        raise ValueError(f"calibration on {count:,} images would keep about {count * per_image / 2**30:.1f} GiB of "
+                         f"activations in memory ({per_image / 2**20:.1f} MiB an image: onnxruntime's calibrator "
+                         f"keeps every image's), more than the {available / 2**30:.1f} GiB available: calibrate on "
+                         "fewer images (a few hundred do; the CLI's default is 256)")
 
 
 def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batch_size: int = CALIBRATION_BATCH,

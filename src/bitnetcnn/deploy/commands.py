@@ -34,7 +34,7 @@ def export_command(
     """Export ``model`` (checkpoint or registry name) to ``output``; returns the :class:`ExportCheck`."""
     from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
     from bitnetcnn.data.sources import DatasetNotFoundError
-    from bitnetcnn.deploy.calibration import dataset_for, model_inputs
+    from bitnetcnn.deploy.calibration import check_calibration_memory, dataset_for, model_inputs
     from bitnetcnn.deploy.checks import check_deployable
     from bitnetcnn.deploy.export import export_onnx
     from bitnetcnn.deploy.int8 import quantizer_scales
@@ -65,6 +65,7 @@ def export_command(
     calibration = check_inputs = None
     try:  # the images as the checkpoint was trained on them: its size, its own mean and std
         if int8 and calibrate:
+            check_calibration_memory(net, calibrate)  # before the images are read
             calibration, _ = model_inputs(net, dataset, calibrate, True, data_dir)
             log(f"calibrating on {len(calibration)} {dataset} training images")
         if check > 0:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.deploy.backends import choose_backend, make_runner, measure_backends, pick_faster
-from bitnetcnn.deploy.calibration import Calibration, as_batches
+from bitnetcnn.deploy.calibration import Calibration, as_batches, check_calibration_memory
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of
 from bitnetcnn.deploy.checks import check_deployable
 from bitnetcnn.deploy.fold import fold_batchnorm
@@ -62,6 +62,7 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
         "model quantizers")
     if batches is not None:
         info["calibration_images"] = int(sum(len(b) for b in batches))
+        check_calibration_memory(folded, info["calibration_images"], size)
     graph = to_onnx(without_act_quantizers(folded), size)
     # the graph computes the model's own integers (8-bit activations on every point it requantizes, no calibration)
     info["model_integers"] = batches is None and ranges_are_the_models(graph.graph, folded)
