@@ -550,6 +550,21 @@ with replacing({str(target)!r}) as tmp:
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
+def test_a_file_that_cannot_be_made_is_named_as_asked_not_by_its_temporary_name(tmp_path, monkeypatch):
+    """`convert m.bnc -o /proc/x.bnc` said "No such file or directory: '/proc/.x.bnc.0bbfd16a-9470....part.bnc'"."""
+    import errno
+    import os
+
+    from bitnetcnn.atomic import write_atomically
+
+    def refuse(path, *args):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(PermissionError, match=f"Permission denied: cannot write {tmp_path / 'model.bnc'}$"):
+        write_atomically(tmp_path / "model.bnc", b"x")
+
+
 def test_a_replaced_file_and_its_folder_are_flushed_to_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
     """A rename is atomic against a kill, not a host crash: on a file system that does not flush on rename (XFS) an
     unflushed last.ckpt renamed over the old one could come back empty, both versions lost."""

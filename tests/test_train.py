@@ -1362,6 +1362,21 @@ def test_convert_never_writes_over_its_input_or_another_file_unless_told(tmp_pat
     assert (run / "last.ternary.bnc").is_file() and (run / "last.ternary-pow2.bnc").is_file()
     _one_line_error(capsys, ["convert", str(run / "last.ckpt")], "last.ternary.bnc exists: give -o another file, or "
                                                                  "--force to replace it")
+    # --force replaced a run's args.json with a checkpoint (--resume then failed), and /dev/full with a file
+    args = (run / "args.json").read_bytes()
+    _one_line_error(capsys, ["convert", str(run / "last.ckpt"), "-o", str(run / "args.json"), "--force"],
+                    "args.json exists and is not a .bnc file: --force replaces an earlier converted checkpoint")
+    assert (run / "args.json").read_bytes() == args
+    if Path("/dev/null").exists():
+        with pytest.raises(SystemExit):  # argparse's refusal, before any work
+            main(["convert", str(run / "last.ckpt"), "-o", "/dev/null", "--force"])
+        assert "/dev/null is not a regular file (a device or a pipe)" in capsys.readouterr().err
+    # a misspelt published weight was "cannot read the file: No such file or directory"
+    _one_line_error(capsys, ["convert", "bitnet_mnst"], "(did you mean bitnet_mnist?): published weights: bitnet_mnist")
+    _one_line_error(capsys, ["train", "--init", "bitnet_mnst", "--out", str(tmp_path / "typo")],
+                    "'bitnet_mnst' is not a file or a published weight (did you mean bitnet_mnist?)")
+    _one_line_error(capsys, ["train", "--kd", "--teacher", "bitnet_mnst", "--out", str(tmp_path / "typo")],
+                    "'bitnet_mnst' is not a file or a published weight")
 
 
 def test_convert_reads_a_file_by_its_content_and_only_its_own_runs_figures(tmp_path, capsys):

@@ -50,7 +50,10 @@ def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
     path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{_WRITER}.{uuid.uuid4().hex[:12]}.part{path.suffix}")
     mode = path.stat().st_mode & 0o7777 if path.exists() else None
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as e:  # named after the file asked for, not the temporary name the caller never gave
+        raise type(e)(e.errno, f"{e.strerror}: cannot write {path}") from None
     try:
         yield tmp
         if mode is not None:

@@ -52,6 +52,9 @@ def output_file(text: str) -> str:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder: give the path of a file to write")
+    if path.exists() and not path.is_file():  # written beside and renamed, a device or pipe would become a file
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file (a device or a pipe): give the path of a file "
+                                         "to write")
     parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text} cannot be written: {parent} is a file, not a folder")
@@ -199,9 +202,9 @@ def _cmd_train(args) -> int:
         values.update({k: v for k, v in saved_run_values(values.get("out")).items() if k not in given})
     # a published weight by its hub entry name, as the other commands take it (the run records the name as typed)
     if values.get("init") and "init" in given:
-        values["init"] = _published_file(values["init"])
+        values["init"] = _weight_file(values["init"])
     if "teacher" in given:
-        values["teacher"] = [_published_file(path) for path in values["teacher"]]
+        values["teacher"] = [_weight_file(path) for path in values["teacher"]]
     try:
         train(TrainSettings.from_dict(values), resume=resume, command=command, given=given)
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1
@@ -396,8 +399,8 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "co
 
 # The argument naming the model of each command that reads one: a file, or a published weight's hub entry name
 # (``bitnet_resnet18``), and for some a registry name too (untrained weights).
-MODEL_ARGUMENT = {"eval": ("checkpoint", False), "predict": ("checkpoint", False), "summary": ("model", True),
-                  "export": ("model", True), "bench": ("model", True)}
+MODEL_ARGUMENT = {"eval": ("checkpoint", False), "predict": ("checkpoint", False), "convert": ("checkpoint", False),
+                  "summary": ("model", True), "export": ("model", True), "bench": ("model", True)}
 
 
 def _model_file(text: str, registry_names: bool) -> str:
@@ -418,6 +421,12 @@ def _model_file(text: str, registry_names: bool) -> str:
     raise ValueError(f"{text!r} is not a file{', a registry name' if registry else ''} or a published weight"
                      f"{f' (did you mean {close[0]}?)' if close else ''}: published weights: {', '.join(published)}"
                      + (f"; registry names: {', '.join(registry)}" if registry else ""))
+
+
+def _weight_file(text: str) -> str:
+    """``--init``/``--teacher``: a published weight's name as its file, and a name without a suffix that is neither
+    (a misspelt hub name) refused with the names; a file path as it is (the run's checks name a missing one)."""
+    return _published_file(text) if Path(text).suffix else _model_file(text, registry_names=False)
 
 
 def _published_file(text: str) -> str:

@@ -66,6 +66,9 @@ def convert_file(path: str, output: Optional[str] = None, pow2: bool = False, fo
                          "optimizer state, a Bit model's latent weights); give -o another file")
     if out.exists() and not force:
         raise ValueError(f"{out} exists: give -o another file, or --force to replace it")
+    if out.exists() and out.suffix.lower() != ".bnc":  # a run's args.json, a last.ckpt: --resume needs them
+        raise ValueError(f"{out} exists and is not a .bnc file: --force replaces an earlier converted checkpoint, "
+                         "not a file of another kind (a run's args.json or last.ckpt, say); give -o another file")
     meta = {}
     lightning = not is_bitnetcnn_checkpoint(src) and (_is_run_checkpoint(src) or src.suffix == ".ckpt")
     if lightning:
