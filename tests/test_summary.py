@@ -125,3 +125,17 @@ def test_the_summary_command_takes_a_checkpoint_as_saved(tmp_path, capsys):
     # a full-precision model has nothing --ternary converts: it printed the float table without a word
     assert main(["summary", "bitnet_cnn", "--quant", "fp", "--ternary"]) == 2
     assert "--ternary converts Bit layers, and bitnet_cnn is a full-precision model" in capsys.readouterr().err
+
+
+def test_a_folder_named_after_a_model_does_not_hide_its_registry_name(tmp_path, monkeypatch, capsys):
+    """A run folder named after its model made `summary bitnet_cnn` (and export, bench) fail: "is a folder, not a
+    checkpoint file"."""
+    from bitnetcnn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bitnet_cnn").mkdir()
+    assert main(["summary", "bitnet_cnn"]) == 0
+    assert "BitConv2d" in capsys.readouterr().out
+    pytest.importorskip("onnx")
+    with pytest.warns(UserWarning, match="random inputs only"):  # an untrained registry model: no data set
+        assert main(["export", "bitnet_cnn", "-o", "m.onnx"]) == 0 and (tmp_path / "m.onnx").is_file()

@@ -262,7 +262,9 @@ def _cmd_summary(args) -> int:
     from bitnetcnn import create_model, summary
     from bitnetcnn.nn import model_form
 
-    if Path(args.model).exists():
+    from bitnetcnn.deploy.source import names_a_file
+
+    if names_a_file(args.model):
         from bitnetcnn import load_checkpoint
 
         model = load_checkpoint(args.model)
@@ -407,16 +409,16 @@ def _model_file(text: str, registry_names: bool) -> str:
     """``text`` as the command reads it: a file as it is; a published weight's hub entry name as the package's file
     (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
     command takes one. Anything else is refused with the names it could have been."""
-    found = _published_file(text)
-    if found != text or Path(text).exists():  # a folder: the command's own error says what it needs
-        return found
     from bitnetcnn.hub import list_pretrained
     from bitnetcnn.models import list_models
 
-    published = [w.hub_entry for w in list_pretrained()]
+    found = _published_file(text)
     registry = list_models() if registry_names else []
-    if text in registry:
+    if text in registry and not Path(text).is_file():  # a folder of that name (a run folder) is no model file
         return text
+    if found != text or Path(text).exists():  # a folder: the command's own error says what it needs
+        return found
+    published = [w.hub_entry for w in list_pretrained()]
     close = difflib.get_close_matches(text, published + registry, n=1, cutoff=0.4)
     raise ValueError(f"{text!r} is not a file{', a registry name' if registry else ''} or a published weight"
                      f"{f' (did you mean {close[0]}?)' if close else ''}: published weights: {', '.join(published)}"
