@@ -432,8 +432,10 @@ def test_a_lightning_checkpoint_says_how_to_convert_it(tmp_path):
     torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}, "epoch": 3,
                 "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"model": "bitnet_cnn"}}, path)
     message = _raises(path, "this is a Lightning training checkpoint of a run", f"bitnetcnn convert {path}",
-                      "--resume", f"{path.parent}/best_ternary.bnc")  # what a --quant fp run's user can read
+                      "--resume", f"there is no {path.parent}/best_ternary.bnc")  # where it was deleted
     assert "model_name" not in message
+    bitnetcnn.save_checkpoint(convert_to_ternary(model.eval()), path.parent / "best_ternary.bnc")
+    _raises(path, f"the run's best model is {path.parent}/best_ternary.bnc")  # what a --quant fp run's user can read
 
 
 # ------------------------------------------------------------------------------------ quantized layers, by name

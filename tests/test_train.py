@@ -625,8 +625,11 @@ def test_a_damaged_last_checkpoint_or_foreign_ckpt_is_named(tmp_path, capsys):
     (run / "last.ckpt").write_bytes((run / "last.ckpt").read_bytes()[:5000])
     _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress"],
                     f"--resume: {run / 'last.ckpt'} is damaged")
-    _one_line_error(capsys, ["convert", str(run / "last.ckpt")], "is not a readable last.ckpt of a `bitnetcnn train` run")
+    _one_line_error(capsys, ["convert", str(run / "last.ckpt")], "is not a readable last.ckpt of a `bitnetcnn train` "
+                                                                 "run (cut short or damaged: its zip archive cannot")
     assert "weights_only" not in capsys.readouterr().err
+    # eval called it a run's checkpoint to convert, and convert's own message was torch's, cut mid-sentence
+    _one_line_error(capsys, ["eval", str(run / "last.ckpt")], "a Lightning training checkpoint, cut short or damaged")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "pytorch-lightning_version": "2.5"}, tmp_path / "other.ckpt")
     _one_line_error(capsys, ["convert", str(tmp_path / "other.ckpt")], "is not a readable last.ckpt")
     with pytest.raises(SystemExit):  # refused as the argument is read, before any work

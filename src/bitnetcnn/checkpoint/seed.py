@@ -76,9 +76,15 @@ def _read_foreign(path, data: bytes) -> Tuple[Dict[str, torch.Tensor], dict]:
         raise CheckpointError(path, "the file is empty (0 bytes); copy or download it again")
     if LIGHTNING_KEY in data:
         run = str(Path(path).parent) if path else "RUN"
+        best = Path(run) / "best_ternary.bnc"
+        best_note = f"the run's best model is {best}" if best.is_file() else f"there is no {best} beside it"
+        if not zipfile.is_zipfile(io.BytesIO(data)):  # cut short: the zip's directory, at its end, is gone
+            raise CheckpointError(path, f"a Lightning training checkpoint, cut short or damaged (a zip without a "
+                                  f"readable directory): neither `bitnetcnn convert` nor --resume can read it; "
+                                  f"{best_note}")
         raise CheckpointError(path, f"this is a Lightning training checkpoint of a run, which resumes it (--resume "
-                              f"--out {run}); the run's best model is {run}/best_ternary.bnc, and a Bit run's "
-                              f"checkpoint becomes a model file with `bitnetcnn convert {path or 'RUN/last.ckpt'}`")
+                              f"--out {run}); {best_note}, and a Bit run's checkpoint becomes a model file with "
+                              f"`bitnetcnn convert {path or 'RUN/last.ckpt'}`")
     limits.check_zip_entries(path, data)
     try:
         z = zipfile.ZipFile(io.BytesIO(data))

@@ -27,12 +27,16 @@ def run_model(path: Path) -> nn.Module:
     from bitnetcnn.train.module import BitClassifier
 
     try:
+        if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch says "Invalid argument", or runs on
+            raise ValueError("cut short or damaged: its zip archive cannot be read")  # about "an internal error"
         return BitClassifier.load_from_checkpoint(path, map_location="cpu").model
     except FileNotFoundError:
         raise
     except Exception as e:  # damaged (torch's unpickler then advises weights_only=False: never), or foreign
-        reason = ("damaged, or not a PyTorch checkpoint" if isinstance(e, pickle.UnpicklingError)
-                  else " ".join(str(e).split())[:160])
+        if isinstance(e, pickle.UnpicklingError):
+            reason = "damaged, or not a PyTorch checkpoint"
+        else:
+            reason = " ".join(str(e).split())[:160]
         raise ValueError(f"{path} is not a readable last.ckpt of a `bitnetcnn train` run ({reason}); convert a "
                          "run's last.ckpt or a bitnetcnn checkpoint (.bnc)") from None
 
