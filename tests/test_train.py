@@ -544,6 +544,14 @@ def test_a_new_run_never_overwrites_a_run_folder(tmp_path, capsys):
                     "it again without --resume")
     results = train(TrainSettings(out=str(early), epochs=2, **QUICK))
     assert [int(r["epoch"]) for r in read_metrics(early)] == [0, 1] and results["epochs"] == 2
+    # a finished run whose last.ckpt was deleted (to save disk) was told to start again without --resume, which
+    # then refused the folder as holding a run
+    (early / "last.ckpt").unlink()
+    _one_line_error(capsys, ["train", "--resume", "--out", str(early), "--no-progress"],
+                    f"the run finished (results.json) and its checkpoint is gone, so it cannot continue; train on from "
+                    f"its best model in a new folder (--init {early / 'best_ternary.bnc'} --out NEW_FOLDER)")
+    _one_line_error(capsys, ["train", "--out", str(early), "--no-progress"],
+                    f"holds a finished run whose last.ckpt is gone: give a fresh --out (--init {early / 'best_'}")
 
 
 def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_path, capsys):

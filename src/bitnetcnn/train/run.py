@@ -271,6 +271,10 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
                             f"{s.batch_size}: lower --batch-size (or raise --limit-train)")
     averaging = _weight_averaging(s)
     last = out / "last.ckpt"
+    if resume and not last.exists() and (out / "results.json").exists():  # finished, then its checkpoint deleted
+        raise SettingsError(f"--resume: {last} not found: the run finished (results.json) and its checkpoint is "
+                            f"gone, so it cannot continue; train on from its best model in a new folder (--init "
+                            f"{out / 'best_ternary.bnc'} --out NEW_FOLDER)")
     if resume and not last.exists():
         raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
                             "start it again without --resume")

@@ -195,6 +195,9 @@ def check_new_run_folder(out: Path) -> None:
     """A new run never writes into another run's folder: its models, metrics and results would be replaced."""
     if out.exists() and not out.is_dir():
         raise SettingsError(f"--out {out} is a file, not a folder: give a folder for the run")
+    if out.is_dir() and (out / "results.json").exists() and not (out / "last.ckpt").exists():
+        raise SettingsError(f"--out {out} holds a finished run whose last.ckpt is gone: give a fresh --out (--init "
+                            f"{out / 'best_ternary.bnc'} trains on from its best model)")
     if out.is_dir() and any((out / name).exists() for name in RUN_RESULTS):
         raise SettingsError(f"--out {out} already holds a run: continue it with --resume --out {out}, or give a "
                             "fresh --out (without --out, a new folder runs/MODEL-DATASET-N is picked)")
