@@ -125,6 +125,10 @@ def test_the_summary_command_takes_a_checkpoint_as_saved(tmp_path, capsys):
     # a full-precision model has nothing --ternary converts: it printed the float table without a word
     assert main(["summary", "bitnet_cnn", "--quant", "fp", "--ternary"]) == 2
     assert "--ternary converts Bit layers, and bitnet_cnn is a full-precision model" in capsys.readouterr().err
+    # a size far too large was torch's allocator traceback
+    assert main(["summary", "bitnet_cnn", "--input-size", "1", "100000", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "error: out of memory (" in err and "ask for smaller images" in err and "Traceback" not in err, err
 
 
 def test_a_folder_named_after_a_model_does_not_hide_its_registry_name(tmp_path, monkeypatch, capsys):

@@ -94,6 +94,7 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
     (["--kd", "--teacher", "t.bnc", "--kd-alpha", "1", "--label-smoothing", "0.1"],
      "--label-smoothing 0.1 smooths the cross-entropy, which --kd-alpha 1 leaves out of the loss"),
     (["--epochs", "2", "--warmup-epochs", "4"], "--warmup-epochs 4 of a 2-epoch run: the learning rate would never"),
+    (["--accelerator", "tpu"], "unknown --accelerator 'tpu': choose one of auto, cpu, gpu"),  # torch_xla's traceback
 ])
 def test_flags_the_run_would_leave_unused_are_refused(capsys, flags, message):
     _one_line_error(capsys, ["train", "--no-progress", *flags], message)

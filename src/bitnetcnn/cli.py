@@ -162,7 +162,7 @@ def _add_train(sub) -> None:
       "on other classes its classifier starts afresh")
     a("--amp", action="store_true", help="bf16 autocast on the CPU, mixed precision on CUDA")
     a("--channels-last", action=argparse.BooleanOptionalAction)
-    a("--accelerator", help="cpu, gpu, auto")
+    a("--accelerator", help="auto, cpu, gpu (cuda), mps")
     a("--devices", help="number of devices (processes) per node")
     a("--gpus", type=int, help="the seed's flag: N GPUs (-1: all, 0: the CPU)")
     a("--num-nodes", type=int)
@@ -467,11 +467,21 @@ def main(argv: list[str] | None = None) -> int:
         hint = str(err) if isinstance(err, MissingExtra) else install_hint(err.name.split(".")[0], what)
         print(f"bitnetcnn {command}: error: {hint}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if not any(words in str(err) for words in OUT_OF_MEMORY):
+            raise
+        print(f"bitnetcnn {command}: error: out of memory ({_one_line(err)[-160:]}): ask for smaller images or "
+              "batches", file=sys.stderr)
+        return 2
     except Exception as err:
         if type(err).__name__ != "MisconfigurationException":  # Lightning's word for settings it cannot run
             raise
         print(f"bitnetcnn {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+# what torch's allocators say of a size far too large (--img-size 100000, --input-size 1 100000 100000)
+OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")
 
 
 def _one_line(err: BaseException) -> str:

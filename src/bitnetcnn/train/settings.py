@@ -26,6 +26,7 @@ MODEL_KWARGS_FROM_FLAGS = {"num_classes": "the data set (--num-classes checks it
 
 # torch.compile's modes: "reduce-overhead" replays each step's kernels as CUDA graphs, one launch instead of hundreds,
 # for a GPU step bound by its host side; on a CPU it compiles as "default" does.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # Lightning's others (tpu, hpu) need packages of their own
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -222,6 +223,8 @@ class TrainSettings:
             self.weight_quant  # noqa: B018 - validates scale_op, pow2, act_bits
         except ValueError as e:
             raise SettingsError(str(e)) from None
+        if self.accelerator not in ACCELERATORS:
+            raise SettingsError(f"unknown --accelerator {self.accelerator!r}: choose one of {', '.join(ACCELERATORS)}")
         if self.compile_mode not in COMPILE_MODES:
             raise SettingsError(f"unknown --compile-mode {self.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
         if self.optimizer not in DEFAULT_LR:
