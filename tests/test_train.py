@@ -1155,6 +1155,20 @@ def test_init_reads_a_plain_state_dict_into_the_runs_architecture(tmp_path):
         build(TrainSettings(init=str(plain), model_kwargs={"width": 16}, **QUICK))
 
 
+def test_an_init_file_of_another_width_names_the_first_tensor_that_does_not_fit(tmp_path, monkeypatch):
+    """A seed zip is read as it was built (the seed's MobileNetV2 at width 1.4) and then into the run's model: the
+    error named the last of 268 tensors that did not fit (the classifier), not the stem where the widths part."""
+    from bitnetcnn.train import fine_tune
+
+    wide = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1, width=16)
+    monkeypatch.setattr(fine_tune, "is_bitnetcnn_checkpoint", lambda path: False)
+    monkeypatch.setattr(fine_tune, "load_checkpoint", lambda path, **kwargs: wide)
+    model = bitnetcnn.create_model("bitnet_cnn", num_classes=10, in_chans=1)
+    with pytest.raises(SettingsError, match=r"--init seed\.zip does not fit bitnet_cnn with this run's arguments: "
+                                            r"size mismatch for stem\.conv\.weight: .* \(and \d+ more tensors\)$"):
+        fine_tune.load_init_weights(model, "seed.zip")
+
+
 def test_on_a_gpu_the_progress_bar_reads_the_loss_back_every_20_steps_only():
     from bitnetcnn.train.run import _progress_bar
 

@@ -79,9 +79,12 @@ def load_init_weights(model: torch.nn.Module, path: str, class_names=None, image
               file=sys.stderr)
     try:
         result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # tensors of other shapes: another width or depth
-        first = str(e).strip().splitlines()[-1].strip()
-        raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: {first}") from None
+    except RuntimeError as e:  # tensors of other shapes: another width or depth (a seed zip read as it was built)
+        # torch lists one line a tensor after its heading; the first is where the model starts to differ
+        lines = [line.strip() for line in str(e).strip().splitlines()[1:] if line.strip()] or [str(e).strip()]
+        more = f" (and {len(lines) - 1} more tensors)" if len(lines) > 1 else ""
+        raise SettingsError(f"--init {path} does not fit {ours['name']} with this run's arguments: "
+                            f"{lines[0]}{more}") from None
     # Activation quantizers this run adds (--act-bits on a float-activation checkpoint) start unset and take their
     # scale from the first batches: quantization-aware fine-tuning of a trained model.
     # Quantizers the checkpoint has and this run drops (an --act-bits 8 model fine-tuned with float activations)
