@@ -549,15 +549,24 @@ def test_cli_bench_writes_json(tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     # The deploy variant is compile(), tested above; here the command, the timing loop, sizes and the JSON.
-    assert main(["bench", "bitnet_cnn", "--batch-sizes", "1", "4", "--budget", "0", "--variants", "bit_eval",
+    assert main(["bench", "bitnet_cnn", "--batch-sizes", "1", "4", "1", "--budget", "0", "--variants", "bit_eval",
                  "ternary", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert [r["batch_size"] for r in report["results"]] == [1, 4]
+    assert [r["batch_size"] for r in report["results"]] == [1, 4]  # a size given twice is timed once
     assert set(report["results"][0]["variants"]) == {"fp32_eager", "bit_eval", "ternary"}
     assert report["results"][0]["variants"]["fp32_eager"]["speedup_vs_fp32"] == 1.0
     sizes = report["sizes"]
     assert sizes["ternary"]["disk_bytes"] < sizes["fp32_eager"]["disk_bytes"] / 4
     assert "vs fp32" in capsys.readouterr().out
+
+
+def test_export_names_an_unknown_data_set_before_warning_about_it(tmp_path, capsys):
+    from bitnetcnn.cli import main
+
+    assert main(["export", "bitnet_mnist", "-o", str(tmp_path / "m.onnx"), "--dataset", "mnistt"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown data set 'mnistt'. Did you mean mnist" in captured.err
+    assert "warning" not in captured.err + captured.out  # it said "trained on mnist, not mnistt" first
 
 
 def test_bench_refuses_more_threads_than_cpus_and_skips_what_a_float_model_lacks(tmp_path, capsys, monkeypatch):

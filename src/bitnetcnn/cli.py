@@ -347,7 +347,7 @@ def _cmd_bench(args) -> int:
 
     if args.json_path:
         refuse_overwriting(args.json_path, args.model, ".json", "--json")
-    bench_command(args.model, args.batch_sizes, threads=args.threads, calibrate=args.calibrate,
+    bench_command(args.model, list(dict.fromkeys(args.batch_sizes)), threads=args.threads, calibrate=args.calibrate,
                   data_dir=args.data_dir, budget_s=args.budget, json_path=args.json_path, variants=args.variants)
     return 0
 # --- end deploy ---------------------------------------------------------------------------------------------------

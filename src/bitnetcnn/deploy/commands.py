@@ -34,6 +34,7 @@ def export_command(
     """Export ``model`` (checkpoint or registry name) to ``output``; returns the :class:`ExportCheck`."""
     from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
     from bitnetcnn.data.sources import DatasetNotFoundError
+    from bitnetcnn.data.catalog import get_dataset_spec
     from bitnetcnn.deploy.calibration import check_calibration_memory, dataset_for, model_inputs
     from bitnetcnn.deploy.checks import check_deployable
     from bitnetcnn.deploy.export import export_onnx
@@ -56,6 +57,8 @@ def export_command(
         net = source.converted()
     check_deployable(net, int8=int8)
     own = getattr(model_pretrained_cfg(net), "dataset", None)
+    if dataset:
+        get_dataset_spec(dataset)  # an unknown name, with the valid ones, before any warning about it
     if dataset and own and dataset != own and not _same_images(dataset, own):
         log(f"warning: {model} was trained on {own}, not {dataset}: calibrating and checking on {dataset} images "
             "measures another input distribution (leave --dataset out to use the checkpoint's)")
