@@ -1821,3 +1821,19 @@ def test_a_ddp_run_stopped_by_sigterm_sets_its_flag_without_a_collective_in_the_
     finally:
         connector.teardown()
     assert connector.received_sigterm
+
+
+def test_a_run_folder_moved_elsewhere_resumes_without_lightnings_bookkeeping_warning(tmp_path):
+    """ModelCheckpoint warned "The dirpath has changed ... won't be reloaded" on every resume of a moved or copied
+    run folder: bookkeeping of top-k checkpoints a run that keeps one last.ckpt does not use."""
+    import shutil
+    import warnings
+
+    train(TrainSettings(out=str(tmp_path / "here"), epochs=1, **QUICK))
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = train(TrainSettings(out=str(tmp_path / "there"), epochs=2, progress=False), resume=True,
+                        given={"epochs"})
+    assert results["epochs"] == 2
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)], [str(w.message) for w in caught]

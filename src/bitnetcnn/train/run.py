@@ -172,7 +172,10 @@ def build(s: TrainSettings, resume: bool = False):
 # empty", a deprecation inside Lightning. Its warnings about real problems still show.
 QUIET_WARNINGS = (r"Checkpoint directory .* exists and is not empty", r".*isinstance\(treespec, LeafSpec\)",
                   # the data module restores the loader's place in the epoch (ImageDataModule.state_dict)
-                  r"You're resuming from a checkpoint that ended before the epoch ended")
+                  r"You're resuming from a checkpoint that ended before the epoch ended",
+                  # a run folder moved or copied: ModelCheckpoint then forgets its top-k bookkeeping, which a run
+                  # that keeps one last.ckpt (no monitor) does not use
+                  r"The dirpath has changed from")
 
 
 @contextlib.contextmanager
