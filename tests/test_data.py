@@ -229,8 +229,9 @@ def test_damaged_data_files_are_named_as_damaged_not_missing(tmp_path, monkeypat
         get_dataset_spec("mnist").reader(tmp_path, False, False)
     # a download that failed leaves the files missing, not damaged (a refused local port: no network needed)
     monkeypatch.setattr("torchvision.datasets.MNIST.mirrors", ["http://127.0.0.1:9/"])
-    with pytest.raises(DatasetNotFoundError, match="--download could not fetch them"):
+    with pytest.raises(DatasetNotFoundError, match="--download could not fetch them") as failed:
         get_dataset_spec("mnist").reader(tmp_path / "offline", True, True)
+    assert "Copy it there from a machine" in str(failed.value) and "train --download" not in str(failed.value)
     npz = tmp_path / "cifar100.npz"
     for content in (b"", b"not numpy"):
         npz.write_bytes(content)
@@ -459,8 +460,9 @@ def test_incomplete_or_cut_short_cifar_batches_are_named(tmp_path, monkeypatch):
         get_dataset_spec("cifar10").read(tmp_path, False)
     # --download where the network is not: says where it was wanted (a refused local port, nothing downloads)
     monkeypatch.setattr("torchvision.datasets.CIFAR10.url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
-    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py.*--download could not fetch it"):
+    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py.*--download could not fetch it") as failed:
         get_dataset_spec("cifar10").read(tmp_path, True, download=True)
+    assert "train --download" not in str(failed.value)  # it advised the flag that had just failed
 
 
 def test_a_partly_unzipped_tiny_imagenet_is_refused(tmp_path):

@@ -52,6 +52,7 @@ def _split(images: np.ndarray, labels: np.ndarray, channels_last: bool) -> Split
 
 
 FETCH_HINT = "`bitnetcnn train --download ...` fetches it there where the network allows."
+COPY_HINT = "Copy it there from a machine that can fetch it."  # where --download was given and failed
 
 
 def _damaged(path: Path, err: BaseException, expected: str) -> ValueError:
@@ -105,7 +106,8 @@ def _torchvision_idx(cls_name: str, folder: str):
             tried = f" --download could not fetch them ({' '.join(str(err).split())[:160]})." if download else ""
             raise _missing(
                 cls_name, [raw],
-                f"Expected the four IDX files of {cls_name} there (torchvision's layout):{tried} {FETCH_HINT}",
+                f"Expected the four IDX files of {cls_name} there (torchvision's layout):{tried} "
+                f"{COPY_HINT if download else FETCH_HINT}",
             ) from err
         return _split(ds.data.numpy(), ds.targets.numpy(), channels_last=False)
 
@@ -150,7 +152,7 @@ def _download_cifar(cls_name: str, root: Path, folder: Path) -> None:
         getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)
     except Exception as err:  # offline, or a bad archive: say where it was wanted
         raise _missing(cls_name, [folder], f"--download could not fetch it ({' '.join(str(err).split())[:160]}). "
-                       f"{FETCH_HINT}") from err
+                       f"{COPY_HINT}") from err
 
 
 def read_cifar10(root: Path, train: bool, download: bool) -> Split:
