@@ -578,6 +578,18 @@ def test_codes_of_another_shape_than_the_replaced_layer_are_refused(cls, like):
                        bitnetcnn.quant.TernaryQuant())
 
 
+def test_integer_code_sums_are_taken_only_where_float32_holds_them_exactly():
+    """A sum of fan-in 8-bit codes times ternary ones reaches fan-in x 127: beyond 2**24 float32 rounds it, and the
+    layer said it computed exactly where it did not (a Linear after flattening 64x64x64 features has 262,144 inputs)."""
+    bit = BitLinear(140_000, 2, act_bits=8)
+    bit.train()(torch.randn(4, 140_000))
+    layer = convert_to_ternary(nn.Sequential(bit.eval()))[0]
+    x = torch.randn(1, 140_000)
+    assert not layer._codes_sum_exactly(x) and layer._codes_sum_exactly(x.double())
+    small = convert_to_ternary(nn.Sequential(BitLinear(1000, 2, act_bits=8).train()))[0]
+    assert small._codes_sum_exactly(torch.randn(1, 1000))
+
+
 def test_bitify_takes_one_skip_name_and_names_what_it_leaves():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv1d(2, 2, 1), nn.Flatten(), nn.LazyLinear(3))
     model[3] = nn.Linear(2, 3)
