@@ -34,8 +34,8 @@ def warmup_ema(decay: float):
     """An ``AveragedModel`` average: an EMA whose decay ramps up as ``(1 + n) / (10 + n)`` before reaching ``decay``.
 
     Without the ramp the average keeps the first steps' batch-norm statistics for thousands of steps (the running
-    variance starts at 1 and falls by 10-50x early on), and the averaged model scores near chance (timm's ModelEmaV3
-    ramps the same way). A partial of a module-level function, not a closure: ``--strategy ddp_spawn`` pickles it.
+    variance starts at 1 and falls by 10-50x early on), and the averaged model scores near chance. The ramp is
+    TensorFlow's ``ExponentialMovingAverage(num_updates=...)``; timm's ModelEmaV3 ramps too, by another formula. A partial of a module-level function, not a closure: ``--strategy ddp_spawn`` pickles it.
     """
     return functools.partial(_ramped_ema, decay=decay)
 
