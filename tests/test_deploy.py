@@ -850,6 +850,67 @@ def test_a_bitified_torchvision_resnet_folds_its_batchnorms_and_deploys_in_int8(
     assert _agreement(ref, deployed(x)) >= 0.95
 
 
+class _SharedConv(nn.Module):
+    """One convolution in two branches, each with its own BatchNorm (a shared detection head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn1, self.bn2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.BatchNorm2d(8), \
+            nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc((self.bn1(self.conv(x)) + self.bn2(self.conv(x.flip(-1)))).relu().mean((2, 3)))
+
+
+class _SharedNorm(nn.Module):
+    """One BatchNorm after two convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1), \
+            nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc((self.bn(self.c1(x)) + self.bn(self.c2(x))).relu().mean((2, 3)))
+
+
+@pytest.mark.parametrize("make", [_SharedConv, _SharedNorm])
+def test_a_layer_used_twice_is_not_folded_and_deploys_as_the_model_computes(make):
+    """Both BatchNorms were folded into the shared convolution (43% of the largest logit off, no word); a shared
+    BatchNorm became nn.Identity after its first pair and the second failed ("'Identity' object has no attribute
+    'num_features'")."""
+    from bitnetcnn import bitify
+
+    torch.manual_seed(0)
+    model = make()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.bias.data.uniform_(-1, 1)
+    ternary = convert_to_ternary(bitify(model).eval())
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        ref = ternary(x)
+        assert torch.allclose(fold_batchnorm(ternary)(x), ref, rtol=0, atol=1e-5 * ref.abs().max())
+    deployed = compile(ternary, int8=False, input_size=(3, 8, 8))
+    assert torch.allclose(deployed(x), ref, rtol=0, atol=1e-5 * ref.abs().max())
+
+
+def test_a_ternary_layer_used_twice_deploys_in_int8():
+    """A layer registered under two names: the exporter names its one weight after the second, and int8 compilation
+    refused it ("layer '2' was not found in the exported ONNX graph")."""
+    from bitnetcnn import bitify
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), conv, nn.ReLU(), conv, nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    ternary = convert_to_ternary(bitify(model).eval())
+    deployed = compile(ternary, torch.randn(64, 3, 8, 8), input_size=(3, 8, 8), backend="onnxruntime")
+    x = torch.randn(256, 3, 8, 8)
+    with torch.no_grad():
+        assert _agreement(ternary(x), deployed(x)) >= 0.95
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_batchnorm_folding_keeps_the_models_dtype(dtype):
     """The folded ternary layers were float32 in any model: a float64 or bf16 model failed on its first input

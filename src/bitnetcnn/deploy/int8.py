@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -134,15 +135,21 @@ def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
     inits = {i.name: i for i in graph.initializer}
     nodes = weight_nodes(graph)
     out = {}
+    names = defaultdict(list)  # a layer used in two places (nn.Sequential(conv, relu, conv)) has two names
+    for name, layer in model.named_modules(remove_duplicate=False):
+        names[id(layer)].append(name)
     for name, layer in model.named_modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)) and f"{name}.weight" in nodes:  # a float layer (fp_ends)
-            out[f"{name}.weight"] = _float_weight_grid(inits[f"{name}.weight"], nodes[f"{name}.weight"], qtype)
+        # the exporter names a shared layer's one initializer after one of its names, not always the first
+        key = next((f"{n}.weight" for n in names[id(layer)] if f"{n}.weight" in nodes), f"{name}.weight")
+        if isinstance(layer, (nn.Conv2d, nn.Linear)) and key in nodes:  # a float layer (fp_ends)
+            out[key] = _float_weight_grid(inits[key], nodes[key], qtype)
         if not isinstance(layer, TERNARY_LAYERS):
             continue
-        key = f"{name}.weight"
         if key not in nodes:
             raise NotDeployableError(f"layer {name!r} was not found in the exported ONNX graph (no initializer "
-                                     f"{key!r}); it cannot be mapped to an int8 operator")
+                                     f"{key!r}: a weight tied to another layer's is exported once, under one of "
+                                     "their names); it cannot be mapped to an int8 operator: untie it, or deploy "
+                                     "the float graph (int8=False)")
         codes = layer.codes().numpy()
         scale = layer.channel_scale().float().numpy()
         stored = numpy_helper.to_array(inits[key])

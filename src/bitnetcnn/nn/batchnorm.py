@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -24,7 +25,13 @@ def conv_bn_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
     same parent: in an ``nn.Sequential`` (``ConvNormAct``, ``nn.Sequential(conv, bn, ...)``), or by the data flow of
     the model's forward where torch.fx traces it (torchvision's ``BasicBlock`` keeps ``conv1`` and ``bn1`` as
     attributes; unfolded, its ternary weights could not be deployed in int8), the first module's output read by the
-    BatchNorm alone. The caller checks the first."""
+    BatchNorm alone. The caller checks the first.
+
+    Neither module may be used twice (registered under two names, or called twice by the forward): folding changes
+    the module for every use, and a convolution shared by two branches, each with its own BatchNorm, computed
+    another function once both were folded into it, without a word."""
+    graph = _layer_graph(model)
+    uses = _uses(model, graph)
     seen = set()
     for parent in list(model.modules()):
         if not isinstance(parent, nn.Sequential):
@@ -33,10 +40,25 @@ def conv_bn_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
         for first, second in zip(names, names[1:]):
             if foldable_bn(parent._modules[second]):
                 seen.add((id(parent), first, second))
-                yield parent, first, second
-    for parent, first, second in _traced_pairs(model):
-        if (id(parent), first, second) not in seen:
+                if _used_once(uses, parent, first, second):
+                    yield parent, first, second
+    for parent, first, second in _traced_pairs(model, graph):
+        if (id(parent), first, second) not in seen and _used_once(uses, parent, first, second):
             yield parent, first, second
+
+
+def _uses(model: nn.Module, graph) -> Counter:
+    """How often each module (by ``id``) is used: the names it is registered under, or the calls of the traced
+    forward where those are more."""
+    registered = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    if graph is None:
+        return registered
+    called = Counter(id(model.get_submodule(n.target)) for n in graph.nodes if n.op == "call_module")
+    return registered | called  # the larger of the two counts
+
+
+def _used_once(uses: Counter, parent: nn.Module, first: str, second: str) -> bool:
+    return uses[id(parent._modules[first])] == 1 and uses[id(parent._modules[second])] == 1
 
 
 class _LayerTracer(torch.fx.Tracer):
@@ -47,12 +69,18 @@ class _LayerTracer(torch.fx.Tracer):
         return hasattr(m, "kernel_size") or not any(m.children()) or super().is_leaf_module(m, qualname)
 
 
-def _traced_pairs(model: nn.Module) -> list:
-    """The pairs torch.fx finds by data flow; none where the forward does not trace (Python control flow on
+def _layer_graph(model: nn.Module):
+    """The forward traced to its layers by torch.fx, or None where it does not trace (Python control flow on
     tensors)."""
     try:
-        graph = _LayerTracer().trace(model)
+        return _LayerTracer().trace(model)
     except Exception:  # noqa: BLE001 - any failure to trace only means no pairs from the data flow
+        return None
+
+
+def _traced_pairs(model: nn.Module, graph) -> list:
+    """The pairs the data flow of the traced forward gives; none without a trace."""
+    if graph is None:
         return []
     pairs = []
     for node in graph.nodes:
