@@ -590,6 +590,18 @@ def test_integer_code_sums_are_taken_only_where_float32_holds_them_exactly():
     assert small._codes_sum_exactly(torch.randn(1, 1000))
 
 
+def test_converting_activation_quantizers_that_saw_no_training_batch_warns():
+    """Their scale is each batch's absmax: an image alone and in a batch got other outputs (0.85% apart), no word."""
+    model = bitnetcnn.create_model("bitnet_cnn", width=4, act_bits=8)
+    with pytest.warns(UserWarning, match=r"11 activation quantizers \(stem\.conv\.act_quant, \.\.\.\) saw no training"):
+        convert_to_ternary(copy.deepcopy(model).eval())
+    with torch.no_grad():
+        model.train()(torch.randn(4, 1, 28, 28))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_to_ternary(model.eval())
+
+
 def test_bitify_takes_one_skip_name_and_names_what_it_leaves():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv1d(2, 2, 1), nn.Flatten(), nn.LazyLinear(3))
     model[3] = nn.Linear(2, 3)

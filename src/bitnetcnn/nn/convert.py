@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Optional
 
 from torch import nn
 
+from bitnetcnn.nn.act_quant import ActQuantizer
 from bitnetcnn.nn.bit import BitConv2d, BitLinear
 from bitnetcnn.nn.integer_bias import snap_biases_to_int32_grid
 from bitnetcnn.nn.ternary import TernaryConv2d, TernaryLinear
@@ -134,6 +135,16 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
         if dataclasses.is_dataclass(weights) and not trained_pow2:  # its accuracy was measured with other scales
             converted.pretrained_cfg = dataclasses.replace(
                 weights, top1=None, top5=None, test_images=None, model_kwargs={**weights.model_kwargs, "pow2": True})
+    unset = [name for name, m in converted.named_modules() if isinstance(m, ActQuantizer) and not m.running_scale > 0]
+    if count and unset:  # each batch's own absmax: an image's answer would depend on the images beside it
+        warnings.warn(
+            f"convert_to_ternary: {len(unset)} activation quantizer{'s' * (len(unset) != 1)} ({unset[0]}"
+            f"{', ...' if len(unset) > 1 else ''}) saw no training batch, so each takes its scale from the batch it "
+            "is given and an image's output depends on the others in its batch: run training-mode batches through "
+            "the model first (model.train(); model(images)), then convert",
+            UserWarning,
+            stacklevel=2,
+        )
     if count == 0:
         warnings.warn(
             f"convert_to_ternary: {type(model).__name__} has no BitConv2d or BitLinear layer, so nothing was "
