@@ -602,6 +602,14 @@ def test_converting_activation_quantizers_that_saw_no_training_batch_warns():
         convert_to_ternary(model.eval())
 
 
+def test_a_model_on_the_meta_device_is_refused_with_what_to_do():
+    """torch's own error spoke of nonzero() and a flag that would make it fake the answer."""
+    with torch.device("meta"):
+        model = bitnetcnn.create_model("bitnet_cnn", width=4)
+    with pytest.raises(ValueError, match=r"layer '.*': the weight is on the meta device.*model\.to_empty"):
+        convert_to_ternary(model.eval())
+
+
 def test_bitify_takes_one_skip_name_and_names_what_it_leaves():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv1d(2, 2, 1), nn.Flatten(), nn.LazyLinear(3))
     model[3] = nn.Linear(2, 3)

@@ -67,6 +67,10 @@ class _BitMixin:
         its channel's codes would come out zero (NaN rounds to 0 in int8), and the converted layer would answer
         finite numbers where the Bit layer answers NaN."""
         q = self.quant.with_pow2(pow2)
+        if self.weight.is_meta:  # torch's own error would be about nonzero() and a flag to fake its answer
+            raise ValueError("the weight is on the meta device, which holds shapes and no values, so it has no "
+                             "ternary codes: materialize the model first (model.to_empty(device='cpu'), then "
+                             "load_state_dict)")
         weight = _at_least_float32(self.weight.detach())
         bad = (~torch.isfinite(weight)).reshape(weight.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
         if bad:
