@@ -7,6 +7,7 @@ import itertools
 import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +37,15 @@ def in_float32(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float()
 
 
+def _says_no_size(model: nn.Module) -> bool:
+    """Whether neither the weights nor the registry tell ``model``'s input size (a bitified torchvision model)."""
+    try:
+        input_size_of(model)
+    except ValueError:
+        return True
+    return False
+
+
 def without_act_quantizers(model: nn.Module) -> nn.Module:
     """A copy with every ``ActQuantizer`` replaced by ``nn.Identity`` (the int8 graph quantizes instead)."""
     stripped, _ = replace_modules(model, lambda _, m: nn.Identity() if isinstance(m, ActQuantizer) else None)
@@ -51,6 +61,9 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
     """
     check_deployable(model, int8=int8)
     model = in_float32(model)
+    if input_size is None and _says_no_size(model) and isinstance(calibration, (torch.Tensor, np.ndarray)) \
+            and calibration.ndim == 4:
+        input_size = tuple(calibration.shape[1:])  # a bitified model's images: those it is calibrated on
     size = input_size_of(model, input_size)
     folded = fold_batchnorm(model)
     info = {"int8": int8, "input_size": list(size), "act_scales": "float"}
@@ -82,7 +95,8 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
     iterable of batches; a few hundred training images suffice). A model trained with 8-bit activations needs none:
     its quantizers' scales are used (calibration images would replace the ranges between its quantizers with
     measured ones: a graph that no longer computes the model's integers). ``int8=False`` runs the float graph
-    instead. ``threads``: intra-op threads (default ``torch.get_num_threads()``).
+    instead. ``input_size``: ``(C, H, W)``, default the weights' or the registry's, else (a bitified torchvision
+    model) the calibration tensor's. ``threads``: intra-op threads (default ``torch.get_num_threads()``).
 
     ``backend``: the runtime of the graph: ``"onnxruntime"``, ``"openvino"`` (``pip install openvino``; an
     ``ImportError`` without it) or ``"auto"`` (default): onnxruntime where OpenVINO is not installed or the CPU lacks
