@@ -78,6 +78,7 @@ class RunRecorder(L.Callback):
         self._t0 = 0.0
         self.hardware: str | None = None
         self._validated_epoch = -1
+        self._last_validation: dict = {}  # the last validation's figures and step, unrounded (metrics.csv rounds)
 
     @property
     def csv_path(self) -> Path:
@@ -98,7 +99,8 @@ class RunRecorder(L.Callback):
     def state_dict(self) -> dict:
         return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self.elapsed_s(),
                 "command": self.command, "budgeted": self.budgeted, "epochs": self.epochs, "extended": self.extended,
-                "lineage": self._lineage(), "hardware": self.hardware, "rng": random_states()}
+                "lineage": self._lineage(), "hardware": self.hardware, "rng": random_states(),
+                "last_validation": self._last_validation}
 
     def _lineage(self) -> dict:
         """What the run started from (``--init``'s recipe and the teachers', ``fine_tune.init_metadata`` and
@@ -119,6 +121,7 @@ class RunRecorder(L.Callback):
         self.epochs, self.extended = state.get("epochs"), state.get("extended")  # absent before they were kept
         if "rng" in state:  # absent in runs saved before it was kept
             set_random_states(state["rng"])
+        self._last_validation = state.get("last_validation", {})
 
     def elapsed_s(self) -> float:
         return self.elapsed + (time.time() - self._t0 if self._t0 else 0.0)
@@ -176,6 +179,9 @@ class RunRecorder(L.Callback):
         validated = self._validated_epoch == trainer.current_epoch  # else the metrics are an earlier epoch's
         values = {k: logged_metric(trainer, k) if validated or k.startswith("train_") else None for k in METRIC_COLUMNS}
         stop_if_diverged(trainer, pl_module, values["train_loss"])
+        if validated:
+            self._last_validation = {"step": trainer.global_step,
+                                     **{k: v for k, v in values.items() if v is not None and not k.startswith("train_")}}
         if trainer.is_global_zero:
             row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                    "lr": trainer.optimizers[0].param_groups[0]["lr"], "elapsed_s": round(self.elapsed_s(), 1),
@@ -233,13 +239,20 @@ class RunRecorder(L.Callback):
         checksum = self._loaded_checksum
         if checksum is None:
             checksum = _checksum(pl_module.model.parameters())
+        elif trainer.is_global_zero:  # on_train_start never ran: the resumed run had trained all its epochs
+            epochs = f"{trainer.max_epochs} epoch{'s' * (trainer.max_epochs != 1)}"
+            print(f"nothing left to train: the run has trained its {epochs}; results.json written "
+                  f"again from {trainer.ckpt_path} (--resume --epochs N trains on)", flush=True)
         sums = trainer.strategy.all_gather(checksum.to(pl_module.device))
         self._write_results(trainer, [float(s) for s in torch.atleast_1d(sums.cpu())])
 
     def _final(self, trainer: L.Trainer, name: str) -> float | None:
         """The last validation's ``name``: this fit's, else (a resume that had nothing left to train) the one
-        metrics.csv holds for the run's current step, so results.json keeps the run's figures."""
+        last.ckpt keeps for the run's current step, unrounded, so results.json keeps the run's figures (runs saved
+        before it kept them: metrics.csv's, rounded to 6 decimals)."""
         value = logged_metric(trainer, name)
+        if value is None and self._last_validation.get("step") == trainer.global_step:
+            value = self._last_validation.get(name)
         if value is None and self.csv_path.exists():
             with open(self.csv_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) == trainer.global_step and r.get(name)]
