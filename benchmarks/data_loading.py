@@ -21,19 +21,23 @@ from bitnetcnn.train.module import BitClassifier
 
 
 class StepTimer(L.Callback):
-    """Wall time from the start of batch ``skip`` to the end of the last batch (the first ones warm up)."""
+    """Wall time from the end of the last warm-up batch (``skip`` of them) to the end of the last batch: Lightning
+    fetches and augments a batch before its ``on_train_batch_start``, so a clock started there left the first timed
+    batch's loading out (one of two with ``--batches 2``)."""
 
     def __init__(self, skip: int) -> None:
         self.skip, self.start, self.end, self.images = skip, None, None, 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.skip:
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.skip == 0:
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.end = time.perf_counter()
         if batch_idx >= self.skip:
             self.images += len(batch[1])
+        if batch_idx == self.skip - 1:
+            self.start = self.end
 
 
 def main() -> None:

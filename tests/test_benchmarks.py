@@ -82,3 +82,35 @@ def test_bn_reestimation_sets_each_batchnorm_to_the_statistics_of_the_given_imag
     assert not model[2].training and not dropout.training
     # batches of 3 average per-batch unbiased variances; their mean is within a few percent of the whole set's
     torch.testing.assert_close(model[2].running_var, features.var(1), rtol=0.05, atol=1e-4)
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, timer", [("train_throughput", "Timer"), ("data_loading", "StepTimer")])
+def test_the_training_timers_count_every_timed_batchs_loading(name, timer):
+    """Lightning fetches and augments a batch before its on_train_batch_start: a clock started there left the first
+    timed batch's loading out (one of two with --batches 2, the README's data-loading figure)."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    clock = getattr(_benchmark(name), timer)(1)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    batch = (torch.zeros(4, 1), torch.zeros(4))
+    clock.on_train_epoch_start(None, module)
+    for i in range(3):
+        time.sleep(0.05)  # the batch's fetch and augmentation
+        if hasattr(clock, "on_train_batch_start"):
+            clock.on_train_batch_start(None, module, batch, i)
+        time.sleep(0.01)  # its step
+        clock.on_train_batch_end(None, module, None, batch, i)
+    start, end = (clock.train_start, clock.train_end) if name == "train_throughput" else (clock.start, clock.end)
+    assert end - start >= 2 * 0.06, end - start  # both timed batches, each fetched and stepped
