@@ -21,6 +21,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bitnetcnn.cli import positive_int  # noqa: E402
 from bitnetcnn.data.catalog import get_dataset_spec  # noqa: E402
 from bitnetcnn.hub import load  # noqa: E402
 from bitnetcnn.normalization import normalize  # noqa: E402
@@ -52,7 +53,7 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, mean, std, batch: int,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="bitnet_resnet18", help="a hub entry with published weights")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=positive_int, default=500)
     args = parser.parse_args(argv)
 
     model = load(args.model, pretrained=True).eval()

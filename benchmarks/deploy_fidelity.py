@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import bitnetcnn
+from bitnetcnn.cli import positive_int
 from bitnetcnn.deploy import compile
 from bitnetcnn.deploy.calibration import dataset_images, normalize_images
 from bitnetcnn.nn import ActQuantizer
@@ -57,10 +58,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="bit_resnet18")
     p.add_argument("--dataset", default="cifar100")
     p.add_argument("--acts", nargs="+", default=["relu", "silu"])
-    p.add_argument("--images", type=int, default=2560, help="training images that settle the statistics")
-    p.add_argument("--test-images", type=int, default=1000)
+    p.add_argument("--images", type=positive_int, default=2560, help="training images that settle the statistics")
+    p.add_argument("--test-images", type=positive_int, default=1000)
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     x = normalize_images(train_x, spec.mean, spec.std)
     test_x, _, _ = dataset_images(args.dataset, args.test_images, False, args.data_dir)
     test = normalize_images(test_x, spec.mean, spec.std)
-    print(f"{args.model}, untrained (seed 0), {args.dataset}: {args.images} images settle it, {len(test)} test "
+    print(f"{args.model}, untrained (seed 0), {args.dataset}: {len(x)} images settle it, {len(test)} test "
           f"images, {args.backend}")
     for act in args.acts:
         for bits, calibrations in ((None, (True,)), (8, (False, True))):

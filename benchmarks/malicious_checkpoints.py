@@ -1,5 +1,5 @@
 """Peak memory and time of loading files made to exhaust the checkpoint reader (issue 18): each must be refused
-with CheckpointError in under 1 s and 200 MB.
+with CheckpointError in under 1 s and 200 MiB.
 
     python benchmarks/malicious_checkpoints.py [--small]
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-LIMIT_MB, LIMIT_S = 200, 1.0
+LIMIT_MIB, LIMIT_S = 200, 1.0  # MiB: ru_maxrss is in KiB
 
 
 def _status_kb(field: str) -> int:
@@ -64,8 +64,8 @@ def _measure(path: str) -> None:
     tracemalloc.start()
     load()
     traced = tracemalloc.get_traced_memory()[1]
-    print(json.dumps({"outcome": outcome, "seconds": seconds, "rss_mb": (peak - before) / 1024,
-                      "traced_mb": traced / 2**20}))
+    print(json.dumps({"outcome": outcome, "seconds": seconds, "rss_mib": (peak - before) / 1024,
+                      "traced_mib": traced / 2**20}))
 
 
 def main() -> int:
@@ -80,7 +80,7 @@ def main() -> int:
 
     base = (ROOT / "src/bitnetcnn/pretrained/bitnet_mnist.bnc").read_bytes()
     failed = False
-    print(f"{'file':<26} {'bytes':>11} {'s':>7} {'peak RSS MB':>11} {'traced MB':>9}  outcome")
+    print(f"{'file':<26} {'bytes':>11} {'s':>7} {'peak RSS MiB':>12} {'traced MiB':>10}  outcome")
     with tempfile.TemporaryDirectory() as tmp:
         for shape in ("(valid bitnet_mnist.bnc)",) + MALICIOUS_SHAPES:
             data = base if shape.startswith("(") else malicious(shape, base, big=not args.small)
@@ -94,10 +94,10 @@ def main() -> int:
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             bad = not shape.startswith("(") and (not r["outcome"].startswith("CheckpointError")
-                                                 or r["seconds"] > LIMIT_S or r["rss_mb"] > LIMIT_MB)
+                                                 or r["seconds"] > LIMIT_S or r["rss_mib"] > LIMIT_MIB)
             failed |= bad
-            print(f"{shape:<26} {path.stat().st_size:>11,} {r['seconds']:>7.3f} {r['rss_mb']:>11.1f} "
-                  f"{r['traced_mb']:>9.1f}  {'FAIL ' if bad else ''}{r['outcome'][:150]}")
+            print(f"{shape:<26} {path.stat().st_size:>11,} {r['seconds']:>7.3f} {r['rss_mib']:>12.1f} "
+                  f"{r['traced_mib']:>10.1f}  {'FAIL ' if bad else ''}{r['outcome'][:150]}")
     return 1 if failed else 0
 
 
