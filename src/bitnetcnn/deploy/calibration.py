@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Iterable, List, Optional, Union
 
@@ -12,7 +13,8 @@ from torch import nn
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
 from bitnetcnn.normalization import as_pixels, normalize
 
-__all__ = ["as_batches", "check_calibration_memory", "check_normalized", "dataset_for", "dataset_images", "model_inputs", "normalize_images"]
+__all__ = ["as_batches", "check_calibration_memory", "check_normalized", "dataset_for", "dataset_images", "model_inputs",
+           "normalize_images"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
@@ -69,12 +71,18 @@ def check_calibration_memory(model: nn.Module, count: int, input_size: Optional[
         nonlocal per_image
         per_image += output.numel() * 4 if isinstance(output, torch.Tensor) else 0
 
+    # an image of the model's own device and dtype (a bf16 checkpoint is exported from a float32 copy later)
+    like = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
+    image = torch.zeros(1, *input_size_of(model, input_size), device=like.device if like is not None else "cpu",
+                        dtype=like.dtype if like is not None else torch.float32)
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(count_outputs) for m in leaves]
+    training = model.training
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_size_of(model, input_size)))
+            model.eval()(image)  # in eval mode: a training-mode pass would move BatchNorm statistics
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     if count * per_image > 0.8 * available:
