@@ -37,7 +37,8 @@ TRANSPARENT = ("the image has transparent pixels, and which background they stan
 def pil_to_pixels(image, channels: int) -> torch.Tensor:
     """A PIL image as a ``(channels, H, W)`` tensor, upright: uint8 (0..255), or float in 0..1 for a wide greyscale
     image (16-bit pixels 0..65535, floats 0..1; values outside those ranges, NaN and infinities are refused, not
-    clipped, and so is a wide integer image no pixel of which exceeds 255: 8-bit values it would darken 257-fold). An image with transparent pixels is refused; an opaque alpha channel is dropped."""
+    clipped, and so is a wide integer image no pixel of which exceeds 255: 8-bit values it would darken 257-fold).
+    An image with transparent pixels is refused; an opaque alpha channel is dropped."""
     from PIL import ImageOps
     from torchvision.transforms.v2.functional import pil_to_tensor
 
