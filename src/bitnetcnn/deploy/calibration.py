@@ -13,8 +13,8 @@ from torch import nn
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
 from bitnetcnn.normalization import as_pixels, normalize
 
-__all__ = ["as_batches", "check_calibration_memory", "check_normalized", "dataset_for", "dataset_images", "model_inputs",
-           "normalize_images"]
+__all__ = ["as_batches", "check_calibration_memory", "check_normalized", "dataset_for", "dataset_images",
+           "model_inputs", "normalize_images"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 

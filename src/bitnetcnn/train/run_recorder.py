@@ -180,8 +180,8 @@ class RunRecorder(L.Callback):
         values = {k: logged_metric(trainer, k) if validated or k.startswith("train_") else None for k in METRIC_COLUMNS}
         stop_if_diverged(trainer, pl_module, values["train_loss"])
         if validated:
-            self._last_validation = {"step": trainer.global_step,
-                                     **{k: v for k, v in values.items() if v is not None and not k.startswith("train_")}}
+            figures = {k: v for k, v in values.items() if v is not None and not k.startswith("train_")}
+            self._last_validation = {"step": trainer.global_step, **figures}
         if trainer.is_global_zero:
             row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                    "lr": trainer.optimizers[0].param_groups[0]["lr"], "elapsed_s": round(self.elapsed_s(), 1),
