@@ -1550,6 +1550,16 @@ def test_a_greyscale_image_folder_fine_tunes_a_one_channel_model_and_evaluates(t
         TrainSettings(std=[0.0])
     run = str(tmp_path / "run" / "best_ternary.bnc")
     assert evaluate_checkpoint(run, data_dir=str(tmp_path / "d"))["images"] == 16
+    # its test images alone: the labels come from the model's class names (eval wanted a train/ beside val/)
+    import shutil
+
+    shutil.copytree(tmp_path / "d" / "val", tmp_path / "alone" / "val")
+    alone = evaluate_checkpoint(run, data_dir=str(tmp_path / "alone"))
+    assert alone["images"] == 16 and alone["top1"] == evaluate_checkpoint(run, data_dir=str(tmp_path / "d"))["top1"]
+    (tmp_path / "alone" / "val" / "grey").mkdir()
+    Image.new("L", (28, 28), 128).save(tmp_path / "alone" / "val" / "grey" / "0.png")
+    with pytest.raises(ValueError, match=r"has class folders that the model's classes lack \(grey\)"):
+        evaluate_checkpoint(run, data_dir=str(tmp_path / "alone"))
     with pytest.raises(SettingsError, match="--img-channels 2: an image folder is read as RGB .3. or greyscale .1."):
         TrainSettings(img_channels=2)
     with pytest.raises(SettingsError, match="--img-channels sets how an imagefolder's pictures are read"):

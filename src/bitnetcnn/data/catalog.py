@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from bitnetcnn import class_names
 from bitnetcnn.data import sources
@@ -84,16 +84,17 @@ def list_datasets() -> list[str]:
 IMAGE_FOLDER_CHANNELS = (1, 3)
 
 
-def get_dataset_spec(name: str, img_size: int = 64, num_classes: int | None = None, in_chans: int = 3) -> DatasetSpec:
+def get_dataset_spec(name: str, img_size: int = 64, num_classes: int | None = None, in_chans: int = 3,
+                     class_names: Sequence[str] | None = None) -> DatasetSpec:
     """The spec of a named data set; ``imagefolder`` is built for ``img_size`` and ``in_chans`` (its classes come from
-    the tree): RGB pictures normalized with ImageNet's statistics, or greyscale ones with their channel mean (as timm
-    does for one-channel models)."""
+    the tree, or from a trained model's ``class_names``): RGB pictures normalized with ImageNet's statistics, or
+    greyscale ones with their channel mean (as timm does for one-channel models)."""
     if name == "imagefolder":
         if in_chans not in IMAGE_FOLDER_CHANNELS:
             raise ValueError(f"an image folder is read with 1 (greyscale) or 3 (RGB) channels, not {in_chans}")
         mean, std = IMAGENET_STATS if in_chans == 3 else tuple((_average(stat),) for stat in IMAGENET_STATS)
-        return DatasetSpec("imagefolder", sources.imagefolder_reader(img_size, in_chans), num_classes or 0, in_chans,
-                           img_size, mean, std, crop_padding=img_size // 8, hflip=True)
+        return DatasetSpec("imagefolder", sources.imagefolder_reader(img_size, in_chans, class_names),
+                           num_classes or 0, in_chans, img_size, mean, std, crop_padding=img_size // 8, hflip=True)
     try:
         return DATASETS[name]
     except KeyError:

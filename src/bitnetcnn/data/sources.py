@@ -10,7 +10,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -251,26 +251,29 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def imagefolder_reader(size: int, channels: int = 3) -> Callable[[Path, bool, bool], Split]:
+def imagefolder_reader(size: int, channels: int = 3,
+                       class_names: Optional[Sequence[str]] = None) -> Callable[[Path, bool, bool], Split]:
     """A generic ``root/{train,val}/<class>/*.jpg`` tree, resized to ``size``, with ``channels`` (3: RGB, 1:
     greyscale; for small data sets). The classes are
     the folders of ``train/``, in both splits: a ``val/`` without some class keeps the others' labels (each split
-    numbering its own folders would shift them, and every score with them)."""
+    numbering its own folders would shift them, and every score with them). A trained model's ``class_names`` give
+    them instead, so that its test images alone (``val/``, without ``train/``) can be evaluated."""
 
     def read(root: Path, train: bool, download: bool) -> Split:
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
         train_dir, split_dir = root / "train", root / ("train" if train else "val")
-        for folder in dict.fromkeys((train_dir, split_dir)):
+        for folder in dict.fromkeys((split_dir,) if class_names else (train_dir, split_dir)):
             if not folder.is_dir():
                 raise _missing("imagefolder", [folder], "Expected root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
-        classes = _class_folders(train_dir)
+        classes = list(class_names) if class_names else _class_folders(train_dir)
         if not classes:
             raise _missing("imagefolder", [train_dir], "Found no class folders there: expected "
                            "root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
         unknown = [c for c in _class_folders(split_dir) if c not in classes]
         if unknown:
-            raise ValueError(f"{split_dir} has class folders that {train_dir} lacks ({', '.join(unknown[:5])}"
+            lacking = "the model's classes lack" if class_names else f"{train_dir} lacks"
+            raise ValueError(f"{split_dir} has class folders that {lacking} ({', '.join(unknown[:5])}"
                              f"{', ...' if len(unknown) > 5 else ''}): no model learns a class it never saw; give "
                              "each class of val/ a folder in train/")
         if len(classes) < 2:

@@ -57,7 +57,8 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
         raise ValueError(f"{source} does not record its data set; pass --dataset")
     # an image folder is read at the size and channels the model was trained at (a named data set has its own)
     size = input_size_of(model)
-    spec = get_dataset_spec(dataset, size[-1], in_chans=size[0])
+    # an image folder's labels by the model's own class names: its test images (val/) need no train/ beside them
+    spec = get_dataset_spec(dataset, size[-1], in_chans=size[0], class_names=cfg.class_names if cfg else None)
     classes = getattr(model, "model_args", {}).get("num_classes")
     if classes is not None and spec.num_classes and classes != spec.num_classes:  # told before the data is read
         raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
