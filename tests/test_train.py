@@ -1849,3 +1849,19 @@ def test_a_run_folder_moved_elsewhere_resumes_without_lightnings_bookkeeping_war
                         given={"epochs"})
     assert results["epochs"] == 2
     assert not [w for w in caught if "dirpath has changed" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_a_best_model_written_before_a_kill_stays_the_best_the_resumed_run_records(tmp_path):
+    """best_ternary.bnc is written at an epoch's end before last.ckpt: a kill between the two resumed with the
+    older best score, so a redone epoch that scored less (a GPU's is not bit-identical) passed as the run's best
+    beside a file holding a better model, or replaced it with a worse one. Simulated: the file scores above the
+    recorded best, as a lost epoch's would."""
+    run = tmp_path / "run"
+    first = train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    best = run / "best_ternary.bnc"
+    model = load_checkpoint(best)
+    bitnetcnn.save_checkpoint(model, best, {**model.checkpoint_header["metadata"], "accuracy": 0.999})
+    written = best.read_bytes()
+    assert first["best_ternary_acc"] < 0.999
+    resumed = train(TrainSettings(out=str(run), epochs=2, progress=False), resume=True, given={"epochs"})
+    assert resumed["best_ternary_acc"] == 0.999 and best.read_bytes() == written

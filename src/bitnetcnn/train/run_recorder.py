@@ -122,6 +122,10 @@ class RunRecorder(L.Callback):
         if "rng" in state:  # absent in runs saved before it was kept
             set_random_states(state["rng"])
         self._last_validation = state.get("last_validation", {})
+        # best_ternary.bnc is written at an epoch's end before last.ckpt: a run killed between the two comes back
+        # with a best model better than the best it recorded, and a redone epoch that scores less (a GPU's is not
+        # bit-identical) must not pass as the best nor replace that file with a worse model
+        self.best_ternary = max(self.best_ternary, _saved_accuracy(self.model_path))
 
     def elapsed_s(self) -> float:
         return self.elapsed + (time.time() - self._t0 if self._t0 else 0.0)
@@ -280,6 +284,17 @@ class RunRecorder(L.Callback):
             "command": self._command_as_run(trainer),
         }
         write_atomically(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+
+
+def _saved_accuracy(path: Path) -> float:
+    """The accuracy a run's best model file records (what chose it), or -1 where there is none to read."""
+    from bitnetcnn.checkpoint.format import native_header
+
+    try:
+        accuracy = native_header(path)["metrics"].get("accuracy")
+    except Exception:  # noqa: BLE001 - absent, damaged or another kind of file: no best to keep
+        return -1.0
+    return float(accuracy) if isinstance(accuracy, (int, float)) else -1.0
 
 
 def _checksum(tensors) -> torch.Tensor:
