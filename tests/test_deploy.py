@@ -632,7 +632,6 @@ def test_cli_bench_deploys_an_act8_model_as_compile_does(tmp_path):
 
 
 def test_cli_export_refuses_a_bit_checkpoint_in_one_line(tmp_path, capsys):
-    pytest.importorskip("bitnetcnn.checkpoint")
     from bitnetcnn.checkpoint import save_checkpoint
     from bitnetcnn.cli import main
 

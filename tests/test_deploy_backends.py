@@ -23,7 +23,8 @@ def _has_openvino() -> bool:
     return backends.openvino_status()[0]
 
 
-needs_openvino = pytest.mark.skipif(not _has_openvino(), reason="openvino is not installed (pip install openvino)")
+needs_openvino = pytest.mark.skipif(not _has_openvino(),  # not installed, or installed and unable to start here
+                                    reason=f"OpenVINO is not usable here: {backends.openvino_status()[1]}")
 
 
 @pytest.fixture
