@@ -3,7 +3,7 @@
 The longer run is ``python benchmarks/fuzz_checkpoint.py --seconds 300``.
 """
 
-import time
+import tracemalloc
 
 import pytest
 import torch
@@ -34,12 +34,10 @@ def checkpoint(tmp_path_factory):
      ("pow2", "tensors", 100)],
 )
 def test_only_checkpoint_errors_come_out(tmp_path_factory, form, mode, iterations):
-    start = time.perf_counter()
     stats = fuzz(_tiny(tmp_path_factory, form), mode, iterations, seed=1)
     assert stats["other"] == [], stats["other"][:3]
     assert stats["checkpoint_error"] > 0
     assert stats["checkpoint_error"] + stats["loaded"] == iterations
-    assert time.perf_counter() - start < 60
 
 
 def test_each_fuzz_mode_damages_the_part_it_names(checkpoint):
@@ -98,10 +96,15 @@ def test_malicious_files_are_refused_before_the_work(checkpoint, shape):
     from bitnetcnn.checkpoint.fuzz import malicious
 
     data = malicious(shape, checkpoint)
-    start = time.perf_counter()
-    with pytest.raises(CheckpointError) as info:
-        bitnetcnn.load_checkpoint(data)
-    assert time.perf_counter() - start < 5  # safety bound only: ~1-30 ms each (the benchmark has the figures)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError) as info:
+            bitnetcnn.load_checkpoint(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # before the work: the bombs inflated to 1.65-3.9 GB first (the benchmark has the times and peaks: a few MiB)
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB traced"
     message = str(info.value)
     assert REFUSALS[shape] in message and "\n" not in message and len(message) < 400, message
     if shape == "decode_bomb":  # refused for its size, not a defect: the same construction at width 4 loads
