@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from bitnetcnn.deploy.commands import DEFAULT_CALIBRATION_IMAGES
 from bitnetcnn.extras import MissingExtra, extra_of, install_hint, require
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.models.quant_spec import QUANT_MODES
@@ -304,7 +305,7 @@ def _add_export(sub) -> None:
     p.add_argument("--int8", action="store_true", help="int8 graph: u8 activations, the ternary codes as s8 weights")
     p.add_argument("--calibrate", type=positive_int, metavar="N",
                    help="calibrate int8 activation ranges on N training images (default: the model's own 8-bit "
-                        "activation scales, else 256)")
+                        f"activation scales, else {DEFAULT_CALIBRATION_IMAGES})")
     p.add_argument("--dataset", help="data set for calibration and the check (default: the model's)")
     p.add_argument("--data-dir")
     p.add_argument("--check", type=count, default=1000, metavar="N",
@@ -332,7 +333,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 128])
     p.add_argument("--threads", type=positive_int, default=min(2, usable_cores()),
                    help="threads of every variant (default 2, or the CPUs this process may use where fewer)")
-    p.add_argument("--calibrate", type=positive_int, default=256, metavar="N",
+    p.add_argument("--calibrate", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                    help="calibration images for the int8 path (a model with 8-bit activations uses its own scales)")
     p.add_argument("--data-dir")
     p.add_argument("--budget", type=seconds, default=20.0, help="seconds of timing per batch size (at least 3 rounds)")
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="registry name, checkpoint file or published weight (bitnet_resnet18)")
     p.add_argument("--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"))
     p.add_argument("--num-classes", type=positive_int)
-    p.add_argument("--quant", choices=["ternary", "fp"], help="for a registry name (default: ternary)")
+    p.add_argument("--quant", choices=QUANT_MODES, help="for a registry name (default: ternary)")
     p.add_argument("--ternary", action="store_true", help="show the converted (packed) model")
     _add_export(sub)
     _add_bench(sub)

@@ -94,7 +94,7 @@ def _in_colour(image) -> bool:
 
     if _grey_mode(image):
         return False
-    # through RGBA: a palette image's transparency (which pixels_for has found unused) makes convert("RGB") warn
+    # through RGBA: a palette image's transparency (which pil_to_pixels has found unused) makes convert("RGB") warn
     rgb = np.asarray(image.convert("RGBA"))[..., :3]
     return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
 

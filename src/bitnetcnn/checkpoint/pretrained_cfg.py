@@ -7,7 +7,7 @@ from the architecture's registry defaults.
 
 A checkpoint's header stores it under ``pretrained_cfg`` (written by ``save_checkpoint`` from what it knows; files
 written before that section existed get it derived from their other header fields). Published weights declare the
-complete object, file size and sha256 included, in ``bitnetcnn/hub.py``; ``bitnetcnn.list_pretrained()`` lists them.
+complete object, file size and sha256 included, in ``bitnetcnn/pretrained/__init__.py``; ``bitnetcnn.list_pretrained()`` lists them.
 """
 
 from __future__ import annotations

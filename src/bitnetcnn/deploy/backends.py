@@ -194,7 +194,3 @@ def make_runner(name: str, model_bytes: bytes, threads: int):
     if name == "openvino":
         return OpenVINORunner(model_bytes, threads)
     raise ValueError(f"unknown backend {name!r}")
-
-
-def describe(name: Optional[str]) -> str:
-    return {"onnxruntime": "onnxruntime int8", "openvino": "OpenVINO CPU plugin int8"}.get(name or "", str(name))

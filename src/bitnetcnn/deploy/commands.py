@@ -8,9 +8,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-__all__ = ["DEFAULT_CALIBRATION", "bench_command", "export_command"]
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "bench_command", "export_command"]
 
-DEFAULT_CALIBRATION = 256  # training images, when int8 needs calibration and none was asked for
+DEFAULT_CALIBRATION_IMAGES = 256  # training images, when int8 needs calibration and none was asked for
 
 
 def _say(message: str) -> None:
@@ -64,7 +64,7 @@ def export_command(
             "measures another input distribution (leave --dataset out to use the checkpoint's)")
     dataset = dataset or dataset_for(net)
     if int8 and calibrate is None and not quantizer_scales(net):
-        calibrate = DEFAULT_CALIBRATION
+        calibrate = DEFAULT_CALIBRATION_IMAGES
     calibration = check_inputs = None
     try:  # the images as the checkpoint was trained on them: its size, its own mean and std
         if int8 and calibrate:
@@ -95,7 +95,7 @@ def _same_images(a: str, b: str) -> bool:
     return a in BY_DATASET and BY_DATASET.get(a) == BY_DATASET.get(b)
 
 
-def bench_command(model: str, batch_sizes: Sequence[int], *, threads: int = 2, calibrate: int = DEFAULT_CALIBRATION,
+def bench_command(model: str, batch_sizes: Sequence[int], *, threads: int = 2, calibrate: int = DEFAULT_CALIBRATION_IMAGES,
                   data_dir: Optional[str] = None, budget_s: float = 20.0, json_path: Optional[str] = None,
                   variants: Optional[Sequence[str]] = None, log: Callable[[str], None] = _say) -> dict:
     from bitnetcnn.deploy.bench import VARIANTS, bench, format_report, write_json

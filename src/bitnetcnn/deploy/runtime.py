@@ -51,7 +51,8 @@ class DeployedModel:
         return torch.from_numpy(self.runner.run(array)).to(x.device)
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
-        """The same call without torch conversions (what a serving process would do)."""
+        """The same call on numpy arrays in and out (what a serving process would do); the normalization and the
+        checks of the input go through torch as :meth:`__call__`'s do."""
         self._check_shape(x.shape)
         if np.issubdtype(x.dtype, np.integer) or self.normalization is not None:
             x = self._normalized(torch.from_numpy(x)).numpy()

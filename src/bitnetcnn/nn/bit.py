@@ -26,10 +26,11 @@ def config_field(name: str, settable: bool = False) -> property:
     return property(get, set if settable else None, doc=f"``self.quant.{name}``")
 
 
-def _at_least_float32(weight: torch.Tensor) -> torch.Tensor:
-    """The weight in the dtype its codes and scale are taken in, for training and conversion alike: bf16 and fp16
-    are widened (their mean of |W| rounds), float32 and float64 stay."""
-    return weight.to(torch.promote_types(weight.dtype, torch.float32))
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the dtype codes, scales and biases are taken and kept in, for training, conversion and the converted
+    layer alike: bf16 and fp16 are widened (their mean of |W| rounds; a bf16 layer is cast back after), float32 and
+    float64 stay (a float64 model's scales are not rounded through float32)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class _BitMixin:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitnetcnn.nn.act_quant import make_act_quantizer
-from bitnetcnn.nn.bit import BitConv2d, BitLinear, config_field
+from bitnetcnn.nn.bit import BitConv2d, BitLinear, _at_least_float32, config_field
 from bitnetcnn.quant import TernaryQuant, dequantize, latent_weight, pack_2bit, pow2_exponent, unpack_2bit
 
 
@@ -133,12 +133,6 @@ class _TernaryMixin:
 
     def _ternary_repr(self) -> str:
         return f", scale_op={self.scale_op}" + (", pow2=True" if self.pow2 else "")
-
-
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float32, or float64 where it is (a float64 model's scales and biases are not rounded through float32;
-    a bf16 one's are stored in float32 and the layer is cast to bf16 after)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _layer_quant(quant: Optional[TernaryQuant], pow2: Optional[bool], scale_op: Optional[str],
