@@ -52,13 +52,16 @@ def floor_of(module: str) -> str | None:
 
 
 def imports_of(path: Path) -> set[str]:
-    """Every module ``path`` imports, at its top or inside a function (a lazy import is a dependency too)."""
+    """Every module ``path`` imports, at its top or inside a function (a lazy import is a dependency too). A relative
+    import is refused: the floors are read from absolute names, and ``from . import x`` would pass unchecked."""
     tree = ast.parse(path.read_text())
     found = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}:{node.lineno}: a relative import; import bitnetcnn.... by its full name")
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
     return found

@@ -301,3 +301,15 @@ def test_a_folder_named_like_a_published_weight_does_not_hide_it(tmp_path, monke
     (tmp_path / "bitnet_mnist").mkdir()
     assert main(["summary", "bitnet_mnist"]) == 0
     assert "Packed KiB" in capsys.readouterr().out
+
+
+def test_a_converted_models_classifier_is_not_resized_but_refused_with_what_to_do():
+    """new_classifier on a converted model failed with a bare StopIteration (a TernaryLinear has no parameters)."""
+    from bitnetcnn import convert_to_bit, convert_to_ternary, create_model
+    from bitnetcnn.models.classifier import new_classifier
+
+    model = convert_to_ternary(create_model("bitnet_cnn", width=4).eval())
+    with pytest.raises(ValueError, match=r"is a TernaryLinear, which does not train: .*convert_to_bit\(model\)"):
+        new_classifier(model, 5)
+    resized = new_classifier(convert_to_bit(model), 5)
+    assert resized.model_args["num_classes"] == 5 and resized(torch.randn(2, 1, 28, 28)).shape == (2, 5)

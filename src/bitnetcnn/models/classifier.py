@@ -22,12 +22,15 @@ def new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     if name is None:
         raise ValueError(f"{type(model).__name__} has no linear classifier to resize")
     old = model.get_submodule(name)
+    if not isinstance(old, (BitLinear, nn.Linear)):  # a converted TernaryLinear: packed codes, nothing to train
+        raise ValueError(f"{type(model).__name__}'s classifier {name!r} is a {type(old).__name__}, which does not "
+                         "train: make the model trainable first (bitnetcnn.convert_to_bit(model)), then resize it")
     if isinstance(old, BitLinear):
         new = BitLinear(old.in_features, num_classes, old.bias is not None, quant=old.quant)
     else:
         new = nn.Linear(old.in_features, num_classes, old.bias is not None)
     parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new.to(next(old.parameters()).device))
+    setattr(model.get_submodule(parent) if parent else model, child, new.to(old.weight.device))
     if isinstance(getattr(model, "model_args", None), dict):
         model.model_args = {**model.model_args, "num_classes": num_classes}
     return model
