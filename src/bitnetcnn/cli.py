@@ -410,12 +410,13 @@ def _model_file(text: str, registry_names: bool) -> str:
     """``text`` as the command reads it: a file as it is; a published weight's hub entry name as the package's file
     (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
     command takes one. Anything else is refused with the names it could have been."""
+    from bitnetcnn.deploy.source import names_a_file
     from bitnetcnn.hub import list_pretrained
     from bitnetcnn.models import list_models
 
     found = _published_file(text)
     registry = list_models() if registry_names else []
-    if text in registry and not Path(text).is_file():  # a folder of that name (a run folder) is no model file
+    if text in registry and not names_a_file(text):  # a folder of that name (a run folder) is no model file
         return text
     if found != text or Path(text).exists():  # a folder: the command's own error says what it needs
         return found

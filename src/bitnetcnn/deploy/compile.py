@@ -37,15 +37,6 @@ def in_float32(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float()
 
 
-def _says_no_size(model: nn.Module) -> bool:
-    """Whether neither the weights nor the registry tell ``model``'s input size (a bitified torchvision model)."""
-    try:
-        input_size_of(model)
-    except ValueError:
-        return True
-    return False
-
-
 def without_act_quantizers(model: nn.Module) -> nn.Module:
     """A copy with every ``ActQuantizer`` replaced by ``nn.Identity`` (the int8 graph quantizes instead)."""
     stripped, _ = replace_modules(model, lambda _, m: nn.Identity() if isinstance(m, ActQuantizer) else None)
@@ -61,10 +52,12 @@ def to_onnx_graph(model: nn.Module, calibration: Optional[Calibration] = None, *
     """
     check_deployable(model, int8=int8)
     model = in_float32(model)
-    if input_size is None and _says_no_size(model) and isinstance(calibration, (torch.Tensor, np.ndarray)) \
-            and calibration.ndim == 4:
-        input_size = tuple(calibration.shape[1:])  # a bitified model's images: those it is calibrated on
-    size = input_size_of(model, input_size)
+    try:
+        size = input_size_of(model, input_size)
+    except ValueError:  # neither the weights nor the registry say it (a bitified model): the calibration images do
+        if not (isinstance(calibration, (torch.Tensor, np.ndarray)) and calibration.ndim == 4):
+            raise
+        size = tuple(int(v) for v in calibration.shape[1:])
     folded = fold_batchnorm(model)
     info = {"int8": int8, "input_size": list(size), "act_scales": "float"}
     if not int8:
