@@ -13,7 +13,8 @@ import bitnetcnn
 PACKAGE = Path(bitnetcnn.__file__).parent
 
 # The ground floor: settings (where data and caches live) and the machine's description; any floor may read them.
-GROUND = {"settings", "machine", "normalization", "class_names", "quiet", "images", "atomic", "extras", "version"}
+GROUND = {"settings", "machine", "normalization", "class_names", "quiet", "images", "atomic", "extras", "version",
+          "messages"}
 # floor -> the floors it may import (itself and the ground floor included)
 ALLOWED = {
     "settings": set(),
@@ -25,6 +26,7 @@ ALLOWED = {
     "atomic": set(),  # files replaced whole
     "extras": set(),  # which extra installs a missing package
     "version": set(),
+    "messages": set(),  # how errors quote what they name
     "quant": {"quant"},
     "nn": {"quant", "nn"},
     "models": {"quant", "nn", "models"},

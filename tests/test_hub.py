@@ -232,6 +232,27 @@ def test_the_commands_take_a_published_weight_by_its_entry_name(capsys, monkeypa
     assert abs(result["top1"] - hub.BITNET_MNIST.top1) <= 0.0005
 
 
+def test_bitnetcnn_models_lists_what_can_be_built_and_what_is_published(capsys):
+    """Which names exist and which have weights was only in the code and docs: ``bitnetcnn models`` lists every
+    architecture with the sides it is built for, and every hub entry with its published accuracy, or none yet."""
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(lines) == set(bitnetcnn.list_models()) | set(hub.entries())
+    assert "1x28x28  built for 28, 32 px, 10 classes by default. The seed's BitNetCNN" in lines["bitnet_cnn"]
+    # a docstring's whole first paragraph, not its first line cut mid-sentence
+    assert lines["bit_mobilenetv2"].endswith("width_mult=1.4, act='silu', downsample_at='expand' is the seed's "
+                                             "published CIFAR-100 model.")
+    for weights in hub.list_pretrained():
+        assert f"{weights.dataset}: {weights.top1:.2%} top-1" in lines[weights.hub_entry]
+    assert "no published weights yet" in lines["bitnet_convnextv2"]
+    assert cli.main(["models", "bit_resnet*"]) == 0
+    assert {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")} == {
+        "bit_resnet18", "bit_resnet34", "bit_resnet50"}
+    assert cli.main(["models", "resnet"]) == 2
+    assert "no architecture or hub entry matches 'resnet'; there are bit_convnextv2" in capsys.readouterr().err
+
+
 def test_pretrained_takes_a_bool_or_the_weights_tag_not_a_file(mnist_checkpoint):
     """pretrained="mine.bnc" was taken for True: the published weight loaded in the file's place, without a word."""
     _, path = mnist_checkpoint

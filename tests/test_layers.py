@@ -593,7 +593,7 @@ def test_integer_code_sums_are_taken_only_where_float32_holds_them_exactly():
 def test_converting_activation_quantizers_that_saw_no_training_batch_warns():
     """Their scale is each batch's absmax: an image alone and in a batch got other outputs (0.85% apart), no word."""
     model = bitnetcnn.create_model("bitnet_cnn", width=4, act_bits=8)
-    with pytest.warns(UserWarning, match=r"11 activation quantizers \(stem\.conv\.act_quant, \.\.\.\) saw no training"):
+    with pytest.warns(UserWarning, match=r"11 activation quantizers \(stem\.conv\.act_quant and 10 more\) saw no training"):
         convert_to_ternary(copy.deepcopy(model).eval())
     with torch.no_grad():
         model.train()(torch.randn(4, 1, 28, 28))
@@ -669,3 +669,79 @@ def test_a_half_precision_8bit_model_and_its_conversion_agree(dtype):
     # a model cast after it was built keeps its grid's step in float32 too (the step of a float64 model: float64)
     assert bit.to(dtype)[0].act_quant.running_scale.dtype == torch.float32
     assert bit.double()[0].act_quant.running_scale.dtype == torch.float64
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+def test_a_converted_layer_with_8_bit_inputs_passes_the_gradient_to_its_input_as_its_bit_layer_does():
+    """On its input's integer codes it cut the gradient: a residual model's saliency came from the shortcut alone
+    (3.3 off the Bit model's), and a plain one could not backward at all."""
+    torch.manual_seed(0)
+    bit = warm_up(bitify(_Residual(), act_bits=8), torch.randn(2, 4, 6, 6))
+    ternary = convert_to_ternary(bit)
+    x = torch.randn(2, 4, 6, 6)
+    grads = []
+    for model in (bit, ternary):
+        given = x.clone().requires_grad_()
+        model(given).square().sum().backward()
+        grads.append(given.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # and without a gradient, still the exact integer path
+        assert torch.equal(ternary(x), ternary.conv._rescaled(
+            ternary.conv._weighted(ternary.conv.act_quant.grid(x)[0], torch.sign(ternary.conv.weight), None),
+            ternary.conv.act_quant.grid(x)[1]) + x)
+
+
+def test_a_converted_layer_with_8_bit_inputs_under_float16_autocast_stays_finite():
+    """Its integer codes were summed in float16 by autocast: past 65504 the outputs were inf."""
+    torch.manual_seed(0)
+    linear = nn.Linear(1024, 4)
+    with torch.no_grad():
+        linear.weight.copy_(0.02 * (torch.rand(4, 1024) + 0.2))  # mostly positive: large sums of codes
+    x = 0.5 + 0.5 * torch.rand(8, 1024)
+    bit = warm_up(bitify(nn.Sequential(linear), act_bits=8), x)
+    ternary = convert_to_ternary(bit)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        expected, got = bit(x), ternary(x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected)
+
+
+def test_a_converted_convolution_refuses_the_state_of_another_kernel_shape_as_nn_conv2d_does():
+    """``weight_packed`` is flat bytes: a (3, 1) kernel's codes loaded into a (1, 3) one, and a 3x3 convolution's
+    into a 1x1 one of 36 inputs, without a word."""
+    def converted(conv):
+        return convert_to_ternary(bitify(nn.Sequential(conv)))
+
+    tall = converted(nn.Conv2d(4, 8, (3, 1), padding=(1, 0)))
+    with pytest.raises(RuntimeError, match=r"0.weight_packed: it packs the codes of a weight shaped \(8, 4, 3, 1\), "
+                                           r"the current model's is \(8, 4, 1, 3\)"):
+        converted(nn.Conv2d(4, 8, (1, 3), padding=(0, 1))).load_state_dict(tall.state_dict())
+    with pytest.raises(RuntimeError, match=r"weight shaped \(8, 4, 3, 3\), the current model's is \(8, 36, 1, 1\)"):
+        converted(nn.Conv2d(36, 8, 1)).load_state_dict(converted(nn.Conv2d(4, 8, 3)).state_dict())
+    same = converted(nn.Conv2d(4, 8, (3, 1), padding=(1, 0)))
+    buffer = io.BytesIO()
+    torch.save(tall.state_dict(), buffer)  # the shape travels with a saved state dict
+    same.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    assert torch.equal(same[0].weight, tall[0].weight)
+
+
+@pytest.mark.parametrize("scale_op", ["median", "mean"])
+def test_a_float64_converted_layer_made_trainable_keeps_its_scales_unrounded(scale_op):
+    """``to_bit`` computed the latent weight in float32: a float64 model's scales came back 5e-8 apart."""
+    torch.manual_seed(0)
+    bit = bitify(nn.Sequential(nn.Conv2d(8, 4, 3, dtype=torch.float64)), scale_op=scale_op).eval()
+    with torch.no_grad():
+        bit[0].weight.normal_()
+    ternary = convert_to_ternary(bit)
+    again = convert_to_bit(ternary).eval()
+    assert again[0].weight.dtype == torch.float64
+    assert torch.equal(again[0].ternary_state()[0], ternary[0].codes())
+    torch.testing.assert_close(again[0].ternary_state()[1], ternary[0].channel_scale(), rtol=1e-13, atol=0)

@@ -259,6 +259,13 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    from bitnetcnn.hub import catalogue
+
+    print(catalogue(args.pattern))
+    return 0
+
+
 def _cmd_summary(args) -> int:
     from bitnetcnn import create_model, summary
     from bitnetcnn.nn import model_form
@@ -391,13 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=positive_int)
     p.add_argument("--quant", choices=QUANT_MODES, help="for a registry name (default: ternary)")
     p.add_argument("--ternary", action="store_true", help="show the converted (packed) model")
+    p = sub.add_parser("models", help="the architectures, the hub entries and their published weights' accuracy")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern of names, e.g. 'bit_resnet*'")
     _add_export(sub)
     _add_bench(sub)
     return parser
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "convert": _cmd_convert,
-            "summary": _cmd_summary, "export": _cmd_export, "bench": _cmd_bench}
+            "summary": _cmd_summary, "export": _cmd_export, "bench": _cmd_bench, "models": _cmd_models}
 
 
 # The argument naming the model of each command that reads one: a file, or a published weight's hub entry name

@@ -21,6 +21,7 @@ size, normalization, accuracy, file, sha256, training commands); the loaded mode
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import shutil
@@ -104,6 +105,40 @@ def entries() -> Dict[str, HubEntry]:
 def list_pretrained() -> List[PretrainedCfg]:
     """The published weights, one :class:`PretrainedCfg` each (what ``pretrained=True`` loads)."""
     return [e.pretrained for e in entries().values() if e.pretrained is not None]
+
+
+def catalogue(pattern: str = "*") -> str:
+    """What ``bitnetcnn models`` prints: the architectures (``create_model`` names) and the hub entries matching the
+    ``fnmatch`` pattern, each entry with its published weight's data set, accuracy and size, or none yet: what a user
+    can build and what they can load, without reading the code (timm's ``list_models(pretrained=True)``)."""
+    from bitnetcnn.models import get_model_config
+
+    archs = list_models(pattern)
+    hub = {name: e for name, e in entries().items() if fnmatch.fnmatchcase(name, pattern)}
+    if not archs and not hub:
+        raise ValueError(f"no architecture or hub entry matches {pattern!r}; there are {', '.join(list_models())} "
+                         f"and the hub entries {', '.join(entries())}")
+    lines = []
+    if archs:
+        lines.append("architectures (create_model(NAME); summary, export and bench take them untrained):")
+        for name in archs:
+            cfg = get_model_config(name)
+            sides = ", ".join(map(str, cfg.input_sizes))
+            lines.append(f"  {name:<16} {'x'.join(map(str, cfg.input_size)):<8} built for {sides} px, "
+                         f"{cfg.num_classes} classes by default. {cfg.description}")
+    if hub:
+        lines.append("hub entries (torch.hub.load(REPO, NAME, pretrained=True); eval, predict, summary, export and "
+                     "bench take the published ones by NAME):")
+        for name, e in hub.items():
+            w = e.pretrained
+            if w is None or w.top1 is None:
+                weights = "no published weights yet"
+            else:
+                size = f", {w.file_size / 2**20:.2f} MiB" if w.file_size else ""
+                top5 = f" / {w.top5:.2%} top-5" if w.top5 is not None else ""
+                weights = f"{w.dataset}: {w.top1:.2%} top-1{top5} on {w.test_images} test images{size}"
+            lines.append(f"  {name:<20} {e.model:<16} {weights}" + (f". {e.description}" if e.description else ""))
+    return "\n".join(lines)
 
 
 def hub_cache_dir() -> Path:

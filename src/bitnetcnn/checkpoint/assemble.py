@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import limits
-from bitnetcnn.checkpoint.errors import CheckpointError, few, short
+from bitnetcnn.checkpoint.errors import CheckpointError
+from bitnetcnn.messages import few, short
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
 from bitnetcnn.nn.convert import replace_modules
 from bitnetcnn.quant import TernaryQuant
-
 
 # a power-of-two layer stores no float tensor of its own (int8 exponents, and often no bias): its header entry says
 # its dtype where it is not float32 (bf16 layers beside float32 BatchNorms reloaded in float32, and failed)

@@ -17,14 +17,3 @@ class CheckpointError(Exception):
         self.reason = reason
         where = self.path if self.path is not None else "<checkpoint>"
         super().__init__(f"{where}: {reason}")
-
-
-def short(value, n: int = 200) -> str:
-    """``repr`` (or the string) cut to ``n`` characters on one line: error messages stay one line."""
-    text = " ".join((value if isinstance(value, str) else repr(value)).split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def few(keys, n: int = 5) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")

@@ -30,8 +30,9 @@ from bitnetcnn import normalization
 from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint import limits, pretrained_cfg, ternary_codec
 from bitnetcnn.checkpoint.assemble import LAYER_DTYPES, assemble, bit_layer_mismatches, build_model, mismatches
-from bitnetcnn.checkpoint.errors import CheckpointError, few, short
+from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
+from bitnetcnn.messages import few, short
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.models.registry import same_model_arg
 from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear, model_form
@@ -72,9 +73,7 @@ def _input_metadata(model: nn.Module, args: dict, cfg, metadata: dict) -> dict:
             return default if value is None else value
         return own_value if own_value is not None else default
 
-    side = int(args.get("img_size", cfg.input_size[1]))
-    size = [int(v) for v in pick("input_size", own and own.input_size,
-                                 [int(args.get("in_chans", cfg.input_size[0])), side, side])]
+    size = [int(v) for v in pick("input_size", own and own.input_size, cfg.input_size_for(args))]
     dataset = metadata.get("dataset")
     default_mean, default_std = normalization.BY_DATASET.get(dataset, (cfg.mean, cfg.std))
     if (dataset is not None and dataset not in normalization.BY_DATASET and metadata.get("mean") is None

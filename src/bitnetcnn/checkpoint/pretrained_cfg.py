@@ -301,11 +301,7 @@ def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple
         return tuple(weights.input_size)
     cfg = getattr(model, "model_config", None)
     if cfg is not None:
-        size = tuple(cfg.input_size)
-        args = getattr(model, "model_args", {}) or {}
-        channels = int(args.get("in_chans", size[0]))
-        side = int(args.get("img_size", size[1]))
-        return channels, side, side
+        return cfg.input_size_for(getattr(model, "model_args", None) or {})
     raise ValueError(
         f"{type(model).__name__} does not say its input size (no model_config): pass input_size=(C, H, W)"
     )

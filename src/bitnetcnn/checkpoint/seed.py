@@ -26,9 +26,10 @@ from torch import nn
 
 from bitnetcnn.checkpoint import limits
 from bitnetcnn.checkpoint.assemble import assemble
-from bitnetcnn.checkpoint.errors import CheckpointError, few, short
+from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.checkpoint.format import HEADER_NAME, TENSORS_NAME
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
+from bitnetcnn.messages import few, short
 from bitnetcnn.models import create_model, get_model_config
 from bitnetcnn.nn import convert_to_ternary
 from bitnetcnn.quant import DEFAULT_QUANT

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bitnetcnn.images import UnreadablePixels, fit_to_size, pil_to_pixels, read_errors
+from bitnetcnn.messages import few
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -273,8 +274,8 @@ def imagefolder_reader(size: int, channels: int = 3,
         unknown = [c for c in _class_folders(split_dir) if c not in classes]
         if unknown:
             lacking = "the model's classes lack" if class_names else f"{train_dir} lacks"
-            raise ValueError(f"{split_dir} has class folders that {lacking} ({', '.join(unknown[:5])}"
-                             f"{', ...' if len(unknown) > 5 else ''}): no model learns a class it never saw; give "
+            raise ValueError(f"{split_dir} has class folders that {lacking} ({few(unknown)}): no model learns a "
+                             "class it never saw; give "
                              "each class of val/ a folder in train/")
         if len(classes) < 2:
             raise ValueError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs two or more")

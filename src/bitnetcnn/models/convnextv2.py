@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from bitnetcnn.models.quant_spec import QuantSpec
 from bitnetcnn.nn.drop_path import DropPath
-from bitnetcnn.models.registry import register_model
+from bitnetcnn.models.registry import SMALL_INPUT_MAX, register_model
 
 # name: (depths, dims), from the ConvNeXt V2 paper
 SIZES = {
@@ -19,7 +19,6 @@ SIZES = {
     "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
     "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
 }
-SMALL_INPUT_MAX = 64  # up to this side the stem patchifies 2x2 instead of 4x4
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -6,11 +6,10 @@ from torch import Tensor, nn
 
 from bitnetcnn.models.blocks import ConvNormAct, InvertedResidual, make_divisible
 from bitnetcnn.models.quant_spec import QuantSpec
-from bitnetcnn.models.registry import register_model
+from bitnetcnn.models.registry import SMALL_INPUT_MAX, register_model
 
 # (expansion t, channels c, blocks n, first stride s), as in the MobileNetV2 paper
 SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-SMALL_INPUT_MAX = 64  # up to this side the stem keeps full resolution
 
 
 class MobileNetV2(nn.Module):

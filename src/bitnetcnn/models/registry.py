@@ -17,6 +17,9 @@ from bitnetcnn.models.quant_spec import QuantSpec
 
 CIFAR_MEAN, CIFAR_STD = normalization.CIFAR100  # an architecture's default input, until a checkpoint says otherwise
 MNIST_MEAN, MNIST_STD = normalization.MNIST
+# The largest side of the small inputs (28, 32, 64 px: MNIST, CIFAR, Tiny ImageNet) the architectures are built for:
+# up to it a stem keeps more resolution than ImageNet's (stride 1, or 2x2 patches), each in its own way.
+SMALL_INPUT_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,12 @@ class ModelConfig:
     mean: tuple[float, ...] = CIFAR_MEAN
     std: tuple[float, ...] = CIFAR_STD
     description: str = ""
+
+    def input_size_for(self, model_args: dict) -> tuple[int, int, int]:
+        """``(C, H, W)`` that a model built with ``model_args`` takes: its ``in_chans`` and ``img_size`` where given,
+        else this architecture's default."""
+        side = int(model_args.get("img_size", self.input_size[1]))
+        return int(model_args.get("in_chans", self.input_size[0])), side, side
 
 
 _REGISTRY: dict[str, ModelConfig] = {}
@@ -53,8 +62,8 @@ def register_model(fn: Optional[Callable] = None, **config) -> Callable:
         if lacking:
             raise TypeError(f"register_model: the builder {name} must take the keyword argument(s) "
                             f"{', '.join(lacking)} (spec: a QuantSpec whose .conv() and .linear() build its layers)")
-        doc = (builder.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelConfig(name=name, builder=builder, description=doc[0] if doc else "", **config)
+        summary = inspect.cleandoc(builder.__doc__ or "").split("\n\n")[0]  # the docstring's first paragraph
+        _REGISTRY[name] = ModelConfig(name=name, builder=builder, description=" ".join(summary.replace("``", "").split()), **config)
         return builder
 
     return wrap(fn) if fn is not None else wrap

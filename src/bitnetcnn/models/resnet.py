@@ -8,9 +8,8 @@ from torch import Tensor, nn
 
 from bitnetcnn.models.blocks import ConvNormAct, make_act
 from bitnetcnn.models.quant_spec import QuantSpec
-from bitnetcnn.models.registry import register_model
+from bitnetcnn.models.registry import SMALL_INPUT_MAX, register_model
 
-SMALL_INPUT_MAX = 64  # up to this side the stem keeps full resolution (3x3 stride 1, no max-pool)
 
 
 class BasicBlock(nn.Module):

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Optional
 
 from torch import nn
 
+from bitnetcnn.messages import few
 from bitnetcnn.nn.act_quant import ActQuantizer
 from bitnetcnn.nn.bit import BitConv2d, BitLinear
 from bitnetcnn.nn.integer_bias import snap_biases_to_int32_grid
@@ -138,8 +139,8 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
     unset = [name for name, m in converted.named_modules() if isinstance(m, ActQuantizer) and not m.running_scale > 0]
     if count and unset:  # each batch's own absmax: an image's answer would depend on the images beside it
         warnings.warn(
-            f"convert_to_ternary: {len(unset)} activation quantizer{'s' * (len(unset) != 1)} ({unset[0]}"
-            f"{', ...' if len(unset) > 1 else ''}) saw no training batch, so each takes its scale from the batch it "
+            f"convert_to_ternary: {len(unset)} activation quantizer{'s' * (len(unset) != 1)} ({few(unset, 1)}) saw"
+            " no training batch, so each takes its scale from the batch it "
             "is given and an image's output depends on the others in its batch: run training-mode batches through "
             "the model first (model.train(); model(images)), then convert",
             UserWarning,
@@ -249,7 +250,7 @@ def bitify(
                                 "act_bits": q.act_bits}
     if kept:
         warnings.warn(f"bitify: {len(kept)} layer{'s' * (len(kept) != 1)} kept in full precision: "
-                      f"{', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}. They are subclasses of nn.Conv2d or "
+                      f"{few(kept)}. They are subclasses of nn.Conv2d or "
                       "nn.Linear with a forward of their own (timm's Conv2dSame) or parametrized "
                       "(torch.nn.utils.parametrize, parametrizations.weight_norm): a Bit layer would drop that "
                       "behaviour. Name them in skip= to silence this, or remove the parametrization first "
@@ -257,7 +258,7 @@ def bitify(
                       stacklevel=2)
     if other:
         warnings.warn(f"bitify makes nn.Conv2d and nn.Linear ternary; {len(other)} layer{'s' * (len(other) != 1)} of "
-                      f"other kinds stay in full precision: {', '.join(other[:5])}{', ...' if len(other) > 5 else ''}",
+                      f"other kinds stay in full precision: {few(other)}",
                       UserWarning, stacklevel=2)
     unmatched = [p for p in skip if p not in matched]
     if unmatched:

@@ -87,8 +87,23 @@ class _TernaryMixin:
         dtype = self.weight.dtype if self.weight.is_floating_point() else torch.float32
         self.weight = self._dequantized(self.codes()).to(dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """The state, and the weight's shape in the state dict's metadata: ``weight_packed`` is flat bytes, so a
+        (3, 1) kernel's would load into a (1, 3) one, and a 3x3 convolution's into a 1x1 one of 9x the inputs."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None and prefix[:-1] in metadata:
+            metadata[prefix[:-1]]["weight_shape"] = list(self.weight_shape)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        saved = local_metadata.get("weight_shape")  # absent from state dicts that lost their metadata
+        if saved is not None and tuple(saved) != tuple(self.weight_shape):
+            error_msgs.append(f"size mismatch for {prefix}weight_packed: it packs the codes of a weight shaped "
+                              f"{tuple(saved)}, the current model's is {tuple(self.weight_shape)}")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
         self.refresh_weight()
 
     @classmethod
@@ -106,9 +121,13 @@ class _TernaryMixin:
         the next layer's rounding ties; the published MobileNetV2 computed that way predicted otherwise than in
         float64, and than onnxruntime's exact int8 graph, on 0.9% of the CIFAR-100 test images. On codes: 0%.
         A sum holds at most fan-in x 127 (8-bit codes times ternary ones): float32 is exact up to about 132,000 inputs
-        an output, float64 far beyond any layer."""
-        if x.numel() == 0:
-            return False
+        an output, float64 far beyond any layer. Not where a gradient must reach ``x`` (saliency maps, adversarial
+        inputs), nor under autocast."""
+        if x.numel() == 0 or (torch.is_grad_enabled() and x.requires_grad):
+            return False  # integer codes carry no gradient: the fake-quantized input passes it straight through
+        if not torch.jit.is_scripting():
+            if _autocast_on(x):
+                return False  # autocast would sum the codes in float16, which overflows past 65504
         if x.dtype == torch.float64:
             return True
         return x.dtype == torch.float32 and self.weight[0].numel() * 127 <= 2 ** 24
@@ -133,6 +152,12 @@ class _TernaryMixin:
 
     def _ternary_repr(self) -> str:
         return f", scale_op={self.scale_op}" + (", pow2=True" if self.pow2 else "")
+
+
+@torch.jit.unused
+def _autocast_on(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device (TorchScript's ``is_autocast_enabled`` asks of CUDA alone)."""
+    return torch.is_autocast_enabled(x.device.type)
 
 
 def _layer_quant(quant: Optional[TernaryQuant], pow2: Optional[bool], scale_op: Optional[str],
@@ -286,7 +311,9 @@ def _act_bits(act_quant: nn.Module) -> Optional[int]:
 
 @torch.no_grad()
 def _fill_bit(bit: nn.Module, ternary: _TernaryMixin) -> nn.Module:
-    codes, scale = ternary.codes(), ternary.channel_scale().float()
+    # in float32, or float64 for a float64 model, whose scales must not round through float32
+    bit = bit.to(torch.promote_types(ternary.weight.dtype, torch.float32))
+    codes, scale = ternary.codes(), ternary.channel_scale()
     bit.weight.copy_(latent_weight(codes, scale, ternary.quant.scale_op))
     again_codes, again_scale = bit.ternary_state()
     if not (torch.equal(again_codes.cpu(), codes.cpu()) and torch.allclose(again_scale, scale, rtol=1e-5)):

@@ -6,6 +6,8 @@ import warnings
 
 import torch
 
+from bitnetcnn.messages import few
+
 EPS = 1e-8  # floor of a scale: an all-zero channel gets codes 0 instead of NaN
 
 
@@ -53,8 +55,7 @@ def pow2_exponent(scale: torch.Tensor) -> torch.Tensor:
     bad = ~(torch.isfinite(scale) & (scale > 0))
     if bool(bad.any()):
         channels = bad.reshape(-1).nonzero().reshape(-1).tolist()
-        raise ValueError(f"{len(channels)} channel(s) ({', '.join(map(str, channels[:5]))}"
-                         f"{', ...' if len(channels) > 5 else ''}) have the scale "
+        raise ValueError(f"{len(channels)} channel(s) ({few(channels)}) have the scale "
                          f"{scale.reshape(-1)[channels[0]].item()}, which no power of two stands for: their weights "
                          "are not finite (a training run that diverged)")
     return _nearest_exponent(scale).to(torch.int8)

@@ -54,11 +54,12 @@ def latent_weight(codes: torch.Tensor, scale: torch.Tensor, scale_op: str = DEFA
     for 'mean': there ``mean|codes * s| = s * nonzero fraction``, so each channel is stretched by ``numel / nonzeros``
     (the codes survive: ``round(code * stretch)`` clamps back to the code).
     """
-    scale = scale.reshape((codes.shape[0],) + (1,) * (codes.dim() - 1)).float()
-    weight = codes.float() * scale
+    scale = scale.reshape((codes.shape[0],) + (1,) * (codes.dim() - 1))
+    scale = scale.to(torch.promote_types(scale.dtype, torch.float32))  # float64 scales stay float64
+    weight = codes.to(scale.dtype) * scale
     if scale_op == "mean":
         flat = codes.reshape(codes.shape[0], -1)
-        stretch = flat.shape[1] / flat.ne(0).sum(dim=1).clamp_min(1)
+        stretch = flat.shape[1] / flat.ne(0).sum(dim=1).clamp_min(1).to(weight.dtype)
         weight = weight * stretch.reshape(scale.shape)
     return weight
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from bitnetcnn.checkpoint import load_checkpoint
 from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of, model_pretrained_cfg
+from bitnetcnn.messages import few
 from bitnetcnn.normalization import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.settings import data_root
@@ -43,11 +44,6 @@ def evaluate_checkpoint(path: str, dataset: Optional[str] = None, data_dir: Opti
     return evaluate_model(load_checkpoint(path), dataset, data_dir, batch_size, source=str(path))
 
 
-def few_names(names) -> str:
-    """The first five names of a list, and how many there are: enough to tell two class lists apart in an error."""
-    return ", ".join(names[:5]) + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
-
-
 def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Optional[str] = None,
                    batch_size: int = 256, source: str = "the model") -> dict:
     """:func:`evaluate_checkpoint` of a model already loaded (``source`` names it in errors and the result)."""
@@ -68,7 +64,7 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
     if split.class_names is not None:  # an image folder: its folders are the classes
         names = cfg.class_names if cfg is not None else None
         if names and tuple(names) != split.class_names:
-            raise ValueError(f"{source} has the classes {few_names(names)} but {root} has {few_names(split.class_names)}: "
+            raise ValueError(f"{source} has the classes {few(names)} but {root} has {few(split.class_names)}: "
                              "its labels would not mean the same; evaluate it on the folders it was trained on")
         if classes is not None and classes != len(split.class_names):
             raise ValueError(f"{source} predicts {classes} classes but {root} has {len(split.class_names)}")
@@ -95,5 +91,5 @@ def _check_same_inputs(model: nn.Module, cfg, spec, source: str) -> None:
                          f"{spec.name!r} has {'x'.join(map(str, wanted))} images")
     names = cfg.class_names if cfg is not None else None
     if names and spec.class_names and tuple(names) != tuple(spec.class_names):
-        raise ValueError(f"{source} has the classes {few_names(names)} but {spec.name!r} has {few_names(spec.class_names)}: its "
+        raise ValueError(f"{source} has the classes {few(names)} but {spec.name!r} has {few(spec.class_names)}: its "
                          f"labels would not mean the same; evaluate it on {cfg.dataset or 'the data set it was trained on'}")

@@ -16,6 +16,7 @@ import torch
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.format import file_sha256, is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
+from bitnetcnn.messages import few
 from bitnetcnn.models.classifier import classifier_name
 from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, same_model_arg
 from bitnetcnn.nn import ActQuantizer, model_form
@@ -95,8 +96,8 @@ def load_init_weights(model: torch.nn.Module, path: str, class_names=None, image
     missing = [k for k in result.missing_keys if k not in fresh]
     unexpected = [k for k in result.unexpected_keys if k not in dropped]
     if missing or unexpected:
-        raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {missing[:5]}, "
-                            f"unexpected {unexpected[:5]}")
+        raise SettingsError(f"--init {path} does not fit {ours['name']}: missing {few(missing) or 'nothing'}, "
+                            f"unexpected {few(unexpected) or 'nothing'}")
     _rescale_to_own_bits(model, source)
 
 

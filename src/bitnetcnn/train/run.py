@@ -26,12 +26,12 @@ from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.data.datamodule import ImageDataModule
+from bitnetcnn.messages import few
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import model_form
 from bitnetcnn.quiet import quiet_loggers
 from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHint, ValidateEvery
 from bitnetcnn.train.distill import TeacherEnsemble
-from bitnetcnn.train.evaluate import few_names
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
 from bitnetcnn.train.fine_tune import init_metadata, init_normalization, load_init_weights, teacher_metadata
 from bitnetcnn.train.module import BitClassifier
@@ -79,8 +79,8 @@ def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path
                                 "distill from a teacher trained on the same data set")
     if cfg is not None and cfg.class_names and class_names and tuple(cfg.class_names) != tuple(class_names):
         differ = [f"{i}: {a} / {b}" for i, (a, b) in enumerate(zip(cfg.class_names, class_names)) if a != b]
-        raise SettingsError(f"teacher {path} names its classes otherwise than this data set ({', '.join(differ[:3])}"
-                            f"{', ...' if len(differ) > 3 else ''}): its labels would teach the wrong classes")
+        raise SettingsError(f"teacher {path} names its classes otherwise than this data set ({few(differ, 3)}): "
+                            "its labels would teach the wrong classes")
     if model_form(teacher) == "bit":
         print(f"note: teacher {path} is itself a Bit model; a full-precision teacher (--quant fp) usually helps more",
               file=sys.stderr)
@@ -243,8 +243,8 @@ def _check_resumed_classes(out: Path, class_names) -> None:
     header = native_header(best) if class_names is not None and best.is_file() else None
     trained = (header or {}).get("class_names")
     if trained and list(trained) != list(class_names):
-        raise SettingsError(f"--resume: the run trained on the classes {few_names(trained)} ({best}), but the data "
-                            f"has {few_names(list(class_names))}: give --data-dir the folders the run trained on")
+        raise SettingsError(f"--resume: the run trained on the classes {few(trained)} ({best}), but the data "
+                            f"has {few(list(class_names))}: give --data-dir the folders the run trained on")
 
 
 def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
