@@ -229,6 +229,28 @@ def test_amp_on_a_cpu_without_bf16_arithmetic_warns(monkeypatch, capsys, native_
     assert capsys.readouterr().err == ""
 
 
+def test_an_amp_run_validates_its_ternary_model_in_float32_as_its_saved_file_is_evaluated(tmp_path, monkeypatch):
+    """Validation ran the ternary model under bf16 autocast: results.json and the file's header said 83.10%, and
+    ``bitnetcnn eval`` of the same file (float32, as deployed) 82.95%; the best epoch was chosen by bf16 figures."""
+    from bitnetcnn.train import module
+
+    seen = set()
+    convert = module.convert_to_ternary
+
+    def spied(model):
+        ternary = convert(model)
+        ternary.register_forward_pre_hook(lambda m, args: seen.add((torch.is_autocast_enabled("cpu"), args[0].dtype)))
+        return ternary
+
+    monkeypatch.setattr(module, "convert_to_ternary", spied)
+    run = tmp_path / "run"
+    results = train(TrainSettings(out=str(run), epochs=1, dataset="mnist_demo", batch_size=64, limit_train=256,
+                                  progress=False, amp=True, model_kwargs={"width": 8}))
+    assert seen == {(False, torch.float32)}
+    evaluated = evaluate_checkpoint(run / "best_ternary.bnc")
+    assert evaluated["top1"] == pytest.approx(results["best_ternary_acc"], abs=1e-6)
+
+
 def test_mixup_and_cutmix_touch_training_batches_only():
     module = BitClassifier("bitnet_cnn", 10, 1, mixup=0.2, cutmix=1.0)
     calls = []

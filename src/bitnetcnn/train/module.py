@@ -210,7 +210,10 @@ class BitClassifier(L.LightningModule):
         self.log("val_acc", self.val_acc1, prog_bar=True)
         self.log("val_acc5", self.val_acc5)
         if self._ternary is not None:
-            t_logits = self._ternary(x)
+            # in float32, outside --amp's autocast, as `bitnetcnn eval` and deployment run the saved file: the
+            # accuracy recorded for it, and the best epoch chosen by it, are the file's own
+            with torch.autocast(x.device.type, enabled=False):
+                t_logits = self._ternary(x.float())
             self.ternary_acc1(t_logits, y)
             self.ternary_acc5(t_logits, y)
             self.log("ternary_acc", self.ternary_acc1, prog_bar=True)
