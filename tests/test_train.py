@@ -1093,8 +1093,8 @@ def test_a_budget_raised_after_epoch_1_and_killed_before_its_checkpoint_records_
                         most, done: 2 if done == 1 else 3)
     written = run_module.write_settings
 
-    def killed_after_the_second_decision(out, settings):
-        written(out, settings)
+    def killed_after_the_second_decision(out, settings, **record):
+        written(out, settings, **record)
         if settings.epochs == 3:
             raise Killed
 
@@ -1103,11 +1103,39 @@ def test_a_budget_raised_after_epoch_1_and_killed_before_its_checkpoint_records_
         m.setattr(run_module, "write_settings", killed_after_the_second_decision)
         with pytest.raises(Killed):
             train(TrainSettings(out=str(run), epochs=20, time_budget=30, **QUICK))
-    assert json.loads((run / "args.json").read_text())["epochs"] == 3
+        assert json.loads((run / "args.json").read_text())["epochs"] == 3
+        with pytest.raises(Killed):  # and the resume killed too, before its first checkpoint
+            train(TrainSettings(out=str(run), progress=False), resume=True)
     train(TrainSettings(out=str(run), progress=False), resume=True)
     assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
     command = json.loads((run / "results.json").read_text())["command"]
     assert command.endswith("  # the time budget gave 3 epochs"), command
+
+
+def test_a_resume_extending_the_run_killed_before_its_first_checkpoint_is_still_recorded_as_extended(tmp_path,
+                                                                                                     monkeypatch):
+    """`--resume --epochs 3` writes args.json before its first last.ckpt: killed between the two, the resume that
+    finished the run (the command its hint prints) recorded the run as `--epochs 2`, with no word of the third
+    epoch: a recipe that gives another model."""
+    import bitnetcnn.train.run as run_module
+
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=2, **QUICK))
+    written = run_module.write_settings
+
+    def killed_after_writing(out, settings, **record):
+        written(out, settings, **record)
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "write_settings", killed_after_writing)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(run), epochs=3, progress=False), resume=True, given={"epochs"})
+    assert json.loads((run / "args.json").read_text())["epochs"] == 3
+    train(TrainSettings(out=str(run), progress=False), resume=True)
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1, 2]
+    command = json.loads((run / "results.json").read_text())["command"]
+    assert command.endswith("  # resumed with --epochs 3"), command
 
 
 def test_compile_wraps_the_training_forward_only_and_never_a_copy_of_another_model():

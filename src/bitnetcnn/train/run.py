@@ -37,7 +37,7 @@ from bitnetcnn.train.fine_tune import init_metadata, init_normalization, load_in
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, check_resumed_images,
                                         check_resumed_model, check_resumed_processes, default_out, first_process,
-                                        hold_run_folder, read_resume_record, read_run_record, resumed_settings,
+                                        hold_run_folder, length_before_resume, read_resume_record, resumed_settings,
                                         write_settings)
 from bitnetcnn.train.run_recorder import RunRecorder
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
@@ -282,7 +282,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
                             "start it again without --resume")
     if resume:
-        length_before = read_run_record(out / "args.json")["epochs"]  # before this command writes it
+        length_before = length_before_resume(out)  # before this command writes args.json
         record = read_resume_record(last)
         module.check_resumed_teacher(record, last)  # before args.json records a teacher given in its place
         check_resumed_model(record, module, last)
@@ -324,7 +324,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         out.mkdir(parents=True, exist_ok=True)
         with hold_run_folder(out, resume, picked) if trainer.is_global_zero else contextlib.nullcontext():
             if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
-                write_settings(out, s)
+                write_settings(out, s, budget_gave=length_before if resume and s.epochs == length_before else None)
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     _leave_process_group()
     results_path = out / "results.json"
@@ -411,7 +411,7 @@ def _record_decided(s: TrainSettings, out: Path, recorder: RunRecorder, epochs: 
     decided). Module-level, not a closure: ``--strategy ddp_spawn`` pickles the callbacks."""
     recorder.budget_decided(epochs)
     if rank_zero_only.rank == 0:
-        write_settings(out, replace(s, epochs=epochs, time_budget=None))
+        write_settings(out, replace(s, epochs=epochs, time_budget=None), budget_gave=epochs)
 
 
 def _print_outcome(s: TrainSettings, out: Path, results: dict, recorder: RunRecorder) -> None:

@@ -107,9 +107,27 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
     return replace(saved, out=s.out, progress=progress, **changes)
 
 
-def write_settings(out: Path, s: TrainSettings) -> None:
-    """args.json, replaced atomically: a run killed while writing it keeps the previous one, and can resume."""
-    write_atomically(out / "args.json", json.dumps(asdict(s), indent=2) + "\n")
+# args.json's record that its epochs are what the time budget gave (not a `--resume --epochs` of the user's)
+BUDGET_GAVE_KEY = "time_budget_gave"
+
+
+def write_settings(out: Path, s: TrainSettings, budget_gave: Optional[int] = None) -> None:
+    """args.json, replaced atomically: a run killed while writing it keeps the previous one, and can resume.
+    ``budget_gave``: the epochs are the time budget's decision (:func:`length_before_resume`)."""
+    record = asdict(s)
+    if budget_gave is not None:
+        record[BUDGET_GAVE_KEY] = budget_gave
+    write_atomically(out / "args.json", json.dumps(record, indent=2) + "\n")
+
+
+def length_before_resume(out: Path) -> Optional[int]:
+    """The run's length before a resume where args.json knows it better than last.ckpt: the time budget's decision
+    reaches args.json before the epoch's checkpoint, so a run killed between the two has its real length there.
+    None otherwise: a longer args.json then comes from a `--resume --epochs N` killed before its first checkpoint,
+    and N still extends the run."""
+    saved = read_run_record(out / "args.json")
+    gave = saved.get(BUDGET_GAVE_KEY)
+    return gave if gave is not None and gave == saved.get("epochs") else None
 
 
 # What last.ckpt records for the resume's checks (BitClassifier writes them): which teacher the run distils from, and

@@ -140,9 +140,10 @@ class RunRecorder(L.Callback):
         decided within, not an extension of what it gave."""
         self.epochs, self.extended = epochs, None
 
-    def resumed(self, length: int) -> None:
-        """The run's length before this resume, as its args.json says: a time budget's decision reaches args.json
-        before last.ckpt, so a run killed between the two has a longer one there than the checkpoint's."""
+    def resumed(self, length: int | None) -> None:
+        """The run's length before this resume where args.json holds the time budget's decision (it reaches args.json
+        before last.ckpt, so a run killed between the two has a longer one there than the checkpoint's); None: the
+        checkpoint's own (``run_folder.length_before_resume``)."""
         self._length_before = length
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
