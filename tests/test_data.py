@@ -203,7 +203,8 @@ def test_imagefolder_numbers_the_classes_of_train_in_both_splits(tmp_path):
     assert evaluate_checkpoint(str(tmp_path / "run" / "best_ternary.bnc"), data_dir=str(other))["images"] == 2
     (other / "val" / "fox").mkdir()
     Image.new("RGB", (20, 20), (10, 20, 30)).save(other / "val" / "fox" / "a.png")
-    with pytest.raises(ValueError, match=r"val has class folders that the model's classes lack \(fox\)"):
+    with pytest.raises(ValueError, match=r"val has class folders that the model's classes lack \(fox\): it never learnt "
+                                         r"them; remove them from val/, or evaluate a model trained on them"):
         evaluate_checkpoint(str(tmp_path / "run" / "best_ternary.bnc"), data_dir=str(other))
     (tmp_path / "val" / "fox").mkdir()
     with pytest.raises(ValueError, match=r"val has class folders that .*train lacks \(fox\): no model learns"):

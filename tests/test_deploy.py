@@ -594,6 +594,7 @@ def test_bench_refuses_more_threads_than_cpus_and_skips_what_a_float_model_lacks
     report = json.loads(out.read_text())
     assert set(report["results"][0]["variants"]) == {"fp32_eager"}
     assert any(note.startswith("deploy_onnxruntime") and "skipped" in note for note in report["notes"])
+    assert not any("compile(backend='auto')" in note for note in report["notes"])  # compile refuses this model
 
 
 def test_bench_of_one_deploy_backend_does_not_claim_what_auto_picks(tmp_path, capsys):

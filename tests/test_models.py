@@ -242,18 +242,22 @@ def test_summary_measures_a_model_at_the_size_it_was_built_for():
     assert built.input_size == (3, 128, 128)
 
 
-@pytest.mark.parametrize("act_bits", [None, 8])
+@pytest.mark.parametrize("act_bits", [None, 8, "fp"])
 @pytest.mark.parametrize("name, kwargs", [("bitnet_cnn", dict(width=8)), ("bit_mobilenetv2", dict(width_mult=0.25)),
                                           ("bit_resnet18", {})])
-def test_a_converted_model_scripts_and_computes_the_same(name, kwargs, act_bits):
+def test_a_converted_model_or_a_full_precision_twin_scripts_and_computes_the_same(name, kwargs, act_bits):
     """BitNetCNN and MobileNetV2 without activation quantizers did not script: TorchScript knew no ActQuantizer
-    for the shortcut's isinstance (the README says whole models script, ConvNeXt-V2 aside)."""
+    for the shortcut's isinstance; their full-precision twins did not either ("Module 'Conv2d' has no attribute
+    'act_quant'"). The README says converted models and full-precision twins script, ConvNeXt-V2 aside."""
     import warnings
 
     from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 
     torch.manual_seed(0)
-    model = convert_to_ternary(create_model(name, act_bits=act_bits, **kwargs).eval())
+    if act_bits == "fp":
+        model = create_model(name, quant="fp", **kwargs).eval()
+    else:
+        model = convert_to_ternary(create_model(name, act_bits=act_bits, **kwargs).eval())
     x = torch.randn(2, *input_size_of(model))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation

@@ -273,10 +273,11 @@ def imagefolder_reader(size: int, channels: int = 3,
                            "root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
         unknown = [c for c in _class_folders(split_dir) if c not in classes]
         if unknown:
-            lacking = "the model's classes lack" if class_names else f"{train_dir} lacks"
-            raise ValueError(f"{split_dir} has class folders that {lacking} ({few(unknown)}): no model learns a "
-                             "class it never saw; give "
-                             "each class of val/ a folder in train/")
+            if class_names:  # evaluating a trained model: train/ is not read
+                raise ValueError(f"{split_dir} has class folders that the model's classes lack ({few(unknown)}): it "
+                                 "never learnt them; remove them from val/, or evaluate a model trained on them")
+            raise ValueError(f"{split_dir} has class folders that {train_dir} lacks ({few(unknown)}): no model learns "
+                             "a class it never saw; give each class of val/ a folder in train/")
         if len(classes) < 2:
             raise ValueError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs two or more")
         paths, labels = [], []

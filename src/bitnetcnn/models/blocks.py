@@ -100,11 +100,14 @@ class InvertedResidual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.use_residual:
             return self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
-        if self.quantize_shortcut:
-            # With 8-bit activations the shortcut adds the input as the expansion quantizes it, and the branch as
-            # its own quantizer does: the two tensors the int8 graph adds (docs/deploy.md). Quantizing the input
-            # twice on one grid changes nothing; the running scale moves once, in the expansion's own forward.
-            quantizer = self.conv_pw_exp.conv.act_quant  # an Identity once deployment strips the quantizers
-            # hasattr, not isinstance: TorchScript resolves it while compiling, and scripts the branch taken only
-            x = quantizer.quantize(x) if hasattr(quantizer, "quantize") else quantizer(x)
+        conv = self.conv_pw_exp.conv
+        # hasattr, not isinstance: TorchScript resolves it while compiling, and scripts the branch taken only (a
+        # full-precision twin's nn.Conv2d has no act_quant)
+        if hasattr(conv, "act_quant"):
+            if self.quantize_shortcut:
+                # With 8-bit activations the shortcut adds the input as the expansion quantizes it, and the branch
+                # as its own quantizer does: the two tensors the int8 graph adds (docs/deploy.md). Quantizing the
+                # input twice on one grid changes nothing; the running scale moves once, in the expansion's forward.
+                quantizer = conv.act_quant  # an Identity once deployment strips the quantizers
+                x = quantizer.quantize(x) if hasattr(quantizer, "quantize") else quantizer(x)
         return x + self.conv_pw(self.conv_dw(self.conv_pw_exp(x)))
