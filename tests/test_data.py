@@ -485,6 +485,18 @@ def test_a_partly_unzipped_tiny_imagenet_is_refused(tmp_path):
     assert get_dataset_spec("tiny_imagenet").read(tmp_path, True).labels.tolist() == [0, 1, 2]
     with pytest.raises(DatasetNotFoundError, match=r"val_annotations.txt"):
         get_dataset_spec("tiny_imagenet").read(tmp_path, False)
+    # an image the annotations list that is not there was called damaged; a class not in wnids.txt a bare KeyError
+    (base / "val" / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(base / "val" / "images" / "val_0.JPEG")
+    (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t1\t1\nval_1.JPEG\tn02\t0\t0\t1\t1\n")
+    with pytest.raises(DatasetNotFoundError, match=r"lists 1 image absent from .*images \(val_1.JPEG\): unzip"):
+        get_dataset_spec("tiny_imagenet").read(tmp_path, False)
+    (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t1\t1\n")
+    with pytest.raises(ValueError, match=r"val_annotations.txt line 1 labels val_0.JPEG 'n99', which is not among "
+                                         r"the classes of .*wnids.txt"):
+        get_dataset_spec("tiny_imagenet").read(tmp_path, False)
+    (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t1\t1\n")
+    assert get_dataset_spec("tiny_imagenet").read(tmp_path, False).labels.tolist() == [1]
 
 
 def test_imagefolder_reads_the_subfolders_of_a_class_and_names_a_damaged_picture(tmp_path):
@@ -498,6 +510,20 @@ def test_imagefolder_reads_the_subfolders_of_a_class_and_names_a_damaged_picture
     bad.write_bytes(bad.read_bytes()[:200])
     with pytest.raises(ValueError, match=r"cut.jpg is damaged or not the expected file .*an image file"):
         get_dataset_spec("imagefolder", 8).read(tmp_path, True)
+
+
+def test_imagefolder_follows_a_linked_subfolder_of_a_class_once_as_imagefolder_does(tmp_path):
+    """Path.rglob skipped a class's linked subfolder (a second batch of pictures kept elsewhere): the run trained on
+    fewer pictures with another class balance than torchvision's ImageFolder reads, without a word."""
+    from torchvision.datasets import ImageFolder
+
+    _image_tree(tmp_path, {"cat": 1, "dog": 1}, "train")
+    _image_tree(tmp_path / "elsewhere", {"batch2": 3}, "train")
+    (tmp_path / "train" / "cat" / "batch2").symlink_to(tmp_path / "elsewhere" / "train" / "batch2")
+    (tmp_path / "train" / "dog" / "loop").symlink_to(tmp_path / "train" / "dog")  # read once, not forever
+    split = get_dataset_spec("imagefolder", 8).read(tmp_path, True)
+    assert split.labels.tolist() == [0, 0, 0, 0, 1]
+    assert sorted(label for _, label in ImageFolder(str(tmp_path / "train")).samples)[:4] == [0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -47,6 +47,19 @@ def test_other_sizes_are_resized_on_the_shorter_side_and_centre_cropped():
     assert torch.allclose(out, centre.expand(3, 32, 32), atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(32, 64), (64, 32)])
+def test_a_weight_of_a_non_square_input_size_gets_the_picture_cropped_never_padded_with_black(size):
+    """A 3x32x64 weight's transforms() resized a square photo's shorter side to 32 and cropped 64 wide from 32: half
+    the input black, without a word."""
+    from bitnetcnn.images import fit_to_size
+
+    photo = torch.full((3, 100, 100), 200, dtype=torch.uint8)
+    out = fit_to_size(photo, *size)
+    assert tuple(out.shape) == (3, *size) and bool((out == 200).all())
+    wide = torch.full((3, 50, 200), 7, dtype=torch.uint8)  # wider than the size: cropped at the sides
+    assert bool((fit_to_size(wide, *size) == 7).all())
+
+
 def test_a_grey_photo_gets_the_channels_of_a_colour_model_and_a_batch_stays_a_batch():
     grey = Image.fromarray(np.full((32, 32), 128, dtype=np.uint8))
     assert CIFAR_CFG.transforms()(grey).shape == (3, 32, 32)

@@ -131,6 +131,19 @@ def test_train_writes_a_complete_run_folder_and_is_repeatable(tmp_path):
     assert again["param_checksums"] == results["param_checksums"]
 
 
+def test_a_run_converted_without_its_best_model_keeps_the_runs_own_normalization(tmp_path):
+    """Without best_ternary.bnc (deleted, not copied, or a --save-every checkpoint before the first validation),
+    convert recorded the data set's mean and std, not the run's --mean/--std: eval, predict and export then fed the
+    model inputs normalized otherwise than it was trained on."""
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, mean=[0.5], std=[0.25], **QUICK))
+    assert load_checkpoint(run / "best_ternary.bnc").pretrained_cfg.mean == (0.5,)
+    (run / "best_ternary.bnc").unlink()
+    assert main(["convert", str(run / "last.ckpt"), "-o", str(tmp_path / "t.bnc")]) == 0
+    cfg = load_checkpoint(tmp_path / "t.bnc").pretrained_cfg
+    assert (cfg.dataset, cfg.mean, cfg.std) == ("mnist_demo", (0.5,), (0.25,))
+
+
 def test_the_command_line_defaults_are_the_settings_defaults():
     """`bitnetcnn train` and `train(TrainSettings())` train the same demo: the defaults live in two places."""
     from dataclasses import fields

@@ -83,10 +83,17 @@ def _opaque(image):
 
 
 def fit_to_size(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``(..., C, H, W)`` images at ``height`` x ``width``: the shorter side resized to the smaller of the two, then
-    the centre cropped; images at that size already come back as they are."""
+    """``(..., C, H, W)`` images at ``height`` x ``width``: resized to cover both sides (for a square size, the shorter
+    side to it, as torchvision's ``Resize(size)``), then the centre cropped; images at that size already come back as
+    they are. Resizing the shorter side to the smaller of a non-square size left the crop larger than the image, which
+    ``center_crop`` filled with black."""
     if tuple(x.shape[-2:]) == (height, width):
         return x
     from torchvision.transforms.v2 import functional as F
 
-    return F.center_crop(F.resize(x, min(height, width), antialias=True), [height, width])
+    if height == width:
+        return F.center_crop(F.resize(x, height, antialias=True), [height, width])
+    h, w = x.shape[-2:]
+    scale = max(height / h, width / w)
+    covering = [max(height, int(h * scale)), max(width, int(w * scale))]
+    return F.center_crop(F.resize(x, covering, antialias=True), [height, width])

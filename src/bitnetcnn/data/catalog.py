@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from bitnetcnn import class_names
@@ -44,6 +44,16 @@ class DatasetSpec:
                              f"its {classes} classes are numbered 0 to {classes - 1}: the files hold other labels "
                              "(1-based ones, or another data set's)")
         return split
+
+    def normalized_by(self, mean=None, std=None) -> "DatasetSpec":
+        """This spec with the normalization a run gives (``--mean``/``--std``, a value a channel; None keeps the data
+        set's), which its checkpoints then record."""
+        for name, values in (("mean", mean), ("std", std)):
+            if values is not None and len(values) != self.in_chans:
+                raise ValueError(f"--{name} has {len(values)} value{'s' * (len(values) != 1)} but {self.name!r} has "
+                                 f"{self.in_chans} channel{'s' * (self.in_chans != 1)}: give one a channel")
+        return replace(self, mean=tuple(self.mean if mean is None else mean),
+                       std=tuple(self.std if std is None else std))
 
     def input_metadata(self) -> dict:
         """What a checkpoint of a model trained on this data set records of its inputs (``save_checkpoint``'s

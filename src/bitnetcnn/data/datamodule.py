@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 import itertools
 from typing import Callable
@@ -84,16 +83,6 @@ class EachImageOnce(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
-def _normalized(spec: DatasetSpec, mean, std) -> DatasetSpec:
-    """``spec`` with the normalization a run gives (``--mean``/``--std``, a value a channel), which its checkpoints
-    then record."""
-    for name, values in (("mean", mean), ("std", std)):
-        if values is not None and len(values) != spec.in_chans:
-            raise ValueError(f"--{name} has {len(values)} value{'s' * (len(values) != 1)} but {spec.name!r} has "
-                             f"{spec.in_chans} channel{'s' * (spec.in_chans != 1)}: give one a channel")
-    return replace(spec, mean=tuple(spec.mean if mean is None else mean), std=tuple(spec.std if std is None else std))
-
-
 class ImageDataModule(L.LightningDataModule):
     """Train and test splits of a named data set; the test split doubles as validation (as in the seed)."""
 
@@ -121,7 +110,7 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.seed = seed  # of the training order (EpochShuffle)
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained in it) from a mid-epoch checkpoint
-        self.spec: DatasetSpec = _normalized(get_dataset_spec(dataset, img_size, in_chans=img_channels), mean, std)
+        self.spec: DatasetSpec = get_dataset_spec(dataset, img_size, in_chans=img_channels).normalized_by(mean, std)
         self.root = data_root(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)

@@ -6,6 +6,7 @@ keeps two CPU cores from starving the model.
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass, replace
@@ -228,11 +229,20 @@ def read_tiny_imagenet(root: Path, train: bool, download: bool) -> Split:
         annotations = base / "val" / "val_annotations.txt"
         if not annotations.is_file():
             raise _missing("tiny_imagenet", [annotations], "Unzip tiny-imagenet-200.zip again, whole.")
-        for line in annotations.read_text().splitlines():
+        for number, line in enumerate(annotations.read_text().splitlines(), 1):
             fields = line.split("\t")
             if len(fields) >= 2:
+                if fields[1] not in index:
+                    raise ValueError(f"{annotations} line {number} labels {fields[0]} {fields[1]!r}, which is not "
+                                     f"among the classes of {wnids_file}: the two files come from other archives; "
+                                     "unzip tiny-imagenet-200.zip again, whole")
                 paths.append(base / "val" / "images" / fields[0])
                 labels.append(index[fields[1]])
+        absent = [p for p in paths if not p.is_file()]
+        if absent:
+            raise _missing("tiny_imagenet", [absent[0]], f"{annotations} lists {len(absent)} image"
+                           f"{'s' * (len(absent) != 1)} absent from {base / 'val' / 'images'} "
+                           f"({few(p.name for p in absent)}): unzip tiny-imagenet-200.zip again, whole.")
     return replace(_stack(paths, labels, 64), class_names=tuple(wnids))  # WordNet ids, as its folders name them
 
 
@@ -243,8 +253,19 @@ def _image_files(folder: Path) -> list[Path]:
 
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    found, seen = [], set()
+    # os.walk following links as ImageFolder does (Path.rglob skips linked subfolders before Python 3.13), each real
+    # folder once: a link back up the tree would loop
+    for here, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [d for d in folders if not d.startswith(".")]
+        found += [Path(here) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMG_EXTENSIONS
+                  and (Path(here) / f).is_file()]
+    return sorted(found)
 
 
 def _class_folders(folder: Path) -> list[str]:

@@ -177,4 +177,5 @@ def _run_inputs(run: Path, args: dict) -> dict:
         return {}
     spec = get_dataset_spec(args["dataset"], int(args.get("img_size") or 64),
                             in_chans=int(args.get("img_channels") or 3))
-    return {"dataset": args["dataset"], **spec.input_metadata()}
+    # the run's own --mean/--std (or its --init's), as it normalized every image it trained on
+    return {"dataset": args["dataset"], **spec.normalized_by(args.get("mean"), args.get("std")).input_metadata()}
