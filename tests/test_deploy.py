@@ -594,7 +594,9 @@ def test_bench_refuses_more_threads_than_cpus_and_skips_what_a_float_model_lacks
     report = json.loads(out.read_text())
     assert set(report["results"][0]["variants"]) == {"fp32_eager"}
     assert any(note.startswith("deploy_onnxruntime") and "skipped" in note for note in report["notes"])
-    assert not any("compile(backend='auto')" in note for note in report["notes"])  # compile refuses this model
+    # compile refuses this model: bench names no backend it would pick (it said "picks auto")
+    assert not any("compile(backend='auto')" in note for note in report["notes"]) and report["auto_backend"] is None
+    assert "compile(backend='auto')" not in capsys.readouterr().out
 
 
 def test_bench_of_one_deploy_backend_does_not_claim_what_auto_picks(tmp_path, capsys):

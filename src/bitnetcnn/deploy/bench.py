@@ -220,7 +220,9 @@ def bench(
                 with torch.inference_mode():
                     timings = measure_backends({DEPLOY_VARIANTS[k]: models[k].runner for k in deploy}, size)
                 auto_backend, auto_reason = pick_faster(timings)
-        if auto_backend == "auto" and model_form(converted) != "float":  # no deploy pair timed: auto's pick unknown
+        if model_form(converted) == "float":  # compile refuses a model without ternary layers: no backend to pick
+            auto_backend = auto_reason = None
+        elif auto_backend == "auto":  # no deploy variant pair timed here: which one auto picks is not known
             notes.append("compile(backend='auto') would time onnxruntime against OpenVINO on this machine; bench "
                          "both deploy variants to see which it picks")
             auto_backend = auto_reason = None
