@@ -87,6 +87,18 @@ def test_round_trip_ternary_and_pow2_every_registered_model(name, tmp_path):
         assert any(getattr(m, "pow2", False) for m in loaded.modules()) == pow2
 
 
+def test_float32_power_of_two_layers_among_bfloat16_layers_come_back_float32(tmp_path):
+    """A power-of-two layer's dtype was written only when not float32, and a file without it is read as its most
+    common dtype: float32 ternary layers among bf16 BatchNorms came back bf16, their biases rounded."""
+    model = convert_to_ternary_p2(create_model("bitnet_cnn", width=8).eval())
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.to(torch.bfloat16)
+    loaded = bitnetcnn.load_checkpoint(bitnetcnn.save_checkpoint(model, tmp_path / "mixed.bnc"))
+    for key, value in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == value.dtype and torch.equal(loaded.state_dict()[key], value), key
+
+
 @pytest.mark.parametrize("quant", ["ternary", "fp"])
 def test_round_trip_bit_and_float_models(quant, tmp_path):
     model = create_model("bitnet_cnn", quant=quant, act_bits=8 if quant == "ternary" else None)

@@ -175,6 +175,10 @@ def test_shipped_weights_match_their_registry_object():
         for field in ("model", "model_kwargs", "dataset", "input_size", "mean", "std", "num_classes", "top1", "top5"):
             assert getattr(own, field) == getattr(w, field), field
         assert own.command == w.command
+        # every stage, the teachers' included (MobileNetV2's object left out the ResNet-18's four); the object may
+        # complete what an older header lacks (MNIST's first command without --out, its time and hardware)
+        assert len(own.training) == len(w.training), w.name
+        assert all(published.command.startswith(step.command) for step, published in zip(own.training, w.training))
 
 
 def test_an_entry_without_weights_builds_the_architecture_of_its_published_weights():
@@ -269,7 +273,34 @@ def test_a_new_classifier_drops_the_files_identity_and_figures():
     model = hub.load("bitnet_mnist", pretrained=True, num_classes=5, ternary=False)
     cfg = model.pretrained_cfg
     assert (cfg.file, cfg.sha256, cfg.file_size, cfg.top1, cfg.num_classes) == (None, None, None, None, 5)
+    assert cfg.name == "bitnet_cnn"  # not the published bitnet_mnist.mnist it no longer is
     assert getattr(model, "checkpoint_header", None) is None  # it described the file's 10-class head
+
+
+def test_a_state_dict_that_fits_no_entry_arguments_says_which_were_tried_and_what_to_pass(tmp_path):
+    """torch's key list, cut at 500 characters, was all it said: not that the entry had added act_bits=8, nor that a
+    state dict needs the arguments of the model that saved it."""
+    path = tmp_path / "sd.pt"
+    torch.save(create_model("bit_mobilenetv2", act_bits=4, width_mult=0.5).state_dict(), path)
+    with pytest.raises(bitnetcnn.CheckpointError, match=r"built as bit_mobilenetv2 with act_bits=8, width_mult=0.5 "
+                       r"\(act_bits: the entry's default\), and without the entry's defaults: a state dict does not "
+                       r"record its architecture; pass the create_model keywords of the model that saved it"):
+        hub.load("bitnet_mobilenetv2", checkpoint_path=path, ternary=False, width_mult=0.5)
+    model = hub.load("bitnet_mobilenetv2", checkpoint_path=path, ternary=False, width_mult=0.5, act_bits=4)
+    assert model.model_args["act_bits"] == 4
+
+
+def test_power_of_two_scales_drop_the_published_files_identity_header_and_figures():
+    """docs/hub.md's own example: the pow2 model kept the published file's name, sha256 and header (99.63%,
+    pow2 False), and an ONNX export of it carried them, though its logits moved by up to 16."""
+    bit = hub.load("bitnet_mnist", pretrained=True, ternary=False)
+    p2 = bitnetcnn.convert_to_ternary_p2(bit)
+    cfg = p2.pretrained_cfg
+    assert (cfg.name, cfg.file, cfg.sha256, cfg.file_size, cfg.top1, cfg.top5) == ("bitnet_cnn",) + (None,) * 5
+    assert cfg.dataset == "mnist" and cfg.mean == hub.BITNET_MNIST.mean and cfg.model_kwargs["pow2"] is True
+    assert cfg.training == hub.BITNET_MNIST.training  # how the weights it came from were trained stays
+    assert getattr(p2, "checkpoint_header", None) is None
+    assert hub.load("bitnet_mnist", pretrained=True).pretrained_cfg == hub.BITNET_MNIST  # the published one as it was
 
 
 def test_a_keyword_no_model_takes_gets_create_models_words_not_advice_to_train_it(mnist_checkpoint):

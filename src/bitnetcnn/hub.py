@@ -248,16 +248,24 @@ def _load_other_format(path, spec: HubEntry, kwargs: dict) -> nn.Module:
     """A seed zip or a state_dict, built with the entry's arguments (those of the weights published for it) and the
     caller's; where the entry's own do not fit the file (the seed's MobileNetV2 has float activations, the entry's
     published weights 8-bit ones), with the caller's alone, as the file's format infers the rest."""
+    args = {**spec.kwargs, **kwargs}
     try:
-        return load_checkpoint(path, model_name=spec.model, **{**spec.kwargs, **kwargs})
+        return load_checkpoint(path, model_name=spec.model, **args)
     except CheckpointError as error:
         first = error
-    if set(spec.kwargs) <= set(kwargs):  # the caller asked for the entry's arguments
-        raise first
-    try:
-        return load_checkpoint(path, model_name=spec.model, **kwargs)
-    except CheckpointError:
-        raise first from None  # the file against the entry's arguments: what the caller asked for
+    if not set(spec.kwargs) <= set(kwargs):  # the entry added arguments of its own: try the caller's alone
+        try:
+            return load_checkpoint(path, model_name=spec.model, **kwargs)
+        except CheckpointError:
+            pass
+    # the file against the entry's arguments (what the caller asked for), and what to do: a state dict does not
+    # say which arguments built the model that saved it
+    tried = ", ".join(f"{k}={v!r}" for k, v in args.items()) or "no arguments"
+    added = ", ".join(k for k in spec.kwargs if k not in kwargs)
+    defaults = f" ({added}: the entry's default), and without the entry's defaults" if added else ""
+    raise CheckpointError(first.path, f"{first.reason} [built as {spec.model} with {tried}{defaults}: a state dict "
+                                      "does not record its architecture; pass the create_model keywords of the model "
+                                      "that saved it]") from None
 
 
 def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bool = True,
@@ -307,9 +315,8 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
         header = None  # the file's header describes its own classifier, no longer this model's
         vars(model).pop("checkpoint_header", None)
         if cfg is not None:  # same inputs, new untrained classes: the file's figures and identity no longer apply
-            cfg = dataclasses.replace(cfg, dataset=None, num_classes=num_classes, class_names=None, top1=None,
-                                      top5=None, test_images=None, file=None, url=None, file_size=None, sha256=None,
-                                      model_kwargs={**cfg.model_kwargs, "num_classes": num_classes})
+            cfg = cfg.derived(dataset=None, num_classes=num_classes, class_names=None,
+                              model_kwargs={**cfg.model_kwargs, "num_classes": num_classes})
     if header is not None:
         model.checkpoint_header = header
     if cfg is not None:

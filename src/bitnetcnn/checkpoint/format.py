@@ -101,9 +101,9 @@ def _input_metadata(model: nn.Module, args: dict, cfg, metadata: dict) -> dict:
 
 
 def _pow2_dtype(layer: nn.Module) -> dict:
-    """``{"dtype": name}`` for a power-of-two layer in another dtype than float32, else nothing."""
-    dtype = str(layer.weight.dtype).removeprefix("torch.")
-    return {"dtype": dtype} if layer.pow2 and dtype != "float32" else {}
+    """``{"dtype": name}`` for a power-of-two layer (its exponents do not say it; float32 too, which a file without
+    the key would read as its most common dtype: a float32 layer among bf16 BatchNorms came back bf16), else nothing."""
+    return {"dtype": str(layer.weight.dtype).removeprefix("torch.")} if layer.pow2 else {}
 
 
 def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:

@@ -85,6 +85,13 @@ class PretrainedCfg:
         base = self.hub_entry or self.model
         return f"{base}.{self.tag}" if self.tag else base
 
+    def derived(self, **changes) -> "PretrainedCfg":
+        """The metadata of a model made from these weights that computes otherwise (a new classifier, power-of-two
+        scales): its inputs and training history stay; the published file's identity (tag, hub entry, file, url,
+        size, sha256) and the accuracy measured on it go, so neither the model nor an export of it claims them."""
+        return replace(self, tag=None, hub_entry=None, file=None, url=None, file_size=None, sha256=None, top1=None,
+                       top5=None, test_images=None, **changes)
+
     @property
     def command(self) -> Optional[str]:
         """The last training command: the one that made these weights."""

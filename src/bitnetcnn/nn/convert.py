@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import warnings
 from typing import Callable, Iterable, Optional
@@ -133,9 +132,10 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
         trained_pow2 = converted.model_args.get("pow2")
         converted.model_args = {**converted.model_args, "pow2": True}
         weights = getattr(converted, "pretrained_cfg", None)
-        if dataclasses.is_dataclass(weights) and not trained_pow2:  # its accuracy was measured with other scales
-            converted.pretrained_cfg = dataclasses.replace(
-                weights, top1=None, top5=None, test_images=None, model_kwargs={**weights.model_kwargs, "pow2": True})
+        if not trained_pow2:  # other scales than the file's: its accuracy and identity no longer describe the model
+            vars(converted).pop("checkpoint_header", None)
+            if hasattr(weights, "derived"):  # a PretrainedCfg (the checkpoint floor's, above this one)
+                converted.pretrained_cfg = weights.derived(model_kwargs={**weights.model_kwargs, "pow2": True})
     unset = [name for name, m in converted.named_modules() if isinstance(m, ActQuantizer) and not m.running_scale > 0]
     if count and unset:  # each batch's own absmax: an image's answer would depend on the images beside it
         warnings.warn(

@@ -3,6 +3,7 @@ of torchvision's ``Weights``, kept beside the files they describe). A hub entry 
 ``SEED_ENTRIES``); ``scripts/publish_weight.py`` writes a file here and prints its ``PretrainedCfg`` for this module.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from bitnetcnn import class_names
@@ -93,7 +94,7 @@ BITNET_RESNET18_CIFAR100 = PretrainedCfg(
 )
 
 
-# Seven CPU stages (docs/recipes.md): a 20-epoch bf16 run, 2 epochs fine-tuned with 8-bit activations, an 18-epoch
+# The ResNet-18 above's four GPU runs (it taught the last stages), then seven CPU stages (docs/recipes.md): a 20-epoch bf16 run, 2 epochs fine-tuned with 8-bit activations, an 18-epoch
 # warm restart, 16 epochs distilled from the ResNet-18 published then (75.64%), 14 more distilled from the 78.56%
 # one, 10 more at a quarter of that rate (62.19%, which did not deploy: 97.72%), and 2 at 0.001 (deploys at 99.75%).
 # Each --init/--teacher path names the file published at that time, replaced since.
@@ -109,6 +110,10 @@ BITNET_MOBILENETV2_CIFAR100 = PretrainedCfg(
     file_size=782258,
     sha256="c7dc3316908e7bf6cecb267919f8a276f8c836060a181d3cdd29b8822bd67796",
     training=(
+        # what made the teacher of its last stages (the published ResNet-18), first, as the file's header records
+        *BITNET_RESNET18_CIFAR100.training[:-1],
+        replace(BITNET_RESNET18_CIFAR100.training[-1], command=BITNET_RESNET18_CIFAR100.training[-1].command
+                + "; the teacher bitnet_resnet18.bnc (sha256 a3e21897012f...)"),
         TrainingStep("bitnetcnn train --model bit_mobilenetv2 --dataset cifar100 --epochs 40 --time-budget 100 "
                      "--batch-size 256 --optimizer sgd --lr 0.15 --wd 5e-4 --warmup-epochs 1 --label-smoothing 0.1 "
                      "--amp --accelerator cpu --val-every 2 --no-progress --out runs/mnv2-bf16  # the time budget "
