@@ -914,6 +914,57 @@ def test_a_ternary_layer_used_twice_deploys_in_int8():
         assert _agreement(ternary(x), deployed(x)) >= 0.95
 
 
+class _AttributeLayers(nn.Module):
+    """conv1/bn1 as attributes, as torchvision's ResNet holds them, and a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.bn1(self.conv1(x)).relu().mean((2, 3)))
+
+
+def test_an_8_bit_activation_model_folds_the_batchnorm_after_an_attribute_convolution_and_deploys_in_int8():
+    """torch.fx stepped into the TernaryLinear (its forward branches on its input) and the whole trace failed: no
+    BatchNorm was folded, and int8 compile refused the model (a bitified torchvision ResNet-18 too) with "the
+    exported weight is not codes * scale"."""
+    from bitnetcnn import bitify
+
+    torch.manual_seed(0)
+    bit = bitify(_AttributeLayers(), act_bits=8).train()
+    with torch.no_grad():
+        for _ in range(3):
+            bit(torch.randn(32, 3, 16, 16))
+    ternary = convert_to_ternary(bit.eval())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fold_batchnorm(ternary).modules())
+    deployed = compile(ternary, torch.randn(64, 3, 16, 16), input_size=(3, 16, 16), backend="onnxruntime")
+    x = torch.randn(256, 3, 16, 16)
+    with torch.no_grad():
+        assert _agreement(ternary(x), deployed(x)) >= 0.95
+
+
+def test_a_batchnorm_that_cannot_be_folded_is_named_when_int8_compile_refuses_the_model():
+    """A BatchNorm1d after a Linear is left unfolded, and the ONNX optimizer merges it into the ternary weight: the
+    refusal said only "the exported weight is not codes * scale"."""
+    from bitnetcnn import bitify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16),
+                          nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    ternary = convert_to_ternary(bitify(model).eval())
+    with pytest.raises(NotDeployableError, match=r"the BatchNorm 5 could not be folded .* put each convolution and "
+                                                 r"its BatchNorm2d side by side in one nn.Sequential, or deploy the "
+                                                 r"float graph \(int8=False\)"):
+        compile(ternary, torch.randn(16, 3, 8, 8), input_size=(3, 8, 8), backend="onnxruntime")
+    deployed = compile(ternary, int8=False, input_size=(3, 8, 8), backend="onnxruntime")
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), ternary(x), atol=1e-5)
+    # numpy's default float64, as __call__ takes it (onnxruntime refused it in its own words)
+    assert np.allclose(deployed.run_numpy(x.double().numpy()), ternary(x).detach().numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_batchnorm_folding_keeps_the_models_dtype(dtype):
     """The folded ternary layers were float32 in any model: a float64 or bf16 model failed on its first input

@@ -40,6 +40,7 @@ from torch import nn
 from bitnetcnn.deploy.calibration import CALIBRATION_BATCH
 from bitnetcnn.deploy.checks import NotDeployableError
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME, weight_nodes
+from bitnetcnn.messages import few
 from bitnetcnn.nn import TERNARY_LAYERS
 from bitnetcnn.nn.act_quant import int8_scale
 from bitnetcnn.quant.integer import CODE_GAIN
@@ -158,8 +159,14 @@ def _weight_overrides(graph, model: nn.Module) -> Dict[str, list]:
         if axis == 1:
             expected = expected.T
         if stored.shape != expected.shape or not np.array_equal(stored, expected):
+            left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            why = (f": the BatchNorm{'s' * (len(left) != 1)} {few(left)} could not be folded into the layers before "
+                   "them (one after a Linear, a subclass of BatchNorm2d, one in another container than its "
+                   "convolution, or a forward torch.fx cannot trace), and the ONNX optimizer merged one into this "
+                   "weight; put each convolution and its BatchNorm2d side by side in one nn.Sequential, or deploy "
+                   "the float graph (int8=False)") if left else ""
             raise NotDeployableError(f"layer {name!r}: the exported weight is not codes * scale; cannot map it "
-                                     "exactly to int8 codes")
+                                     f"exactly to int8 codes{why}")
         step = scale / CODE_GAIN  # exact: CODE_GAIN is a power of two
         channels = [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.int8)} for s in step]
         channels[0].update(axis=axis, quant_type=qtype)

@@ -56,7 +56,8 @@ class DeployedModel:
         self._check_shape(x.shape)
         if np.issubdtype(x.dtype, np.integer) or self.normalization is not None:
             x = self._normalized(torch.from_numpy(x)).numpy()
-        return self.runner.run(x)
+        # float32, as __call__ gives it: onnxruntime refused numpy's default float64 in its own words
+        return self.runner.run(np.ascontiguousarray(x, dtype=np.float32))
 
     def _check_shape(self, shape) -> None:
         """Refuse what the graph's input does not take before the runtime does, in its own words ("Invalid rank for

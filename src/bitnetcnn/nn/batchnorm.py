@@ -62,11 +62,13 @@ def _used_once(uses: Counter, parent: nn.Module, first: str, second: str) -> boo
 
 
 class _LayerTracer(torch.fx.Tracer):
-    """Traces to the layers: a convolution (which may hold an activation quantizer) or a module without children is
-    one node."""
+    """Traces to the layers: a convolution or a layer holding an activation quantizer (a TernaryLinear's forward
+    branches on its input, which torch.fx cannot trace: the whole trace failed, and no BatchNorm was folded), or a
+    module without children, is one node."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return hasattr(m, "kernel_size") or not any(m.children()) or super().is_leaf_module(m, qualname)
+        return (hasattr(m, "kernel_size") or hasattr(m, "act_quant") or not any(m.children())
+                or super().is_leaf_module(m, qualname))
 
 
 def _layer_graph(model: nn.Module):
