@@ -281,6 +281,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     if resume and not last.exists():
         raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
                             "start it again without --resume")
+    length_before = None
     if resume:
         length_before = length_before_resume(out)  # before this command writes args.json
         record = read_resume_record(last)
@@ -324,7 +325,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         out.mkdir(parents=True, exist_ok=True)
         with hold_run_folder(out, resume, picked) if trainer.is_global_zero else contextlib.nullcontext():
             if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
-                write_settings(out, s, budget_gave=length_before if resume and s.epochs == length_before else None)
+                write_settings(out, s, budget_gave=length_before if s.epochs == length_before else None)
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     _leave_process_group()
     results_path = out / "results.json"
