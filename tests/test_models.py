@@ -125,6 +125,39 @@ def test_convnextv2_sizes_match_the_paper_at_imagenet_scale(size, expected_m):
     assert round(n_params(model) / 1e6, 1) == expected_m
 
 
+@pytest.mark.parametrize("side, last", [(28, (2, 2)), (112, (3, 3)), (224, (7, 7))])
+def test_convnextv2_pads_odd_maps_behind_its_small_input_stem_only(side, last):
+    """Above 64 px the 4x4 stem is ConvNeXt V2's, and so is its downsampling: a 112 px input's 7x7 map was padded
+    to 8x8 (a 4x4 last stage where the reference network has 3x3; logits 0.8 apart from the same weights)."""
+    model = create_model("bit_convnextv2", size="atto", quant="fp", img_size=side).eval()
+    seen = []
+    model.stages[-1].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        model(torch.randn(1, 3, side, side))
+    assert seen == [last]
+
+
+@pytest.mark.parametrize("width", [5, 10, 32])
+def test_bitnet_cnn_blocks_widen_by_their_expand_ratio_at_any_width(width):
+    """MobileNet's rounding to multiples of 8 widened a width-10 model's blocks 2.4x and a width-5 one's 3.2x, where
+    expand_ratio=2.0 says twice (the seed's in_c * expand)."""
+    model = create_model("bitnet_cnn", width=width, quant="fp")
+    hidden = [stage.conv_pw_exp.conv.out_channels for stage in (model.stage1, model.stage2, model.stage3)]
+    assert hidden == [2 * width, 4 * width, 8 * width]  # each stage's input (width, 2x, 4x) times 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_new_classifier_takes_the_models_dtype(dtype):
+    """The fresh head was float32 in any model: a float64 or bf16 model failed at its first batch ("mat1 and mat2
+    must have the same dtype")."""
+    from bitnetcnn.models.classifier import new_classifier
+
+    model = new_classifier(create_model("bitnet_cnn", width=8).to(dtype).eval(), 5)
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 28, 28, dtype=dtype))
+    assert out.shape == (2, 5) and out.dtype == dtype
+
+
 def test_convnextv2_last_stage_keeps_2x2_positions_at_32px():
     model = create_model("bit_convnextv2", size="atto").eval()
     seen = []

@@ -41,7 +41,9 @@ class BitNetCNN(nn.Module):
         depths = tuple(depths)
         if len(depths) != 3 or any(not isinstance(d, int) or d < 1 for d in depths):
             raise ValueError(f"depths must be three block counts of at least 1, one per stage; got {depths!r}")
-        block = dict(spec=spec, expand_ratio=expand_ratio, act=act, bias=True, downsample_at=downsample_at)
+        # hidden channels in_ch x expand_ratio, as the seed's (MobileNet's rounding to 8 widened a width of 10 2.4x)
+        block = dict(spec=spec, expand_ratio=expand_ratio, act=act, bias=True, downsample_at=downsample_at,
+                     channel_divisor=1)
         self.stem = ConvNormAct(spec, in_chans, width, 3, bias=True, act=act, edge=True)
         self.stage1 = _stage(width, 2 * width, depths[0], block)
         self.stage2 = _stage(2 * width, 4 * width, depths[1], block)

@@ -72,7 +72,8 @@ class InvertedResidual(nn.Module):
 
     The expansion convolution is always present, also at ratio 1 (as in the seed). ``downsample_at='dw'`` strides
     the depthwise convolution (MobileNetV2); ``'expand'`` strides the 1x1 expansion, as the seed's blocks do, which
-    its published checkpoints need to reproduce their accuracy.
+    its published checkpoints need to reproduce their accuracy. The hidden width is ``in_ch * expand_ratio`` rounded
+    to a multiple of ``channel_divisor`` (MobileNet's 8; BitNetCNN's 1, as the seed's).
     """
 
     def __init__(
@@ -85,11 +86,12 @@ class InvertedResidual(nn.Module):
         act: str = "relu6",
         bias: bool = False,
         downsample_at: str = "dw",
+        channel_divisor: int = 8,
     ) -> None:
         super().__init__()
         if downsample_at not in DOWNSAMPLE_AT:
             raise ValueError(f"unknown downsample_at {downsample_at!r}: choose one of {DOWNSAMPLE_AT}")
-        hidden = make_divisible(in_ch * expand_ratio)
+        hidden = make_divisible(in_ch * expand_ratio, channel_divisor)  # 1: the product itself, rounded
         exp_stride, dw_stride = (stride, 1) if downsample_at == "expand" else (1, stride)
         self.use_residual = stride == 1 and in_ch == out_ch
         self.quantize_shortcut = self.use_residual and spec.int8_activations

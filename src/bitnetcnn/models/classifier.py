@@ -30,7 +30,9 @@ def new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     else:
         new = nn.Linear(old.in_features, num_classes, old.bias is not None)
     parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new.to(old.weight.device))
+    # the old layer's device and dtype: a float32 head in a bf16 or float64 model failed at its first batch
+    setattr(model.get_submodule(parent) if parent else model, child,
+            new.to(device=old.weight.device, dtype=old.weight.dtype))
     if isinstance(getattr(model, "model_args", None), dict):
         model.model_args = {**model.model_args, "num_classes": num_classes}
     return model

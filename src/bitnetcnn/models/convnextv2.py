@@ -65,7 +65,9 @@ class Block(nn.Module):
 def _pad_to_even(x: Tensor) -> Tensor:
     """An odd side padded with one zero row or column, so a 2x2 stride-2 downsample covers every position: at 28 px
     the maps went 14 -> 7 -> 3 -> 1, the last row and column of the 7x7 map dropped and a 1x1 last stage (now
-    14 -> 7 -> 4 -> 2). Even sides (32 and 64 px) are left as they are."""
+    14 -> 7 -> 4 -> 2). Even sides (32 and 64 px) are left as they are. Only behind the small-input 2x2 stem: above
+    64 px the maps are large enough, and a 112 px input drops its 7x7 map's last row and column as the reference
+    ConvNeXt V2 does (padding it moved the logits by up to 0.8 from the same weights in the reference network)."""
     return torch.nn.functional.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
 
 
@@ -88,6 +90,7 @@ class ConvNeXtV2(nn.Module):
     ) -> None:
         super().__init__()
         patch = 2 if img_size <= SMALL_INPUT_MAX else 4
+        self.pad_odd_maps = patch == 2  # small inputs only: larger ones downsample as ConvNeXt V2 does (see below)
         self.stem = nn.Sequential(spec.conv(in_chans, dims[0], patch, patch, edge=True), LayerNorm2d(dims[0], eps=1e-6))
         if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
                 or not 0.0 <= drop_path_rate <= 1.0:  # here, not per block: the last block's rate is the whole one
@@ -113,7 +116,8 @@ class ConvNeXtV2(nn.Module):
         """The feature map before the global pooling (where distillation's feature hints compare)."""
         x = self.stages[0](self.stem(x))
         for down, stage in zip(self.downsample, self.stages[1:]):
-            x = stage(down[1](_pad_to_even(down[0](x))))  # norm, pad, 2x2 stride-2 conv
+            x = down[0](x)  # norm
+            x = stage(down[1](_pad_to_even(x) if self.pad_odd_maps else x))  # (pad,) 2x2 stride-2 conv
         return x
 
     def forward_head(self, x: Tensor) -> Tensor:
