@@ -236,6 +236,49 @@ def test_the_commands_take_a_published_weight_by_its_entry_name(capsys, monkeypa
     assert abs(result["top1"] - hub.BITNET_MNIST.top1) <= 0.0005
 
 
+def test_the_command_line_expands_a_tilde_refuses_empty_paths_and_ends_quietly_on_ctrl_c_or_a_closed_pipe(
+        tmp_path, capsys, monkeypatch):
+    """`-o ~/m.bnc` (bash leaves --output=~/x as it is) wrote a folder named ~ in the working directory; an empty
+    model argument was "error: : cannot read the file"; Ctrl-C printed a 47-line traceback; `bitnetcnn models |
+    head -1` said "error: [Errno 32] Broken pipe" (status 2); export --threads 100000 crashed the process."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    assert cli.main(["bench", "bitnet_mnist", "--batch-sizes", "1", "--budget", "0", "--variants", "ternary",
+                     "--threads", "1", "--json", "~/b.json"]) == 0
+    assert (tmp_path / "home" / "b.json").is_file() and not (tmp_path / "~").exists()
+    (tmp_path / "home" / "m.bnc").write_bytes((hub.PRETRAINED_DIR / "bitnet_mnist.bnc").read_bytes())
+    assert cli.main(["summary", "~/m.bnc"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", ""]) == 2
+    assert "an empty model argument: give a checkpoint file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["convert", "bitnet_mnist", "-o", ""])
+    assert "an empty path: give the path of a file to write" in capsys.readouterr().err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "summary", interrupted)
+    assert cli.main(["summary", "bitnet_mnist"]) == 130
+    assert capsys.readouterr().err == "bitnetcnn summary: interrupted; no file was left half-written\n"
+
+    def closed_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setitem(cli.COMMANDS, "models", closed_pipe)
+    import sys
+
+    stdout = sys.stdout
+    try:
+        assert cli.main(["models"]) == 0
+    finally:
+        sys.stdout = stdout
+    assert capsys.readouterr().err == ""
+    assert cli.main(["export", "bitnet_mnist", "--threads", "100000", "-o", "m.onnx"]) == 2
+    assert "--threads 100000, but this process may use" in capsys.readouterr().err
+
+
 def test_bitnetcnn_models_lists_what_can_be_built_and_what_is_published(capsys):
     """Which names exist and which have weights was only in the code and docs: ``bitnetcnn models`` lists every
     architecture with the sides it is built for, and every hub entry with its published accuracy, or none yet."""

@@ -509,6 +509,14 @@ NO_GPU = not torch.cuda.is_available()
         (["--num-classes", "100"], "--num-classes 100 but data set 'mnist_demo' has 10 classes"),
         (["--dataset", "cifar10", "--data-dir", "EMPTY"], "not found; looked in"),
         (["--epochs", "0"], "--epochs must be an integer >= 1, not 0"),
+        # a nan mean trained to "diverged in epoch 0 ... lower --lr" (status 1); numpy's bound did not name --seed;
+        # --gpus -5 was told as --devices; an empty --out or --init trained into the default folder, or from scratch
+        (["--mean", "nan"], "--mean must be a finite number, not nan"),
+        (["--seed", "99999999999999"], "--seed 99999999999999 is out of range: it must lie in [0, 4294967295]"),
+        (["--gpus", "-5"], "--gpus -5: give a number of GPUs, -1 for all of them, or 0 for the CPU"),
+        (["--init", ""], "--init is empty: give a path, or leave --init out"),
+        (["--out", ""], "--out is empty: give a path, or leave --out out"),
+        (["--teacher", "", "--kd"], "--teacher is empty"),
         (["--epochs", "-1"], "--epochs must be an integer >= 1, not -1"),
         (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         (["--lr", "inf"], "--lr must be a finite number, not inf"),
@@ -668,7 +676,19 @@ def test_a_resume_keeps_the_runs_progress_setting_unless_given(tmp_path):
 def test_a_damaged_last_checkpoint_or_foreign_ckpt_is_named(tmp_path, capsys):
     run = tmp_path / "run"
     train(TrainSettings(out=str(run), epochs=1, **QUICK))
-    (run / "last.ckpt").write_bytes((run / "last.ckpt").read_bytes()[:5000])
+    whole = (run / "last.ckpt").read_bytes()
+    # a whole zip that is not a training checkpoint (the run's best model, a state dict copied over it) gave torch's
+    # "file in archive is not in a subdirectory" traceback, or Lightning's KeyError after args.json was rewritten
+    args = (run / "args.json").read_text()
+    for other, what in ((run / "best_ternary.bnc", "not a checkpoint torch can read"),
+                        (tmp_path / "sd.pt", "not a Lightning training checkpoint")):
+        if not other.exists():
+            torch.save({"w": torch.zeros(1)}, other)
+        (run / "last.ckpt").write_bytes(other.read_bytes())
+        _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress", "--epochs", "2"],
+                        f"--resume: {run / 'last.ckpt'} is damaged ({what}")
+        assert (run / "args.json").read_text() == args
+    (run / "last.ckpt").write_bytes(whole[:5000])
     _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--no-progress"],
                     f"--resume: {run / 'last.ckpt'} is damaged")
     _one_line_error(capsys, ["convert", str(run / "last.ckpt")], "is not a readable last.ckpt of a `bitnetcnn train` "

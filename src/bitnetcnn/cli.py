@@ -48,18 +48,27 @@ def json_object(text: str) -> dict:
 
 
 def output_file(text: str) -> str:
-    """argparse type: a file to write, refused up front where it is a folder or lies under a file (not after the
-    work is done)."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder: give the path of a file to write")
-    if path.exists() and not path.is_file():  # written beside and renamed, a device or pipe would become a file
-        raise argparse.ArgumentTypeError(f"{text} is not a regular file (a device or a pipe): give the path of a file "
-                                         "to write")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    """argparse type: a file to write (``~`` expanded, as the shell does not in ``--output=~/x``), refused up front
+    where it is a folder, lies under a file or in a folder this process cannot write (not after the work is done)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give the path of a file to write")
+    path = Path(text).expanduser()
+    try:
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder: give the path of a file to write")
+        if path.exists() and not path.is_file():  # written beside and renamed, a device or pipe would become a file
+            raise argparse.ArgumentTypeError(f"{text} is not a regular file (a device or a pipe): give the path of a "
+                                             "file to write")
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+    except PermissionError:
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: a folder on its path cannot be entered; give a "
+                                         "path in a folder you can write") from None
     if parent is not None and not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text} cannot be written: {parent} is a file, not a folder")
-    return text
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {parent} is not writable; give a path in a "
+                                         "folder you can write")
+    return str(path)
 
 
 def refuse_overwriting(output: str, source: str, suffix: str, flag: str) -> None:
@@ -193,6 +202,8 @@ def _cmd_train(args) -> int:
     command = values.pop("command_line")
     gpus = values.pop("gpus")
     resume = values.pop("resume")
+    if gpus is not None and gpus < -1:
+        raise ValueError(f"--gpus {gpus}: give a number of GPUs, -1 for all of them, or 0 for the CPU")
     if gpus == 0:  # the seed's (and Lightning 1.x's) way to say "on the CPU"
         values["accelerator"] = "cpu"
         given |= {"accelerator"}
@@ -318,7 +329,7 @@ def _add_export(sub) -> None:
     p.add_argument("--check", type=count, default=1000, metavar="N",
                    help="compare with the PyTorch model on N test images before writing (0: random inputs)")
     p.add_argument("--min-agreement", type=fraction, help="top-1 agreement the check needs (default 0.99, int8 0.95)")
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=min(2, usable_cores()))
 
 
 def _cmd_export(args) -> int:
@@ -423,6 +434,10 @@ def _model_file(text: str, registry_names: bool) -> str:
     from bitnetcnn.hub import list_pretrained
     from bitnetcnn.models import list_models
 
+    if not text.strip():
+        raise ValueError("an empty model argument: give a checkpoint file or a published weight's name")
+    if text.startswith("~"):  # as the shell does not in --flag=~/x, nor Python's open
+        text = os.path.expanduser(text)
     found = _published_file(text)
     registry = list_models() if registry_names else []
     if text in registry and not names_a_file(text):  # a folder of that name (a run folder) is no model file
@@ -439,6 +454,8 @@ def _model_file(text: str, registry_names: bool) -> str:
 def _weight_file(text: str) -> str:
     """``--init``/``--teacher``: a published weight's name as its file, and a name without a suffix that is neither
     (a misspelt hub name) refused with the names; a file path as it is (the run's checks name a missing one)."""
+    if not text.strip():
+        return text  # the settings refuse it, naming the flag
     return _published_file(text) if Path(text).suffix else _model_file(text, registry_names=False)
 
 
@@ -468,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
             name, registry_names = MODEL_ARGUMENT[command]
             setattr(args, name, _model_file(getattr(args, name), registry_names))
         return COMMANDS[command](args)
+    except BrokenPipeError:  # `bitnetcnn models | head -1`: the reader has what it wanted (an OSError)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's own advice: no second error at exit
+        return 0
     except (ValueError, OSError, CheckpointError, PretrainedWeightsUnavailable) as err:  # bad input: one clear line
         print(f"bitnetcnn {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -481,9 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         if not any(words in str(err) for words in OUT_OF_MEMORY):
             raise
-        print(f"bitnetcnn {command}: error: out of memory ({_one_line(err)[-160:]}): ask for smaller images or "
-              "batches", file=sys.stderr)
+        print(f"bitnetcnn {command}: error: out of memory ({_one_line(err)[-160:]}): what was asked for is too "
+              "large (images, batches, classes or the model's width)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written whole or not at all (atomic.py), so one line is enough
+        print(f"bitnetcnn {command}: interrupted; no file was left half-written", file=sys.stderr)
+        return 130
     except Exception as err:
         if type(err).__name__ != "MisconfigurationException":  # Lightning's word for settings it cannot run
             raise

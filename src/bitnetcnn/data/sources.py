@@ -58,6 +58,9 @@ COPY_HINT = "Copy it there from a machine that can fetch it."  # where --downloa
 
 
 def _damaged(path: Path, err: BaseException, expected: str) -> ValueError:
+    if isinstance(err, PermissionError):  # whole, but not readable by this process
+        return ValueError(f"{path} cannot be read (permission denied): let this user read it (chmod a+r), or point "
+                          "--data-dir at a copy it can read")
     detail = " ".join(str(err).split())[:160] or type(err).__name__
     return ValueError(f"{path} is damaged or not the expected file ({detail}); expected {expected}: replace it with "
                       "a whole copy")

@@ -8,6 +8,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from bitnetcnn.machine import usable_cores
+
 __all__ = ["DEFAULT_CALIBRATION_IMAGES", "bench_command", "export_command"]
 
 DEFAULT_CALIBRATION_IMAGES = 256  # training images, when int8 needs calibration and none was asked for
@@ -48,6 +50,10 @@ def export_command(
         raise ValueError(f"--calibrate {calibrate} sets the int8 graph's activation ranges: add --int8, or leave "
                          "--calibrate out for a float graph")
     require("deploy", "bitnetcnn export")  # before the model is loaded and calibrated
+    cores = usable_cores()
+    if threads > cores:  # torch.set_num_threads(100000) crashed the process; 10000 hung it
+        raise ValueError(f"--threads {threads}, but this process may use {cores} CPU{'s' * (cores != 1)}: give "
+                         f"--threads {cores} or fewer")
     torch.set_num_threads(threads)
     source = load_model(model)
     if source.from_checkpoint:

@@ -141,18 +141,25 @@ def read_resume_record(path: Path) -> dict:
     """What ``path`` (a run's last.ckpt) records for the resume's checks (``TEACHER_KEY``, ``PROCESSES_KEY``,
     ``IMAGES_KEY``; None in runs saved before they were kept), read once; a damaged file (a full disk, a copy cut
     short) is named as such, before Lightning's unpickling error."""
+    saved = None
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         bad = f"not a readable checkpoint: {e}"
+    if not bad:
+        import torch  # mmap: only the small entries are read, not the weights and optimizer state beside them
+
+        try:
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a zip that is not torch's (a .bnc copied over it, any archive)
+            bad = f"not a checkpoint torch can read: {' '.join(str(e).split())[:160]}"
+    if not bad and not (isinstance(saved, dict) and "pytorch-lightning_version" in saved and "state_dict" in saved):
+        bad = "not a Lightning training checkpoint (a model file or a state dict copied over it)"
     if bad:
         raise SettingsError(f"--resume: {path} is damaged ({bad}), so the run cannot continue from it; start a new "
                             f"run with a fresh --out (--init {path.parent / 'best_ternary.bnc'} starts from the best "
                             "model so far)")
-    import torch  # mmap: only the small entries are read, not the weights and optimizer state beside them
-
-    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     shapes = {name: tuple(t.shape) for name, t in saved.get("state_dict", {}).items() if hasattr(t, "shape")}
     return {**{key: saved.get(key) for key in (TEACHER_KEY, PROCESSES_KEY, IMAGES_KEY)}, "shapes": shapes}
 

@@ -197,6 +197,8 @@ class TrainSettings:
         at_least(1, optional=True, num_classes=self.num_classes, limit_train=self.limit_train,
                  limit_eval=self.limit_eval)
         at_least(0, seed=self.seed)
+        if self.seed > 2**32 - 1:  # numpy's bound, which its own error gave without naming --seed
+            raise SettingsError(f"--seed {self.seed} is out of range: it must lie in [0, {2**32 - 1}]")
         if self.lr is not None:
             in_range(self.lr, "lr", low=0.0, low_open=True)
         in_range(self.wd, "wd", low=0.0)
@@ -215,6 +217,13 @@ class TrainSettings:
             in_range(self.zoom, "zoom", low=0.0, high=1.0, high_open=True)
         for std in self.std or ():
             in_range(std, "std", low=0.0, low_open=True)
+        for mean in self.mean or ():  # nan trained to "diverged in epoch 0", blaming the learning rate
+            in_range(mean, "mean", low=-math.inf)
+        for name in ("out", "init"):  # an empty string trained into the default folder, or from scratch, unasked
+            if getattr(self, name) is not None and not str(getattr(self, name)).strip():
+                raise SettingsError(f"--{name} is empty: give a path, or leave --{name} out")
+        if any(not str(t).strip() for t in self.teacher):
+            raise SettingsError("--teacher is empty: give the path of a checkpoint or a published weight's name")
         if self.ema is not None:
             in_range(self.ema, "ema", low=0.0, high=1.0, low_open=True, high_open=True)
         in_range(self.kd_alpha, "kd_alpha", low=0.0, high=1.0)
