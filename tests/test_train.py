@@ -516,6 +516,7 @@ NO_GPU = not torch.cuda.is_available()
         (["--gpus", "-5"], "--gpus -5: give a number of GPUs, -1 for all of them, or 0 for the CPU"),
         (["--init", ""], "--init is empty: give a path, or leave --init out"),
         (["--out", ""], "--out is empty: give a path, or leave --out out"),
+        (["--out", "UNDER_A_FILE"], "a.png is a file, not a folder; give a folder for the run"),  # "[Errno 20]"
         (["--teacher", "", "--kd"], "--teacher is empty"),
         (["--epochs", "-1"], "--epochs must be an integer >= 1, not -1"),
         (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
@@ -547,7 +548,9 @@ NO_GPU = not torch.cuda.is_available()
 )
 def test_wrong_input_gets_a_clear_error(tmp_path, capsys, argv, message):
     """Exit status 2 and one line on stderr that says what was wrong, before any run folder is made."""
-    argv = [str(tmp_path) if a == "EMPTY" else a for a in argv]
+    (tmp_path / "a.png").write_bytes(b"")
+    argv = [str(tmp_path) if a == "EMPTY" else str(tmp_path / "a.png" / "run") if a == "UNDER_A_FILE" else a
+            for a in argv]
     with pytest.raises(SystemExit) if message.startswith("argument --") else _no_raise() as exit_:
         code = main(["train", "--out", str(tmp_path / "run"), "--no-progress", *argv])
     code = exit_.value.code if exit_ is not None else code

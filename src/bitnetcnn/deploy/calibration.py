@@ -172,5 +172,5 @@ def model_inputs(model: nn.Module, dataset: str, n: int, train: bool, data_dir=N
     images, labels, spec = dataset_images(dataset, n, train, data_dir, seed, img_size=size[-1], in_chans=size[0])
     if tuple(images.shape[1:]) != tuple(size):  # else a runtime's shape error, far from the cause
         raise ValueError(f"{dataset!r} has {'x'.join(map(str, images.shape[1:]))} images but the model takes "
-                         f"{'x'.join(map(str, size))}: give images of its size (calibration=...) or its own data set")
+                         f"{'x'.join(map(str, size))}: give images of its size (calibration=... in Python), or leave --dataset out for its own data set")
     return normalize_images(images, *(input_normalization(model) or (spec.mean, spec.std))), labels

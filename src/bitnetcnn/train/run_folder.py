@@ -220,6 +220,11 @@ def check_new_run_folder(out: Path) -> None:
     """A new run never writes into another run's folder: its models, metrics and results would be replaced."""
     if out.exists() and not out.is_dir():
         raise SettingsError(f"--out {out} is a file, not a folder: give a folder for the run")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)  # the folder the run's is made in
+    if parent is not None and not parent.is_dir():
+        raise SettingsError(f"--out {out} cannot be made: {parent} is a file, not a folder; give a folder for the run")
+    if parent is not None and not os.access(out if out.is_dir() else parent, os.W_OK | os.X_OK):
+        raise SettingsError(f"--out {out} cannot be written by this user: give a folder you can write")
     if out.is_dir() and (out / "results.json").exists() and not (out / "last.ckpt").exists():
         raise SettingsError(f"--out {out} holds a finished run whose last.ckpt is gone: give a fresh --out (--init "
                             f"{out / 'best_ternary.bnc'} trains on from its best model)")
