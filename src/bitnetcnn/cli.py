@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(words in str(err) for words in OUT_OF_MEMORY):
             raise
         print(f"bitnetcnn {command}: error: out of memory ({_one_line(err)[-160:]}): what was asked for is too "
-              "large (images, batches, classes or the model's width)", file=sys.stderr)
+              "large: ask for smaller images or batches, fewer classes or a narrower model", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: outputs are written whole or not at all (atomic.py), so one line is enough
         print(f"bitnetcnn {command}: interrupted; no file was left half-written", file=sys.stderr)
