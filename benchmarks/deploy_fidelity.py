@@ -24,7 +24,8 @@ from torch import nn
 import bitnetcnn
 from bitnetcnn.cli import positive_int
 from bitnetcnn.deploy import compile
-from bitnetcnn.deploy.calibration import dataset_images, normalize_images
+from bitnetcnn.deploy.calibration import dataset_images
+from bitnetcnn.normalization import normalize
 from bitnetcnn.nn import ActQuantizer
 
 
@@ -66,9 +67,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     train_x, _, spec = dataset_images(args.dataset, args.images, True, args.data_dir)
-    x = normalize_images(train_x, spec.mean, spec.std)
+    x = normalize(train_x, spec.mean, spec.std)
     test_x, _, _ = dataset_images(args.dataset, args.test_images, False, args.data_dir)
-    test = normalize_images(test_x, spec.mean, spec.std)
+    test = normalize(test_x, spec.mean, spec.std)
     print(f"{args.model}, untrained (seed 0), {args.dataset}: {len(x)} images settle it, {len(test)} test "
           f"images, {args.backend}")
     for act in args.acts:

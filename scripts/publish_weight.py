@@ -37,8 +37,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg  # noqa: E402
 from bitnetcnn.data.catalog import get_dataset_spec  # noqa: E402
 from bitnetcnn.hub import PRETRAINED_DIR, entries  # noqa: E402
 from bitnetcnn.nn import TERNARY_LAYERS  # noqa: E402
-from bitnetcnn.train.fine_tune import TEACHER_NOTE  # noqa: E402
-from bitnetcnn.train.run_recorder import BUDGET_GAVE, command_with_note  # noqa: E402
+from bitnetcnn.train.recorded_command import BUDGET_GAVE, TEACHER_NOTE, command_with_note  # noqa: E402
 from bitnetcnn.train.evaluate import evaluate_model  # noqa: E402
 
 MAX_SHIPPED_BYTES = 4 << 20  # the package ships weights under 4 MiB; larger ones go to a URL

@@ -165,3 +165,15 @@ def test_bench_on_a_base_install_times_the_pytorch_rows_and_says_why_no_deploy_r
     assert set(report["results"][0]["variants"]) == {"fp32_eager", "bit_eval", "ternary"}
     assert report["auto_backend"] is None
     assert "deploy rows skipped: deployment needs onnxruntime, which comes with the deploy extra" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["settings", "schedule", "evaluate", "convert_file", "fine_tune", "recorded_command"])
+def test_the_train_modules_a_base_install_reads_import_no_lightning(module):
+    """docs/architecture.md: these serve `eval`, `convert` and `--init` checks, and scripts/publish_weight.py reads
+    recorded commands through recorded_command; fine_tune.py loaded Lightning, torchmetrics and matplotlib for one
+    string helper."""
+    code = (f"import sys, bitnetcnn.train.{module}; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'torchmetrics', 'matplotlib')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

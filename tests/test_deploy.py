@@ -42,11 +42,11 @@ def _mnist_split(train: bool):
 
 
 def _mnist(train: bool, n: int):
-    from bitnetcnn.deploy.calibration import normalize_images
+    from bitnetcnn.normalization import normalize
 
     spec, split = _mnist_split(train)
     idx = torch.randperm(len(split.images), generator=torch.Generator().manual_seed(1))[:n]
-    return normalize_images(split.images[idx], spec.mean, spec.std), split.labels[idx]
+    return normalize(split.images[idx], spec.mean, spec.std), split.labels[idx]
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +171,12 @@ def test_the_deployed_model_reads_uint8_images_as_calibration_does_and_refuses_u
     """uint8 images were cast to float and run unnormalized (17% agreement); they are normalized with the model's
     mean and std, as calibration normalizes them. Calibration pixels 0..255 passed as floats (8.8% agreement, no word)
     are refused, and so are check images of an export."""
-    from bitnetcnn.deploy.calibration import normalize_images
+    from bitnetcnn.normalization import normalize
 
     models, _ = mnist_model
     spec, split = _mnist_split(False)
     pixels = split.images[:200]
-    normalized = normalize_images(pixels, spec.mean, spec.std)
+    normalized = normalize(pixels, spec.mean, spec.std)
     assert torch.equal(deployed_plain(pixels), deployed_plain(normalized))
     assert np.array_equal(deployed_plain.run_numpy(pixels.numpy()), deployed_plain.run_numpy(normalized.numpy()))
     # int64 pixels (torchvision.io, numpy arithmetic) too: they ran unnormalized (15.6% accuracy, no word)

@@ -119,7 +119,8 @@ def test_pick_faster_uses_the_geometric_mean():
 def shipped_mnist():
     """The shipped trained bitnet_cnn, converted, and the bundled mnist_demo images (no data set needed)."""
     from bitnetcnn import load_checkpoint
-    from bitnetcnn.deploy.calibration import dataset_images, normalize_images
+    from bitnetcnn.deploy.calibration import dataset_images
+    from bitnetcnn.normalization import normalize
     from bitnetcnn.hub import PRETRAINED_DIR
 
     model = load_checkpoint(PRETRAINED_DIR / "bitnet_mnist.bnc")
@@ -128,7 +129,7 @@ def shipped_mnist():
     model.eval()
     cal, _, spec = dataset_images("mnist_demo", 256, True)
     test, labels, _ = dataset_images("mnist_demo", 2000, False)
-    return model, normalize_images(cal, spec.mean, spec.std), normalize_images(test, spec.mean, spec.std), labels
+    return model, normalize(cal, spec.mean, spec.std), normalize(test, spec.mean, spec.std), labels
 
 
 @needs_openvino

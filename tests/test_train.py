@@ -26,7 +26,7 @@ from bitnetcnn.nn import ActQuantizer
 from bitnetcnn.train.module import BitClassifier
 from bitnetcnn.data.datamodule import ImageDataModule
 from bitnetcnn.train.run import SettingsError, TrainSettings, build, train
-from bitnetcnn.train.run_recorder import command_with_note
+from bitnetcnn.train.recorded_command import command_with_note
 
 QUICK = dict(dataset="mnist_demo", batch_size=32, limit_train=128, limit_eval=128, progress=False)
 

@@ -239,11 +239,6 @@ def _refuse_what_the_file_cannot_honour(path, held: dict, kwargs: dict) -> None:
                          f"weights does not change a trained model's architecture or quantization. {todo}")
 
 
-def _bitnetcnn_header(path) -> Optional[dict]:
-    """The header when ``path`` is a readable bitnetcnn checkpoint (not a seed zip or a state_dict), else None."""
-    return native_header(path) if isinstance(path, (str, os.PathLike)) else None
-
-
 def _load_other_format(path, spec: HubEntry, kwargs: dict) -> nn.Module:
     """A seed zip or a state_dict, built with the entry's arguments (those of the weights published for it) and the
     caller's; where the entry's own do not fit the file (the seed's MobileNetV2 has float activations, the entry's
@@ -281,7 +276,7 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
         model = create_model(spec.model, num_classes=num_classes, **args)
         return convert_to_ternary(model.eval()) if ternary and args.get("quant", "ternary") == "ternary" else model
     path = checkpoint_path if checkpoint_path is not None else pretrained_path(entry, progress)
-    header = _bitnetcnn_header(path)
+    header = native_header(path) if isinstance(path, (str, os.PathLike)) else None  # None: a seed zip or state dict
     if header is not None:
         # The file says what it is: the entry's default kwargs do not apply, the caller's must match it.
         built = header["architecture"]["name"]

@@ -17,7 +17,7 @@ from bitnetcnn.checkpoint import limits
 from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.messages import few, short
 from bitnetcnn.models import create_model, get_model_config
-from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear
+from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, TernaryConv2d, TernaryLinear
 from bitnetcnn.nn.convert import replace_modules
 from bitnetcnn.quant import TernaryQuant
 
@@ -31,9 +31,9 @@ def bit_layer_mismatches(model: nn.Module, rebuilt: nn.Module, built: str) -> Li
     """Where ``model``'s trainable Bit layers are not ``rebuilt``'s (the same names, each with the same config): the
     tensors would fit, but the file would load as another function (float layers where the model quantized, or
     another scale op), which shapes alone do not show."""
-    ours = {n: m for n, m in model.named_modules() if isinstance(m, (BitConv2d, BitLinear))}
-    coded = {n for n, m in model.named_modules() if isinstance(m, (TernaryConv2d, TernaryLinear))}
-    theirs = {n: m for n, m in rebuilt.named_modules() if isinstance(m, (BitConv2d, BitLinear))}
+    ours = {n: m for n, m in model.named_modules() if isinstance(m, BIT_LAYERS)}
+    coded = {n for n, m in model.named_modules() if isinstance(m, TERNARY_LAYERS)}
+    theirs = {n: m for n, m in rebuilt.named_modules() if isinstance(m, BIT_LAYERS)}
     problems = []
     for name, layer in ours.items():
         other = theirs.get(name)
@@ -57,7 +57,7 @@ def mismatches(model: nn.Module, plain: Dict[str, tuple], coded: Dict[str, tuple
     problems = []
     for name, shape in coded.items():
         layer = modules.get(name)
-        if not isinstance(layer, (BitConv2d, BitLinear)):
+        if not isinstance(layer, BIT_LAYERS):
             problems.append(f"{arch} has no ternary-capable layer {name!r}")
             continue
         if tuple(layer.weight.shape) != tuple(shape):

@@ -34,8 +34,9 @@ from bitnetcnn.checkpoint.errors import CheckpointError
 from bitnetcnn.checkpoint.limits import MAX_TENSOR_BYTES, read_source
 from bitnetcnn.messages import few, short
 from bitnetcnn.models import create_model, get_model_config
+from bitnetcnn.models.quant_spec import QUANT_ARGS
 from bitnetcnn.models.registry import same_model_arg
-from bitnetcnn.nn import BitConv2d, BitLinear, TernaryConv2d, TernaryLinear, model_form
+from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, TernaryConv2d, TernaryLinear, model_form
 from bitnetcnn.version import __version__
 
 FORMAT = "bitnetcnn.checkpoint"
@@ -122,9 +123,9 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
     ternary_layers = {
         name: {"pow2": bool(m.pow2), "scale_op": m.scale_op, **_pow2_dtype(m)}
         for name, m in model.named_modules()
-        if isinstance(m, (TernaryConv2d, TernaryLinear))
+        if isinstance(m, TERNARY_LAYERS)
     }
-    bit_layers = [name for name, m in model.named_modules() if isinstance(m, (BitConv2d, BitLinear))]
+    bit_layers = [name for name, m in model.named_modules() if isinstance(m, BIT_LAYERS)]
     inputs = _input_metadata(model, args, cfg, metadata)
     header = {
         "format": FORMAT,
@@ -137,7 +138,7 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
         "class_names": inputs.pop("class_names"),
         "input": inputs,
         "quantization": {
-            **{k: args.get(k) for k in ("quant", "scale_op", "pow2", "act_bits", "fp_ends")},
+            **{k: args.get(k) for k in QUANT_ARGS},
             "ternary_layers": ternary_layers,
             "bit_layers": bit_layers,
         },
@@ -455,7 +456,7 @@ def _build_for(path, header: dict, table: Dict[str, tuple], compressed: int) -> 
     quantization = header["quantization"]
     if "bit_layers" in quantization:  # every file since the header recorded them
         declared = set(quantization["bit_layers"] or ()) | set(quantization["ternary_layers"])
-        built = {n for n, m in model.named_modules() if isinstance(m, (BitConv2d, BitLinear))}
+        built = {n for n, m in model.named_modules() if isinstance(m, BIT_LAYERS)}
         if declared != built:
             raise CheckpointError(path, f"its quantized layers ({few(sorted(declared)) or 'none'}) are not the ones "
                                         f"its architecture builds ({few(sorted(built)) or 'none'}): it would load "

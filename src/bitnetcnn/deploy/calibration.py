@@ -14,15 +14,12 @@ from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_
 from bitnetcnn.normalization import as_pixels, normalize
 
 __all__ = ["as_batches", "check_calibration_memory", "check_normalized", "dataset_for", "dataset_images",
-           "model_inputs", "normalize_images"]
+           "model_inputs"]
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
 
 CALIBRATION_BATCH = 64  # images a calibration batch holds (onnxruntime's calibrators want batches of one size)
-
-normalize_images = normalize  # the ground floor's: one normalization for training, evaluation and deployment
-
 
 def check_normalized(x: torch.Tensor, mean, std, what: str = "inputs") -> None:
     """Refuse float images far outside what normalization with ``mean`` and ``std`` gives pixels in 0..1 (pixels
@@ -117,7 +114,7 @@ def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batc
             if stats is None:
                 raise ValueError("uint8 images need the model's mean and std (model.pretrained_cfg or "
                                  "model.model_config); pass normalized floats")
-            x = normalize_images(x, *stats)
+            x = normalize(x, *stats)
         elif stats is not None:
             check_normalized(x, *stats, what=what)
         if x.dim() != 4:
@@ -173,4 +170,4 @@ def model_inputs(model: nn.Module, dataset: str, n: int, train: bool, data_dir=N
     if tuple(images.shape[1:]) != tuple(size):  # else a runtime's shape error, far from the cause
         raise ValueError(f"{dataset!r} has {'x'.join(map(str, images.shape[1:]))} images but the model takes "
                          f"{'x'.join(map(str, size))}: give images of its size (calibration=... in Python), or leave --dataset out for its own data set")
-    return normalize_images(images, *(input_normalization(model) or (spec.mean, spec.std))), labels
+    return normalize(images, *(input_normalization(model) or (spec.mean, spec.std))), labels

@@ -17,6 +17,7 @@ from torch import nn
 
 from bitnetcnn.nn import TernaryConv2d
 from bitnetcnn.nn.batchnorm import bn_factors, conv_bn_pairs, fold_ternary_affine
+from bitnetcnn.quant.precision import wide_dtype
 
 __all__ = ["fold_batchnorm"]
 
@@ -54,7 +55,7 @@ def _fold_ternary(conv: TernaryConv2d, bn: nn.BatchNorm2d) -> Optional[TernaryCo
         return None
     scale, bias, sign = fold_ternary_affine(conv.channel_scale(), conv.bias, bn)
     codes = conv.codes() * sign.to(torch.int8).view(-1, *([1] * (len(conv.weight_shape) - 1)))
-    wide = torch.promote_types(conv.weight.dtype, torch.float32)  # a float64 layer's scale is not rounded to float32
+    wide = wide_dtype(conv.weight.dtype)  # a float64 layer's scale is not rounded to float32
     folded = TernaryConv2d(
         codes, scale.to(wide), bias.to(wide), conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode,
         pow2=False, scale_op=conv.scale_op, act_quant=copy.deepcopy(conv.act_quant),

@@ -1,4 +1,5 @@
-"""Where the deploy commands get a model: a registry name (untrained weights) or a checkpoint file."""
+"""Where the commands that take a model (export, bench, summary) get it: a registry name (untrained weights) or a
+checkpoint file."""
 
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ class ModelSource:
     def float_twin(self) -> nn.Module:
         """The same architecture in full precision (``quant='fp'``): the baseline of every ratio."""
         from bitnetcnn.models import create_model
+        from bitnetcnn.models.quant_spec import QUANT_ARGS
 
         args = self.args
         if "name" not in args:
             raise ValueError(f"{self.label}: the model does not record how it was built (model_args), so its float "
                              "twin cannot be made")
         name = args.pop("name")
-        for key in ("quant", "scale_op", "pow2", "act_bits", "fp_ends"):
+        for key in QUANT_ARGS:
             args.pop(key, None)
         return create_model(name, quant="fp", **args).eval()
 

@@ -11,6 +11,9 @@ from bitnetcnn.nn import BitConv2d, BitLinear
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
 from bitnetcnn.quant.config import as_flag
 
+# the model arguments that say how a model is quantized: what QuantSpec.to_dict records in model_args
+QUANT_ARGS = ("quant", "scale_op", "pow2", "act_bits", "fp_ends")
+
 QUANT_MODES = ("ternary", "fp")
 
 
@@ -70,5 +73,4 @@ class QuantSpec:
 
     def to_dict(self) -> dict:
         """What a model's ``model_args`` record of it (and a checkpoint header with them)."""
-        return dict(quant=self.quant, scale_op=self.scale_op, pow2=self.pow2, act_bits=self.act_bits,
-                    fp_ends=self.fp_ends)
+        return {key: getattr(self, key) for key in QUANT_ARGS}

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from bitnetcnn import normalization
-from bitnetcnn.models.quant_spec import QuantSpec
+from bitnetcnn.models.quant_spec import QUANT_ARGS, QuantSpec
 
 CIFAR_MEAN, CIFAR_STD = normalization.CIFAR100  # an architecture's default input, until a checkpoint says otherwise
 MNIST_MEAN, MNIST_STD = normalization.MNIST
@@ -125,7 +125,7 @@ def create_model(
 
 # Arguments a trained model can be fine-tuned into (its weights carry over); every other one changes the
 # architecture (layer shapes, activations, strides), which the weights do not fit.
-FINE_TUNABLE_ARGS = frozenset({"quant", "scale_op", "pow2", "act_bits", "fp_ends", "drop_rate", "drop_path_rate"})
+FINE_TUNABLE_ARGS = frozenset(QUANT_ARGS + ("drop_rate", "drop_path_rate"))
 
 
 def same_model_arg(a, b) -> bool:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.quant.activation import absmax_scale, activation_codes, fake_quantize_activation, validate_act_bits
+from bitnetcnn.quant.precision import wide_dtype
 
 
 class ActQuantizer(nn.Module):
@@ -68,7 +69,7 @@ class ActQuantizer(nn.Module):
         step = self.running_scale
         super()._apply(fn, recurse)
         if self.running_scale.dtype in (torch.float16, torch.bfloat16):
-            self.running_scale = step.to(self.running_scale.device, torch.promote_types(step.dtype, torch.float32))
+            self.running_scale = step.to(self.running_scale.device, wide_dtype(step.dtype))
         return self
 
     def extra_repr(self) -> str:

@@ -11,6 +11,7 @@ from torch import nn
 
 from bitnetcnn.nn.act_quant import make_act_quantizer
 from bitnetcnn.quant import TernaryQuant, ternary_quantize
+from bitnetcnn.quant.precision import at_least_float32
 from bitnetcnn.quant.ternary import fake_quantize_weight_unchecked
 
 
@@ -24,13 +25,6 @@ def config_field(name: str, settable: bool = False) -> property:
         self.quant = replace(self.quant, **{name: value})
 
     return property(get, set if settable else None, doc=f"``self.quant.{name}``")
-
-
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in the dtype codes, scales and biases are taken and kept in, for training, conversion and the converted
-    layer alike: bf16 and fp16 are widened (their mean of |W| rounds; a bf16 layer is cast back after), float32 and
-    float64 stay (a float64 model's scales are not rounded through float32)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class _BitMixin:
@@ -59,7 +53,7 @@ class _BitMixin:
         Codes and scale are taken in float32 whatever the weight's dtype, as conversion takes them: a bf16 or fp16
         mean of |W| rounds otherwise, and codes near the threshold would flip between the two."""
         q, weight = self.quant, self.weight
-        quantized = fake_quantize_weight_unchecked(_at_least_float32(weight), q.scale_op, q.pow2, q.ste, q.ste_clip)
+        quantized = fake_quantize_weight_unchecked(at_least_float32(weight), q.scale_op, q.pow2, q.ste, q.ste_clip)
         return quantized.to(weight.dtype)  # a no-op for float32 and float64 weights
 
     def ternary_state(self, pow2: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +66,7 @@ class _BitMixin:
             raise ValueError("the weight is on the meta device, which holds shapes and no values, so it has no "
                              "ternary codes: materialize the model first (model.to_empty(device='cpu'), then "
                              "load_state_dict)")
-        weight = _at_least_float32(self.weight.detach())
+        weight = at_least_float32(self.weight.detach())
         bad = (~torch.isfinite(weight)).reshape(weight.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
         if bad:
             raise ValueError(f"the weight has NaN or infinite values in output channel(s) {bad[:8]}"
@@ -204,3 +198,6 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> None:
     dst.weight.copy_(src.weight).requires_grad_(src.weight.requires_grad)
     if src.bias is not None:
         dst.bias.copy_(src.bias).requires_grad_(src.bias.requires_grad)
+
+
+BIT_LAYERS = (BitConv2d, BitLinear)  # the training layers, for isinstance

@@ -11,9 +11,9 @@ from torch import nn
 
 from bitnetcnn.messages import few
 from bitnetcnn.nn.act_quant import ActQuantizer
-from bitnetcnn.nn.bit import BitConv2d, BitLinear
+from bitnetcnn.nn.bit import BIT_LAYERS, BitConv2d, BitLinear
 from bitnetcnn.nn.integer_bias import snap_biases_to_int32_grid
-from bitnetcnn.nn.ternary import TernaryConv2d, TernaryLinear
+from bitnetcnn.nn.ternary import TERNARY_LAYERS, TernaryConv2d, TernaryLinear
 from bitnetcnn.quant import TernaryQuant
 
 Rule = Callable[[str, nn.Module], Optional[nn.Module]]
@@ -117,7 +117,7 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
     """
 
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
-        if not isinstance(module, (BitConv2d, BitLinear)):
+        if not isinstance(module, BIT_LAYERS):
             return None
         twin = TernaryConv2d if isinstance(module, BitConv2d) else TernaryLinear
         try:
@@ -167,7 +167,7 @@ def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
     (latent weights from :func:`bitnetcnn.quant.latent_weight`: ``codes * scale`` for median scales)."""
 
     def rule(_: str, module: nn.Module) -> Optional[nn.Module]:
-        if isinstance(module, (TernaryConv2d, TernaryLinear)):
+        if isinstance(module, TERNARY_LAYERS):
             return module.to_bit()
         return None
 
@@ -184,8 +184,8 @@ def convert_to_bit(model: nn.Module, inplace: bool = False) -> nn.Module:
 def model_form(model: nn.Module) -> str:
     """Which form ``model`` is in: 'ternary' (converted layers: inference), 'bit' (fake-quantized layers: training)
     or 'float' (neither: a full-precision twin or any other model)."""
-    kinds = [m for m in model.modules() if isinstance(m, (BitConv2d, BitLinear, TernaryConv2d, TernaryLinear))]
-    if any(isinstance(m, (TernaryConv2d, TernaryLinear)) for m in kinds):
+    kinds = [m for m in model.modules() if isinstance(m, BIT_LAYERS + TERNARY_LAYERS)]
+    if any(isinstance(m, TERNARY_LAYERS) for m in kinds):
         return "ternary"
     return "bit" if kinds else "float"
 
@@ -237,7 +237,7 @@ def bitify(
                 if isinstance(getattr(module, attr), nn.Parameter):  # a tied weight stays tied, to a float layer too
                     setattr(new, attr, getattr(module, attr))
             return new
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, (BitConv2d, BitLinear)):
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, BIT_LAYERS):
             kept.append(f"{name} ({type(module).__name__})")
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.Bilinear)) and not isinstance(module, nn.Conv2d):
             other.append(f"{name} ({type(module).__name__})")
@@ -265,7 +265,7 @@ def bitify(
         names = [n for n, _ in model.named_modules() if n and "." not in n]
         warnings.warn(f"bitify: skip patterns {unmatched} name no module of {type(model).__name__}, so nothing was "
                       f"kept in full precision for them; its top-level modules are {names}", UserWarning, stacklevel=2)
-    already = sum(isinstance(m, (BitConv2d, BitLinear)) for m in model.modules())
+    already = sum(isinstance(m, BIT_LAYERS) for m in model.modules())
     if count == 0 and already:
         warnings.warn(f"bitify: {type(model).__name__} is ternary already ({already} Bit layers) and bitify leaves "
                       "their settings as they are; to quantize otherwise, bitify the float model with the new "

@@ -20,7 +20,7 @@ from torch import nn
 
 from bitnetcnn.nn.act_quant import int8_scale
 from bitnetcnn.nn.batchnorm import conv_bn_pairs, fold_ternary_affine
-from bitnetcnn.nn.ternary import TernaryConv2d, TernaryLinear
+from bitnetcnn.nn.ternary import TERNARY_LAYERS, TernaryConv2d
 from bitnetcnn.quant.integer import int32_bias_step, snap_to_grid
 
 
@@ -44,7 +44,7 @@ def snap_biases_to_int32_grid(model: nn.Module) -> int:
         bn.bias.copy_((bn.bias.double() + moved.to(bn.bias.device)).to(bn.bias.dtype))
         count += 1
     for layer in model.modules():
-        if isinstance(layer, (TernaryConv2d, TernaryLinear)) and id(layer) not in followed and layer.bias is not None:
+        if isinstance(layer, TERNARY_LAYERS) and id(layer) not in followed and layer.bias is not None:
             if _half(layer.bias):
                 continue
             scale = int8_scale(layer.act_quant)

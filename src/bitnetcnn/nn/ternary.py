@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitnetcnn.nn.act_quant import make_act_quantizer
-from bitnetcnn.nn.bit import BitConv2d, BitLinear, _at_least_float32, config_field
+from bitnetcnn.nn.bit import BitConv2d, BitLinear, config_field
+from bitnetcnn.quant.precision import at_least_float32, wide_dtype
 from bitnetcnn.quant import TernaryQuant, dequantize, latent_weight, pack_2bit, pow2_exponent, unpack_2bit
 
 
@@ -46,14 +47,14 @@ class _TernaryMixin:
         self.quant = quant
         self.weight_shape = tuple(codes.shape)
         self.register_buffer("weight_packed", packed.to(codes.device))
-        scale = _at_least_float32(scale.detach().reshape(-1))
+        scale = at_least_float32(scale.detach().reshape(-1))
         if scale.shape != (codes.shape[0],):
             raise ValueError(f"scale has {tuple(scale.shape)} values for {codes.shape[0]} output channels")
         if quant.pow2:
             self.register_buffer("scale_exp", pow2_exponent(scale))
         else:
             self.register_buffer("scale", scale.clone())
-        self.register_buffer("bias", None if bias is None else _at_least_float32(bias.detach().clone()))
+        self.register_buffer("bias", None if bias is None else at_least_float32(bias.detach().clone()))
         self.register_buffer("weight", self._dequantized(codes), persistent=False)
 
     def codes(self) -> torch.Tensor:
@@ -312,7 +313,7 @@ def _act_bits(act_quant: nn.Module) -> Optional[int]:
 @torch.no_grad()
 def _fill_bit(bit: nn.Module, ternary: _TernaryMixin) -> nn.Module:
     # in float32, or float64 for a float64 model, whose scales must not round through float32
-    bit = bit.to(torch.promote_types(ternary.weight.dtype, torch.float32))
+    bit = bit.to(wide_dtype(ternary.weight.dtype))
     codes, scale = ternary.codes(), ternary.channel_scale()
     bit.weight.copy_(latent_weight(codes, scale, ternary.quant.scale_op))
     again_codes, again_scale = bit.ternary_state()
@@ -325,3 +326,6 @@ def _fill_bit(bit: nn.Module, ternary: _TernaryMixin) -> nn.Module:
     if isinstance(ternary.act_quant, nn.Module) and not isinstance(ternary.act_quant, nn.Identity):
         bit.act_quant.load_state_dict(ternary.act_quant.state_dict())
     return bit.to(ternary.weight.dtype)  # a bf16 or float64 model's layers stay in its dtype
+
+
+TERNARY_LAYERS = (TernaryConv2d, TernaryLinear)  # the converted layers, for isinstance

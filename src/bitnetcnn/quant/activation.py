@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from bitnetcnn.quant.precision import wide_dtype
+
 ACT_BITS = (None, 8, 4)
 
 
@@ -30,13 +32,13 @@ def activation_codes(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.T
     The grid arithmetic runs in float32 at least (a float16 step of 1e-8 would round to 0 and turn zeros into NaN);
     the codes come back in that wider dtype, no gradient."""
     qmax = act_qmax(bits)
-    wide = torch.promote_types(x.dtype, torch.float32)
+    wide = wide_dtype(x.dtype)
     return torch.clamp(torch.round(x.detach().to(wide) / scale.to(wide)), -qmax, qmax)
 
 
 def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """``activation_codes(x, scale, bits) * scale`` forward, identity gradient backward, in ``x``'s dtype."""
-    wide = torch.promote_types(x.dtype, torch.float32)
+    wide = wide_dtype(x.dtype)
     quantized = (activation_codes(x, scale, bits) * scale.to(wide)).to(x.dtype)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return quantized  # exact grid values when no gradient is needed

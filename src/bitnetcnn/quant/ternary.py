@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bitnetcnn.quant.precision import at_least_float32
 from bitnetcnn.quant.scale import DEFAULT_SCALE_OP, channel_scale, pow2_scale
 
 DEFAULT_STE = "identity"
@@ -33,7 +34,7 @@ def ternary_quantize(
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``codes * scale`` as a float weight; the one place where the two meet, for training and inference alike.
+    """``codes * scale`` as a float weight, the weight a converted layer computes with (and fake quantization forward).
 
     float32 on the CPU goes through numpy, which multiplies int8 by float32 several times faster than torch does
     (loading a ResNet-18 checkpoint is mostly this); both round ``float32(code) * scale`` once, so the values are
@@ -55,7 +56,7 @@ def latent_weight(codes: torch.Tensor, scale: torch.Tensor, scale_op: str = DEFA
     (the codes survive: ``round(code * stretch)`` clamps back to the code).
     """
     scale = scale.reshape((codes.shape[0],) + (1,) * (codes.dim() - 1))
-    scale = scale.to(torch.promote_types(scale.dtype, torch.float32))  # float64 scales stay float64
+    scale = at_least_float32(scale)  # float64 scales stay float64
     weight = codes.to(scale.dtype) * scale
     if scale_op == "mean":
         flat = codes.reshape(codes.shape[0], -1)

@@ -17,6 +17,7 @@ from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
 from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
 from bitnetcnn.checkpoint.seed import LIGHTNING_KEY
 from bitnetcnn.data.catalog import get_dataset_spec
+from bitnetcnn.models.quant_spec import QUANT_ARGS
 from bitnetcnn.nn import convert_to_ternary, model_form
 from bitnetcnn.train.run_folder import read_run_record
 
@@ -106,8 +107,7 @@ def _refuse_float(model: nn.Module, src: Path, pow2: bool) -> None:
 
 
 # the settings of args.json that the model built from them records in model_args (under these names)
-_BUILT_FROM = {"model": "name", "quant": "quant", "scale_op": "scale_op", "pow2": "pow2", "act_bits": "act_bits",
-               "fp_ends": "fp_ends"}
+_BUILT_FROM = {"model": "name", **{key: key for key in QUANT_ARGS}}
 
 
 def _run_metadata(run: Path, pow2: bool, step: Optional[int], model: nn.Module) -> dict:

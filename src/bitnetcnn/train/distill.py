@@ -1,4 +1,5 @@
-"""Knowledge distillation loss (Hinton et al.): soft targets from a frozen full-precision teacher."""
+"""Knowledge distillation (Hinton et al.): soft targets from frozen teachers (full-precision or ternary, one or an
+ensemble), and FitNets-style feature hints."""
 
 from __future__ import annotations
 

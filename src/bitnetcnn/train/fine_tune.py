@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +20,7 @@ from bitnetcnn.models.classifier import classifier_name
 from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, same_model_arg
 from bitnetcnn.nn import ActQuantizer, model_form
 from bitnetcnn.quant.activation import act_qmax
-from bitnetcnn.train.run_recorder import command_with_note
+from bitnetcnn.train.recorded_command import command_with_note, teacher_note
 from bitnetcnn.train.settings import SettingsError
 
 
@@ -159,14 +158,6 @@ def init_metadata(path: str) -> dict:
     if meta.get("init"):
         lineage["init"] = meta["init"]
     return {"init": lineage, "training": steps}
-
-
-# what a step that made a teacher notes; scripts/publish_weight.py reads it back (TEACHER_NOTE)
-TEACHER_NOTE = re.compile(r"the teacher (\S+) \(sha256 ([0-9a-f]+)\.\.\.\)")
-
-
-def teacher_note(file: str, sha256: str) -> str:
-    return f"the teacher {file} (sha256 {sha256[:12]}...)"
 
 
 def teacher_metadata(paths: list[str], training: list[dict]) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from bitnetcnn.machine import describe_device
 from bitnetcnn.train.callbacks import batches_done_at_resume, random_states, set_random_states
 from bitnetcnn.train.divergence import logged_metric, stop_if_diverged
 from bitnetcnn.train.plot import plot_metrics
+from bitnetcnn.train.recorded_command import budget_note, command_with_note
 
 METRIC_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5"]
 
@@ -33,22 +33,6 @@ def _row_line(row: dict, epochs: int) -> str:
     if "ternary_acc" in pct:
         line += f"  ternary acc {pct['ternary_acc']} top-5 {pct['ternary_acc5']}"
     return line + f"  {row['elapsed_s']:.0f} s"
-
-
-def budget_note(epochs: int) -> str:
-    """What a budgeted run's recorded command adds."""
-    return f"the time budget gave {epochs} epoch{'' if epochs == 1 else 's'}"
-
-
-def command_with_note(command: str, note: str) -> str:
-    """``command`` with ``note`` added to its comment (``COMMAND  # NOTE; NOTE``), as recorded commands carry what
-    the command alone does not say."""
-    text, sep, comment = command.partition("  # ")
-    return f"{text}  # {comment}; {note}" if sep else f"{text}  # {note}"
-
-
-# budget_note's number, read back (scripts/publish_weight.py reads it from older files)
-BUDGET_GAVE = re.compile(r"the time budget gave (\d+) epochs?\b")
 
 
 class RunRecorder(L.Callback):
