@@ -89,7 +89,9 @@ def measure(label: str, layers, repeat: int) -> list[tuple[str, int, float, floa
     return rows
 
 
-def whole_file(label: str, seed_zip: Path | None, model, repeat: int) -> None:
+def whole_file(label: str, seed_zip: Path | None, model, repeat: int, shipped: Path | None = None) -> None:
+    """The whole checkpoint's sizes and load times; ``shipped``: the published file itself, whose size (its header
+    carries the training record) is the one the README quotes, besides the model saved again here."""
     with tempfile.TemporaryDirectory() as tmp:
         path = bitnetcnn.save_checkpoint(model, Path(tmp) / "model.bnc")
         report = checkpoint_size_report(path)
@@ -108,7 +110,12 @@ def whole_file(label: str, seed_zip: Path | None, model, repeat: int) -> None:
         if seed_zip is not None:
             print(f"| seed zip (int8 weights, DEFLATE) | {seed_zip.stat().st_size:,} | |")
         print(f"| float32 state_dict (torch.save) | {fpath.stat().st_size:,} | {t_float:.3f} (torch.load only) |")
-        print(f"| **bitnetcnn checkpoint** | **{report['file_bytes']:,}** | **{t_load:.3f}** |")
+        print(f"| **bitnetcnn checkpoint**{' (saved again here)' if shipped else ''} | **{report['file_bytes']:,}** "
+              f"| **{t_load:.3f}** |")
+        if shipped is not None:
+            size = shipped.stat().st_size
+            print(f"| {shipped.name} as published | {size:,} | |")
+            print(f"\nfloat32 state_dict / published file: {fpath.stat().st_size / size:.1f}x")
         print(f"\nternary part {report['ternary_coded_bytes']:,} bytes "
               f"({report['bits_per_ternary_weight']:.3f} bits/weight), other tensors {report['other_tensor_bytes']:,} "
               f"bytes before DEFLATE; outputs after the round trip bit-identical: {same}; "
@@ -144,7 +151,7 @@ def main() -> None:
         model = bitnetcnn.load_checkpoint(path)
         layers = [(n, m.codes().numpy()) for n, m in model.named_modules() if hasattr(m, "codes")]
         measure(path.name, layers, args.repeat)
-        whole_file(path.name, None, model, args.repeat)
+        whole_file(path.name, None, model, args.repeat, shipped=path)
 
 
 if __name__ == "__main__":

@@ -1002,3 +1002,12 @@ def test_a_calibration_that_cannot_fit_in_memory_is_refused_before_its_images_ar
         err = capsys.readouterr().err
         assert "calibration on 99,999,999 images would keep about" in err and "calibrate on fewer images" in err, err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_refuses_activation_quantizers_that_never_saw_a_training_batch(tmp_path):
+    """Their scale is each batch's absmax: the export blamed 'the dynamic batch axis is broken', and compile would
+    give answers that depend on the other images of a batch."""
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8, act_bits=8), int32_biases=False).eval()
+    with pytest.raises(NotDeployableError, match=r"never saw a training batch.*model\.train\(\); model\(images\)"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -745,3 +745,43 @@ def test_a_float64_converted_layer_made_trainable_keeps_its_scales_unrounded(sca
     assert again[0].weight.dtype == torch.float64
     assert torch.equal(again[0].ternary_state()[0], ternary[0].codes())
     torch.testing.assert_close(again[0].ternary_state()[1], ternary[0].channel_scale(), rtol=1e-13, atol=0)
+
+
+def test_bitify_skips_a_shared_layer_under_any_of_its_names_and_moves_backward_hooks():
+    """A layer registered as both ``a`` and ``b``: skip=("b",) made it ternary anyway and warned that 'b' named no
+    module. And backward hooks (Grad-CAM's) were dropped silently: only forward hooks moved to the Bit layer."""
+    import warnings as w
+
+    from bitnetcnn import bitify
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            conv = nn.Conv2d(3, 3, 1)
+            self.a, self.b = conv, conv
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        model = bitify(Twice(), skip=("b",))
+    assert type(model.a) is nn.Conv2d and model.a is model.b
+    assert not [str(c.message) for c in caught if "name no module" in str(c.message)]
+
+    calls = []
+    float_model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    float_model[0].register_full_backward_hook(lambda m, gi, go: calls.append("backward"))
+    float_model[0].register_full_backward_pre_hook(lambda m, go: calls.append("pre"))
+    bit = bitify(float_model)
+    bit(torch.randn(1, 3, 8, 8, requires_grad=True)).sum().backward()
+    assert sorted(calls) == ["backward", "pre"]
+
+
+def test_bitify_warns_when_the_bit_layers_there_keep_other_settings():
+    from bitnetcnn import bitify
+    from bitnetcnn.nn import BitConv2d
+
+    model = nn.Sequential(BitConv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
+    with pytest.warns(UserWarning, match=r"had 1 Bit layer already, which keep their settings .*quantizes two ways"):
+        bitify(model, act_bits=8, scale_op="mean")

@@ -145,3 +145,15 @@ def test_a_folder_named_after_a_model_does_not_hide_its_registry_name(tmp_path, 
     with warnings.catch_warnings():  # without the data set, "checked on random inputs only"
         warnings.simplefilter("ignore")
         assert main(["export", "bitnet_cnn", "-o", "m.onnx"]) == 0 and (tmp_path / "m.onnx").is_file()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_converted_model_of_another_dtype_is_summarized(dtype):
+    """A converted model whose first tensor is a buffer (no parameters): the sample took that uint8 packed weight's
+    dtype as 'not floating' and was float32, so a float64 or bf16 model failed with a dtype error."""
+    from bitnetcnn import bitify, convert_to_ternary
+
+    model = convert_to_ternary(bitify(nn.Sequential(nn.Conv2d(3, 4, 3))).eval()).to(dtype)
+    assert not list(model.parameters())
+    result = bitnetcnn.summary(model, (3, 8, 8), print_fn=None)
+    assert "TernaryConv2d" in str(result)

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint.pretrained_cfg import input_size_of, model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of, model_pretrained_cfg
 from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, TernaryLinear
 
 PACKED_BITS = 2  # storage of a ternary weight: four to a byte
@@ -147,9 +147,8 @@ def summary(
         reference = next(iter(model.buffers()), torch.empty(0))
     try:
         model.eval()
-        with torch.no_grad():
-            dtype = reference.dtype if reference.is_floating_point() else torch.float32
-            model(torch.zeros((1, *input_size), device=reference.device, dtype=dtype))
+        with torch.no_grad():  # a converted model's first buffer is its uint8 packed weight: the dtype is a float's
+            model(torch.zeros((1, *input_size), device=reference.device, dtype=input_dtype_of(model)))
     finally:
         for handle in handles:
             handle.remove()

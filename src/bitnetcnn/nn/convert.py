@@ -25,7 +25,7 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
     Returns the (copied unless ``inplace``) model and the number of replacements. A replaced module's children are
     not visited. A module registered in several places (``nn.Sequential(conv, act, conv)``, or one block under two
     parents) is replaced everywhere by one and the same new module, so what was shared stays shared; it counts
-    once. The forward hooks on a replaced module move to its replacement.
+    once. The forward and backward hooks on a replaced module move to its replacement.
     """
     if not inplace:
         model = _copy(model)
@@ -60,9 +60,9 @@ def replace_modules(model: nn.Module, rule: Rule, inplace: bool = False) -> tupl
     return model, len(replaced)
 
 
-# the forward hooks a module keeps, with the dicts that flag some of them (by hook id)
+# the forward and backward hooks a module keeps, with the dicts that flag some of them (by hook id)
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
-               "_forward_hooks_always_called")
+               "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks")
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -95,7 +95,7 @@ def _refuse_old_norms(module: nn.Module, name: str, why: str, other_way: str) ->
 
 
 def _carry_hooks(old: nn.Module, new: nn.Module, name: str) -> None:
-    """Move ``old``'s forward hooks to ``new``; refuse the old-style weight and spectral norms, which are hooks that
+    """Move ``old``'s forward and backward hooks to ``new`` (Grad-CAM's among them); refuse the old-style weight and spectral norms, which are hooks that
     recompute ``weight`` from parameters the replacement does not have."""
     _refuse_old_norms(old, name, "whose weight a ternary layer would not recompute",
                       "or keep the layer in full precision (bitify's skip)")
@@ -103,6 +103,8 @@ def _carry_hooks(old: nn.Module, new: nn.Module, name: str) -> None:
         hooks = getattr(old, attr, None)
         if hooks:
             getattr(new, attr).update(hooks)
+    if getattr(old, "_is_full_backward_hook", None) is not None:  # how torch calls the backward hooks just moved
+        new._is_full_backward_hook = old._is_full_backward_hook
 
 
 def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: bool = False,
@@ -218,6 +220,10 @@ def bitify(
                                                    **quant_kwargs))  # validated once, before the walk
 
     matched = set()
+    aliases: dict[int, list[str]] = {}  # a module registered under several names is skipped under any of them
+    for name, module in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(module), []).append(name)
+    names_of = {name: names for names in aliases.values() for name in names}  # the copy has the same names
 
     def skipped(name: str) -> bool:
         parts = name.split(".")
@@ -229,7 +235,7 @@ def bitify(
     other: list[str] = []  # layers of kinds bitify does not make ternary (Conv1d, Conv3d, ConvTranspose2d, ...)
 
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
-        if name and skipped(name):
+        if name and any([skipped(alias) for alias in names_of.get(name, [name])]):  # a list: each alias marks its pattern
             return None
         if type(module) in (nn.Conv2d, nn.Linear):
             new = (BitConv2d if type(module) is nn.Conv2d else BitLinear).from_float(module, **settings)
@@ -266,6 +272,14 @@ def bitify(
         warnings.warn(f"bitify: skip patterns {unmatched} name no module of {type(model).__name__}, so nothing was "
                       f"kept in full precision for them; its top-level modules are {names}", UserWarning, stacklevel=2)
     already = sum(isinstance(m, BIT_LAYERS) for m in model.modules())
+    other_settings = sorted({str(m.quant) for m in model.modules() if isinstance(m, BIT_LAYERS)} -
+                            {str(settings["quant"])})
+    if count and other_settings:
+        warnings.warn(f"bitify: {type(model).__name__} had {already} Bit layer{'s' * (already != 1)} already, which "
+                      f"keep their settings ({'; '.join(other_settings)}), while the {count} made now take "
+                      f"{settings['quant']}: the model quantizes two ways, and its model_args say the new way only "
+                      "(save_checkpoint will refuse it). Bitify the float model once with one setting, or set each "
+                      "layer's .quant", UserWarning, stacklevel=2)
     if count == 0 and already:
         warnings.warn(f"bitify: {type(model).__name__} is ternary already ({already} Bit layers) and bitify leaves "
                       "their settings as they are; to quantize otherwise, bitify the float model with the new "
