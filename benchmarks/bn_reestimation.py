@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bitnetcnn.cli import positive_int  # noqa: E402
 from bitnetcnn.data.catalog import get_dataset_spec  # noqa: E402
-from bitnetcnn.hub import load  # noqa: E402
+from bitnetcnn.hub import list_pretrained, load  # noqa: E402
 from bitnetcnn.normalization import normalize  # noqa: E402
 from bitnetcnn.settings import data_root  # noqa: E402
 from bitnetcnn.train.evaluate import accuracy  # noqa: E402
@@ -52,7 +52,8 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, mean, std, batch: int,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="bitnet_resnet18", help="a hub entry with published weights")
+    parser.add_argument("--model", default="bitnet_resnet18", choices=[w.hub_entry for w in list_pretrained()],
+                        metavar="MODEL", help="a hub entry with published weights")
     parser.add_argument("--batch-size", type=positive_int, default=500)
     args = parser.parse_args(argv)
 

@@ -16,7 +16,9 @@ import lightning as L
 import torch
 
 from bitnetcnn.cli import count, positive_int
+from bitnetcnn.data import list_datasets
 from bitnetcnn.data.datamodule import ImageDataModule
+from bitnetcnn.models import list_models
 from bitnetcnn.train.module import BitClassifier
 
 
@@ -42,10 +44,10 @@ class StepTimer(L.Callback):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="bit_resnet18")
-    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--model", default="bit_resnet18", choices=list_models(), metavar="MODEL")
+    p.add_argument("--dataset", default="cifar100", choices=list_datasets(), metavar="DATASET")
     p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--batches", type=positive_int, default=40)
     p.add_argument("--warmup", type=count, default=3)
     p.add_argument("--amp", action="store_true")

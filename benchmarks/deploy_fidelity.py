@@ -26,6 +26,9 @@ from bitnetcnn.cli import positive_int
 from bitnetcnn.deploy import compile
 from bitnetcnn.deploy.calibration import dataset_images
 from bitnetcnn.normalization import normalize
+from bitnetcnn.data import list_datasets
+from bitnetcnn.models import list_models
+from bitnetcnn.models.blocks import ACTIVATIONS
 from bitnetcnn.nn import ActQuantizer
 
 
@@ -56,9 +59,9 @@ def logits(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="bit_resnet18")
-    p.add_argument("--dataset", default="cifar100")
-    p.add_argument("--acts", nargs="+", default=["relu", "silu"])
+    p.add_argument("--model", default="bit_resnet18", choices=list_models(), metavar="MODEL")
+    p.add_argument("--dataset", default="cifar100", choices=list_datasets(), metavar="DATASET")
+    p.add_argument("--acts", nargs="+", default=["relu", "silu"], choices=list(ACTIVATIONS))
     p.add_argument("--images", type=positive_int, default=2560, help="training images that settle the statistics")
     p.add_argument("--test-images", type=positive_int, default=1000)
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])

@@ -21,13 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import bitnetcnn  # noqa: E402
 from bitnetcnn.checkpoint.fuzz import FUZZ_MODES, fuzz  # noqa: E402
-from bitnetcnn.cli import positive_int  # noqa: E402
+from bitnetcnn.cli import positive_int, seconds  # noqa: E402
+from bitnetcnn.models import list_models  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=300)
-    parser.add_argument("--model", default="bitnet_cnn")
+    parser.add_argument("--seconds", type=seconds, default=300)
+    parser.add_argument("--model", default="bitnet_cnn", choices=list_models(), metavar="MODEL")
     parser.add_argument("--width", type=positive_int, default=4, help="bitnet_cnn width (small: fast iterations)")
     parser.add_argument("--batch", type=positive_int, default=200)
     parser.add_argument("--seed", type=int, default=0)

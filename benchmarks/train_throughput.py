@@ -31,7 +31,9 @@ import torch
 
 from bitnetcnn.cli import count, positive_int
 from bitnetcnn.machine import describe_device
+from bitnetcnn.data import list_datasets
 from bitnetcnn.data.sources import Split
+from bitnetcnn.models import list_models
 from bitnetcnn.train.run import TrainSettings, _precision, _quiet_lightning, build
 from bitnetcnn.train.settings import COMPILE_MODES
 
@@ -137,12 +139,12 @@ def synthetic(n: int, shape: tuple, num_classes: int, seed: int) -> Split:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="bitnet_cnn")
-    p.add_argument("--dataset", default="mnist_demo")
+    p.add_argument("--model", default="bitnet_cnn", choices=list_models(), metavar="MODEL")
+    p.add_argument("--dataset", default="mnist_demo", choices=list_datasets(), metavar="DATASET")
     p.add_argument("--data-dir")
     p.add_argument("--model-kwargs", type=json.loads, default={})
     p.add_argument("--act-bits", type=int, choices=[8, 4], help="quantize activations as train --act-bits does")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)

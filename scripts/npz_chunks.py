@@ -127,6 +127,11 @@ def main(argv=None) -> int:
     p.add_argument("folder", type=Path)
     p.add_argument("npz", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "split" and not args.npz.is_file():
+        parser.error(f"split: {args.npz} is not a file: give the .npz to split")
+    if args.command == "join" and not (args.folder / MANIFEST).is_file():
+        parser.error(f"join: {args.folder} holds no {MANIFEST} (split writes it into carry.0): give the folder "
+                     "the carry folders' files were copied into")
     if args.command == "split":
         manifest = split(args.npz, args.out, int(args.max_mb * 1e6))
         for k in range(manifest["carry_folders"]):

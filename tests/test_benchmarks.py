@@ -114,3 +114,21 @@ def test_the_training_timers_count_every_timed_batchs_loading(name, timer):
         clock.on_train_batch_end(None, module, None, batch, i)
     start, end = (clock.train_start, clock.train_end) if name == "train_throughput" else (clock.start, clock.end)
     assert end - start >= 2 * 0.06, end - start  # both timed batches, each fetched and stepped
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("benchmarks/train_throughput.py", ["--model", "nosuch"], "argument --model: invalid choice: 'nosuch'"),
+    ("benchmarks/train_throughput.py", ["--batch-size", "0"], "argument --batch-size: 0 is not a positive integer"),
+    ("benchmarks/data_loading.py", ["--dataset", "nosuch"], "argument --dataset: invalid choice: 'nosuch'"),
+    ("benchmarks/deploy_fidelity.py", ["--acts", "bogus"], "argument --acts: invalid choice: 'bogus'"),
+    ("benchmarks/fuzz_checkpoint.py", ["--seconds", "-1"], "-1 is not a finite number of seconds"),
+    ("benchmarks/bn_reestimation.py", ["--model", "nosuch"], "argument --model: invalid choice: 'nosuch'"),
+    ("scripts/npz_chunks.py", ["split", "nothing-here.npz", "out"], "nothing-here.npz is not a file"),
+    ("scripts/npz_chunks.py", ["join", ".", "x.npz"], "holds no manifest.json"),
+])
+def test_the_scripts_refuse_bad_arguments_in_one_line(script, args, message, tmp_path):
+    """These gave a traceback (exit status 1) for a wrong name or file, and --seconds -1 'fuzzed' nothing and passed."""
+    done = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []

@@ -559,3 +559,14 @@ def test_horizontal_flips_follow_the_data_set_unless_the_run_says(monkeypatch):
     args = build_parser().parse_args(["train", "--dataset", "imagefolder", "--no-hflip"])
     assert args.hflip is False and build_parser().parse_args(["train"]).hflip is None
     assert TrainSettings(hflip=False).as_command().endswith("--no-hflip")
+
+
+def test_a_trained_models_missing_test_folder_names_val_alone(tmp_path):
+    """Evaluating a trained model reads val/ alone (its class names label it), yet a missing val/ said "Expected
+    root/train/<class>/*.jpg and root/val/<class>/*.jpg", as if train/ were needed too."""
+    from bitnetcnn.data.sources import imagefolder_reader
+
+    with pytest.raises(DatasetNotFoundError, match=r"looked in: .*val\. Expected root/val/<class>/\*\.jpg \(the test"):
+        imagefolder_reader(28, 1, class_names=["a", "b"])(tmp_path, False, False)
+    with pytest.raises(DatasetNotFoundError, match=r"Expected root/train/<class>/\*\.jpg and root/val"):
+        imagefolder_reader(28, 1)(tmp_path, False, False)  # a new run's data: both splits

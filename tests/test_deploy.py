@@ -206,6 +206,8 @@ def test_the_deployed_model_reads_uint8_images_as_calibration_does_and_refuses_u
         deployed_plain(normalized[0])
     with pytest.raises(ValueError, match=r"not \(2, 1, 32, 32\): resize them first"):
         deployed_plain.run_numpy(np.zeros((2, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"not \(2, 3, 28, 28\): give 1-channel images \(greyscale"):  # was "resize"
+        deployed_plain.run_numpy(np.zeros((2, 3, 28, 28), np.float32))
     # calibration or check images of another size were refused deep inside onnxruntime
     with pytest.raises(ValueError, match=r"calibration images are 1x32x32 but the model takes 1x28x28"):
         compile(models["plain"], torch.nn.functional.pad(normalized, (2, 2, 2, 2)))

@@ -408,3 +408,16 @@ def test_a_converted_models_classifier_is_not_resized_but_refused_with_what_to_d
         new_classifier(model, 5)
     resized = new_classifier(convert_to_bit(model), 5)
     assert resized.model_args["num_classes"] == 5 and resized(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+
+
+def test_a_hub_entry_without_weights_yet_is_said_so_by_the_commands(monkeypatch, capsys):
+    """`bitnetcnn eval bitnet_resnet50` said "'bitnet_resnet50' is not a file or a published weight (did you mean
+    bitnet_resnet18?)", as if the name were misspelt."""
+    import bitnetcnn.hub as hub
+    from bitnetcnn.cli import main
+
+    others = [w for w in hub.list_pretrained() if w.hub_entry != "bitnet_mnist"]
+    monkeypatch.setattr(hub, "list_pretrained", lambda: others)  # bitnet_mnist as a hub entry not trained yet
+    assert main(["eval", "bitnet_mnist"]) == 2
+    err = capsys.readouterr().err
+    assert "bitnet_mnist has no published weights yet" in err and "bitnetcnn train --model bitnet_cnn" in err, err

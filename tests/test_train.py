@@ -83,7 +83,7 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
 
 @pytest.mark.parametrize("flags, message", [
     (["--momentum", "0.8"], "--momentum 0.8 is SGD's: --optimizer adamw does not use it"),
-    (["--kd-temperature", "2"], "--kd-temperature shape distillation, which needs --kd"),
+    (["--kd-temperature", "2"], "--kd-temperature shapes distillation, which needs --kd"),
     (["--quant", "fp", "--act-bits", "8", "--pow2"], "--quant fp trains full-precision layers, so --pow2 and --act-bits"),
     (["--quant", "fp", "--fp-ends"], "--quant fp trains full-precision layers, so --fp-ends would not be used"),
     (["--kd", "--teacher", "t.bnc", "--kd-alpha", "0"], "--kd-alpha 0 without --kd-hints leaves the teacher out"),
@@ -609,7 +609,7 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     run = tmp_path / "run"
     train(TrainSettings(out=str(run), epochs=1, **QUICK))
     resume = ["train", "--resume", "--out", str(run), "--no-progress"]
-    _one_line_error(capsys, [*resume, "--lr", "0.5"], "--lr 0.5 (saved: None) cannot take effect")
+    _one_line_error(capsys, [*resume, "--lr", "0.5"], "--lr 0.5 (saved: the default) cannot take effect")
     _one_line_error(capsys, [*resume, "--time-budget", "8"], "takes 1 epoch (args.json): leave --time-budget out")
     _one_line_error(capsys, [*resume, "--epochs", "0"], "--epochs must be an integer >= 1")
     (run / "args.json").write_text(json.dumps(dict(json.loads((run / "args.json").read_text()), epochs=2)))
@@ -1487,10 +1487,21 @@ def test_convert_never_writes_over_its_input_or_another_file_unless_told(tmp_pat
         assert "/dev/null is not a regular file (a device or a pipe)" in capsys.readouterr().err
     # a misspelt published weight was "cannot read the file: No such file or directory"
     _one_line_error(capsys, ["convert", "bitnet_mnst"], "(did you mean bitnet_mnist?): published weights: bitnet_mnist")
+    # a published weight was re-saved beside itself, into the installed package
+    from bitnetcnn.hub import PRETRAINED_DIR
+    shipped = sorted(PRETRAINED_DIR.iterdir())
+    _one_line_error(capsys, ["convert", "bitnet_mnist"], "bitnet_mnist.bnc is a published weight, converted already")
+    assert sorted(PRETRAINED_DIR.iterdir()) == shipped
     _one_line_error(capsys, ["train", "--init", "bitnet_mnst", "--out", str(tmp_path / "typo")],
                     "'bitnet_mnst' is not a file or a published weight (did you mean bitnet_mnist?)")
     _one_line_error(capsys, ["train", "--kd", "--teacher", "bitnet_mnst", "--out", str(tmp_path / "typo")],
                     "'bitnet_mnst' is not a file or a published weight")
+    # a missing file was the reader's "cannot read the file: No such file or directory", naming no flag
+    _one_line_error(capsys, ["train", "--init", str(tmp_path / "gone.bnc"), "--out", str(tmp_path / "gone")],
+                    "--init " + str(tmp_path / "gone.bnc") + ": no such file; give a checkpoint file")
+    _one_line_error(capsys, ["train", "--kd", "--teacher", str(tmp_path / "gone.bnc"), "--out", str(tmp_path / "gone")],
+                    "--teacher " + str(tmp_path / "gone.bnc") + ": no such file; give a checkpoint file")
+    assert not (tmp_path / "gone").exists()
 
 
 def test_convert_reads_a_file_by_its_content_and_only_its_own_runs_figures(tmp_path, capsys):
@@ -1602,6 +1613,11 @@ def test_init_on_other_classes_loads_every_layer_but_a_fresh_classifier(tmp_path
     assert f"predicts 5 classes and this run 10: its classifier ({head}) starts afresh" in capsys.readouterr().err
     with pytest.raises(SettingsError, match=r"has in_chans=1 but this run needs in_chans=3"):
         build(TrainSettings(init=str(tmp_path / "five.bnc"), dataset="cifar10", data_dir=str(tmp_path / "none")))
+    # another architecture's file said what differs but not the flag that fixes it
+    with pytest.raises(SettingsError, match=r"has name='bitnet_cnn' but this run needs name='bit_resnet18' .*add "
+                                            r"--model bitnet_cnn to fine-tune it"):
+        build(TrainSettings(init=str(tmp_path / "five.bnc"), model="bit_resnet18", dataset="cifar10",
+                            data_dir=str(tmp_path / "none")))
 
 
 def test_a_greyscale_image_folder_fine_tunes_a_one_channel_model_and_evaluates(tmp_path):
@@ -1951,3 +1967,13 @@ def test_a_best_model_written_before_a_kill_stays_the_best_the_resumed_run_recor
     assert first["best_ternary_acc"] < 0.999
     resumed = train(TrainSettings(out=str(run), epochs=2, progress=False), resume=True, given={"epochs"})
     assert resumed["best_ternary_acc"] == 0.999 and best.read_bytes() == written
+
+
+def test_a_misspelt_flag_is_named_by_its_command_with_the_flag_meant(capsys):
+    """`bitnetcnn train --datset mnist` said "bitnetcnn: error: unrecognized arguments", naming neither the command
+    nor the flag meant, where a misspelt model or data set name gets "did you mean"."""
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--datset", "mnist"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("bitnetcnn train: error: unrecognized arguments: --datset mnist (did you mean --dataset?)")

@@ -263,8 +263,13 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_convert(args) -> int:
+    from bitnetcnn.hub import PRETRAINED_DIR
     from bitnetcnn.train.convert_file import convert_file
 
+    if Path(args.checkpoint).resolve().parent == PRETRAINED_DIR.resolve():  # it wrote beside it, into the package
+        raise ValueError(f"{Path(args.checkpoint).name} is a published weight, converted already: eval, predict, "
+                         "export, bench and summary take it by its name; convert takes a run's last.ckpt or a Bit "
+                         "checkpoint")
     out = convert_file(args.checkpoint, args.output, pow2=args.pow2, force=args.force)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
@@ -431,7 +436,7 @@ def _model_file(text: str, registry_names: bool) -> str:
     (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
     command takes one. Anything else is refused with the names it could have been."""
     from bitnetcnn.deploy.source import names_a_file
-    from bitnetcnn.hub import list_pretrained
+    from bitnetcnn.hub import entries, list_pretrained
     from bitnetcnn.models import list_models
 
     if not text.strip():
@@ -445,6 +450,10 @@ def _model_file(text: str, registry_names: bool) -> str:
     if found != text or Path(text).exists():  # a folder: the command's own error says what it needs
         return found
     published = [w.hub_entry for w in list_pretrained()]
+    if text in entries():  # a hub entry whose weights are not trained yet: "did you mean" would miss the point
+        raise ValueError(f"{text} has no published weights yet (bitnetcnn models lists which do): published weights: "
+                         f"{', '.join(published)}; or train one with bitnetcnn train --model "
+                         f"{entries()[text].model} and give its best_ternary.bnc")
     close = difflib.get_close_matches(text, published + registry, n=1, cutoff=0.4)
     raise ValueError(f"{text!r} is not a file{', a registry name' if registry else ''} or a published weight"
                      f"{f' (did you mean {close[0]}?)' if close else ''}: published weights: {', '.join(published)}"
@@ -469,10 +478,21 @@ def _published_file(text: str) -> str:
     return str(pretrained_path(text))
 
 
+def _refuse_unknown(command: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit with the command's own error for arguments it does not take, with the flag a misspelt one meant."""
+    flags = [f for action in command._actions for f in action.option_strings if f.startswith("--")]
+    meant = [close[0] for arg in unknown if arg.startswith("--")
+             for close in [difflib.get_close_matches(arg.split("=")[0], flags, n=1, cutoff=0.6)] if close]
+    command.error(f"unrecognized arguments: {' '.join(unknown)}"
+                  + (f" (did you mean {', '.join(meant)}?)" if meant else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse names the top command ("bitnetcnn: error") and guesses nothing: name both
+        _refuse_unknown(parser._subparsers._group_actions[0].choices[args.command], unknown)
     command = args.__dict__.pop("command")
     if command == "train":
         args.given = _given_flags(parser._subparsers._group_actions[0].choices["train"], argv[1:])

@@ -290,7 +290,9 @@ def imagefolder_reader(size: int, channels: int = 3,
         train_dir, split_dir = root / "train", root / ("train" if train else "val")
         for folder in dict.fromkeys((split_dir,) if class_names else (train_dir, split_dir)):
             if not folder.is_dir():
-                raise _missing("imagefolder", [folder], "Expected root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
+                raise _missing("imagefolder", [folder], "Expected root/val/<class>/*.jpg (the test images, all a "
+                               "trained model's evaluation reads)." if class_names and not train else
+                               "Expected root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
         classes = list(class_names) if class_names else _class_folders(train_dir)
         if not classes:
             raise _missing("imagefolder", [train_dir], "Found no class folders there: expected "

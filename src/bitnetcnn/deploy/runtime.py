@@ -68,6 +68,9 @@ class DeployedModel:
             return
         if len(shape) == len(dims) - 1:
             advice = "add the batch dimension (x[None])"
+        elif len(shape) == len(dims) and dims[1] is not None and shape[1] != dims[1]:
+            advice = (f"give {dims[1]}-channel images ({'greyscale' if dims[1] == 1 else 'RGB'}; a pretrained model's "
+                      "pretrained_cfg.transforms() converts them)")
         else:
             advice = "resize them first (a pretrained model's pretrained_cfg.transforms() does)"
         expected = ", ".join("N" if i == 0 else str(d) for i, d in enumerate(dims))

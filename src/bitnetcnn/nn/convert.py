@@ -73,7 +73,8 @@ def _copy(model: nn.Module) -> nn.Module:
     except RuntimeError:
         for name, module in model.named_modules():
             _refuse_old_norms(module, name, "which copy.deepcopy cannot copy (its weight is computed, not a leaf)",
-                              "or pass inplace=True")
+                              "or pass inplace=True (for bitify, with the layer named in skip=: a ternary layer "
+                              "would not recompute its weight)")
         raise
 
 

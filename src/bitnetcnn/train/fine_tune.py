@@ -33,6 +33,8 @@ def _check_init_args(model: torch.nn.Module, args: dict, path: str, image_folder
     for key in ("name", "in_chans"):  # num_classes may differ: the classifier then starts afresh (load_init_weights)
         if key in args and args[key] != ours[key]:
             hint = "; an image folder is read with --img-channels 1 or 3" if key == "in_chans" and image_folder else ""
+            if key == "name":
+                hint = f"; add --model {args[key]} to fine-tune it"
             raise SettingsError(f"--init {path} has {key}={args[key]!r} but this run needs {key}={ours[key]!r} "
                                 f"(model {ours['name']} on the chosen data set{hint})")
     defaults = {name: p.default for name, p in inspect.signature(type(model)).parameters.items()

@@ -122,11 +122,27 @@ def _check_accelerator(s: TrainSettings) -> None:
             raise SettingsError(f"--devices {s.devices} but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
+def _check_weight_files(s: TrainSettings, resume: bool) -> None:
+    """A missing --init or --teacher file, named with its flag before any data is read (the checkpoint reader's
+    "cannot read the file" named neither). A resumed run takes its weights from last.ckpt, and says itself where
+    teachers that moved must be given."""
+    if resume:
+        return
+    for flag, path in [("--init", s.init)] * bool(s.init) + [("--teacher", t) for t in s.teacher if s.kd]:
+        if not Path(path).is_file():
+            from bitnetcnn.hub import list_pretrained
+
+            names = ", ".join(w.hub_entry for w in list_pretrained())
+            raise SettingsError(f"{flag} {path}: no such file; give a checkpoint file (a run's best_ternary.bnc) or "
+                                f"a published weight's name ({names})")
+
+
 def build(s: TrainSettings, resume: bool = False):
     """The data module, the Lightning module and the run folder for these settings (validated). A resumed run
     takes its weights from last.ckpt, not from ``--init``, which may have moved since."""
     get_model_config(s.model)  # unknown model: error with the valid names, before any data is read
     _check_accelerator(s)
+    _check_weight_files(s, resume)
     data = ImageDataModule(s.dataset, s.data_dir, s.batch_size, download=s.download, img_size=s.img_size,
                            img_channels=s.img_channels,
                            limit_train=s.limit_train, limit_eval=s.limit_eval, rotate=s.rotate, zoom=s.zoom,
@@ -230,7 +246,7 @@ def _check_shares(data: ImageDataModule, batch_size: int, processes: int) -> Non
     if train_share < batch_size:
         raise SettingsError(f"the training set has {len(data.train_split.labels)} images, {train_share} for each of "
                             f"{processes} processes: fewer than one batch of {batch_size}; lower --batch-size (or "
-                            "raise --limit-train, or use fewer devices)")
+                            "use fewer devices)")
     if len(data.test_split.labels) < processes:
         raise SettingsError(f"the test set has {len(data.test_split.labels)} images, fewer than the {processes} "
                             "processes that validate a share each: raise --limit-eval (or use fewer devices)")
@@ -271,7 +287,8 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     data.setup()  # a missing data set is reported before the run folder is made
     if len(data.train_split.labels) < s.batch_size:  # the last partial batch is dropped: no step at all
         raise SettingsError(f"the training set has {len(data.train_split.labels)} images, fewer than one batch of "
-                            f"{s.batch_size}: lower --batch-size (or raise --limit-train)")
+                            f"{s.batch_size}: lower --batch-size"
+                            + (" (or raise --limit-train)" if s.limit_train else ""))
     averaging = _weight_averaging(s)
     last = out / "last.ckpt"
     if resume and not last.exists() and (out / "results.json").exists():  # finished, then its checkpoint deleted

@@ -87,12 +87,12 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
                 m == t or not Path(t).is_file() for m, t in zip(mine, theirs)):
             changes[name] = mine  # teachers that moved (another machine): where they are now
         elif name == "epochs":
-            raise SettingsError(f"--resume --epochs {mine}: the run in {s.out} was set for {theirs} epochs; give more "
+            raise SettingsError(f"--resume --epochs {mine}: the run in {s.out} was set for {theirs} epoch{'s' * (theirs != 1)}; give more "
                                 f"than {theirs} to extend it, or leave --epochs out to finish it")
         else:
             flag = "--" + name.replace("_", "-")
             raise SettingsError(f"--resume continues the run in {s.out} with its saved settings, so {flag} {mine!r} "
-                                f"(saved: {theirs!r}) cannot take effect: leave it out, or start a new run with a "
+                                f"(saved: {'the default' if theirs is None else repr(theirs)}) cannot take effect: leave it out, or start a new run with a "
                                 f"fresh --out (--init {Path(s.out) / 'best_ternary.bnc'} fine-tunes from this one)")
     if changes.get("epochs", saved.epochs) > saved.epochs and first_process():
         # said aloud (once nothing was refused); a budget that has not decided yet decides within the new cap

@@ -160,8 +160,8 @@ class TrainSettings:
             given = [f"--{k.replace('_', '-')}" for k in ("kd_alpha", "kd_temperature")
                      if getattr(self, k) != getattr(default, k)]
             if given:
-                raise SettingsError(f"{' and '.join(given)} shape distillation, which needs --kd and a --teacher: "
-                                    "add them, or leave the flags out")
+                raise SettingsError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} distillation, which needs --kd "
+                                    f"and a --teacher: add them, or leave {'them' if len(given) > 1 else 'it'} out")
         if self.quant == "fp":
             given = [flag for flag, changed in (("--scale-op", self.scale_op != default.scale_op),
                                                 ("--pow2", bool(self.pow2)), ("--act-bits", bool(self.act_bits)),
@@ -169,7 +169,7 @@ class TrainSettings:
                      if changed]
             if given:
                 raise SettingsError(f"--quant fp trains full-precision layers, so {' and '.join(given)} would not be "
-                                    "used: leave them out, or train a ternary model")
+                                    f"used: leave {'them' if len(given) > 1 else 'it'} out, or train a ternary model")
         if self.kd and self.kd_alpha == 0 and self.kd_temperature != default.kd_temperature:
             raise SettingsError(f"--kd-temperature {self.kd_temperature:g} softens the logits of --kd-alpha's term, "
                                 "which --kd-alpha 0 leaves out: leave --kd-temperature out, or give --kd-alpha above 0")
