@@ -1013,3 +1013,18 @@ def test_refuses_activation_quantizers_that_never_saw_a_training_batch(tmp_path)
     with pytest.raises(NotDeployableError, match=r"never saw a training batch.*model\.train\(\); model\(images\)"):
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_without_its_test_images_says_so_once(tmp_path, capsys):
+    """With the data set absent the command said it would check on random inputs, then export_onnx's Python
+    UserWarning said the same again."""
+    from bitnetcnn.cli import main
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", "bitnet_mnist", "-o", str(tmp_path / "m.onnx"), "--data-dir", str(tmp_path / "none"),
+                     "--check", "64"]) == 0
+    said = capsys.readouterr()
+    assert "checking on random inputs" in said.out + said.err
+    assert not [str(w.message) for w in caught if "no check_inputs given" in str(w.message)]
+    assert (tmp_path / "m.onnx").is_file()

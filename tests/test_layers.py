@@ -785,3 +785,12 @@ def test_bitify_warns_when_the_bit_layers_there_keep_other_settings():
     model = nn.Sequential(BitConv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
     with pytest.warns(UserWarning, match=r"had 1 Bit layer already, which keep their settings .*quantizes two ways"):
         bitify(model, act_bits=8, scale_op="mean")
+
+
+def test_bitify_of_a_converted_model_says_it_is_converted_already():
+    """It said the model had 'no nn.Conv2d or nn.Linear', true but no help: the way back is convert_to_bit."""
+    from bitnetcnn import bitify
+
+    converted = convert_to_ternary(bitify(nn.Sequential(nn.Conv2d(3, 4, 3))).eval())
+    with pytest.warns(UserWarning, match=r"is converted already .*convert_to_bit\(model\)"):
+        bitify(converted)

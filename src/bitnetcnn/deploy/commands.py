@@ -88,6 +88,7 @@ def export_command(
     with warnings.catch_warnings():
         if check == 0:  # asked for: said once here, not as a Python warning
             log("note: --check 0: the export is checked on random inputs only")
+        if check_inputs is None:  # said above, once, in the command's words
             warnings.filterwarnings("ignore", "export_onnx: no check_inputs given", UserWarning)
         return export_onnx(net, output, int8=int8, calibration=calibration, check_inputs=check_inputs,
                            min_agreement=min_agreement, threads=threads)

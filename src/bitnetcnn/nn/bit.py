@@ -95,7 +95,8 @@ class _BitMixin:
 class BitConv2d(_BitMixin, nn.Conv2d):
     """``nn.Conv2d`` with ternary fake-quantized weights (and optionally quantized input activations).
 
-    It keeps the latent float weight under the same name as ``nn.Conv2d``, so float state dicts load into it.
+    It keeps the latent float weight under the same name as ``nn.Conv2d``, so float state dicts load into it (with
+    ``act_bits``, with ``strict=False``: the activation quantizer's running scale is not in a float state dict).
     """
 
     def __init__(

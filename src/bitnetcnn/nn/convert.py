@@ -286,6 +286,9 @@ def bitify(
                       "their settings as they are; to quantize otherwise, bitify the float model with the new "
                       "settings (or convert_to_bit a converted one and set each layer's .quant)", UserWarning,
                       stacklevel=2)
+    elif count == 0 and any(isinstance(m, TERNARY_LAYERS) for m in model.modules()):
+        warnings.warn(f"bitify: {type(model).__name__} is converted already (TernaryConv2d/TernaryLinear layers), so "
+                      "nothing changed; to train it again, bitnetcnn.convert_to_bit(model)", UserWarning, stacklevel=2)
     elif count == 0:
         warnings.warn(
             f"bitify: {type(model).__name__} has no nn.Conv2d or nn.Linear outside the skipped patterns {skip}; "

@@ -130,11 +130,8 @@ def _check_weight_files(s: TrainSettings, resume: bool) -> None:
         return
     for flag, path in [("--init", s.init)] * bool(s.init) + [("--teacher", t) for t in s.teacher if s.kd]:
         if not Path(path).is_file():
-            from bitnetcnn.hub import list_pretrained
-
-            names = ", ".join(w.hub_entry for w in list_pretrained())
             raise SettingsError(f"{flag} {path}: no such file; give a checkpoint file (a run's best_ternary.bnc) or "
-                                f"a published weight's name ({names})")
+                                "a published weight's name (bitnetcnn models lists them)")
 
 
 def build(s: TrainSettings, resume: bool = False):
