@@ -247,7 +247,7 @@ def test_pixels_a_model_cannot_read_as_they_are_are_refused_not_guessed(tmp_path
     mnist = load("bitnet_mnist", pretrained=True).pretrained_cfg.transforms()
     with pytest.raises(ValueError, match=r"float images are pixels in 0..1 .* span 0..255"):
         mnist(torch.from_numpy(digit).float()[None])
-    with pytest.raises(ValueError, match="float images are pixels in 0..1"):
+    with pytest.raises(ValueError, match="NaN or infinite"):
         mnist(torch.full((1, 28, 28), float("nan")))
     as_float64 = torch.from_numpy(digit[None] / 255.0)
     assert as_float64.dtype == torch.float64 and mnist(as_float64).dtype == torch.float32
@@ -297,3 +297,36 @@ def test_images_of_other_channels_than_the_normalization_and_bool_images_are_ref
     assert normalize(grey[0], (0.1307,), (0.3081,)).shape == (1, 8, 8)  # one image, unbatched
     with pytest.raises(ValueError, match=r"bool images are not pixels"):
         as_pixels(grey > 128)
+
+
+def test_an_empty_or_nan_image_and_a_damaged_exif_block_are_refused_by_name(tmp_path, capsys):
+    """A 0-pixel side was a ZeroDivisionError; NaN floats were told to 'divide by 255'; a PNG whose eXIf chunk is
+    garbage raised SyntaxError from Pillow's lazy EXIF reading, a traceback that lost the other images' answers."""
+    preprocess = CIFAR_CFG.transforms()
+    with pytest.raises(ValueError, match="0x5 pixels has nothing to classify"):
+        preprocess(torch.zeros(3, 0, 5, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        preprocess(torch.full((3, 32, 32), float("nan")))
+    assert preprocess(torch.zeros(0, 3, 32, 32, dtype=torch.uint8)).shape == (0, 3, 32, 32)  # an empty batch is fine
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("L", (28, 28)).save(good)
+    Image.new("L", (28, 28)).save(bad, exif=b"Exif\x00\x00garbage!")
+    assert main(["predict", "bitnet_mnist", str(good), str(bad)]) == 2
+    said = capsys.readouterr()
+    answers = json.loads(said.out)
+    assert [a["image"] for a in answers] == [str(good), str(bad)] and "top" in answers[0], said.out
+    assert "its EXIF metadata is damaged" in answers[1]["error"], answers[1]
+
+
+def test_predict_files_takes_one_path_and_refuses_a_top_of_nothing(tmp_path):
+    """A str was iterated letter by letter ("i: no such image file"); top=0 answered nothing, top=-1 was torch's
+    "selected index k out of range"."""
+    from bitnetcnn.predict import predict_files
+
+    model = load("bitnet_mnist", pretrained=True)
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28)).save(image)
+    assert [r["image"] for r in predict_files(model, str(image), top=1)] == [str(image)]
+    for top in (0, -1):
+        with pytest.raises(ValueError, match="top must be a whole number of classes >= 1"):
+            predict_files(model, [image], top=top)

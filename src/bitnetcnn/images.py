@@ -34,17 +34,29 @@ TRANSPARENT = ("the image has transparent pixels, and which background they stan
                "its background first (PIL: Image.alpha_composite(background, image))")
 
 
+def upright(image):
+    """``image`` turned as its EXIF orientation says. Pillow reads EXIF lazily, here, and a damaged block (a PNG's
+    eXIf chunk of garbage) raised SyntaxError, a traceback that cost every other image's answer: it is refused as
+    the image's own problem, naming it."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(image)
+    except read_errors() as err:
+        raise UnreadablePixels(f"its EXIF metadata is damaged ({err}), so which way up it is cannot be read: save "
+                               "the picture again without it") from None
+
+
 def pil_to_pixels(image, channels: int) -> torch.Tensor:
     """A PIL image as a ``(channels, H, W)`` tensor, upright: uint8 (0..255), or float in 0..1 for a wide greyscale
     image (16-bit pixels 0..65535, floats 0..1; values outside those ranges, NaN and infinities are refused, not
     clipped, and so is a wide integer image no pixel of which exceeds 255: 8-bit values it would darken 257-fold).
     An image with transparent pixels is refused; an opaque alpha channel is dropped."""
-    from PIL import ImageOps
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     import numpy as np
 
-    image = ImageOps.exif_transpose(image)
+    image = upright(image)
     if image.mode in WIDE_GREY_MODES and "transparency" in image.info:
         # a 16-bit PNG's transparent grey level (tRNS): converting to RGBA would clip every pixel to 8 bits first
         if (np.asarray(image) == image.info["transparency"]).any():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, model_pretrained_cfg
-from bitnetcnn.images import read_errors
+from bitnetcnn.images import read_errors, upright
 
 
 def _open_image(path: Path):
@@ -33,6 +34,10 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
     """For each image file, its ``top`` classes (name, index, probability), most probable first. A file that is no
     readable image raises ``ValueError`` naming it, or with ``keep_going`` gets ``{"image", "error"}`` in its place
     (one damaged photo among a thousand should not cost the other answers)."""
+    if isinstance(paths, (str, os.PathLike)):  # one file, not the characters of its name
+        paths = [paths]
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a whole number of classes >= 1, not {top!r}")
     cfg = model_pretrained_cfg(model)
     if cfg is None:
         raise ValueError(f"{source} records no input size, mean and std, so its preprocessing is unknown: save it "
@@ -72,11 +77,9 @@ def _read(path: Path, preprocess):
 def _what_was_done(image, input_size) -> dict:
     """What the preprocessing changed of an image to fit the model, said in its result: an answer about a picture
     resized, cropped or turned grey should not read as one about the picture given. ``{}`` when nothing."""
-    from PIL import ImageOps
-
     channels, height, width = input_size
     done = {}
-    w, h = ImageOps.exif_transpose(image).size
+    w, h = upright(image).size
     if (h, w) != (height, width):
         done["resized_from"] = [h, w]  # the shorter side to the model's, then the centre cropped (fit_to_size)
         if w * height != h * width:

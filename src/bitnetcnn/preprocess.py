@@ -42,8 +42,12 @@ class Preprocess(nn.Module):
                              f"tensor of shape {tuple(x.shape)}: convert it first (for a PIL image, pass the image)")
         if x.dtype != torch.uint8 and not x.is_floating_point():
             raise TypeError(f"images are uint8 (0..255) or float (0..1) tensors, not {x.dtype}")
+        if 0 in x.shape[-2:]:  # resizing it divided by zero
+            raise ValueError(f"an image of {x.shape[-2]}x{x.shape[-1]} pixels has nothing to classify")
         if x.is_floating_point():
             x = x.float()  # numpy's / 255. gives float64, a half-precision decode float16; the model is float32
+            if x.numel() and not torch.isfinite(x).all():
+                raise ValueError("the images hold NaN or infinite values: they are no pixels; check what made them")
             if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
                 low, high = float(x.min()), float(x.max())
                 raise ValueError(f"float images are pixels in 0..1 (as ToTensor gives); these span {low:g}..{high:g}: "
