@@ -151,10 +151,17 @@ def test_wrong_inputs_say_what_the_model_takes():
     preprocess = CIFAR_CFG.transforms()
     with pytest.raises(ValueError, match="3-channel"):
         preprocess(torch.zeros(1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"channels last, so x\.permute\(2, 0, 1\) first"):  # an (H, W, C) array's
+        preprocess(torch.zeros(32, 32, 3, dtype=torch.uint8))
     with pytest.raises(TypeError, match="PIL image or a tensor"):
         preprocess(np.zeros((32, 32, 3), dtype=np.uint8))
-    with pytest.raises(TypeError, match="uint8"):
-        preprocess(torch.zeros(3, 32, 32, dtype=torch.int64))
+    # integer pixels are read as everything that normalizes reads them (normalization.as_pixels); they were a TypeError
+    as_ints = torch.randint(0, 256, (3, 32, 32))
+    assert torch.equal(preprocess(as_ints), preprocess(as_ints.to(torch.uint8)))
+    with pytest.raises(ValueError, match="integer images must be pixels in 0..255"):
+        preprocess(torch.full((3, 32, 32), 300))
+    with pytest.raises(ValueError, match="bool images are not pixels"):
+        preprocess(torch.ones(3, 32, 32, dtype=torch.bool))
     with pytest.raises(ValueError, match="input_size, mean, std"):
         PretrainedCfg("bit_resnet18").transforms()
     with pytest.raises(ValueError, match="C values of mean and std"):
@@ -330,3 +337,10 @@ def test_predict_files_takes_one_path_and_refuses_a_top_of_nothing(tmp_path):
     for top in (0, -1):
         with pytest.raises(ValueError, match="top must be a whole number of classes >= 1"):
             predict_files(model, [image], top=top)
+
+
+def test_predict_says_an_animated_image_was_read_by_its_first_frame(tmp_path, capsys):
+    frames = [Image.new("L", (28, 28), shade) for shade in (0, 128, 255)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])
+    assert main(["predict", "bitnet_mnist", str(tmp_path / "moving.gif")]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["frame"] == "the first of 3"

@@ -15,11 +15,16 @@ from bitnetcnn.images import read_errors, upright
 
 
 def _open_image(path: Path):
+    """The image, loaded (its first frame, for an animated or multi-page file: ``image.info["frames"]`` says how
+    many it has, counted while the file is open)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            image.seek(0)
             image.load()
+            image.info["frames"] = frames
             return image
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
@@ -88,6 +93,9 @@ def _what_was_done(image, input_size) -> dict:
         done["converted"] = f"{image.mode} colour image to greyscale"
     elif channels == 3 and _grey_mode(image):  # an RGB file of a grey picture has its 3 channels already
         done["converted"] = "greyscale image to 3 equal channels"
+    frames = image.info.get("frames", 1)
+    if frames > 1:  # an animated GIF, a multi-page TIFF: the answer is about one picture of several
+        done["frame"] = f"the first of {frames}"
     return done
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.images import fit_to_size, pil_to_pixels
-from bitnetcnn.normalization import normalize, standardize
+from bitnetcnn.normalization import as_pixels, normalize, standardize
 
 
 class Preprocess(nn.Module):
@@ -38,10 +38,11 @@ class Preprocess(nn.Module):
         channels, height, width = self.input_size
         x = self._tensor(image)
         if x.dim() not in (3, 4) or x.shape[-3] != channels:
+            channels_last = x.dim() in (3, 4) and x.shape[-1] == channels  # numpy's and PIL's (H, W, C) order
             raise ValueError(f"the model takes {channels}-channel images (C, H, W) or batches (N, C, H, W); got a "
-                             f"tensor of shape {tuple(x.shape)}: convert it first (for a PIL image, pass the image)")
-        if x.dtype != torch.uint8 and not x.is_floating_point():
-            raise TypeError(f"images are uint8 (0..255) or float (0..1) tensors, not {x.dtype}")
+                             f"tensor of shape {tuple(x.shape)}: "
+                             + (f"channels last, so x.permute({'0, 3, 1, 2' if x.dim() == 4 else '2, 0, 1'}) first"
+                                if channels_last else "convert it first (for a PIL image, pass the image)"))
         if 0 in x.shape[-2:]:  # resizing it divided by zero
             raise ValueError(f"an image of {x.shape[-2]}x{x.shape[-1]} pixels has nothing to classify")
         if x.is_floating_point():
@@ -57,7 +58,7 @@ class Preprocess(nn.Module):
 
     def _tensor(self, image) -> torch.Tensor:
         if isinstance(image, torch.Tensor):
-            return image
+            return as_pixels(image)  # int32/int64 pixels as the uint8 they are, as everything that normalizes reads them
         from PIL import Image  # torchvision's dependency, so bitnetcnn's too
 
         if isinstance(image, Image.Image):
