@@ -1286,6 +1286,31 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
     assert {k: cut[1][k] for k in same} == {k: full[1][k] for k in same}
 
 
+def test_a_run_killed_after_an_epochs_row_but_before_its_checkpoint_keeps_the_whole_epochs_row(tmp_path, monkeypatch):
+    """metrics.csv's row is written before the epoch's last.ckpt: a kill between them resumed from the checkpoint
+    before the epoch's last batch, and the row written whole was replaced by one averaging that batch alone."""
+    import bitnetcnn.train.run_recorder as recorder
+
+    every_batch = dict(QUICK, save_every=1e-6)
+    train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **every_batch))
+    plot = recorder.plot_metrics
+
+    def die_after_the_row(csv_path, plot_path):
+        if csv_path.parent.name == "cut":
+            raise Killed
+        plot(csv_path, plot_path)
+
+    with monkeypatch.context() as m:
+        m.setattr(recorder, "plot_metrics", die_after_the_row)
+        with pytest.raises(Killed):
+            train(TrainSettings(out=str(tmp_path / "cut"), epochs=2, **every_batch))
+    assert [int(r["epoch"]) for r in read_metrics(tmp_path / "cut")] == [0]  # the row was on disk at the kill
+    assert torch.load(tmp_path / "cut" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 3
+    train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    cut, full = read_metrics(tmp_path / "cut"), read_metrics(tmp_path / "whole")
+    assert [{**r, "elapsed_s": ""} for r in cut] == [{**r, "elapsed_s": ""} for r in full]
+
+
 def test_a_run_stopped_by_sigterm_saves_where_it_stands_and_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch,
                                                                                               capsys):
     """SIGTERM (``kill``, a scheduler) in the middle of epoch 1, with the mid-epoch interval far off (10 minutes): the
@@ -1316,6 +1341,31 @@ def test_a_run_stopped_by_sigterm_saves_where_it_stands_and_resumes_to_the_unint
     same = ("val_loss", "val_acc", "ternary_acc")
     assert [{k: r[k] for k in same} for r in read_metrics(tmp_path / "cut")] == \
         [{k: r[k] for k in same} for r in read_metrics(tmp_path / "whole")]
+
+
+def test_ctrl_c_saves_where_the_run_stands_and_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C stopped at once: Lightning exited 1 and the run resumed from the last --save-every checkpoint, losing
+    the batches after it, where SIGTERM saved where it stood. It now stops as SIGTERM does, with exit status 130."""
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **QUICK))
+    start = BitClassifier.on_train_batch_start if hasattr(BitClassifier, "on_train_batch_start") else None
+
+    def ctrl_c_at_epoch_1_batch_2(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return start(self, batch, batch_idx) if start else None
+
+    with monkeypatch.context() as m:
+        m.setattr(BitClassifier, "on_train_batch_start", ctrl_c_at_epoch_1_batch_2, raising=False)
+        code = main(["train", "--out", str(tmp_path / "cut"), "--epochs", "2", "--batch-size", "32", "--limit-train",
+                     "128", "--limit-eval", "128", "--no-progress"])
+    assert code == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "the run was stopped by Ctrl-C in epoch 1 after 3 of 4 batches; continue it with" in err, err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
+    saved = torch.load(tmp_path / "cut" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1 and saved["global_step"] == 4 + 3  # batch 2 of epoch 1 trained, then saved
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
+    assert resumed["param_checksums"] == whole["param_checksums"]
 
 
 def test_a_run_killed_while_validating_resumes_to_validate_that_epoch(tmp_path, monkeypatch):

@@ -193,6 +193,7 @@ def _cmd_train(args) -> int:
     require("train", "bitnetcnn train")  # all of it, before any work (matplotlib is first needed after epoch 0)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from bitnetcnn.train.callbacks import StoppedByCtrlC
     from bitnetcnn.train.divergence import TrainingDiverged
     from bitnetcnn.train.run import train
     from bitnetcnn.train.run_folder import first_process, saved_run_values
@@ -223,8 +224,8 @@ def _cmd_train(args) -> int:
         if first_process():  # every process of a DDP run stops on it; one says why
             print(f"bitnetcnn train: error: {err}", file=sys.stderr)
         return 1
-    except SIGTERMException:  # Lightning's SystemExit without a code: a stopped run must not read as a finished one
-        return 128 + signal.SIGTERM
+    except SIGTERMException as stop:  # Lightning's SystemExit without a code: a stopped run is no finished one
+        return 128 + (signal.SIGINT if isinstance(stop, StoppedByCtrlC) else signal.SIGTERM)
     return 0
 
 

@@ -3,10 +3,13 @@ the validation schedule, where to resume from, and the progress bar."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shlex
+import signal
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -74,6 +77,48 @@ class MidEpochCheckpoint(ModelCheckpoint):
         stop_if_diverged(trainer, pl_module, None)
 
 
+class StoppedByCtrlC(SIGTERMException):
+    """A run stopped by Ctrl-C after saving where it stood (:class:`CtrlCSaves`): the command exits 130, not 143."""
+
+
+class CtrlCSaves:
+    """Ctrl-C as SIGTERM, for a run in one process: the batch it came in finishes, ``last.ckpt`` is written after it
+    (:class:`MidEpochCheckpoint`), and the run stops with the resume hint, losing nothing; it lost up to
+    ``--save-every`` of training, and exited 1 as Lightning's Ctrl-C does. A second Ctrl-C stops at once."""
+
+    def __init__(self, trainer: L.Trainer) -> None:
+        self.trainer = trainer
+        self.pressed = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        self.trainer._signal_connector.received_sigterm = True  # Lightning's own stop, checked after each batch
+        print("\nbitnetcnn train: Ctrl-C: stopping once this batch is trained and saved (Ctrl-C again: at once)",
+              file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def ctrl_c_saves(trainer: L.Trainer):
+    """:class:`CtrlCSaves` as the SIGINT handler while the run trains, where Python's own handler is installed and
+    the run is one process (DDP's processes each take a terminal's Ctrl-C: Lightning's stop there is kept)."""
+    if (trainer.world_size > 1 or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield None
+        return
+    handler = CtrlCSaves(trainer)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield handler
+    except SIGTERMException:
+        if handler.pressed:
+            raise StoppedByCtrlC from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning leaves SIG_IGN after a KeyboardInterrupt
+
+
 class ResumeHint(L.Callback):
     """A run stopped by Ctrl-C or an error (a full disk, a lost device) says how to continue it and from where, so
     hours of training are not started again by a user who did not know ``--resume``. A diverged run gets no hint:
@@ -85,7 +130,9 @@ class ResumeHint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, TrainingDiverged) or not trainer.is_global_zero:
             return
+        ctrl_c = signal.getsignal(signal.SIGINT)
         how = ("was interrupted" if isinstance(exception, KeyboardInterrupt) else
+               "was stopped by Ctrl-C" if isinstance(ctrl_c, CtrlCSaves) and ctrl_c.pressed else
                "was stopped by SIGTERM" if isinstance(exception, SIGTERMException) else "stopped on an error")
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         epochs = trainer.fit_loop.epoch_progress.current

@@ -178,8 +178,13 @@ class RunRecorder(L.Callback):
             rows = []
             if self.csv_path.exists():
                 with open(self.csv_path, newline="") as f:
-                    rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
-            self._write(rows + [row])
+                    rows = list(csv.DictReader(f))
+            for earlier in rows:
+                # this epoch's row, written whole before a kill that came ahead of its last.ckpt: the resume redid
+                # the epoch's last batches only, and their average is not the epoch's
+                if int(earlier["epoch"]) == trainer.current_epoch and int(earlier["step"]) == trainer.global_step:
+                    row.update({k: float(earlier[k]) for k in ("train_loss", "train_acc") if earlier.get(k, "") != ""})
+            self._write([r for r in rows if int(r["epoch"]) < trainer.current_epoch] + [row])
             plot_metrics(self.csv_path, self.plot_path)
             if self.echo:
                 print(_row_line(row, trainer.max_epochs), flush=True)
