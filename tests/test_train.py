@@ -589,8 +589,9 @@ def test_a_new_run_never_overwrites_a_run_folder(tmp_path, capsys):
     for name in ("args.json", "best_ternary.bnc", "metrics.csv", "metrics.png"):
         (early / name).write_bytes((run / name).read_bytes())
     _one_line_error(capsys, ["train", "--resume", "--out", str(early), "--no-progress"],
-                    f"--resume: {early / 'last.ckpt'} not found (the run stopped before its first epoch ended); start "
-                    "it again without --resume")
+                    f"--resume: {early / 'last.ckpt'} not found, though the run kept a model (best_ternary.bnc): the "
+                    "run was stopped before its first checkpoint, or the file was moved (put it back to continue the "
+                    "run); start it again without --resume (which replaces that model)")
     results = train(TrainSettings(out=str(early), epochs=2, **QUICK))
     assert [int(r["epoch"]) for r in read_metrics(early)] == [0, 1] and results["epochs"] == 2
     # a finished run whose last.ckpt was deleted (to save disk) was told to start again without --resume, which

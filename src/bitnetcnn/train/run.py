@@ -292,6 +292,11 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         raise SettingsError(f"--resume: {last} not found: the run finished (results.json) and its checkpoint is "
                             f"gone, so it cannot continue; train on from its best model in a new folder (--init "
                             f"{out / 'best_ternary.bnc'} --out NEW_FOLDER)")
+    if resume and not last.exists() and (out / "best_ternary.bnc").exists():  # measured, then no checkpoint
+        raise SettingsError(f"--resume: {last} not found, though the run kept a model (best_ternary.bnc): the run "
+                            "was stopped before its first checkpoint, or the file was moved (put it back to continue "
+                            "the run); start it again without --resume (which replaces that model), or train on from "
+                            f"it in a new folder (--init {out / 'best_ternary.bnc'} --out NEW_FOLDER)")
     if resume and not last.exists():
         raise SettingsError(f"--resume: {last} not found (the run stopped before its first epoch ended); "
                             "start it again without --resume")
