@@ -421,3 +421,28 @@ def test_a_hub_entry_without_weights_yet_is_said_so_by_the_commands(monkeypatch,
     assert main(["eval", "bitnet_mnist"]) == 2
     err = capsys.readouterr().err
     assert "bitnet_mnist has no published weights yet" in err and "bitnetcnn train --model bitnet_cnn" in err, err
+
+
+def test_a_download_cut_off_or_a_cache_that_is_a_file_is_refused_and_nothing_cached(mnist_checkpoint, tmp_path,
+                                                                                 monkeypatch):
+    """A server that closed early raised nothing: half a file was cached and, without a sha256, trusted for good;
+    a cache path that is a file was a bare NotADirectoryError, not PretrainedWeightsUnavailable with what to do."""
+    import io
+    import urllib.request
+
+    _, path = mnist_checkpoint
+    data = path.read_bytes()
+
+    class CutOff(io.BytesIO):
+        headers = {"Content-Length": str(len(data))}
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: CutOff(data[:len(data) // 2]))
+    monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "cache"))
+    _with_url(monkeypatch, "https://example.org/remote_mnist.bnc", None)
+    with pytest.raises(hub.PretrainedWeightsUnavailable, match=f"cut off at {len(data) // 2:,} of {len(data):,} bytes"):
+        hub.pretrained_path("bitnet_mnist")
+    assert list((tmp_path / "cache" / "hub").iterdir()) == []
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "a-file"))
+    with pytest.raises(hub.PretrainedWeightsUnavailable, match="set BITNETCNN_CACHE"):
+        hub.pretrained_path("bitnet_mnist")

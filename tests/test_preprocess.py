@@ -138,6 +138,12 @@ def test_a_weight_that_names_its_data_set_only_still_refuses_another_with_other_
     assert model.pretrained_cfg.class_names == DIGITS
     with pytest.raises(ValueError, match="labels would not mean the same; evaluate it on mnist"):
         evaluate_model(model, "fashion_mnist", data_dir=str(tmp_path))  # refused before any image is read
+    # its own data set with its names in another order was told to "evaluate it on mnist", what it was doing
+    import dataclasses
+
+    model.pretrained_cfg = dataclasses.replace(model.pretrained_cfg, class_names=DIGITS[::-1])
+    with pytest.raises(ValueError, match=r"its class_names are not in mnist's label order: save it again"):
+        evaluate_model(model, "mnist", data_dir=str(tmp_path))
 
 
 def test_normalize_leaves_a_float_batch_as_it_was():

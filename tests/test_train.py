@@ -4,6 +4,7 @@ after SIGKILL, two-process DDP on the CPU."""
 import csv
 import hashlib
 import json
+import argparse
 import os
 import pickle
 import re
@@ -2028,3 +2029,13 @@ def test_a_misspelt_flag_is_named_by_its_command_with_the_flag_meant(capsys):
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith("bitnetcnn train: error: unrecognized arguments: --datset mnist (did you mean --dataset?)")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, a folder no file can be made in")
+def test_an_output_in_a_folder_no_file_can_be_made_in_is_refused_before_the_work(capsys):
+    """os.access says yes to root for such folders (/proc, /sys), so `bench --json /sys/bench.json` timed everything
+    and then lost its JSON: the output folder is now tried with a file."""
+    from bitnetcnn.cli import output_file
+
+    with pytest.raises(argparse.ArgumentTypeError, match="/proc/bench.json cannot be written: /proc is not writable"):
+        output_file("/proc/bench.json")

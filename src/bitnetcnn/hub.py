@@ -173,13 +173,16 @@ def pretrained_path(entry: str, progress: bool = True) -> Path:
 
 
 def _download(url: str, target: Path, sha256: Optional[str], progress: bool, entry: str, stale: bool = False) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     if progress:  # as torch.hub says it
         print(f'Downloading: "{url}" to {target}', file=sys.stderr)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # a cache path that is a file, or not writable: said below
         with replacing(target) as tmp:
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
                 shutil.copyfileobj(response, out)
+                length = response.headers.get("Content-Length")
+                if length is not None and out.tell() != int(length):  # a server that closed early raises nothing
+                    raise ValueError(f"the download was cut off at {out.tell():,} of {int(length):,} bytes; not kept")
             if sha256 and file_sha256(tmp) != sha256:
                 raise ValueError(f"the download's sha256 does not match {sha256}; not kept")
     except (urllib.error.URLError, OSError, ValueError) as e:

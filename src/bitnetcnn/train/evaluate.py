@@ -91,5 +91,9 @@ def _check_same_inputs(model: nn.Module, cfg, spec, source: str) -> None:
                          f"{spec.name!r} has {'x'.join(map(str, wanted))} images")
     names = cfg.class_names if cfg is not None else None
     if names and spec.class_names and tuple(names) != tuple(spec.class_names):
+        same_set = cfg.dataset == spec.name  # the file's own data set, its class names in another order
         raise ValueError(f"{source} has the classes {few(names)} but {spec.name!r} has {few(spec.class_names)}: its "
-                         f"labels would not mean the same; evaluate it on {cfg.dataset or 'the data set it was trained on'}")
+                         "labels would not mean the same; "
+                         + (f"its class_names are not in {spec.name}'s label order: save it again with them in that "
+                            "order" if same_set else
+                            f"evaluate it on {cfg.dataset or 'the data set it was trained on'}"))
