@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import bitnetcnn
 from bitnetcnn import convert_to_ternary, create_model
 
 pytest.importorskip("onnxruntime")
@@ -196,6 +197,9 @@ def test_bench_reports_cpu_flags_backends_and_auto_choice(tmp_path, capsys):
         assert set(flags) == {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx"}
         assert f"avx2{'+' if flags['avx2'] else '-'}" in text
     assert f"CPU: {report['machine']['cpu']}" in text
+    # a figure says what gave it and when: the package's version, the budget, the time (they were missing)
+    assert report["machine"]["bitnetcnn"] == bitnetcnn.__version__ and report["budget_s"] == 0
+    assert report["when"].endswith("+00:00")
     if "deploy_openvino" in variants:
         assert "openvino vs onnxruntime" in text
 

@@ -23,6 +23,7 @@ import os
 import statistics
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
@@ -34,6 +35,7 @@ from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
 from bitnetcnn.extras import install_hint, missing
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.nn import model_form
+from bitnetcnn.version import __version__
 
 __all__ = ["VARIANTS", "bench", "format_report", "model_bytes"]
 
@@ -242,8 +244,10 @@ def bench(
             "model_args": source.args,
             "input_size": list(size),
             "threads": threads,
+            "budget_s": budget_s,
             "calibration": calib_note,
             "machine": _machine(),
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # a figure says when, as where
             "auto_backend": auto_backend,
             "auto_backend_reason": auto_reason,
             "notes": notes,
@@ -319,7 +323,8 @@ def _machine() -> dict:
     from bitnetcnn.machine import cpu_info
 
     cpu = cpu_info()
-    info = {"cpu": cpu["model"], "cores": cpu["cores"], "cpu_flags": cpu["flags"], "torch": torch.__version__}
+    info = {"cpu": cpu["model"], "cores": cpu["cores"], "cpu_flags": cpu["flags"], "bitnetcnn": __version__,
+            "torch": torch.__version__}
     try:
         import onnxruntime
 
