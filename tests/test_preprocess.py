@@ -350,3 +350,18 @@ def test_predict_says_an_animated_image_was_read_by_its_first_frame(tmp_path, ca
     frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])
     assert main(["predict", "bitnet_mnist", str(tmp_path / "moving.gif")]) == 0
     assert json.loads(capsys.readouterr().out)[0]["frame"] == "the first of 3"
+
+
+def test_eval_says_when_the_data_set_it_contradicts_came_from_the_files_own_metadata(tmp_path):
+    """Without --dataset the data set is the file's: "predicts 5 classes but 'mnist' has 10" read as the user's
+    mistake."""
+    import bitnetcnn
+    from bitnetcnn.train.evaluate import evaluate_checkpoint
+
+    path = bitnetcnn.save_checkpoint(bitnetcnn.create_model("bitnet_cnn", width=8, num_classes=5), tmp_path / "five.bnc",
+                                     {"dataset": "mnist"})
+    with pytest.raises(ValueError, match="predicts 5 classes but 'mnist', the data set its metadata names, has 10; "
+                                         "its metadata is wrong: pass --dataset"):
+        evaluate_checkpoint(str(path))
+    with pytest.raises(ValueError, match=r"predicts 5 classes but 'mnist' has 10$"):
+        evaluate_checkpoint(str(path), "mnist")

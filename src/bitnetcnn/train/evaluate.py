@@ -48,6 +48,7 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
                    batch_size: int = 256, source: str = "the model") -> dict:
     """:func:`evaluate_checkpoint` of a model already loaded (``source`` names it in errors and the result)."""
     cfg = model_pretrained_cfg(model)
+    own = dataset is None  # the data set its metadata names: a contradiction is the file's, not the user's
     dataset = dataset or (cfg.dataset if cfg is not None else None)
     if not dataset:
         raise ValueError(f"{source} does not record its data set; pass --dataset")
@@ -57,7 +58,9 @@ def evaluate_model(model: nn.Module, dataset: Optional[str] = None, data_dir: Op
     spec = get_dataset_spec(dataset, size[-1], in_chans=size[0], class_names=cfg.class_names if cfg else None)
     classes = getattr(model, "model_args", {}).get("num_classes")
     if classes is not None and spec.num_classes and classes != spec.num_classes:  # told before the data is read
-        raise ValueError(f"{source} predicts {classes} classes but {dataset!r} has {spec.num_classes}")
+        raise ValueError(f"{source} predicts {classes} classes but {dataset!r}"
+                         f"{', the data set its metadata names,' if own else ''} has {spec.num_classes}"
+                         + ("; its metadata is wrong: pass --dataset" if own else ""))
     _check_same_inputs(model, cfg, spec, source)
     root = data_root(data_dir)
     split = spec.read(root, False, False)
