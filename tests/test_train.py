@@ -1356,14 +1356,20 @@ def test_ctrl_c_saves_where_the_run_stands_and_resumes_to_the_uninterrupted_run(
             os.kill(os.getpid(), signal.SIGINT)
         return start(self, batch, batch_idx) if start else None
 
-    with monkeypatch.context() as m:
-        m.setattr(BitClassifier, "on_train_batch_start", ctrl_c_at_epoch_1_batch_2, raising=False)
-        code = main(["train", "--out", str(tmp_path / "cut"), "--epochs", "2", "--batch-size", "32", "--limit-train",
-                     "128", "--limit-eval", "128", "--no-progress"])
+    # Python's own handler, as in a terminal (Lightning leaves SIGINT ignored after an earlier test's Ctrl-C, and a
+    # process that ignores it, as a background job of a script does, keeps ignoring it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(BitClassifier, "on_train_batch_start", ctrl_c_at_epoch_1_batch_2, raising=False)
+            code = main(["train", "--out", str(tmp_path / "cut"), "--epochs", "2", "--batch-size", "32",
+                         "--limit-train", "128", "--limit-eval", "128", "--no-progress"])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 128 + signal.SIGINT
     err = capsys.readouterr().err
     assert "the run was stopped by Ctrl-C in epoch 1 after 3 of 4 batches; continue it with" in err, err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
     saved = torch.load(tmp_path / "cut" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 1 and saved["global_step"] == 4 + 3  # batch 2 of epoch 1 trained, then saved
     resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
