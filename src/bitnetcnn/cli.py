@@ -226,10 +226,12 @@ def _cmd_train(args) -> int:
     if resume:  # what was not given is the run's own, not the parser's default (which may not fit what was given)
         values.update({k: v for k, v in saved_run_values(values.get("out")).items() if k not in given})
     # a published weight by its hub entry name, as the other commands take it (the run records the name as typed)
+    from bitnetcnn.hub import weight_argument
+
     if values.get("init") and "init" in given:
-        values["init"] = _weight_file(values["init"])
+        values["init"] = weight_argument(values["init"])
     if "teacher" in given:
-        values["teacher"] = [_weight_file(path) for path in values["teacher"]]
+        values["teacher"] = [weight_argument(path) for path in values["teacher"]]
     try:
         train(TrainSettings.from_dict(values), resume=resume, command=command, given=given)
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1
@@ -297,9 +299,8 @@ def _cmd_models(args) -> int:
 
 def _cmd_summary(args) -> int:
     from bitnetcnn import create_model, summary
+    from bitnetcnn.checkpoint.load import names_a_file
     from bitnetcnn.nn import model_form
-
-    from bitnetcnn.deploy.source import names_a_file
 
     if names_a_file(args.model):
         from bitnetcnn import load_checkpoint
@@ -444,53 +445,6 @@ MODEL_ARGUMENT = {"eval": ("checkpoint", False), "predict": ("checkpoint", False
                   "summary": ("model", True), "export": ("model", True), "bench": ("model", True)}
 
 
-def _model_file(text: str, registry_names: bool) -> str:
-    """``text`` as the command reads it: a file as it is; a published weight's hub entry name as the package's file
-    (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
-    command takes one. Anything else is refused with the names it could have been."""
-    from bitnetcnn.deploy.source import names_a_file
-    from bitnetcnn.hub import entries, list_pretrained
-    from bitnetcnn.models import list_models
-
-    if not text.strip():
-        raise ValueError("an empty model argument: give a checkpoint file or a published weight's name")
-    if text.startswith("~"):  # as the shell does not in --flag=~/x, nor Python's open
-        text = os.path.expanduser(text)
-    found = _published_file(text)
-    registry = list_models() if registry_names else []
-    if text in registry and not names_a_file(text):  # a folder of that name (a run folder) is no model file
-        return text
-    if found != text or Path(text).exists():  # a folder: the command's own error says what it needs
-        return found
-    published = [w.hub_entry for w in list_pretrained()]
-    if text in entries():  # a hub entry whose weights are not trained yet: "did you mean" would miss the point
-        raise ValueError(f"{text} has no published weights yet (bitnetcnn models lists which do): published weights: "
-                         f"{', '.join(published)}; or train one with bitnetcnn train --model "
-                         f"{entries()[text].model} and give its best_ternary.bnc")
-    close = difflib.get_close_matches(text, published + registry, n=1, cutoff=0.4)
-    raise ValueError(f"{text!r} is not a file{', a registry name' if registry else ''} or a published weight"
-                     f"{f' (did you mean {close[0]}?)' if close else ''}: published weights: {', '.join(published)}"
-                     + (f"; registry names: {', '.join(registry)}" if registry else ""))
-
-
-def _weight_file(text: str) -> str:
-    """``--init``/``--teacher``: a published weight's name as its file, and a name without a suffix that is neither
-    (a misspelt hub name) refused with the names; a file path as it is (the run's checks name a missing one)."""
-    if not text.strip():
-        return text  # the settings refuse it, naming the flag
-    return _published_file(text) if Path(text).suffix else _model_file(text, registry_names=False)
-
-
-def _published_file(text: str) -> str:
-    """A published weight's hub entry name as the package's file; anything else as it is (train's own checks name
-    a missing file)."""
-    from bitnetcnn.hub import list_pretrained, pretrained_path
-
-    if Path(text).is_file() or text not in [w.hub_entry for w in list_pretrained()]:
-        return text
-    return str(pretrained_path(text))
-
-
 def _refuse_unknown(command: argparse.ArgumentParser, unknown: list[str]) -> None:
     """Exit with the command's own error for arguments it does not take, with the flag a misspelt one meant."""
     flags = [f for action in command._actions for f in action.option_strings if f.startswith("--")]
@@ -511,12 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         args.given = _given_flags(parser._subparsers._group_actions[0].choices["train"], argv[1:])
         args.command_line = shlex.join(["bitnetcnn", *argv])  # the run records the command as typed
     from bitnetcnn.checkpoint.errors import CheckpointError
-    from bitnetcnn.hub import PretrainedWeightsUnavailable
+    from bitnetcnn.hub import PretrainedWeightsUnavailable, model_argument
 
     try:
         if command in MODEL_ARGUMENT:
             name, registry_names = MODEL_ARGUMENT[command]
-            setattr(args, name, _model_file(getattr(args, name), registry_names))
+            setattr(args, name, model_argument(getattr(args, name), registry_names))
         return COMMANDS[command](args)
     except BrokenPipeError:  # `bitnetcnn models | head -1`: the reader has what it wanted (an OSError)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's own advice: no second error at exit

@@ -21,6 +21,7 @@ size, normalization, accuracy, file, sha256, training commands); the loaded mode
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import json
 import os
@@ -38,6 +39,7 @@ from torch import nn
 
 from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
+from bitnetcnn.checkpoint.load import names_a_file
 from bitnetcnn.checkpoint.format import file_sha256
 from bitnetcnn.checkpoint.format import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, model_pretrained_cfg
@@ -356,3 +358,48 @@ def _entrypoint(entry: HubEntry) -> Callable[..., nn.Module]:
 def entrypoints() -> Dict[str, Callable[..., nn.Module]]:
     """Entry name -> the function torch.hub calls (what ``hubconf.py`` exposes)."""
     return {name: _entrypoint(e) for name, e in entries().items()}
+
+
+# A model on the command line: a file, a published weight by its hub entry name, or (for some commands) a registry
+# name; each command turns its argument into one of them here, refusing anything else with the names it could be.
+
+
+def model_argument(text: str, registry_names: bool) -> str:
+    """``text`` as the command reads it: a file as it is; a published weight's hub entry name as the package's file
+    (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
+    command takes one. Anything else is refused with the names it could have been."""
+    if not text.strip():
+        raise ValueError("an empty model argument: give a checkpoint file or a published weight's name")
+    if text.startswith("~"):  # as the shell does not in --flag=~/x, nor Python's open
+        text = os.path.expanduser(text)
+    found = published_file(text)
+    registry = list_models() if registry_names else []
+    if text in registry and not names_a_file(text):  # a folder of that name (a run folder) is no model file
+        return text
+    if found != text or Path(text).exists():  # a folder: the command's own error says what it needs
+        return found
+    published = [w.hub_entry for w in list_pretrained()]
+    if text in entries():  # a hub entry whose weights are not trained yet: "did you mean" would miss the point
+        raise ValueError(f"{text} has no published weights yet (bitnetcnn models lists which do): published weights: "
+                         f"{', '.join(published)}; or train one with bitnetcnn train --model "
+                         f"{entries()[text].model} and give its best_ternary.bnc")
+    close = difflib.get_close_matches(text, published + registry, n=1, cutoff=0.4)
+    raise ValueError(f"{text!r} is not a file{', a registry name' if registry else ''} or a published weight"
+                     f"{f' (did you mean {close[0]}?)' if close else ''}: published weights: {', '.join(published)}"
+                     + (f"; registry names: {', '.join(registry)}" if registry else ""))
+
+
+def weight_argument(text: str) -> str:
+    """``--init``/``--teacher``: a published weight's name as its file, and a name without a suffix that is neither
+    (a misspelt hub name) refused with the names; a file path as it is (the run's checks name a missing one)."""
+    if not text.strip():
+        return text  # the settings refuse it, naming the flag
+    return published_file(text) if Path(text).suffix else model_argument(text, registry_names=False)
+
+
+def published_file(text: str) -> str:
+    """A published weight's hub entry name as the package's file; anything else as it is (train's own checks name
+    a missing file)."""
+    if Path(text).is_file() or text not in [w.hub_entry for w in list_pretrained()]:
+        return text
+    return str(pretrained_path(text))

@@ -6,6 +6,7 @@ bitnetcnn's own format (:mod:`bitnetcnn.checkpoint.format`), else the seed's zip
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -35,3 +36,11 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     if map_location is not None and torch.device(map_location).type != "cpu":
         model = model.to(map_location)
     return model
+
+
+def names_a_file(spec: str) -> bool:
+    """Whether ``spec`` is a checkpoint path (anything on disk) rather than a registry name; a folder named like a
+    registry model (a run folder named after its model) is the model's name."""
+    from bitnetcnn.models import list_models
+
+    return Path(spec).exists() and not (Path(spec).is_dir() and spec in list_models())

@@ -51,17 +51,11 @@ class ModelSource:
         return create_model(name, quant="fp", **args).eval()
 
 
-def names_a_file(spec: str) -> bool:
-    """Whether ``spec`` is a checkpoint path (anything on disk) rather than a registry name; a folder named like a
-    registry model (a run folder named after its model) is the model's name."""
-    from bitnetcnn.models import list_models
-
-    return Path(spec).exists() and not (Path(spec).is_dir() and spec in list_models())
-
-
 def load_model(spec: str, num_classes: Optional[int] = None, in_chans: Optional[int] = None,
                model_kwargs: Optional[dict] = None) -> ModelSource:
     """``spec`` is a checkpoint path (anything that exists on disk) or a registry name."""
+    from bitnetcnn.checkpoint.load import names_a_file
+
     if names_a_file(spec):
         from bitnetcnn.checkpoint import load_checkpoint
 
