@@ -1313,21 +1313,26 @@ def test_a_run_killed_after_an_epochs_row_but_before_its_checkpoint_keeps_the_wh
     assert [{**r, "elapsed_s": ""} for r in cut] == [{**r, "elapsed_s": ""} for r in full]
 
 
+def _signal_at_epoch_1_batch_2(signum):
+    """A ``on_train_batch_start`` that sends this process ``signum`` at the start of epoch 1's third batch."""
+    start = BitClassifier.on_train_batch_start if hasattr(BitClassifier, "on_train_batch_start") else None
+
+    def send(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            os.kill(os.getpid(), signum)
+        return start(self, batch, batch_idx) if start else None
+
+    return send
+
+
 def test_a_run_stopped_by_sigterm_saves_where_it_stands_and_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch,
                                                                                               capsys):
     """SIGTERM (``kill``, a scheduler) in the middle of epoch 1, with the mid-epoch interval far off (10 minutes): the
     batch it came in finishes, last.ckpt is written after it, and the run stops with the hint to resume and exit
     status 143, and the resumed run is the uninterrupted one: the same weights and metrics."""
     whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **QUICK))
-    start = BitClassifier.on_train_batch_start if hasattr(BitClassifier, "on_train_batch_start") else None
-
-    def sigterm_at_epoch_1_batch_2(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return start(self, batch, batch_idx) if start else None
-
     with monkeypatch.context() as m:
-        m.setattr(BitClassifier, "on_train_batch_start", sigterm_at_epoch_1_batch_2, raising=False)
+        m.setattr(BitClassifier, "on_train_batch_start", _signal_at_epoch_1_batch_2(signal.SIGTERM), raising=False)
         code = main(["train", "--out", str(tmp_path / "cut"), "--epochs", "2", "--batch-size", "32", "--limit-train",
                      "128", "--limit-eval", "128", "--no-progress"])
     assert code == 128 + signal.SIGTERM  # not 0: a script or scheduler must not take the run for finished
@@ -1349,19 +1354,12 @@ def test_ctrl_c_saves_where_the_run_stands_and_resumes_to_the_uninterrupted_run(
     """Ctrl-C stopped at once: Lightning exited 1 and the run resumed from the last --save-every checkpoint, losing
     the batches after it, where SIGTERM saved where it stood. It now stops as SIGTERM does, with exit status 130."""
     whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=2, **QUICK))
-    start = BitClassifier.on_train_batch_start if hasattr(BitClassifier, "on_train_batch_start") else None
-
-    def ctrl_c_at_epoch_1_batch_2(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return start(self, batch, batch_idx) if start else None
-
     # Python's own handler, as in a terminal (Lightning leaves SIGINT ignored after an earlier test's Ctrl-C, and a
     # process that ignores it, as a background job of a script does, keeps ignoring it)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with monkeypatch.context() as m:
-            m.setattr(BitClassifier, "on_train_batch_start", ctrl_c_at_epoch_1_batch_2, raising=False)
+            m.setattr(BitClassifier, "on_train_batch_start", _signal_at_epoch_1_batch_2(signal.SIGINT), raising=False)
             code = main(["train", "--out", str(tmp_path / "cut"), "--epochs", "2", "--batch-size", "32",
                          "--limit-train", "128", "--limit-eval", "128", "--no-progress"])
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
