@@ -65,15 +65,15 @@ def output_file(text: str) -> str:
                                          "path in a folder you can write") from None
     if parent is not None and not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text} cannot be written: {parent} is a file, not a folder")
-    if parent is not None and not (os.access(parent, os.W_OK | os.X_OK) and _can_create_in(parent)):
+    if parent is not None and not _can_create_in(parent):
         raise argparse.ArgumentTypeError(f"{text} cannot be written: {parent} is not writable; give a path in a "
                                          "folder you can write")
     return str(path)
 
 
 def _can_create_in(folder: Path) -> bool:
-    """Whether a file can be made in ``folder``, tried (os.access says yes to root in /sys, whose bench then lost
-    its JSON after the whole run)."""
+    """Whether a file can be made in ``folder``, tried: os.access says yes to root in /sys, whose bench then lost its
+    JSON after the whole run."""
     import tempfile
 
     try:

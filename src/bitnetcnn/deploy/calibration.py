@@ -21,6 +21,7 @@ Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
 CALIBRATION_BATCH = 64  # images a calibration batch holds (onnxruntime's calibrators want batches of one size)
 
+
 def check_normalized(x: torch.Tensor, mean, std, what: str = "inputs") -> None:
     """Refuse float images far outside what normalization with ``mean`` and ``std`` gives pixels in 0..1 (pixels
     0..255 passed as floats, say), and warn of images all in 0..1 (pixels not normalized yet): the model would see

@@ -9,6 +9,7 @@ from torch import nn
 
 from bitnetcnn.messages import few
 from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, ActQuantizer
+from bitnetcnn.nn.act_quant import unset_quantizers
 
 __all__ = ["NotDeployableError", "check_deployable", "ternary_layers"]
 
@@ -71,8 +72,8 @@ def check_deployable(model: nn.Module, int8: bool = False) -> None:
                     f"layer {name!r} quantizes activations to {m.bits} bits; the int8 path maps only 8-bit "
                     "activation quantizers exactly. Export the float ONNX model instead (without --int8)."
                 )
-    unset = [name for name, m in model.named_modules() if isinstance(m, ActQuantizer) and not m.running_scale > 0]
-    if unset:  # each batch's own absmax: no fixed graph computes it, and an image's answer depends on its batch
+    unset = unset_quantizers(model)
+    if unset:  # each batch's own absmax: no fixed graph computes it
         raise NotDeployableError(
             f"{len(unset)} activation quantizer{'s' * (len(unset) != 1)} ({few(unset, 1)}) never saw a training "
             "batch, so each takes its scale from the batch it is given. Run training-mode batches through the Bit "

@@ -76,6 +76,12 @@ class ActQuantizer(nn.Module):
         return f"bits={self.bits}"
 
 
+def unset_quantizers(model: nn.Module) -> list:
+    """The names of ``model``'s activation quantizers that never saw a training batch (running scale 0): each takes
+    its scale from the batch it is given, so an image's answer depends on the images beside it."""
+    return [name for name, m in model.named_modules() if isinstance(m, ActQuantizer) and not m.running_scale > 0]
+
+
 def make_act_quantizer(bits: Optional[int]) -> nn.Module:
     """An :class:`ActQuantizer`, or ``nn.Identity`` when activation quantization is off."""
     return nn.Identity() if validate_act_bits(bits) is None else ActQuantizer(bits)

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Optional
 from torch import nn
 
 from bitnetcnn.messages import few
-from bitnetcnn.nn.act_quant import ActQuantizer
+from bitnetcnn.nn.act_quant import unset_quantizers
 from bitnetcnn.nn.bit import BIT_LAYERS, BitConv2d, BitLinear
 from bitnetcnn.nn.integer_bias import snap_biases_to_int32_grid
 from bitnetcnn.nn.ternary import TERNARY_LAYERS, TernaryConv2d, TernaryLinear
@@ -139,8 +139,8 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
             vars(converted).pop("checkpoint_header", None)
             if hasattr(weights, "derived"):  # a PretrainedCfg (the checkpoint floor's, above this one)
                 converted.pretrained_cfg = weights.derived(model_kwargs={**weights.model_kwargs, "pow2": True})
-    unset = [name for name, m in converted.named_modules() if isinstance(m, ActQuantizer) and not m.running_scale > 0]
-    if count and unset:  # each batch's own absmax: an image's answer would depend on the images beside it
+    unset = unset_quantizers(converted)
+    if count and unset:
         warnings.warn(
             f"convert_to_ternary: {len(unset)} activation quantizer{'s' * (len(unset) != 1)} ({few(unset, 1)}) saw"
             " no training batch, so each takes its scale from the batch it "
@@ -272,9 +272,9 @@ def bitify(
         names = [n for n, _ in model.named_modules() if n and "." not in n]
         warnings.warn(f"bitify: skip patterns {unmatched} name no module of {type(model).__name__}, so nothing was "
                       f"kept in full precision for them; its top-level modules are {names}", UserWarning, stacklevel=2)
-    already = sum(isinstance(m, BIT_LAYERS) for m in model.modules())
-    other_settings = sorted({str(m.quant) for m in model.modules() if isinstance(m, BIT_LAYERS)} -
-                            {str(settings["quant"])})
+    existing = [m.quant for m in model.modules() if isinstance(m, BIT_LAYERS)]  # the Bit layers it had before
+    already = len(existing)
+    other_settings = sorted({str(q) for q in existing} - {str(settings["quant"])})
     if count and other_settings:
         warnings.warn(f"bitify: {type(model).__name__} had {already} Bit layer{'s' * (already != 1)} already, which "
                       f"keep their settings ({'; '.join(other_settings)}), while the {count} made now take "
