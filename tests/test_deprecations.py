@@ -52,3 +52,14 @@ def test_models_layers_became_quant_spec():
 
     with pytest.warns(DeprecationWarning, match="bitnetcnn.models.quant_spec.QuantSpec"):
         assert layers.QuantSpec is quant_spec.QuantSpec
+
+
+def test_what_left_checkpoint_format_is_found_where_it_went():
+    from bitnetcnn.checkpoint import format, read, write
+
+    with pytest.warns(DeprecationWarning, match="bitnetcnn.checkpoint.write"):
+        assert format.save_checkpoint is write.save_checkpoint
+    with pytest.warns(DeprecationWarning, match="bitnetcnn.checkpoint.read"):
+        assert format.native_header is read.native_header
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        format.nothing

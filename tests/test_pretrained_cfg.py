@@ -12,7 +12,8 @@ import torch
 
 import bitnetcnn
 from bitnetcnn import PretrainedCfg, cli, convert_to_ternary, create_model, hub
-from bitnetcnn.checkpoint.format import HEADER_NAME, read_checkpoint_header
+from bitnetcnn.checkpoint.format import HEADER_NAME
+from bitnetcnn.checkpoint.read import read_checkpoint_header
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.deploy.calibration import dataset_for
 from bitnetcnn.train.evaluate import accuracy

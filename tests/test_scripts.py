@@ -147,7 +147,7 @@ def test_a_published_header_names_no_path_of_the_machine_that_trained_it(tmp_pat
     """Run folders given by absolute paths become runs/NAME in every recorded command, --data-dir goes; any other
     absolute path (inside a word too) is refused rather than shipped."""
     import bitnetcnn
-    from bitnetcnn.checkpoint.format import native_header
+    from bitnetcnn.checkpoint.read import native_header
 
     publish_weight = _script("publish_weight")
     stage1 = "bitnetcnn train --dataset mnist_demo --data-dir /srv/me/data --out=/home/me/runs/stage1"

@@ -41,7 +41,7 @@ from bitnetcnn.atomic import replacing
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
 from bitnetcnn.checkpoint.load import names_a_file
 from bitnetcnn.checkpoint.format import file_sha256
-from bitnetcnn.checkpoint.format import native_header
+from bitnetcnn.checkpoint.read import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, model_pretrained_cfg
 from bitnetcnn.settings import cache_root
 from bitnetcnn.models import create_model, list_models

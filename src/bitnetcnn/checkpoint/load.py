@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import limits
-from bitnetcnn.checkpoint.format import PathLike, is_bitnetcnn_checkpoint, load_native
+from bitnetcnn.checkpoint.format import PathLike, is_bitnetcnn_checkpoint
+from bitnetcnn.checkpoint.read import load_native
 from bitnetcnn.checkpoint.seed import load_foreign
 
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
-from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint, native_header
+from bitnetcnn.checkpoint.format import is_bitnetcnn_checkpoint
+from bitnetcnn.checkpoint.read import native_header
 from bitnetcnn.checkpoint.seed import LIGHTNING_KEY
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.models.quant_spec import QUANT_ARGS

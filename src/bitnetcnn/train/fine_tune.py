@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from bitnetcnn.checkpoint import CheckpointError, load_checkpoint
-from bitnetcnn.checkpoint.format import file_sha256, is_bitnetcnn_checkpoint, native_header
+from bitnetcnn.checkpoint.format import file_sha256, is_bitnetcnn_checkpoint
+from bitnetcnn.checkpoint.read import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import from_header
 from bitnetcnn.messages import few
 from bitnetcnn.models.classifier import classifier_name

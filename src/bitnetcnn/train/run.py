@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
-from bitnetcnn.checkpoint.format import native_header
+from bitnetcnn.checkpoint.read import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import model_pretrained_cfg
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.data.datamodule import ImageDataModule

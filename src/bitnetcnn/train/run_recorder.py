@@ -278,7 +278,7 @@ class RunRecorder(L.Callback):
 
 def _saved_accuracy(path: Path) -> float:
     """The accuracy a run's best model file records (what chose it), or -1 where there is none to read."""
-    from bitnetcnn.checkpoint.format import native_header
+    from bitnetcnn.checkpoint.read import native_header
 
     try:
         accuracy = native_header(path)["metrics"].get("accuracy")
