@@ -1000,6 +1000,8 @@ def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_p
     rows = read_metrics(spent)
     assert [int(r["epoch"]) for r in rows] == [0] and rows[0]["ternary_acc"] != ""
     assert results["best_ternary_acc"] == pytest.approx(float(rows[0]["ternary_acc"]), abs=1e-6)
+    # its one epoch ran on the 5-epoch cosine, which never decayed: said, not left for the user to find
+    assert "so the run takes 1 epoch; epoch 0 ran on the learning-rate schedule of --epochs 5" in capsys.readouterr().out
     with pytest.raises(SettingsError, match="--time-budget 0 is out of range"):
         TrainSettings(time_budget=0)
 
@@ -2043,3 +2045,58 @@ def test_an_output_in_a_folder_no_file_can_be_made_in_is_refused_before_the_work
 
     with pytest.raises(argparse.ArgumentTypeError, match="/proc/bench.json cannot be written: /proc is not writable"):
         output_file("/proc/bench.json")
+
+
+def test_a_schedule_refitted_by_the_time_budget_runs_its_next_step_on_the_new_cosine():
+    """fit_schedule after epoch 0 changed the schedule's length, but the scheduler had already set the next step's
+    rate from the old one: the first step of epoch 1 ran at 0.997 of the peak where the 2-epoch cosine says 0.64."""
+    import math
+
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bitnetcnn.train.schedule import warmup_cosine
+
+    rates = {}
+
+    class Refit(L.Callback):  # what FitToTimeBudget does when it decides after epoch 0
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch == 0:
+                trainer.fit_loop.max_epochs = 2
+                module.fit_schedule(2)
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            rates[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    torch.manual_seed(0)
+    module = BitClassifier("bitnet_cnn", 10, 1, dict(width=2, drop_rate=0.0), lr=0.01, warmup_epochs=0.3,
+                           eval_ternary=False)
+    data = DataLoader(TensorDataset(torch.randn(80, 1, 28, 28), torch.randint(0, 10, (80,))), batch_size=8)
+    L.Trainer(accelerator="cpu", devices=1, max_epochs=20, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, callbacks=[Refit()]).fit(module, data)
+    assert sorted(rates) == list(range(20))
+    for step in range(10, 20):  # epoch 1: on the 2-epoch cosine of 20 steps, its warm-up of 3 steps kept
+        assert rates[step] == pytest.approx(0.01 * warmup_cosine(step, 20, 3), rel=1e-9), step
+    assert rates[10] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 7 / 17)))
+
+
+def test_sgd_without_momentum_trains(tmp_path):
+    """--momentum 0 passed the settings' check, then torch refused Nesterov without momentum after the data and
+    the model were built."""
+    results = train(TrainSettings(out=str(tmp_path / "run"), epochs=1, optimizer="sgd", momentum=0.0, **QUICK))
+    assert results["best_ternary_acc"] is not None
+
+
+def test_the_ema_average_is_made_on_the_device_the_run_trains_on():
+    """Lightning makes the average in setup, before the strategy moves the module to the GPU: a GPU run's average
+    lived in host memory and each step copied every weight there. Here the strategy's device is the meta device."""
+    from types import SimpleNamespace
+
+    from bitnetcnn.train.callbacks import AverageOnTheTrainingDevice
+
+    module = BitClassifier("bitnet_cnn", 10, 1, dict(width=2), eval_ternary=False)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    callback = AverageOnTheTrainingDevice()
+    callback.setup(trainer, module, "fit")
+    assert {p.device.type for p in callback._average_model.parameters()} == {"meta"}
+    assert {p.device.type for p in module.parameters()} == {"cpu"}

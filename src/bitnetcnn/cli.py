@@ -127,7 +127,7 @@ def _add_train(sub) -> None:
     a("--resume", action="store_true", help="continue the run in --out from its last.ckpt, with its saved settings")
     a("--epochs", type=int)
     a("--batch-size", type=int)
-    a("--optimizer", choices=list(DEFAULT_LR), help="sgd means Nesterov momentum")
+    a("--optimizer", choices=list(DEFAULT_LR), help="sgd means Nesterov momentum (plain SGD with --momentum 0)")
     a("--lr", type=float, help="peak learning rate (default " + ", ".join(f"{lr:g} for {opt}" for opt, lr in
                                                                         DEFAULT_LR.items()) + ")")
     a("--wd", type=float, help="weight decay (never on norms, biases, scales)")

@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from bitnetcnn.train.divergence import TrainingDiverged, stop_if_diverged
@@ -193,3 +193,14 @@ class ProgressBar(TQDMProgressBar):
         if done is not None:
             self.on_train_epoch_start(trainer, pl_module)
             self.train_progress_bar.initial = self.train_progress_bar.n = done
+
+
+class AverageOnTheTrainingDevice(WeightAveraging):
+    """Lightning's ``WeightAveraging`` (``--ema``) with its average on the device the run trains on. Lightning
+    makes the average in ``setup``, where the module still is on the CPU (the strategy moves it to the GPU after):
+    a GPU run's average stayed in host memory, and every step copied all the weights there to average them."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._device is None:  # WeightAveraging(device=...) not given: this process's training device
+            self._device = trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)

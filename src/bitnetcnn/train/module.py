@@ -160,7 +160,7 @@ class BitClassifier(L.LightningModule):
         lr = hp.lr if hp.lr is not None else DEFAULT_LR.get(hp.optimizer)
         groups = param_groups(self.model, hp.weight_decay)
         if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, nesterov=True)
+            opt = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, nesterov=hp.momentum > 0)  # plain SGD at 0
         elif hp.optimizer == "adamw":
             opt = torch.optim.AdamW(groups, lr=lr)
         else:
@@ -177,6 +177,10 @@ class BitClassifier(L.LightningModule):
         run computed last, which a run extended with ``--epochs`` must not keep (its schedule then ended at 0, and
         the first step after the extension ran at that 0 instead of on the stretched cosine). For any other run
         the same value."""
+        self._rates_from_schedule()
+
+    def _rates_from_schedule(self) -> None:
+        """Set each optimizer's rate for its next step from the schedule as it now stands."""
         for config in self.trainer.lr_scheduler_configs:
             sched = config.scheduler
             if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
@@ -187,8 +191,10 @@ class BitClassifier(L.LightningModule):
 
     def fit_schedule(self, epochs: int) -> None:
         """End the learning-rate schedule after ``epochs`` epochs instead (a run sized to a time budget). Steps
-        taken keep their rates; with a warm-up of one epoch or more, the cosine has not started when epoch 0 ends."""
+        taken keep their rates; with a warm-up of one epoch or more, the cosine has not started when epoch 0 ends.
+        The next step's rate, which the scheduler computed from the old length, is computed again from the new."""
         self._schedule_steps = max(1, round(self._steps_per_epoch * epochs))
+        self._rates_from_schedule()
 
     # --- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -18,7 +18,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.checkpoint import load_checkpoint, save_checkpoint
@@ -30,7 +30,8 @@ from bitnetcnn.messages import few
 from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import model_form
 from bitnetcnn.quiet import quiet_loggers
-from bitnetcnn.train.callbacks import MidEpochCheckpoint, ProgressBar, ResumeHint, ValidateEvery, ctrl_c_saves
+from bitnetcnn.train.callbacks import (AverageOnTheTrainingDevice, MidEpochCheckpoint, ProgressBar, ResumeHint,
+                                       ValidateEvery, ctrl_c_saves)
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
 from bitnetcnn.train.fine_tune import init_metadata, init_normalization, load_init_weights, teacher_metadata
@@ -218,7 +219,7 @@ def _weight_averaging(s: TrainSettings) -> list:
     averaged weights (and batch-norm statistics)."""
     if s.ema is None:
         return []
-    return [WeightAveraging(avg_fn=warmup_ema(s.ema))]
+    return [AverageOnTheTrainingDevice(avg_fn=warmup_ema(s.ema))]
 
 
 # Steps between progress-bar refreshes on a GPU: each refresh reads the logged loss back from the device, and a read

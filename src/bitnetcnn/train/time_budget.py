@@ -134,6 +134,10 @@ class FitToTimeBudget(L.Callback):
         self.decided(epochs)
         if trainer.is_global_zero:
             cap = " (the most --epochs allows)" if epochs == self._most else floor
+            if epochs == 1 < self._most:  # its one epoch ran on the schedule of --epochs
+                cap += (f"; epoch 0 ran on the learning-rate schedule of --epochs {self._most}, so the rate never "
+                        "decayed and the model is not trained to the end of a schedule: give a budget of two epochs "
+                        "or more, or --epochs 1")
             setup = f" after {self._setup_s:.0f} s of setup" if self._setup_s >= 0.5 else ""
             print(f"\ntime budget {self.budget_s / 60:.3g} min: {basis}{setup}; an epoch takes {epoch_s:.1f} s and a "
                   f"validation {validation_s:.1f} s, so the run takes {epochs} epoch{'s' * (epochs != 1)}{cap}",
