@@ -642,3 +642,39 @@ def test_a_zip_that_is_no_checkpoint_or_a_damaged_one_says_so(tiny, tmp_path):
         z.writestr("bitnetcnn.jsoX", src.read(HEADER_NAME))
         z.writestr(TENSORS_NAME, src.read(TENSORS_NAME))
     _raises(renamed, "a damaged bitnetcnn checkpoint", "copy or download it again")
+
+
+def test_what_save_and_load_cannot_use_is_refused_before_the_work(tmp_path):
+    """A str metadata failed in dict(): "dictionary update sequence element #0 has length 1"; an accuracy of 99.1
+    (a percentage) was saved and pretrained_cfg.top1 read None; a meta-device model failed in "Cannot copy out of
+    meta tensor"; torch.load's dict map_location failed in torch.device() after the whole file was read; a model
+    of the user's own, not registered in this process, was "Did you mean ...?" with nothing about registering it."""
+    model = bitnetcnn.create_model("bitnet_cnn", width=4)
+    path = tmp_path / "m.bnc"
+    with pytest.raises(TypeError, match="metadata must be a dict .*, not str 'mnist'"):
+        bitnetcnn.save_checkpoint(model, path, "mnist")
+    with pytest.raises(ValueError, match=r"accuracy must be .* in \[0, 1\], not 99.1 \(a percentage\? pass 0.991\)"):
+        bitnetcnn.save_checkpoint(model, path, {"accuracy": 99.1})
+    with torch.device("meta"):
+        on_meta = bitnetcnn.create_model("bitnet_cnn", width=4)
+    with pytest.raises(ValueError, match=r"on the meta device.*model\.to_empty"):
+        bitnetcnn.save_checkpoint(on_meta, path)
+    assert not path.exists()
+    bitnetcnn.save_checkpoint(model, path, {"accuracy": 0.991})
+    assert bitnetcnn.load_checkpoint(path).pretrained_cfg.top1 == 0.991
+    with pytest.raises(ValueError, match=r"map_location=\{'cuda:0': 'cpu'\} is not a device"):
+        bitnetcnn.load_checkpoint(path, map_location={"cuda:0": "cpu"})
+
+    from bitnetcnn.models.registry import _REGISTRY, register_model
+
+    @register_model
+    def own_net(num_classes=10, in_chans=1, spec=None):
+        return torch.nn.Sequential(torch.nn.Flatten(), spec.linear(in_chans * 28 * 28, num_classes))
+
+    try:
+        bitnetcnn.save_checkpoint(bitnetcnn.create_model("own_net"), tmp_path / "own.bnc")
+    finally:
+        _REGISTRY.pop("own_net")
+    with pytest.raises(bitnetcnn.CheckpointError, match="unknown model 'own_net'.* import the module whose "
+                                                        "@register_model defines it first"):
+        bitnetcnn.load_checkpoint(tmp_path / "own.bnc")

@@ -69,6 +69,9 @@ def test_unknown_backend_is_refused(small_model):
     model, calib = small_model
     with pytest.raises(ValueError, match="unknown backend 'tvm'"):
         compile(model, calib, backend="tvm")
+    for threads in (-1, 0, 2.5):  # -1 went to the runtime as is
+        with pytest.raises(ValueError, match=rf"threads={threads}: give a number of threads, 1 or more"):
+            compile(model, calib, threads=threads)
 
 
 def test_explicit_onnxruntime_is_reported(small_model):
@@ -161,6 +164,10 @@ def test_openvino_batches_give_the_one_by_one_outputs(shipped_mnist):
     one_by_one = torch.cat([ov(batch[i:i + 1]) for i in range(len(batch))])
     torch.testing.assert_close(split, one_by_one, rtol=1e-4, atol=1e-4 * one_by_one.abs().max().item())
     assert ov.run_numpy(batch[:3].numpy()).shape == (3, 10)
+    # an empty batch is answered with no logits, as onnxruntime answers it: OpenVINO handed back the last call's
+    for deployed in (ov, compile(model, cal, backend="onnxruntime")):
+        deployed(batch[:13])
+        assert deployed(batch[:0]).shape == (0, 10) and deployed.run_numpy(batch[:0].numpy()).shape == (0, 10)
 
 
 # --- CPU features and the bench report ----------------------------------------------------------------------------------

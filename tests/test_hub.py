@@ -446,3 +446,13 @@ def test_a_download_cut_off_or_a_cache_that_is_a_file_is_refused_and_nothing_cac
     monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "a-file"))
     with pytest.raises(hub.PretrainedWeightsUnavailable, match="set BITNETCNN_CACHE"):
         hub.pretrained_path("bitnet_mnist")
+
+
+def test_a_ternary_flag_that_is_not_a_bool_and_a_missing_file_are_named():
+    """ternary="False" (truthy) gave the converted model; a missing checkpoint_path was blamed on "a state dict does
+    not record its architecture"."""
+    with pytest.raises(ValueError, match=r"ternary='False': 'bitnet_mnist' takes ternary=True .* or False"):
+        torch.hub.load(REPO, "bitnet_mnist", source="local", ternary="False")
+    with pytest.raises(bitnetcnn.CheckpointError) as error:
+        torch.hub.load(REPO, "bitnet_mnist", source="local", checkpoint_path="no/such/file.bnc")
+    assert "No such file" in str(error.value) and "state dict" not in str(error.value)

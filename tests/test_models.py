@@ -346,3 +346,24 @@ def test_a_full_precision_model_records_no_ternary_settings_it_does_not_use():
     args = model.model_args
     assert (args["quant"], args["act_bits"], args["pow2"], args["fp_ends"]) == ("fp", None, False, False)
     assert create_model(**{k: v for k, v in args.items()}).model_args == args
+
+
+def test_a_builder_registered_again_replaces_itself_and_another_under_its_name_is_refused():
+    """A notebook cell run twice raised "registered twice", with no way round but a new name or a restart."""
+    from bitnetcnn.models.registry import _REGISTRY, register_model
+
+    def make(width):
+        def my_net(num_classes=10, in_chans=3, spec=None):
+            return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+        my_net.__qualname__ = "my_net"  # as a cell defines it, at the top level
+        return my_net
+
+    try:
+        register_model(make(1))
+        register_model(make(2))  # the cell again
+        elsewhere = make(3)
+        elsewhere.__module__ = "someone_elses"
+        with pytest.raises(ValueError, match=r"'my_net' is registered twice, by .*\.my_net and by someone_elses\.my_net"):
+            register_model(elsewhere)
+    finally:
+        _REGISTRY.pop("my_net", None)

@@ -2100,3 +2100,43 @@ def test_the_ema_average_is_made_on_the_device_the_run_trains_on():
     callback.setup(trainer, module, "fit")
     assert {p.device.type for p in callback._average_model.parameters()} == {"meta"}
     assert {p.device.type for p in module.parameters()} == {"cpu"}
+
+
+def test_sigterm_to_a_ddp_spawn_run_stops_its_processes_and_the_command_waits_for_them(tmp_path):
+    """Under --strategy ddp_spawn the command only waits for the processes that train: SIGTERM killed it alone, and
+    they trained on as orphans after it had exited (status 143, no hint) and released the run folder, where a
+    --resume was accepted and wrote beside them."""
+    run = tmp_path / "run"
+    command = subprocess.Popen(_cli("--out", str(run), "--model", "bitnet_cnn", "--model-kwargs", '{"width": 4}',
+                                    "--dataset", "mnist_demo", "--limit-train", "512", "--limit-eval", "64",
+                                    "--batch-size", "32", "--epochs", "50", "--no-progress", "--accelerator", "cpu",
+                                    "--devices", "2", "--strategy", "ddp_spawn"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 600
+        while not (run / "metrics.csv").exists() or len(read_metrics(run)) < 1:
+            assert command.poll() is None and time.time() < deadline, command.communicate()[1][-3000:]
+            time.sleep(0.2)
+        children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent_of(p) == command.pid
+                    and b"spawn_main" in (p / "cmdline").read_bytes()]  # the processes that train
+        command.send_signal(signal.SIGTERM)
+        _, err = command.communicate(timeout=300)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "the run was stopped by SIGTERM where its processes stood; continue it with" in err
+    assert children and not [pid for pid in children if Path(f"/proc/{pid}").exists() and _parent_of(Path(
+        f"/proc/{pid}")) is not None], "processes of the run outlived its command"
+    rows = len(read_metrics(run))
+    time.sleep(3)
+    assert len(read_metrics(run)) == rows < 50
+
+
+def _parent_of(proc: Path):
+    """The parent pid of /proc/PID, None where it is gone (or a zombie, which runs nothing)."""
+    try:
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[1])

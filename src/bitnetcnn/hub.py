@@ -276,11 +276,16 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
         raise ValueError(f"unknown hub entry {entry!r}; entries: {', '.join(table)}")
     spec = table[entry]
     pretrained = _pretrained_flag(entry, spec, pretrained)
+    if not (isinstance(ternary, (bool, int)) and ternary in (0, 1)):  # "False" is truthy: it gave the converted model
+        raise ValueError(f"ternary={ternary!r}: {entry!r} takes ternary=True (the converted model) or False (the "
+                         "trainable Bit model)")
     if not pretrained and checkpoint_path is None:
         args = {**spec.kwargs, **kwargs}
         model = create_model(spec.model, num_classes=num_classes, **args)
         return convert_to_ternary(model.eval()) if ternary and args.get("quant", "ternary") == "ternary" else model
     path = checkpoint_path if checkpoint_path is not None else pretrained_path(entry, progress)
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):  # not "a state dict ... its architecture"
+        load_checkpoint(path)  # names the file and why it cannot be read
     header = native_header(path) if isinstance(path, (str, os.PathLike)) else None  # None: a seed zip or state dict
     if header is not None:
         # The file says what it is: the entry's default kwargs do not apply, the caller's must match it.

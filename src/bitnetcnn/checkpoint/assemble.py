@@ -90,7 +90,8 @@ def build_model(path, args: dict, budget: Optional[Tuple[int, int]] = None) -> n
     try:
         get_model_config(name)
     except ValueError as e:
-        raise CheckpointError(path, f"unknown architecture: {e}") from None
+        raise CheckpointError(path, f"unknown architecture: {e}. A model of your own must be registered before its "
+                                    "file loads: import the module whose @register_model defines it first") from None
     try:
         with torch.device("meta"), limits.construction_budget(*(budget or (1 << 62, 1 << 62))):
             return create_model(name, **args)

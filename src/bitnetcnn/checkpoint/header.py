@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
@@ -88,7 +89,16 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
             "registry, so build it with bitnetcnn.create_model(...) (conversions keep model_args)"
         )
     args = _jsonable(args, "model.model_args")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict (e.g. {{'dataset': 'cifar100', 'accuracy': 0.7856}}), not "
+                        f"{type(metadata).__name__} {metadata!r:.60}")
     metadata = _jsonable(dict(metadata or {}), "metadata")
+    accuracy = metadata.get("accuracy")
+    if accuracy is not None and not (type(accuracy) in (int, float) and 0 <= accuracy <= 1):
+        percent = type(accuracy) in (int, float) and 1 < accuracy <= 100
+        hint = f" (a percentage? pass {accuracy / 100:g})" if percent else ""
+        raise ValueError(f"metadata accuracy must be the fraction of test images classified right, in [0, 1], not "
+                         f"{accuracy!r}{hint}: the weight's pretrained_cfg.top1 and eval's check read it so")
     cfg = getattr(model, "model_config", None)
     if cfg is None:
         cfg = get_model_config(args["name"])

@@ -28,15 +28,27 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     plain ``state_dict`` file (``torch.save``; read with ``weights_only=True``) loads into
     ``create_model(model_name, **model_kwargs)``. Anything unreadable raises :class:`CheckpointError`.
     """
+    device = _device(map_location)  # before the file is read: a wrong one would be found only after it
     name, data = limits.read_source(path)
     limits.check_zip_entries(name, data)
     if is_bitnetcnn_checkpoint(data):
         model = load_native(name, data, model_name, **model_kwargs)
     else:
         model = load_foreign(name, data, model_name=model_name, **model_kwargs)
-    if map_location is not None and torch.device(map_location).type != "cpu":
-        model = model.to(map_location)
+    if device is not None and device.type != "cpu":
+        model = model.to(device)
     return model
+
+
+def _device(map_location) -> Optional[torch.device]:
+    if map_location is None:
+        return None
+    try:
+        return torch.device(map_location)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"map_location={map_location!r} is not a device: load_checkpoint takes one ('cpu', "
+                         "'cuda:0', a torch.device) or None; torch.load's dict and function forms do not apply, since "
+                         "the model is built on the CPU and moved as a whole (model.to(...) moves it after)") from None
 
 
 def names_a_file(spec: str) -> bool:

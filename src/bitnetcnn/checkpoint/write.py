@@ -32,6 +32,9 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Optional[dict] =
     model keeps its data set's), then the registry's; the rest is kept as is.
     """
     path = Path(path)
+    if any(t.is_meta for t in model.state_dict().values()):
+        raise ValueError("the model is on the meta device, which holds shapes and no values, so there is nothing to "
+                         "save: materialize it first (model.to_empty(device='cpu'), then load_state_dict)")
     header = build_header(model, metadata)
     _check_rebuilds(model, header)
     data, coding = _tensor_bytes(model, header["quantization"]["ternary_layers"])

@@ -184,6 +184,9 @@ class OpenVINORunner:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[0] == 0:  # OpenVINO answers an empty batch with the last call's output
+            shape = self.compiled.output(0).get_partial_shape()
+            return np.zeros((0, *(shape[i].get_length() for i in range(1, len(shape)))), np.float32)
         with self._lock:
             return self._request.infer({0: x}, share_inputs=True)[0].copy()
 

@@ -102,6 +102,9 @@ def compile(model: nn.Module, calibration: Optional[Calibration] = None, *, int8
     Raises :class:`~bitnetcnn.deploy.NotDeployableError` (a ``ValueError``) for a model that is not converted or
     has layers the exporter cannot map.
     """
+    if threads is not None and (type(threads) is not int or threads < 1):  # -1 reached the runtimes as is
+        raise ValueError(f"threads={threads!r}: give a number of threads, 1 or more (None: torch's, "
+                         f"{torch.get_num_threads()} here)")
     name, reason = choose_backend(backend)  # before the export: an unusable explicit backend fails fast
     graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
     if backend == "auto" and info.get("model_integers"):

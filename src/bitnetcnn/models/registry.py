@@ -54,8 +54,10 @@ def register_model(fn: Optional[Callable] = None, **config) -> Callable:
 
     def wrap(builder: Callable) -> Callable:
         name = builder.__name__
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
+        known = _REGISTRY.get(name)
+        if known is not None and _origin(known.builder) != _origin(builder):  # the same one again: a re-run cell
+            raise ValueError(f"model {name!r} is registered twice, by {_origin(known.builder)} and by "
+                             f"{_origin(builder)}: give the new builder another name")
         params = inspect.signature(builder).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         lacking = [a for a in ("num_classes", "in_chans", "spec") if a not in params and not takes_any]
@@ -67,6 +69,12 @@ def register_model(fn: Optional[Callable] = None, **config) -> Callable:
         return builder
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _origin(builder: Callable) -> str:
+    """Where a builder is defined: the same code registered again (a notebook cell run twice, a reloaded module)
+    replaces its entry; another builder under a taken name is refused."""
+    return f"{builder.__module__}.{builder.__qualname__}"
 
 
 def list_models(pattern: str = "*") -> list[str]:

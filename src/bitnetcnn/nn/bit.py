@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.nn.act_quant import make_act_quantizer
+from bitnetcnn.nn.exact_sums import rescaled, sums_exact, with_gradient_of
 from bitnetcnn.quant import TernaryQuant, ternary_quantize
 from bitnetcnn.quant.precision import at_least_float32
 from bitnetcnn.quant.ternary import fake_quantize_weight_unchecked
@@ -78,6 +79,24 @@ class _BitMixin:
         scale = torch.where(codes.reshape(codes.shape[0], -1).any(dim=1), scale.reshape(-1), 1.0)
         return codes, scale
 
+    def _forward(self, x: torch.Tensor, weighted) -> torch.Tensor:
+        """``weighted(input, weight, bias)`` (the layer's convolution or linear map) on the fake-quantized input and
+        weight; in evaluation, where its input quantizer's codes sum exactly, on the codes as the converted layer
+        computes (:mod:`bitnetcnn.nn.exact_sums`), with the float path's gradient where one is asked for."""
+        act = self.act_quant
+        if self.training or act.training or not hasattr(act, "grid") or not sums_exact(x, self.weight[0].numel()):
+            return weighted(act(x), self.quantized_weight(), self.bias)
+        with torch.no_grad():
+            codes, step = act.grid(x)
+            weight_codes, scale = ternary_quantize(at_least_float32(self.weight.detach()), self.quant.scale_op,
+                                                   self.quant.pow2)
+            sums = weighted(codes.to(x.dtype), weight_codes.to(x.dtype), None)
+            bias = None if self.bias is None else at_least_float32(self.bias.detach())
+            exact = rescaled(sums, step, scale.reshape(-1), bias, -1 if isinstance(self, nn.Linear) else -3)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return with_gradient_of(exact, weighted(act(x), self.quantized_weight(), self.bias))
+        return exact
+
     def quant_kwargs(self) -> dict:
         """Deprecated (goes in 0.3): ``layer.quant`` is the config; this is its ``to_dict()``."""
         warnings.warn("quant_kwargs() is deprecated: use layer.quant.to_dict()", DeprecationWarning, stacklevel=2)
@@ -126,7 +145,7 @@ class BitConv2d(_BitMixin, nn.Conv2d):
         self._init_quant(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits, ste=ste, ste_clip=ste_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
+        return self._forward(x, self._conv_forward)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()
@@ -174,7 +193,7 @@ class BitLinear(_BitMixin, nn.Linear):
         self._init_quant(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits, ste=ste, ste_clip=ste_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(self.act_quant(x), self.quantized_weight(), self.bias)
+        return self._forward(x, nn.functional.linear)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()

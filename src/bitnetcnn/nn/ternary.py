@@ -12,6 +12,7 @@ from torch import nn
 
 from bitnetcnn.nn.act_quant import make_act_quantizer
 from bitnetcnn.nn.bit import BitConv2d, BitLinear, config_field
+from bitnetcnn.nn.exact_sums import rescaled, sums_exact, with_gradient_of
 from bitnetcnn.quant.precision import at_least_float32, wide_dtype
 from bitnetcnn.quant import TernaryQuant, dequantize, latent_weight, pack_2bit, pow2_exponent, unpack_2bit
 
@@ -115,50 +116,23 @@ class _TernaryMixin:
         converted = cls.from_codes(layer, codes, scale, layer.bias, layer.quant.with_pow2(pow2))
         return converted.to(layer.weight.device, layer.weight.dtype)  # a bf16 model's layers stay bf16
 
-    def _codes_sum_exactly(self, x: torch.Tensor) -> bool:
-        """Whether ``forward`` computes on the integer codes of ``x`` (a layer with an input quantizer): where sums of
-        codes are exact in ``x``'s dtype (float32 or float64: integers up to 2**24). Why: the layer on the
-        dequantized input rounds each product and partial sum, and in a network of 8-bit layers those errors flip
-        the next layer's rounding ties; the published MobileNetV2 computed that way predicted otherwise than in
-        float64, and than onnxruntime's exact int8 graph, on 0.9% of the CIFAR-100 test images. On codes: 0%.
-        A sum holds at most fan-in x 127 (8-bit codes times ternary ones): float32 is exact up to about 132,000 inputs
-        an output, float64 far beyond any layer. Not where a gradient must reach ``x`` (saliency maps, adversarial
-        inputs), nor under autocast."""
-        if x.numel() == 0 or (torch.is_grad_enabled() and x.requires_grad):
-            return False  # integer codes carry no gradient: the fake-quantized input passes it straight through
-        if not torch.jit.is_scripting():
-            if _autocast_on(x):
-                return False  # autocast would sum the codes in float16, which overflows past 65504
-        if x.dtype == torch.float64:
-            return True
-        return x.dtype == torch.float32 and self.weight[0].numel() * 127 <= 2 ** 24
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer on its input quantizer's integer codes where they sum exactly (:meth:`_codes_sum_exactly`),
-        scaled once; else on the (fake-quantized) input with the float weight. ``hasattr``, which TorchScript resolves
-        (models/blocks.py), asks whether ``act_quant`` is an ``ActQuantizer``."""
+        """The layer on its input quantizer's integer codes where they sum exactly (:mod:`bitnetcnn.nn.exact_sums`),
+        scaled once, with the float path's gradient where one must reach ``x``; else on the (fake-quantized) input
+        with the float weight. ``hasattr``, which TorchScript resolves (models/blocks.py), asks whether
+        ``act_quant`` is an ``ActQuantizer``."""
         if hasattr(self.act_quant, "grid"):
-            if self._codes_sum_exactly(x):
+            if sums_exact(x, self.weight[0].numel()):
                 codes, step = self.act_quant.grid(x)
                 sums = self._weighted(codes.to(x.dtype), torch.sign(self.weight).to(x.dtype), None)
-                return self._rescaled(sums, step)
+                exact = rescaled(sums, step, self.channel_scale(), self.bias, self._channel_dim)
+                if torch.is_grad_enabled() and x.requires_grad:
+                    return with_gradient_of(exact, self._weighted(self.act_quant(x), self.weight, self.bias))
+                return exact
         return self._weighted(self.act_quant(x), self.weight, self.bias)
-
-    def _rescaled(self, y: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """``y`` (sums of codes) times each output channel's ``step * scale``, plus the bias: the layer's output."""
-        shape = [1] * y.dim()
-        shape[self._channel_dim] = -1
-        y = y * (step.to(y.dtype) * self.channel_scale().to(y.dtype)).reshape(shape)
-        return y if self.bias is None else y + self.bias.to(y.dtype).reshape(shape)
 
     def _ternary_repr(self) -> str:
         return f", scale_op={self.scale_op}" + (", pow2=True" if self.pow2 else "")
-
-
-@torch.jit.unused
-def _autocast_on(x: torch.Tensor) -> bool:
-    """Whether autocast is on for ``x``'s device (TorchScript's ``is_autocast_enabled`` asks of CUDA alone)."""
-    return torch.is_autocast_enabled(x.device.type)
 
 
 def _layer_quant(quant: Optional[TernaryQuant], pow2: Optional[bool], scale_op: Optional[str],

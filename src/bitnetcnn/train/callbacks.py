@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import shlex
 import signal
@@ -119,6 +120,33 @@ def ctrl_c_saves(trainer: L.Trainer):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning leaves SIG_IGN after a KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def workers_take_sigterm(trainer: L.Trainer):
+    """Under a spawning strategy (``--strategy ddp_spawn``) the command's process only waits for the processes that
+    train, and SIGTERM killed it alone: they trained on as orphans after the command had exited and released the run
+    folder, where a ``--resume`` then wrote beside them. Here SIGTERM goes on to them (each saves where it stands and
+    stops, as in any run), and the command waits for them and stops as a stopped run does."""
+    launcher = trainer.strategy.launcher
+    if not hasattr(launcher, "procs") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum, frame) -> None:
+        procs = list(launcher.procs)  # read now: the launcher makes the list when it starts them
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, signum)
+        for proc in procs:
+            proc.join()
+        raise SIGTERMException  # the launcher would wait for the results of a run that stopped short of them
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class ResumeHint(L.Callback):
     """A run stopped by Ctrl-C or an error (a full disk, a lost device) says how to continue it and from where, so
     hours of training are not started again by a user who did not know ``--resume``. A diverged run gets no hint:
@@ -136,7 +164,9 @@ class ResumeHint(L.Callback):
                "was stopped by SIGTERM" if isinstance(exception, SIGTERMException) else "stopped on an error")
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         epochs = trainer.fit_loop.epoch_progress.current
-        if trainer.validating:
+        if getattr(trainer.strategy.launcher, "procs", None):  # it started the processes that train (ddp_spawn)
+            where = "where its processes stood"  # its own loops never ran: they know nothing of where that was
+        elif trainer.validating:
             where = f"while validating epoch {trainer.current_epoch}"
         elif math.isinf(trainer.num_training_batches) or epochs.started == 0:  # before the data or first epoch
             where = "before its first batch"

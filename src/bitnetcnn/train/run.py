@@ -31,7 +31,7 @@ from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import model_form
 from bitnetcnn.quiet import quiet_loggers
 from bitnetcnn.train.callbacks import (AverageOnTheTrainingDevice, MidEpochCheckpoint, ProgressBar, ResumeHint,
-                                       ValidateEvery, ctrl_c_saves)
+                                       ValidateEvery, ctrl_c_saves, workers_take_sigterm)
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
 from bitnetcnn.train.fine_tune import init_metadata, init_normalization, load_init_weights, teacher_metadata
@@ -346,7 +346,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
         with hold_run_folder(out, resume, picked) if trainer.is_global_zero else contextlib.nullcontext():
             if trainer.is_global_zero:  # on a resume too: an extended --epochs is the run's length from now on
                 write_settings(out, s, budget_gave=length_before if s.epochs == length_before else None)
-            with ctrl_c_saves(trainer):
+            with ctrl_c_saves(trainer), workers_take_sigterm(trainer):
                 trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     _leave_process_group()
     results_path = out / "results.json"
