@@ -1028,3 +1028,20 @@ def test_export_without_its_test_images_says_so_once(tmp_path, capsys):
     assert "checking on random inputs" in said.out + said.err
     assert not [str(w.message) for w in caught if "no check_inputs given" in str(w.message)]
     assert (tmp_path / "m.onnx").is_file()
+
+
+def test_folding_a_float_convolution_with_a_bias_keeps_the_bias_scaled_by_the_batchnorm():
+    """The folded bias is bias * gamma / sigma + shift; every folded float stem so far had no bias, and bias + shift
+    would have passed."""
+    from bitnetcnn.deploy.fold import _fold_float
+
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        conv.bias.uniform_(-2, 2)
+        bn.weight.uniform_(0.5, 3), bn.bias.uniform_(-1, 1), bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.2, 4)
+    bn.eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(_fold_float(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)

@@ -365,3 +365,14 @@ def test_eval_says_when_the_data_set_it_contradicts_came_from_the_files_own_meta
         evaluate_checkpoint(str(path))
     with pytest.raises(ValueError, match=r"predicts 5 classes but 'mnist' has 10$"):
         evaluate_checkpoint(str(path), "mnist")
+
+
+def test_a_non_square_size_keeps_the_picture_s_proportions():
+    """Covering the size then cropping keeps the aspect ratio: with the smaller of the two scales (fitting inside,
+    then nothing to crop) a 10x20 picture was squashed into 8x4, its whole width in 4 columns."""
+    from bitnetcnn.images import fit_to_size
+
+    columns = torch.arange(20, dtype=torch.float32).expand(1, 10, 20)  # each pixel holds its column
+    out = fit_to_size(columns, 8, 4)
+    assert tuple(out.shape) == (1, 8, 4)
+    assert 7 < out.min().item() and out.max().item() < 12  # the centre columns only

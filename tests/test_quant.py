@@ -206,3 +206,30 @@ def test_activation_bits_must_be_an_int():
             TernaryQuant(act_bits=bits)
         with pytest.raises(ValueError, match="unsupported act_bits"):
             ActQuantizer(bits)
+
+
+# --- values a mutation of the arithmetic left unchecked (each assertion fails under one such change) ----------------
+
+
+def test_ternary_codes_round_to_the_nearest_code_against_the_exact_scale_even_with_power_of_two_scales():
+    """round, not truncation: 0.8 of the scale is a 1 (truncation made it 0); and with pow2 the codes are taken
+    against the exact scale (0.65 here), the power of two (0.5) multiplies them only."""
+    codes, scale = ternary_quantize(torch.tensor([[0.6, -0.6, 0.4, 1.4]]), "mean")  # scale 0.75
+    assert codes.tolist() == [[1, -1, 1, 1]] and scale.flatten().tolist() == pytest.approx([0.75])
+    codes, scale = ternary_quantize(torch.tensor([[1.0, 1.0, 0.3, 0.3]]), "mean", pow2=True)
+    assert codes.tolist() == [[1, 1, 0, 0]] and scale.flatten().tolist() == [0.5]  # against 0.5: [1, 1, 1, 1]
+
+
+def test_activation_codes_are_symmetric_and_the_first_batch_sets_the_running_scale():
+    """The grid is [-qmax, qmax] (an int8 runtime's symmetric range: -128 would be off it), and the running scale
+    starts at the first batch's absmax, not a momentum step away from 0."""
+    from bitnetcnn.nn import ActQuantizer
+    from bitnetcnn.quant.activation import activation_codes
+
+    assert activation_codes(torch.tensor([-1000.0, 1000.0]), torch.tensor(1.0), 8).tolist() == [-127, 127]
+    assert activation_codes(torch.tensor([-1000.0]), torch.tensor(1.0), 4).tolist() == [-7]
+    quantizer = ActQuantizer(8).train()
+    quantizer(torch.tensor([0.5, -2.0]))
+    assert quantizer.running_scale.item() == pytest.approx(2.0 / 127)
+    quantizer(torch.tensor([4.0]))
+    assert quantizer.running_scale.item() == pytest.approx(0.9 * 2.0 / 127 + 0.1 * 4.0 / 127)

@@ -2140,3 +2140,29 @@ def _parent_of(proc: Path):
     except OSError:
         return None
     return None if fields[0] == "Z" else int(fields[1])
+
+
+def test_the_schedule_the_averaging_the_weight_decay_groups_and_top_5_in_numbers():
+    """Warm-up reaches the peak at its last step and the cosine starts there (step/warmup wasted step 0 at rate 0);
+    the EMA keeps decay of the average; weight decay spares every 1-d parameter (BatchNorm, biases); top-5 counts
+    a label that is fifth."""
+    from bitnetcnn.train.evaluate import accuracy
+    from bitnetcnn.train.schedule import _ramped_ema, param_groups, warmup_cosine
+
+    assert [warmup_cosine(s, 110, 10) for s in (0, 9, 10, 110)] == [0.1, 1.0, 1.0, 0.0]
+    assert warmup_cosine(60, 110, 10) == pytest.approx(0.5)
+    assert _ramped_ema(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(10_000), 0.9).item() == pytest.approx(0.1)
+    assert _ramped_ema(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(0), 0.9).item() == pytest.approx(0.9)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                                torch.nn.Linear(2, 3))
+    decay, no_decay = param_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0
+    assert sorted(p.dim() for p in decay["params"]) == [2, 4] and sorted(p.dim() for p in no_decay["params"]) == [1] * 4
+
+    class Fixed(torch.nn.Module):  # logits ranking the classes 0 > 1 > ... > 6
+        def forward(self, x):
+            return torch.arange(7, 0, -1, dtype=torch.float32).expand(len(x), 7)
+
+    images = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
+    result = accuracy(Fixed(), images, torch.tensor([0, 4, 5]), (0.5,), (0.5,))
+    assert (result["top1"], result["top5"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3))

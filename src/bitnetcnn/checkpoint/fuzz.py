@@ -188,7 +188,7 @@ def malicious(shape: str, data: bytes, big: bool = False) -> bytes:
         header["architecture"]["args"]["depths"] = [20000, 1, 1]
         return _zip_deflated([(HEADER_NAME, json.dumps(header).encode()), (TENSORS_NAME, tensors)])
     if shape == "decode_bomb":
-        return _decode_bomb(header, 1760 if big else 256)
+        return _decode_bomb(header, 1760 if big else 400)  # 400: 20 M weights, over what any file may hold
     if shape == "huge_safetensors_header":  # tensors.safetensors says its own header is 1 TB
         bad = (1 << 40).to_bytes(8, "little") + tensors[8:]
         header["tensors"].update(bytes=len(bad), sha256=hashlib.sha256(bad).hexdigest())

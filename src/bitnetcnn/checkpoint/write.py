@@ -104,6 +104,12 @@ def _tensor_bytes(model: nn.Module, ternary_layers: Dict[str, dict]) -> Tuple[by
     coding = None
     if coded:
         arrays, coding = ternary_codec.encode_ternary(coded)
+        try:  # what load_checkpoint will check: a file it refuses is not written
+            ternary_codec.check_budget(sum(c.size for _, c in coded), sum(a.nbytes for a in arrays.values()))
+        except ValueError as e:
+            raise ValueError(f"the model's ternary codes are almost all zero, and load_checkpoint refuses so few "
+                             f"coded bytes for so many weights as a crafted file ({e}): save its state_dict "
+                             "instead (safetensors.torch.save_file)") from None
         for key, arr in arrays.items():
             tensors[TERNARY_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.uint8).copy())
     return save(tensors), coding
