@@ -1045,3 +1045,11 @@ def test_folding_a_float_convolution_with_a_bias_keeps_the_bias_scaled_by_the_ba
     x = torch.randn(2, 3, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(_fold_float(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_a_tensor_several_8_bit_quantizers_read_gets_the_widest_grid_clamped_where_the_model_clamps():
+    """The widest, so that no reader clips; zero point 128, so the u8 grid stops at +127 steps as the model's
+    symmetric quantizer does (0 would let a ReLU's output through up to 255 steps)."""
+    from bitnetcnn.deploy.int8 import _activation_overrides
+
+    assert _activation_overrides({"a": [0.1, 0.3, 0.2], "b": [0.05]}) == {"a": (0.3, 128), "b": (0.05, 128)}

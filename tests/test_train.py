@@ -950,6 +950,8 @@ def test_epochs_within_a_budget_count_the_epochs_and_the_validations_they_run():
     # 2 done: epochs 2.. at 10 s, validated every 3rd (index 2, 5, ...) and the last
     assert epochs_within(100, 20, 10, 5, 3, most=100, done=2) == 8  # 6 more (60 s) + validations 2, 5, 7 (15 s)
     assert epochs_within(10, 20, 10, 5, 3, most=100, done=5) == 5  # over budget: never fewer than done
+    # validations every 2nd epoch (index 1, 3, ...), costly: epoch 1 validates, so a third epoch does not fit
+    assert epochs_within(15, 0, 1, 10, 2, most=10) == 2
 
 
 def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_path, monkeypatch, capsys):
