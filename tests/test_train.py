@@ -2168,3 +2168,26 @@ def test_the_schedule_the_averaging_the_weight_decay_groups_and_top_5_in_numbers
     images = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
     result = accuracy(Fixed(), images, torch.tensor([0, 4, 5]), (0.5,), (0.5,))
     assert (result["top1"], result["top5"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
+
+
+def test_feature_hints_compare_standardized_maps_and_an_ensemble_averages_its_teachers():
+    """A student map that is the teacher's up to a per-sample gain and offset matches it (loss 0: standardization
+    takes both out); an ensemble of three gives the mean of their logits."""
+    from bitnetcnn.train.distill import TeacherEnsemble, feature_hint_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 8, 3, 3)
+    student = 3.0 * teacher + 5.0
+    assert feature_hint_loss([student], [teacher]).item() == pytest.approx(0.0, abs=1e-6)
+    assert feature_hint_loss([torch.randn(4, 8, 3, 3)], [teacher]).item() > 0.5
+
+    class Constant(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x):
+            return torch.full((len(x), 2), self.value)
+
+    ensemble = TeacherEnsemble([Constant(1.0), Constant(2.0), Constant(6.0)])
+    assert ensemble(torch.zeros(2, 1)).tolist() == [[3.0, 3.0], [3.0, 3.0]]
