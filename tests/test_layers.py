@@ -824,3 +824,12 @@ def test_a_bit_model_with_quantized_activations_computes_in_evaluation_what_its_
     assert torch.equal(out.detach(), expected)
     out.square().sum().backward()
     assert given.grad.abs().sum() > 0  # the float path's gradient reaches the input
+
+
+def test_bitify_says_why_an_attention_block_s_output_projection_stays_float():
+    """nn.MultiheadAttention reads out_proj's weight itself and never calls it: the warning blamed a forward of its
+    own or a parametrization, neither of which it has."""
+    model = nn.Sequential(nn.MultiheadAttention(8, 2))
+    with pytest.warns(UserWarning, match=r"0\.out_proj \(NonDynamicallyQuantizableLinear\).*read by their parent "
+                                         r"without being called \(nn\.MultiheadAttention's out_proj\)"):
+        bitify(model)

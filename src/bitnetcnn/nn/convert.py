@@ -258,9 +258,10 @@ def bitify(
     if kept:
         warnings.warn(f"bitify: {len(kept)} layer{'s' * (len(kept) != 1)} kept in full precision: "
                       f"{few(kept)}. They are subclasses of nn.Conv2d or "
-                      "nn.Linear with a forward of their own (timm's Conv2dSame) or parametrized "
-                      "(torch.nn.utils.parametrize, parametrizations.weight_norm): a Bit layer would drop that "
-                      "behaviour. Name them in skip= to silence this, or remove the parametrization first "
+                      "nn.Linear with a forward of their own (timm's Conv2dSame), read by their parent without being "
+                      "called (nn.MultiheadAttention's out_proj), or parametrized (torch.nn.utils.parametrize, "
+                      "parametrizations.weight_norm): a Bit layer would drop that behaviour or never run. Name them "
+                      "in skip= to silence this, or remove the parametrization first "
                       "(torch.nn.utils.parametrize.remove_parametrizations) to make them ternary", UserWarning,
                       stacklevel=2)
     if other:
