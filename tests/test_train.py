@@ -918,6 +918,41 @@ def test_a_ddp_run_killed_inside_an_epoch_resumes_to_the_uninterrupted_weights(t
     assert cut["param_checksums"] == full["param_checksums"]
 
 
+RECORDS_AUGMENTATION = """
+import hashlib, os, sys
+import torch
+from bitnetcnn.cli import main
+from bitnetcnn.data.datamodule import ImageDataModule
+
+transform = ImageDataModule.transform
+
+def recording(self, images, training):  # what each process's augmentation draws from, batch by batch
+    if training:
+        with open(os.environ["DRAWS"] + "." + str(self.trainer.global_rank), "a") as f:
+            f.write(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest() + "\\n")
+    return transform(self, images, training)
+
+ImageDataModule.transform = recording
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_processes_of_a_ddp_run_augment_their_images_with_their_own_random_numbers(tmp_path):
+    """Each process of a DDP run crops, flips and mixes its share of the batch with its own random numbers (seeded
+    alike, both drew the same crop offsets and flips for their slots), and the draws go on from batch to batch. (A
+    killed run resumes to the uninterrupted one's weights with every process's states:
+    test_a_ddp_run_killed_inside_an_epoch_resumes_to_the_uninterrupted_weights.)"""
+    script = tmp_path / "records.py"
+    script.write_text(RECORDS_AUGMENTATION)
+    done = subprocess.run([sys.executable, str(script), "train", "--no-progress", "--out", str(tmp_path / "run"),
+                           "--epochs", "1", "--batch-size", "16", "--limit-train", "64", "--limit-eval", "2",
+                           "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "DRAWS": str(tmp_path / "draws")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = ((tmp_path / name).read_text().splitlines() for name in ("draws.0", "draws.1"))
+    assert len(set(first)) == len(set(second)) == 2 and not set(first) & set(second)
+
+
 def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
     """--val-every 2 over 3 epochs validates epochs 1 and 2 (the last); epoch 0's row has no stale validation
     figures, and the best model comes from a validated epoch. Without a progress bar each row is printed too."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shlex
 import signal
 import sys
@@ -16,36 +15,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from bitnetcnn.train.divergence import TrainingDiverged, stop_if_diverged
-
-
-def random_states() -> dict:
-    """Python's, NumPy's and torch's (CPU and this process's CUDA device) generator states, as plain data a
-    checkpoint holds. Only the first process's are saved: every process of a DDP run is seeded alike and draws alike
-    (the augmentation of its own images), so each restores them, the CUDA one to its own device."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-            "torch": torch.get_rng_state(),
-            "cuda_device": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
-def set_random_states(states: dict) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if not torch.cuda.is_available():
-        return
-    if states.get("cuda_device") is not None:
-        torch.cuda.set_rng_state(states["cuda_device"])  # the current device: this process's
-    elif states.get("cuda") and len(states["cuda"]) == torch.cuda.device_count():  # runs saved before 2026-11-30
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class MidEpochCheckpoint(ModelCheckpoint):

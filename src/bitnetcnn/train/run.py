@@ -40,6 +40,7 @@ from bitnetcnn.train.run_folder import (RUN_FOLDER_ENV, check_new_run_folder, ch
                                         check_resumed_model, check_resumed_processes, default_out, first_process,
                                         hold_run_folder, length_before_resume, read_resume_record, resumed_settings,
                                         write_settings)
+from bitnetcnn.train.randomness import ProcessRandomness
 from bitnetcnn.train.run_recorder import RunRecorder
 from bitnetcnn.train.schedule import DEFAULT_LR, warmup_ema
 from bitnetcnn.train.settings import SettingsError, TrainSettings
@@ -402,7 +403,7 @@ def _callbacks(s: TrainSettings, out: Path, recorder: RunRecorder, started: floa
         budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every,
                                   functools.partial(_record_decided, s, out, recorder), started,
                                   least=math.floor(s.warmup_epochs) + 1)]
-    return [*budget, recorder, checkpoint, *mid_epoch, ResumeHint(out), ValidateEvery(s.val_every, first=bool(budget))]
+    return [ProcessRandomness(s.seed), *budget, recorder, checkpoint, *mid_epoch, ResumeHint(out), ValidateEvery(s.val_every, first=bool(budget))]
 
 
 class _SigtermFlag:

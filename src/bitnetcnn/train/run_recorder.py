@@ -16,7 +16,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from bitnetcnn.atomic import replacing, write_atomically
 from bitnetcnn.machine import describe_device
-from bitnetcnn.train.callbacks import batches_done_at_resume, random_states, set_random_states
+from bitnetcnn.train.callbacks import batches_done_at_resume
+from bitnetcnn.train.randomness import set_random_states
 from bitnetcnn.train.divergence import logged_metric, stop_if_diverged
 from bitnetcnn.train.plot import plot_metrics
 from bitnetcnn.train.recorded_command import budget_note, command_with_note
@@ -78,12 +79,10 @@ class RunRecorder(L.Callback):
 
     # Lightning saves this in last.ckpt, so best scores, wall time, the command that started the run (not
     # `--resume`) and what it started from (--init's recipe) survive a resume.
-    # The random generators too: the next epoch's shuffle and augmentation draw from them, so a resumed run
-    # continues exactly as the uninterrupted one would have.
     def state_dict(self) -> dict:
         return {"best_ternary": self.best_ternary, "best_float": self.best_float, "elapsed": self.elapsed_s(),
                 "command": self.command, "budgeted": self.budgeted, "epochs": self.epochs, "extended": self.extended,
-                "lineage": self._lineage(), "hardware": self.hardware, "rng": random_states(),
+                "lineage": self._lineage(), "hardware": self.hardware,
                 "last_validation": self._last_validation}
 
     def _lineage(self) -> dict:
@@ -103,7 +102,7 @@ class RunRecorder(L.Callback):
         # was kept tell it by their command
         self.budgeted = state.get("budgeted", "--time-budget" in self.command)
         self.epochs, self.extended = state.get("epochs"), state.get("extended")  # absent before they were kept
-        if "rng" in state:  # absent in runs saved before it was kept
+        if "rng" in state:  # runs saved before 2026-12-07 kept the first process's here (ProcessRandomness now)
             set_random_states(state["rng"])
         self._last_validation = state.get("last_validation", {})
         # best_ternary.bnc is written at an epoch's end before last.ckpt: a run killed between the two comes back
