@@ -334,6 +334,13 @@ def test_distillation_from_a_full_precision_teacher_changes_the_loss_and_gradien
     with torch.no_grad():
         assert torch.allclose(module.teacher(x), load_checkpoint(half).float()(x), atol=1e-5)
     module.training_step((x, y), 0).backward()
+    # --ema's average copies the student alone: a second teacher took memory and was never used
+    from types import SimpleNamespace
+    from bitnetcnn.train.callbacks import AverageOnTheTrainingDevice
+
+    averaging = AverageOnTheTrainingDevice()
+    averaging.setup(SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu"))), module, "fit")
+    assert averaging._average_model.module.teacher is None and module.teacher is not None
     # and a whole run with distillation trains
     results = train(TrainSettings(out=str(tmp_path / "student"), epochs=1, kd=True, teacher=[teacher], **QUICK))
     assert results["epochs"] == 1

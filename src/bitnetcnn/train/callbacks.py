@@ -201,9 +201,12 @@ class ProgressBar(TQDMProgressBar):
 class AverageOnTheTrainingDevice(WeightAveraging):
     """Lightning's ``WeightAveraging`` (``--ema``) with its average on the device the run trains on. Lightning
     makes the average in ``setup``, where the module still is on the CPU (the strategy moves it to the GPU after):
-    a GPU run's average stayed in host memory, and every step copied all the weights there to average them."""
+    a GPU run's average stayed in host memory, and every step copied all the weights there to average them. A
+    distilling module's teacher (not a submodule: never averaged) stays out of the copy."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._device is None:  # WeightAveraging(device=...) not given: this process's training device
             self._device = trainer.strategy.root_device
-        super().setup(trainer, pl_module, stage)
+        set_aside = getattr(pl_module, "teacher_set_aside", contextlib.nullcontext)
+        with set_aside():
+            super().setup(trainer, pl_module, stage)

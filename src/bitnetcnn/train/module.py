@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from pathlib import Path
@@ -83,6 +84,16 @@ class BitClassifier(L.LightningModule):
         teacher.float().eval().requires_grad_(False)
         self.__dict__["teacher"] = teacher  # not a submodule: no checkpointing, no optimizer
         self._teacher_source, self._teacher_sha256 = source, weights_sha256(teacher)
+
+    @contextlib.contextmanager
+    def teacher_set_aside(self):
+        """The module without its teacher for a while: ``--ema``'s average is a deep copy of the module, which would
+        hold a second copy of the frozen teacher (in host memory, never used)."""
+        teacher, self.__dict__["teacher"] = self.teacher, None
+        try:
+            yield self
+        finally:
+            self.__dict__["teacher"] = teacher
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.teacher is not None:
