@@ -96,6 +96,23 @@ def test_fold_batchnorm_is_exact(kwargs):
         assert (ref.argmax(1) == out.argmax(1)).all()
     else:
         assert torch.allclose(ref, out, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    # Layer by layer too, each folded conv given its unfolded twin's input: with random statistics the logits
+    # hardly depend on the input (they move ~1e-6 from one random batch to another), so a wrong fold of an early
+    # layer could pass above.
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    unfolded = [m for m in before.values() if isinstance(getattr(m, "norm", None), nn.BatchNorm2d)]
+    hooks = [m.register_forward_hook(lambda m, args, output: seen.__setitem__(m, (args[0].clone(), output.clone())))
+             for m in unfolded]
+    with torch.no_grad():
+        converted(x)
+        for h in hooks:
+            h.remove()
+        names = {m: name for name, m in before.items()}
+        for m, (given, expected) in seen.items():
+            got = after[names[m]](given)
+            assert not torch.equal(expected, torch.zeros_like(expected))
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item()), names[m]
+    assert len(seen) == len(unfolded) >= 7
 
 
 def test_fold_flips_codes_for_negative_gamma():
