@@ -131,6 +131,27 @@ def test_download_verify_and_cache(mnist_checkpoint, tmp_path, monkeypatch, caps
     assert not cached.exists()
 
 
+def test_downloads_without_a_sha256_from_different_addresses_are_cached_apart(mnist_checkpoint, tmp_path,
+                                                                               monkeypatch):
+    """Without a published sha256 nothing tells two files of one name apart: a weight republished at
+    ``.../v2/remote_mnist.bnc`` was served the copy of ``.../v1/remote_mnist.bnc`` cached before it."""
+    import io
+    import urllib.request
+
+    class Response(io.BytesIO):
+        headers: dict = {}
+
+    served = {"https://example.org/v1/remote_mnist.bnc": b"first", "https://example.org/v2/remote_mnist.bnc": b"second"}
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: Response(served[url]))
+    monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "cache"))
+    paths = []
+    for url in served:
+        _with_url(monkeypatch, url, None)
+        paths.append(hub.pretrained_path("bitnet_mnist", progress=False))
+    assert [p.read_bytes() for p in paths] == [b"first", b"second"]
+    assert all(p.name == "remote_mnist.bnc" for p in paths)
+
+
 def test_hub_load_attaches_the_published_weights_metadata():
     model = torch.hub.load(REPO, "bitnet_mnist", source="local", pretrained=True)
     cfg = model.pretrained_cfg
@@ -441,7 +462,7 @@ def test_a_download_cut_off_or_a_cache_that_is_a_file_is_refused_and_nothing_cac
     _with_url(monkeypatch, "https://example.org/remote_mnist.bnc", None)
     with pytest.raises(hub.PretrainedWeightsUnavailable, match=f"cut off at {len(data) // 2:,} of {len(data):,} bytes"):
         hub.pretrained_path("bitnet_mnist")
-    assert list((tmp_path / "cache" / "hub").iterdir()) == []
+    assert [p for p in (tmp_path / "cache" / "hub").rglob("*") if p.is_file()] == []
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("BITNETCNN_CACHE", str(tmp_path / "a-file"))
     with pytest.raises(hub.PretrainedWeightsUnavailable, match="set BITNETCNN_CACHE"):

@@ -23,11 +23,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
@@ -148,6 +150,16 @@ def hub_cache_dir() -> Path:
     return cache_root() / "hub"
 
 
+def cached_weights_path(url: str, file: Optional[str], sha256: Optional[str]) -> Path:
+    """Where a download is kept: ``hub/FILE`` when its sha256 is known (a copy that fails it is downloaded again);
+    without one, in a folder named from the URL, so two weights of the same file name from different addresses
+    (a republished ``.../v2/model.bnc``) never pass for each other."""
+    name = file or Path(urllib.parse.urlparse(url).path).name
+    if sha256:
+        return hub_cache_dir() / name
+    return hub_cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+
 def pretrained_path(entry: str, progress: bool = True) -> Path:
     """The local file holding ``entry``'s pretrained weights, downloading and verifying it if need be."""
     spec = entries()[entry].pretrained
@@ -166,7 +178,7 @@ def pretrained_path(entry: str, progress: bool = True) -> Path:
         raise PretrainedWeightsUnavailable(
             f"the pretrained weights of {entry!r} ({spec.name}) should be at {PRETRAINED_DIR / spec.file}, which "
             "is missing: this installation of bitnetcnn is incomplete; reinstall it")
-    target = hub_cache_dir() / (spec.file or Path(spec.url).name)
+    target = cached_weights_path(spec.url, spec.file, spec.sha256)
     cached = target.is_file()
     if cached and (not spec.sha256 or file_sha256(target) == spec.sha256):
         return target
