@@ -1,6 +1,7 @@
 """Training runs end to end on the bundled demo data: run folder, repeatability, distillation, errors, resume
 after SIGKILL, two-process DDP on the CPU."""
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -958,6 +959,62 @@ def test_the_processes_of_a_ddp_run_augment_their_images_with_their_own_random_n
     assert done.returncode == 0, done.stderr[-3000:]
     first, second = ((tmp_path / name).read_text().splitlines() for name in ("draws.0", "draws.1"))
     assert len(set(first)) == len(set(second)) == 2 and not set(first) & set(second)
+
+
+FIRST_PROCESS_NEVER_MEETS = """
+import os, sys, time
+import torch.distributed
+from bitnetcnn.cli import main
+
+if os.environ.get("LOCAL_RANK", "0") == "0":  # the first process starts the second, then never joins it
+    torch.distributed.init_process_group = lambda *args, **kwargs: time.sleep(600)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_the_processes_a_ddp_launcher_started_die_with_it(tmp_path):
+    """A first process killed outright (SIGKILL) while the second was still meeting the process group left the
+    second waiting for torch's 30-minute rendezvous timeout; now it dies with the process that started it."""
+    script = tmp_path / "never_meets.py"
+    script.write_text(FIRST_PROCESS_NEVER_MEETS)
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        first = subprocess.Popen([sys.executable, str(script), "train", "--no-progress", "--out", str(tmp_path / "run"),
+                                  "--epochs", "1", "--batch-size", "16", "--limit-train", "64", "--limit-eval", "2",
+                                  "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"],
+                                 stdout=out, stderr=subprocess.STDOUT)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while "GLOBAL_RANK: 1" not in log.read_text() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert "GLOBAL_RANK: 1" in log.read_text(), log.read_text()[-3000:]  # the second process is meeting it
+        started = _children(first.pid)
+        (second,) = started
+        first.kill()
+        first.wait()
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{second}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{second}").exists(), "the second process outlived the first by 30 s"
+    finally:
+        first.kill()
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):

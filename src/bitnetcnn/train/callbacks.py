@@ -120,6 +120,32 @@ def workers_take_sigterm(trainer: L.Trainer):
         signal.signal(signal.SIGTERM, previous)
 
 
+LAUNCHER_PID_ENV = "BITNETCNN_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_the_launcher() -> None:
+    """The processes Lightning's ``ddp`` launcher starts (children of a node's first process) die with it. A first
+    process killed outright (SIGKILL, the OOM killer) while the others were still meeting the process group left
+    them waiting for torch's 30-minute rendezvous timeout, orphans holding their memory (once met, gloo and NCCL
+    notice a lost peer and stop them). A node's first process records its pid for the children it starts; each child
+    asks Linux for SIGKILL when its parent ends (``prctl(PR_SET_PDEATHSIG)``): without the first process, which
+    writes the checkpoints, there is nothing to save. Elsewhere than Linux, nothing changes."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # a node's first process: it launches the others
+        os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if launcher is None or not sys.platform.startswith("linux"):  # started by another launcher (torchrun, SLURM)
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != int(launcher):  # it ended before the request above: nothing would send the signal
+        os._exit(1)
+
+
 class ResumeHint(L.Callback):
     """A run stopped by Ctrl-C or an error (a full disk, a lost device) says how to continue it and from where, so
     hours of training are not started again by a user who did not know ``--resume``. A diverged run gets no hint:

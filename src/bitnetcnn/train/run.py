@@ -31,7 +31,8 @@ from bitnetcnn.models import get_model_config
 from bitnetcnn.nn import model_form
 from bitnetcnn.quiet import quiet_loggers
 from bitnetcnn.train.callbacks import (AverageOnTheTrainingDevice, MidEpochCheckpoint, ProgressBar, ResumeHint,
-                                       ValidateEvery, ctrl_c_saves, workers_take_sigterm)
+                                       ValidateEvery, ctrl_c_saves, die_with_the_launcher,
+                                       workers_take_sigterm)
 from bitnetcnn.train.distill import TeacherEnsemble
 from bitnetcnn.train.atomic_checkpoint import AtomicCheckpointIO
 from bitnetcnn.train.fine_tune import init_metadata, init_normalization, load_init_weights, teacher_metadata
@@ -271,6 +272,7 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
     ``command``: the command line the run records as its recipe (default: ``s.as_command()``).
     """
     started = time.perf_counter()  # a --time-budget counts the setup below, not only the training
+    die_with_the_launcher()
     s = _settled(s, resume, given)
     if not resume:
         s = _init_normalization(s)
