@@ -231,6 +231,30 @@ def test_codec_codes_skewed_weights_below_entropy_of_uniform():
     assert bits < 1.0  # order-0 entropy of (0.1, 0.8, 0.1) is 0.92 bits
 
 
+def test_ternary_data_coded_in_far_fewer_streams_than_the_encoder_uses_is_refused_not_decoded_for_minutes():
+    """A description that declares one rANS stream for a large model is consistent (it decodes), but one decoding
+    step a symbol would take minutes for a ResNet-18 (a crafted or damaged file): refused up to 4,096 symbols a
+    stream, with the stream count the encoder would have used. Nothing else in the decoder notices it."""
+    rng = np.random.default_rng(0)
+    at_limit = rng.integers(-1, 2, (8, 1536)).astype(np.int8)  # 8 rows of 512 chunks: 4,096 symbols
+    over = rng.integers(-1, 2, (8, 1560)).astype(np.int8)  # 4,160 symbols
+    arrays, meta = ternary_codec.encode_ternary([("w", at_limit)], streams=1)
+    assert np.array_equal(ternary_codec.decode_ternary(arrays, meta)["w"], at_limit)
+    arrays, meta = ternary_codec.encode_ternary([("w", over)], streams=1)
+    with pytest.raises(ValueError, match=r"4,160 symbols in 1 rANS streams \(the encoder uses 8\): not decoded"):
+        ternary_codec.decode_ternary(arrays, meta)
+
+
+def test_a_checkpoint_whose_ternary_codes_declare_one_rans_stream_is_refused_by_name(tmp_path, monkeypatch):
+    """The same refusal from ``load_checkpoint``: a file written (here by an encoder made to use one stream) whose
+    layers would take one decoding step a symbol is a CheckpointError naming the file, not a long wait."""
+    model = convert_to_ternary(create_model("bitnet_cnn", width=16).eval())  # 12,126 symbols
+    monkeypatch.setattr(ternary_codec, "_choose_streams", lambda symbols: 1)
+    bitnetcnn.save_checkpoint(model, tmp_path / "one_stream.bnc")
+    monkeypatch.undo()
+    _raises(tmp_path / "one_stream.bnc", "symbols in 1 rANS streams", "not decoded")
+
+
 # ------------------------------------------------------------------------------------------------------- errors
 
 

@@ -400,6 +400,21 @@ def test_the_catalog_normalizes_each_data_set_as_checkpoints_record_it():
         assert (tuple(spec.mean), tuple(spec.std)) == BY_DATASET[name], name
 
 
+@pytest.mark.parametrize("name, mean, std", [
+    ("CIFAR10", (0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
+    ("CIFAR100", (0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
+])
+def test_cifar_normalization_is_the_training_sets_own_pixel_statistics_to_four_digits(name, mean, std):
+    """The mean and std of every pixel of the 50,000 training images (/ 255), as published to eight digits, here
+    rounded to four: a digit off would move every input a little, away from what the published weights were
+    trained on, and nothing else would notice (the std is the per-pixel one, not the (0.2023, 0.1994, 0.2010) of
+    many training scripts). No CIFAR-10 files are on the test machines to measure it from."""
+    from bitnetcnn import normalization
+
+    ours = getattr(normalization, name)
+    assert ours == (tuple(round(v, 4) for v in mean), tuple(round(v, 4) for v in std))
+
+
 def _image_tree(root, counts: dict, split="train"):
     for c, n in counts.items():
         (root / split / c).mkdir(parents=True, exist_ok=True)

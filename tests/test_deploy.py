@@ -1070,3 +1070,56 @@ def test_a_tensor_several_8_bit_quantizers_read_gets_the_widest_grid_clamped_whe
     from bitnetcnn.deploy.int8 import _activation_overrides
 
     assert _activation_overrides({"a": [0.1, 0.3, 0.2], "b": [0.05]}) == {"a": (0.3, 128), "b": (0.05, 128)}
+
+
+def test_data_free_ranges_take_the_widest_reader_a_relu_s_zero_point_0_and_a_sigmoid_s_unit_range():
+    """A tensor that flows into several 8-bit inputs (a ReLU before two poolings, and the convolution before it)
+    takes the widest of their grids, so that no reader clips; a ReLU's output, never negative, gets zero point 0
+    (the whole u8 grid on its values), any other derived tensor 128; a sigmoid's output spans [0, 1] in 255 steps.
+    Only whole-model deployments reached this function, and none of these choices moved them past a threshold."""
+    from onnx import TensorProto, helper
+
+    from bitnetcnn.deploy.int8 import _data_free_overrides
+
+    value = helper.make_tensor_value_info
+    inits = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [2, 2, 1, 1], [0.5, -0.5, 0.25, 1.0]) for i in range(3)]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["y"], name="conv0"),
+             helper.make_node("Relu", ["y"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["a"], name="pool_a", kernel_shape=[1, 1]),
+             helper.make_node("MaxPool", ["r"], ["b"], name="pool_b", kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["a", "w1"], ["out_a"], name="conv_a"),
+             helper.make_node("Conv", ["b", "w2"], ["out_b"], name="conv_b"),
+             helper.make_node("Sigmoid", ["y"], ["s"], name="sigmoid"),
+             helper.make_node("Mul", ["y", "s"], ["out_s"], name="gate")]
+    shape = [1, 2, 4, 4]
+    graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, shape)],
+                              [value(o, TensorProto.FLOAT, shape) for o in ("out_a", "out_b", "out_s")], inits)
+    # the 8-bit quantizers' own grids: the image, and the inputs of the two convolutions after the poolings
+    known = {"x": (0.05, 128), "a": (0.1, 128), "b": (0.3, 128)}
+    ranges = _data_free_overrides(graph, known, set())
+    assert ranges == {**known, "y": (0.3, 128), "r": (0.3, 0), "s": (1.0 / 255.0, 0)}
+
+
+@pytest.mark.parametrize("op", ["Conv", "MatMul"])
+def test_a_float_layers_int8_weight_grid_is_per_output_channel_each_reaching_plus_minus_64(op):
+    """An fp_ends stem's output channels can differ a hundredfold in magnitude: one grid for the whole tensor would
+    leave the small channel a code or two (its weights rounded to 0, -1, +1); each channel gets its own grid on the
+    +-64 range instead, whichever axis the exported node reads its output channels on (a MatMul's weight is stored
+    transposed). The fp_ends deployment test only checks that no weight exceeds 64."""
+    from onnx import helper, numpy_helper
+
+    from bitnetcnn.deploy.int8 import _float_weight_grid, _int8_types
+
+    rng = np.random.default_rng(0)
+    weight = rng.uniform(-1, 1, (3, 2, 3, 3)).astype(np.float32) * np.array([1.0, 0.01, 0.3], np.float32).reshape(
+        3, 1, 1, 1)
+    if op == "MatMul":  # [in, out]: the output channels on axis 1
+        weight = weight.reshape(3, -1).T.copy()
+    node = helper.make_node(op, ["x", "w"], ["y"])
+    grid = _float_weight_grid(numpy_helper.from_array(weight, "w"), node, _int8_types()[1])
+    axis = 1 if op == "MatMul" else 0
+    assert grid[0]["axis"] == axis and len(grid) == 3
+    steps = np.array([float(c["scale"]) for c in grid], np.float32)
+    assert all(int(c["zero_point"]) == 0 for c in grid)
+    codes = np.round(np.moveaxis(weight, axis, 0).reshape(3, -1) / steps[:, None])
+    assert np.abs(codes).max(axis=1).tolist() == [64, 64, 64]

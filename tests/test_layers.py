@@ -833,3 +833,24 @@ def test_bitify_says_why_an_attention_block_s_output_projection_stays_float():
     with pytest.warns(UserWarning, match=r"0\.out_proj \(NonDynamicallyQuantizableLinear\).*read by their parent "
                                          r"without being called \(nn\.MultiheadAttention's out_proj\)"):
         bitify(model)
+
+
+def test_a_converted_8bit_linear_layers_bias_is_a_whole_number_of_int32_steps():
+    """A TernaryLinear with an 8-bit input and no BatchNorm after it (a classifier) snaps its own bias onto the
+    int8 runtime's int32 grid, input scale x weight scale / 64, moving it by at most half a step. The MobileNetV2
+    snap test's one such layer (its classifier) still had its initial bias 0, which lies on every grid."""
+    from bitnetcnn.quant.integer import CODE_GAIN
+
+    torch.manual_seed(0)
+    bit = BitLinear(32, 6, act_bits=8)
+    with torch.no_grad():
+        bit.bias.uniform_(-2, 2)
+    warm_up(bit, 3 * torch.randn(64, 32))
+    trained = convert_to_ternary(bit, int32_biases=False)
+    layer = convert_to_ternary(bit)
+    assert torch.equal(trained.bias, bit.bias)
+    step = (layer.act_quant.running_scale.float() * layer.channel_scale().float() / CODE_GAIN).double()
+    units = layer.bias.double() / step
+    assert ((units - units.round()).abs() <= 1e-3).all(), units
+    moved = (layer.bias.double() - bit.bias.double()).abs()
+    assert (moved <= step / 2 * (1 + 1e-3)).all() and (moved > 0).all()

@@ -376,3 +376,19 @@ def test_a_non_square_size_keeps_the_picture_s_proportions():
     out = fit_to_size(columns, 8, 4)
     assert tuple(out.shape) == (1, 8, 4)
     assert 7 < out.min().item() and out.max().item() < 12  # the centre columns only
+
+
+def test_a_larger_photo_is_resized_with_antialiasing_as_torchvision_s_presets_do():
+    """A fine pattern shrunk 3x must average to grey, as ``Resize(size, antialias=True)`` and PIL give it: without
+    the antialiasing filter, bilinear resizing samples a few of the pixels and a one-pixel checkerboard comes out
+    as stripes of near black and white (the other tests resize flat colours, which any filter keeps)."""
+    from torchvision.transforms import v2
+
+    rows, cols = np.indices((96, 128))
+    board = np.where((rows + cols) % 2 == 0, 255, 0).astype(np.uint8)
+    photo = Image.fromarray(np.stack([board, board, 255 - board], axis=2))
+    out = CIFAR_CFG.transforms()(photo)
+    torchvision_preset = v2.Compose([v2.PILToTensor(), v2.Resize(32, antialias=True), v2.CenterCrop(32)])
+    assert torch.equal(out, normalize(torchvision_preset(photo), *CIFAR100))
+    grey = normalize(torch.full((3, 1, 1), 127.5), *CIFAR100)
+    assert (out - grey).abs().max() < 0.1  # within a few levels of 255 of the grey average

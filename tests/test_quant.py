@@ -233,3 +233,34 @@ def test_activation_codes_are_symmetric_and_the_first_batch_sets_the_running_sca
     assert quantizer.running_scale.item() == pytest.approx(2.0 / 127)
     quantizer(torch.tensor([4.0]))
     assert quantizer.running_scale.item() == pytest.approx(0.9 * 2.0 / 127 + 0.1 * 4.0 / 127)
+
+
+@pytest.mark.parametrize("scale_op", ["median", "mean"])
+@pytest.mark.parametrize("pow2", [False, True])
+def test_ternary_quantization_of_tiny_weights_is_the_same_up_to_their_scale(scale_op, pow2):
+    """Scaling a layer's weights by a power of two scales its ternary scale by it and leaves the codes alone, down
+    to weights of ~1e-6 (a layer trained with strong weight decay): the floor that keeps an all-zero channel off NaN
+    must sit far below any real scale, not round such a layer's codes to zero. (The property test only checks the
+    signs of the non-zero codes, and a too-high floor just makes them all 0.)"""
+    w = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    codes, scale = ternary_quantize(w, scale_op, pow2)
+    assert codes.ne(0).float().mean() > 0.5
+    factor = 2.0**-20  # ~1e-6, exact in float32: every division and median scales exactly
+    tiny_codes, tiny_scale = ternary_quantize(w * factor, scale_op, pow2)
+    assert torch.equal(tiny_codes, codes)
+    assert torch.equal(tiny_scale, scale * factor)
+
+
+def test_the_clipped_straight_through_mask_is_taken_against_the_exact_scale_even_with_power_of_two_scales():
+    """As the codes are, the clipped estimator's window |W| <= clip * s is measured against the exact scale, so a
+    weight's gradient does not depend on the scale's format: here the exact scales 0.7 and 0.75 round to the powers
+    of two 0.5 and 1.0, which would stop the 1.0 (beyond 1.5 * 0.5) and let the 1.3 through (within 1.5 * 1.0)."""
+    w = torch.tensor([[0.7, -0.7, 0.7, 1.0, 0.2, 3.0],
+                      [-0.75, 0.75, 0.75, 1.3, 0.2, -0.1]], requires_grad=True)
+    expected = [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0, 1.0, 1.0]]
+    assert channel_scale(w).flatten().tolist() == pytest.approx([0.7, 0.75])
+    assert pow2_scale(channel_scale(w)).flatten().tolist() == [0.5, 1.0]
+    for pow2 in (False, True):
+        w.grad = None
+        fake_quantize_weight(w, "median", pow2=pow2, ste="clipped", clip=1.5).sum().backward()
+        assert w.grad.tolist() == expected, pow2
