@@ -1017,6 +1017,46 @@ def test_the_processes_a_ddp_launcher_started_die_with_it(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+SIGNALS_AT_EPOCH_1_BATCH_2 = """
+import os, signal, sys
+from bitnetcnn.cli import main
+from bitnetcnn.train.module import BitClassifier
+
+def send(module, batch, batch_idx):
+    if module.current_epoch == 1 and batch_idx == 2 and module.global_rank == 0:
+        if os.environ["SIGNAL"] == "SIGINT":  # a terminal's Ctrl-C: every process of the foreground group
+            os.killpg(os.getpgid(0), signal.SIGINT)
+        else:  # kill, a scheduler: the first process alone
+            os.kill(os.getpid(), signal.SIGTERM)
+
+BitClassifier.on_train_batch_start = send
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_ddp_run_stopped_by_sigterm_or_ctrl_c_saves_where_it_stands(tmp_path, signum):
+    """``--strategy ddp``: SIGTERM to the first process crashed it (the handler meant for ddp_spawn's workers took
+    its subprocesses for multiprocessing ones: AttributeError, exit 1, the batches since the last checkpoint lost),
+    and Ctrl-C stopped every process at once, losing them too. Both now stop after the batch they came in, save
+    there and exit 143 or 130 with the hint that names the batch; the run then resumes to its end."""
+    script = tmp_path / "signals.py"
+    script.write_text(SIGNALS_AT_EPOCH_1_BATCH_2)
+    run = tmp_path / "run"
+    stopped = subprocess.run([sys.executable, str(script), "train", "--no-progress", "--out", str(run), "--epochs", "2",
+                              "--batch-size", "16", "--limit-train", "128", "--limit-eval", "64", "--accelerator",
+                              "cpu", "--devices", "2", "--strategy", "ddp"], capture_output=True, text=True,
+                             timeout=600, start_new_session=True, env={**os.environ, "SIGNAL": signum.name})
+    assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+    how = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"the run was stopped by {how} in epoch 1 after 3 of 4 batches; continue it with" in stopped.stderr
+    saved = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1 and saved["global_step"] == 4 + 3
+    resumed = subprocess.run(_cli("--out", str(run), "--resume"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["epochs"] == 2
+
+
 def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
     """--val-every 2 over 3 epochs validates epochs 1 and 2 (the last); epoch 0's row has no stale validation
     figures, and the best model comes from a validated epoch. Without a progress bar each row is printed too."""

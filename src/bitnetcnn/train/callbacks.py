@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar, WeightAveraging
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from bitnetcnn.train.divergence import TrainingDiverged, stop_if_diverged
@@ -56,9 +57,11 @@ class StoppedByCtrlC(SIGTERMException):
 
 
 class CtrlCSaves:
-    """Ctrl-C as SIGTERM, for a run in one process: the batch it came in finishes, ``last.ckpt`` is written after it
+    """Ctrl-C as SIGTERM: the batch it came in finishes, ``last.ckpt`` is written after it
     (:class:`MidEpochCheckpoint`), and the run stops with the resume hint, losing nothing; it lost up to
-    ``--save-every`` of training, and exited 1 as Lightning's Ctrl-C does. A second Ctrl-C stops at once."""
+    ``--save-every`` of training, and exited 1 as Lightning's Ctrl-C does. A second Ctrl-C stops at once. In a DDP
+    run a terminal's Ctrl-C reaches every process: each only raises its flag (no collective in a signal handler,
+    as :class:`_SigtermFlag`), and the training loop's broadcast of the first process's has them all stop together."""
 
     def __init__(self, trainer: L.Trainer) -> None:
         self.trainer = trainer
@@ -69,15 +72,24 @@ class CtrlCSaves:
             raise KeyboardInterrupt
         self.pressed = True
         self.trainer._signal_connector.received_sigterm = True  # Lightning's own stop, checked after each batch
-        print("\nbitnetcnn train: Ctrl-C: stopping once this batch is trained and saved (Ctrl-C again: at once)",
-              file=sys.stderr, flush=True)
+        if self.trainer.global_rank == 0:
+                print("\nbitnetcnn train: Ctrl-C: stopping once this batch is trained and saved (Ctrl-C again: at once)",
+                  file=sys.stderr, flush=True)
+
+
+def spawns_its_workers(trainer: L.Trainer) -> bool:
+    """Whether this process only starts and waits for the processes that train (``--strategy ddp_spawn``, fork and
+    notebook), which then hold the same launcher with no processes of their own; ``--strategy ddp``'s first
+    process trains itself beside the ones it starts (its launcher's ``procs`` are ``subprocess.Popen``s)."""
+    return isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
 
 
 @contextlib.contextmanager
 def ctrl_c_saves(trainer: L.Trainer):
     """:class:`CtrlCSaves` as the SIGINT handler while the run trains, where Python's own handler is installed and
-    the run is one process (DDP's processes each take a terminal's Ctrl-C: Lightning's stop there is kept)."""
-    if (trainer.world_size > 1 or threading.current_thread() is not threading.main_thread()
+    the training runs in this process or the ones it starts with ``--strategy ddp`` (each of which installs its own);
+    not under a spawning strategy, whose processes this one only waits for (Lightning's stop there is kept)."""
+    if (spawns_its_workers(trainer) or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield None
         return
@@ -100,7 +112,7 @@ def workers_take_sigterm(trainer: L.Trainer):
     folder, where a ``--resume`` then wrote beside them. Here SIGTERM goes on to them (each saves where it stands and
     stops, as in any run), and the command waits for them and stops as a stopped run does."""
     launcher = trainer.strategy.launcher
-    if not hasattr(launcher, "procs") or threading.current_thread() is not threading.main_thread():
+    if not spawns_its_workers(trainer) or threading.current_thread() is not threading.main_thread():
         yield
         return
 
@@ -163,7 +175,7 @@ class ResumeHint(L.Callback):
                "was stopped by SIGTERM" if isinstance(exception, SIGTERMException) else "stopped on an error")
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         epochs = trainer.fit_loop.epoch_progress.current
-        if getattr(trainer.strategy.launcher, "procs", None):  # it started the processes that train (ddp_spawn)
+        if spawns_its_workers(trainer) and trainer.strategy.launcher.procs:  # ddp_spawn's first, not its workers
             where = "where its processes stood"  # its own loops never ran: they know nothing of where that was
         elif trainer.validating:
             where = f"while validating epoch {trainer.current_epoch}"

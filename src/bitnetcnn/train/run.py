@@ -405,7 +405,8 @@ def _callbacks(s: TrainSettings, out: Path, recorder: RunRecorder, started: floa
         budget = [FitToTimeBudget(60 * s.time_budget, recorder.elapsed_s, s.val_every,
                                   functools.partial(_record_decided, s, out, recorder), started,
                                   least=math.floor(s.warmup_epochs) + 1)]
-    return [ProcessRandomness(s.seed), *budget, recorder, checkpoint, *mid_epoch, ResumeHint(out), ValidateEvery(s.val_every, first=bool(budget))]
+    return [ProcessRandomness(s.seed), *budget, recorder, checkpoint, *mid_epoch, ResumeHint(out),
+            ValidateEvery(s.val_every, first=bool(budget))]
 
 
 class _SigtermFlag:
