@@ -157,3 +157,46 @@ def test_a_converted_model_of_another_dtype_is_summarized(dtype):
     assert not list(model.parameters())
     result = bitnetcnn.summary(model, (3, 8, 8), print_fn=None)
     assert "TernaryConv2d" in str(result)
+
+
+def test_an_image_size_without_its_channels_is_refused_not_summarized_as_one_channel_s_slice():
+    """(H, W) for an image model: torch runs a convolution on an unbatched (C, H, W) sample, so the summary took
+    the sample's first dimension for its batch and reported one channel's slice (27x too few MACs here)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = bitnetcnn.bitify(nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                                         nn.ReLU(), nn.Conv2d(32, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    with pytest.raises(ValueError, match=r"one dimension short of a batched one: input_size must be \(C, H, W\)"):
+        bitnetcnn.summary(net, (28, 28), print_fn=None)
+    with FlopCounterMode(display=False) as flops:
+        net(torch.zeros(1, 1, 28, 28))
+    assert bitnetcnn.summary(net, (1, 28, 28), print_fn=None).macs == flops.get_total_flops() // 2
+    for size in ((1, 28.7, 28), (1, 0, 28), (True, 28, 28)):
+        with pytest.raises(ValueError, match="input_size must be positive whole numbers"):
+            bitnetcnn.summary(net, size, print_fn=None)
+
+
+def test_packed_bytes_are_the_converted_model_s_own_bytes_whole_bytes_a_layer():
+    """Each layer's codes are packed four to a byte, its last byte padded: the packed size is what the converted
+    model holds, running statistics aside (a width of 5 made 4,576.25 bytes of 4,578)."""
+    model = convert_to_ternary(create_model("bitnet_cnn", width=5).eval())
+    held = sum(v.numel() * v.element_size() for k, v in model.state_dict().items()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert bitnetcnn.summary(model, print_fn=None).packed_bytes == held
+
+
+def test_the_summary_command_builds_the_stem_of_the_larger_side_and_warns_for_weights_at_another_size(capsys):
+    """``--input-size 3 224 192`` built the 32-px stem (stride 1, no pooling), 15x the MACs of the model
+    ``bitnetcnn train`` builds for such images; published weights summarized at another size than theirs now say
+    their accuracy does not carry over."""
+    from bitnetcnn.cli import main
+
+    assert main(["summary", "bit_resnet18", "--input-size", "3", "224", "192"]) == 0
+    expected = bitnetcnn.summary(create_model("bit_resnet18", img_size=224), (3, 224, 192), print_fn=None)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in printed if line.startswith("stem.conv")] == [["stem.conv", "BitConv2d",
+                                                                                       "64x112x96"]]
+    assert f"{expected.macs / 1e9:.2f}G" == "1.55G" and f"  {expected.macs / 1e9:.2f}G  " in printed[-6]
+    weights = bitnetcnn.hub.load("bitnet_mnist", pretrained=True)
+    with pytest.warns(UserWarning, match=r"not the \[1, 28, 28\] these weights were trained and measured at"):
+        bitnetcnn.summary(weights, (1, 32, 32), print_fn=None)

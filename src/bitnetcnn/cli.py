@@ -317,7 +317,8 @@ def _cmd_summary(args) -> int:
     else:
         size = args.input_size
         # the stem `bitnetcnn train` builds for that size (above 64 px a ResNet takes its ImageNet stem)
-        at_size = {"img_size": size[1]} if size and size[1] == size[2] else {}
+        # img_size only picks the stem: a non-square size above 64 px on either side gets the large-input one
+        at_size = {"img_size": max(size[1], size[2])} if size else {}
         model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0] if size else None,
                              quant=args.quant or "ternary", **at_size)
     if args.ternary and model_form(model) == "bit":  # a Bit checkpoint's too

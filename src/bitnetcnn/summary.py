@@ -3,7 +3,8 @@
 It answers "what does ternary buy me on this model": how many weights are ternary, how large the model is in
 float32 and packed (2 bits a ternary weight plus its float scales), and how much compute each layer costs. Memory
 counts parameters (weights, biases, BatchNorm's affine) and scales, not buffers such as BatchNorm's running
-statistics, which deployment folds into the scales and biases (a checkpoint file holds them, so it is larger).
+statistics, which deployment folds into the scales and biases. A converted checkpoint file holds those statistics
+too, but entropy-codes its ternary weights (about 1.2-1.6 bits each), so it can be smaller or larger than "packed".
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of, model_pretrained_cfg
-from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, TernaryLinear
+from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, TernaryConv2d, TernaryLinear
 
 PACKED_BITS = 2  # storage of a ternary weight: four to a byte
 TERNARY_INFO_BITS = math.log2(3)  # its information content, 1.58 bits
 FLOAT_BITS = 32
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear) + TERNARY_LAYERS  # the layers that own a weight matrix and MACs
+CONV_TYPES = (nn.modules.conv._ConvNd, TernaryConv2d)
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,12 @@ class ModelSummary:
             return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
         rule = "-" * len(line(head))
-        ratio = self.fp32_bytes / self.packed_bytes if self.packed_bytes else float("nan")
+        ratio = f"{self.fp32_bytes / self.packed_bytes:.1f}x smaller" if self.packed_bytes else "no parameters"
         share = self.ternary_weights / self.params if self.params else 0.0
         footer = [
             f"Input {_shape(self.input_size)}; MACs per sample; Bits of the Total row: packed bits per parameter.",
             f"Parameters: {self.params:,}, of which {self.ternary_weights:,} ternary weights ({share:.1%}).",
-            f"Memory: {_mib(self.fp32_bytes)} MiB in float32, {_mib(self.packed_bytes)} MiB packed ({ratio:.1f}x "
-            "smaller).",
+            f"Memory: {_mib(self.fp32_bytes)} MiB in float32, {_mib(self.packed_bytes)} MiB packed ({ratio}).",
             f"Packed: {PACKED_BITS} bits per ternary weight (4 a byte; their information is log2(3) = "
             f"{TERNARY_INFO_BITS:.2f} bits) plus one scale per output channel (float32, or an 8-bit exponent where "
             "the scales are powers of two); everything else float32.",
@@ -125,6 +126,10 @@ def summary(
         if model_pretrained_cfg(model) is None and getattr(model, "model_config", None) is None:
             raise ValueError("summary needs input_size for a model that create_model did not build")
         input_size = input_size_of(model)  # the weights', else the size the model was built for (img_size)
+    elif model_pretrained_cfg(model) is not None and len(tuple(input_size)) == 3:
+        input_size_of(model, input_size)  # warns where it is not the size the weights were trained at
+    if any(isinstance(d, bool) or int(d) != d or d < 1 for d in input_size):
+        raise ValueError(f"input_size must be positive whole numbers, (C, H, W) for an image model; got {input_size!r}")
     input_size = tuple(int(d) for d in input_size)
     rows = _row_modules(model)
     calls: dict[str, list] = {name: [None, 0] for name, _ in rows}  # output shape, MACs
@@ -133,6 +138,13 @@ def summary(
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output) -> None:
             out = _first_tensor(output)
+            x = _first_tensor(inputs)
+            if isinstance(module, CONV_TYPES) and x is not None and x.dim() == len(module.kernel_size) + 1:
+                # torch runs a convolution on an input without a batch dimension (C, H, W): the sample's first
+                # dimension would be taken for its batch, and its shapes and MACs for a slice of it
+                raise ValueError(f"layer {name!r} ({type(module).__name__}) got an input of {tuple(x.shape[1:])}, one "
+                                 f"dimension short of a batched one: input_size must be (C, H, W), channels "
+                                 f"included; got {input_size}")
             order.setdefault(name, len(order))
             if calls[name][0] is None and out is not None:
                 calls[name][0] = tuple(out.shape[1:])
@@ -202,7 +214,8 @@ def _row(name: str, module: nn.Module, output_shape, macs: int, counted: set[int
         weights = codes.numel() if weight_is_own else 0
         bias = module.bias.numel() if own(module.bias) else 0
         scale_bits = 8 if module.pow2 else FLOAT_BITS  # power-of-two scales are stored as int8 exponents
-        packed_bits = weights * PACKED_BITS + (codes.shape[0] * scale_bits if weights else 0) + bias * FLOAT_BITS
+        packed_weight_bits = math.ceil(weights * PACKED_BITS / 8) * 8  # whole bytes a layer: pack_2bit pads to 4 codes
+        packed_bits = packed_weight_bits + (codes.shape[0] * scale_bits if weights else 0) + bias * FLOAT_BITS
         zeros = int((codes == 0).sum()) if weights else 0
         return LayerSummary(name, kind, output_shape, weights + bias, weights, PACKED_BITS, (weights + bias) * 4.0,
                             packed_bits / 8, macs, weights, zeros)
