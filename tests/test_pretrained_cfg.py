@@ -361,3 +361,16 @@ def test_a_size_or_data_set_other_than_the_weights_own_is_said_aloud(demo_checkp
     said.clear()  # mnist_demo is a sample of MNIST: the same images
     export_command(str(demo_checkpoint[1]), str(tmp_path / "m.onnx"), dataset="mnist", check=0, log=said.append)
     assert not any("was trained on" in line for line in said), said
+
+
+def test_an_export_of_a_model_that_records_no_data_set_says_which_it_took_the_images_from(tmp_path):
+    """A model saved without metadata (here 10 classes, 3 channels) is calibrated and checked on the data set its
+    input size and classes suggest; that was a guess the command never owned up to."""
+    from bitnetcnn.deploy.commands import export_command
+
+    path = bitnetcnn.save_checkpoint(convert_to_ternary(create_model("bit_resnet18", num_classes=10).eval()),
+                                     tmp_path / "bare.bnc")
+    said = []
+    export_command(str(path), str(tmp_path / "m.onnx"), check=8, log=said.append)
+    assert any("records no data set; taking its images from cifar10, the data set of its input size and classes "
+               "(give --dataset to choose)" in line for line in said), said

@@ -68,6 +68,10 @@ def export_command(
     if dataset and own and dataset != own and not _same_images(dataset, own):
         log(f"warning: {model} was trained on {own}, not {dataset}: calibrating and checking on {dataset} images "
             "measures another input distribution (leave --dataset out to use the checkpoint's)")
+    if not dataset and not own and (int8 or check > 0):
+        dataset = dataset_for(net)
+        log(f"note: {model} records no data set; taking its images from {dataset}, the data set of its "
+            f"input size and classes (give --dataset to choose)")
     dataset = dataset or dataset_for(net)
     if int8 and calibrate is None and not quantizer_scales(net):
         calibrate = DEFAULT_CALIBRATION_IMAGES
