@@ -1057,6 +1057,17 @@ def test_a_ddp_run_stopped_by_sigterm_or_ctrl_c_saves_where_it_stands(tmp_path, 
     assert json.loads((run / "results.json").read_text())["epochs"] == 2
 
 
+def test_a_process_another_launcher_started_is_not_taken_for_an_orphan():
+    """A launcher's pid inherited by processes another launcher starts (torchrun's, from a notebook that trained in
+    process first) names another parent than theirs: they go on, where they exited at once."""
+    from bitnetcnn.train.callbacks import LAUNCHER_PID_ENV
+
+    code = "from bitnetcnn.train.callbacks import die_with_the_launcher as d; d(); print('trains')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LOCAL_RANK": "1", LAUNCHER_PID_ENV: str(os.getpid() + 10**6)})
+    assert (done.returncode, done.stdout) == (0, "trains\n"), done.stderr[-2000:]
+
+
 def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
     """--val-every 2 over 3 epochs validates epochs 1 and 2 (the last); epoch 0's row has no stale validation
     figures, and the best model comes from a validated epoch. Without a progress bar each row is printed too."""

@@ -147,14 +147,15 @@ def die_with_the_launcher() -> None:
         os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         return
     launcher = os.environ.get(LAUNCHER_PID_ENV)
-    if launcher is None or not sys.platform.startswith("linux"):  # started by another launcher (torchrun, SLURM)
+    # another parent: started by another launcher (torchrun, SLURM) in an environment that inherited the variable
+    if launcher is None or not sys.platform.startswith("linux") or os.getppid() != int(launcher):
         return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return
-    if os.getppid() != int(launcher):  # it ended before the request above: nothing would send the signal
+    if os.getppid() != int(launcher):  # it ended between the check above and the request: no signal will come
         os._exit(1)
 
 
