@@ -86,7 +86,12 @@ def build_header(model: nn.Module, metadata: Optional[dict] = None) -> dict:
     if not isinstance(args, dict) or "name" not in args:
         raise ValueError(
             f"{type(model).__name__} has no model_args: save_checkpoint stores how to rebuild the model from the "
-            "registry, so build it with bitnetcnn.create_model(...) (conversions keep model_args)"
+            "registry, so build it with bitnetcnn.create_model(...) (conversions keep model_args). A model of your "
+            "own (bitnetcnn.bitify(torchvision.models.resnet18(...))): register a builder that makes it "
+            "(@bitnetcnn.register_model; it takes num_classes, in_chans and spec, and bitifies with "
+            "quant=spec.config when spec.ternary) and create_model it, or save its state_dict "
+            "(safetensors.torch.save_file / torch.save) and load that into the same bitify(...) and "
+            "convert_to_ternary(...) of the float model"
         )
     args = _jsonable(args, "model.model_args")
     if metadata is not None and not isinstance(metadata, Mapping):

@@ -165,10 +165,14 @@ def construction_budget(tensors: int, numel: int) -> Iterator[None]:
     """
     me = threading.get_ident()
     count = {"tensors": 0, "numel": 0, "modules": 0}
+    # a tensor registered again counts once (bitify puts the float layer's own weight into its Bit layer); kept
+    # alive while building so that no id is reused
+    seen: Dict[int, Any] = {}
 
     def tensor(module, name, value):
-        if threading.get_ident() != me or value is None:
+        if threading.get_ident() != me or value is None or id(value) in seen:
             return None
+        seen[id(value)] = value
         count["tensors"] += 1
         count["numel"] += value.numel()
         if count["tensors"] > tensors or count["numel"] > numel:

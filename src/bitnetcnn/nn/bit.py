@@ -39,7 +39,24 @@ class _BitMixin:
                              "layer needs at least one input and one output channel (its scale is the mean or "
                              "median of each output channel's weights)")
         self.quant = TernaryQuant.from_kwargs(quant, **overrides)  # validated here, once
-        self.act_quant = make_act_quantizer(self.quant.act_bits)
+        # on the weight's device: a layer built on the meta device or a GPU had its running scale on the CPU
+        self.act_quant = make_act_quantizer(self.quant.act_bits).to(self.weight.device)
+
+    @classmethod
+    def around(cls, layer: nn.Module, quant: Optional[TernaryQuant] = None):
+        """A Bit layer made of ``layer`` (a plain ``nn.Conv2d`` for BitConv2d, ``nn.Linear`` for BitLinear) and
+        holding its own parameter objects, where :meth:`from_float` copies them into new ones: a tied weight stays
+        tied (to a float layer too), an optimizer built on them keeps working, and no weight is made and
+        initialized (no time, no random numbers drawn, no memory: a registered builder that bitifies a model
+        allocates no more than the model, which ``load_checkpoint``'s construction budget counts on)."""
+        plain = nn.Conv2d if issubclass(cls, nn.Conv2d) else nn.Linear
+        if type(layer) is not plain:
+            raise TypeError(f"{cls.__name__}.around takes an nn.{plain.__name__}, not {type(layer).__name__}")
+        new = cls.__new__(cls)
+        # the same attributes (its own dicts of parameters, buffers, submodules and hooks, holding the same objects)
+        new.__dict__.update({k: v.copy() if isinstance(v, dict) else v for k, v in layer.__dict__.items()})
+        new._init_quant(quant)
+        return new
 
     # the config's fields under the names the layers always had; setting one replaces the (validated) config
     scale_op = config_field("scale_op", settable=True)

@@ -128,7 +128,15 @@ def convert_to_ternary(model: nn.Module, pow2: Optional[bool] = None, inplace: b
         except ValueError as e:  # which layer, in a model of many
             raise ValueError(f"{f'layer {name!r}' if name else 'the model'}: {e}") from None
 
+    rounded = [n for n, m in model.named_modules() if pow2 and isinstance(m, BIT_LAYERS) and not m.quant.pow2]
     converted, count = replace_modules(model, rule, inplace)
+    if rounded:
+        warnings.warn(
+            f"convert_to_ternary: {len(rounded)} layer{'s' * (len(rounded) != 1)} ({few(rounded, 1)}) were trained "
+            "without power-of-two scales; rounding each channel's scale to a power of two changes its gain by a "
+            "factor between 0.71 and 1.41, so the converted model computes another function than the Bit model "
+            "(check its accuracy): train or fine-tune with pow2=True (bitify(..., pow2=True), or set each layer's "
+            ".pow2) before converting", UserWarning, stacklevel=2)
     if int32_biases:
         snap_biases_to_int32_grid(converted)
     if count and pow2 and isinstance(getattr(converted, "model_args", None), dict):
@@ -193,6 +201,12 @@ def model_form(model: nn.Module) -> str:
     return "bit" if kinds else "float"
 
 
+def _qualname(module: nn.Module) -> str:
+    """The class name, with its module where it is not torch's (timm's ``Linear`` is not ``nn.Linear``)."""
+    cls = type(module)
+    return cls.__name__ if cls.__module__.startswith("torch.") else f"{cls.__module__}.{cls.__name__}"
+
+
 def bitify(
     model: nn.Module,
     skip: Iterable[str] = (),
@@ -214,7 +228,10 @@ def bitify(
     ``nn.Conv2d`` with their own forward (timm's ``Conv2dSame``, for one) and parametrized layers are left as they
     are, since a Bit layer would drop that behaviour; a warning names them. A layer whose weight its parent reads
     itself rather than calling the layer (torchvision's Swin attention reads ``qkv.weight``) would train in float
-    and convert to ternary: keep it in full precision with ``skip``.
+    and convert to ternary: keep it in full precision with ``skip``. It returns a deep copy unless ``inplace=True``:
+    build the optimizer on the model it returns (one built on the float model before updates the float model's
+    parameters, not the copy's, without a word); with ``inplace=True`` the Bit layers hold the model's own
+    Parameter objects, so an optimizer built before keeps working.
     """
     skip = (skip,) if isinstance(skip, str) else tuple(skip)  # "fc" is one pattern, not "f" and "c"
     settings = dict(quant=TernaryQuant.from_kwargs(quant, scale_op=scale_op, pow2=pow2, act_bits=act_bits,
@@ -239,15 +256,14 @@ def bitify(
         if name and any([skipped(alias) for alias in names_of.get(name, [name])]):  # a list: each alias marks its pattern
             return None
         if type(module) in (nn.Conv2d, nn.Linear):
-            new = (BitConv2d if type(module) is nn.Conv2d else BitLinear).from_float(module, **settings)
-            for attr in ("weight", "bias"):  # the model's own parameters (a copy of the model's, unless inplace), so
-                if isinstance(getattr(module, attr), nn.Parameter):  # a tied weight stays tied, to a float layer too
-                    setattr(new, attr, getattr(module, attr))
-            return new
+            return (BitConv2d if type(module) is nn.Conv2d else BitLinear).around(module, settings["quant"])
         if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, BIT_LAYERS):
-            kept.append(f"{name} ({type(module).__name__})")
+            kept.append(f"{name} ({_qualname(module)})")
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.Bilinear)) and not isinstance(module, nn.Conv2d):
             other.append(f"{name} ({type(module).__name__})")
+        elif not isinstance(module, BIT_LAYERS + TERNARY_LAYERS + (nn.Embedding, nn.EmbeddingBag)) and any(
+                "weight" in key and p is not None and p.dim() >= 2 for key, p in module._parameters.items()):
+            other.append(f"{name} ({_qualname(module)}: a weight of its own)")  # timm's CondConv2d, MHA in_proj
         return None
 
     converted, count = replace_modules(model, rule, inplace)
@@ -266,7 +282,7 @@ def bitify(
                       stacklevel=2)
     if other:
         warnings.warn(f"bitify makes nn.Conv2d and nn.Linear ternary; {len(other)} layer{'s' * (len(other) != 1)} of "
-                      f"other kinds stay in full precision: {few(other)}",
+                      f"other kinds stay in full precision: {few(other)}. Name them in skip= to silence this",
                       UserWarning, stacklevel=2)
     unmatched = [p for p in skip if p not in matched]
     if unmatched:
