@@ -71,12 +71,18 @@ def _check_rebuilds(model: nn.Module, header: dict) -> None:
         raise ValueError(f"model.model_args do not build a model ({type(e).__name__}: {e}); save a model made by "
                          "bitnetcnn.create_model") from None
     problems = mismatches(rebuilt, plain, coded, "the model", "create_model(**model_args)")
-    problems = problems or bit_layer_mismatches(model, rebuilt, "create_model(**model_args)")
-    if problems:
+    training = [] if problems else bit_layer_mismatches(model, rebuilt, "create_model(**model_args)")
+    if problems or training:
+        shown = (problems or training)[:3]
+        more = len(problems or training) - len(shown)  # one a layer: a message of every layer ran to kilobytes
+        advice = ("If a layer was replaced (e.g. a new head), build the model with create_model(...) arguments that "
+                  "make it (e.g. num_classes=) and load the weights into that, or update model.model_args to match")
+        if training:  # Bit layers set to train otherwise than the builder's (bitify(..., ste='clipped'))
+            advice = ("Its Bit layers train with settings create_model does not give them: save the converted model "
+                      "(convert_to_ternary(model)), which computes the same, or the state_dict to go on training")
         raise ValueError(f"the model no longer matches its model_args {short(header['architecture']['args'])}, so "
-                         f"the file could not be loaded: {'; '.join(problems)}. If a layer was replaced (e.g. a new "
-                         "head), build the model with create_model(...) arguments that make it (e.g. num_classes=) "
-                         "and load the weights into that, or update model.model_args to match")
+                         f"the file could not be loaded: {'; '.join(shown)}{f'; and {more} more' if more else ''}. "
+                         f"{advice}")
 
 
 def _entry(name: str) -> zipfile.ZipInfo:
