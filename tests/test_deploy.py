@@ -1123,3 +1123,54 @@ def test_a_float_layers_int8_weight_grid_is_per_output_channel_each_reaching_plu
     assert all(int(c["zero_point"]) == 0 for c in grid)
     codes = np.round(np.moveaxis(weight, axis, 0).reshape(3, -1) / steps[:, None])
     assert np.abs(codes).max(axis=1).tolist() == [64, 64, 64]
+
+
+def _relu_model_with_statistics(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    bit = create_model("bitnet_cnn", width=8, act="relu", **kwargs)
+    with torch.no_grad():
+        for m in bit.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        bit.train()
+        for _ in range(3):
+            bit(torch.randn(32, 1, 28, 28))
+    return bit.eval()
+
+
+@pytest.mark.parametrize("act_bits", [None, 8])
+def test_a_nearly_dead_batchnorm_channel_keeps_its_bias_in_the_int8_graph(act_bits):
+    """A BatchNorm gamma of 1e-6 gives its folded channel a tiny weight scale, so the int32 bias grid (input scale x
+    weight scale) cannot hold the channel's shift: onnxruntime clipped it to int32's limit, without a word."""
+    bit = _relu_model_with_statistics(act_bits=act_bits)
+    with torch.no_grad():
+        for bn in [m for m in bit.modules() if isinstance(m, nn.BatchNorm2d)][1:]:
+            bn.weight[:2] = 1e-6
+            bn.bias[:2] = 1.0
+    model = convert_to_ternary(bit)
+    x = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x[64:])
+    deployed = compile(model, backend="onnxruntime", **({} if act_bits == 8 else {"calibration": x[:64]}))
+    error = ((deployed(x[64:]) - ref).abs().max() / ref.abs().max()).item()
+    assert error < 0.03, error  # 0.29 (calibrated) and 0.23 (8-bit) before
+
+
+def test_the_deployed_model_refuses_nan_and_infinite_images():
+    model = convert_to_ternary(_relu_model_with_statistics())
+    x = torch.randn(4, 1, 28, 28)
+    deployed = compile(model, calibration=x, backend="onnxruntime")
+    x[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        deployed(x)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        deployed.run_numpy(x.numpy())
+
+
+def test_an_empty_batch_on_the_int8_convnext_gives_an_empty_output():
+    """onnxruntime's multi-threaded kernels crashed the process (SIGSEGV) on it."""
+    torch.manual_seed(0)
+    model = convert_to_ternary(create_model("bit_convnextv2", num_classes=10).eval())
+    deployed = compile(model, calibration=torch.randn(64, 3, 32, 32), backend="onnxruntime", threads=2)
+    assert tuple(deployed(torch.zeros(0, 3, 32, 32)).shape) == (0, 10)

@@ -366,28 +366,63 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
         raise ValueError(f"unknown calibration method {method!r}: choose one of {', '.join(methods)}")
-    with tempfile.TemporaryDirectory(prefix="bitnetcnn-int8-") as tmp, _quiet():
-        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(float_model, src)
-        quantize_static(
-            str(src), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=act_type, weight_type=weight_type, op_types_to_quantize=QUANTIZED_OPS,
-            calibrate_method=methods[method], nodes_to_exclude=sorted(float_nodes),
-            extra_options={
-                "TensorQuantOverrides": overrides,
-                "QDQDisableWeightAdjustForInt32Bias": True,
-                # A ReLU before a model quantizer's grid (zero point 128) is not implied by the grid: keep it.
-                "QDQKeepRemovableActivations": bool(acts),
-                "OpTypesToExcludeOutputQuantization": ["Gemm"],
-                "ActivationSymmetric": False,
-                "WeightSymmetric": True,
-                "CalibTensorRangeSymmetric": False,
-            },
-        )
-        quantized = onnx.load(str(dst))
+    excluded = set(float_nodes)
+    while True:
+        with tempfile.TemporaryDirectory(prefix="bitnetcnn-int8-") as tmp, _quiet():
+            src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+            onnx.save(float_model, src)
+            quantize_static(
+                str(src), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=act_type, weight_type=weight_type, op_types_to_quantize=QUANTIZED_OPS,
+                calibrate_method=methods[method], nodes_to_exclude=sorted(excluded),
+                extra_options={
+                    "TensorQuantOverrides": overrides,
+                    "QDQDisableWeightAdjustForInt32Bias": True,
+                    # A ReLU before a model quantizer's grid (zero point 128) is not implied by the grid: keep it.
+                    "QDQKeepRemovableActivations": bool(acts),
+                    "OpTypesToExcludeOutputQuantization": ["Gemm"],
+                    "ActivationSymmetric": False,
+                    "WeightSymmetric": True,
+                    "CalibTensorRangeSymmetric": False,
+                },
+            )
+            quantized = onnx.load(str(dst))
+        # A bias whose int32 value would not fit (a channel whose folded scale is tiny: a BatchNorm gamma near 0, a
+        # float layer's all-zero row) is clipped by quantize_static, with a log line _quiet() hides: the layer would
+        # add another bias than the model's. Such layers run in float (their weights stay exact codes * scale).
+        saturated = _saturated_bias_nodes(quantized.graph) - excluded
+        if not saturated:
+            break
+        excluded |= saturated
     _record_folded_activations(graph, quantized)
     quantized = _float_convolution_outputs(quantized, float_nodes)
     return quantized if own_input_grid else keep_in_float(quantized, {INPUT_NAME})
+
+
+def _saturated_bias_nodes(graph) -> set:
+    """Names of the Conv / Gemm / MatMul nodes whose int32 bias (a DequantizeLinear of an int32 initializer) was
+    clipped by quantize_static, or leaves too little room below int32's limit for the sum of products it is added
+    to (at most fan-in x 255 x 64: u8 activations less their zero point, weights codes x 64), which would wrap."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    producer, consumers = _graph_maps(graph)
+    limit = float(np.iinfo(np.int32).max)
+    out = set()
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or inits[node.input[0]].data_type != 6:
+            continue  # 6: INT32, a bias
+        bias = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
+        for user in consumers.get(node.output[0], []):
+            if user.op_type not in ("Conv", "Gemm", "MatMul") or len(user.input) < 2:
+                continue
+            weight_dq = producer.get(user.input[1])
+            weight = inits.get(weight_dq.input[0]) if weight_dq is not None else None
+            size = int(np.prod(weight.dims)) if weight is not None else 0
+            fan_in = size // max(bias.size, 1)
+            if np.abs(bias).max(initial=0) + fan_in * 255 * 64 >= limit:
+                out.add(user.name)
+    return out
 
 
 def _record_folded_activations(float_graph, quantized) -> None:

@@ -54,8 +54,9 @@ class DeployedModel:
         """The same call on numpy arrays in and out (what a serving process would do); the normalization and the
         checks of the input go through torch as :meth:`__call__`'s do."""
         self._check_shape(x.shape)
-        if np.issubdtype(x.dtype, np.integer) or self.normalization is not None:
-            x = self._normalized(torch.from_numpy(x)).numpy()
+        # every batch, also a float one without normalization (the NaN check); a copy where numpy strides are
+        # negative (a flipped image), which torch.from_numpy refuses
+        x = self._normalized(torch.from_numpy(np.ascontiguousarray(x))).numpy()
         # float32, as __call__ gives it: onnxruntime refused numpy's default float64 in its own words
         return self.runner.run(np.ascontiguousarray(x, dtype=np.float32))
 
@@ -78,6 +79,10 @@ class DeployedModel:
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point():
+            if x.numel() and not bool(torch.isfinite(x).all()):  # the int8 graph quantizes NaN and inf to codes, and
+                # answers with finite logits (a confident class) where the model answers NaN
+                bad = int((~torch.isfinite(x)).flatten(1).any(1).sum()) if x.dim() > 1 else 1
+                raise ValueError(f"{bad} image(s) hold NaN or infinite values: the model's logits for them are NaN")
             if self.normalization is not None:  # pixels 0..255 as floats would run, and be wrong without a word
                 check_normalized(x, *self.normalization, what="images")
             return x
