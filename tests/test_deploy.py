@@ -1174,3 +1174,19 @@ def test_an_empty_batch_on_the_int8_convnext_gives_an_empty_output():
     model = convert_to_ternary(create_model("bit_convnextv2", num_classes=10).eval())
     deployed = compile(model, calibration=torch.randn(64, 3, 32, 32), backend="onnxruntime", threads=2)
     assert tuple(deployed(torch.zeros(0, 3, 32, 32)).shape) == (0, 10)
+
+
+def test_empty_or_non_finite_calibration_and_check_images_are_named(tmp_path):
+    """An empty calibration set failed with "max() arg is an empty sequence", empty check images with torch.cat's
+    words, and a NaN check image as "the dynamic batch axis is broken"."""
+    model = convert_to_ternary(_relu_model_with_statistics())
+    x = torch.randn(8, 1, 28, 28)
+    with pytest.raises(ValueError, match="calibration images are empty: pass some images"):
+        compile(model, calibration=x[:0], backend="onnxruntime")
+    with pytest.raises(ValueError, match="check_inputs are empty: pass some images"):
+        export_onnx(model, tmp_path / "m.onnx", check_inputs=x[:0])
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="check_inputs hold NaN or infinite values"):
+        export_onnx(model, tmp_path / "m.onnx", check_inputs=x)
+    with pytest.raises(ValueError, match="calibration images hold NaN or infinite values"):
+        compile(model, calibration=x, backend="onnxruntime")

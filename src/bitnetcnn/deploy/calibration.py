@@ -124,10 +124,12 @@ def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batc
             raise ValueError(f"{what} are {'x'.join(map(str, x.shape[1:]))} but the model takes "
                              f"{'x'.join(map(str, size))}: resize them to its input size")
         x = x.detach().to("cpu", torch.float32)
+        if not bool(torch.isfinite(x).all()):  # onnxruntime's ranges or the check's logits would be NaN far from here
+            raise ValueError(f"{what} hold NaN or infinite values: pass finite images")
         chunks = x.split(batch_size) if split else [x]
-        batches += [np.ascontiguousarray(c.numpy()) for c in chunks]
+        batches += [np.ascontiguousarray(c.numpy()) for c in chunks if len(c)]
     if not batches:
-        raise ValueError("calibration is empty: pass some images")
+        raise ValueError(f"{what} are empty: pass some images")
     return batches
 
 
