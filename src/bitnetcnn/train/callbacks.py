@@ -73,7 +73,7 @@ class CtrlCSaves:
         self.pressed = True
         self.trainer._signal_connector.received_sigterm = True  # Lightning's own stop, checked after each batch
         if self.trainer.global_rank == 0:
-                print("\nbitnetcnn train: Ctrl-C: stopping once this batch is trained and saved (Ctrl-C again: at once)",
+            print("\nbitnetcnn train: Ctrl-C: stopping once this batch is trained and saved (Ctrl-C again: at once)",
                   file=sys.stderr, flush=True)
 
 

@@ -100,8 +100,9 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
             print(f"--resume --epochs {changes['epochs']}: the run in {s.out} has not decided its length yet; its "
                   f"time budget decides it within {changes['epochs']} epochs", flush=True)
         else:  # repeating a decided run's original --epochs cap lands here too
-            print(f"--resume --epochs {changes['epochs']}: the run in {s.out} was set for {saved.epochs} epoch{'s' * (saved.epochs != 1)}; it "
-                  f"now runs to {changes['epochs']}, its learning-rate schedule stretched over them", flush=True)
+            print(f"--resume --epochs {changes['epochs']}: the run in {s.out} was set for {saved.epochs} "
+                  f"epoch{'s' * (saved.epochs != 1)}; it now runs to {changes['epochs']}, its learning-rate schedule "
+                  "stretched over them", flush=True)
     # a background run resumed with the command its interruption printed stays without a progress bar in its log
     progress = s.progress if "progress" in given else saved.progress
     return replace(saved, out=s.out, progress=progress, **changes)
