@@ -306,11 +306,9 @@ def test_act8_silu_model_whose_last_activation_is_pooled_deploys_without_calibra
     assert deployed.info["model_integers"] is False and "model's own" not in deployed.backend_reason
 
 
-def _act8_mobilenetv2() -> nn.Module:
-    """A converted 8-bit-activation MobileNetV2 x0.5 with trained-like BatchNorms (gammas 0.5-1.5, betas +-0.5)
-    and quantizer scales from a few batches: one tie rounded otherwise anywhere shows in its logits."""
-    torch.manual_seed(0)
-    bit = create_model("bit_mobilenetv2", num_classes=10, act_bits=8, width_mult=0.5)
+def _with_statistics(bit: nn.Module, input_size: tuple, batch: int = 64) -> nn.Module:
+    """``bit`` with trained-like BatchNorms (gammas 0.5-1.5, betas +-0.5) and its quantizers' running scales and
+    the BN statistics from a few batches, in eval mode."""
     with torch.no_grad():
         for m in bit.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -318,8 +316,15 @@ def _act8_mobilenetv2() -> nn.Module:
                 m.bias.uniform_(-0.5, 0.5)
         bit.train()
         for _ in range(3):
-            bit(torch.randn(64, 3, 32, 32))  # the quantizers' running scales and the BN statistics
+            bit(torch.randn(batch, *input_size))
     return bit.eval()
+
+
+def _act8_mobilenetv2() -> nn.Module:
+    """A converted 8-bit-activation MobileNetV2 x0.5 with trained-like statistics: one tie rounded otherwise
+    anywhere shows in its logits."""
+    torch.manual_seed(0)
+    return _with_statistics(create_model("bit_mobilenetv2", num_classes=10, act_bits=8, width_mult=0.5), (3, 32, 32))
 
 
 def test_act8_mobilenetv2_deploys_to_the_integers_its_converted_model_computes():
@@ -1127,16 +1132,7 @@ def test_a_float_layers_int8_weight_grid_is_per_output_channel_each_reaching_plu
 
 def _relu_model_with_statistics(seed=0, **kwargs):
     torch.manual_seed(seed)
-    bit = create_model("bitnet_cnn", width=8, act="relu", **kwargs)
-    with torch.no_grad():
-        for m in bit.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-        bit.train()
-        for _ in range(3):
-            bit(torch.randn(32, 1, 28, 28))
-    return bit.eval()
+    return _with_statistics(create_model("bitnet_cnn", width=8, act="relu", **kwargs), (1, 28, 28), batch=32)
 
 
 @pytest.mark.parametrize("act_bits", [None, 8])
