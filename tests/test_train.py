@@ -1104,6 +1104,24 @@ def test_epochs_within_a_budget_count_the_epochs_and_the_validations_they_run():
     assert epochs_within(15, 0, 1, 10, 2, most=10) == 2
 
 
+def test_the_time_budget_keeps_its_margin_on_the_time_left_not_on_the_whole_budget():
+    """The 5% margin is taken from what is left of the window once epoch 0 is timed: 50 s of 100 gone at 9.2 s an
+    epoch leaves 47.5 s, 5 more epochs (6 in all); a margin on the whole window (95 s) would leave 45 s, 4 more."""
+    from types import SimpleNamespace
+
+    from bitnetcnn.train.time_budget import FitToTimeBudget
+
+    decided = []
+    budget = FitToTimeBudget(100.0, lambda: 50.0, val_every=100, decided=decided.append)
+    budget._most = 50
+    budget._validated = {0}
+    trainer = SimpleNamespace(current_epoch=0, is_global_zero=False, fit_loop=SimpleNamespace(max_epochs=50),
+                              strategy=SimpleNamespace(broadcast=lambda value, src=0: value))
+    module = SimpleNamespace(fit_schedule=lambda epochs: None)
+    budget._decide(trainer, module, 1, 9.2, 0.0, "test")
+    assert decided == [6] and trainer.fit_loop.max_epochs == 6
+
+
 def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_path, monkeypatch, capsys):
     """--time-budget times epoch 0 (validated, though --val-every would skip it) and ends the run and its cosine
     after the epochs that fit (here 2 of at most 5): the last epoch ends at the schedule's end, and args.json holds
