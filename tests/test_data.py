@@ -2,6 +2,7 @@
 
 import pickle
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -585,3 +586,41 @@ def test_a_trained_models_missing_test_folder_names_val_alone(tmp_path):
         imagefolder_reader(28, 1, class_names=["a", "b"])(tmp_path, False, False)
     with pytest.raises(DatasetNotFoundError, match=r"Expected root/train/<class>/\*\.jpg and root/val"):
         imagefolder_reader(28, 1)(tmp_path, False, False)  # a new run's data: both splits
+
+
+def test_imagefolder_names_a_cut_short_png_and_the_pictures_it_does_not_read(tmp_path):
+    """A PNG cut in half was refused as "its EXIF metadata is damaged ... save the picture again without it"
+    (Pillow's getexif() reads a PNG whole); GIF, JFIF and HEIC pictures in a class folder and pictures beside the
+    class folders were left out of training without a word."""
+    _image_tree(tmp_path, {"a": 2, "b": 2}, "train")
+    _image_tree(tmp_path, {"a": 1, "b": 1}, "val")
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "anim.gif")
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "b" / "x.jfif", format="JPEG")
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "loose.png")
+    (tmp_path / "train" / "a" / "README.txt").write_text("not a picture")
+    with pytest.warns(UserWarning, match=r"train: 4 images read; 3 files not read as images \(loose.png \(beside "
+                                         r"the class folders\), a/anim.gif, b/x.jfif\)") as caught:
+        get_dataset_spec("imagefolder", 8).read(tmp_path, True)
+    assert not any("README" in str(w.message) for w in caught)
+    cut = tmp_path / "train" / "a" / "0.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(cut)
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])
+    with pytest.raises(ValueError, match=r"0.png is damaged or not the expected file .*truncated") as refused:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            get_dataset_spec("imagefolder", 8).read(tmp_path, True)
+    assert "EXIF" not in str(refused.value)
+
+
+def test_a_16_bit_picture_reaches_the_model_in_predict_as_training_read_it(tmp_path):
+    """Training rounded a 16-bit grey picture to 8 bits before resizing it, predict resized the 16-bit floats:
+    two inputs for one file (up to 0.024 apart, normalized)."""
+    from bitnetcnn.data.sources import _load_image
+    from bitnetcnn.preprocess import Preprocess
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 65536, (40, 40), dtype=np.uint16)).save(path)
+    mean, std = (0.449,), (0.226,)
+    trained = normalize(torch.from_numpy(_load_image(path, 28, 1)).permute(2, 0, 1), mean, std)
+    with Image.open(path) as opened:
+        assert torch.equal(Preprocess((1, 28, 28), mean, std)(opened), trained)

@@ -38,8 +38,14 @@ def upright(image):
     """``image`` turned as its EXIF orientation says. Pillow reads EXIF lazily, here, and a damaged block (a PNG's
     eXIf chunk of garbage) raised SyntaxError, a traceback that cost every other image's answer: it is refused as
     the image's own problem, naming it."""
-    from PIL import ImageOps
+    from PIL import ImageFile, ImageOps
 
+    if isinstance(image, ImageFile.ImageFile) and image.tile and image.fp is None:  # Pillow: a bare AssertionError
+        raise ValueError("the image's file was closed before its pixels were read: use the image inside its "
+                         "`with Image.open(path) as image:` block, or call image.load() in it")
+    # the pixels first, outside the EXIF reading: a PNG's getexif() loads the whole file, and one cut short was
+    # refused as damaged EXIF ("save the picture again without it") instead of as the truncated file it is
+    image.load()
     try:
         return ImageOps.exif_transpose(image)
     except read_errors() as err:
@@ -81,7 +87,20 @@ def pil_to_pixels(image, channels: int) -> torch.Tensor:
         raise UnreadablePixels(f"a {image.mode!r} image is read as 16-bit pixels (0..65535), but this one spans only "
                                f"{low:g}..{high:g}: 8-bit values in a 16-bit file, which read as 16 bits would be "
                                "nearly black; save it as an 8-bit image (mode 'L'), or scale it to 0..65535")
+    if top > 1 and 255 < high <= 4095:  # a camera's or scanner's 10-12 bits in a 16-bit PNG (Pillow ignores sBIT)
+        raise UnreadablePixels(f"a {image.mode!r} image is read as 16-bit pixels (0..65535), but this one spans only "
+                               f"{low:g}..{high:g}: 10- to 12-bit values in a 16-bit file, which read as 16 bits "
+                               "would be a sixteenth as bright (a digit model answered 14 of 100 right, sure of "
+                               "each); scale it to 0..65535 (or to 8 bits) first")
     return torch.from_numpy(pixels / top)[None].expand(channels, -1, -1).contiguous()
+
+
+def pil_to_uint8(image, channels: int) -> torch.Tensor:
+    """:func:`pil_to_pixels` as 8-bit pixels: a 16-bit or float greyscale picture's 0..1 rounded to 0..255. An image
+    folder's splits are held so (uint8), and a weight's ``transforms()`` reads a picture so too, so that a model is
+    shown a file as its training showed it (resizing 16-bit floats instead gave other inputs than training's)."""
+    pixels = pil_to_pixels(image, channels)
+    return pixels.mul(255).round().to(torch.uint8) if pixels.is_floating_point() else pixels
 
 
 def _opaque(image):

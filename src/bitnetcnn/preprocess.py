@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bitnetcnn.images import fit_to_size, pil_to_pixels
+from bitnetcnn.images import fit_to_size, pil_to_uint8
 from bitnetcnn.normalization import as_pixels, normalize, standardize
 
 
@@ -62,7 +62,7 @@ class Preprocess(nn.Module):
         from PIL import Image  # torchvision's dependency, so bitnetcnn's too
 
         if isinstance(image, Image.Image):
-            return pil_to_pixels(image, self.input_size[0])
+            return pil_to_uint8(image, self.input_size[0])  # 8 bits, as an image folder's training split holds it
         raise TypeError(f"Preprocess takes a PIL image or a tensor, not {type(image).__name__}")
 
     def extra_repr(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from bitnetcnn.images import UnreadablePixels, fit_to_size, pil_to_pixels, read_errors
+from bitnetcnn.images import UnreadablePixels, fit_to_size, pil_to_uint8, read_errors
 from bitnetcnn.messages import few
 
 
@@ -194,13 +195,11 @@ def _load_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            pixels = pil_to_pixels(im, channels)
+            pixels = pil_to_uint8(im, channels)
     except UnreadablePixels as err:
         raise ValueError(f"{path}: {err}") from None
     except read_errors() as err:
         raise _damaged(path, err, "an image file") from None
-    if pixels.is_floating_point():  # a 16-bit or float greyscale picture, in 0..1
-        pixels = pixels.mul(255).round().to(torch.uint8)
     return fit_to_size(pixels, size, size).permute(1, 2, 0).numpy()
 
 
@@ -271,6 +270,24 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def _unread_files(split_dir: Path, classes: Sequence[str]) -> list[str]:
+    """The files of an image-folder split that are read as no class's images: pictures of other extensions than
+    ImageFolder's (.gif, .heic, .jfif, .avif) in class folders, and files beside the class folders. Hidden files
+    and folders aside, as ``_image_files`` skips them."""
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    pictures = {*Image.registered_extensions(), ".heic", ".heif", ".avif", ".jfif"}
+    unread = [f"{p.name} (beside the class folders)" for p in sorted(split_dir.iterdir())
+              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in pictures]
+    for c in classes:
+        for here, folders, files in os.walk(split_dir / c, followlinks=True):
+            folders[:] = [d for d in folders if not d.startswith(".")]
+            unread += [str(Path(here, f).relative_to(split_dir)) for f in sorted(files) if not f.startswith(".")
+                       and Path(f).suffix.lower() in pictures and Path(f).suffix.lower() not in IMG_EXTENSIONS]
+    return unread
+
+
 def _class_folders(folder: Path) -> list[str]:
     """The class folders of an image-folder split, sorted; hidden ones (``.ipynb_checkpoints``) are not classes."""
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -314,6 +331,12 @@ def imagefolder_reader(size: int, channels: int = 3,
             if train and not found:  # a class no model can learn, though it would be predicted among
                 raise ValueError(f"{folder} has no images ({', '.join(IMG_EXTENSIONS[:4])}, ...): every class needs "
                                  "training images; add some or remove the folder")
+        unread = _unread_files(split_dir, classes)
+        if unread:  # a class's .gif photos or .heic phone pictures vanished from training, and nothing said so
+            warnings.warn(f"{split_dir}: {len(paths)} images read; {len(unread)} file{'s' * (len(unread) != 1)} "
+                          f"not read as images ({few(unread)}): only {', '.join(IMG_EXTENSIONS)} are, as "
+                          "torchvision's ImageFolder reads; convert the others to PNG to use them", UserWarning,
+                          stacklevel=2)
         if not paths:
             raise ValueError(f"{split_dir} has no images in its class folders ({', '.join(IMG_EXTENSIONS[:4])}, ...): "
                              "nothing to evaluate on; put each class's test images in val/<class>/")
