@@ -194,7 +194,13 @@ def test_bitnetcnn_predict_names_the_digits_of_image_files(tmp_path, capsys):
     assert right >= 9
     # each result says what was done to fit the model: resized (grey pixels in an RGB file: nothing converted)
     assert [r["resized_from"] for r in results] == [[56 + k, 56 + k] for k in range(10)]
-    assert not any("cropped" in r or "converted" in r for r in results), results
+    assert not any("cropped" in r or "converted" in r or "brightness" in r for r in results), results
+    # the same digits black on white (the usual home-made digit) get wrong, confident answers: the result says why
+    dark_on_light = tmp_path / "inverted.png"
+    Image.fromarray(255 - split.images[0, 0].numpy()).save(dark_on_light)
+    assert main(["predict", "bitnet_mnist", str(dark_on_light)]) == 0
+    (inverted,) = json.loads(capsys.readouterr().out)
+    assert "where the training images' is 0.13: a picture of the other polarity" in inverted["brightness"]
     # a damaged file among them costs its own answer only (all were lost to its error), and is named
     (tmp_path / "cut.png").write_bytes(Path(files[0]).read_bytes()[:60])
     assert main(["predict", "bitnet_mnist", files[0], str(tmp_path / "cut.png"), files[1], "--top", "3"]) == 2

@@ -270,7 +270,7 @@ def _cmd_predict(args) -> int:
     model = load_checkpoint(args.checkpoint)
     several = len(args.images) > 1  # answer the readable ones, name the others (one image: its error alone)
     results = predict_files(model, args.images, args.top, source=args.checkpoint, keep_going=several)
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2, ensure_ascii=False))  # class names and paths as written, not \u escapes
     failed = [r["error"] for r in results if "error" in r]
     for error in failed:
         print(f"bitnetcnn predict: error: {_one_line(error)}", file=sys.stderr)
