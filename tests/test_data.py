@@ -624,3 +624,13 @@ def test_a_16_bit_picture_reaches_the_model_in_predict_as_training_read_it(tmp_p
     trained = normalize(torch.from_numpy(_load_image(path, 28, 1)).permute(2, 0, 1), mean, std)
     with Image.open(path) as opened:
         assert torch.equal(Preprocess((1, 28, 28), mean, std)(opened), trained)
+
+
+def test_imagefolder_takes_a_class_folder_spelt_in_another_unicode_form_as_the_same_class(tmp_path):
+    """"café" in val/ (NFC, one code point for the accent) and in train/ as copied from a Mac (NFD, "e" and a
+    combining accent): printed alike, they were refused as "val has class folders that train lacks (café)"."""
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    _image_tree(tmp_path, {nfd: 2, "tea": 2}, "train")
+    _image_tree(tmp_path, {nfc: 1, "tea": 1}, "val")
+    test = get_dataset_spec("imagefolder", 8).read(tmp_path, False)
+    assert test.labels.tolist() == [0, 1] and test.class_names == (nfd, "tea")

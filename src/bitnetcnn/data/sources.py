@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import unicodedata
 import warnings
 import zipfile
 from dataclasses import dataclass, replace
@@ -314,7 +315,11 @@ def imagefolder_reader(size: int, channels: int = 3,
         if not classes:
             raise _missing("imagefolder", [train_dir], "Found no class folders there: expected "
                            "root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
-        unknown = [c for c in _class_folders(split_dir) if c not in classes]
+        # a class's folder in this split, by its name's NFC form: a folder copied from a Mac spells "café" as
+        # "cafe" and a combining accent (NFD), which printed alike was refused as a class train/ lacks
+        here = {unicodedata.normalize("NFC", d): d for d in _class_folders(split_dir)}
+        known = {unicodedata.normalize("NFC", c) for c in classes}
+        unknown = [d for n, d in here.items() if n not in known]
         if unknown:
             if class_names:  # evaluating a trained model: train/ is not read
                 raise ValueError(f"{split_dir} has class folders that the model's classes lack ({few(unknown)}): it "
@@ -324,14 +329,15 @@ def imagefolder_reader(size: int, channels: int = 3,
         if len(classes) < 2:
             raise ValueError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs two or more")
         paths, labels = [], []
-        for i, c in enumerate(classes):
+        folders = [here.get(unicodedata.normalize("NFC", c), c) for c in classes]
+        for i, c in enumerate(folders):
             folder, found = split_dir / c, _image_files(split_dir / c)
             paths += found
             labels += [i] * len(found)
             if train and not found:  # a class no model can learn, though it would be predicted among
                 raise ValueError(f"{folder} has no images ({', '.join(IMG_EXTENSIONS[:4])}, ...): every class needs "
                                  "training images; add some or remove the folder")
-        unread = _unread_files(split_dir, classes)
+        unread = _unread_files(split_dir, folders)
         if unread:  # a class's .gif photos or .heic phone pictures vanished from training, and nothing said so
             warnings.warn(f"{split_dir}: {len(paths)} images read; {len(unread)} file{'s' * (len(unread) != 1)} "
                           f"not read as images ({few(unread)}): only {', '.join(IMG_EXTENSIONS)} are, as "
