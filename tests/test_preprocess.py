@@ -349,6 +349,12 @@ def test_predict_files_takes_one_path_and_refuses_a_top_of_nothing(tmp_path):
     for top in (0, -1):
         with pytest.raises(ValueError, match="top must be a whole number of classes >= 1"):
             predict_files(model, [image], top=top)
+    # a PIL image, one or in a list, is not a file: said with what to do (a TypeError of os.fspath's words before)
+    with Image.open(image) as opened:
+        for given in (opened, [opened]):
+            with pytest.raises(TypeError, match="predict_files takes image file paths, not PngImageFile: for an "
+                                                "image in memory, model"):
+                predict_files(model, given)
 
 
 def test_predict_says_an_animated_image_was_read_by_its_first_frame(tmp_path, capsys):

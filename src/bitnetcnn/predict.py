@@ -39,8 +39,13 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
     """For each image file, its ``top`` classes (name, index, probability), most probable first. A file that is no
     readable image raises ``ValueError`` naming it, or with ``keep_going`` gets ``{"image", "error"}`` in its place
     (one damaged photo among a thousand should not cost the other answers)."""
-    if isinstance(paths, (str, os.PathLike)):  # one file, not the characters of its name
+    if isinstance(paths, (str, os.PathLike)) or not hasattr(paths, "__iter__"):  # one file, not its name's letters
         paths = [paths]
+    paths = list(paths)
+    pictures = [p for p in paths if not isinstance(p, (str, os.PathLike))]
+    if pictures:  # a PIL image was "expected str, bytes or os.PathLike" or "'PngImageFile' object is not iterable"
+        raise TypeError(f"predict_files takes image file paths, not {type(pictures[0]).__name__}: for an image in "
+                        "memory, model(model.pretrained_cfg.transforms()(image)[None]).softmax(1)")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a whole number of classes >= 1, not {top!r}")
     cfg = model_pretrained_cfg(model)
