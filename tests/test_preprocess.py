@@ -349,6 +349,13 @@ def test_predict_files_takes_one_path_and_refuses_a_top_of_nothing(tmp_path):
     for top in (0, -1):
         with pytest.raises(ValueError, match="top must be a whole number of classes >= 1"):
             predict_files(model, [image], top=top)
+    # a picture past Pillow's size limit: Pillow's "decompression bomb DOS attack" words alone, nothing to do
+    import PIL.Image
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)
+        with pytest.raises(ValueError, match=r"digit.png is larger than Pillow opens \(200 pixels.*resize it first"):
+            predict_files(model, [image])
     # a PIL image, one or in a list, is not a file: said with what to do (a TypeError of os.fspath's words before)
     with Image.open(image) as opened:
         for given in (opened, [opened]):

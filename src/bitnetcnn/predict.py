@@ -28,6 +28,10 @@ def _open_image(path: Path):
             return image
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
+    except Image.DecompressionBombError:  # Pillow's "could be decompression bomb DOS attack", without advice
+        raise ValueError(f"{path} is larger than Pillow opens ({Image.MAX_IMAGE_PIXELS * 2:,} pixels, twice "
+                         "PIL.Image.MAX_IMAGE_PIXELS): the model sees it at a few dozen pixels a side, so resize it "
+                         "first (or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)") from None
     except read_errors() as err:
         detail = " ".join(str(err).split())[:160] or type(err).__name__
         raise ValueError(f"{path} cannot be read as an image ({detail})") from None
