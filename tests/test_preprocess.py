@@ -159,6 +159,9 @@ def test_wrong_inputs_say_what_the_model_takes():
         preprocess(torch.zeros(1, 28, 28, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"channels last, so x\.permute\(2, 0, 1\) first"):  # an (H, W, C) array's
         preprocess(torch.zeros(32, 32, 3, dtype=torch.uint8))
+    digits = load("bitnet_mnist", pretrained=True).pretrained_cfg.transforms()
+    with pytest.raises(ValueError, match=r"one \(H, W\) grey picture: give it its channel axis, x\[None\]"):
+        digits(torch.zeros(28, 28, dtype=torch.uint8))  # "for a PIL image, pass the image", which it was not
     with pytest.raises(TypeError, match="PIL image or a tensor"):
         preprocess(np.zeros((32, 32, 3), dtype=np.uint8))
     # integer pixels are read as everything that normalizes reads them (normalization.as_pixels); they were a TypeError

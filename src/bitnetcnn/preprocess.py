@@ -39,10 +39,14 @@ class Preprocess(nn.Module):
         x = self._tensor(image)
         if x.dim() not in (3, 4) or x.shape[-3] != channels:
             channels_last = x.dim() in (3, 4) and x.shape[-1] == channels  # numpy's and PIL's (H, W, C) order
+            if channels_last:
+                advice = f"channels last, so x.permute({'0, 3, 1, 2' if x.dim() == 4 else '2, 0, 1'}) first"
+            elif x.dim() == 2 and channels == 1:  # one grey picture without its channel axis
+                advice = "one (H, W) grey picture: give it its channel axis, x[None]"
+            else:
+                advice = "convert it first (for a PIL image, pass the image)"
             raise ValueError(f"the model takes {channels}-channel images (C, H, W) or batches (N, C, H, W); got a "
-                             f"tensor of shape {tuple(x.shape)}: "
-                             + (f"channels last, so x.permute({'0, 3, 1, 2' if x.dim() == 4 else '2, 0, 1'}) first"
-                                if channels_last else "convert it first (for a PIL image, pass the image)"))
+                             f"tensor of shape {tuple(x.shape)}: {advice}")
         if 0 in x.shape[-2:]:  # resizing it divided by zero
             raise ValueError(f"an image of {x.shape[-2]}x{x.shape[-1]} pixels has nothing to classify")
         if x.is_floating_point():
