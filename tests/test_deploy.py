@@ -1186,3 +1186,31 @@ def test_empty_or_non_finite_calibration_and_check_images_are_named(tmp_path):
         export_onnx(model, tmp_path / "m.onnx", check_inputs=x)
     with pytest.raises(ValueError, match="calibration images hold NaN or infinite values"):
         compile(model, calibration=x, backend="onnxruntime")
+
+
+def test_calibration_images_and_memory_are_refused_just_past_their_bounds(monkeypatch):
+    """check_normalized allows twice the normalized pixels' range on either side (noise, augmentation) and no more;
+    check_calibration_memory refuses a calibration whose activations pass 80% of the memory available, and not one
+    image less (the bounds themselves were untested: a mutation of either survived the suite)."""
+    from bitnetcnn.deploy import calibration
+    from bitnetcnn.deploy.calibration import check_calibration_memory, check_normalized
+
+    mean, std = (0.5,), (0.25,)  # pixels 0..1 normalize to -2..2, so the margin is 8: -10..10 allowed
+    check_normalized(torch.tensor([-9.9, 9.9]), mean, std)
+    for outside in (-10.1, 10.1):
+        with pytest.raises(ValueError, match="but the model's inputs, pixels in 0..1 normalized"):
+            check_normalized(torch.tensor([0.0, outside]), mean, std)
+    model = create_model("bitnet_cnn", width=8).eval()
+    per_image = []
+    hooks = [m.register_forward_hook(lambda m, i, o: per_image.append(o.numel() * 4))
+             for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    available = 2**20
+    monkeypatch.setattr(calibration, "available_memory", lambda: available)
+    fits = int(0.8 * available // sum(per_image))
+    check_calibration_memory(model, fits)
+    with pytest.raises(ValueError, match=f"calibration on {fits + 1:,} images would keep"):
+        check_calibration_memory(model, fits + 1)
