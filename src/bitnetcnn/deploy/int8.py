@@ -403,15 +403,16 @@ def _saturated_bias_nodes(graph) -> set:
     """Names of the Conv / Gemm / MatMul nodes whose int32 bias (a DequantizeLinear of an int32 initializer) was
     clipped by quantize_static, or leaves too little room below int32's limit for the sum of products it is added
     to (at most fan-in x 255 x 64: u8 activations less their zero point, weights codes x 64), which would wrap."""
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     inits = {i.name: i for i in graph.initializer}
     producer, consumers = _graph_maps(graph)
     limit = float(np.iinfo(np.int32).max)
     out = set()
     for node in graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or inits[node.input[0]].data_type != 6:
-            continue  # 6: INT32, a bias
+        if (node.op_type != "DequantizeLinear" or node.input[0] not in inits
+                or inits[node.input[0]].data_type != TensorProto.INT32):  # a bias
+            continue
         bias = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
         for user in consumers.get(node.output[0], []):
             if user.op_type not in ("Conv", "Gemm", "MatMul") or len(user.input) < 2:
@@ -420,7 +421,7 @@ def _saturated_bias_nodes(graph) -> set:
             weight = inits.get(weight_dq.input[0]) if weight_dq is not None else None
             size = int(np.prod(weight.dims)) if weight is not None else 0
             fan_in = size // max(bias.size, 1)
-            if np.abs(bias).max(initial=0) + fan_in * 255 * 64 >= limit:
+            if np.abs(bias).max(initial=0) + fan_in * 255 * 64 >= limit and user.name:  # nodes_to_exclude: by name
                 out.add(user.name)
     return out
 
