@@ -56,3 +56,12 @@ def as_pixels(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"integer images must be pixels in 0..255, these run from {int(images.min())} to "
                          f"{int(images.max())}")
     return images.to(torch.uint8)
+
+
+def check_finite(images: torch.Tensor, what: str = "the images") -> None:
+    """Refuse images holding NaN or infinite values, naming how many: they are no pixels, and an answer on them
+    means nothing (an int8 graph quantizes them to codes and answers with finite, confident logits)."""
+    if images.numel() and not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum()) if images.dim() == 4 else 1
+        raise ValueError(f"{what} hold NaN or infinite values ({bad} image{'s' * (bad != 1)}): they are no pixels; "
+                         "check what made them")

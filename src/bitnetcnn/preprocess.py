@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.images import fit_to_size, pil_to_uint8
-from bitnetcnn.normalization import as_pixels, normalize, standardize
+from bitnetcnn.normalization import as_pixels, check_finite, normalize, standardize
 
 
 class Preprocess(nn.Module):
@@ -51,9 +51,8 @@ class Preprocess(nn.Module):
             raise ValueError(f"an image of {x.shape[-2]}x{x.shape[-1]} pixels has nothing to classify")
         if x.is_floating_point():
             x = x.float()  # numpy's / 255. gives float64, a half-precision decode float16; the model is float32
-            if x.numel() and not torch.isfinite(x).all():
-                raise ValueError("the images hold NaN or infinite values: they are no pixels; check what made them")
-            if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+            check_finite(x)
+            if x.numel() and not (x.min() >= 0 and x.max() <= 1):
                 low, high = float(x.min()), float(x.max())
                 raise ValueError(f"float images are pixels in 0..1 (as ToTensor gives); these span {low:g}..{high:g}: "
                                  "pass uint8 pixels (0..255) or divide by 255 first")

@@ -252,11 +252,18 @@ def read_tiny_imagenet(root: Path, train: bool, download: bool) -> Split:
 def _image_files(folder: Path) -> list[Path]:
     """The image files under ``folder`` and its subfolders, as torchvision's ``ImageFolder`` finds them (its
     extensions, any case), sorted; hidden files and folders (``.DS_Store``, ``._x.jpg``) are skipped."""
+    return _pictures(folder)[0]
+
+
+def _pictures(folder: Path) -> tuple[list[Path], list[Path]]:
+    """``(read, unread)``: :func:`_image_files`, and in the same walk the pictures of other extensions than
+    ImageFolder's (.gif, .heic, .jfif, .avif), which it leaves out."""
+    from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     if not folder.is_dir():
-        return []
-    found, seen = [], set()
+        return [], []
+    found, unread, seen = [], [], set()
     # os.walk following links as ImageFolder does (Path.rglob skips linked subfolders before Python 3.13), each real
     # folder once: a link back up the tree would loop
     for here, folders, files in os.walk(folder, followlinks=True):
@@ -266,27 +273,26 @@ def _image_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         folders[:] = [d for d in folders if not d.startswith(".")]
-        found += [Path(here) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMG_EXTENSIONS
-                  and (Path(here) / f).is_file()]
-    return sorted(found)
+        for f in files:
+            suffix, path = Path(f).suffix.lower(), Path(here) / f
+            if f.startswith("."):
+                continue
+            if suffix in IMG_EXTENSIONS:
+                found += [path] if path.is_file() else []  # not a dangling link
+            elif suffix in _OTHER_PICTURES or suffix in Image.registered_extensions():
+                unread.append(path)
+    return sorted(found), sorted(unread)
 
 
-def _unread_files(split_dir: Path, classes: Sequence[str]) -> list[str]:
-    """The files of an image-folder split that are read as no class's images: pictures of other extensions than
-    ImageFolder's (.gif, .heic, .jfif, .avif) in class folders, and files beside the class folders. Hidden files
-    and folders aside, as ``_image_files`` skips them."""
+_OTHER_PICTURES = (".heic", ".heif", ".avif", ".jfif")  # pictures Pillow may not register, ImageFolder never reads
+
+
+def _beside_class_folders(split_dir: Path) -> list[Path]:
+    """Pictures lying in a split's folder itself, beside its class folders: no class's images."""
     from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    pictures = {*Image.registered_extensions(), ".heic", ".heif", ".avif", ".jfif"}
-    unread = [f"{p.name} (beside the class folders)" for p in sorted(split_dir.iterdir())
-              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in pictures]
-    for c in classes:
-        for here, folders, files in os.walk(split_dir / c, followlinks=True):
-            folders[:] = [d for d in folders if not d.startswith(".")]
-            unread += [str(Path(here, f).relative_to(split_dir)) for f in sorted(files) if not f.startswith(".")
-                       and Path(f).suffix.lower() in pictures and Path(f).suffix.lower() not in IMG_EXTENSIONS]
-    return unread
+    return [p for p in sorted(split_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+            and (p.suffix.lower() in _OTHER_PICTURES or p.suffix.lower() in Image.registered_extensions())]
 
 
 def _class_folders(folder: Path) -> list[str]:
@@ -329,15 +335,16 @@ def imagefolder_reader(size: int, channels: int = 3,
         if len(classes) < 2:
             raise ValueError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs two or more")
         paths, labels = [], []
-        folders = [here.get(unicodedata.normalize("NFC", c), c) for c in classes]
-        for i, c in enumerate(folders):
-            folder, found = split_dir / c, _image_files(split_dir / c)
+        unread = [f"{p.name} (beside the class folders)" for p in _beside_class_folders(split_dir)]
+        for i, c in enumerate(classes):
+            folder = split_dir / here.get(unicodedata.normalize("NFC", c), c)
+            found, left_out = _pictures(folder)
+            unread += [str(p.relative_to(split_dir)) for p in left_out]
             paths += found
             labels += [i] * len(found)
             if train and not found:  # a class no model can learn, though it would be predicted among
                 raise ValueError(f"{folder} has no images ({', '.join(IMG_EXTENSIONS[:4])}, ...): every class needs "
                                  "training images; add some or remove the folder")
-        unread = _unread_files(split_dir, folders)
         if unread:  # a class's .gif photos or .heic phone pictures vanished from training, and nothing said so
             warnings.warn(f"{split_dir}: {len(paths)} images read; {len(unread)} file{'s' * (len(unread) != 1)} "
                           f"not read as images ({few(unread)}): only {', '.join(IMG_EXTENSIONS)} are, as "

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
-from bitnetcnn.normalization import as_pixels, normalize
+from bitnetcnn.normalization import as_pixels, check_finite, normalize
 
 __all__ = ["as_batches", "check_calibration_memory", "check_normalized", "dataset_for", "dataset_images",
            "model_inputs"]
@@ -124,8 +124,7 @@ def as_batches(calibration: Calibration, model: Optional[nn.Module] = None, batc
             raise ValueError(f"{what} are {'x'.join(map(str, x.shape[1:]))} but the model takes "
                              f"{'x'.join(map(str, size))}: resize them to its input size")
         x = x.detach().to("cpu", torch.float32)
-        if not bool(torch.isfinite(x).all()):  # onnxruntime's ranges or the check's logits would be NaN far from here
-            raise ValueError(f"{what} hold NaN or infinite values: pass finite images")
+        check_finite(x, what)  # onnxruntime's ranges or the check's logits would be NaN, far from here
         chunks = x.split(batch_size) if split else [x]
         batches += [np.ascontiguousarray(c.numpy()) for c in chunks if len(c)]
     if not batches:

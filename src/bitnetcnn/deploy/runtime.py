@@ -13,7 +13,7 @@ import torch
 from bitnetcnn.atomic import write_atomically
 from bitnetcnn.deploy.backends import make_runner, make_session
 from bitnetcnn.deploy.calibration import check_normalized
-from bitnetcnn.normalization import as_pixels, normalize
+from bitnetcnn.normalization import as_pixels, check_finite, normalize
 
 __all__ = ["DeployedModel", "make_session"]
 
@@ -79,10 +79,7 @@ class DeployedModel:
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point():
-            if x.numel() and not bool(torch.isfinite(x).all()):  # the int8 graph quantizes NaN and inf to codes, and
-                # answers with finite logits (a confident class) where the model answers NaN
-                bad = int((~torch.isfinite(x)).flatten(1).any(1).sum()) if x.dim() > 1 else 1
-                raise ValueError(f"{bad} image(s) hold NaN or infinite values: the model's logits for them are NaN")
+            check_finite(x)  # the int8 graph answers them with finite logits where the model answers NaN
             if self.normalization is not None:  # pixels 0..255 as floats would run, and be wrong without a word
                 check_normalized(x, *self.normalization, what="images")
             return x
