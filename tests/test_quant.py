@@ -81,6 +81,14 @@ def test_clipped_ste_zeroes_gradient_outside_clip():
     assert w.grad.tolist() == [[1.0, 1.0, 1.0, 0.0]]
 
 
+def test_clipped_ste_passes_the_gradient_at_the_clip_itself():
+    """The docstring's rule, ``|W| > clip * s`` zeroed: a weight exactly at the clip still learns (scale 2, clip 1.5:
+    the edge 3.0 is exact in floating point, so ``<`` for ``<=`` fails here)."""
+    w = torch.tensor([[1.0, 2.0, -3.0, 8.0]], requires_grad=True)
+    fake_quantize_weight(w, "median", ste="clipped", clip=1.5).sum().backward()
+    assert w.grad.tolist() == [[1.0, 1.0, 1.0, 0.0]]
+
+
 def test_activation_quant_grid_and_ste():
     x = torch.linspace(-1, 1, 101, requires_grad=True)
     for bits in (8, 4):
