@@ -570,8 +570,8 @@ def test_saving_over_a_file_keeps_its_link_and_its_permissions(tmp_path):
 
 
 def test_a_part_file_left_by_a_killed_writer_goes_with_the_next_write(tmp_path):
-    """A SIGKILL inside a write leaves its hidden temporary file; the next write of the same file removes it, and
-    keeps one of a writer still alive."""
+    """A SIGKILL inside a write leaves its hidden temporary file; the next write of the same file removes it before
+    it writes, and keeps one of a writer still alive."""
     import os
     import signal
     import subprocess
@@ -590,6 +590,9 @@ with replacing({str(target)!r}) as tmp:
     assert killed.returncode == -signal.SIGKILL
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(".results.json.") and ".part" in left[0], left
+    with replacing(target) as first:  # gone before the next write writes: on a full disk, it held the room that write
+        assert sorted(p.name for p in tmp_path.iterdir()) == [first.name], "the dead writer's part is still there"
+        first.write_text("{}")  # needed (a kill in a save left 1.3 MB on a 4 MB disk, and every resume failed there)
     with replacing(target) as alive:  # this process's own, still writing: kept by the write below
         write_atomically(target, "{}")
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "results.json"])

@@ -45,9 +45,10 @@ def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
     A symbolic link's target is replaced, the link kept; an existing file keeps its permissions, a new one gets
     the umask's (the kernel applies it: the process-wide umask is never changed, which would race other threads).
     The temporary name keeps the suffix (writers that pick the format by it: matplotlib) behind a dot, and names its
-    machine and process: one a kill leaves behind is removed by the next write of the same file.
+    machine and process: one a kill leaves behind is removed by the next write of the same file, before it writes.
     """
     path = Path(os.path.realpath(path))
+    _remove_parts_of_the_dead(path)  # first: on a full disk, a killed save's part holds the room this write needs
     tmp = path.with_name(f".{path.name}.{_WRITER}.{uuid.uuid4().hex[:12]}.part{path.suffix}")
     mode = path.stat().st_mode & 0o7777 if path.exists() else None
     try:
@@ -61,7 +62,6 @@ def replacing(path: Union[str, os.PathLike]) -> Iterator[Path]:
         _flush_to_disk(tmp)
         os.replace(tmp, path)
         _flush_to_disk(path.parent)
-        _remove_parts_of_the_dead(path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
