@@ -18,6 +18,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from bitnetcnn.models import create_model
 from bitnetcnn.nn import convert_to_ternary, model_form
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
+from bitnetcnn.train.epoch_means import CHECKPOINT_KEY as EPOCH_SUMS_KEY
+from bitnetcnn.train.epoch_means import EpochMeans
 from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
 from bitnetcnn.train.run_folder import IMAGES_KEY, PROCESSES_KEY, TEACHER_KEY
 from bitnetcnn.train.settings import SettingsError, TrainSettings
@@ -76,6 +78,7 @@ class BitClassifier(L.LightningModule):
         self.val_acc5 = MulticlassAccuracy(top_k=min(5, num_classes), **metric)
         self.ternary_acc1 = MulticlassAccuracy(top_k=1, **metric)
         self.ternary_acc5 = MulticlassAccuracy(top_k=min(5, num_classes), **metric)
+        self._epoch_means = EpochMeans()  # the training loss and accuracy of the epoch, kept in last.ckpt
 
     def set_teacher(self, teacher: nn.Module, source: str = "the teacher") -> None:
         """A frozen full-precision teacher for distillation; kept out of the state dict and the optimizer. It computes
@@ -99,9 +102,18 @@ class BitClassifier(L.LightningModule):
         if self.teacher is not None:
             checkpoint[TEACHER_KEY] = self._teacher_sha256
         checkpoint[PROCESSES_KEY] = self.trainer.world_size
+        checkpoint[EPOCH_SUMS_KEY] = self._epoch_means.state(self.trainer.strategy)  # every process meets here
         data = getattr(self.trainer, "datamodule", None)
         if getattr(data, "train_split", None) is not None:
             checkpoint[IMAGES_KEY] = [len(data.train_split.labels), len(data.test_split.labels)]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._epoch_means.restore(checkpoint.get(EPOCH_SUMS_KEY), self.global_rank == 0)
+
+    def train_epoch_means(self) -> dict:
+        """``train_loss`` and ``train_acc`` of the epoch so far, over every batch of every process (those before a
+        resume too). A collective: every process calls it."""
+        return self._epoch_means.means(self.trainer.strategy)
 
     def check_resumed_teacher(self, record: dict, checkpoint: Path) -> None:
         """A resumed distillation goes on with the teacher it started with: a teacher given where the first one
@@ -146,8 +158,10 @@ class BitClassifier(L.LightningModule):
                 loss = loss + self.hparams.kd_hints * feature_hint_loss([features], [teacher_features])
         hard = targets.argmax(-1) if targets.dim() > 1 else targets
         acc = (logits.argmax(-1) == hard).float().mean()
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
-        self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self._epoch_means.add(self.current_epoch, loss, acc, len(hard))
+        # this step's, this process's, for the progress bar; the epoch's are train_epoch_means()
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
     def _training_forward(self) -> nn.Module:

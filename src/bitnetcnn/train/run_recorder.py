@@ -22,6 +22,7 @@ from bitnetcnn.train.divergence import logged_metric, stop_if_diverged
 from bitnetcnn.train.plot import plot_metrics
 from bitnetcnn.train.recorded_command import budget_note, command_with_note
 
+TRAIN_COLUMNS = ("train_loss", "train_acc")  # the epoch's means (BitClassifier.train_epoch_means), the rest validated
 METRIC_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5"]
 
 def _row_line(row: dict, epochs: int) -> str:
@@ -165,7 +166,8 @@ class RunRecorder(L.Callback):
             return
         self.epochs = trainer.max_epochs  # a time budget has decided it by now
         validated = self._validated_epoch == trainer.current_epoch  # else the metrics are an earlier epoch's
-        values = {k: logged_metric(trainer, k) if validated or k.startswith("train_") else None for k in METRIC_COLUMNS}
+        values = {k: logged_metric(trainer, k) if validated else None for k in METRIC_COLUMNS if k not in TRAIN_COLUMNS}
+        values = {**pl_module.train_epoch_means(), **values}  # the epoch's every batch, those before a resume too
         stop_if_diverged(trainer, pl_module, values["train_loss"])
         if validated:
             figures = {k: v for k, v in values.items() if v is not None and not k.startswith("train_")}
@@ -178,11 +180,6 @@ class RunRecorder(L.Callback):
             if self.csv_path.exists():
                 with open(self.csv_path, newline="") as f:
                     rows = list(csv.DictReader(f))
-            for earlier in rows:
-                # this epoch's row, written whole before a kill that came ahead of its last.ckpt: the resume redid
-                # the epoch's last batches only, and their average is not the epoch's
-                if int(earlier["epoch"]) == trainer.current_epoch and int(earlier["step"]) == trainer.global_step:
-                    row.update({k: float(earlier[k]) for k in ("train_loss", "train_acc") if earlier.get(k, "") != ""})
             self._write([r for r in rows if int(r["epoch"]) < trainer.current_epoch] + [row])
             plot_metrics(self.csv_path, self.plot_path)
             if self.echo:
