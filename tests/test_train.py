@@ -603,6 +603,8 @@ def test_a_new_run_never_overwrites_a_run_folder(tmp_path, capsys):
                     "run); start it again without --resume (which replaces that model)")
     results = train(TrainSettings(out=str(early), epochs=2, **QUICK))
     assert [int(r["epoch"]) for r in read_metrics(early)] == [0, 1] and results["epochs"] == 2
+    assert "a run that stopped before its first checkpoint left best_ternary.bnc, metrics.csv, metrics.png; this " \
+           "run replaces them" in capsys.readouterr().out
     # a finished run whose last.ckpt was deleted (to save disk) was told to start again without --resume, which
     # then refused the folder as holding a run
     (early / "last.ckpt").unlink()
@@ -924,6 +926,10 @@ def test_a_ddp_run_killed_inside_an_epoch_resumes_to_the_uninterrupted_weights(t
     cut, full = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("cut", "whole"))
     assert cut["world_size"] == 2 and cut["epochs"] == 2
     assert cut["param_checksums"] == full["param_checksums"]
+    # the killed epoch's training loss and accuracy over both processes' batches, those before the kill too
+    trained = ("train_loss", "train_acc")
+    assert [{k: r[k] for k in trained} for r in read_metrics(tmp_path / "cut")] == \
+        [{k: r[k] for k in trained} for r in read_metrics(tmp_path / "whole")]
 
 
 RECORDS_AUGMENTATION = """
@@ -1455,7 +1461,7 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_
     assert resumed["param_checksums"] == whole["param_checksums"]
     cut, full = read_metrics(tmp_path / "cut"), read_metrics(tmp_path / "whole")
     assert [int(r["epoch"]) for r in cut] == [0, 1]
-    same = ("val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5")
+    same = ("train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "ternary_acc", "ternary_acc5")
     assert cut[0] == {**full[0], "elapsed_s": cut[0]["elapsed_s"]}
     assert {k: cut[1][k] for k in same} == {k: full[1][k] for k in same}
 
@@ -1483,6 +1489,30 @@ def test_a_run_killed_after_an_epochs_row_but_before_its_checkpoint_keeps_the_wh
     train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
     cut, full = read_metrics(tmp_path / "cut"), read_metrics(tmp_path / "whole")
     assert [{**r, "elapsed_s": ""} for r in cut] == [{**r, "elapsed_s": ""} for r in full]
+
+
+def test_a_new_run_in_a_folder_an_unfinished_run_left_never_takes_its_files_for_its_own(tmp_path):
+    """A run that stopped before its first last.ckpt (a full disk) leaves epoch 0's model and metrics.csv row; a new run
+    in that folder, stopped inside epoch 0 and resumed, kept the old file as its best model and its accuracy as the
+    run's best, and its epoch 0 row took the old row's training loss and accuracy."""
+    from bitnetcnn.checkpoint.read import native_header
+
+    every_batch = dict(QUICK, save_every=1e-6)
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), epochs=1, **every_batch))
+    early = tmp_path / "early"
+    early.mkdir()
+    old = bitnetcnn.create_model("bitnet_cnn")
+    bitnetcnn.save_checkpoint(bitnetcnn.convert_to_ternary(old), early / "best_ternary.bnc",
+                              metadata={"dataset": "mnist_demo", "accuracy": 0.999})  # better than any real one
+    (early / "metrics.csv").write_text("epoch,step,lr,elapsed_s,train_loss,train_acc,val_loss,val_acc,val_acc5,"
+                                       "ternary_acc,ternary_acc5\n0,4,0.001,1.0,9.0,0.5,9.0,0.999,1.0,0.999,1.0\n")
+    _train_killed_at(TrainSettings(out=str(early), epochs=1, **every_batch), epoch=0, batch=2)
+    assert not (early / "best_ternary.bnc").exists() and not (early / "metrics.csv").exists()
+    resumed = train(TrainSettings(out=str(early), progress=False), resume=True)
+    assert resumed["best_ternary_acc"] == whole["best_ternary_acc"] < 0.999
+    assert native_header(early / "best_ternary.bnc")["metrics"]["accuracy"] == whole["best_ternary_acc"]
+    assert [{**r, "elapsed_s": ""} for r in read_metrics(early)] == \
+        [{**r, "elapsed_s": ""} for r in read_metrics(tmp_path / "whole")]
 
 
 def _signal_at_epoch_1_batch_2(signum):
@@ -1517,7 +1547,8 @@ def test_a_run_stopped_by_sigterm_saves_where_it_stands_and_resumes_to_the_unint
     (tmp_path / "cut" / "args.json").write_text(json.dumps({**args, "img_size": 32}))
     resumed = train(TrainSettings(out=str(tmp_path / "cut"), progress=False), resume=True)
     assert resumed["param_checksums"] == whole["param_checksums"]
-    same = ("val_loss", "val_acc", "ternary_acc")
+    # the stopped epoch's training loss and accuracy too: they averaged the batches after the resume only
+    same = ("train_loss", "train_acc", "val_loss", "val_acc", "ternary_acc")
     assert [{k: r[k] for k in same} for r in read_metrics(tmp_path / "cut")] == \
         [{k: r[k] for k in same} for r in read_metrics(tmp_path / "whole")]
 

@@ -215,6 +215,9 @@ def first_process() -> bool:
 # a run that stopped before its first last.ckpt was written (killed, a full disk), holds at most epoch 0's model and
 # metrics: --resume cannot continue it, so a new run may take it and replace them.
 RUN_RESULTS = ("last.ckpt", "results.json")
+# What such a run leaves that a new run writes too: removed when the new run takes the folder, so that none passes for
+# the new run's own (its resume took the old model's accuracy for the best so far, and kept the old file as the best)
+UNFINISHED_RUN_FILES = ("best_ternary.bnc", "metrics.csv", "metrics.png")
 
 
 def check_new_run_folder(out: Path) -> None:
@@ -232,6 +235,16 @@ def check_new_run_folder(out: Path) -> None:
     if out.is_dir() and any((out / name).exists() for name in RUN_RESULTS):
         raise SettingsError(f"--out {out} already holds a run: continue it with --resume --out {out}, or give a "
                             "fresh --out (without --out, a new folder runs/MODEL-DATASET-N is picked)")
+
+
+def _clear_unfinished_run(out: Path) -> None:
+    """Remove what a run that stopped before its first last.ckpt left in ``out`` (said aloud: the new run replaces it)."""
+    left = [name for name in UNFINISHED_RUN_FILES if (out / name).is_file()]
+    for name in left:
+        (out / name).unlink()
+    if left:
+        print(f"{out}: a run that stopped before its first checkpoint left {', '.join(left)}; this run replaces "
+              f"{'them' if len(left) > 1 else 'it'}", flush=True)
 
 
 LOCK_NAME = ".lock"  # held (flock) by the process that trains in the folder, released by the kernel when it ends
@@ -263,6 +276,7 @@ def hold_run_folder(out: Path, resume: bool, picked: bool = False) -> Iterator[N
                                 "--out") from None
         if not resume:  # a run that took the folder since this one checked it, and ended
             check_new_run_folder(out)
+            _clear_unfinished_run(out)
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
