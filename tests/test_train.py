@@ -621,7 +621,7 @@ def test_resume_refuses_settings_that_cannot_take_effect_and_extends_epochs(tmp_
     run = tmp_path / "run"
     train(TrainSettings(out=str(run), epochs=1, **QUICK))
     resume = ["train", "--resume", "--out", str(run), "--no-progress"]
-    _one_line_error(capsys, [*resume, "--lr", "0.5"], "--lr 0.5 (saved: the default) cannot take effect")
+    _one_line_error(capsys, [*resume, "--lr", "0.5"], "--lr 0.5 (saved: the default, 0.01) cannot take effect")
     _one_line_error(capsys, [*resume, "--time-budget", "8"], "takes 1 epoch (args.json): leave --time-budget out")
     _one_line_error(capsys, [*resume, "--epochs", "0"], "--epochs must be an integer >= 1")
     (run / "args.json").write_text(json.dumps(dict(json.loads((run / "args.json").read_text()), epochs=2)))
@@ -664,6 +664,27 @@ def test_a_resume_given_some_of_the_runs_own_flags_reads_the_others_from_the_run
     assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1]
     _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--momentum", "0.7"],
                     "--momentum 0.7 (saved: 0.8) cannot take effect")
+
+
+def test_a_resume_may_turn_compile_off_and_repeat_a_default_it_ran_with(tmp_path, capsys):
+    """A run started with --compile (on a GPU machine) could not be resumed where torch.compile fails: --compile was a
+    switch with no way off. And `--resume --lr 0.01` of a run started without --lr (AdamW: 0.01) was refused."""
+    run = tmp_path / "run"
+    train(TrainSettings(out=str(run), epochs=1, **QUICK))
+    saved = json.loads((run / "args.json").read_text())
+    (run / "args.json").write_text(json.dumps({**saved, "compile": True, "compile_mode": "reduce-overhead"}))
+    assert main(["train", "--resume", "--out", str(run), "--no-progress", "--no-compile", "--no-channels-last",
+                 "--lr", "0.01", "--epochs", "2"]) == 0, capsys.readouterr().err
+    args = json.loads((run / "args.json").read_text())
+    assert (args["compile"], args["compile_mode"], args["channels_last"], args["lr"]) == \
+        (False, "default", False, None)
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1]
+    # from Python, naming the settings given
+    args = json.loads((run / "args.json").read_text())
+    (run / "args.json").write_text(json.dumps({**args, "compile": True, "compile_mode": "reduce-overhead"}))
+    train(TrainSettings(out=str(run), epochs=3, progress=False), resume=True, given={"compile", "epochs"})
+    args = json.loads((run / "args.json").read_text())
+    assert (args["compile"], args["compile_mode"], args["epochs"]) == (False, "default", 3)
 
 
 def test_resuming_a_finished_run_keeps_its_final_figures(tmp_path):

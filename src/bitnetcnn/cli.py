@@ -167,8 +167,8 @@ def _add_train(sub) -> None:
     a("--time-budget", type=float, metavar="MINUTES", help="size the run to MINUTES of wall time: epoch 0 is timed "
       "(and validated), then the run takes as many epochs as fit, at most --epochs, its learning-rate schedule "
       "fitted to them (recorded in args.json, so --resume continues that run)")
-    a("--compile", action="store_true", help="torch.compile the training forward (pays on GPUs after its first "
-      "minute of compiling)")
+    a("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training forward (pays on GPUs "
+      "after its first minute of compiling); --resume --no-compile goes on without it (where torch.compile fails)")
     a("--compile-mode", choices=COMPILE_MODES, help="how --compile compiles (torch.compile's mode; default: "
       "default): reduce-overhead replays each step as CUDA graphs, for a GPU that waits on the host's launches")
     a("--kd", action="store_true", help="distill from --teacher")
@@ -223,6 +223,8 @@ def _cmd_train(args) -> int:
     elif gpus is not None:
         values["accelerator"], values["devices"] = "gpu", str(gpus)
         given |= {"accelerator", "devices"}
+    if resume and "compile" in given and not values["compile"]:
+        given |= {"compile_mode"}  # --no-compile: the run's compile mode goes too (resumed_settings' rule)
     if resume:  # what was not given is the run's own, not the parser's default (which may not fit what was given)
         values.update({k: v for k, v in saved_run_values(values.get("out")).items() if k not in given})
     # a published weight by its hub entry name, as the other commands take it (the run records the name as typed)

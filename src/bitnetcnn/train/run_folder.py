@@ -34,7 +34,17 @@ def default_out(s: TrainSettings) -> Path:
 
 # What a resumed run may change: where and on what it runs, not what it trains (--epochs only to extend the run).
 RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "devices", "num_nodes", "strategy",
-                               "val_every", "compile", "compile_mode", "save_every", "download"})
+                               "val_every", "compile", "compile_mode", "channels_last", "save_every", "download"})
+
+
+def _as_run(name: str, saved: TrainSettings):
+    """A saved setting as the run used it: ``lr`` None is its optimizer's default rate (``--resume --lr 0.01`` of an
+    AdamW run started without --lr repeats it, and is not a change)."""
+    if name == "lr" and saved.lr is None:
+        from bitnetcnn.train.schedule import DEFAULT_LR
+
+        return DEFAULT_LR.get(saved.optimizer)
+    return getattr(saved, name)
 
 
 def read_run_record(path: Path) -> dict:
@@ -76,6 +86,8 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
         mine, theirs = getattr(s, name), getattr(saved, name)
         if name in RESUME_MAY_CHANGE or mine == theirs:
             changes[name] = mine
+        elif mine == _as_run(name, saved):
+            pass  # the value the run took by default: no change
         elif name == "epochs" and mine > theirs:
             changes[name] = mine  # extends the run: the schedule stretches over the new length
         elif name == "time_budget" and theirs is None:
@@ -92,8 +104,10 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
         else:
             flag = "--" + name.replace("_", "-")
             raise SettingsError(f"--resume continues the run in {s.out} with its saved settings, so {flag} {mine!r} "
-                                f"(saved: {'the default' if theirs is None else repr(theirs)}) cannot take effect: leave it out, or start a new run with a "
+                                f"(saved: {_saved_text(name, saved)}) cannot take effect: leave it out, or start a new run with a "
                                 f"fresh --out (--init {Path(s.out) / 'best_ternary.bnc'} fine-tunes from this one)")
+    if changes.get("compile") is False and "compile_mode" not in given:  # --no-compile: its mode goes with it
+        changes["compile_mode"] = TrainSettings.compile_mode
     if changes.get("epochs", saved.epochs) > saved.epochs and first_process():
         # said aloud (once nothing was refused); a budget that has not decided yet decides within the new cap
         if saved.time_budget is not None:
@@ -106,6 +120,13 @@ def resumed_settings(s: TrainSettings, given: Optional[set[str]]) -> TrainSettin
     # a background run resumed with the command its interruption printed stays without a progress bar in its log
     progress = s.progress if "progress" in given else saved.progress
     return replace(saved, out=s.out, progress=progress, **changes)
+
+
+def _saved_text(name: str, saved: TrainSettings) -> str:
+    theirs, effective = getattr(saved, name), _as_run(name, saved)
+    if theirs is not None:
+        return repr(theirs)
+    return "the default" if effective is None else f"the default, {effective!r}"
 
 
 # args.json's record that its epochs are what the time budget gave (not a `--resume --epochs` of the user's)
