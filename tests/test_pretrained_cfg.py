@@ -101,6 +101,19 @@ def test_eval_without_dataset_uses_the_checkpoints_data_set_and_normalization(de
     assert (result["top1"], result["images"]) == (expected["top1"], len(test.labels))
 
 
+def test_calibration_and_check_images_are_normalized_with_the_checkpoints_own_mean_and_std(demo_checkpoint):
+    """Deployment's calibration and check images (``model_inputs``) take the weights' own normalization: with the
+    data set's, an int8 graph's activation ranges are measured on inputs the model never sees."""
+    from bitnetcnn.deploy.calibration import dataset_images, model_inputs
+    from bitnetcnn.normalization import normalize
+
+    model, path = demo_checkpoint
+    inputs, labels = model_inputs(bitnetcnn.load_checkpoint(path), "mnist_demo", 8, train=False)
+    images, same_labels, spec = dataset_images("mnist_demo", 8, False, img_size=28, in_chans=1)
+    assert tuple(spec.mean) != tuple(MEAN) and torch.equal(labels, same_labels)
+    torch.testing.assert_close(inputs, normalize(images, MEAN, STD), rtol=0, atol=0)
+
+
 def test_export_writes_the_checkpoints_own_mean_and_std(demo_checkpoint, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

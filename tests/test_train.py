@@ -2390,6 +2390,28 @@ def test_the_schedule_the_averaging_the_weight_decay_groups_and_top_5_in_numbers
     assert (result["top1"], result["top5"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_module_trains_with_the_weight_decay_and_label_smoothing_it_was_given(optimizer):
+    """Settings that change no figure a short test run checks: each reaches the optimizer or the loss (a module
+    that passed 0 as the decay, or left the smoothing out, trained on with the run recording them as given)."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    module = BitClassifier("bitnet_cnn", num_classes=10, in_chans=1, model_kwargs={"width": 4, "drop_rate": 0.0},
+                           optimizer=optimizer, weight_decay=0.0123, label_smoothing=0.3)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1, current_epoch=0)
+    module.log = lambda *args, **kwargs: None
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.0123]
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    loss = module.training_step((x, y), 0)
+    expected = F.cross_entropy(module.model(x).float(), y, label_smoothing=0.3)  # train mode: the same batch stats
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(expected, F.cross_entropy(module.model(x).float(), y))
+
+
 def test_feature_hints_compare_standardized_maps_and_an_ensemble_averages_its_teachers():
     """A student map that is the teacher's up to a per-sample gain and offset matches it (loss 0: standardization
     takes both out); an ensemble of three gives the mean of their logits."""
