@@ -311,6 +311,12 @@ def test_random_crop_is_a_window_of_the_padded_image():
         found = any(torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
         assert found
     assert not all(torch.equal(out[i], x[i]) for i in range(16))
+    # every offset of the (2p+1)^2, the farthest ones too: a crop short of them shifts every image one way on average
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(x[:1].expand(400, -1, -1, -1), 2, generator=g)
+    offsets = {(dy, dx) for i in range(400) for dy in range(5) for dx in range(5)
+               if torch.equal(out[i], padded[0, :, dy:dy + 8, dx:dx + 8])}
+    assert offsets == {(dy, dx) for dy in range(5) for dx in range(5)}
 
 
 def test_flip_and_normalize():
@@ -335,6 +341,17 @@ def test_random_affine_rotates_and_zooms_about_the_centre():
     # the ink is kept up to the zoom (area scales by at most 1.2^2) and bilinear blur
     ratio = out.sum((1, 2, 3)) / x.float().sum((1, 2, 3))
     assert ((ratio > 0.6) & (ratio < 1.5)).all()
+    # a rotation keeps lengths: a dot 8 px from the centre stays 8 px from it at any angle (a matrix with a sign
+    # lost, [[cos, sin], [sin, cos]], stretches along the diagonals and sends it off the image near 45 degrees)
+    dot = torch.zeros(32, 1, 64, 64, dtype=torch.uint8)
+    dot[:, :, 31:33, 39:41] = 255  # centred 8 px right of the image's centre (31.5, 31.5)
+    turned = random_affine(dot, 90, 0, generator=torch.Generator().manual_seed(1))
+    rows, cols = torch.arange(64.0)[:, None], torch.arange(64.0)[None, :]
+    mass = turned[:, 0].sum((1, 2))
+    cy, cx = ((turned[:, 0] * rows).sum((1, 2)) / mass, (turned[:, 0] * cols).sum((1, 2)) / mass)
+    radius = ((cy - 31.5) ** 2 + (cx - 31.5) ** 2).sqrt()
+    assert (mass > 0.8 * 4 * 255).all() and torch.allclose(radius, torch.full_like(radius, 8.0), atol=0.5), radius
+    assert (cy - 31.5).abs().max() > 4  # it did turn
 
 
 def test_random_elastic_bends_strokes_locally_and_keeps_the_ink():

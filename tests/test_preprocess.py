@@ -112,6 +112,11 @@ def test_16_bit_and_float_grey_images_are_rescaled_not_clipped(tmp_path):
     assert torch.allclose(CIFAR_CFG.transforms()(grey), CIFAR_CFG.transforms()(Image.fromarray(square)), atol=1e-5)
     with pytest.raises(ValueError, match="spans 0..255: scale it"):
         preprocess(Image.fromarray(pixels.astype(np.float32), "F"))
+    # rounded to the nearest 8-bit level, as an 8-bit save of the picture would be (not truncated: a level darker)
+    from bitnetcnn.images import pil_to_uint8
+
+    levels = np.array([[0, 25879, 25750, 65535]], dtype=np.uint16)  # 100.70, 100.19 of 255
+    assert pil_to_uint8(Image.fromarray(levels), 1).flatten().tolist() == [0, 101, 100, 255]
     # a transparent grey level (PNG tRNS) no pixel has: the same floats (it went through RGBA, clipped to 8 bits:
     # almost white); one some pixels have is refused like any transparency
     for level, refused in ((1, False), (257, True)):
