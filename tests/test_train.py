@@ -1149,6 +1149,37 @@ def test_the_time_budget_keeps_its_margin_on_the_time_left_not_on_the_whole_budg
     assert decided == [6] and trainer.fit_loop.max_epochs == 6
 
 
+def test_the_time_budget_times_an_epoch_from_its_steps_and_leaves_the_validation_out(monkeypatch):
+    """In numbers, on a fake clock: epoch 0 of 10 steps, the first 30 s (compiling), the others 2 s, then a 5 s
+    validation: an epoch is 10 x 2 s (the timed steps are batches 5 to 9, five of them), validated apart; epoch 1,
+    20 s and its 5 s validation, refines it to 20 s again (not 25: the validation is counted once)."""
+    from types import SimpleNamespace
+
+    import bitnetcnn.train.time_budget as time_budget
+
+    now = [0.0]
+    monkeypatch.setattr(time_budget, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    budget = time_budget.FitToTimeBudget(600.0, lambda: now[0], val_every=1, decided=lambda epochs: None)
+    decisions = []
+    budget._decide = lambda trainer, module, done, epoch_s, validation_s, basis: decisions.append(
+        (done, epoch_s, validation_s))
+    trainer = SimpleNamespace(current_epoch=0, num_training_batches=10, sanity_checking=False)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    for batch in range(10):
+        budget.on_train_batch_start(trainer, module, None, batch)
+        now[0] += 30.0 if batch == 0 else 2.0
+        budget.on_train_batch_end(trainer, module, None, None, batch)
+    now[0] += 5.0
+    budget.on_validation_end(trainer, module)
+    budget.on_train_epoch_end(trainer, module)
+    budget._epochs = budget.REFINE_FROM  # what the first decision gave (its _decide is the test's)
+    trainer.current_epoch = 1
+    now[0] += 20.0 + 5.0
+    budget.on_validation_end(trainer, module)
+    budget.on_train_epoch_end(trainer, module)
+    assert decisions == [(1, pytest.approx(20.0), pytest.approx(5.0)), (2, pytest.approx(20.0), pytest.approx(5.0))]
+
+
 def test_a_time_budget_sizes_the_run_and_its_schedule_after_timing_epoch_0(tmp_path, monkeypatch, capsys):
     """--time-budget times epoch 0 (validated, though --val-every would skip it) and ends the run and its cosine
     after the epochs that fit (here 2 of at most 5): the last epoch ends at the schedule's end, and args.json holds
