@@ -1149,6 +1149,20 @@ def test_the_time_budget_keeps_its_margin_on_the_time_left_not_on_the_whole_budg
     assert decided == [6] and trainer.fit_loop.max_epochs == 6
 
 
+def test_neighbouring_seeds_share_no_training_order_and_no_process_seed():
+    """Seed 1's epoch 0 is not seed 0's epoch 1 (torch's DistributedSampler draws from seed + epoch), and seed 1's
+    first process does not draw as seed 0's second (seed + rank would)."""
+    from bitnetcnn.data.datamodule import EpochShuffle
+    from bitnetcnn.train.randomness import process_seed
+
+    def order(seed: int, epoch: int) -> list:
+        return list(EpochShuffle(range(64), 8, seed, 0, 1, epoch=lambda: epoch, skip=lambda e: 0))
+
+    assert order(1, 0) != order(0, 1) and order(0, 0) == order(0, 0) != order(0, 1)
+    seeds = {process_seed(seed, rank) for seed in range(4) for rank in range(4)}
+    assert len(seeds) == 16 and process_seed(5, 0) == 5
+
+
 def test_the_time_budget_times_an_epoch_from_its_steps_and_leaves_the_validation_out(monkeypatch):
     """In numbers, on a fake clock: epoch 0 of 10 steps, the first 30 s (compiling), the others 2 s, then a 5 s
     validation: an epoch is 10 x 2 s (the timed steps are batches 5 to 9, five of them), validated apart; epoch 1,
