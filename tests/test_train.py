@@ -1149,6 +1149,31 @@ def test_the_time_budget_keeps_its_margin_on_the_time_left_not_on_the_whole_budg
     assert decided == [6] and trainer.fit_loop.max_epochs == 6
 
 
+def test_the_best_model_is_chosen_by_its_ternary_accuracy_and_a_tie_keeps_the_earlier(tmp_path, monkeypatch):
+    """The file shipped is the ternary model, so its accuracy chooses it, not the Bit model's (they differ under
+    --amp, where the Bit model validates in bf16); a later epoch that only ties does not replace it."""
+    from types import SimpleNamespace
+
+    import bitnetcnn.train.run_recorder as run_recorder
+
+    monkeypatch.setattr(run_recorder, "plot_metrics", lambda *args: None)
+    recorder = run_recorder.RunRecorder(tmp_path, save_model=None, command="bitnetcnn train", metadata={})
+    saved = []
+    recorder._save_best = lambda module, values, epoch: saved.append(epoch)
+    module = SimpleNamespace(parameters=lambda: [torch.zeros(1)],
+                             train_epoch_means=lambda: {"train_loss": 1.0, "train_acc": 0.5})
+    for epoch, (bit, ternary) in enumerate([(0.90, 0.50), (0.50, 0.60), (0.95, 0.60)]):
+        trainer = SimpleNamespace(sanity_checking=False, max_epochs=3, current_epoch=epoch, is_global_zero=True,
+                                  global_step=epoch + 1, optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])],
+                                  default_root_dir=tmp_path, callback_metrics={
+                                      "val_loss": 1.0, "val_acc": bit, "val_acc5": 1.0, "ternary_acc": ternary,
+                                      "ternary_acc5": 1.0})
+        recorder.on_validation_epoch_end(trainer, module)
+        recorder.on_train_epoch_end(trainer, module)
+    assert saved == [0, 1] and recorder.best_ternary == 0.60 and recorder.best_float == 0.95
+    assert [float(r["ternary_acc"]) for r in read_metrics(tmp_path)] == [0.5, 0.6, 0.6]
+
+
 def test_neighbouring_seeds_share_no_training_order_and_no_process_seed():
     """Seed 1's epoch 0 is not seed 0's epoch 1 (torch's DistributedSampler draws from seed + epoch), and seed 1's
     first process does not draw as seed 0's second (seed + rank would)."""
