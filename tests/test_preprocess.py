@@ -435,3 +435,18 @@ def test_a_12_bit_picture_in_a_16_bit_file_and_a_closed_picture_are_refused_by_n
         pass
     with pytest.raises(ValueError, match="file was closed before its pixels were read"):
         preprocess(opened)
+
+
+def test_what_predict_says_it_did_to_a_picture_in_cases_that_differ():
+    """The notes in numbers: a picture of a non-square model's own aspect is resized, not cropped; a picture whose
+    red and green agree but blue differs is in colour; the brightness is the picture's own (mean and std undone),
+    0.70 where MNIST's training images average 0.13 (read without the mean: 0.57, under the threshold)."""
+    from bitnetcnn.predict import _brightness_note, _in_colour, _what_was_done
+
+    assert _what_was_done(Image.new("RGB", (80, 40)), (3, 20, 40)) == {"resized_from": [40, 80]}
+    assert _what_was_done(Image.new("RGB", (40, 40)), (3, 20, 40)) == {"resized_from": [40, 40], "cropped": True}
+    assert _in_colour(Image.new("RGB", (4, 4), (10, 10, 200)))
+    assert not _in_colour(Image.new("RGB", (4, 4), (10, 10, 10)))
+    mean, std = (0.13,), (0.3,)
+    assert "brightness" in _brightness_note(normalize(torch.full((1, 4, 4), 0.7 * 255), mean, std), mean, std)
+    assert _brightness_note(normalize(torch.full((1, 4, 4), 0.5 * 255), mean, std), mean, std) == {}
