@@ -181,6 +181,30 @@ def test_calibration_normalizes_int64_pixels_as_uint8_ones(mnist_model):
         assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
     with pytest.raises(ValueError, match="integer images must be pixels in 0..255"):
         as_batches(pixels.long() - 1, models["plain"])
+    # one tensor of many images is split into batches (onnxruntime holds a batch's activations at once); the batches
+    # of an iterable are kept as given
+    assert [len(b) for b in as_batches(pixels, models["plain"], batch_size=24)] == [24, 24, 16]
+    assert [len(b) for b in as_batches([pixels[:40], pixels[40:]], models["plain"], batch_size=24)] == [40, 24]
+
+
+def test_a_container_holding_a_parameter_of_its_own_is_not_taken_for_a_plain_container():
+    """A module of unknown kind with children is skipped as a container only when it holds no state itself: one that
+    scales its children's output by a parameter of its own computes with it, which the exporter does not know."""
+    from bitnetcnn.deploy.checks import NotDeployableError, check_deployable
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.gain = inner, torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            return self.inner(x) * self.gain
+
+    model = convert_to_ternary(create_model("bitnet_cnn", width=4).eval())
+    check_deployable(model)
+    model.head = Scaled(model.head)
+    with pytest.raises(NotDeployableError, match="layer 'head' .*Scaled.* cannot be mapped"):
+        check_deployable(model)
 
 
 def test_the_deployed_model_reads_uint8_images_as_calibration_does_and_refuses_unnormalized_floats(
