@@ -245,6 +245,8 @@ def test_the_deployed_model_reads_uint8_images_as_calibration_does_and_refuses_u
     # one image (C, H, W), or images of another size, reached onnxruntime ("Invalid rank for input: 3")
     with pytest.raises(ValueError, match=r"batches shaped \(N, 1, 28, 28\), not \(1, 28, 28\): add the batch"):
         deployed_plain(normalized[0])
+    with pytest.raises(ValueError, match=r"not \(28, 28\): add the batch and channel dimensions"):  # was "resize"
+        deployed_plain(normalized[0, 0])
     with pytest.raises(ValueError, match=r"not \(2, 1, 32, 32\): resize them first"):
         deployed_plain.run_numpy(np.zeros((2, 1, 32, 32), np.float32))
     with pytest.raises(ValueError, match=r"not \(2, 3, 28, 28\): give 1-channel images \(greyscale"):  # was "resize"

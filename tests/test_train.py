@@ -1835,8 +1835,10 @@ def test_convert_never_writes_over_its_input_or_another_file_unless_told(tmp_pat
         with pytest.raises(SystemExit):  # argparse's refusal, before any work
             main(["convert", str(run / "last.ckpt"), "-o", "/dev/null", "--force"])
         assert "/dev/null is not a regular file (a device or a pipe)" in capsys.readouterr().err
-    # a misspelt published weight was "cannot read the file: No such file or directory"
-    _one_line_error(capsys, ["convert", "bitnet_mnst"], "(did you mean bitnet_mnist?): published weights: bitnet_mnist")
+    # a misspelt file was "cannot read the file: No such file or directory"; then a list of the published weights,
+    # which convert refuses (converted already)
+    _one_line_error(capsys, ["convert", "bitnet_mnst"], "'bitnet_mnst' is not a file: give a run's last.ckpt or a Bit "
+                    "checkpoint (bitnetcnn train writes both in its run folder)")
     # a published weight was re-saved beside itself, into the installed package
     from bitnetcnn.hub import PRETRAINED_DIR
     shipped = sorted(PRETRAINED_DIR.iterdir())

@@ -446,6 +446,8 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "co
 # (``bitnet_resnet18``), and for some a registry name too (untrained weights).
 MODEL_ARGUMENT = {"eval": ("checkpoint", False), "predict": ("checkpoint", False), "convert": ("checkpoint", False),
                   "summary": ("model", True), "export": ("model", True), "bench": ("model", True)}
+# what a command that takes files only says it takes (published weights are converted already)
+FILES_ONLY = {"convert": "a run's last.ckpt or a Bit checkpoint (bitnetcnn train writes both in its run folder)"}
 
 
 def _refuse_unknown(command: argparse.ArgumentParser, unknown: list[str]) -> None:
@@ -473,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in MODEL_ARGUMENT:
             name, registry_names = MODEL_ARGUMENT[command]
-            setattr(args, name, model_argument(getattr(args, name), registry_names))
+            setattr(args, name, model_argument(getattr(args, name), registry_names, FILES_ONLY.get(command)))
         return COMMANDS[command](args)
     except BrokenPipeError:  # `bitnetcnn models | head -1`: the reader has what it wanted (an OSError)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's own advice: no second error at exit

@@ -381,10 +381,11 @@ def entrypoints() -> Dict[str, Callable[..., nn.Module]]:
 # name; each command turns its argument into one of them here, refusing anything else with the names it could be.
 
 
-def model_argument(text: str, registry_names: bool) -> str:
+def model_argument(text: str, registry_names: bool, takes: Optional[str] = None) -> str:
     """``text`` as the command reads it: a file as it is; a published weight's hub entry name as the package's file
     (``bitnetcnn eval bitnet_resnet18`` reproduces its published figures); a registry name as it is, where the
-    command takes one. Anything else is refused with the names it could have been."""
+    command takes one. Anything else is refused with the names it could have been, or, for a command that takes
+    files only, with what it ``takes``."""
     if not text.strip():
         raise ValueError("an empty model argument: give a checkpoint file or a published weight's name")
     if text.startswith("~"):  # as the shell does not in --flag=~/x, nor Python's open
@@ -395,6 +396,8 @@ def model_argument(text: str, registry_names: bool) -> str:
         return text
     if found != text or Path(text).exists():  # a folder: the command's own error says what it needs
         return found
+    if takes is not None:  # `convert`: a published name is its file (which convert refuses as converted already)
+        raise ValueError(f"{text!r} is not a file: give {takes}")
     published = [w.hub_entry for w in list_pretrained()]
     if text in entries():  # a hub entry whose weights are not trained yet: "did you mean" would miss the point
         raise ValueError(f"{text} has no published weights yet (bitnetcnn models lists which do): published weights: "

@@ -69,6 +69,8 @@ class DeployedModel:
             return
         if len(shape) == len(dims) - 1:
             advice = "add the batch dimension (x[None])"
+        elif len(shape) == len(dims) - 2:
+            advice = "add the batch and channel dimensions (x[None, None] for a greyscale image)"
         elif len(shape) == len(dims) and dims[1] is not None and shape[1] != dims[1]:
             advice = (f"give {dims[1]}-channel images ({'greyscale' if dims[1] == 1 else 'RGB'}; a pretrained model's "
                       "pretrained_cfg.transforms() converts them)")
