@@ -387,3 +387,13 @@ def test_an_export_of_a_model_that_records_no_data_set_says_which_it_took_the_im
     export_command(str(path), str(tmp_path / "m.onnx"), check=8, log=said.append)
     assert any("records no data set; taking its images from cifar10, the data set of its input size and classes "
                "(give --dataset to choose)" in line for line in said), said
+
+
+def test_an_accuracy_is_a_share_of_the_test_images_not_a_float32_metric():
+    """bitnet_mnist's top-1 read 0.9962999820709229 (torchmetrics' float32, written as it came): a share of 10,000
+    images is k / 10,000, and without the count it is kept to 6 decimals."""
+    assert bitnetcnn.hub.BITNET_MNIST.top1 == 0.9963
+    assert bitnetcnn.load_checkpoint(bitnetcnn.hub.PRETRAINED_DIR / "bitnet_mnist.bnc").pretrained_cfg.top1 == 0.9963
+    assert PretrainedCfg("bitnet_cnn", top1=0.9962999820709229, top5=1.0, test_images=10_000).top1 == 0.9963
+    assert PretrainedCfg("bitnet_cnn", top1=2 / 3, test_images=1_001).top1 == 667 / 1_001
+    assert PretrainedCfg("bitnet_cnn", top1=0.12345678).top1 == 0.123457

@@ -72,6 +72,12 @@ class PretrainedCfg:
                 fix(self, name, tuple(value))
         fix(self, "training", tuple(s if isinstance(s, TrainingStep) else TrainingStep(**s) if isinstance(s, dict)
                                     else TrainingStep(str(s)) for s in self.training))
+        n = self.test_images
+        counted = isinstance(n, int) and not isinstance(n, bool) and n > 0
+        for name in ("top1", "top5"):  # a share of n images, k / n: not a float32 metric's 0.9962999820709229
+            value = getattr(self, name)
+            if isinstance(value, float) and math.isfinite(value):
+                fix(self, name, round(value * n) / n if counted else round(value, 6))
 
     def __reduce__(self):
         # the read-only kwargs view cannot be pickled itself: rebuild from plain values (pickle, copy, deepcopy)
