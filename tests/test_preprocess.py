@@ -218,6 +218,11 @@ def test_bitnetcnn_predict_names_the_digits_of_image_files(tmp_path, capsys):
     assert answered[1]["image"] == str(tmp_path / "cut.png") and set(answered[1]) == {"image", "error"}
     assert "cannot be read as an image" in answered[1]["error"]
     assert f"bitnetcnn predict: error: {tmp_path / 'cut.png'} cannot be read" in err
+    # the model forgotten: argparse said "the following arguments are required: images", not what it read
+    assert main(["predict", files[0]]) == 2
+    err = capsys.readouterr().err
+    assert f"no images given: the model comes first, then the images (bitnetcnn predict MODEL IMAGE...); " \
+           f"{files[0]!r} was read as the model" in err and err.count("\n") == 1, err
 
 
 def test_bitnetcnn_predict_says_what_it_changed_of_an_image_and_answers_as_on_its_tensor(tmp_path, capsys):

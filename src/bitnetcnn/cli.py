@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files: the top classes by name, with probabilities")
     p.add_argument("checkpoint", help="a checkpoint file, or a published weight by its hub entry name (bitnet_resnet18)")
-    p.add_argument("images", nargs="+", help="image files, any size: resized and centre-cropped to the model's input, and turned greyscale (or grey to 3 channels) as it needs; each result says what was done (resized_from, cropped, converted)")
+    p.add_argument("images", nargs="*", help="image files, any size: resized and centre-cropped to the model's input, and turned greyscale (or grey to 3 channels) as it needs; each result says what was done (resized_from, cropped, converted)")
     p.add_argument("--top", type=positive_int, default=5, help="classes to print for each image (default 5)")
 
     p = sub.add_parser("convert", help="convert a Bit model (run folder's last.ckpt or a checkpoint) to ternary")
@@ -473,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     from bitnetcnn.hub import PretrainedWeightsUnavailable, model_argument
 
     try:
+        if command == "predict" and not args.images:  # argparse would say "images are required", not what was read
+            raise ValueError(f"no images given: the model comes first, then the images (bitnetcnn predict MODEL "
+                             f"IMAGE...); {args.checkpoint!r} was read as the model")
         if command in MODEL_ARGUMENT:
             name, registry_names = MODEL_ARGUMENT[command]
             setattr(args, name, model_argument(getattr(args, name), registry_names, FILES_ONLY.get(command)))
