@@ -367,3 +367,69 @@ def test_a_builder_registered_again_replaces_itself_and_another_under_its_name_i
             register_model(elsewhere)
     finally:
         _REGISTRY.pop("my_net", None)
+
+
+def _zero_branch(norm: nn.BatchNorm2d) -> None:
+    """A residual branch that adds nothing: its last BatchNorm scales and shifts to 0."""
+    nn.init.zeros_(norm.weight)
+    nn.init.zeros_(norm.bias)
+
+
+def test_each_residual_block_adds_its_shortcut_and_the_bottleneck_strides_in_its_3x3():
+    """With its branch adding nothing, a block gives its shortcut alone (through the activation): a block that
+    dropped the shortcut gives 0 and trains as a plain deep stack. ResNet-50's stride sits in the 3x3 (v1.5, as
+    torchvision's), not in the 1x1 reduction that would drop 3/4 of the positions before it."""
+    from bitnetcnn.models.convnextv2 import Block
+    from bitnetcnn.models.quant_spec import QuantSpec
+    from bitnetcnn.models.resnet import BasicBlock, Bottleneck
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    for cls in (BasicBlock, Bottleneck):
+        block = cls(QuantSpec(), 16, 16 // cls.expansion, 1, "relu").eval()
+        last = block.conv2 if cls is BasicBlock else block.conv_expand
+        _zero_branch(last.norm)
+        torch.testing.assert_close(block(x), torch.relu(x))
+    r50 = create_model("bit_resnet50")
+    first = r50.layer2[0]
+    assert (first.conv_reduce.conv.stride, first.conv_transform.conv.stride) == ((1, 1), (2, 2))
+    block = Block(QuantSpec(), 8).eval()
+    nn.init.zeros_(block.pwconv2.weight)
+    nn.init.zeros_(block.pwconv2.bias)
+    y = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(block(y), y)
+
+
+def test_architecture_details_that_change_no_shape_a_short_test_checks():
+    """The 64-px inputs (Tiny ImageNet) keep the small-input stem (no max-pool); MobileNetV2's last layer is 1280
+    wide below width 1 (the paper's); BitNetCNN keeps the seed's dropout; ConvNeXt's last block drops paths at the
+    whole drop_path_rate, and odd maps are padded on their odd side."""
+    from bitnetcnn.models.convnextv2 import _pad_to_even
+    from bitnetcnn.models.registry import SMALL_INPUT_MAX
+
+    assert SMALL_INPUT_MAX == 64
+    assert isinstance(create_model("bit_resnet18", img_size=64).maxpool, nn.Identity)
+    assert isinstance(create_model("bit_resnet18", img_size=65).maxpool, nn.MaxPool2d)
+    assert create_model("bit_mobilenetv2", width_mult=0.5).head_conv.conv.out_channels == 1280
+    assert [m.p for m in create_model("bitnet_cnn").modules() if isinstance(m, nn.Dropout)] == [0.1]
+    convnext = create_model("bit_convnextv2", drop_path_rate=0.3)
+    rates = [b.drop_path.p for stage in convnext.stages for b in stage]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+    assert _pad_to_even(torch.zeros(1, 2, 7, 4)).shape == (1, 2, 8, 4)
+    assert _pad_to_even(torch.zeros(1, 2, 4, 7)).shape == (1, 2, 4, 8)
+
+
+def test_grn_is_convnext_v2s_global_response_normalization():
+    """GRN(x) = gamma * (x * N(x)) + beta + x, N the channel's spatial L2 norm over the mean of those norms (the
+    ConvNeXt V2 paper's equations 1-3), on channels-last input; at its start (gamma = beta = 0) the identity, which
+    is all a freshly built model shows."""
+    from bitnetcnn.models.convnextv2 import GRN
+
+    torch.manual_seed(0)
+    grn = GRN(6)
+    nn.init.normal_(grn.gamma)
+    nn.init.normal_(grn.beta)
+    x = torch.randn(2, 5, 4, 6)  # N, H, W, C
+    norms = x.pow(2).sum(dim=(1, 2), keepdim=True).sqrt()
+    expected = grn.gamma * (x * (norms / (norms.mean(dim=-1, keepdim=True) + 1e-6))) + grn.beta + x
+    torch.testing.assert_close(grn(x), expected)
