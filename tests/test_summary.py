@@ -200,3 +200,18 @@ def test_the_summary_command_builds_the_stem_of_the_larger_side_and_warns_for_we
     weights = bitnetcnn.hub.load("bitnet_mnist", pretrained=True)
     with pytest.warns(UserWarning, match=r"not the \[1, 28, 28\] these weights were trained and measured at"):
         bitnetcnn.summary(weights, (1, 32, 32), print_fn=None)
+
+
+def test_the_macs_of_every_published_architecture_equal_torchs_flop_count():
+    """The whole model against torch's own count: depthwise and grouped convolutions (MobileNetV2, ConvNeXt) divide
+    by their groups, which a ResNet or a plain stack never shows."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name, kwargs in (("bit_mobilenetv2", {}), ("bit_convnextv2", {}), ("bitnet_cnn", {})):
+        model = create_model(name, **kwargs).eval()
+        size = bitnetcnn.get_model_config(name).input_size
+        with FlopCounterMode(display=False) as flops:
+            model(torch.zeros(1, *size))
+        convs = flops.get_flop_counts()["Global"]
+        counted = sum(v for op, v in convs.items() if "convolution" in str(op) or "mm" in str(op)) // 2
+        assert bitnetcnn.summary(model, print_fn=None).macs == counted, name
