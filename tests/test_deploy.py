@@ -1,6 +1,7 @@
 """The deployment path: BN folding, int8 compile (onnxruntime), ONNX export and its refusals, the CLI commands."""
 
 import functools
+import re
 import warnings
 
 import numpy as np
@@ -587,6 +588,31 @@ def test_export_of_an_8bit_model_refuses_a_graph_that_keeps_the_top_1_but_not_th
     with pytest.raises(ValueError, match=r"the median image differs by .* nothing was written"):
         export_onnx(model, tmp_path / "m.onnx", check_inputs=x)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_checks_a_float_graph_to_99_percent_and_a_thousandth_of_the_logits_and_an_int8_one_to_95(
+        mnist_model, tmp_path, monkeypatch):
+    """The thresholds in numbers, on a check that reports them (the graph itself is the model's): a float graph at
+    98% agreement or 1% off the largest logit is refused; an int8 graph at 96% passes (near-ties of untrained
+    models), at 94% not."""
+    import bitnetcnn.deploy.export as export
+
+    models, _ = mnist_model
+    x, _ = _mnist(False, 20)
+    report = {"agreement": 1.0, "rel_diff": 0.0, "median_rel_diff": 0.0, "max_abs_diff": 0.0, "batch_sizes": [20]}
+    for int8, changes, refused in ((False, {"agreement": 0.98}, "top-1 agreement 98.00% < 99%"),
+                                   (False, {"rel_diff": 0.01}, "is 1.00% of the largest logit"),
+                                   (True, {"agreement": 0.94}, "top-1 agreement 94.00% < 95%"),
+                                   (True, {"agreement": 0.96, "rel_diff": 0.5}, None),
+                                   (False, {"agreement": 0.995, "rel_diff": 0.0009}, None)):
+        monkeypatch.setattr(export, "check_against_model", lambda *args, **kwargs: dict(report, **changes))
+        path = tmp_path / f"{int8}-{len(changes)}.onnx"
+        if refused:
+            with pytest.raises(ValueError, match=re.escape(refused)):
+                export_onnx(models["plain"], path, int8=int8, calibration=x if int8 else None, check_inputs=x)
+        else:
+            export_onnx(models["plain"], path, int8=int8, calibration=x if int8 else None, check_inputs=x)
+            assert path.exists()
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------------------
