@@ -2491,7 +2491,9 @@ def test_feature_hints_compare_standardized_maps_and_an_ensemble_averages_its_te
 
     torch.manual_seed(0)
     teacher = torch.randn(4, 8, 3, 3)
-    student = 3.0 * teacher + 5.0
+    gain = torch.tensor([3.0, 0.5, 2.0, 7.0]).view(4, 1, 1, 1)
+    offset = torch.tensor([5.0, -1.0, 0.0, 2.0]).view(4, 1, 1, 1)
+    student = gain * teacher + offset  # each sample its own (standardized across the batch, they did not match)
     assert feature_hint_loss([student], [teacher]).item() == pytest.approx(0.0, abs=1e-6)
     assert feature_hint_loss([torch.randn(4, 8, 3, 3)], [teacher]).item() > 0.5
 
