@@ -373,6 +373,8 @@ def test_act8_mobilenetv2_deploys_to_the_integers_its_converted_model_computes()
     auto = compile(model)
     assert auto.info["model_integers"] and auto.backend == "onnxruntime", auto.backend_reason
     assert "model's own" in auto.backend_reason
+    # calibrated, its ranges are the images' (not the model's integers), whatever backend it is given
+    assert not compile(model, calibration=x[:16], backend="onnxruntime").info["model_integers"]
     from bitnetcnn.deploy.backends import openvino_status
 
     if openvino_status()[0]:  # asked for by name, OpenVINO runs it, with a warning that says what it costs
@@ -1279,3 +1281,28 @@ def test_calibration_images_and_memory_are_refused_just_past_their_bounds(monkey
     check_calibration_memory(model, fits)
     with pytest.raises(ValueError, match=f"calibration on {fits + 1:,} images would keep"):
         check_calibration_memory(model, fits + 1)
+
+
+def test_a_bias_too_near_int32s_limit_for_the_sums_it_is_added_to_is_found():
+    """The room below int32's limit must hold the largest sum of products (fan-in x 255 x 64: u8 activations, weight
+    codes x 64): a bias one short of that room is sent to float, one inside it kept (in numbers, fan-in 16)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bitnetcnn.deploy.int8 import _saturated_bias_nodes
+
+    room = 2 ** 31 - 1 - 16 * 255 * 64
+
+    def graph(bias: int):
+        inits = [numpy_helper.from_array(np.array([bias], np.int32), "b_q"),
+                 numpy_helper.from_array(np.ones((1, 16, 1, 1), np.int8), "w_q"),
+                 numpy_helper.from_array(np.array(0.1, np.float32), "s")]
+        nodes = [helper.make_node("DequantizeLinear", ["b_q", "s"], ["b"]),
+                 helper.make_node("DequantizeLinear", ["w_q", "s"], ["w"]),
+                 helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 1, 1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 1])
+        return helper.make_graph(nodes, "g", [x], [y], inits)
+
+    assert _saturated_bias_nodes(graph(room)) == {"conv"}
+    assert _saturated_bias_nodes(graph(-room)) == {"conv"}
+    assert _saturated_bias_nodes(graph(room - 1)) == set()
