@@ -477,3 +477,17 @@ def test_a_ternary_flag_that_is_not_a_bool_and_a_missing_file_are_named():
     with pytest.raises(bitnetcnn.CheckpointError) as error:
         torch.hub.load(REPO, "bitnet_mnist", source="local", checkpoint_path="no/such/file.bnc")
     assert "No such file" in str(error.value) and "state dict" not in str(error.value)
+
+
+def test_an_untrained_full_precision_model_from_the_hub_comes_as_built_without_a_warning():
+    """quant="fp" has nothing to convert: the entry returns the float model itself, and says nothing of it (a
+    conversion would warn "nothing was converted" over a deep copy)."""
+    import warnings
+
+    from bitnetcnn.nn import model_form
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = hub.load("bitnet_mnist", quant="fp")
+
+    assert model_form(model) == "float" and model.model_args["quant"] == "fp"
