@@ -258,12 +258,11 @@ def _image_files(folder: Path) -> list[Path]:
 def _pictures(folder: Path) -> tuple[list[Path], list[Path]]:
     """``(read, unread)``: :func:`_image_files`, and in the same walk the pictures of other extensions than
     ImageFolder's (.gif, .heic, .jfif, .avif), which it leaves out."""
-    from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     if not folder.is_dir():
         return [], []
-    found, unread, seen = [], [], set()
+    found, unread, seen, other = [], [], set(), _unread_suffixes()
     # os.walk following links as ImageFolder does (Path.rglob skips linked subfolders before Python 3.13), each real
     # folder once: a link back up the tree would loop
     for here, folders, files in os.walk(folder, followlinks=True):
@@ -279,20 +278,24 @@ def _pictures(folder: Path) -> tuple[list[Path], list[Path]]:
                 continue
             if suffix in IMG_EXTENSIONS:
                 found += [path] if path.is_file() else []  # not a dangling link
-            elif suffix in _OTHER_PICTURES or suffix in Image.registered_extensions():
+            elif suffix in other:
                 unread.append(path)
     return sorted(found), sorted(unread)
 
 
-_OTHER_PICTURES = (".heic", ".heif", ".avif", ".jfif")  # pictures Pillow may not register, ImageFolder never reads
+def _unread_suffixes() -> set[str]:
+    """The extensions of pictures: every one Pillow registers and the phones' it may not (.heic, .avif). Inside a
+    class folder those beyond ImageFolder's (checked first) are left out; beside the class folders, all are."""
+    from PIL import Image
+
+    return {".heic", ".heif", ".avif", ".jfif", *Image.registered_extensions()}
 
 
 def _beside_class_folders(split_dir: Path) -> list[Path]:
     """Pictures lying in a split's folder itself, beside its class folders: no class's images."""
-    from PIL import Image
-
-    return [p for p in sorted(split_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
-            and (p.suffix.lower() in _OTHER_PICTURES or p.suffix.lower() in Image.registered_extensions())]
+    other = _unread_suffixes()
+    return [p for p in sorted(split_dir.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in other]
 
 
 def _class_folders(folder: Path) -> list[str]:

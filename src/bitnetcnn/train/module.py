@@ -20,7 +20,7 @@ from bitnetcnn.nn import convert_to_ternary, model_form
 from bitnetcnn.train.distill import distillation_loss, feature_hint_loss
 from bitnetcnn.train.epoch_means import CHECKPOINT_KEY as EPOCH_SUMS_KEY
 from bitnetcnn.train.epoch_means import EpochMeans
-from bitnetcnn.train.schedule import DEFAULT_LR, param_groups, warmup_cosine
+from bitnetcnn.train.schedule import param_groups, peak_lr, warmup_cosine
 from bitnetcnn.train.run_folder import IMAGES_KEY, PROCESSES_KEY, TEACHER_KEY
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 
@@ -182,7 +182,7 @@ class BitClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        lr = hp.lr if hp.lr is not None else DEFAULT_LR.get(hp.optimizer)
+        lr = peak_lr(hp.lr, hp.optimizer)
         groups = param_groups(self.model, hp.weight_decay)
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, nesterov=hp.momentum > 0)  # plain SGD at 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from bitnetcnn.atomic import write_atomically
+from bitnetcnn.train.schedule import peak_lr
 from bitnetcnn.train.settings import SettingsError, TrainSettings
 
 
@@ -40,11 +41,7 @@ RESUME_MAY_CHANGE = frozenset({"out", "progress", "data_dir", "accelerator", "de
 def _as_run(name: str, saved: TrainSettings):
     """A saved setting as the run used it: ``lr`` None is its optimizer's default rate (``--resume --lr 0.01`` of an
     AdamW run started without --lr repeats it, and is not a change)."""
-    if name == "lr" and saved.lr is None:
-        from bitnetcnn.train.schedule import DEFAULT_LR
-
-        return DEFAULT_LR.get(saved.optimizer)
-    return getattr(saved, name)
+    return peak_lr(saved.lr, saved.optimizer) if name == "lr" else getattr(saved, name)
 
 
 def read_run_record(path: Path) -> dict:

@@ -170,7 +170,7 @@ class RunRecorder(L.Callback):
         values = {**pl_module.train_epoch_means(), **values}  # the epoch's every batch, those before a resume too
         stop_if_diverged(trainer, pl_module, values["train_loss"])
         if validated:
-            figures = {k: v for k, v in values.items() if v is not None and not k.startswith("train_")}
+            figures = {k: v for k, v in values.items() if v is not None and k not in TRAIN_COLUMNS}
             self._last_validation = {"step": trainer.global_step, **figures}
         if trainer.is_global_zero:
             row = {"epoch": trainer.current_epoch, "step": trainer.global_step,

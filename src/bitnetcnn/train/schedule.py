@@ -12,6 +12,11 @@ from torch import Tensor, nn
 DEFAULT_LR = {"adamw": 1e-2, "sgd": 0.1}
 
 
+def peak_lr(lr: float | None, optimizer: str) -> float | None:
+    """The peak rate a run trains at: ``lr``, or where none was given (None) its optimizer's default."""
+    return lr if lr is not None else DEFAULT_LR.get(optimizer)
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_factor: float = 0.0) -> float:
     """Factor of the base learning rate: linear warm-up, then a cosine down to ``min_factor``."""
     if warmup_steps and step < warmup_steps:
