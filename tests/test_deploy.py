@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bitnetcnn import TernaryConv2d, TernaryLinear, convert_to_ternary, create_model
+from bitnetcnn import TernaryConv2d, TernaryLinear, bitify, convert_to_ternary, create_model
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -133,17 +133,19 @@ def test_fold_flips_codes_for_negative_gamma():
 def test_the_graph_input_is_quantized_only_on_the_models_own_grid(mnist_model):
     """A calibrated graph reads the normalized image in float (its first convolution runs in float): a u8 grid
     measured on it would round every pixel a second time. A model whose first layer has an 8-bit quantizer reads it
-    on that quantizer's grid, as the converted model does."""
+    on that quantizer's grid, clamped at -127 steps first, as the converted model does."""
     from bitnetcnn.deploy.compile import to_onnx_graph
     from bitnetcnn.deploy.onnx_graph import INPUT_NAME
 
     models, calib = mnist_model
 
-    def readers(graph):
-        return sorted(n.op_type for n in graph.graph.node if INPUT_NAME in n.input)
+    def readers(graph, tensor=INPUT_NAME):
+        return sorted((n.op_type, n.output[0]) for n in graph.graph.node if tensor in n.input)
 
-    assert readers(to_onnx_graph(models["plain"], calib)[0]) == ["Conv"]
-    assert readers(to_onnx_graph(models["act8"])[0]) == ["QuantizeLinear"]
+    assert [op for op, _ in readers(to_onnx_graph(models["plain"], calib)[0])] == ["Conv"]
+    graph = to_onnx_graph(models["act8"])[0]
+    (clip, clamped), = readers(graph)
+    assert clip == "Clip" and [op for op, _ in readers(graph, clamped)] == ["QuantizeLinear"]
 
 
 # --- compile: agreement with the converted model ------------------------------------------------------------------------
@@ -925,8 +927,6 @@ def test_a_bitified_torchvision_resnet_folds_its_batchnorms_and_deploys_in_int8(
     with "the exported weight is not codes * scale". Pairs now come from the forward's data flow too (torch.fx)."""
     import torchvision
 
-    from bitnetcnn import bitify
-
     torch.manual_seed(0)
     model = bitify(torchvision.models.resnet18(num_classes=10))
     with torch.no_grad():
@@ -973,7 +973,7 @@ def test_a_layer_used_twice_is_not_folded_and_deploys_as_the_model_computes(make
     """Both BatchNorms were folded into the shared convolution (43% of the largest logit off, no word); a shared
     BatchNorm became nn.Identity after its first pair and the second failed ("'Identity' object has no attribute
     'num_features'")."""
-    from bitnetcnn import bitify
+
 
     torch.manual_seed(0)
     model = make()
@@ -992,7 +992,7 @@ def test_a_layer_used_twice_is_not_folded_and_deploys_as_the_model_computes(make
 def test_a_ternary_layer_used_twice_deploys_in_int8():
     """A layer registered under two names: the exporter names its one weight after the second, and int8 compilation
     refused it ("layer '2' was not found in the exported ONNX graph")."""
-    from bitnetcnn import bitify
+
 
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 8, 3, padding=1)
@@ -1020,7 +1020,7 @@ def test_an_8_bit_activation_model_folds_the_batchnorm_after_an_attribute_convol
     """torch.fx stepped into the TernaryLinear (its forward branches on its input) and the whole trace failed: no
     BatchNorm was folded, and int8 compile refused the model (a bitified torchvision ResNet-18 too) with "the
     exported weight is not codes * scale"."""
-    from bitnetcnn import bitify
+
 
     torch.manual_seed(0)
     bit = bitify(_AttributeLayers(), act_bits=8).train()
@@ -1038,7 +1038,7 @@ def test_an_8_bit_activation_model_folds_the_batchnorm_after_an_attribute_convol
 def test_a_batchnorm_that_cannot_be_folded_is_named_when_int8_compile_refuses_the_model():
     """A BatchNorm1d after a Linear is left unfolded, and the ONNX optimizer merges it into the ternary weight: the
     refusal said only "the exported weight is not codes * scale"."""
-    from bitnetcnn import bitify
+
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16),
@@ -1306,3 +1306,22 @@ def test_a_bias_too_near_int32s_limit_for_the_sums_it_is_added_to_is_found():
     assert _saturated_bias_nodes(graph(room)) == {"conv"}
     assert _saturated_bias_nodes(graph(-room)) == {"conv"}
     assert _saturated_bias_nodes(graph(room - 1)) == set()
+
+
+def test_an_8_bit_input_below_minus_127_steps_clamps_there_in_the_int8_graph_as_in_the_model():
+    """u8 with zero point 128 holds -128..127 steps; the model's symmetric quantizer clamps at +-127. A tensor that
+    can be negative (here the image, read by an 8-bit linear layer) is clamped at -127 steps before its grid:
+    without it an input past the running range by more than half a step on the negative side lands one step
+    further than the model puts it."""
+    torch.manual_seed(0)
+    bit = bitify(nn.Sequential(nn.Flatten(), nn.Linear(4, 4)), act_bits=8)
+    bit.train()
+    bit(torch.randn(64, 1, 2, 2))
+    model = convert_to_ternary(bit.eval())
+    step = model[1].act_quant.running_scale.item()
+    x = torch.zeros(3, 1, 2, 2)
+    x[1, 0, 0, 0], x[2, 0, 0, 0] = 200 * step, -200 * step
+    deployed = compile(model, input_size=(1, 2, 2), backend="onnxruntime")
+    assert deployed.info["model_integers"]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(deployed(x)), model(x), rtol=0, atol=1e-6)

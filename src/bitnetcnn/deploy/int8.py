@@ -7,7 +7,8 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
   int8 weight tensor holds exactly the codes -1, 0, +1 times 64 (checked: the exported float weight must equal
   ``codes * scale`` bit for bit; see ``CODE_GAIN`` for why 64 and not 1).
 - **activations at a layer's input**: where the layer has an 8-bit ``ActQuantizer``, its ``running_scale`` is the
-  scale (the same grid as the fake-quantized model; zero point 128, a symmetric grid like the model's); likewise a
+  scale (the same grid as the fake-quantized model; zero point 128, a symmetric grid like the model's, clamped at
+  -127 steps before it where the tensor can be negative); likewise a
   residual branch's output where its ``ConvNormAct`` has an 8-bit ``out_quant``.
 - **every other activation** (a convolution's output before a residual add or a SiLU, a sigmoid): from calibration
   batches when given; without them, derived from the model: the sigmoid's output range is [0, 1]; any other
@@ -43,6 +44,7 @@ from bitnetcnn.deploy.onnx_graph import INPUT_NAME, weight_nodes
 from bitnetcnn.messages import few
 from bitnetcnn.nn import TERNARY_LAYERS
 from bitnetcnn.nn.act_quant import int8_scale
+from bitnetcnn.quant.activation import act_qmax
 from bitnetcnn.quant.integer import CODE_GAIN
 from bitnetcnn.quiet import quiet_loggers
 
@@ -205,6 +207,31 @@ def _activation_overrides(grids: Dict[str, List[float]]) -> Dict[str, Tuple[floa
     return {t: (max(s), U8_MID) for t, s in grids.items()}
 
 
+def _clamp_below(graph, acts: Dict[str, Tuple[float, int]]) -> Dict[str, Tuple[float, int]]:
+    """``acts`` with a Clip at -127 steps (in ``graph``, changed in place) before each grid of the model's on a
+    tensor that can be negative, on the same grid. u8 with zero point 128 holds -128..127 steps where the model's
+    quantizer clamps at +-127: an input past the running range on the negative side landed a step further."""
+    from onnx import helper, numpy_helper
+
+    producer, consumers = _graph_maps(graph)
+    zeros = _zero_constants(graph)
+    result, clips = dict(acts), {}
+    for t, (scale, zp) in acts.items():
+        if zp != U8_MID or _is_nonnegative_output(producer.get(t), zeros):
+            continue
+        clamped, bound = f"{t}_clamped", f"{t}_clamp_min"
+        graph.initializer.append(numpy_helper.from_array(np.array(-act_qmax(8) * scale, np.float32), bound))
+        for node in consumers.get(t, []):
+            node.input[:] = [clamped if name == t else name for name in node.input]
+        clips.setdefault(id(producer.get(t)), []).append(helper.make_node("Clip", [t, bound], [clamped],
+                                                                          name=f"{t}_Clip"))
+        result[clamped] = (scale, zp)
+    nodes = clips.pop(id(None), []) + [m for n in graph.node for m in (n, *clips.get(id(n), []))]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return result
+
+
 def _quantizer_grids(graph, model: nn.Module) -> Dict[str, List[float]]:
     """``{tensor: [scale of each 8-bit quantizer of it]}``: a layer's input, a residual branch's output."""
     nodes = weight_nodes(graph)
@@ -334,9 +361,9 @@ class _Batches:
         self._it = iter(self._batches)
 
 
-def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.ndarray]] = None,
+def quantize_int8(original, folded: nn.Module, calibration: Optional[List[np.ndarray]] = None,
                   method: str = DEFAULT_CALIBRATION):
-    """The QDQ int8 ``onnx.ModelProto`` of ``float_model`` (the export of ``folded`` without its quantizers).
+    """The QDQ int8 ``onnx.ModelProto`` of ``original`` (the float export of ``folded`` without its quantizers).
 
     ``calibration``: float32 input batches for the ranges the model does not fix itself; None derives them from the
     model's 8-bit activation quantizers (an error when it has none or they leave a range open).
@@ -345,9 +372,11 @@ def quantize_int8(float_model, folded: nn.Module, calibration: Optional[List[np.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     act_type, weight_type = _int8_types()
+    float_model = onnx.ModelProto()
+    float_model.CopyFrom(original)  # _clamp_below adds to its graph: the caller's stays as exported
     graph = float_model.graph
     overrides: Dict[str, list] = _weight_overrides(graph, folded)
-    acts = _activation_overrides(_quantizer_grids(graph, folded))
+    acts = _clamp_below(graph, _activation_overrides(_quantizer_grids(graph, folded)))
     own_input_grid = INPUT_NAME in acts
     float_nodes = _pooled_tail(graph)
     if calibration is None:
