@@ -22,7 +22,8 @@ def foldable_bn(module: Optional[nn.Module]) -> bool:
 
 def conv_bn_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
     """``(parent, conv name, bn name)`` for every foldable BatchNorm2d that directly follows another module of the
-    same parent: in an ``nn.Sequential`` (``ConvNormAct``, ``nn.Sequential(conv, bn, ...)``), or by the data flow of
+    same parent: in an ``nn.Sequential`` that runs its modules in order (``ConvNormAct``, ``nn.Sequential(conv, bn,
+    ...)``; not a subclass with a forward of its own, which may take another order), or by the data flow of
     the model's forward where torch.fx traces it (torchvision's ``BasicBlock`` keeps ``conv1`` and ``bn1`` as
     attributes; unfolded, its ternary weights could not be deployed in int8), the first module's output read by the
     BatchNorm alone. The caller checks the first.
@@ -34,8 +35,8 @@ def conv_bn_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
     uses = _uses(model, graph)
     seen = set()
     for parent in list(model.modules()):
-        if not isinstance(parent, nn.Sequential):
-            continue
+        if not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward:
+            continue  # a subclass with a forward of its own: its data flow (below) says which module feeds which
         names = list(parent._modules)
         for first, second in zip(names, names[1:]):
             if foldable_bn(parent._modules[second]):
