@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.nn.act_quant import int8_scale
-from bitnetcnn.nn.batchnorm import conv_bn_pairs, fold_ternary_affine
+from bitnetcnn.nn.batchnorm import bn_factors, conv_bn_pairs, fold_ternary_affine
 from bitnetcnn.nn.ternary import TERNARY_LAYERS, TernaryConv2d
 from bitnetcnn.quant.integer import int32_bias_step, snap_to_grid
 
@@ -28,7 +28,8 @@ from bitnetcnn.quant.integer import int32_bias_step, snap_to_grid
 def snap_biases_to_int32_grid(model: nn.Module) -> int:
     """Move the biases of ``model``'s ternary layers with 8-bit inputs onto the int32 grid an int8 runtime gives
     them, in place; returns how many layers moved. A BatchNorm after a convolution (which deployment folds into it)
-    takes the move in its ``bias``, so that the folded bias lands on the folded layer's grid."""
+    takes the move in its ``bias`` (its running mean where it has none), so that the folded bias lands on the folded
+    layer's grid."""
     followed = set()
     count = 0
     for parent, first, second in conv_bn_pairs(model):
@@ -37,11 +38,15 @@ def snap_biases_to_int32_grid(model: nn.Module) -> int:
         if not isinstance(conv, TernaryConv2d) or not scale or conv.out_channels != bn.num_features:
             continue  # not a pair deploy.fold_batchnorm folds, or no 8-bit input
         followed.add(id(conv))  # its own bias is not the one deployment uses: the folded one is
-        if bn.bias is None or _half(bn.bias):  # no shift to move, or none that can hold the grid
+        if _half(bn.running_mean if bn.bias is None else bn.bias):  # none that can hold the grid
             continue
         folded_scale, bias, _ = fold_ternary_affine(conv.channel_scale(), conv.bias, bn)  # as deployment folds
         moved = snap_to_grid(bias, int32_bias_step(torch.tensor(scale), folded_scale)) - bias
-        bn.bias.copy_((bn.bias.double() + moved.to(bn.bias.device)).to(bn.bias.dtype))
+        if bn.bias is not None:
+            bn.bias.copy_((bn.bias.double() + moved.to(bn.bias.device)).to(bn.bias.dtype))
+        else:  # affine=False: the folded shift is -mean * f, so the mean takes the move
+            f, _ = bn_factors(bn)
+            bn.running_mean.copy_((bn.running_mean.double() - moved.to(f.device) / f).to(bn.running_mean.dtype))
         count += 1
     for layer in model.modules():
         if isinstance(layer, TERNARY_LAYERS) and id(layer) not in followed and layer.bias is not None:
