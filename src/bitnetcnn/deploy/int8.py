@@ -511,13 +511,14 @@ def _folded_activation(model, spec: Optional[dict], tensor: str, output: str) ->
 
 
 def _float_convolution_outputs(model, float_nodes: set):
-    """Drop the Q/DQ pair on a convolution output that only feeds ``float_nodes`` (the pooled tail, which
-    ``quantize_static`` leaves in float but whose convolution input it still requantizes). That convolution then
-    runs in float on int8-exact inputs and weights."""
+    """Drop the Q/DQ pair on a convolution's (or a token linear layer's MatMul's) output that only feeds
+    ``float_nodes`` (the pooled tail, which ``quantize_static`` leaves in float but whose input it still
+    requantizes, on the placeholder image's range where no calibration is given). That layer then runs in float on
+    int8-exact inputs and weights."""
     producer, consumers = _graph_maps(model.graph)
     tensors = set()
     for q in model.graph.node:
-        if q.op_type != "QuantizeLinear" or getattr(producer.get(q.input[0]), "op_type", None) != "Conv":
+        if q.op_type != "QuantizeLinear" or getattr(producer.get(q.input[0]), "op_type", None) not in ("Conv", "MatMul"):
             continue
         dqs = consumers.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
