@@ -526,6 +526,18 @@ def test_refuses_layers_it_cannot_map(tmp_path):
         export_onnx(model, tmp_path / "m.onnx")
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_refuses_a_batchnorm_without_running_statistics(int8):
+    """Such a BatchNorm normalizes each batch by its own statistics in eval mode: an image's output depended on the
+    images beside it, in the converted and the deployed model alike, without a word (export failed on a "dynamic
+    batch axis" instead)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, track_running_stats=False), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+    model = convert_to_ternary(bitify(model, act_bits=8 if int8 else None)).eval()
+    with pytest.raises(NotDeployableError, match=r"BatchNorm '1' keeps no running statistics"):
+        compile(model, torch.randn(8, 3, 8, 8), input_size=(3, 8, 8), int8=int8)
+
+
 def test_refuses_4bit_activations_for_int8(tmp_path):
     model = convert_to_ternary(create_model("bitnet_cnn", width=8, act_bits=4)).eval()
     with pytest.raises(NotDeployableError, match="4 bits"):

@@ -37,8 +37,9 @@ def check_deployable(model: nn.Module, int8: bool = False) -> None:
     """Raise :class:`NotDeployableError` unless ``model`` is a converted model that the deploy path can map.
 
     Refused: a model with Bit layers (the training form), one without any ternary layer, a layer of a kind the
-    exporter does not know, and, for ``int8``, activation quantizers other than 8 bits (an int8 tensor cannot hold a
-    4-bit grid's clamping exactly, so the deployed model would not compute what the model does).
+    exporter does not know, a BatchNorm without running statistics (its eval output depends on the batch), and, for
+    ``int8``, activation quantizers other than 8 bits (an int8 tensor cannot hold a 4-bit grid's clamping exactly,
+    so the deployed model would not compute what the model does).
     """
     if not isinstance(model, nn.Module):
         raise NotDeployableError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -65,6 +66,13 @@ def check_deployable(model: nn.Module, int8: bool = False) -> None:
             "exporter knows torch.nn's standard layers, bitnetcnn's ternary layers and architectures. Replace it by "
             "standard layers, or keep it out of the deployed part of the model."
         )
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            raise NotDeployableError(
+                f"BatchNorm {name!r} keeps no running statistics (track_running_stats=False), so in eval mode it "
+                "normalizes each batch by that batch's own mean and variance: an image's output would depend on the "
+                "images beside it. Train the model with track_running_stats=True BatchNorms to deploy it."
+            )
     if int8:
         for name, m in model.named_modules():
             if isinstance(m, ActQuantizer) and m.bits != 8:
