@@ -651,3 +651,14 @@ def test_imagefolder_takes_a_class_folder_spelt_in_another_unicode_form_as_the_s
     _image_tree(tmp_path, {nfc: 1, "tea": 1}, "val")
     test = get_dataset_spec("imagefolder", 8).read(tmp_path, False)
     assert test.labels.tolist() == [0, 1] and test.class_names == (nfd, "tea")
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_two_class_folders_whose_names_differ_only_in_unicode_form_are_refused(tmp_path, split):
+    """"café" twice, once precomposed (NFC) and once as copied from a Mac (NFD): both became classes, both read
+    the one folder matched by the NFC form, and the other folder's images were never read, without a word."""
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    _image_tree(tmp_path, {nfc: 2, "tea": 2, **({nfd: 2} if split == "train" else {})}, "train")
+    _image_tree(tmp_path, {nfc: 1, "tea": 1, **({nfd: 1} if split == "val" else {})}, "val")
+    with pytest.raises(ValueError, match=r"differ only in their Unicode form.*'cafe\\u0301'.*'caf\\xe9'"):
+        get_dataset_spec("imagefolder", 8).read(tmp_path, split == "train")

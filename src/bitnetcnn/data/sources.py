@@ -299,8 +299,19 @@ def _beside_class_folders(split_dir: Path) -> list[Path]:
 
 
 def _class_folders(folder: Path) -> list[str]:
-    """The class folders of an image-folder split, sorted; hidden ones (``.ipynb_checkpoints``) are not classes."""
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The class folders of an image-folder split, sorted; hidden ones (``.ipynb_checkpoints``) are not classes.
+    Two whose names differ only in their Unicode form (NFC and NFD "café") are refused: classes are matched across
+    the splits by that form, so both would read one folder."""
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    forms: dict[str, list[str]] = {}
+    for name in names:
+        forms.setdefault(unicodedata.normalize("NFC", name), []).append(name)
+    alike = next((spellings for spellings in forms.values() if len(spellings) > 1), None)
+    if alike:
+        raise ValueError(f"{folder} has class folders whose names differ only in their Unicode form "
+                         f"({' and '.join(map(ascii, alike))}): they print alike and would be read as one class; "
+                         "merge them into one folder or rename one")
+    return names
 
 
 def imagefolder_reader(size: int, channels: int = 3,
