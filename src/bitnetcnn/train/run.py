@@ -67,7 +67,8 @@ def _cpu_has_bf16() -> bool:
 
 def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path: str, spec) -> torch.nn.Module:
     """A teacher that knows the student's classes and sees its inputs as it was trained to: the student's batches,
-    normalized with its data set's statistics (``spec``), at its size."""
+    normalized with its data set's statistics (``spec``), at its size. A teacher whose file records none of these
+    gets a note that says what it must have been trained on."""
     classes = teacher.model_args.get("num_classes") if hasattr(teacher, "model_args") else None
     if classes is not None and classes != num_classes:
         raise SettingsError(f"teacher {path} predicts {classes} classes but the student has {num_classes}: "
@@ -84,6 +85,10 @@ def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path
         differ = [f"{i}: {a} / {b}" for i, (a, b) in enumerate(zip(cfg.class_names, class_names)) if a != b]
         raise SettingsError(f"teacher {path} names its classes otherwise than this data set ({few(differ, 3)}): "
                             "its labels would teach the wrong classes")
+    if cfg is None:  # a seed checkpoint, a file saved without metadata: fed the wrong inputs, it teaches noise
+        print(f"note: teacher {path} records no input size, normalization nor class names, so none could be checked: "
+              f"it must have been trained on {spec.name}'s classes at {list(size)}, normalized with mean "
+              f"{list(spec.mean)} and std {list(spec.std)}, as this run feeds it", file=sys.stderr)
     if model_form(teacher) == "bit":
         print(f"note: teacher {path} is itself a Bit model; a full-precision teacher (--quant fp) usually helps more",
               file=sys.stderr)
