@@ -1989,6 +1989,24 @@ def test_init_on_other_classes_loads_every_layer_but_a_fresh_classifier(tmp_path
                             data_dir=str(tmp_path / "none")))
 
 
+def test_a_fine_tune_of_a_named_data_set_takes_the_init_files_normalization_and_says_so(tmp_path, capsys):
+    """A file trained with mean 0.5 fine-tuned on mnist_demo was fed MNIST's statistics without a word (an image
+    folder's fine-tune took the file's, with a note); a file trained on the data set's own gives no note."""
+    from bitnetcnn.train.run import _init_normalization
+
+    model = bitnetcnn.create_model("bitnet_cnn", in_chans=1, width=8)
+    for name, mean, std in (("half.bnc", [0.5], [0.5]), ("own.bnc", [0.1307], [0.3081])):
+        bitnetcnn.save_checkpoint(model, tmp_path / name, {"mean": mean, "std": std, "input_size": [1, 28, 28]})
+    s = _init_normalization(TrainSettings(init=str(tmp_path / "half.bnc"), **QUICK))
+    assert (s.mean, s.std) == ([0.5], [0.5])
+    assert ("was trained on inputs normalized with mean [0.5] and std [0.5]: this run's images are normalized so "
+            "too, not with mnist_demo's [0.1307] and [0.3081]") in capsys.readouterr().err
+    s = _init_normalization(TrainSettings(init=str(tmp_path / "own.bnc"), **QUICK))
+    assert (s.mean, s.std) == (None, None) and capsys.readouterr().err == ""
+    s = _init_normalization(TrainSettings(init=str(tmp_path / "half.bnc"), mean=[0.2], std=[0.3], **QUICK))
+    assert (s.mean, s.std) == ([0.2], [0.3])
+
+
 def test_a_greyscale_image_folder_fine_tunes_a_one_channel_model_and_evaluates(tmp_path):
     """Image folders were always read as RGB, so a one-channel weight (the MNIST models) could not be fine-tuned on
     greyscale pictures: --img-channels 1 reads them as one channel, and eval and deployment read them alike."""

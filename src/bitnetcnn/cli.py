@@ -140,8 +140,8 @@ def _add_train(sub) -> None:
     a("--zoom", type=float, help="random scaling by 1 +- ZOOM on training batches (default: the data set's)")
     a("--elastic", type=float, metavar="ALPHA", help="elastic distortion of strength ALPHA pixels (Gaussian sigma 4) "
       "on training batches (MNIST: 34; default: off)")
-    a("--mean", type=float, nargs="+", help="input normalization, a value a channel (default: the data set's; an "
-      "image folder fine-tuned with --init takes the file's)")
+    a("--mean", type=float, nargs="+", help="input normalization, a value a channel (default: the data set's; a "
+      "fine-tune (--init) takes the file's)")
     a("--std", type=float, nargs="+", help="input normalization's std, a value a channel (default: as --mean)")
     a("--hflip", action=argparse.BooleanOptionalAction, help="random horizontal flips of training images "
       "(default: the data set's: on for pictures and image folders, off for digits; --no-hflip for text, digits, "

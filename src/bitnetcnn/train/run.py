@@ -365,19 +365,24 @@ def train(s: TrainSettings, resume: bool = False, command: Optional[str] = None,
 
 
 def _init_normalization(s: TrainSettings) -> TrainSettings:
-    """An image folder fine-tuned with ``--init`` normalizes its pictures as the file's model was trained to see them
-    (as timm takes a pretrained model's mean and std), unless ``--mean``/``--std`` say otherwise: with the folder's
-    generic statistics the published MNIST model scored 26% on digits it scores 100% on with its own, and the
-    fine-tune would first spend epochs relearning its input. args.json records them, so a resume keeps them."""
-    if s.dataset != "imagefolder" or not s.init or s.mean is not None or s.std is not None:
+    """A fine-tune (``--init``) normalizes its images as the file's model was trained to see them (as timm takes a
+    pretrained model's mean and std), unless ``--mean``/``--std`` say otherwise: an image folder's generic
+    statistics had the published MNIST model score 26% on digits it scores 100% on with its own, and the fine-tune
+    would first spend epochs relearning its input (a named data set's own statistics too, for a file trained with
+    others). args.json records them, so a resume keeps them."""
+    if not s.init or s.mean is not None or s.std is not None:
         return s
-    recorded = init_normalization(s.init, s.img_channels)
-    if recorded is None:
-        return s
+    spec = (get_dataset_spec("imagefolder", s.img_size, in_chans=s.img_channels) if s.dataset == "imagefolder"
+            else get_dataset_spec(s.dataset))
+    recorded = init_normalization(s.init, spec.in_chans)
+    if recorded is None or all(round(a, 4) == round(b, 4) for a, b in zip((*recorded[0], *recorded[1]),
+                                                                          (*spec.mean, *spec.std))):
+        return s  # none recorded, or the data set's own
     mean, std = recorded
     if first_process():
-        print(f"note: --init {s.init} was trained on inputs normalized with mean {mean} and std {std}: the image "
-              "folder's pictures are normalized so too (--mean/--std say otherwise)", file=sys.stderr)
+        print(f"note: --init {s.init} was trained on inputs normalized with mean {mean} and std {std}: this run's "
+              f"images are normalized so too, not with {s.dataset}'s {list(spec.mean)} and {list(spec.std)} "
+              "(--mean/--std say otherwise)", file=sys.stderr)
     return replace(s, mean=mean, std=std)
 
 

@@ -83,8 +83,8 @@ class TrainSettings:
     num_classes: Optional[int] = None
     img_size: int = 64  # for imagefolder only
     img_channels: int = 3  # for imagefolder only: 3 reads pictures as RGB, 1 as greyscale
-    mean: Optional[list[float]] = None  # input normalization, one value a channel; None: the data set's (an image
-    std: Optional[list[float]] = None  # folder fine-tuned with --init: the init file's, see run._init_normalization)
+    mean: Optional[list[float]] = None  # input normalization, one value a channel; None: the data set's (a fine-tune,
+    std: Optional[list[float]] = None  # --init: the file's, see run._init_normalization)
     eval_ternary: bool = True
     val_every: int = 1  # validate every N epochs (and always the last): validation costs a GPU epoch a second
     compile: bool = False  # torch.compile the training forward (fuses the fake quantization's elementwise ops)
