@@ -821,7 +821,11 @@ def test_a_run_says_what_its_figures_measured_and_a_bit_model_is_not_called_tern
     capsys.readouterr()
     results = train(TrainSettings(out=str(tmp_path / "bit"), epochs=1, eval_ternary=False, **QUICK))
     assert results["best_ternary_acc"] is None and results["best_float_acc"] is not None
-    assert "best Bit-model test accuracy on 128 test images (--limit-eval)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "best Bit-model test accuracy on 128 test images (--limit-eval)" in out
+    # the file holds that Bit model: the line naming it said "ternary model"
+    assert f"Bit model (not converted: `bitnetcnn convert` it): {tmp_path / 'bit' / 'best_ternary.bnc'}" in out
+    assert "ternary model:" not in out
 
 
 def test_an_image_folders_size_reaches_the_model(tmp_path):

@@ -462,5 +462,7 @@ def _print_outcome(s: TrainSettings, out: Path, results: dict, recorder: RunReco
     elif results.get("best_float_acc") is not None:  # --no-eval-ternary: the Bit model was scored, and kept
         print(f"best Bit-model test accuracy{on}: {100 * results['best_float_acc']:.2f}% (--no-eval-ternary: "
               "the converted model was not evaluated)")
-    print(f"{'full-precision' if s.quant == 'fp' else 'ternary'} model: {out / recorder.model_path.name}")
+    kind = ("full-precision model" if s.quant == "fp" else "ternary model" if s.eval_ternary else
+            "Bit model (not converted: `bitnetcnn convert` it)")
+    print(f"{kind}: {out / recorder.model_path.name}")
     print(f"plot: {recorder.plot_path}\nmetrics: {recorder.csv_path}\nresults: {out / 'results.json'}")
