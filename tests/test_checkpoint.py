@@ -745,3 +745,24 @@ def test_a_file_load_checkpoint_would_refuse_as_a_decode_bomb_is_not_written(tmp
     bitnetcnn.save_checkpoint(model, tmp_path / "z.bnc")
     assert not any(m.codes().any() for m in bitnetcnn.load_checkpoint(tmp_path / "z.bnc").modules()
                    if isinstance(m, (TernaryConv2d, TernaryLinear)))
+
+
+def test_a_file_whose_entries_deflate_past_the_readers_bomb_ratio_is_written_so_that_it_loads(tmp_path):
+    """3 MB of repetitive metadata (or a zeroed float model's tensors) deflate over 32:1, which load_checkpoint
+    refuses as a decompression bomb: save_checkpoint wrote such a file, which then never loaded. Those entries are
+    stored uncompressed; the others stay deflated."""
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8).eval())
+    path = bitnetcnn.save_checkpoint(model, tmp_path / "notes.bnc", metadata={"notes": "a" * 3_000_000})
+    assert bitnetcnn.load_checkpoint(path).checkpoint_header["metadata"]["notes"] == "a" * 3_000_000
+    with zipfile.ZipFile(path) as z:
+        kinds = {i.filename: i.compress_type for i in z.infolist()}
+    assert kinds == {HEADER_NAME: zipfile.ZIP_STORED, TENSORS_NAME: zipfile.ZIP_DEFLATED}
+    zeros = create_model("bitnet_cnn", quant="fp", width=64)
+    with torch.no_grad():
+        for p in zeros.parameters():
+            p.zero_()
+    path = bitnetcnn.save_checkpoint(zeros, tmp_path / "zeros.bnc")
+    loaded = bitnetcnn.load_checkpoint(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), zeros.state_dict().values()))
+    with zipfile.ZipFile(path) as z:
+        assert z.getinfo(TENSORS_NAME).compress_type == zipfile.ZIP_STORED

@@ -52,12 +52,18 @@ def _mb(n: int) -> str:
     return f"{n:,} bytes" if n < 1 << 20 else f"{n / (1 << 20):,.1f} MiB"
 
 
+def deflated_past_ratio(info: zipfile.ZipInfo) -> bool:
+    """Whether a zip entry inflates more than any checkpoint's does (a decompression bomb; ``save_checkpoint``
+    stores such an entry uncompressed)."""
+    return info.file_size > info.compress_size * MAX_DEFLATE_RATIO + RATIO_SLACK
+
+
 def check_inflated_size(path, info: zipfile.ZipInfo, limit: int) -> None:
     """Refuse a zip entry whose declared size exceeds ``limit`` or what its compressed bytes can plausibly give."""
     if info.file_size > limit:
         raise CheckpointError(path, f"zip entry {info.filename!r} declares {_mb(info.file_size)}, more than the "
                               f"{_mb(limit)} a checkpoint's {info.filename!r} may have: the file is damaged or crafted")
-    if info.file_size > info.compress_size * MAX_DEFLATE_RATIO + RATIO_SLACK:
+    if deflated_past_ratio(info):
         raise CheckpointError(path, f"zip entry {info.filename!r} declares {_mb(info.file_size)} from "
                               f"{_mb(info.compress_size)} compressed (over {MAX_DEFLATE_RATIO}:1; real checkpoints "
                               "deflate about 2:1): a decompression bomb or a damaged file; not inflated")

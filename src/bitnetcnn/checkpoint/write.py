@@ -17,6 +17,7 @@ from bitnetcnn.checkpoint import ternary_codec
 from bitnetcnn.checkpoint.assemble import bit_layer_mismatches, mismatches
 from bitnetcnn.checkpoint.format import HEADER_NAME, MAX_HEADER_BYTES, TENSORS_NAME, TERNARY_PREFIX, PathLike
 from bitnetcnn.checkpoint.header import build_header
+from bitnetcnn.checkpoint.limits import deflated_past_ratio
 from bitnetcnn.messages import few, short
 from bitnetcnn.models import create_model
 
@@ -44,11 +45,25 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Optional[dict] =
     if len(head) > MAX_HEADER_BYTES:
         raise ValueError(f"the checkpoint header would be {len(head):,} bytes, over the {MAX_HEADER_BYTES:,} that "
                          "load_checkpoint reads: keep metadata (class_names, ...) smaller")
+    entries = {HEADER_NAME: head, TENSORS_NAME: data}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp, zipfile.ZipFile(tmp, "w") as z:
-        z.writestr(_entry(HEADER_NAME), head, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
-        z.writestr(_entry(TENSORS_NAME), data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    with replacing(path) as tmp:
+        dense = _write_zip(tmp, entries, stored=set())
+        if dense:  # load_checkpoint would refuse them as a decompression bomb: uncompressed, they load
+            _write_zip(tmp, entries, stored=dense)
     return path
+
+
+def _write_zip(path: Path, entries: Dict[str, bytes], stored: set) -> set:
+    """Write ``entries`` to the zip ``path``, deflated but for ``stored``; returns the names of the deflated ones
+    that inflate past the ratio load_checkpoint accepts (3 MB of repeated metadata, a zeroed float model)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name, blob in entries.items():
+            if name in stored:
+                z.writestr(_entry(name), blob, compress_type=zipfile.ZIP_STORED)
+            else:
+                z.writestr(_entry(name), blob, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+        return {info.filename for info in z.infolist() if deflated_past_ratio(info)}
 
 
 def _check_rebuilds(model: nn.Module, header: dict) -> None:
