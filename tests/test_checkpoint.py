@@ -766,3 +766,20 @@ def test_a_file_whose_entries_deflate_past_the_readers_bomb_ratio_is_written_so_
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), zeros.state_dict().values()))
     with zipfile.ZipFile(path) as z:
         assert z.getinfo(TENSORS_NAME).compress_type == zipfile.ZIP_STORED
+
+
+def test_a_damaged_checkpoint_in_an_unnamed_file_object_gives_a_checkpoint_error(tmp_path):
+    """tempfile.TemporaryFile() and os.fdopen() files are named by a descriptor number: CheckpointError called
+    os.fspath(3) on it and a TypeError escaped instead of the one error type reading promises."""
+    import tempfile
+
+    path = bitnetcnn.save_checkpoint(convert_to_ternary(create_model("bitnet_cnn", width=8).eval()), tmp_path / "m.bnc")
+    with tempfile.TemporaryFile() as f:
+        f.write(path.read_bytes()[:5000])
+        f.seek(0)
+        with pytest.raises(CheckpointError, match=r"^<checkpoint>: "):
+            bitnetcnn.load_checkpoint(f)
+    with tempfile.TemporaryFile() as f:
+        f.write(path.read_bytes())
+        f.seek(0)
+        assert bitnetcnn.load_checkpoint(f).model_args["name"] == "bitnet_cnn"

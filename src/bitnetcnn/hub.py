@@ -298,20 +298,23 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
     path = checkpoint_path if checkpoint_path is not None else pretrained_path(entry, progress)
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):  # not "a state dict ... its architecture"
         load_checkpoint(path)  # names the file and why it cannot be read
-    header = native_header(path) if isinstance(path, (str, os.PathLike)) else None  # None: a seed zip or state dict
+    if hasattr(path, "read"):  # an open file, read once: its format is told apart first, and a retry read nothing
+        path = path.read()
+    named = path if isinstance(path, (str, os.PathLike)) else "the checkpoint given"  # not megabytes of bytes
+    header = native_header(path)  # None: a seed zip or a state dict
     if header is not None:
         # The file says what it is: the entry's default kwargs do not apply, the caller's must match it.
         built = header["architecture"]["name"]
         if built != spec.model:
-            raise ValueError(f"{path} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
-        _refuse_what_the_file_cannot_honour(path, header["architecture"]["args"], kwargs)
+            raise ValueError(f"{named} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
+        _refuse_what_the_file_cannot_honour(named, header["architecture"]["args"], kwargs)
         model = load_checkpoint(path)
     else:  # a seed zip or a state_dict: the kwargs say how to build the model the tensors go into
         model = _load_other_format(path, spec, kwargs)
         built = getattr(model, "model_args", {}).get("name")
         if built != spec.model:
-            raise ValueError(f"{path} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
-        _refuse_what_the_file_cannot_honour(path, model.model_args, kwargs)
+            raise ValueError(f"{named} holds a {built} model, not the {spec.model} of hub entry {entry!r}")
+        _refuse_what_the_file_cannot_honour(named, model.model_args, kwargs)
     is_ternary = model_form(model) == "ternary"
     header = getattr(model, "checkpoint_header", None)
     # The published weight's registry object is the complete one (file size, sha256, every training command);
@@ -321,7 +324,7 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
         model = convert_to_bit(model)
     elif not is_ternary and ternary:
         if getattr(model, "model_args", {}).get("quant") == "fp":
-            raise ValueError(f"{path} holds a full-precision model; load it with ternary=False")
+            raise ValueError(f"{named} holds a full-precision model; load it with ternary=False")
         model = convert_to_ternary(model)
     if num_classes is not None and num_classes != model.model_args.get("num_classes"):
         if ternary:

@@ -206,8 +206,9 @@ def read_source(source) -> Tuple[Optional[str], bytes]:
     """``(name, bytes)`` of a path, an open file or bytes: the whole file, read once."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return None, bytes(source)
-    if hasattr(source, "read"):
-        return getattr(source, "name", None), source.read()
+    if hasattr(source, "read"):  # TemporaryFile()'s name is its descriptor's number: no name to give
+        name = getattr(source, "name", None)
+        return (name if isinstance(name, str) else None), source.read()
     path = os.fspath(source)
     if os.path.isdir(path):
         best = os.path.join(path, "best_ternary.bnc")
