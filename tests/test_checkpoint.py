@@ -331,6 +331,13 @@ def test_bad_headers(tiny, tmp_path):
         "format": lambda h: {**h, "format": "other"},
         "version": lambda h: {**h, "format_version": h["format_version"] + 1},  # the first newer one
         "coding": lambda h: {**h, "ternary_coding": None},
+        # types a crafted file may give, each of which escaped as a TypeError or was accepted
+        "version_true": lambda h: {**h, "format_version": True},
+        "version_negative": lambda h: {**h, "format_version": -3},
+        "form": lambda h: {**h, "form": "quantum"},
+        "layer_dtype": lambda h: {**h, "quantization": {**h["quantization"], "ternary_layers": {
+            k: {**v, "dtype": ["x"]} for k, v in h["quantization"]["ternary_layers"].items()}}},
+        "tensor_bytes": lambda h: {**h, "tensors": {**h["tensors"], "bytes": "12"}},
     }
     for name, change in cases.items():
         if name == "json":
@@ -343,6 +350,25 @@ def test_bad_headers(tiny, tmp_path):
         else:
             bad = _rezip(tiny[1], tmp_path / f"{name}.bnc", header=change)
         _raises(bad, "header")
+
+
+def test_a_safetensors_entry_with_a_dtype_of_another_json_type_is_a_checkpoint_error(tiny, tmp_path):
+    """``"dtype": ["F32"]`` in the tensors' own header (with the file's sha256 made to match) escaped as
+    "TypeError: unhashable type: 'list'"."""
+    with zipfile.ZipFile(tiny[1]) as z:
+        data = z.read(TENSORS_NAME)
+    n = int.from_bytes(data[:8], "little")
+    table = json.loads(data[8 : 8 + n])
+    first = next(k for k in table if k != "__metadata__")
+    table[first]["dtype"] = ["F32"]
+    head = json.dumps(table).encode()
+    crafted = len(head).to_bytes(8, "little") + head + data[8 + n :]
+
+    def matching(h):
+        return {**h, "tensors": {**h["tensors"], "bytes": len(crafted),
+                                 "sha256": hashlib.sha256(crafted).hexdigest()}}
+
+    _raises(_rezip(tiny[1], tmp_path / "dtype.bnc", header=matching, tensors=lambda d: crafted), "bad entry for")
 
 
 def test_missing_file_and_not_a_checkpoint(tmp_path):

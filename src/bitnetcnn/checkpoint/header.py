@@ -146,7 +146,7 @@ def check_header(path, header: Any) -> dict:
     need(isinstance(header, dict), "not a JSON object")
     need(header.get("format") == FORMAT, f"format is {header.get('format')!r}, not {FORMAT!r}")
     version = header.get("format_version")
-    need(isinstance(version, int), "no format_version")
+    need(type(version) is int and version >= 1, f"format_version {version!r} is not a version number")
     need(version <= FORMAT_VERSION, f"format_version {version} is newer than this library reads ({FORMAT_VERSION}); "
          "upgrade bitnetcnn")
     arch = header.get("architecture")
@@ -157,7 +157,8 @@ def check_header(path, header: Any) -> dict:
     need(isinstance(quant, dict) and isinstance(quant.get("ternary_layers"), dict), "no quantization.ternary_layers")
     for name, spec in quant["ternary_layers"].items():
         need(isinstance(spec, dict) and isinstance(spec.get("pow2"), bool) and isinstance(spec.get("scale_op"), str)
-             and spec.get("dtype", "float32") in LAYER_DTYPES, f"bad ternary layer entry {name!r}")
+             and isinstance(spec.get("dtype", "float32"), str) and spec.get("dtype", "float32") in LAYER_DTYPES,
+             f"bad ternary layer entry {name!r}")
     tensors = header.get("tensors")
     need(isinstance(tensors, dict) and tensors.get("file") == TENSORS_NAME and isinstance(tensors.get("sha256"), str)
          and isinstance(tensors.get("bytes"), int), "bad tensors entry")

@@ -109,7 +109,7 @@ def safetensors_layout(path, stream, size: int, max_header: int) -> Tuple[bytes,
         dtype = entry.get("dtype") if isinstance(entry, dict) else None
         shape = entry.get("shape") if isinstance(entry, dict) else None
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if (dtype not in DTYPE_BYTES or not isinstance(shape, list) or len(shape) > 8
+        if (not isinstance(dtype, str) or dtype not in DTYPE_BYTES or not isinstance(shape, list) or len(shape) > 8
                 or not all(type(d) is int and 0 <= d < 1 << 40 for d in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)):
             raise CheckpointError(path, f"{what}: bad entry for {name[:100]!r}")
