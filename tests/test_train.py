@@ -2130,6 +2130,19 @@ def test_last_ckpt_is_written_beside_itself_and_a_failed_write_keeps_the_previou
     assert last.read_bytes() == before and sorted(p.name for p in last.parent.iterdir() if "part" in p.name) == []
 
 
+def test_init_and_teacher_files_given_with_a_tilde_are_found_and_an_unknown_users_tilde_is_no_traceback(
+        tmp_path, monkeypatch):
+    """`--init=~/m.bnc` (the shell expands no tilde after "=") was "no such file" though the file was there, as
+    --out and every command's model argument expand it; `export -o '~nosuchuser/x.onnx'` ended in a traceback
+    (Path.expanduser's RuntimeError): like the shell, such a path stays as written."""
+    from bitnetcnn.cli import output_file
+    from bitnetcnn.hub import weight_argument
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert weight_argument("~/m.bnc") == str(tmp_path / "m.bnc")  # how the command reads --init and --teacher
+    assert output_file("~nosuchuser/x.onnx") == "~nosuchuser/x.onnx"
+
+
 def test_an_out_folder_given_with_a_tilde_holds_the_whole_run(tmp_path, monkeypatch):
     """`--out "~/runs/x"` (quoted, or from Python) put last.ckpt in $HOME/runs/x (Lightning expands it) and every other
     file in a folder named "~" under the working folder: neither path could resume the run."""

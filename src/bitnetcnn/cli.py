@@ -52,7 +52,7 @@ def output_file(text: str) -> str:
     where it is a folder, lies under a file or in a folder this process cannot write (not after the work is done)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path: give the path of a file to write")
-    path = Path(text).expanduser()
+    path = Path(os.path.expanduser(text))  # Path.expanduser raised RuntimeError on ~nosuchuser
     try:
         if path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a folder: give the path of a file to write")

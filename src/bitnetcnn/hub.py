@@ -417,6 +417,7 @@ def weight_argument(text: str) -> str:
     (a misspelt hub name) refused with the names; a file path as it is (the run's checks name a missing one)."""
     if not text.strip():
         return text  # the settings refuse it, naming the flag
+    text = os.path.expanduser(text)  # as the shell does not in --init=~/x
     return published_file(text) if Path(text).suffix else model_argument(text, registry_names=False)
 
 
