@@ -809,3 +809,75 @@ def test_a_damaged_checkpoint_in_an_unnamed_file_object_gives_a_checkpoint_error
         f.write(path.read_bytes())
         f.seek(0)
         assert bitnetcnn.load_checkpoint(f).model_args["name"] == "bitnet_cnn"
+
+
+def test_an_accuracy_of_one_is_a_fraction_and_is_saved(tmp_path):
+    """A model that classified every test image right (accuracy 1.0, the top of [0, 1]) is saved, not refused."""
+    model = create_model("bitnet_cnn", width=4)
+    path = bitnetcnn.save_checkpoint(model, tmp_path / "perfect.bnc", metadata={"accuracy": 1.0})
+    assert bitnetcnn.load_checkpoint(path).pretrained_cfg.top1 == 1.0
+
+
+def test_an_accuracy_given_as_a_bool_is_refused(tmp_path):
+    """True is an int to isinstance: {"accuracy": True} (a flag passed where the figure goes) must not be saved as 100%."""
+    model = create_model("bitnet_cnn", width=4)
+    with pytest.raises(ValueError, match=r"accuracy must be .* in \[0, 1\], not True"):
+        bitnetcnn.save_checkpoint(model, tmp_path / "m.bnc", metadata={"accuracy": True})
+    assert not (tmp_path / "m.bnc").exists()
+
+
+def test_a_std_of_another_channel_count_than_the_models_is_refused(tmp_path):
+    """Two std values for a one-channel model: the file would normalize (and export, calibrate) with a std that
+    does not fit its images."""
+    model = create_model("bitnet_cnn", width=4)
+    with pytest.raises(ValueError, match=r"takes 1-channel images .* std \[0\.1, 0\.2\]"):
+        bitnetcnn.save_checkpoint(model, tmp_path / "m.bnc", metadata={"std": [0.1, 0.2]})
+    assert not (tmp_path / "m.bnc").exists()
+
+
+def test_a_mean_of_none_in_the_metadata_means_the_models_default(tmp_path):
+    """metadata={"mean": None} ("not recorded: use the default") saves the registry's mean, not a TypeError
+    from iterating None."""
+    from bitnetcnn.models import get_model_config
+
+    default = [float(v) for v in get_model_config("bitnet_cnn").mean]
+    path = bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=4), tmp_path / "m.bnc", metadata={"mean": None})
+    assert read_checkpoint_header(path)["input"]["mean"] == default
+    assert list(bitnetcnn.load_checkpoint(path).pretrained_cfg.mean) == default
+
+
+def test_the_size_report_gives_bits_per_ternary_weight_not_bytes():
+    """The report's bits per ternary weight are the coded bytes x 8 over the weights (about 1.2-2 bits for a
+    converted model: the shipped MNIST weight's); in bytes they would read 8x too small."""
+    from safetensors.torch import load as st_load
+
+    from bitnetcnn.checkpoint.format import TERNARY_PREFIX
+    from bitnetcnn.checkpoint.read import checkpoint_size_report
+    from bitnetcnn.pretrained import BITNET_MNIST, PRETRAINED_DIR
+
+    path = PRETRAINED_DIR / BITNET_MNIST.file
+    with zipfile.ZipFile(path) as z:
+        stored = st_load(z.read(TENSORS_NAME))
+    coded = sum(v.numel() * v.element_size() for k, v in stored.items() if k.startswith(TERNARY_PREFIX))
+    weights = sum(int(np.prod(m.weight_shape)) for m in bitnetcnn.load_checkpoint(path).modules()
+                  if isinstance(m, (TernaryConv2d, TernaryLinear)))
+    report = checkpoint_size_report(path)
+    assert (report["ternary_coded_bytes"], report["ternary_weights"]) == (coded, weights)
+    assert report["bits_per_ternary_weight"] == pytest.approx(coded * 8 / weights)
+    assert 1.2 < report["bits_per_ternary_weight"] < 2
+
+
+def test_saving_into_a_folder_that_does_not_exist_yet_makes_it(tmp_path):
+    """save_checkpoint(model, "runs/new/best.bnc") before the run folder exists: the folder is made, not a
+    FileNotFoundError raised."""
+    path = tmp_path / "not" / "yet" / "m.bnc"
+    bitnetcnn.save_checkpoint(create_model("bitnet_cnn", width=4), path)
+    assert path.is_file() and bitnetcnn.load_checkpoint(path).model_args["width"] == 4
+
+
+def test_a_map_location_of_none_loads_the_model_where_it_was_built(tiny):
+    """map_location=None (documented: leave the model where it is built, the CPU) is no "not a device" error."""
+    model, path = tiny
+    loaded = bitnetcnn.load_checkpoint(path, map_location=None)
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+    _assert_same_outputs(model, loaded, _inputs(model))

@@ -507,3 +507,54 @@ def test_a_checkpoint_path_given_as_an_open_file_or_bytes_loads_as_the_path_does
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.values()))
     with pytest.raises(ValueError, match=r"^the checkpoint given holds a bit_mobilenetv2 model, not the bitnet_cnn"):
         hub.load("bitnet_mnist", checkpoint_path=path.read_bytes())
+
+
+def test_a_shipped_weight_whose_bytes_were_changed_is_refused_by_its_sha256(tmp_path, monkeypatch):
+    """A shipped file damaged or edited after installation must not load as the published weight (nor fail deep in
+    the zip reader): its sha256 names the problem and what to do."""
+    damaged = bytearray((hub.PRETRAINED_DIR / "bitnet_mnist.bnc").read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    (tmp_path / "bitnet_mnist.bnc").write_bytes(bytes(damaged))
+    monkeypatch.setattr(hub, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(hub.PretrainedWeightsUnavailable, match=r"bitnet_mnist.bnc: sha256 does not match the "
+                                                               "published one; reinstall bitnetcnn"):
+        hub.load("bitnet_mnist", pretrained=True)
+
+
+def test_a_state_dict_of_float_activations_loads_with_the_callers_arguments_alone(tmp_path):
+    """The bitnet_mobilenetv2 entry adds act_bits=8 (its published weights'), which a state dict of a model with
+    float activations (the seed's kind) does not fit: it is loaded again with the caller's arguments alone."""
+    saved = create_model("bit_mobilenetv2", act_bits=None, width_mult=0.25)
+    path = tmp_path / "float_acts.pt"
+    torch.save(saved.state_dict(), path)
+    model = hub.load("bitnet_mobilenetv2", checkpoint_path=path, ternary=False, width_mult=0.25)
+    assert model.model_args["act_bits"] is None and not any(isinstance(m, ActQuantizer) for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.state_dict().values()))
+
+
+def test_a_full_precision_checkpoint_is_refused_for_the_converted_model_with_what_to_do(tmp_path):
+    """ternary=True (the default) on a quant="fp" file has no Bit layers to convert: without the refusal it would
+    come back as the float model, with no more than a "nothing was converted" warning."""
+    path = bitnetcnn.save_checkpoint(create_model("bitnet_cnn", quant="fp", width=4), tmp_path / "fp.bnc")
+    with pytest.raises(ValueError, match=r"fp.bnc holds a full-precision model; load it with ternary=False"):
+        hub.load("bitnet_mnist", checkpoint_path=path)
+    assert hub.load("bitnet_mnist", checkpoint_path=path, ternary=False).model_args["quant"] == "fp"
+
+
+def test_the_published_weight_with_its_own_number_of_classes_loads_as_published():
+    """num_classes=10, what the MNIST weight has, needs no new classifier: it is no change of classes needing
+    ternary=False."""
+    model = hub.load("bitnet_mnist", pretrained=True, num_classes=10)
+    published = hub.load("bitnet_mnist", pretrained=True)
+    assert isinstance(model.stem.conv, TernaryConv2d) and model.pretrained_cfg == hub.BITNET_MNIST
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), published.state_dict().values()))
+
+
+def test_a_file_named_like_a_published_weight_is_read_instead_of_it(tmp_path, monkeypatch):
+    """docs/hub.md: a file of that name in the working folder is what the commands read (`bitnetcnn eval
+    bitnet_mnist` on one's own model file so named); the package's weight must not hide it."""
+    monkeypatch.chdir(tmp_path)
+    bitnetcnn.save_checkpoint(convert_to_ternary(create_model("bitnet_cnn", width=8).eval()), tmp_path / "bitnet_mnist")
+    assert hub.published_file("bitnet_mnist") == "bitnet_mnist"
+    assert hub.model_argument("bitnet_mnist", registry_names=False) == "bitnet_mnist"
+    assert bitnetcnn.load_checkpoint(hub.model_argument("bitnet_mnist", registry_names=False)).model_args["width"] == 8

@@ -455,3 +455,15 @@ def test_what_predict_says_it_did_to_a_picture_in_cases_that_differ():
     mean, std = (0.13,), (0.3,)
     assert "brightness" in _brightness_note(normalize(torch.full((1, 4, 4), 0.7 * 255), mean, std), mean, std)
     assert _brightness_note(normalize(torch.full((1, 4, 4), 0.5 * 255), mean, std), mean, std) == {}
+
+
+def test_predict_on_one_unreadable_image_says_its_error_alone(tmp_path, capsys):
+    """One image only: its one-line error is the answer; a JSON list holding that error as well (what several
+    images get, so that the readable ones are answered) would print it twice."""
+    fake = tmp_path / "x.png"
+    fake.write_text("not an image")
+    assert main(["predict", "bitnet_mnist", str(fake)]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err.startswith(f"bitnetcnn predict: error: {fake}") and said.err.count("\n") == 1, said.err
+    assert "is not an image file PIL can read" in said.err

@@ -215,3 +215,26 @@ def test_the_macs_of_every_published_architecture_equal_torchs_flop_count():
         convs = flops.get_flop_counts()["Global"]
         counted = sum(v for op, v in convs.items() if "convolution" in str(op) or "mm" in str(op)) // 2
         assert bitnetcnn.summary(model, print_fn=None).macs == counted, name
+
+
+def test_the_summary_command_refuses_an_input_size_of_other_channels_than_the_files(capsys):
+    """`summary bitnet_mnist --input-size 3 28 28`: a one-channel model given three channels gives no convolution's
+    traceback but the one-line refusal that says to leave --input-size out."""
+    from bitnetcnn.cli import main
+
+    assert main(["summary", "bitnet_mnist", "--input-size", "3", "28", "28"]) == 2
+    err = capsys.readouterr().err
+    assert "takes 1-channel images, not --input-size 3 ...: leave --input-size out" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_summary_command_builds_the_large_input_stem_when_only_the_height_is_large(capsys):
+    """--input-size 3 72 16: the larger side, 72 px (over 64), takes the ImageNet stem (7x7 stride 2 and a max-pool),
+    as `bitnetcnn train` builds it for such images; the width alone would give the small-input stem and 4x the MACs.
+    (--quant fp: the same stems, without the ternary quantization of 11M weights.)"""
+    from bitnetcnn.cli import main
+
+    assert main(["summary", "bit_resnet18", "--quant", "fp", "--input-size", "3", "72", "16"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    stem = [line.split()[:3] for line in printed if line.startswith("stem.conv")]
+    assert stem == [["stem.conv", "Conv2d", "64x36x8"]], stem

@@ -2559,3 +2559,28 @@ def test_feature_hints_compare_standardized_maps_and_an_ensemble_averages_its_te
 
     ensemble = TeacherEnsemble([Constant(1.0), Constant(2.0), Constant(6.0)])
     assert ensemble(torch.zeros(2, 1)).tolist() == [[3.0, 3.0], [3.0, 3.0]]
+
+
+def test_a_count_of_zero_is_refused_as_the_argument_is_read(capsys):
+    """`predict --top 0` and `eval --batch-size 0` ask for nothing: refused as the argument is read, in one line
+    naming the flag (as -5 is), not after the model was loaded."""
+    from bitnetcnn.cli import build_parser
+
+    for argv, flag in ((["predict", "bitnet_mnist", "x.png", "--top", "0"], "--top"),
+                       (["eval", "bitnet_mnist", "--batch-size", "0"], "--batch-size")):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{flag}: 0 is not a positive integer" in err and err.count("\n") == 1, err
+
+
+def test_an_infinite_bench_budget_is_refused_before_any_work(capsys):
+    """`bench --budget inf` would time each batch size forever: refused as the argument is read."""
+    from bitnetcnn.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["bench", "bitnet_cnn", "--budget", "inf"])
+    assert exit_.value.code == 2
+    assert "--budget: inf is not a finite number of seconds >= 0" in capsys.readouterr().err
+    assert build_parser().parse_args(["bench", "bitnet_cnn", "--budget", "0"]).budget == 0.0
