@@ -1320,16 +1320,22 @@ def test_a_bias_too_near_int32s_limit_for_the_sums_it_is_added_to_is_found():
     assert _saturated_bias_nodes(graph(room - 1)) == set()
 
 
+def _converted_after_batches(bit: nn.Module, input_size: tuple, batch: int = 32, batches: int = 5) -> nn.Module:
+    """``bit`` converted after a few training-mode random batches (its BatchNorm statistics and quantizer scales)."""
+    bit.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            bit(torch.randn(batch, *input_size))
+    return convert_to_ternary(bit.eval())
+
+
 def test_an_8_bit_input_below_minus_127_steps_clamps_there_in_the_int8_graph_as_in_the_model():
     """u8 with zero point 128 holds -128..127 steps; the model's symmetric quantizer clamps at +-127. A tensor that
     can be negative (here the image, read by an 8-bit linear layer) is clamped at -127 steps before its grid:
     without it an input past the running range by more than half a step on the negative side lands one step
     further than the model puts it."""
     torch.manual_seed(0)
-    bit = bitify(nn.Sequential(nn.Flatten(), nn.Linear(4, 4)), act_bits=8)
-    bit.train()
-    bit(torch.randn(64, 1, 2, 2))
-    model = convert_to_ternary(bit.eval())
+    model = _converted_after_batches(bitify(nn.Sequential(nn.Flatten(), nn.Linear(4, 4)), act_bits=8), (1, 2, 2))
     step = model[1].act_quant.running_scale.item()
     x = torch.zeros(3, 1, 2, 2)
     x[1, 0, 0, 0], x[2, 0, 0, 0] = 200 * step, -200 * step
@@ -1354,11 +1360,7 @@ def test_a_sequential_subclass_whose_forward_takes_another_order_folds_by_its_da
     bit = bitify(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
                                PreActivation(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
                                nn.Flatten(), nn.Linear(8 * 8 * 8, 5)))
-    bit.train()
-    with torch.no_grad():
-        for _ in range(5):
-            bit(torch.randn(16, 3, 8, 8))
-    model = convert_to_ternary(bit.eval())
+    model = _converted_after_batches(bit, (3, 8, 8))
     assert list(conv_bn_pairs(model)) == []
     x = torch.randn(8, 3, 8, 8)
     with torch.no_grad():
@@ -1375,12 +1377,8 @@ def test_an_8_bit_model_deploys_to_its_own_integers_with_batchnorms_with_or_with
     layers = []
     for i in range(4):
         layers += [nn.Conv2d(4 if i == 0 else 16, 16, 3, padding=1), nn.BatchNorm2d(16, affine=affine), nn.ReLU()]
-    bit = bitify(nn.Sequential(*layers, nn.Flatten(), nn.Linear(16 * 8 * 8, 10)), act_bits=8)
-    bit.train()
-    with torch.no_grad():
-        for _ in range(5):
-            bit(torch.randn(32, 4, 8, 8))
-    model = convert_to_ternary(bit.eval())
+    model = _converted_after_batches(bitify(nn.Sequential(*layers, nn.Flatten(), nn.Linear(16 * 8 * 8, 10)),
+                                            act_bits=8), (4, 8, 8))
     deployed = compile(model, input_size=(4, 8, 8), backend="onnxruntime")
     assert deployed.info["model_integers"]
     x = torch.randn(256, 4, 8, 8).clamp(-2, 2)
@@ -1408,12 +1406,7 @@ def test_a_linear_layer_on_tokens_whose_output_is_pooled_keeps_its_product_in_fl
             return self.head(self.fc2(torch.relu(self.fc1(tokens))).mean(1))
 
     torch.manual_seed(0)
-    bit = bitify(Tokens(), act_bits=8)
-    bit.train()
-    with torch.no_grad():
-        for _ in range(5):
-            bit(torch.randn(32, 3, 8, 8))
-    model = convert_to_ternary(bit.eval())
+    model = _converted_after_batches(bitify(Tokens(), act_bits=8), (3, 8, 8))
     deployed = compile(model, input_size=(3, 8, 8), backend="onnxruntime")
     x = torch.randn(64, 3, 8, 8)
     with torch.no_grad():
