@@ -928,3 +928,32 @@ def test_a_bit_layer_built_on_a_device_keeps_its_activation_quantizer_there():
     layer = BitConv2d(3, 8, 3, act_bits=8, device="meta")
     assert layer.act_quant.running_scale.device.type == "meta"
     assert BitLinear(4, 4, act_bits=8, device="meta").act_quant.running_scale.device.type == "meta"
+
+
+def test_a_ternary_layer_refuses_a_negative_or_misshaped_scale():
+    """The integer-code path takes each weight's sign as its code and multiplies by the scale again: a negative
+    scale cancelled there, so a hand-built layer gave +y on that path and -y on the float one (autocast, a huge
+    fan-in, no 8-bit quantizer), without a word. One scale for four channels was refused and stays so."""
+    from bitnetcnn.nn import TernaryLinear
+
+    codes = torch.tensor([[1, 0, -1, 1], [0, 1, 1, -1]], dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"scale has negative values \(\[-0.5\]\).*flip the codes"):
+        TernaryLinear(codes, torch.tensor([-0.5, 0.25]))
+    with pytest.raises(ValueError, match=r"scale has \(1,\) values for 2 output channels"):
+        TernaryLinear(codes, torch.tensor([0.5]))
+    assert TernaryLinear(codes, torch.tensor([0.0, 0.25])).weight[0].abs().sum() == 0  # a dead channel: scale 0
+
+
+def test_activation_codes_round_to_the_nearest_step_and_a_quantizer_that_never_saw_data_uses_the_batch():
+    """Rounding to nearest (floor would move every code down by up to a step); an 8-bit quantizer in eval mode
+    that never saw a training batch takes the batch's own absmax, not a zero scale (NaN outputs)."""
+    from bitnetcnn.nn.act_quant import ActQuantizer
+    from bitnetcnn.quant.activation import activation_codes
+
+    assert activation_codes(torch.tensor([0.9, -0.4, 2.6, -2.6]), torch.tensor(1.0), 8).tolist() == [1, 0, 3, -3]
+    x = torch.tensor([0.5, -1.0, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # whatever it says of its unset scale, the outputs must be the batch's grid
+        out = ActQuantizer(8).eval()(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, torch.round(x * 127) / 127)

@@ -51,6 +51,9 @@ class _TernaryMixin:
         scale = at_least_float32(scale.detach().reshape(-1))
         if scale.shape != (codes.shape[0],):
             raise ValueError(f"scale has {tuple(scale.shape)} values for {codes.shape[0]} output channels")
+        if bool((scale < 0).any()):  # the integer-code path takes the sign from the weight: it would cancel
+            raise ValueError(f"scale has negative values ({scale[scale < 0][:3].tolist()}): a ternary layer's scale is "
+                             "positive; flip the codes of those channels instead (as BatchNorm folding does)")
         if quant.pow2:
             self.register_buffer("scale_exp", pow2_exponent(scale))
         else:
