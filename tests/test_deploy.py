@@ -1413,3 +1413,27 @@ def test_a_linear_layer_on_tokens_whose_output_is_pooled_keeps_its_product_in_fl
         ref = model(x)
     error = ((torch.as_tensor(deployed(x)) - ref).abs().max() / ref.abs().max()).item()
     assert error < 0.02
+
+
+def test_a_convolution_whose_output_feeds_a_batchnorm_and_more_is_not_folded_and_folding_gives_an_eval_model():
+    """``bn(y) + y`` with ``y = conv(x)``: folding the BatchNorm into the convolution would change the ``y`` the sum
+    reads too; only a BatchNorm that alone reads the convolution's output is folded. The folded copy is in eval
+    mode whatever the model's."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 5))
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.head(self.bn(y) + y)
+
+    torch.manual_seed(0)
+    model = _converted_after_batches(bitify(Shared()), (3, 8, 8))
+    x = torch.randn(4, 3, 8, 8)
+    folded = fold_batchnorm(model.train())
+    assert not folded.training
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model.eval()(x))

@@ -272,3 +272,23 @@ def test_the_clipped_straight_through_mask_is_taken_against_the_exact_scale_even
         w.grad = None
         fake_quantize_weight(w, "median", pow2=pow2, ste="clipped", clip=1.5).sum().backward()
         assert w.grad.tolist() == expected, pow2
+
+
+def test_the_clipped_ste_passes_gradients_inside_the_layers_own_scale_op():
+    """Weights within clip (1.5) times the channel's scale get the gradient, the scale being the layer's own: with
+    the median (0.1) the 0.3 weight is cut, where the mean (0.52) would let it through; every other test's weights
+    gave both masks alike."""
+    from bitnetcnn.quant.ternary import fake_quantize_weight
+
+    w = torch.tensor([[0.1, 0.1, 0.1, 0.3, -2.0]], requires_grad=True)  # median |w| 0.1, mean 0.52
+    fake_quantize_weight(w, "median", ste="clipped").sum().backward()
+    assert w.grad.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]]
+
+
+def test_a_power_of_two_exponent_refuses_a_zero_scale_and_an_infinite_scale_stays_infinite():
+    """A zero scale has no exponent (stored as -128 it would be a silent 2**-128); pow2_scale leaves infinities."""
+    from bitnetcnn.quant.scale import pow2_exponent, pow2_scale
+
+    with pytest.raises(ValueError, match=r"1 channel\(s\) \(1\)"):
+        pow2_exponent(torch.tensor([0.5, 0.0]))
+    assert pow2_scale(torch.tensor([float("inf"), 0.3])).tolist() == [float("inf"), 0.25]
