@@ -1437,3 +1437,20 @@ def test_a_convolution_whose_output_feeds_a_batchnorm_and_more_is_not_folded_and
     assert not folded.training
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model.eval()(x))
+
+
+def test_a_tensor_of_calibration_images_is_split_into_batches_and_a_graphs_own_metadata_is_kept():
+    """130 images in batches of 64 (one array of 130 would hold every activation of every image in memory at
+    once); add_metadata keeps what the int8 graph noted itself (the activations it folded) beside its own keys."""
+    import onnx
+
+    from bitnetcnn.deploy.calibration import as_batches
+    from bitnetcnn.deploy.onnx_graph import add_metadata
+
+    assert [len(b) for b in as_batches(torch.randn(130, 1, 4, 4), batch_size=64)] == [64, 64, 2]
+    graph = onnx.ModelProto()
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = "bitnetcnn.folded_activations", "{}"
+    model = convert_to_ternary(create_model("bitnet_cnn", width=8).eval())
+    keys = {e.key: e.value for e in add_metadata(graph, model, {"input_size": [1, 28, 28]}).metadata_props}
+    assert keys["bitnetcnn.folded_activations"] == "{}" and keys["bitnetcnn.input_size"] == "[1, 28, 28]"
