@@ -549,6 +549,12 @@ NO_GPU = not torch.cuda.is_available()
         (["--lr", "inf"], "--lr must be a finite number, not inf"),
         (["--lr", "nan"], "--lr must be a finite number, not nan"),
         (["--lr", "-0.1"], "--lr -0.1 is out of range"),
+        (["--lr", "0"], "--lr 0.0 is out of range: it must lie in (0, inf]"),  # each bound, not only past it
+        (["--time-budget", "0"], "--time-budget 0.0 is out of range: it must lie in (0, inf]"),
+        (["--seed", "4294967296"], "--seed 4294967296 is out of range: it must lie in [0, 4294967295]"),
+        (["--cutmix", "-1"], "--cutmix -1.0 is out of range: it must lie in [0, inf]"),
+        (["--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs 2 of a 2-epoch run: the learning rate would "
+         "never reach its peak"),
         (["--label-smoothing", "1.5"], "--label-smoothing 1.5 is out of range"),
         (["--ema", "1"], "--ema 1.0 is out of range"),
         (["--devices", "0"], "--devices 0: give a number of devices"),
