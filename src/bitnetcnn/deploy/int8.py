@@ -8,8 +8,8 @@ fuses into QLinearConv / QLinearAdd / QLinearMul / QGemm kernels. This module de
   ``codes * scale`` bit for bit; see ``CODE_GAIN`` for why 64 and not 1).
 - **activations at a layer's input**: where the layer has an 8-bit ``ActQuantizer``, its ``running_scale`` is the
   scale (the same grid as the fake-quantized model; zero point 128, a symmetric grid like the model's, clamped at
-  -127 steps before it where the tensor can be negative); likewise a
-  residual branch's output where its ``ConvNormAct`` has an 8-bit ``out_quant``.
+  -127 steps before it where the tensor can be negative); likewise a residual branch's output where its
+  ``ConvNormAct`` has an 8-bit ``out_quant``.
 - **every other activation** (a convolution's output before a residual add or a SiLU, a sigmoid): from calibration
   batches when given; without them, derived from the model: the sigmoid's output range is [0, 1]; any other
   tensor takes the largest scale of the quantized layer inputs it flows into (through ReLU, Add, Mul, reshapes).
@@ -518,7 +518,8 @@ def _float_convolution_outputs(model, float_nodes: set):
     producer, consumers = _graph_maps(model.graph)
     tensors = set()
     for q in model.graph.node:
-        if q.op_type != "QuantizeLinear" or getattr(producer.get(q.input[0]), "op_type", None) not in ("Conv", "MatMul"):
+        layer = getattr(producer.get(q.input[0]), "op_type", None)
+        if q.op_type != "QuantizeLinear" or layer not in ("Conv", "MatMul"):
             continue
         dqs = consumers.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):

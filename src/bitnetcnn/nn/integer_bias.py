@@ -12,8 +12,7 @@ The snap moves each bias by at most half a step of ``input scale * weight scale 
 activations). In a chaotic 8-bit network that still moves logits as much as quantization noise does (on a random
 network up to 13% of the largest one), a trained one's accuracy by about a tenth of a point (the MobileNetV2
 published until 2026-12-02: 53.78% as trained, 53.68% snapped; docs/deploy.md), and the snapped model is the one
-the runtime computes; layers without an 8-bit activation quantizer with a
-measured scale are left as they are.
+the runtime computes; layers without an 8-bit activation quantizer with a measured scale are left as they are.
 """
 
 from __future__ import annotations
