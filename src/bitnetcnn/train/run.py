@@ -65,6 +65,11 @@ def _cpu_has_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _same_values(a, b) -> bool:
+    """Two sizes or normalizations alike to 4 decimals (a header's JSON floats against the data set's)."""
+    return tuple(round(float(v), 4) for v in a) == tuple(round(float(v), 4) for v in b)
+
+
 def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path: str, spec) -> torch.nn.Module:
     """A teacher that knows the student's classes and sees its inputs as it was trained to: the student's batches,
     normalized with its data set's statistics (``spec``), at its size. A teacher whose file records none of these
@@ -77,7 +82,7 @@ def _check_teacher(teacher: torch.nn.Module, num_classes: int, class_names, path
     size = (spec.in_chans, spec.img_size, spec.img_size)
     for what, theirs, ours in (("inputs of", cfg and cfg.input_size, size), ("a mean of", cfg and cfg.mean, spec.mean),
                                ("a std of", cfg and cfg.std, spec.std)):
-        if theirs is not None and tuple(round(float(v), 4) for v in theirs) != tuple(round(v, 4) for v in ours):
+        if theirs is not None and not _same_values(theirs, ours):
             raise SettingsError(f"teacher {path} was trained on {what} {list(theirs)} but this run feeds it "
                                 f"{list(ours)} ({spec.name}): its logits would teach from images it was not trained on; "
                                 "distill from a teacher trained on the same data set")
@@ -372,11 +377,9 @@ def _init_normalization(s: TrainSettings) -> TrainSettings:
     others). args.json records them, so a resume keeps them."""
     if not s.init or s.mean is not None or s.std is not None:
         return s
-    spec = (get_dataset_spec("imagefolder", s.img_size, in_chans=s.img_channels) if s.dataset == "imagefolder"
-            else get_dataset_spec(s.dataset))
+    spec = get_dataset_spec(s.dataset, s.img_size, in_chans=s.img_channels)  # size and channels: a folder's only
     recorded = init_normalization(s.init, spec.in_chans)
-    if recorded is None or all(round(a, 4) == round(b, 4) for a, b in zip((*recorded[0], *recorded[1]),
-                                                                          (*spec.mean, *spec.std))):
+    if recorded is None or _same_values((*recorded[0], *recorded[1]), (*spec.mean, *spec.std)):
         return s  # none recorded, or the data set's own
     mean, std = recorded
     if first_process():
