@@ -377,6 +377,47 @@ def test_predict_files_takes_one_path_and_refuses_a_top_of_nothing(tmp_path):
                 predict_files(model, given)
 
 
+def test_predict_files_leaves_the_model_as_it_was_and_checks_its_class_names_against_its_scores(tmp_path):
+    """It left a model in training mode in eval mode (a training loop predicting between steps trained on with
+    BatchNorm frozen); a model given a new 10-class head answered with the first 10 of its old 100 class names
+    (an IndexError past them). A bf16 model answers as its float32 self; a top past the classes gives them all."""
+    from bitnetcnn.predict import predict_files
+
+    model = load("bitnet_mnist", pretrained=True)
+    image = tmp_path / "digit.png"
+    Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 251).astype(np.uint8)).save(image)
+    expected = predict_files(model, [image], top=3)[0]["top"]
+    assert len(predict_files(model, [image], top=50)[0]["top"]) == 10
+
+    model.train()
+    first = next(m for m in model.modules() if m is not model)
+    first.eval()  # each module's own mode comes back, not the top one's for all
+    assert [r["class"] for r in predict_files(model, [image], top=3)[0]["top"]] == [r["class"] for r in expected]
+    assert model.training and not first.training
+
+    bf16 = predict_files(load("bitnet_mnist", pretrained=True).to(torch.bfloat16), [image], top=1)[0]["top"]
+    assert bf16[0]["class"] == expected[0]["class"]
+
+    for classes in (4, 12):  # a head of another number of classes on the model's own
+        retrained = torch.nn.Sequential(model, torch.nn.Linear(10, classes))
+        retrained.pretrained_cfg = model.pretrained_cfg
+        with pytest.raises(ValueError, match=f"gives {classes} scores but its pretrained_cfg names 10 classes"):
+            predict_files(retrained, [image])
+
+
+def test_a_lab_image_reads_on_a_greyscale_model_as_its_rgb_self_does(tmp_path):
+    """Pillow converts LAB to RGB only: a LAB TIFF that a colour model read was "conversion from LAB to RGB not
+    supported" on a digit model."""
+    from bitnetcnn.predict import predict_files
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8))
+    rgb.convert("LAB").save(tmp_path / "lab.tif")
+    rgb.convert("LAB").convert("RGB").save(tmp_path / "rgb.png")
+    model = load("bitnet_mnist", pretrained=True)
+    lab, same = predict_files(model, [tmp_path / "lab.tif", tmp_path / "rgb.png"], top=3)
+    assert lab["top"] == same["top"] and lab["converted"] == "LAB colour image to greyscale"
+
+
 def test_predict_says_an_animated_image_was_read_by_its_first_frame(tmp_path, capsys):
     frames = [Image.new("L", (28, 28), shade) for shade in (0, 128, 255)]
     frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])

@@ -64,6 +64,9 @@ def test_full_precision_model_and_a_plain_torch_model():
     assert {r.bits for r in result.rows} == {32, None}
     # 2x2 positions at 32 px, where the 1x1 head convolution maps 320 to 1280 channels
     assert next(r for r in result.rows if r.name == "head_conv.conv").macs == 2 * 2 * 320 * 1280
+    total = str(result).splitlines()[len(result.rows) + 3]  # the head, a rule, the rows, a rule
+    assert total.split()[:6] == ["Total", "-", f"{n_params(fp):,}", "-", "32.00", f"{result.fp32_bytes / 1024:,.1f}"]
+    assert "packed (no ternary weights to pack)" in str(result)  # not "1.0x smaller"
 
     # A plain model with parameters owned by a container and a layer used twice.
     class Scaled(nn.Module):
@@ -215,6 +218,11 @@ def test_the_macs_of_every_published_architecture_equal_torchs_flop_count():
         convs = flops.get_flop_counts()["Global"]
         counted = sum(v for op, v in convs.items() if "convolution" in str(op) or "mm" in str(op)) // 2
         assert bitnetcnn.summary(model, print_fn=None).macs == counted, name
+    # a transposed convolution's work is its input's positions times in_channels x out_channels / groups x k x k
+    model = nn.Sequential(nn.ConvTranspose2d(6, 4, 3, stride=2, groups=2), nn.Conv2d(4, 8, 1))
+    with FlopCounterMode(display=False) as flops:
+        model(torch.zeros(1, 6, 5, 5))
+    assert bitnetcnn.summary(model, (6, 5, 5), print_fn=None).macs == flops.get_total_flops() // 2
 
 
 def test_the_summary_command_refuses_an_input_size_of_other_channels_than_the_files(capsys):

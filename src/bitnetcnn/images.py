@@ -72,7 +72,7 @@ def pil_to_pixels(image, channels: int) -> torch.Tensor:
     if image.mode not in WIDE_GREY_MODES:
         # contiguous: the view pil_to_tensor gives is channels-last, and a model with 8-bit activations may round a
         # tie the other way on that layout's kernels (bitnet_mobilenetv2: 0.4% of top-1 answers differed)
-        return pil_to_tensor(image.convert("L" if channels == 1 else "RGB")).contiguous()
+        return pil_to_tensor(_converted(image, "L" if channels == 1 else "RGB")).contiguous()
     pixels = np.asarray(image).astype(np.float32)
     top = 1.0 if image.mode == "F" else 65535.0
     if not np.isfinite(pixels).all():
@@ -101,6 +101,15 @@ def pil_to_uint8(image, channels: int) -> torch.Tensor:
     shown a file as its training showed it (resizing 16-bit floats instead gave other inputs than training's)."""
     pixels = pil_to_pixels(image, channels)
     return pixels.mul(255).round().to(torch.uint8) if pixels.is_floating_point() else pixels
+
+
+def _converted(image, mode: str):
+    """``image.convert(mode)``, through RGB where Pillow converts the file's mode to RGB alone (LAB to L was
+    "conversion from LAB to RGB not supported", for a file a colour model reads)."""
+    try:
+        return image.convert(mode)
+    except ValueError:
+        return image.convert("RGB").convert(mode)
 
 
 def _opaque(image):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable
@@ -12,6 +13,7 @@ from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, model_pretrained_cfg
 from bitnetcnn.images import read_errors, upright
+from bitnetcnn.nn.modes import evaluating
 
 
 def _open_image(path: Path):
@@ -56,23 +58,29 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
     if cfg is None:
         raise ValueError(f"{source} records no input size, mean and std, so its preprocessing is unknown: save it "
                          "with its data set's (bitnetcnn convert writes them from the run that trained it)")
-    preprocess, names, dtype = cfg.transforms(), cfg.class_names, input_dtype_of(model)
-    model.eval()
+    preprocess, names = cfg.transforms(), cfg.class_names
+    dtype = input_dtype_of(model)
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
     results = []
-    for path in map(Path, paths):
-        try:
-            image, x = _read(path, preprocess)
-        except ValueError as err:
-            if not keep_going:
-                raise
-            results.append({"image": str(path), "error": str(err)})
-            continue
-        probabilities = model(x[None].to(dtype)).float().softmax(1)[0]
-        best = probabilities.topk(min(top, len(probabilities)))
-        results.append({"image": str(path), "top": [
-            {"class": names[i] if names else str(i), "index": i, "probability": round(p, 6)}
-            for p, i in zip(best.values.tolist(), best.indices.tolist())], **_what_was_done(image, cfg.input_size),
-            **_brightness_note(x, cfg.mean, cfg.std)})
+    with evaluating(model):
+        for path in map(Path, paths):
+            try:
+                image, x = _read(path, preprocess)
+            except ValueError as err:
+                if not keep_going:
+                    raise
+                results.append({"image": str(path), "error": str(err)})
+                continue
+            probabilities = model(x[None].to(device=device, dtype=dtype)).float().softmax(1)[0].cpu()
+            if names and len(names) != len(probabilities):
+                raise ValueError(f"{source} gives {len(probabilities)} scores but its pretrained_cfg names "
+                                 f"{len(names)} classes (a new head?): set model.pretrained_cfg = "
+                                 "model.pretrained_cfg.derived(num_classes=..., class_names=...) to match it")
+            best = probabilities.topk(min(top, len(probabilities)))
+            results.append({"image": str(path), "top": [
+                {"class": names[i] if names else str(i), "index": i, "probability": round(p, 6)}
+                for p, i in zip(best.values.tolist(), best.indices.tolist())],
+                **_what_was_done(image, cfg.input_size), **_brightness_note(x, cfg.mean, cfg.std)})
     return results
 
 

@@ -9,6 +9,7 @@ too, but entropy-codes its ternary weights (about 1.2-1.6 bits each), so it can 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -18,6 +19,7 @@ from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of, model_pretrained_cfg
 from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, TernaryConv2d, TernaryLinear
+from bitnetcnn.nn.modes import evaluating
 
 PACKED_BITS = 2  # storage of a ternary weight: four to a byte
 TERNARY_INFO_BITS = math.log2(3)  # its information content, 1.58 bits
@@ -95,7 +97,8 @@ class ModelSummary:
             return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
         rule = "-" * len(line(head))
-        ratio = f"{self.fp32_bytes / self.packed_bytes:.1f}x smaller" if self.packed_bytes else "no parameters"
+        ratio = ("no parameters" if not self.packed_bytes else "no ternary weights to pack"
+                 if not self.ternary_weights else f"{self.fp32_bytes / self.packed_bytes:.1f}x smaller")
         share = self.ternary_weights / self.params if self.params else 0.0
         footer = [
             f"Input {_shape(self.input_size)}; MACs per sample; Bits of the Total row: packed bits per parameter.",
@@ -153,19 +156,13 @@ def summary(
         return record
 
     handles = [module.register_forward_hook(hook(name)) for name, module in rows]
-    modes = [(module, module.training) for module in model.modules()]
-    reference = next(iter(model.parameters()), None)
-    if reference is None:
-        reference = next(iter(model.buffers()), torch.empty(0))
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
     try:
-        model.eval()
-        with torch.no_grad():  # a converted model's first buffer is its uint8 packed weight: the dtype is a float's
-            model(torch.zeros((1, *input_size), device=reference.device, dtype=input_dtype_of(model)))
+        with evaluating(model), torch.no_grad():  # a converted model's first buffer is its uint8 packed weight: the
+            model(torch.zeros((1, *input_size), device=device, dtype=input_dtype_of(model)))  # dtype is a float's
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes:
-            module.training = training
 
     position = {name: i for i, (name, _) in enumerate(rows)}
     rows.sort(key=lambda item: (order.get(item[0], len(order)), position[item[0]]))

@@ -12,6 +12,7 @@ from torch import nn
 
 from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
 from bitnetcnn.normalization import as_pixels, check_finite, normalize
+from bitnetcnn.nn.modes import evaluating
 
 __all__ = ["as_batches", "check_calibration_memory", "check_normalized", "dataset_for", "dataset_images",
            "model_inputs"]
@@ -75,12 +76,10 @@ def check_calibration_memory(model: nn.Module, count: int, input_size: Optional[
                         dtype=like.dtype if like is not None else torch.float32)
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(count_outputs) for m in leaves]
-    training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(image)  # in eval mode: a training-mode pass would move BatchNorm statistics
+        with evaluating(model), torch.no_grad():  # a training-mode pass would move BatchNorm statistics
+            model(image)
     finally:
-        model.train(training)
         for hook in hooks:
             hook.remove()
     if count * per_image > 0.8 * available:

@@ -19,6 +19,7 @@ from bitnetcnn.deploy.compile import in_float32, to_onnx_graph
 from bitnetcnn.deploy.int8 import DEFAULT_CALIBRATION
 from bitnetcnn.deploy.onnx_graph import INPUT_NAME
 from bitnetcnn.deploy.runtime import make_session
+from bitnetcnn.nn.modes import evaluating
 
 __all__ = ["ExportCheck", "check_against_model", "export_onnx"]
 
@@ -65,12 +66,8 @@ def check_against_model(graph, model: nn.Module, inputs: torch.Tensor, threads: 
     """Run ``graph`` and ``model`` on ``inputs``; return agreement and differences, and check the dynamic batch."""
     session = make_session(graph, threads)
     x = np.ascontiguousarray(inputs.detach().float().cpu().numpy())
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         ref = torch.cat([model(inputs[i:i + batch].float()) for i in range(0, len(inputs), batch)]).numpy()
-    finally:
-        model.train(was_training)  # the caller's model keeps its mode
     out = _run(session, x, batch)
     if out.shape != ref.shape:
         raise ValueError(f"ONNX output shape {out.shape} differs from the model's {ref.shape}")
