@@ -493,6 +493,9 @@ def test_what_predict_says_it_did_to_a_picture_in_cases_that_differ():
     assert _what_was_done(Image.new("RGB", (40, 40)), (3, 20, 40)) == {"resized_from": [40, 40], "cropped": True}
     assert _in_colour(Image.new("RGB", (4, 4), (10, 10, 200)))
     assert not _in_colour(Image.new("RGB", (4, 4), (10, 10, 10)))
+    for grey in ("L", "I;16", "F"):  # a wide grey file too gets its 3 equal channels said
+        assert _what_was_done(Image.new(grey, (4, 4)), (3, 4, 4)) == {"converted": "greyscale image to 3 equal "
+                                                                                     "channels"}, grey
     mean, std = (0.13,), (0.3,)
     assert "brightness" in _brightness_note(normalize(torch.full((1, 4, 4), 0.7 * 255), mean, std), mean, std)
     assert _brightness_note(normalize(torch.full((1, 4, 4), 0.5 * 255), mean, std), mean, std) == {}
