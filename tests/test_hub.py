@@ -550,6 +550,15 @@ def test_the_published_weight_with_its_own_number_of_classes_loads_as_published(
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), published.state_dict().values()))
 
 
+def test_a_number_of_classes_that_is_no_count_is_refused_before_the_weights_load():
+    """True, "5", 10.0 and -3 with pretrained=True failed inside torch ("empty(): argument 'size'", "negative
+    dimension") or were taken (10.0 equals the file's 10), where pretrained=False refused them by name."""
+    for wrong in (True, "5", 10.0, -3, 0):
+        for pretrained in (True, False):
+            with pytest.raises(ValueError, match=rf"num_classes must be a positive integer, not {wrong!r}"):
+                hub.load("bitnet_mnist", pretrained=pretrained, num_classes=wrong, ternary=False)
+
+
 def test_a_file_named_like_a_published_weight_is_read_instead_of_it(tmp_path, monkeypatch):
     """docs/hub.md: a file of that name in the working folder is what the commands read (`bitnetcnn eval
     bitnet_mnist` on one's own model file so named); the package's weight must not hide it."""

@@ -47,7 +47,7 @@ from bitnetcnn.checkpoint.read import native_header
 from bitnetcnn.checkpoint.pretrained_cfg import PretrainedCfg, model_pretrained_cfg
 from bitnetcnn.settings import cache_root
 from bitnetcnn.models import create_model, list_models
-from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, same_model_arg
+from bitnetcnn.models.registry import FINE_TUNABLE_ARGS, require_positive_int, same_model_arg
 from bitnetcnn.models.classifier import new_classifier
 from bitnetcnn.nn import convert_to_bit, convert_to_ternary, model_form
 from bitnetcnn.pretrained import BITNET_MNIST, BITNET_MOBILENETV2_CIFAR100, BITNET_RESNET18_CIFAR100, PRETRAINED_DIR
@@ -291,6 +291,8 @@ def load(entry: str, pretrained: bool = False, checkpoint_path=None, ternary: bo
     if not (isinstance(ternary, (bool, int)) and ternary in (0, 1)):  # "False" is truthy: it gave the converted model
         raise ValueError(f"ternary={ternary!r}: {entry!r} takes ternary=True (the converted model) or False (the "
                          "trainable Bit model)")
+    if num_classes is not None:  # before any weights load: True, "5" or -3 failed inside torch's layer builders
+        require_positive_int("num_classes", num_classes)
     if not pretrained and checkpoint_path is None:
         args = {**spec.kwargs, **kwargs}
         model = create_model(spec.model, num_classes=num_classes, **args)
