@@ -621,6 +621,27 @@ def test_bitify_takes_one_skip_name_and_names_what_it_leaves():
     assert "1 layer of other kinds stay in full precision: 1 (Conv1d)" in said, said
     with pytest.warns(UserWarning, match=r"ternary already \(1 Bit layers\) and bitify leaves their settings"):
         bitify(bit, skip="3", act_bits=8)
+    # a name of several letters: "fc" would match a layer named "f" or "c" as letters of a string
+    named = nn.Sequential()
+    named.add_module("f", nn.Linear(3, 3))
+    named.add_module("fc", nn.Linear(3, 3))
+    named.add_module("c", nn.Linear(3, 3))
+    kept = bitify(named, skip="fc")
+    assert [type(m).__name__ for m in kept] == ["BitLinear", "Linear", "BitLinear"]
+
+
+def test_convert_to_ternary_returns_an_inference_model_and_an_eval_layer_s_quantizer_still_learns_when_training():
+    """The converted model is for inference: eval mode even from a model in training mode. A Bit layer in eval mode
+    whose input quantizer is set training (calibrating its running scale inside a frozen model) updates the scale
+    on the float path, not on the exact-sums path that reads the scale as it is."""
+    model = bitnetcnn.create_model("bitnet_cnn", width=4, act_bits=8).train()
+    assert not convert_to_ternary(model).training and not any(m.training for m in convert_to_ternary(model).modules())
+    layer = BitLinear(16, 4, act_bits=8).eval()
+    layer.act_quant.train()
+    layer(torch.randn(8, 16))
+    first = layer.act_quant.running_scale.clone()
+    layer(torch.randn(8, 16) * 10)
+    assert first > 0 and layer.act_quant.running_scale > first
 
 
 @pytest.mark.parametrize("layer_type", ["conv", "linear"])
