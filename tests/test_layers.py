@@ -630,6 +630,34 @@ def test_bitify_takes_one_skip_name_and_names_what_it_leaves():
     assert [type(m).__name__ for m in kept] == ["BitLinear", "Linear", "BitLinear"]
 
 
+def test_bitify_keeps_in_float_the_layers_whose_weight_their_parent_reads_itself():
+    """torchvision's Swin attention passes ``qkv.weight`` to a function, and nn.TransformerEncoderLayer's fast path
+    (eval, no gradients) reads ``linear1.weight``: as Bit layers they computed in float (the Bit model equalled the
+    float one) and converted to ternary (0.42 off on the encoder layer), with no warning naming them."""
+    class ReadsItsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(F.linear(x, self.qkv.weight, self.qkv.bias))
+
+    for model, read in ((ReadsItsWeight(), ["qkv"]),
+                        (nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0), ["linear1", "linear2"])):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bit = bitify(model.eval())
+        said = " ".join(str(w.message) for w in caught)
+        for name in read:
+            assert type(bit.get_submodule(name)) is nn.Linear, name
+            assert f"{name} (Linear, its weight read by its parent's forward)" in said, said
+        x = torch.randn(2, 5, 8 if read == ["qkv"] else 16)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the encoder layer has nothing left to convert, and says so
+            torch.testing.assert_close(convert_to_ternary(bit)(x), bit(x), atol=1e-5, rtol=0)
+    assert isinstance(bitify(ReadsItsWeight()).head, BitLinear)  # the layer it calls is made ternary
+
+
 def test_convert_to_ternary_returns_an_inference_model_and_an_eval_layer_s_quantizer_still_learns_when_training():
     """The converted model is for inference: eval mode even from a model in training mode. A Bit layer in eval mode
     whose input quantizer is set training (calibrating its running scale inside a frozen model) updates the scale
@@ -853,7 +881,7 @@ def test_bitify_says_why_an_attention_block_s_output_projection_stays_float():
     own or a parametrization, neither of which it has."""
     model = nn.Sequential(nn.MultiheadAttention(8, 2))
     with pytest.warns(UserWarning, match=r"0\.out_proj \(NonDynamicallyQuantizableLinear\).*read by their parent "
-                                         r"without being called \(nn\.MultiheadAttention's out_proj\)"):
+                                         r"instead of or besides being called \(nn\.MultiheadAttention's out_proj"):
         bitify(model)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
+import inspect
+import re
 import warnings
 from typing import Callable, Iterable, Optional
 
@@ -207,6 +210,23 @@ def _qualname(module: nn.Module) -> str:
     return cls.__name__ if cls.__module__.startswith("torch.") else f"{cls.__module__}.{cls.__name__}"
 
 
+def _weight_read_by_parent(model: nn.Module, name: str) -> bool:
+    """Whether the forward of the layer's parent reads ``self.<layer>.weight`` itself (torchvision's Swin attention
+    passes ``qkv.weight`` to a function; ``nn.TransformerEncoderLayer``'s fast path, in eval mode without gradients,
+    reads ``linear1.weight``): a Bit layer there trains, or evaluates, on its float weight, and converts to ternary."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return re.search(rf"\bself\.{re.escape(leaf)}\.weight\b", _forward_source(type(parent))) is not None
+
+
+@functools.cache
+def _forward_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):  # defined in C, or in a notebook cell gone: nothing read that can be seen
+        return ""
+
+
 def bitify(
     model: nn.Module,
     skip: Iterable[str] = (),
@@ -226,9 +246,9 @@ def bitify(
     otherwise make the layer ternary without a word). ``quant`` (a :class:`TernaryQuant`) or its
     fields as keywords (``scale_op='mean'``, ``act_bits=8``, ...) configure every layer. Subclasses of
     ``nn.Conv2d`` with their own forward (timm's ``Conv2dSame``, for one) and parametrized layers are left as they
-    are, since a Bit layer would drop that behaviour; a warning names them. A layer whose weight its parent reads
-    itself rather than calling the layer (torchvision's Swin attention reads ``qkv.weight``) would train in float
-    and convert to ternary: keep it in full precision with ``skip``. It returns a deep copy unless ``inplace=True``:
+    are, since a Bit layer would drop that behaviour; a warning names them. So are layers whose weight their
+    parent's forward reads itself (torchvision's Swin attention reads ``qkv.weight``): a Bit layer there would
+    compute in float and convert to ternary. It returns a deep copy unless ``inplace=True``:
     build the optimizer on the model it returns (one built on the float model before updates the float model's
     parameters, not the copy's, without a word); with ``inplace=True`` the Bit layers hold the model's own
     Parameter objects, so an optimizer built before keeps working.
@@ -255,6 +275,9 @@ def bitify(
     def rule(name: str, module: nn.Module) -> Optional[nn.Module]:
         if name and any([skipped(alias) for alias in names_of.get(name, [name])]):  # a list: each alias marks its pattern
             return None
+        if type(module) in (nn.Conv2d, nn.Linear) and _weight_read_by_parent(model, name):
+            kept.append(f"{name} ({_qualname(module)}, its weight read by its parent's forward)")
+            return None
         if type(module) in (nn.Conv2d, nn.Linear):
             return (BitConv2d if type(module) is nn.Conv2d else BitLinear).around(module, settings["quant"])
         if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, BIT_LAYERS):
@@ -274,8 +297,9 @@ def bitify(
     if kept:
         warnings.warn(f"bitify: {len(kept)} layer{'s' * (len(kept) != 1)} kept in full precision: "
                       f"{few(kept)}. They are subclasses of nn.Conv2d or "
-                      "nn.Linear with a forward of their own (timm's Conv2dSame), read by their parent without being "
-                      "called (nn.MultiheadAttention's out_proj), or parametrized (torch.nn.utils.parametrize, "
+                      "nn.Linear with a forward of their own (timm's Conv2dSame), read by their parent instead of "
+                      "or besides being called (nn.MultiheadAttention's out_proj, torchvision's Swin attention, "
+                      "nn.TransformerEncoderLayer's fast path), or parametrized (torch.nn.utils.parametrize, "
                       "parametrizations.weight_norm): a Bit layer would drop that behaviour or never run. Name them "
                       "in skip= to silence this, or remove the parametrization first "
                       "(torch.nn.utils.parametrize.remove_parametrizations) to make them ternary", UserWarning,
