@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 from typing import Iterable
@@ -11,7 +10,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import input_device_of, input_dtype_of, model_pretrained_cfg
 from bitnetcnn.images import read_errors, upright
 from bitnetcnn.nn.modes import evaluating
 
@@ -60,7 +59,7 @@ def predict_files(model: nn.Module, paths: Iterable, top: int = 5, source: str =
                          "with its data set's (bitnetcnn convert writes them from the run that trained it)")
     preprocess, names = cfg.transforms(), cfg.class_names
     dtype = input_dtype_of(model)
-    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+    device = input_device_of(model)
     results = []
     with evaluating(model):
         for path in map(Path, paths):

@@ -9,7 +9,6 @@ too, but entropy-codes its ternary weights (about 1.2-1.6 bits each), so it can 
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -17,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of, model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import input_device_of, input_dtype_of, input_size_of, model_pretrained_cfg
 from bitnetcnn.nn import BIT_LAYERS, TERNARY_LAYERS, TernaryConv2d, TernaryLinear
 from bitnetcnn.nn.modes import evaluating
 
@@ -156,7 +155,7 @@ def summary(
         return record
 
     handles = [module.register_forward_hook(hook(name)) for name, module in rows]
-    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+    device = input_device_of(model)
     try:
         with evaluating(model), torch.no_grad():  # a converted model's first buffer is its uint8 packed weight: the
             model(torch.zeros((1, *input_size), device=device, dtype=input_dtype_of(model)))  # dtype is a float's

@@ -296,6 +296,11 @@ def input_dtype_of(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def input_device_of(model: nn.Module) -> torch.device:
+    """The device ``model``'s inputs go to: its first parameter's or buffer's (the CPU if it has none)."""
+    return next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+
+
 def input_size_of(model: nn.Module, input_size: Optional[tuple] = None) -> tuple[int, int, int]:
     """``(C, H, W)``: the given size, else the weights' own (``model.pretrained_cfg``), else the registry's default
     for the model's architecture. A given size other than the weights' own warns: the model was measured at its
