@@ -486,6 +486,47 @@ def test_a_cifar100_npz_in_another_layout_is_refused(tmp_path):
             get_dataset_spec("cifar100").read(tmp_path, True)
 
 
+def test_a_cifar100_npz_whose_class_names_are_in_another_order_or_that_holds_no_images_is_refused(tmp_path):
+    """The file's own fine_label_names were never read: a file numbering the classes otherwise trained and scored
+    each image as another class. A split of no images scored 0.0, as if the model were wrong."""
+    from bitnetcnn.class_names import CIFAR100
+
+    x, y = np.zeros((2, 32, 32, 3), np.uint8), np.arange(2)
+    np.savez(tmp_path / "cifar100.npz", x_train=x, y_train=y, x_test=x, y_test=y,
+             fine_label_names=np.array(CIFAR100[::-1]))
+    with pytest.raises(ValueError, match=r"cifar100.npz is damaged or not the expected file \(its fine_label_names "
+                                         r"\(worm, woman, wolf"):
+        get_dataset_spec("cifar100").read(tmp_path, True)
+    np.savez(tmp_path / "cifar100.npz", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
+             fine_label_names=np.array(CIFAR100))
+    assert len(get_dataset_spec("cifar100").read(str(tmp_path), True).labels) == 2  # a str root too
+    with pytest.raises(ValueError, match=r"the test split of 'cifar100' \(read from .*\) holds no images"):
+        get_dataset_spec("cifar100").read(tmp_path, False)
+
+
+def test_an_image_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path, monkeypatch):
+    """os.walk skips a folder it cannot list (chmod 000, as another user): a class of the test images vanished
+    from the score without a word. Here the listing fails as it does for such a folder (the tests may run as root,
+    whom no permission stops)."""
+    import os
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / c / "0.png")
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith(os.path.join("val", "b")):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert get_dataset_spec("imagefolder", 8).read(tmp_path, True).labels.tolist() == [0, 1]
+    with pytest.raises(ValueError, match=r"val.b cannot be read \(permission denied\)"):
+        get_dataset_spec("imagefolder", 8).read(tmp_path, False)
+
+
 def test_incomplete_or_cut_short_cifar_batches_are_named(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -530,6 +571,15 @@ def test_a_partly_unzipped_tiny_imagenet_is_refused(tmp_path):
         get_dataset_spec("tiny_imagenet").read(tmp_path, False)
     (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t1\t1\n")
     assert get_dataset_spec("tiny_imagenet").read(tmp_path, False).labels.tolist() == [1]
+    # spaces for the tabs (an editor's): every line was skipped, and the test split held no image, scored 0.0
+    (base / "val" / "val_annotations.txt").write_text("val_0.JPEG n02 0 0 1 1\n")
+    assert get_dataset_spec("tiny_imagenet").read(tmp_path, False).labels.tolist() == [1]
+    (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\n")
+    with pytest.raises(ValueError, match=r"line 1 holds 'val_0.JPEG' where an image file and its class were expected"):
+        get_dataset_spec("tiny_imagenet").read(tmp_path, False)
+    (base / "val" / "val_annotations.txt").write_text("\n")
+    with pytest.raises(ValueError, match=r"the test split of 'tiny_imagenet' \(read from .*\) holds no images"):
+        get_dataset_spec("tiny_imagenet").read(tmp_path, False)
 
 
 def test_imagefolder_reads_the_subfolders_of_a_class_and_names_a_damaged_picture(tmp_path):

@@ -16,7 +16,7 @@ from bitnetcnn.checkpoint.format import HEADER_NAME
 from bitnetcnn.checkpoint.read import read_checkpoint_header
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.deploy.calibration import dataset_for
-from bitnetcnn.train.evaluate import accuracy
+from bitnetcnn.train.evaluate import accuracy, evaluate_checkpoint
 
 MEAN, STD = [0.5], [0.25]  # not MNIST's: the commands must take the checkpoint's own
 
@@ -99,6 +99,24 @@ def test_eval_without_dataset_uses_the_checkpoints_data_set_and_normalization(de
     test = get_dataset_spec("mnist_demo").reader(None, False, False)
     expected = accuracy(model, test.images, test.labels, MEAN, STD)
     assert (result["top1"], result["images"]) == (expected["top1"], len(test.labels))
+
+
+def test_eval_scores_with_the_checkpoints_own_normalization_and_leaves_a_model_as_it_was(tmp_path):
+    """A trained model whose file records another normalization than its data set's is scored on inputs so
+    normalized (the random model above scores alike either way, so this one is trained); accuracy() leaves the
+    model in its mode and refuses to score no images (0.0 was returned, as if the model were wrong)."""
+    trained = hub.load("bitnet_mnist", pretrained=True)
+    path = tmp_path / "shifted.bnc"
+    bitnetcnn.save_checkpoint(trained, path, {"dataset": "mnist_demo", "mean": MEAN, "std": STD})
+    test, spec = get_dataset_spec("mnist_demo").reader(None, False, False), get_dataset_spec("mnist_demo")
+    own = accuracy(trained, test.images, test.labels, MEAN, STD)
+    assert own["top1"] != accuracy(trained, test.images, test.labels, spec.mean, spec.std)["top1"]
+    assert evaluate_checkpoint(str(path))["top1"] == own["top1"]
+    trained.train()
+    accuracy(trained, test.images[:3], test.labels[:3], MEAN, STD)
+    assert trained.training
+    with pytest.raises(ValueError, match="no images to evaluate on"):
+        accuracy(trained, test.images[:0], test.labels[:0], MEAN, STD)
 
 
 def test_calibration_and_check_images_are_normalized_with_the_checkpoints_own_mean_and_std(demo_checkpoint):

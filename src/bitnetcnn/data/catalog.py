@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 from bitnetcnn import class_names
@@ -32,14 +33,18 @@ class DatasetSpec:
         """A split, checked against what this spec says of it: images of ``in_chans x img_size x img_size`` and
         labels among its classes (a file in another layout, or with 1-based labels, would otherwise train or score
         as something else: an accuracy counted against shifted labels looks like a weak model, not a wrong file)."""
+        root = Path(root)
         split = self.reader(root, train, download)
         where = f"the {'training' if train else 'test'} split of {self.name!r} (read from {root})"
+        if not len(split.labels):  # evaluated, it scored 0.0 as if the model were wrong
+            raise ValueError(f"{where} holds no images: the files are empty or cut short; replace them with whole "
+                             "copies")
         shape, wanted = tuple(split.images.shape[1:]), (self.in_chans, self.img_size, self.img_size)
         if shape != wanted:
             raise ValueError(f"{where} has images of {'x'.join(map(str, shape))} where {'x'.join(map(str, wanted))} "
                              "were expected: the files are in another layout than its reader expects")
         classes = self.num_classes or len(split.class_names or ()) or None
-        if classes and len(split.labels) and not (0 <= int(split.labels.min()) and int(split.labels.max()) < classes):
+        if classes and not (0 <= int(split.labels.min()) and int(split.labels.max()) < classes):
             raise ValueError(f"{where} has labels from {int(split.labels.min())} to {int(split.labels.max())}, but "
                              f"its {classes} classes are numbered 0 to {classes - 1}: the files hold other labels "
                              "(1-based ones, or another data set's)")

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from bitnetcnn.class_names import CIFAR100
 from bitnetcnn.images import UnreadablePixels, fit_to_size, pil_to_uint8, read_errors
 from bitnetcnn.messages import few
 
@@ -178,6 +179,10 @@ def read_cifar100(root: Path, train: bool, download: bool) -> Split:
                 x, y = d[f"x_{key}"], d[f"y_{key}"]
                 if x.shape[1:] != (32, 32, 3):  # NCHW or greyscale would be read as something else
                     raise ValueError(f"x_{key} has the shape {x.shape}")
+                names = tuple(map(str, d["fine_label_names"])) if "fine_label_names" in d.files else CIFAR100
+                if names != CIFAR100:  # labels numbered in another order: each would score as another class
+                    raise ValueError(f"its fine_label_names ({few(names)}) are not CIFAR-100's classes in their "
+                                     f"order ({few(CIFAR100)})")
                 return _split(x, y, channels_last=True)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # cut short, or another file
             raise _damaged(npz, err, expected) from None
@@ -233,7 +238,10 @@ def read_tiny_imagenet(root: Path, train: bool, download: bool) -> Split:
         if not annotations.is_file():
             raise _missing("tiny_imagenet", [annotations], "Unzip tiny-imagenet-200.zip again, whole.")
         for number, line in enumerate(annotations.read_text().splitlines(), 1):
-            fields = line.split("\t")
+            fields = line.split()  # tabs in the archive; spaces where an editor replaced them (none was read)
+            if len(fields) == 1:
+                raise ValueError(f"{annotations} line {number} holds {line.strip()!r} where an image file and its "
+                                 "class were expected: unzip tiny-imagenet-200.zip again, whole")
             if len(fields) >= 2:
                 if fields[1] not in index:
                     raise ValueError(f"{annotations} line {number} labels {fields[0]} {fields[1]!r}, which is not "
@@ -265,7 +273,7 @@ def _pictures(folder: Path) -> tuple[list[Path], list[Path]]:
     found, unread, seen, other = [], [], set(), _unread_suffixes()
     # os.walk following links as ImageFolder does (Path.rglob skips linked subfolders before Python 3.13), each real
     # folder once: a link back up the tree would loop
-    for here, folders, files in os.walk(folder, followlinks=True):
+    for here, folders, files in os.walk(folder, followlinks=True, onerror=_unlisted):
         real = os.path.realpath(here)
         if real in seen:
             folders[:] = []
@@ -281,6 +289,12 @@ def _pictures(folder: Path) -> tuple[list[Path], list[Path]]:
             elif suffix in other:
                 unread.append(path)
     return sorted(found), sorted(unread)
+
+
+def _unlisted(err: OSError) -> None:
+    """A folder of images ``os.walk`` cannot list: it skipped such a folder without a word, and a class of the test
+    images went missing from the score."""
+    raise _damaged(Path(err.filename), err, "a folder of images") from None
 
 
 def _unread_suffixes() -> set[str]:

@@ -10,6 +10,7 @@ from torch import nn
 from bitnetcnn.checkpoint import load_checkpoint
 from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of, model_pretrained_cfg
 from bitnetcnn.messages import few
+from bitnetcnn.nn.modes import evaluating
 from bitnetcnn.normalization import normalize
 from bitnetcnn.data.catalog import get_dataset_spec
 from bitnetcnn.settings import data_root
@@ -20,19 +21,20 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean,
              batch_size: int = 256) -> dict:
     """Top-1 and top-5 accuracy of ``model`` on uint8 images (N, C, H, W). Counted here, not by torchmetrics as in
     training: ``bitnetcnn eval`` works in a base install, without the [train] extra."""
-    model.eval()
+    if not len(labels):
+        raise ValueError("no images to evaluate on: an accuracy of none is no figure")
     mean_t, std_t, dtype = torch.tensor(mean), torch.tensor(std), input_dtype_of(model)
     top1 = top5 = 0
-    for i in range(0, len(labels), batch_size):
-        x = normalize(images[i: i + batch_size], mean_t, std_t).to(dtype)
-        y = labels[i: i + batch_size]
-        logits = model(x)
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        top1 += (topk[:, 0] == y).sum().item()
-        top5 += (topk == y[:, None]).any(dim=1).sum().item()
-    n = max(1, len(labels))
-    return {"top1": top1 / n, "top5": top5 / n, "images": len(labels)}
+    with evaluating(model):
+        for i in range(0, len(labels), batch_size):
+            x = normalize(images[i: i + batch_size], mean_t, std_t).to(dtype)
+            y = labels[i: i + batch_size]
+            logits = model(x)
+            k = min(5, logits.shape[1])
+            topk = logits.topk(k, dim=1).indices
+            top1 += (topk[:, 0] == y).sum().item()
+            top5 += (topk == y[:, None]).any(dim=1).sum().item()
+    return {"top1": top1 / len(labels), "top5": top5 / len(labels), "images": len(labels)}
 
 
 def evaluate_checkpoint(path: str, dataset: Optional[str] = None, data_dir: Optional[str] = None,
