@@ -234,6 +234,23 @@ def test_damaged_data_files_are_named_as_damaged_not_missing(tmp_path, monkeypat
     (raw / "t10k-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes()[:-1])
     with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte is damaged"):
         get_dataset_spec("mnist").reader(tmp_path, False, False)
+    # the image file of the other split: a bare "10 images but 3 labels", naming no file
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(3))
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((10, 28, 28)))
+    with pytest.raises(ValueError, match=r"MNIST.raw is damaged or not the expected file \(10 images but 3 labels\)"):
+        get_dataset_spec("mnist").reader(tmp_path, False, False)
+    # a folder this user cannot search (chmod 000, as another user; here its check fails as it does then, since the
+    # tests may run as root): a bare PermissionError from the check of what is there
+    import pathlib
+
+    with monkeypatch.context() as m:
+        def is_file(path):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        m.setattr(pathlib.Path, "is_file", is_file)
+        with pytest.raises(ValueError, match=r"denied.MNIST.raw.train-images-idx3-ubyte cannot be read \(permission "
+                                             r"denied\): let this user read it"):
+            get_dataset_spec("mnist").reader(tmp_path / "denied", True, False)
     # a download that failed leaves the files missing, not damaged (a refused local port: no network needed)
     monkeypatch.setattr("torchvision.datasets.MNIST.mirrors", ["http://127.0.0.1:9/"])
     with pytest.raises(DatasetNotFoundError, match="--download could not fetch them") as failed:

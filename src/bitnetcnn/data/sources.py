@@ -109,15 +109,23 @@ def _torchvision_idx(cls_name: str, folder: str):
             ds = cls(str(root), train=train, download=download)
         except Exception as err:  # torchvision: "Dataset not found. You can use download=True ..."
             raw = root / folder / "raw"
-            if all((raw / name).is_file() for name in IDX_FILES):  # there, but unreadable
-                raise _damaged(_idx_file_at_fault(raw), err, f"the four IDX files of {cls_name}") from None
+            try:
+                at_fault = _idx_file_at_fault(raw) if all((raw / name).is_file() for name in IDX_FILES) else None
+            except OSError as denied:  # a file or folder this user cannot read: a bare PermissionError before
+                raise _damaged(Path(denied.filename or raw), denied, f"the four IDX files of {cls_name}") from None
+            if at_fault is not None:  # there, but unreadable
+                raise _damaged(at_fault, err, f"the four IDX files of {cls_name}") from None
             tried = f" --download could not fetch them ({' '.join(str(err).split())[:160]})." if download else ""
             raise _missing(
                 cls_name, [raw],
                 f"Expected the four IDX files of {cls_name} there (torchvision's layout):{tried} "
                 f"{COPY_HINT if download else FETCH_HINT}",
             ) from err
-        return _split(ds.data.numpy(), ds.targets.numpy(), channels_last=False)
+        try:
+            return _split(ds.data.numpy(), ds.targets.numpy(), channels_last=False)
+        except ValueError as err:  # "60000 images but 10000 labels": a file of the other split, say
+            raise _damaged(root / folder / "raw", err, f"the four IDX files of {cls_name}, each split's images "
+                           "and labels of one count") from None
 
     return read
 
