@@ -544,6 +544,30 @@ def test_an_image_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path, m
         get_dataset_spec("imagefolder", 8).read(tmp_path, False)
 
 
+def test_image_folder_labels_and_order_are_torchvisions_and_the_specs_say_what_each_data_set_takes(tmp_path):
+    """Labels numbered as torchvision's ImageFolder numbers them (case-sensitive order: "B" before "a"), images in
+    its order (sorted paths: a --limit sample is the same on every file system); CIFAR-10 flips, digits do not; a
+    greyscale image folder is normalized by the mean of ImageNet's channel statistics."""
+    from torchvision.datasets import ImageFolder
+
+    from bitnetcnn.normalization import IMAGENET
+
+    for split in ("train", "val"):
+        for c in ("B", "a", "c"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in (3, 1, 2):
+                Image.new("L", (8, 8), 40 * i + ord(c)).save(tmp_path / split / c / f"{i}.png")
+    ours = get_dataset_spec("imagefolder", 8, in_chans=1).read(tmp_path, False)
+    theirs = ImageFolder(str(tmp_path / "val"))
+    assert list(ours.class_names) == theirs.classes
+    assert ours.labels.tolist() == theirs.targets
+    assert ours.images[:, 0, 0, 0].tolist() == [np.asarray(theirs[i][0])[0, 0, 0] for i in range(len(theirs))]
+    assert all(get_dataset_spec(name).hflip for name in ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet"))
+    assert not get_dataset_spec("mnist").hflip and not get_dataset_spec("mnist_demo").hflip
+    grey = get_dataset_spec("imagefolder", 8, in_chans=1)
+    assert (grey.mean, grey.std) == ((round(sum(IMAGENET[0]) / 3, 4),), (round(sum(IMAGENET[1]) / 3, 4),))
+
+
 def test_incomplete_or_cut_short_cifar_batches_are_named(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
