@@ -665,6 +665,23 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     assert "vs fp32" in capsys.readouterr().out
 
 
+def test_cli_bench_times_a_bfloat16_checkpoint_in_float32_and_says_so(tmp_path, capsys):
+    """A bf16 file's layers met bench's float32 images: "Input type (float) and bias type (c10::BFloat16)"."""
+    import json
+
+    from bitnetcnn import hub, save_checkpoint
+    from bitnetcnn.cli import main
+
+    save_checkpoint(hub.load("bitnet_mnist", pretrained=True).to(torch.bfloat16), tmp_path / "bf16.bnc")
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(tmp_path / "bf16.bnc"), "--batch-sizes", "2", "--budget", "0", "--variants",
+                 "bit_eval", "ternary", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"][0]["variants"]) == {"fp32_eager", "bit_eval", "ternary"}
+    assert "bf16.bnc is stored in bfloat16: timed in float32" in " ".join(report["notes"])
+    assert "stored in bfloat16" in capsys.readouterr().out
+
+
 def test_export_names_an_unknown_data_set_before_warning_about_it(tmp_path, capsys):
     from bitnetcnn.cli import main
 

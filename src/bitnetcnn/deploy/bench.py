@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.atomic import write_atomically
-from bitnetcnn.checkpoint.pretrained_cfg import input_size_of
+from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of
 from bitnetcnn.extras import install_hint, missing
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.nn import model_form
@@ -169,7 +169,7 @@ def bench(
     ``budget_s`` bounds the timing of each batch size (at least 3 rounds, at most 100).
     """
     from bitnetcnn.deploy.backends import choose_backend, measure_backends, openvino_status, pick_faster
-    from bitnetcnn.deploy.compile import OWN_SCALES_REASON
+    from bitnetcnn.deploy.compile import OWN_SCALES_REASON, in_float32
     from bitnetcnn.deploy.source import load_model
 
     expanded = _expanded(variants)
@@ -194,6 +194,11 @@ def bench(
     torch.set_num_threads(threads)
     try:
         source = load_model(spec, num_classes=num_classes, model_kwargs=model_kwargs)
+        stored = input_dtype_of(source.model)
+        if stored != torch.float32:  # a bf16 file's layers met the float32 images in a RuntimeError
+            notes.append(f"{source.label} is stored in {str(stored).removeprefix('torch.')}: timed in float32, as "
+                         "the fp32 baseline and the deployed graphs compute")
+            source.model = in_float32(source.model)
         converted = source.converted()
         size = input_size_of(converted)
         if model_form(converted) == "float":  # a --quant fp model
