@@ -555,6 +555,10 @@ def test_export_onnx_runs_with_dynamic_batch(mnist_model, tmp_path, int8):
     path = tmp_path / "model.onnx"
     report = export_onnx(model, path, int8=int8, calibration=calib if int8 else None, check_inputs=x)
     assert path.exists() and report.real_images and report.agreement >= (0.95 if int8 else 0.99)
+    assert report.images == 300  # the images given, not a few random ones
+    if not int8:  # batches as compile() takes them ("too many values to unpack" before)
+        again = export_onnx(model, tmp_path / "again.onnx", check_inputs=[x[:100], x[100:]])
+        assert (again.images, again.agreement) == (300, report.agreement)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         ref = model(x[:7]).numpy()

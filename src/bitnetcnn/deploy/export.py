@@ -115,8 +115,9 @@ def export_onnx(
     graph, info = to_onnx_graph(model, calibration, int8=int8, input_size=input_size, method=method)
     real = check_inputs is not None
     if real:
-        (batch,) = as_batches(check_inputs, model, batch_size=1 << 30, what="check_inputs", input_size=input_size)
-        inputs = torch.from_numpy(batch)
+        # one batch, or several as compile() takes them (a list of two was "too many values to unpack")
+        batches = as_batches(check_inputs, model, batch_size=1 << 30, what="check_inputs", input_size=input_size)
+        inputs = torch.from_numpy(np.concatenate(batches))
     else:
         warnings.warn("export_onnx: no check_inputs given, so the export is checked on random inputs only; pass "
                       "real images to check the accuracy of the exported model", UserWarning, stacklevel=2)
