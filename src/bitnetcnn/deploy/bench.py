@@ -315,7 +315,7 @@ def _timed_batch(models: Dict[str, object], bs: int, size: tuple, budget_s: floa
     row = {}
     for k in models:
         med = statistics.median(times[k][i] for i in used)
-        row[k] = {"latency_ms": med * 1e3, "min_ms": min(times[k]) * 1e3, "throughput_ips": bs / med,
+        row[k] = {"latency_ms": med * 1e3, "min_ms": min(times[k][i] for i in used) * 1e3, "throughput_ips": bs / med,
                   "speedup_vs_fp32": base / med, "rounds": len(used)}
     known = [f for f in foreign if f is not None]
     return {"batch_size": int(bs), "variants": row, "rounds": len(foreign),
