@@ -547,6 +547,28 @@ def test_refuses_4bit_activations_for_int8(tmp_path):
 # --- ONNX export ---------------------------------------------------------------------------------------------------------
 
 
+def test_the_export_check_refuses_a_graph_whose_outputs_depend_on_the_batch_size(monkeypatch):
+    """A graph whose batch axis is broken (here: a session adding the batch size to every output) is refused, where
+    the full-batch comparison alone could still pass (an offset moves no argmax)."""
+    import bitnetcnn.deploy.export as export_module
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+
+    class BatchDependent:
+        def run(self, _, feeds):
+            (x,) = feeds.values()
+            with torch.no_grad():
+                return [model(torch.from_numpy(x)).numpy() + len(x) * (len(x) < 8)]
+
+    monkeypatch.setattr(export_module, "make_session", lambda graph, threads: BatchDependent())
+    x = torch.randn(8, 1, 2, 2)
+    with pytest.raises(ValueError, match="outputs depend on the batch size; the dynamic batch axis is broken"):
+        export_module.check_against_model(None, model, x)
+    monkeypatch.setattr(BatchDependent, "run", lambda self, _, feeds: [model(torch.from_numpy(
+        next(iter(feeds.values())))).detach().numpy()])
+    assert export_module.check_against_model(None, model, x)["agreement"] == 1.0
+
+
 @pytest.mark.parametrize("int8", [False, True])
 def test_export_onnx_runs_with_dynamic_batch(mnist_model, tmp_path, int8):
     models, calib = mnist_model
