@@ -247,6 +247,27 @@ def test_a_bench_row_is_the_median_of_the_quiet_rounds_and_its_speed_up_is_over_
     assert row["variants"]["fp32_eager"]["latency_ms"] == pytest.approx(110.0)
 
 
+def test_bench_times_with_the_threads_asked_for_and_gives_the_process_its_own_back(monkeypatch):
+    """Torch's threads during the timing are --threads, and the caller's count comes back after."""
+    import bitnetcnn.deploy.bench as bench_module
+    from bitnetcnn.machine import usable_cores
+
+    seen = []
+
+    def timing(fns, x, budget_s, min_rounds, max_rounds):
+        seen.append(torch.get_num_threads())
+        return {k: [0.01] * 3 for k in fns}, [0.0] * 3
+
+    monkeypatch.setattr(bench_module, "_time", timing)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        bench_module.bench("bitnet_cnn", [1], threads=usable_cores(), budget_s=0, variants=("ternary",))
+        assert seen == [usable_cores()] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_model_bytes_counts_a_shared_tensor_once():
     from bitnetcnn.deploy.bench import model_bytes
 
