@@ -773,10 +773,23 @@ def test_cli_bench_deploys_an_act8_model_as_compile_does(tmp_path):
     from bitnetcnn.cli import main
     from bitnetcnn.deploy.compile import OWN_SCALES_REASON
 
-    path = save_checkpoint(convert_to_ternary(_act8_mobilenetv2()), tmp_path / "act8.bnc")
+    import bitnetcnn.deploy.bench as bench_module
+    from bitnetcnn.checkpoint.pretrained_cfg import input_normalization
+
+    model = convert_to_ternary(_act8_mobilenetv2())
+    path = save_checkpoint(model, tmp_path / "act8.bnc")
     out = tmp_path / "bench.json"
-    assert main(["bench", str(path), "--batch-sizes", "1", "--budget", "0", "--variants", "deploy_onnxruntime",
-                 "--json", str(out)]) == 0
+    timed, timing = [], bench_module._time
+
+    def time_and_look(fns, *args):  # what is timed is compile()'s model, its check of the input included
+        timed.append(fns["deploy_onnxruntime"].normalization)
+        return timing(fns, *args)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bench_module, "_time", time_and_look)
+        assert main(["bench", str(path), "--batch-sizes", "1", "--budget", "0", "--variants", "deploy_onnxruntime",
+                     "--json", str(out)]) == 0
+    assert timed == [input_normalization(model)] and timed[0] is not None
     report = json.loads(out.read_text())
     assert report["calibration"].startswith("nothing: the model's own")
     assert (report["auto_backend"], report["auto_backend_reason"]) == ("onnxruntime", OWN_SCALES_REASON)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from bitnetcnn.atomic import write_atomically
-from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_size_of
+from bitnetcnn.checkpoint.pretrained_cfg import input_dtype_of, input_normalization, input_size_of
 from bitnetcnn.extras import install_hint, missing
 from bitnetcnn.machine import usable_cores
 from bitnetcnn.nn import model_form
@@ -299,7 +299,8 @@ def _deployed(converted: nn.Module, deploy: list, threads: int, calibrate: int, 
     models = {}
     for k in deploy:
         t0 = time.perf_counter()
-        models[k] = DeployedModel(graph, threads=threads, info=info, backend=DEPLOY_VARIANTS[k])
+        models[k] = DeployedModel(graph, threads=threads, info=info, backend=DEPLOY_VARIANTS[k],
+                                  normalization=input_normalization(converted))  # its per-call check timed too
         log(f"  {k}: loaded in {time.perf_counter() - t0:.1f} s")
     return models, info, calib_note
 
