@@ -33,7 +33,7 @@ ALLOWED = {
     "summary": {"quant", "nn", "models", "checkpoint", "summary"},  # a weight's own input size (pretrained_cfg)
     "preprocess": {"preprocess"},  # a weight's transforms(): the ground floor's normalize and torchvision
     "checkpoint": {"quant", "nn", "models", "checkpoint", "preprocess"},
-    "predict": {"checkpoint", "predict"},  # a weight's transforms and class names, on image files
+    "predict": {"nn", "checkpoint", "predict"},  # a weight's transforms and class names, on image files; eval mode
     "pretrained": {"checkpoint", "pretrained"},  # the published weights' PretrainedCfg, beside their files
     "hub": {"quant", "nn", "models", "checkpoint", "pretrained", "hub"},
     # deploy calibrates on images of a named data set: the Lightning-free readers only
