@@ -85,6 +85,10 @@ def test_the_command_line_of_any_settings_gives_back_those_settings(monkeypatch)
 
 @pytest.mark.parametrize("flags, message", [
     (["--momentum", "0.8"], "--momentum 0.8 is SGD's: --optimizer adamw does not use it"),
+    # given at the default's value, the command still records them (a recipe's flags copied onto another run)
+    (["--momentum", "0.9"], "--momentum 0.9 is SGD's: --optimizer adamw does not use it"),
+    (["--kd-alpha", "0.5"], "--kd-alpha shapes distillation, which needs --kd"),
+    (["--quant", "fp", "--scale-op", "median"], "--quant fp trains full-precision layers, so --scale-op would not"),
     (["--kd-temperature", "2"], "--kd-temperature shapes distillation, which needs --kd"),
     (["--quant", "fp", "--act-bits", "8", "--pow2"], "--quant fp trains full-precision layers, so --pow2 and --act-bits"),
     (["--quant", "fp", "--fp-ends"], "--quant fp trains full-precision layers, so --fp-ends would not be used"),

@@ -235,7 +235,9 @@ def _cmd_train(args) -> int:
     if "teacher" in given:
         values["teacher"] = [weight_argument(path) for path in values["teacher"]]
     try:
-        train(TrainSettings.from_dict(values), resume=resume, command=command, given=given)
+        settings = TrainSettings.from_dict(values)
+        settings.refuse_unused_flags(given)  # a flag given at its default's value too: the command records it
+        train(settings, resume=resume, command=command, given=given)
     except TrainingDiverged as err:  # a run that failed, not bad input: exit status 1
         if first_process():  # every process of a DDP run stops on it; one says why
             print(f"bitnetcnn train: error: {err}", file=sys.stderr)

@@ -7,7 +7,7 @@ import json
 import math
 import shlex
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Iterable, Optional
 
 from bitnetcnn.data.catalog import IMAGE_FOLDER_CHANNELS
 from bitnetcnn.quant import DEFAULT_QUANT, TernaryQuant
@@ -149,31 +149,37 @@ class TrainSettings:
         self.teacher = list(self.teacher or [])
         self.validate()
 
-    def _refuse_unused_flags(self) -> None:
+    def refuse_unused_flags(self, given: Iterable[str] = ()) -> None:
         """Flags that the settings around them would leave unused: refused, since the run's command and args.json
-        would record them as if they had shaped it."""
-        default = type(self)
-        if self.optimizer != "sgd" and self.momentum != default.momentum:
+        would record them as if they had shaped it. A setting counts as given where it differs from its default, or
+        where ``given`` (the command line's flags, by field name) names it: ``--momentum 0.9`` is the default's
+        value, but the command records it."""
+        default, named = type(self), set(given)
+
+        def set_(name: str) -> bool:
+            return name in named or getattr(self, name) != getattr(default, name)
+
+        if self.optimizer != "sgd" and set_("momentum"):
             raise SettingsError(f"--momentum {self.momentum:g} is SGD's: --optimizer {self.optimizer} does not use it; "
                                 "add --optimizer sgd or leave --momentum out")
         if not self.kd:
-            given = [f"--{k.replace('_', '-')}" for k in ("kd_alpha", "kd_temperature")
-                     if getattr(self, k) != getattr(default, k)]
-            if given:
-                raise SettingsError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} distillation, which needs --kd "
-                                    f"and a --teacher: add them, or leave {'them' if len(given) > 1 else 'it'} out")
+            unused = [f"--{k.replace('_', '-')}" for k in ("kd_alpha", "kd_temperature") if set_(k)]
+            if unused:
+                raise SettingsError(f"{' and '.join(unused)} shape{'s' * (len(unused) == 1)} distillation, which needs "
+                                    f"--kd and a --teacher: add them, or leave {'them' if len(unused) > 1 else 'it'} "
+                                    "out")
         if self.quant == "fp":
-            given = [flag for flag, changed in (("--scale-op", self.scale_op != default.scale_op),
-                                                ("--pow2", bool(self.pow2)), ("--act-bits", bool(self.act_bits)),
-                                                ("--fp-ends", bool(self.fp_ends)))
-                     if changed]
-            if given:
-                raise SettingsError(f"--quant fp trains full-precision layers, so {' and '.join(given)} would not be "
-                                    f"used: leave {'them' if len(given) > 1 else 'it'} out, or train a ternary model")
-        if self.kd and self.kd_alpha == 0 and self.kd_temperature != default.kd_temperature:
+            unused = [flag for flag, changed in (("--scale-op", set_("scale_op")),
+                                                 ("--pow2", bool(self.pow2)), ("--act-bits", bool(self.act_bits)),
+                                                 ("--fp-ends", bool(self.fp_ends)))
+                      if changed]
+            if unused:
+                raise SettingsError(f"--quant fp trains full-precision layers, so {' and '.join(unused)} would not be "
+                                    f"used: leave {'them' if len(unused) > 1 else 'it'} out, or train a ternary model")
+        if self.kd and self.kd_alpha == 0 and set_("kd_temperature"):
             raise SettingsError(f"--kd-temperature {self.kd_temperature:g} softens the logits of --kd-alpha's term, "
                                 "which --kd-alpha 0 leaves out: leave --kd-temperature out, or give --kd-alpha above 0")
-        if self.kd and self.kd_alpha == 1 and self.label_smoothing != default.label_smoothing:
+        if self.kd and self.kd_alpha == 1 and set_("label_smoothing"):
             raise SettingsError(f"--label-smoothing {self.label_smoothing:g} smooths the cross-entropy, which "
                                 "--kd-alpha 1 leaves out of the loss: leave --label-smoothing out, or give --kd-alpha "
                                 "below 1")
@@ -243,7 +249,7 @@ class TrainSettings:
         if self.teacher and not self.kd:
             raise SettingsError("--teacher is given without --kd, so it would not be used: add --kd to distill "
                                 "from it, or leave --teacher out")
-        self._refuse_unused_flags()
+        self.refuse_unused_flags()
         if not isinstance(self.model_kwargs, dict):
             raise SettingsError(f"--model-kwargs must be a JSON object such as '{{\"act\": \"relu\"}}', not "
                                 f"{self.model_kwargs!r}")
