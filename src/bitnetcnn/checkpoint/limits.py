@@ -65,8 +65,8 @@ def check_inflated_size(path, info: zipfile.ZipInfo, limit: int) -> None:
                               f"{_mb(limit)} a checkpoint's {info.filename!r} may have: the file is damaged or crafted")
     if deflated_past_ratio(info):
         raise CheckpointError(path, f"zip entry {info.filename!r} declares {_mb(info.file_size)} from "
-                              f"{_mb(info.compress_size)} compressed (over {MAX_DEFLATE_RATIO}:1; real checkpoints "
-                              "deflate about 2:1): a decompression bomb or a damaged file; not inflated")
+                              f"{_mb(info.compress_size)} compressed (over {MAX_DEFLATE_RATIO}:1; trained checkpoints "
+                              "deflate 1.04-1.73:1): a decompression bomb or a damaged file; not inflated")
 
 
 def read_exactly(path, stream, n: int, what: str) -> bytes:
