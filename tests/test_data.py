@@ -528,9 +528,7 @@ def test_an_image_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path, m
     import os
 
     for split in ("train", "val"):
-        for c in ("a", "b"):
-            (tmp_path / split / c).mkdir(parents=True)
-            Image.new("RGB", (8, 8)).save(tmp_path / split / c / "0.png")
+        _image_tree(tmp_path, {"a": 1, "b": 1}, split)
     listing = os.scandir
 
     def scandir(path="."):

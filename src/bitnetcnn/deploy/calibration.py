@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from typing import Iterable, List, Optional, Union
 
@@ -10,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitnetcnn.checkpoint.pretrained_cfg import input_normalization, input_size_of, model_pretrained_cfg
+from bitnetcnn.checkpoint.pretrained_cfg import (input_device_of, input_dtype_of, input_normalization,
+                                                  input_size_of, model_pretrained_cfg)
 from bitnetcnn.normalization import as_pixels, check_finite, normalize
 from bitnetcnn.nn.modes import evaluating
 
@@ -71,9 +71,8 @@ def check_calibration_memory(model: nn.Module, count: int, input_size: Optional[
         per_image += output.numel() * 4 if isinstance(output, torch.Tensor) else 0
 
     # an image of the model's own device and dtype (a bf16 checkpoint is exported from a float32 copy later)
-    like = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
-    image = torch.zeros(1, *input_size_of(model, input_size), device=like.device if like is not None else "cpu",
-                        dtype=like.dtype if like is not None else torch.float32)
+    image = torch.zeros(1, *input_size_of(model, input_size), device=input_device_of(model),
+                        dtype=input_dtype_of(model))
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(count_outputs) for m in leaves]
     try:
